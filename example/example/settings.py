@@ -1,0 +1,59 @@
+"""Settings of the demo project: one process, memory backend, `runpushserver --allrequests`."""
+
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = "demo-only-not-secret"
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+INTERNAL_IPS = ["127.0.0.1", "::1"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "pushserver",
+    "live",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "example.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+STATIC_URL = "/static/"
+USE_TZ = True
+
+# Same origin: the page and the push locations are both served by
+# `./manage.py runpushserver --allrequests` on 127.0.0.1:8000.
+PUSH_SERVER = {
+    "store": {"type": "memory", "max_messages": 100, "message_timeout": 3600},
+    "locations": (
+        {"type": "subscriber", "url": r"/updates/([^/]+)", "create_on_get": True,
+         "passthrough": "http://127.0.0.1:8000/passthrough"},
+        {"type": "publisher", "url": r"/send-update/([^/]+)"},
+    ),
+}

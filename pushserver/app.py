@@ -1,0 +1,192 @@
+"""The push server as one ASGI application.
+
+:class:`PushServer` routes each request to the first configured location whose regex
+matches the raw path (query ignored), exactly as the original did: publisher locations to
+:class:`~pushserver.publisher.Publisher`, subscriber locations to a transport. Anything else
+goes to the ``fallback`` application (Django, under ``runpushserver --allrequests``) or
+gets 404.
+
+Backends are opened by the ASGI lifespan (or ``async with server:``) and closed after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from urllib.parse import quote
+
+from . import __version__
+from .backends import create_backend
+from .config import LocationConfig, ServerConfig
+from .http import ASGIApp, Headers, Receive, Request, Scope, Send, respond, respond_error
+from .hub import Hub
+from .protocol import cors_headers, decode_channel_id
+from .publisher import Publisher
+from .transports.longpoll import LongPollTransport, Presence
+
+logger = logging.getLogger("pushserver")
+
+
+class PushServer:
+    """ASGI application serving every configured location."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        fallback: ASGIApp | None = None,
+        forcehost: str | None = None,
+        presence_factory: object | None = None,
+        queue_size: int = 64,
+        transports: tuple[str, ...] | None = None,
+    ) -> None:
+        self.config = config
+        self.fallback = fallback
+        #: Transports this process serves (``runpushserver --transport``); None = all.
+        self.transports = transports
+        self.forcehost = forcehost.lower() if forcehost else None
+        self.hubs: dict[str, Hub] = {
+            name: Hub(create_backend(store.type, store.options), queue_size=queue_size)
+            for name, store in config.stores.items()
+        }
+        server = (config.servername or f"pushserver/{__version__}").encode("latin-1")
+        self.server_header = (b"server", server)
+        self.routes: list[tuple[LocationConfig, object]] = []
+        for location in config.locations:
+            hub = self.hubs[location.store]
+            if location.type == "publisher":
+                handler: object = Publisher(location, hub, [self.server_header])
+            else:
+                presence = None
+                if location.passthrough and callable(presence_factory):
+                    presence = presence_factory(location)
+                handler = LongPollTransport(
+                    location, hub, self.subscriber_headers(location), presence
+                )
+            self.routes.append((location, handler))
+        self._stack: AsyncExitStack | None = None
+
+    def subscriber_headers(self, location: LocationConfig) -> Headers:
+        return [
+            self.server_header,
+            *cors_headers(location.allow_origin, location.allow_credentials, None),
+        ]
+
+    @property
+    def default_hub(self) -> Hub:
+        return self.hubs.get("default") or next(iter(self.hubs.values()))
+
+    def hub_for(self, location: LocationConfig) -> Hub:
+        return self.hubs[location.store]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._stack is not None:
+            return
+        stack = AsyncExitStack()
+        for hub in self.hubs.values():
+            await stack.enter_async_context(hub)
+        self._stack = stack
+
+    def begin_shutdown(self) -> None:
+        """Stop holding subscribers: waiting long polls answer 304 and clients re-poll."""
+        for hub in self.hubs.values():
+            hub.shutdown()
+
+    async def aclose(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            self.begin_shutdown()
+            await stack.aclose()
+
+    async def __aenter__(self) -> PushServer:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.open()
+                except Exception as exc:
+                    logger.exception("push server failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        if self.forcehost is not None and await self.redirect_host(scope, send):
+            return
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        for location, handler in self.routes:
+            match = location.regex.match(path)
+            if match is None:
+                continue
+            if kind != "http":
+                await send({"type": "websocket.close", "code": 1003})
+                return
+            request = Request(scope)
+            try:
+                channel_id = decode_channel_id(match.group(1))
+            except ValueError as exc:
+                headers = handler.headers  # type: ignore[attr-defined]
+                await respond_error(send, 400, str(exc), headers)
+                return
+            await handler(request, channel_id, receive, send)  # type: ignore[operator]
+            return
+        if self.fallback is not None:
+            await self.fallback(scope, receive, self.with_server_header(send))
+        elif kind == "http":
+            await respond_error(send, 404, "no push location matches this path", [self.server_header])
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    def with_server_header(self, send: Send) -> Send:
+        async def wrapped(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"server" for name, _ in headers):
+                    headers.append(self.server_header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return wrapped  # type: ignore[return-value]
+
+    async def redirect_host(self, scope: Scope, send: Send) -> bool:
+        """``--forcehost``: answer any other Host with 301 to the forced one."""
+        assert self.forcehost is not None
+        host = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"host":
+                host = value.decode("latin-1").lower()
+                break
+        forced_name = self.forcehost.rsplit(":", 1)[0] if not self.forcehost.endswith("]") else self.forcehost
+        host_name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if host_name == forced_name:
+            return False
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return True
+        raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
+        query = scope.get("query_string", b"")
+        location = f"{scope.get('scheme', 'http')}://{self.forcehost}".encode() + raw_path
+        if query:
+            location += b"?" + query
+        await respond(send, 301, [self.server_header, (b"location", location)])
+        return True

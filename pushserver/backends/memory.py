@@ -1,0 +1,169 @@
+"""The memory backend: every channel in this process's memory.
+
+Retention follows the original django-pushserver memory store: ``max_messages`` newest
+messages are kept (0 = unlimited); a message older than ``message_timeout`` seconds
+(0 = never) is dropped unless it is one of the ``min_messages`` newest. Trimming happens on
+publish and on read, so an idle channel costs nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from typing import Any
+
+from ..exceptions import ChannelNotFound
+from ..message import ChannelInfo, Message, MessageId, now_seconds
+from .base import Backend, PublishResult, ReadResult
+
+
+class _Channel:
+    __slots__ = ("evicted_upto", "last_id", "last_requested", "messages", "subscribers")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.last_id: MessageId | None = None
+        # Id of the newest message dropped from the buffer: readers behind it have a gap.
+        self.evicted_upto: MessageId | None = None
+        self.last_requested: float | None = None
+        self.subscribers = 0
+
+
+def _message_id(message: Message) -> MessageId:
+    return message.id
+
+
+class MemoryBackend(Backend):
+    """Channels in one process. Fast, and gone when the process exits."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        min_messages: int = 0,
+        max_messages: int = 0,
+        message_timeout: float = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            min_messages=min_messages,
+            max_messages=max_messages,
+            message_timeout=message_timeout,
+            **options,
+        )
+        self.min_messages = min_messages
+        self.max_messages = max_messages
+        self.message_timeout = message_timeout
+        self._channels: dict[str, _Channel] = {}
+
+    def _trim(self, channel: _Channel, now: float) -> None:
+        messages = channel.messages
+        drop = 0
+        if self.max_messages and len(messages) > self.max_messages:
+            drop = len(messages) - self.max_messages
+        if self.message_timeout:
+            keep_at_least = self.min_messages
+            deadline = now - self.message_timeout
+            while (
+                drop < len(messages) - keep_at_least and messages[drop].published_at <= deadline
+            ):
+                drop += 1
+        if drop:
+            channel.evicted_upto = messages[drop - 1].id
+            del messages[:drop]
+
+    def _get(self, channel_id: str) -> _Channel:
+        try:
+            return self._channels[channel_id]
+        except KeyError:
+            raise ChannelNotFound(channel_id) from None
+
+    async def create(self, channel_id: str) -> bool:
+        if channel_id in self._channels:
+            return False
+        self._channels[channel_id] = _Channel()
+        return True
+
+    async def exists(self, channel_id: str) -> bool:
+        return channel_id in self._channels
+
+    async def publish(
+        self,
+        channel_id: str,
+        body: bytes,
+        content_type: str,
+        *,
+        event: str | None = None,
+        create: bool = True,
+    ) -> PublishResult:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            if not create:
+                raise ChannelNotFound(channel_id)
+            channel = self._channels[channel_id] = _Channel()
+        now = time.time()
+        seconds = int(now)
+        message_id = (
+            channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
+        )
+        message = Message(message_id, body, content_type, event, now)
+        channel.messages.append(message)
+        channel.last_id = message_id
+        self._trim(channel, now)
+        subscribers = channel.subscribers
+        self.listener.on_message(channel_id, message)
+        return PublishResult(message, subscribers)
+
+    async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
+        channel = self._get(channel_id)
+        self._trim(channel, time.time())
+        messages = channel.messages
+        # The common case, a client that has read everything, costs one comparison.
+        if not messages or messages[-1].id <= after:
+            return ReadResult(None, self._gap(channel, after))
+        index = bisect_right(messages, after, key=_message_id)
+        return ReadResult(messages[index], self._gap(channel, after))
+
+    @staticmethod
+    def _gap(channel: _Channel, after: MessageId) -> bool:
+        # A position in second 0 means "from the beginning": nothing was missed.
+        return (
+            channel.evicted_upto is not None and after.time > 0 and after < channel.evicted_upto
+        )
+
+    async def info(self, channel_id: str) -> ChannelInfo | None:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return None
+        self._trim(channel, time.time())
+        return ChannelInfo(
+            channel_id=channel_id,
+            messages=len(channel.messages),
+            last_requested=channel.last_requested,
+            subscribers=channel.subscribers,
+            last_message_id=channel.last_id,
+        )
+
+    async def delete(self, channel_id: str) -> bool:
+        if self._channels.pop(channel_id, None) is None:
+            return False
+        self.listener.on_delete(channel_id)
+        return True
+
+    async def touch(self, channel_id: str) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.last_requested = time.time()
+
+    async def subscribers_changed(self, channel_id: str, delta: int) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.subscribers = max(0, channel.subscribers + delta)
+
+    # For tests and introspection.
+    def channel_ids(self) -> list[str]:
+        return list(self._channels)
+
+
+__all__ = ["MemoryBackend", "now_seconds"]

@@ -1,0 +1,479 @@
+"""``PUSH_SERVER``: the original django-pushserver schema, parsed and validated.
+
+:func:`parse` turns the settings dict into a :class:`ServerConfig` and a list of
+:class:`Problem`; it never raises for bad input. The Django system checks report the
+problems at startup (naming the key and the fix); :func:`load` raises
+:class:`~pushserver.exceptions.ConfigurationError` for code outside Django.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+TRANSPORTS = ("longpoll", "eventsource", "websocket")
+#: Transports this version implements; the others are refused by the checks.
+AVAILABLE_TRANSPORTS = ("longpoll",)
+
+DEFAULT_LOCATIONS = (
+    {"type": "publisher", "prefix": "/publisher/"},
+    {"type": "subscriber", "prefix": "/subscriber/"},
+)
+
+STORE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "memory": {"min_messages": 0, "max_messages": 0, "message_timeout": 0},
+    "redis": {
+        "host": "127.0.0.1",
+        "port": 6379,
+        "database": 0,
+        "key_prefix": "",
+        "url": None,
+        "password": None,
+        "ssl": False,
+        "min_messages": 0,
+        "max_messages": 0,
+        "message_timeout": 0,
+    },
+}
+
+TOP_LEVEL_KEYS = {
+    "port": "listen port (the command line overrides it)",
+    "address": "bind address (the command line overrides it)",
+    "servername": "value of the Server response header",
+    "store": "one store dict with 'type', or a dict of named stores",
+    "locations": "list of publisher and subscriber locations",
+    "publisher_host": "{'location': 'host:port', 'secure': bool} used by send_update",
+    "subscriber_host": "{'location': 'host:port', 'secure': bool} used by {% channel_url %}",
+    "publish_timeout": "seconds send_update waits for the push server (default 5)",
+    "transport": "the transport pages use: 'longpoll'",
+    "max_message_size": "largest accepted message body in bytes (default 1 MiB)",
+}
+
+COMMON_LOCATION_KEYS = {"type", "url", "prefix", "store", "allow_origin", "allow_credentials"}
+PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size"}
+SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
+    "polling",
+    "create_on_get",
+    "passthrough",
+    "timeout",
+    "transports",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the settings, and how to fix it."""
+
+    key: str
+    message: str
+    hint: str
+    id: str
+    level: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message} ({self.hint})"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    location: str | None
+    secure: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.secure else "http"
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    index: int
+    type: str  # "publisher" or "subscriber"
+    pattern: str  # the URL regex, as configured (or built from the prefix)
+    url: str | None
+    prefix: str | None
+    regex: re.Pattern[str]
+    store: str = "default"
+    polling: str = "long"
+    create_on_get: bool = False
+    create_on_post: bool = True
+    allow_origin: str = "*"
+    allow_credentials: bool = False
+    passthrough: str | None = None
+    timeout: float = 0
+    max_message_size: int = 1024 * 1024
+    transports: tuple[str, ...] = ("longpoll",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    port: int | None = None
+    address: str | None = None
+    servername: str | None = None
+    stores: dict[str, StoreConfig] = field(default_factory=dict)
+    locations: tuple[LocationConfig, ...] = ()
+    publisher_host: HostConfig | None = None
+    subscriber_host: HostConfig | None = None
+    publish_timeout: float = 5.0
+    transport: str = "longpoll"
+
+    def first(self, kind: str) -> LocationConfig | None:
+        return next((loc for loc in self.locations if loc.type == kind), None)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, key: str, message: str, hint: str, code: int) -> None:
+        self.problems.append(Problem(key, message, hint, f"pushserver.E{code:03d}"))
+
+    def warning(self, key: str, message: str, hint: str, code: int) -> None:
+        self.problems.append(Problem(key, message, hint, f"pushserver.W{code:03d}", "warning"))
+
+    def unknown_keys(self, key: str, given: Mapping[str, Any], allowed: set[str], code: int) -> None:
+        for name in given:
+            if name in allowed:
+                continue
+            close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
+            suggestion = f"did you mean {close[0]!r}? " if close else ""
+            self.error(
+                f"{key}[{name!r}]",
+                f"unknown key {name!r}",
+                f"{suggestion}Known keys: {', '.join(sorted(allowed))}.",
+                code,
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_non_negative(c: _Collector, key: str, value: Any, code: int, *, integer: bool) -> bool:
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    if not ok or value < 0:
+        kind = "a whole number" if integer else "a number of seconds"
+        c.error(key, f"must be {kind} >= 0, not {value!r}", f"Set {key} to {kind}, e.g. 0.", code)
+        return False
+    return True
+
+
+def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
+    key = "PUSH_SERVER['store']"
+    if raw is None:
+        raw = {"type": "memory"}
+    if not isinstance(raw, Mapping):
+        c.error(key, f"must be a dict, not {type(raw).__name__}", "Use {'type': 'memory'}.", 10)
+        return {}
+    named: Mapping[str, Any] = {"default": raw} if "type" in raw else raw
+    stores: dict[str, StoreConfig] = {}
+    for name, options in named.items():
+        skey = key if "type" in raw else f"{key}[{name!r}]"
+        if not isinstance(options, Mapping):
+            c.error(
+                skey,
+                f"store {name!r} must be a dict with a 'type', not {options!r}",
+                "Write {'type': 'memory'} or {'type': 'redis', ...}.",
+                11,
+            )
+            continue
+        store_type = options.get("type")
+        if store_type is None:
+            c.error(
+                f"{skey}['type']",
+                "the store has no 'type'",
+                "Add 'type': 'memory' (one process) or 'type': 'redis' (several).",
+                12,
+            )
+            continue
+        if not isinstance(store_type, str):
+            c.error(f"{skey}['type']", f"must be a string, not {store_type!r}", "Use 'memory'.", 12)
+            continue
+        if store_type in STORE_DEFAULTS:
+            defaults = STORE_DEFAULTS[store_type]
+            c.unknown_keys(skey, options, {"type", *defaults}, 13)
+            merged = {**defaults, **{k: v for k, v in options.items() if k != "type"}}
+            for opt in ("min_messages", "max_messages"):
+                if opt in merged:
+                    _check_non_negative(c, f"{skey}[{opt!r}]", merged[opt], 14, integer=True)
+            if "message_timeout" in merged:
+                _check_non_negative(
+                    c, f"{skey}['message_timeout']", merged["message_timeout"], 14, integer=False
+                )
+        elif "." in store_type:
+            merged = {k: v for k, v in options.items() if k != "type"}
+        else:
+            c.error(
+                f"{skey}['type']",
+                f"unknown store type {store_type!r}",
+                "Use 'memory', 'redis', or the dotted path of a Backend subclass.",
+                15,
+            )
+            continue
+        stores[str(name)] = StoreConfig(str(name), store_type, merged)
+    if not stores and not c.problems:
+        c.error(key, "no store is configured", "Use {'type': 'memory'}.", 10)
+    return stores
+
+
+def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
+    key = f"PUSH_SERVER[{name!r}]"
+    if raw is None or raw == {}:
+        return None
+    if isinstance(raw, str):  # the 0.2.3-0.2.6 form "host:port"
+        return HostConfig(raw or None, False)
+    if not isinstance(raw, Mapping):
+        c.error(
+            key, f"must be a dict, not {raw!r}", "Use {'location': 'host:port', 'secure': False}.", 20
+        )
+        return None
+    c.unknown_keys(key, raw, {"location", "secure"}, 21)
+    location = raw.get("location")
+    if location is not None and (not isinstance(location, str) or "/" in location):
+        c.error(
+            f"{key}['location']",
+            f"must be 'host:port' without scheme or path, not {location!r}",
+            "For example '127.0.0.1:8001'; set 'secure': True for https.",
+            22,
+        )
+        location = None
+    return HostConfig(location or None, bool(raw.get("secure", False)))
+
+
+def _location_pattern(c: _Collector, key: str, raw: Mapping[str, Any]) -> tuple[str, re.Pattern[str]] | None:
+    url = raw.get("url")
+    prefix = raw.get("prefix")
+    if url is None and prefix is None:
+        c.error(
+            key,
+            "the location has neither 'url' nor 'prefix'",
+            "Add 'url': r'/updates/([^/]+)' (one group: the channel id) or 'prefix': '/updates/'.",
+            31,
+        )
+        return None
+    if url is not None:
+        if not isinstance(url, str):
+            c.error(f"{key}['url']", f"must be a regex string, not {url!r}", "Use r'/updates/([^/]+)'.", 32)
+            return None
+        pattern = url
+        what = f"{key}['url']"
+    else:
+        if not isinstance(prefix, str):
+            c.error(f"{key}['prefix']", f"must be a string, not {prefix!r}", "Use '/updates/'.", 32)
+            return None
+        pattern = prefix + "(.+)"
+        what = f"{key}['prefix']"
+    try:
+        regex = re.compile(pattern + "$")
+    except re.error as exc:
+        c.error(what, f"is not a valid regular expression: {exc}", "Fix the regex syntax.", 33)
+        return None
+    if regex.groups != 1:
+        c.error(
+            what,
+            f"must have exactly one group (the channel id), {pattern!r} has {regex.groups}",
+            "Make other groups non-capturing: (?:...).",
+            34,
+        )
+        return None
+    return pattern, regex
+
+
+def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, StoreConfig], default_size: int) -> LocationConfig | None:
+    key = f"PUSH_SERVER['locations'][{index}]"
+    if not isinstance(raw, Mapping):
+        c.error(key, f"must be a dict, not {raw!r}", "Use {'type': 'subscriber', 'prefix': '/updates/'}.", 30)
+        return None
+    kind = raw.get("type")
+    if kind not in ("publisher", "subscriber"):
+        c.error(
+            f"{key}['type']",
+            f"must be 'publisher' or 'subscriber', not {kind!r}",
+            "Each location says what it is: 'type': 'publisher' or 'type': 'subscriber'.",
+            35,
+        )
+        return None
+    allowed = PUBLISHER_KEYS if kind == "publisher" else SUBSCRIBER_KEYS
+    for name in raw:
+        if name not in allowed and name in (PUBLISHER_KEYS | SUBSCRIBER_KEYS):
+            c.error(
+                f"{key}[{name!r}]",
+                f"{name!r} does not apply to {kind} locations",
+                f"Move it to a {'subscriber' if kind == 'publisher' else 'publisher'} location.",
+                36,
+            )
+    c.unknown_keys(key, {k: v for k, v in raw.items() if k not in (PUBLISHER_KEYS | SUBSCRIBER_KEYS)}, allowed, 37)
+    parsed = _location_pattern(c, key, raw)
+    store = raw.get("store", "default")
+    if store not in stores:
+        c.error(
+            f"{key}['store']",
+            f"names the store {store!r}, which is not configured",
+            f"Use one of: {', '.join(map(repr, stores)) or 'none configured'}, or add it to PUSH_SERVER['store'].",
+            38,
+        )
+    polling = raw.get("polling", "long")
+    if polling not in ("long", "interval"):
+        c.error(f"{key}['polling']", f"must be 'long' or 'interval', not {polling!r}", "Use 'long'.", 39)
+    for flag in ("create_on_get", "create_on_post", "allow_credentials"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            c.error(f"{key}[{flag!r}]", f"must be True or False, not {raw[flag]!r}", "Use a bool.", 40)
+    allow_origin = raw.get("allow_origin", "*")
+    if not isinstance(allow_origin, str) or not allow_origin.strip():
+        c.error(
+            f"{key}['allow_origin']",
+            f"must be an origin string, not {allow_origin!r}",
+            "Use 'https://www.example.com' or '*'.",
+            41,
+        )
+        allow_origin = "*"
+    credentials = raw.get("allow_credentials", False) is True
+    if credentials and "*" in allow_origin.split():
+        c.error(
+            f"{key}['allow_origin']",
+            "'*' cannot be combined with 'allow_credentials': True (browsers refuse it)",
+            "Set 'allow_origin' to the exact origin of your pages, e.g. 'http://127.0.0.1:8000'.",
+            42,
+        )
+    passthrough = raw.get("passthrough")
+    if passthrough is not None and (
+        not isinstance(passthrough, str) or not passthrough.startswith(("http://", "https://"))
+    ):
+        c.error(
+            f"{key}['passthrough']",
+            f"must be an absolute http(s) URL, not {passthrough!r}",
+            "For example 'http://127.0.0.1:8000/passthrough'.",
+            43,
+        )
+        passthrough = None
+    timeout = raw.get("timeout", 0)
+    if not _check_non_negative(c, f"{key}['timeout']", timeout, 44, integer=False):
+        timeout = 0
+    size = raw.get("max_message_size", default_size)
+    if not _check_non_negative(c, f"{key}['max_message_size']", size, 45, integer=True):
+        size = default_size
+    transports = raw.get("transports", AVAILABLE_TRANSPORTS)
+    if isinstance(transports, str):
+        transports = (transports,)
+    if not isinstance(transports, list | tuple) or not transports:
+        c.error(f"{key}['transports']", f"must be a list of transports, not {transports!r}", "Use ['longpoll'].", 46)
+        transports = AVAILABLE_TRANSPORTS
+    for name in transports:
+        if name not in AVAILABLE_TRANSPORTS:
+            c.error(
+                f"{key}['transports']",
+                f"unknown or unavailable transport {name!r}",
+                f"Available here: {', '.join(AVAILABLE_TRANSPORTS)}.",
+                47,
+            )
+    if parsed is None:
+        return None
+    pattern, regex = parsed
+    return LocationConfig(
+        index=index,
+        type=kind,
+        pattern=pattern,
+        url=raw.get("url"),
+        prefix=raw.get("prefix"),
+        regex=regex,
+        store=store if isinstance(store, str) else "default",
+        polling=polling if polling in ("long", "interval") else "long",
+        create_on_get=raw.get("create_on_get", False) is True,
+        create_on_post=raw.get("create_on_post", True) is not False,
+        allow_origin=allow_origin,
+        allow_credentials=credentials,
+        passthrough=passthrough,
+        timeout=float(timeout),
+        max_message_size=int(size),
+        transports=tuple(t for t in transports if t in AVAILABLE_TRANSPORTS) or ("longpoll",),
+    )
+
+
+def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
+    """Parse ``PUSH_SERVER``; return the config (best effort) and every problem found."""
+    c = _Collector()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        c.error("PUSH_SERVER", f"must be a dict, not {type(raw).__name__}", "Write PUSH_SERVER = {...}.", 1)
+        raw = {}
+    c.unknown_keys("PUSH_SERVER", raw, set(TOP_LEVEL_KEYS), 2)
+
+    port = raw.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        c.error("PUSH_SERVER['port']", f"must be a port number, not {port!r}", "Use e.g. 8001.", 3)
+        port = None
+    address = raw.get("address")
+    if address is not None and not isinstance(address, str):
+        c.error("PUSH_SERVER['address']", f"must be a string, not {address!r}", "Use '127.0.0.1'.", 4)
+        address = None
+    servername = raw.get("servername")
+    if servername is not None and not isinstance(servername, str):
+        c.error("PUSH_SERVER['servername']", f"must be a string, not {servername!r}", "Use e.g. 'push'.", 5)
+        servername = None
+    publish_timeout = raw.get("publish_timeout", 5.0)
+    if not _check_non_negative(c, "PUSH_SERVER['publish_timeout']", publish_timeout, 6, integer=False):
+        publish_timeout = 5.0
+    transport = raw.get("transport", "longpoll")
+    if transport not in AVAILABLE_TRANSPORTS:
+        c.error(
+            "PUSH_SERVER['transport']",
+            f"unknown or unavailable transport {transport!r}",
+            f"Available here: {', '.join(AVAILABLE_TRANSPORTS)}.",
+            7,
+        )
+        transport = "longpoll"
+    default_size = raw.get("max_message_size", 1024 * 1024)
+    if not _check_non_negative(c, "PUSH_SERVER['max_message_size']", default_size, 8, integer=True):
+        default_size = 1024 * 1024
+
+    stores = _parse_stores(c, raw.get("store"))
+    raw_locations = raw.get("locations", DEFAULT_LOCATIONS)
+    locations: list[LocationConfig] = []
+    if not isinstance(raw_locations, list | tuple):
+        c.error(
+            "PUSH_SERVER['locations']",
+            f"must be a list of location dicts, not {type(raw_locations).__name__}",
+            "Use [{'type': 'publisher', 'prefix': '/publisher/'}, {'type': 'subscriber', 'prefix': '/subscriber/'}].",
+            30,
+        )
+        raw_locations = ()
+    for index, raw_location in enumerate(raw_locations):
+        location = _parse_location(c, index, raw_location, stores, default_size)
+        if location is not None:
+            locations.append(location)
+
+    config = ServerConfig(
+        port=port,
+        address=address,
+        servername=servername,
+        stores=stores,
+        locations=tuple(locations),
+        publisher_host=_parse_host(c, "publisher_host", raw.get("publisher_host")),
+        subscriber_host=_parse_host(c, "subscriber_host", raw.get("subscriber_host")),
+        publish_timeout=float(publish_timeout),
+        transport=transport,
+    )
+    return config, c.problems
+
+
+def load(raw: Mapping[str, Any] | None) -> ServerConfig:
+    """Parse and raise :class:`ConfigurationError` if anything is an error."""
+    config, problems = parse(raw)
+    errors = [p for p in problems if p.level == "error"]
+    if errors:
+        raise ConfigurationError(errors)
+    return config

@@ -1,0 +1,102 @@
+"""Small ASGI HTTP helpers shared by the publisher and the transports."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    410: "Gone",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Request:
+    """The parts of an ASGI HTTP scope the push server reads."""
+
+    __slots__ = ("headers", "method", "scope")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.method: str = scope["method"]
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.headers = headers
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    @property
+    def client_host(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None if the client went away.
+
+    Raises :class:`BodyTooLarge` as soon as more than ``limit`` bytes (0 = no limit) arrive.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if limit and size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    headers: Headers | None = None,
+    body: bytes = b"",
+    *,
+    content_type: bytes | None = None,
+) -> None:
+    all_headers = list(headers or ())
+    if content_type is not None:
+        all_headers.append((b"content-type", content_type))
+    if status != 304:
+        all_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body if status != 304 else b""})
+
+
+async def respond_error(send: Send, status: int, reason: str, headers: Headers | None = None) -> None:
+    """A short plain-text error: the status line's reason and what went wrong."""
+    text = f"{status} {REASONS.get(status, '')}: {reason}\n".encode()
+    await respond(send, status, headers, text, content_type=b"text/plain; charset=utf-8")

@@ -1,0 +1,251 @@
+"""Fan-out, written once for every backend and every transport.
+
+A :class:`Hub` sits on one backend. Transports open a :class:`Subscription` on one or more
+channels; the backend reports each published message to the hub (:meth:`Hub.on_message`),
+and the hub hands the same :class:`~pushserver.message.Message` object to every
+subscription of that channel. Waiting costs no polling: a subscription sleeps on an event
+until the hub offers it something.
+
+Every subscription's queue is bounded. When it is full the hub drops the new item and
+marks the subscription ``overflowed``; the transport then catches up from the backend's
+buffer (where the messages still are) or tells the client about the gap. Nothing is lost
+silently, and a slow consumer never holds up the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+
+from .backends.base import Backend, PublishResult, ReadResult
+from .message import ChannelInfo, Message, MessageId
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message on one of the subscription's channels."""
+
+    channel_id: str
+    message: Message
+    kind: Literal["message"] = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """The channel was deleted; the subscriber must be told (410, close code)."""
+
+    channel_id: str
+    kind: Literal["deleted"] = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The server is shutting down; the subscriber should reconnect (elsewhere)."""
+
+    kind: Literal["closing"] = "closing"
+
+
+Event = Delivery | Deletion | Closing
+
+
+class Subscription:
+    """A subscriber's bounded queue of events from one or more channels."""
+
+    __slots__ = ("_hub", "_pending", "_wakeup", "channels", "closed", "maxlen", "overflowed")
+
+    def __init__(self, hub: Hub, channels: Iterable[str], maxlen: int) -> None:
+        self._hub = hub
+        self.channels: list[str] = list(dict.fromkeys(channels))
+        self.maxlen = maxlen
+        self._pending: deque[Event] = deque()
+        self._wakeup: anyio.Event | None = None
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, item: Event) -> bool:
+        """Queue ``item``; return False (and mark overflowed) when the queue is full."""
+        accepted = len(self._pending) < self.maxlen or not isinstance(item, Delivery)
+        if accepted:
+            self._pending.append(item)
+        else:
+            self.overflowed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return accepted
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def get_nowait(self) -> Event | None:
+        return self._pending.popleft() if self._pending else None
+
+    async def get(self) -> Event | None:
+        """The next event; None when woken by an overflow with nothing queued."""
+        while not self._pending:
+            if self.overflowed:
+                return None
+            self._wakeup = anyio.Event()
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._wakeup = None
+        return self._pending.popleft()
+
+    async def next_message_after(
+        self, after: MessageId, *, timeout: float | None = None
+    ) -> Event | None:
+        """Wait for a message newer than ``after`` (or a deletion); None on timeout."""
+        with anyio.move_on_after(math.inf if not timeout else timeout):
+            while True:
+                event = await self.get()
+                if event is None:  # overflowed: the caller re-reads the buffer
+                    return None
+                if not isinstance(event, Delivery) or event.message.id > after:
+                    return event
+        return None
+
+
+class Hub:
+    """Local fan-out over one backend, and the core API transports use."""
+
+    def __init__(self, backend: Backend, *, queue_size: int = 64) -> None:
+        self.backend = backend
+        self.queue_size = queue_size
+        self._subscriptions: dict[str, dict[Subscription, None]] = {}
+        self.published = 0
+        self.delivered = 0
+        self.overflows = 0
+        self.shutting_down = False
+        backend.bind(self)
+
+    async def __aenter__(self) -> Hub:
+        await self.backend.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.backend.aclose()
+
+    # -- Listener ---------------------------------------------------------------------------
+
+    def on_message(self, channel_id: str, message: Message) -> int:
+        subscriptions = self._subscriptions.get(channel_id)
+        self.published += 1
+        if not subscriptions:
+            return 0
+        delivery = Delivery(channel_id, message)
+        reached = 0
+        for subscription in subscriptions:
+            if subscription.offer(delivery):
+                reached += 1
+            else:
+                self.overflows += 1
+        self.delivered += reached
+        return reached
+
+    def on_delete(self, channel_id: str) -> None:
+        subscriptions = self._subscriptions.get(channel_id)
+        if subscriptions:
+            deletion = Deletion(channel_id)
+            for subscription in subscriptions:
+                subscription.offer(deletion)
+
+    def shutdown(self) -> None:
+        """Tell every subscription the server is going away."""
+        self.shutting_down = True
+        closing = Closing()
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                subscription.offer(closing)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(self, channels: Iterable[str], *, maxlen: int | None = None) -> Subscription:
+        subscription = Subscription(self, channels, maxlen or self.queue_size)
+        for channel_id in subscription.channels:
+            local = self._subscriptions.get(channel_id)
+            if local is None:
+                local = self._subscriptions[channel_id] = {}
+                await self.backend.listen(channel_id)
+            local[subscription] = None
+            await self.backend.subscribers_changed(channel_id, 1)
+        if self.shutting_down:
+            subscription.offer(Closing())
+        return subscription
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription.closed:
+            return
+        subscription.closed = True
+        for channel_id in subscription.channels:
+            await self._remove(subscription, channel_id)
+
+    async def _remove(self, subscription: Subscription, channel_id: str) -> None:
+        local = self._subscriptions.get(channel_id)
+        if local is None or local.pop(subscription, 0) is not None:
+            return
+        if not local:
+            del self._subscriptions[channel_id]
+            await self.backend.unlisten(channel_id)
+        await self.backend.subscribers_changed(channel_id, -1)
+
+    async def add_channel(self, subscription: Subscription, channel_id: str) -> None:
+        """Subscribe an open subscription to one more channel (WebSocket commands)."""
+        if channel_id in subscription.channels:
+            return
+        subscription.channels.append(channel_id)
+        local = self._subscriptions.get(channel_id)
+        if local is None:
+            local = self._subscriptions[channel_id] = {}
+            await self.backend.listen(channel_id)
+        local[subscription] = None
+        await self.backend.subscribers_changed(channel_id, 1)
+
+    async def remove_channel(self, subscription: Subscription, channel_id: str) -> None:
+        if channel_id not in subscription.channels:
+            return
+        subscription.channels.remove(channel_id)
+        await self._remove(subscription, channel_id)
+
+    @asynccontextmanager
+    async def subscription(
+        self, channels: Iterable[str], *, maxlen: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        subscription = await self.subscribe(channels, maxlen=maxlen)
+        try:
+            yield subscription
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.unsubscribe(subscription)
+
+    def local_subscribers(self, channel_id: str) -> int:
+        return len(self._subscriptions.get(channel_id, ()))
+
+    # -- pass-throughs to the backend -------------------------------------------------------
+
+    async def publish(
+        self,
+        channel_id: str,
+        body: bytes,
+        content_type: str,
+        *,
+        event: str | None = None,
+        create: bool = True,
+    ) -> PublishResult:
+        return await self.backend.publish(
+            channel_id, body, content_type, event=event, create=create
+        )
+
+    async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
+        return await self.backend.read_after(channel_id, after)
+
+    async def info(self, channel_id: str) -> ChannelInfo | None:
+        return await self.backend.info(channel_id)
+
+    async def delete(self, channel_id: str) -> bool:
+        return await self.backend.delete(channel_id)

@@ -1,0 +1,94 @@
+"""Messages and message ids.
+
+A :class:`MessageId` is the pair ``(time, tag)``: ``time`` is whole Unix seconds at publish
+time, ``tag`` counts messages published to the channel within that second, from 0. It maps
+one-to-one onto the Nginx HTTP Push Module's ``Last-Modified`` / ``Etag`` pair and onto the
+compact string ``"<time>:<tag>"`` that server-sent events and WebSockets use, so a client can
+move between transports without losing its place.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+
+class MessageId(NamedTuple):
+    """Orders messages within one channel; compares as the tuple ``(time, tag)``."""
+
+    time: int
+    tag: int
+
+    def __str__(self) -> str:
+        return f"{self.time}:{self.tag}"
+
+    @classmethod
+    def parse(cls, text: str) -> MessageId:
+        """Parse ``"<time>:<tag>"``; raise :class:`ValueError` on anything else."""
+        time_part, sep, tag_part = text.strip().partition(":")
+        if not sep or not time_part.isdigit() or not tag_part.lstrip("-").isdigit():
+            raise ValueError(f"not a message id: {text!r}")
+        tag = int(tag_part)
+        if tag < -1:
+            raise ValueError(f"not a message id: {text!r}")
+        return cls(int(time_part), tag)
+
+    def next_for(self, now: int) -> MessageId:
+        """The id a message published at ``now`` gets after this one.
+
+        A new second restarts the tag at 0. If the clock went backwards the second is kept
+        and the tag goes on counting, so ids never go back.
+        """
+        if now > self.time:
+            return MessageId(now, 0)
+        return MessageId(self.time, self.tag + 1)
+
+
+#: Before every message: what a client with no position asks to read after.
+ORIGIN = MessageId(0, -1)
+
+
+def now_seconds() -> int:
+    return int(_time.time())
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """One published message. Immutable once published; shared by every subscriber.
+
+    ``encoded`` caches each wire format's bytes, so fan-out encodes a message once per
+    format however many subscribers it reaches.
+    """
+
+    id: MessageId
+    body: bytes
+    content_type: str = "application/octet-stream"
+    event: str | None = None
+    published_at: float = field(default_factory=_time.time)
+    encoded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def wire(self, name: str, encode: Callable[[Message], Any]) -> Any:
+        """Return ``encode(self)``, computed once per ``name`` for this message."""
+        try:
+            return self.encoded[name]
+        except KeyError:
+            value = self.encoded[name] = encode(self)
+            return value
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """What the publisher's GET reports, as NHPM and nchan do."""
+
+    channel_id: str
+    messages: int
+    last_requested: float | None  # Unix time of the last subscriber request, None if never
+    subscribers: int
+    last_message_id: MessageId | None
+
+    def requested_seconds_ago(self, now: float | None = None) -> int:
+        if self.last_requested is None:
+            return -1
+        now = _time.time() if now is None else now
+        return max(0, int(now - self.last_requested))

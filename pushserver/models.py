@@ -1,0 +1,1 @@
+# Kept (empty) for projects that import pushserver.models, as the original shipped one.

@@ -1,0 +1,205 @@
+"""The Nginx HTTP Push Module wire protocol as pure functions: no I/O, no server.
+
+Everything here takes and returns plain values (strings, bytes, tuples), so it is tested
+with plain values, and every transport shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from email.utils import formatdate, parsedate_tz, mktime_tz
+from xml.sax.saxutils import escape as xml_escape
+
+from .message import ChannelInfo, Message, MessageId
+
+Headers = list[tuple[bytes, bytes]]
+
+# -- request headers ------------------------------------------------------------------------
+
+_INT_RE = re.compile(r"\s*(-?[0-9]{1,18})\s*\Z")
+
+
+def parse_if_none_match(value: str | None) -> int:
+    """The integer etag of ``If-None-Match``; -1 when absent.
+
+    Raises :class:`ValueError` for anything but a bare integer (the original answered a
+    quoted etag with 400, and so do we).
+    """
+    if value is None or value.strip() == "":
+        return -1
+    match = _INT_RE.match(value)
+    if match is None:
+        raise ValueError(f"If-None-Match is not an integer: {value!r}")
+    number = int(match.group(1))
+    if number < -1:
+        raise ValueError(f"If-None-Match is negative: {value!r}")
+    return number
+
+
+def parse_if_modified_since(value: str | None) -> int:
+    """Unix seconds of ``If-Modified-Since``; 0 when absent.
+
+    Raises :class:`ValueError` for a value that is not an HTTP date.
+    """
+    if value is None or value.strip() == "":
+        return 0
+    parsed = parsedate_tz(value)
+    if parsed is None:
+        raise ValueError(f"If-Modified-Since is not an HTTP date: {value!r}")
+    try:
+        seconds = mktime_tz(parsed)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"If-Modified-Since is out of range: {value!r}") from exc
+    return max(0, seconds)
+
+
+def position_from_headers(if_modified_since: str | None, if_none_match: str | None) -> MessageId:
+    """The client's position: it has read everything up to this id, nothing after."""
+    return MessageId(
+        parse_if_modified_since(if_modified_since), parse_if_none_match(if_none_match)
+    )
+
+
+# -- channel ids ----------------------------------------------------------------------------
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def decode_channel_id(raw: str) -> str:
+    """Percent-decode a channel id taken from the raw URL path, strictly.
+
+    Raises :class:`ValueError` for a malformed escape or bytes that are not UTF-8.
+    """
+    if _BAD_PERCENT.search(raw):
+        raise ValueError("malformed percent-encoding in the channel id")
+    data = _PERCENT.sub(lambda m: bytes((int(m.group(1), 16),)), raw.encode("latin-1"))
+    try:
+        channel_id = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("the channel id is not UTF-8") from exc
+    if channel_id == "":
+        raise ValueError("the channel id is empty")
+    return channel_id
+
+
+# -- response headers -----------------------------------------------------------------------
+
+
+def http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
+
+
+VARY = (b"vary", b"If-Modified-Since, If-None-Match")
+
+
+def position_headers(position: MessageId) -> Headers:
+    """``Last-Modified`` / ``Etag`` / ``Cache-Control: etag=`` for a position."""
+    tag = str(position.tag).encode()
+    return [
+        (b"last-modified", http_date(position.time).encode()),
+        (b"etag", tag),
+        (b"cache-control", b"etag=" + tag),
+        VARY,
+    ]
+
+
+def longpoll_response_headers(message: Message) -> Headers:
+    """Headers of a 200 carrying ``message``; shared by every subscriber it reaches."""
+    return [
+        *position_headers(message.id),
+        (b"content-type", message.content_type.encode("latin-1")),
+        (b"content-length", str(len(message.body)).encode()),
+    ]
+
+
+SUBSCRIBER_ALLOW_HEADERS = "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
+SUBSCRIBER_EXPOSE_HEADERS = "Last-Modified, Etag, Cache-Control, Content-Type"
+
+
+def cors_headers(allow_origin: str, allow_credentials: bool, request_origin: str | None) -> Headers:
+    """The CORS set every subscriber response carries, errors included.
+
+    ``allow_origin`` is the configured value; ``'*'`` stays ``*`` unless credentials are on,
+    which the system checks refuse. A list of origins (space separated) echoes the request's
+    origin when it is one of them.
+    """
+    origin = allow_origin
+    origins = allow_origin.split()
+    if len(origins) > 1:
+        origin = request_origin if request_origin in origins else origins[0]
+    headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-headers", SUBSCRIBER_ALLOW_HEADERS.encode()),
+        (b"access-control-expose-headers", SUBSCRIBER_EXPOSE_HEADERS.encode()),
+        (b"access-control-allow-credentials", b"true" if allow_credentials else b"false"),
+        (b"access-control-max-age", b"864000"),
+    ]
+    if len(origins) > 1:
+        headers.append((b"vary", b"Origin"))
+    return headers
+
+
+# -- channel info ---------------------------------------------------------------------------
+
+_INFO_FORMATS = {
+    "json": ("json", "x-json"),
+    "xml": ("xml",),
+    "yaml": ("yaml", "x-yaml"),
+}
+
+
+def negotiate_info_format(accept: str | None) -> tuple[str, str]:
+    """``(format, content_type)`` for an ``Accept`` header, as NHPM negotiates it.
+
+    The first ``text/`` or ``application/`` type naming json, xml or yaml wins (NHPM ignores
+    q-values, and so do we); the response echoes that type. Anything else is plain text.
+    """
+    for part in (accept or "").split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        major, _, minor = media.partition("/")
+        if major not in ("text", "application"):
+            continue
+        for name, minors in _INFO_FORMATS.items():
+            if minor in minors:
+                return name, media
+    return "plain", "text/plain; charset=utf-8"
+
+
+def render_channel_info(info: ChannelInfo, fmt: str, now: float | None = None) -> bytes:
+    requested = info.requested_seconds_ago(now)
+    last_id = str(info.last_message_id) if info.last_message_id else ""
+    if fmt == "json":
+        return json.dumps(
+            {
+                "messages": info.messages,
+                "requested": requested,
+                "subscribers": info.subscribers,
+                "last_message_id": last_id,
+            },
+            separators=(",", ":"),
+        ).encode()
+    if fmt == "xml":
+        return (
+            '<?xml version="1.0" encoding="UTF-8" ?>\n<channel>\n'
+            f"  <messages>{info.messages}</messages>\n"
+            f"  <requested>{requested}</requested>\n"
+            f"  <subscribers>{info.subscribers}</subscribers>\n"
+            f"  <last_message_id>{xml_escape(last_id)}</last_message_id>\n"
+            "</channel>\n"
+        ).encode()
+    if fmt == "yaml":
+        return (
+            "---\n"
+            f"messages: {info.messages}\n"
+            f"requested: {requested}\n"
+            f"subscribers: {info.subscribers}\n"
+            f'last_message_id: "{last_id}"\n'
+        ).encode()
+    return (
+        f"queued messages: {info.messages}\r\n"
+        f"last requested: {requested} sec. ago (-1=never)\r\n"
+        f"active subscribers: {info.subscribers}\r\n"
+        f"last message id: {last_id}\r\n"
+    ).encode()

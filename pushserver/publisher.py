@@ -1,0 +1,90 @@
+"""The publisher location: POST publishes, PUT creates, GET describes, DELETE deletes."""
+
+from __future__ import annotations
+
+from .config import LocationConfig
+from .exceptions import BackendUnavailable, ChannelNotFound
+from .http import BodyTooLarge, Headers, Receive, Request, Send, read_body, respond, respond_error
+from .hub import Hub
+from .message import ChannelInfo
+from .protocol import negotiate_info_format, render_channel_info
+
+ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
+
+
+class Publisher:
+    """Handles one publisher location (NHPM "Basic HTTP Push Relay Protocol" semantics)."""
+
+    def __init__(self, location: LocationConfig, hub: Hub, base_headers: Headers) -> None:
+        self.location = location
+        self.hub = hub
+        self.headers = base_headers
+
+    async def __call__(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+        method = request.method
+        try:
+            if method == "POST":
+                await self.post(request, channel_id, receive, send)
+            elif method == "PUT":
+                await self.hub.backend.create(channel_id)
+                await self.info_response(request, send, 200, await self.hub.info(channel_id))
+            elif method == "GET":
+                info = await self.hub.info(channel_id)
+                if info is None:
+                    await respond_error(send, 404, "no such channel", self.headers)
+                else:
+                    await self.info_response(request, send, 200, info)
+            elif method == "DELETE":
+                info = await self.hub.info(channel_id)
+                if info is None or not await self.hub.delete(channel_id):
+                    await respond_error(send, 404, "no such channel", self.headers)
+                else:
+                    await self.info_response(request, send, 200, info)
+            else:
+                await respond_error(
+                    send, 405, f"{method} is not allowed here", [*self.headers, ALLOW]
+                )
+        except BackendUnavailable as exc:
+            await respond_error(
+                send, 503, f"the channel store is unavailable: {exc}", [*self.headers, (b"retry-after", b"1")]
+            )
+
+    async def post(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+        limit = self.location.max_message_size
+        declared = request.header("content-length")
+        if limit and declared and declared.isdigit() and int(declared) > limit:
+            await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
+            return
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge:
+            await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
+            return
+        if body is None:  # the publisher went away before sending the whole body
+            return
+        content_type = request.header("content-type") or "application/octet-stream"
+        try:
+            result = await self.hub.publish(
+                channel_id,
+                body,
+                content_type,
+                event=request.header("x-eventsource-event") or None,
+                create=self.location.create_on_post,
+            )
+        except ChannelNotFound:
+            await respond_error(
+                send, 404, "no such channel (create it with PUT first)", self.headers
+            )
+            return
+        info = await self.hub.info(channel_id)
+        await self.info_response(request, send, 201 if result.subscribers else 202, info)
+
+    async def info_response(
+        self, request: Request, send: Send, status: int, info: ChannelInfo | None
+    ) -> None:
+        if info is None:  # deleted in between: describe an empty channel
+            await respond(send, status, self.headers)
+            return
+        fmt, content_type = negotiate_info_format(request.header("accept"))
+        body = render_channel_info(info, fmt)
+        await respond(send, status, self.headers, body, content_type=content_type.encode())

@@ -1,0 +1,124 @@
+"""Run a :class:`~pushserver.app.PushServer` under hypercorn, embedded, on anyio.
+
+No subprocess: :func:`serve` binds the socket itself (so a busy port is a clear error
+before anything starts, and port 0 picks a free one), then hands it to hypercorn's own
+worker for the running anyio backend (asyncio or trio).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import wrap_app
+
+from .app import PushServer
+
+logger = logging.getLogger("pushserver")
+
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+
+
+@dataclass
+class Running:
+    """The push server running in this process, for in-process publishing."""
+
+    app: PushServer
+    token: anyio.lowlevel.EventLoopToken
+    host: str
+
+
+#: Set while :func:`serve` runs; ``send_update`` publishes straight into it.
+current: Running | None = None
+
+
+def format_host(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def bind(address: str, port: int, *, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``address:port`` (IPv6 when the address is)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) -> Config:
+    config = Config()
+    config.include_server_header = False  # the app sends Server (the 'servername' setting)
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = 75  # longer than a browser's idle pool; long polls renew it
+    if access_log:
+        config.accesslog = logging.getLogger("pushserver.access")
+        config.access_log_format = ACCESS_LOG_FORMAT
+    config.errorlog = logging.getLogger("pushserver.server")
+    return config
+
+
+async def wait_for_signals() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+def _running_trio() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True  # anyio runs only asyncio and trio
+    return False
+
+
+async def serve(
+    app: PushServer,
+    sock: socket.socket,
+    *,
+    access_log: bool = True,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = 5.0,
+) -> None:
+    """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns (default: a
+    SIGINT or SIGTERM). On the way out held subscribers are released first, so the
+    graceful period is spent finishing responses, not waiting on idle long polls."""
+    global current
+    config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
+    trigger = shutdown_trigger or wait_for_signals
+
+    async def shutdown() -> None:
+        await trigger()
+        app.begin_shutdown()
+
+    address, port = sock.getsockname()[:2]
+    current = Running(app, anyio.lowlevel.current_token(), format_host(address, port))
+    try:
+        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+        wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        if _running_trio():
+            from hypercorn.trio.run import worker_serve as trio_serve
+
+            await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+        else:
+            from hypercorn.asyncio.run import worker_serve as asyncio_serve
+
+            await asyncio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+    finally:
+        current = None

@@ -1,0 +1,130 @@
+"""Helpers for testing a project against a real push server.
+
+:class:`PushServerProcess` runs ``manage.py runpushserver`` in a subprocess on a free
+loopback port and stops it, so tests speak real HTTP to the real command::
+
+    with PushServerProcess(settings_module="mysite.settings") as server:
+        httpx.get(server.url + "/subscriber/news")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_RUNNING_RE = re.compile(r"running at (http://(\S+?))/\s*$")
+
+
+class PushServerProcess:
+    """``runpushserver`` in a child process; ``url`` is its base URL once started.
+
+    ``push_server`` is handed to the child as JSON in ``PUSHSERVER_TEST_CONFIG`` (a test
+    settings module can read it into ``PUSH_SERVER``); ``args`` are extra command arguments.
+    """
+
+    def __init__(
+        self,
+        settings_module: str,
+        *,
+        push_server: Mapping[str, Any] | None = None,
+        args: Sequence[str] = (),
+        address: str = "127.0.0.1:0",
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.settings_module = settings_module
+        self.push_server = push_server
+        self.args = list(args)
+        self.address = address
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.host = ""
+        self.output: list[str] = []
+        self._drainer: threading.Thread | None = None
+
+    def start(self) -> PushServerProcess:
+        env = {**os.environ, **self.env, "DJANGO_SETTINGS_MODULE": self.settings_module}
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.push_server is not None:
+            env["PUSHSERVER_TEST_CONFIG"] = json.dumps(self.push_server)
+        command = [sys.executable, "-m", "django", "runpushserver", self.address, *self.args]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.cwd,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.stop()
+                    raise TimeoutError("runpushserver did not start:\n" + "".join(self.output))
+                if not selector.select(remaining):
+                    continue
+                line = self.process.stdout.readline()
+                if not line:
+                    self.process.wait()
+                    raise RuntimeError(
+                        f"runpushserver exited with {self.process.returncode}:\n" + "".join(self.output)
+                    )
+                self.output.append(line)
+                match = _RUNNING_RE.search(line)
+                if match:
+                    self.url, self.host = match.group(1), match.group(2)
+                    break
+        # Keep draining the child's output so it never blocks on a full pipe.
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal the server (SIGTERM by default) and wait for it to exit."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._drainer is not None:
+            self._drainer.join(timeout)
+        if process.stdout is not None:
+            process.stdout.close()
+        return process.returncode
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def __enter__(self) -> PushServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

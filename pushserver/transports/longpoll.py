@@ -1,0 +1,150 @@
+"""Long-polling and interval-polling subscribers, as the Nginx HTTP Push Module serves them.
+
+A GET names its position with ``If-Modified-Since`` + ``If-None-Match`` (the previous
+response's ``Last-Modified`` / ``Etag``) and gets the first retained message after it. With
+nothing newer, long polling holds the request until the next message; interval polling
+answers ``304``. ``304`` also ends a long poll on the location's ``timeout`` and on server
+shutdown; it echoes the client's own position so the client simply asks again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import anyio
+
+from ..config import LocationConfig
+from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..http import Headers, Receive, Request, Send, respond, respond_error
+from ..hub import Closing, Deletion, Hub
+from ..message import Message, MessageId
+from ..protocol import longpoll_response_headers, position_from_headers, position_headers
+
+ALLOW = (b"allow", b"GET, OPTIONS")
+ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
+
+
+class Presence(Protocol):
+    """Told when a subscriber starts waiting on a channel and when it stops (passthrough)."""
+
+    def subscribed(self, request: Request, channel_id: str) -> object: ...
+
+    def unsubscribed(self, token: object) -> None: ...
+
+
+class LongPollTransport:
+    """Serves one subscriber location's long-poll (or interval-poll) requests."""
+
+    def __init__(
+        self,
+        location: LocationConfig,
+        hub: Hub,
+        base_headers: Headers,
+        presence: Presence | None = None,
+    ) -> None:
+        self.location = location
+        self.hub = hub
+        self.headers = base_headers
+        self.presence = presence
+        self.interval = location.polling == "interval"
+
+    async def __call__(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+        headers = self.headers
+        if request.method == "OPTIONS":
+            await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
+            return
+        if request.method != "GET":
+            await respond_error(send, 405, f"{request.method} is not allowed here", [*headers, ALLOW])
+            return
+        try:
+            position = position_from_headers(
+                request.header("if-modified-since"), request.header("if-none-match")
+            )
+        except ValueError as exc:
+            await respond_error(send, 400, str(exc), headers)
+            return
+        try:
+            await self.serve(request, channel_id, position, receive, send)
+        except ChannelNotFound:
+            await respond_error(send, 404, "no such channel", headers)
+        except BackendUnavailable as exc:
+            await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+
+    async def serve(
+        self, request: Request, channel_id: str, position: MessageId, receive: Receive, send: Send
+    ) -> None:
+        hub = self.hub
+        backend = hub.backend
+        if not await backend.exists(channel_id):
+            if not self.location.create_on_get:
+                raise ChannelNotFound(channel_id)
+            await backend.create(channel_id)
+        await backend.touch(channel_id)
+        read = await hub.read_after(channel_id, position)
+        if read.message is not None:
+            await self.send_message(send, read.message)
+            return
+        if self.interval:
+            await respond(send, 304, [*self.headers, *position_headers(position)])
+            return
+        async with hub.subscription([channel_id], maxlen=4) as subscription:
+            # Subscribed first, then read again: a message published in between is not missed.
+            read = await hub.read_after(channel_id, position)
+            if read.message is not None:
+                await self.send_message(send, read.message)
+                return
+            token = self.presence.subscribed(request, channel_id) if self.presence else None
+            try:
+                disconnected = False
+                event = None
+                async with anyio.create_task_group() as tg:
+
+                    async def watch_disconnect() -> None:
+                        nonlocal disconnected
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        disconnected = True
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(watch_disconnect)
+                    while True:
+                        event = await subscription.next_message_after(
+                            position, timeout=self.location.timeout
+                        )
+                        if event is None and subscription.overflowed:
+                            # More arrived than the queue holds: the buffer has them in order.
+                            subscription.overflowed = False
+                            read = await hub.read_after(channel_id, position)
+                            if read.message is None:
+                                continue
+                            event = read.message
+                        break
+                    tg.cancel_scope.cancel()
+                if disconnected:
+                    return
+                if isinstance(event, Message):
+                    await self.send_message(send, event)
+                elif isinstance(event, Deletion):
+                    await respond_error(send, 410, "the channel was deleted", self.headers)
+                elif event is None or isinstance(event, Closing):
+                    await respond(send, 304, [*self.headers, *position_headers(position)])
+                else:
+                    await self.send_message(send, event.message)
+            finally:
+                if self.presence is not None:
+                    self.presence.unsubscribed(token)
+
+    async def send_message(self, send: Send, message: Message) -> None:
+        start = message.wire("longpoll", _encode_start)
+        if self.headers:
+            start = {**start, "headers": self.headers + start["headers"]}
+        await send(start)
+        await send({"type": "http.response.body", "body": message.body})
+
+
+def _encode_start(message: Message) -> dict:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": longpoll_response_headers(message),
+    }
