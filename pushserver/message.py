@@ -9,9 +9,13 @@ move between transports without losing its place.
 
 from __future__ import annotations
 
+import re
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+
+_ID_RE = re.compile(r"([0-9]{1,18}):(-1|[0-9]{1,18})\Z", re.ASCII)
 
 
 class MessageId(NamedTuple):
@@ -26,13 +30,10 @@ class MessageId(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> MessageId:
         """Parse ``"<time>:<tag>"``; raise :class:`ValueError` on anything else."""
-        time_part, sep, tag_part = text.strip().partition(":")
-        if not sep or not time_part.isdigit() or not tag_part.lstrip("-").isdigit():
+        match = _ID_RE.match(text.strip())
+        if match is None:
             raise ValueError(f"not a message id: {text!r}")
-        tag = int(tag_part)
-        if tag < -1:
-            raise ValueError(f"not a message id: {text!r}")
-        return cls(int(time_part), tag)
+        return cls(int(match.group(1)), int(match.group(2)))
 
     def next_for(self, now: int) -> MessageId:
         """The id a message published at ``now`` gets after this one.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from email.utils import formatdate, parsedate_tz, mktime_tz
+from datetime import datetime
+from email.utils import formatdate, mktime_tz, parsedate_tz
 from xml.sax.saxutils import escape as xml_escape
 
 from .message import ChannelInfo, Message, MessageId
@@ -16,6 +17,9 @@ from .message import ChannelInfo, Message, MessageId
 Headers = list[tuple[bytes, bytes]]
 
 # -- request headers ------------------------------------------------------------------------
+
+#: 9999-12-31 23:59:59 GMT, the last second an HTTP date can name.
+MAX_HTTP_DATE = 253402300799
 
 _INT_RE = re.compile(r"\s*(-?[0-9]{1,18})\s*\Z")
 
@@ -48,9 +52,13 @@ def parse_if_modified_since(value: str | None) -> int:
     if parsed is None:
         raise ValueError(f"If-Modified-Since is not an HTTP date: {value!r}")
     try:
+        # parsedate_tz does not check ranges: "25:61" or "32 Jan" would silently roll over.
+        datetime(*parsed[:5], min(parsed[5], 59))
         seconds = mktime_tz(parsed)
     except (OverflowError, ValueError) as exc:
         raise ValueError(f"If-Modified-Since is out of range: {value!r}") from exc
+    if seconds > MAX_HTTP_DATE:  # it could not be echoed back as Last-Modified
+        raise ValueError(f"If-Modified-Since is out of range: {value!r}")
     return max(0, seconds)
 
 
@@ -114,7 +122,9 @@ def longpoll_response_headers(message: Message) -> Headers:
     ]
 
 
-SUBSCRIBER_ALLOW_HEADERS = "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
+SUBSCRIBER_ALLOW_HEADERS = (
+    "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
+)
 SUBSCRIBER_EXPOSE_HEADERS = "Last-Modified, Etag, Cache-Control, Content-Type"
 
 

@@ -1,0 +1,226 @@
+"""The NHPM wire protocol as pure functions: header parsing, ids, CORS, channel info."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+from pushserver.message import ChannelInfo, Message, MessageId
+from pushserver.protocol import (
+    cors_headers,
+    decode_channel_id,
+    http_date,
+    longpoll_response_headers,
+    negotiate_info_format,
+    parse_if_modified_since,
+    parse_if_none_match,
+    position_from_headers,
+    position_headers,
+    render_channel_info,
+)
+
+# -- If-None-Match ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, -1), ("", -1), ("  ", -1), ("0", 0), ("17", 17), (" 3 ", 3), ("-1", -1),
+     ("999999999999999999", 999999999999999999)],
+)
+def test_if_none_match_is_a_bare_integer(value, expected):
+    assert parse_if_none_match(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ['"0"', 'W/"0"', "abc", "1.5", "-2", "+1", "0x1", "1 2", "\uff11", "1" * 19, "*"]
+)
+def test_if_none_match_rejects_anything_else(value):
+    with pytest.raises(ValueError):
+        parse_if_none_match(value)
+
+
+# -- If-Modified-Since --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, 0),
+        ("", 0),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0),
+        ("Thu, 1 Jan 1970 00:00:00 GMT", 0),  # what updates.js sends first
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 784111777),  # RFC 1123
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 784111777),  # RFC 850
+        ("Sun Nov  6 08:49:37 1994", 784111777),  # asctime
+        ("Sun, 06 Nov 1994 09:49:37 +0100", 784111777),
+        ("Wed, 31 Dec 1969 23:00:00 GMT", 0),  # before the epoch: from the beginning
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 253402300799),
+    ],
+)
+def test_if_modified_since_is_an_http_date(value, expected):
+    assert parse_if_modified_since(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["garbage", "0", "1795472455", "Mon, 01 Jan 99999 00:00:00 GMT",
+     "Fri, 31 Dec 9999 23:59:59 -1200", "Thu, 01 Jan 1970 25:61:00 GMT"],
+)
+def test_if_modified_since_rejects_what_is_not_a_representable_date(value):
+    with pytest.raises(ValueError):
+        parse_if_modified_since(value)
+
+
+def test_position_combines_both_headers():
+    assert position_from_headers(None, None) == MessageId(0, -1)
+    assert position_from_headers("Thu, 01 Jan 1970 00:00:00 GMT", "0") == MessageId(0, 0)
+    assert position_from_headers("Sun, 06 Nov 1994 08:49:37 GMT", "4") == MessageId(784111777, 4)
+    assert position_from_headers("Sun, 06 Nov 1994 08:49:37 GMT", None) == MessageId(784111777, -1)
+
+
+# -- channel ids --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("news", "news"),
+        ("a%20b", "a b"),
+        ("a+b", "a+b"),  # '+' is not a space in a path
+        ("%C4%8Dez", "\u010dez"),
+        ("%c4%8d", "\u010d"),
+        ("a/b%2Fc", "a/b/c"),
+        ("%25", "%"),
+        ("\xc4\x8d", "\u010d"),  # raw UTF-8 bytes in the path, seen as latin-1
+    ],
+)
+def test_channel_id_is_percent_and_utf8_decoded(raw, expected):
+    assert decode_channel_id(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["%", "%zz", "a%4", "%4g", "%ff", "%C4", "%C4%", "\xff", ""])
+def test_channel_id_rejects_bad_escapes_bad_utf8_and_empty(raw):
+    with pytest.raises(ValueError):
+        decode_channel_id(raw)
+
+
+# -- response headers ---------------------------------------------------------------------
+
+
+def test_http_date_is_rfc1123_gmt():
+    assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert http_date(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def test_position_headers():
+    assert position_headers(MessageId(784111777, 3)) == [
+        (b"last-modified", b"Sun, 06 Nov 1994 08:49:37 GMT"),
+        (b"etag", b"3"),
+        (b"cache-control", b"etag=3"),
+        (b"vary", b"If-Modified-Since, If-None-Match"),
+    ]
+
+
+def test_message_response_headers_carry_position_type_and_length():
+    message = Message(MessageId(784111777, 0), b'{"a": 1}', "application/json; charset=utf-8")
+    headers = longpoll_response_headers(message)
+    assert headers[:4] == position_headers(message.id)
+    assert dict(headers)[b"content-type"] == b"application/json; charset=utf-8"
+    assert dict(headers)[b"content-length"] == b"8"
+
+
+def test_cors_headers_default():
+    assert dict(cors_headers("*", False, None)) == {
+        b"access-control-allow-origin": b"*",
+        b"access-control-allow-headers": (
+            b"If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
+        ),
+        b"access-control-expose-headers": b"Last-Modified, Etag, Cache-Control, Content-Type",
+        b"access-control-allow-credentials": b"false",
+        b"access-control-max-age": b"864000",
+    }
+
+
+def test_cors_headers_exact_origin_with_credentials():
+    headers = dict(cors_headers("http://127.0.0.1:8000", True, "http://evil.example"))
+    assert headers[b"access-control-allow-origin"] == b"http://127.0.0.1:8000"
+    assert headers[b"access-control-allow-credentials"] == b"true"
+    assert b"vary" not in headers
+
+
+def test_cors_headers_echo_one_of_several_origins():
+    allowed = "http://a.example http://b.example"
+    headers = cors_headers(allowed, True, "http://b.example")
+    assert dict(headers)[b"access-control-allow-origin"] == b"http://b.example"
+    assert (b"vary", b"Origin") in headers
+    other = dict(cors_headers(allowed, True, "http://evil.example"))
+    assert other[b"access-control-allow-origin"] == b"http://a.example"
+
+
+# -- channel info -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, ("plain", "text/plain; charset=utf-8")),
+        ("", ("plain", "text/plain; charset=utf-8")),
+        ("*/*", ("plain", "text/plain; charset=utf-8")),
+        ("text/html", ("plain", "text/plain; charset=utf-8")),
+        ("image/json", ("plain", "text/plain; charset=utf-8")),
+        ("application/json", ("json", "application/json")),
+        ("text/json", ("json", "text/json")),
+        ("application/x-json", ("json", "application/x-json")),
+        ("Application/JSON; charset=utf-8", ("json", "application/json")),
+        ("text/xml", ("xml", "text/xml")),
+        ("application/xml", ("xml", "application/xml")),
+        ("text/yaml", ("yaml", "text/yaml")),
+        ("application/x-yaml", ("yaml", "application/x-yaml")),
+        # NHPM ignores q-values: the first type it knows wins.
+        ("text/html, application/json;q=0.1, text/xml", ("json", "application/json")),
+    ],
+)
+def test_info_format_negotiation(accept, expected):
+    assert negotiate_info_format(accept) == expected
+
+
+INFO = ChannelInfo("news", 3, 990.0, 2, MessageId(1795472455, 4))
+NEVER = ChannelInfo("fresh", 0, None, 0, None)
+
+
+def test_plain_channel_info_is_nhpm_text_plus_last_message_id():
+    assert render_channel_info(INFO, "plain", now=1000.0) == (
+        b"queued messages: 3\r\n"
+        b"last requested: 10 sec. ago (-1=never)\r\n"
+        b"active subscribers: 2\r\n"
+        b"last message id: 1795472455:4\r\n"
+    )
+    assert render_channel_info(NEVER, "plain", now=1000.0) == (
+        b"queued messages: 0\r\n"
+        b"last requested: -1 sec. ago (-1=never)\r\n"
+        b"active subscribers: 0\r\n"
+        b"last message id: \r\n"
+    )
+
+
+def test_json_channel_info():
+    assert json.loads(render_channel_info(INFO, "json", now=1000.0)) == {
+        "messages": 3, "requested": 10, "subscribers": 2, "last_message_id": "1795472455:4",
+    }
+    assert json.loads(render_channel_info(NEVER, "json"))["requested"] == -1
+
+
+def test_xml_channel_info():
+    root = ET.fromstring(render_channel_info(INFO, "xml", now=1000.0))
+    assert root.tag == "channel"
+    assert {child.tag: child.text for child in root} == {
+        "messages": "3", "requested": "10", "subscribers": "2", "last_message_id": "1795472455:4",
+    }
+
+
+def test_yaml_channel_info():
+    assert yaml.safe_load(render_channel_info(INFO, "yaml", now=1000.0)) == {
+        "messages": 3, "requested": 10, "subscribers": 2, "last_message_id": "1795472455:4",
+    }
+    assert yaml.safe_load(render_channel_info(NEVER, "yaml"))["last_message_id"] == ""
