@@ -1,0 +1,104 @@
+"""The documentation builds without a warning and keeps up with the code it describes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pushserver import config
+from pushserver.message import ChannelInfo, MessageId
+from pushserver.protocol import render_channel_info
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def read(page: str) -> str:
+    return (DOCS / page).read_text(encoding="utf-8")
+
+
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (site / "index.html").is_file()
+    assert (site / "settings" / "index.html").is_file()
+
+
+def _check_ids() -> set[str]:
+    """Every ``pushserver.E0xx`` / ``W0xx`` id the settings checks can report."""
+    ids: set[str] = set()
+    tree = ast.parse((ROOT / "pushserver" / "config.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("error", "warning", "unknown_keys")
+            and node.args
+            and isinstance(node.args[-1], ast.Constant)
+            and isinstance(node.args[-1].value, int)
+        ):
+            letter = "W" if node.func.attr == "warning" else "E"
+            ids.add(f"pushserver.{letter}{node.args[-1].value:03d}")
+    checks = (ROOT / "pushserver" / "checks.py").read_text(encoding="utf-8")
+    ids.update(re.findall(r"pushserver\.[EW]\d{3}", checks))
+    return ids
+
+
+def test_every_system_check_is_documented():
+    ids = _check_ids()
+    assert len(ids) > 30  # the scan found the checks
+    missing = sorted(i for i in ids if f"`{i}`" not in read("settings.md"))
+    assert not missing, f"docs/settings.md does not list {missing}"
+
+
+def test_every_setting_is_documented():
+    page = read("settings.md")
+    keys = set(config.TOP_LEVEL_KEYS) | config.PUBLISHER_KEYS | config.SUBSCRIBER_KEYS
+    for options in config.STORE_DEFAULTS.values():
+        keys.update(options)
+    missing = sorted(k for k in keys if f"`{k}`" not in page)
+    assert not missing, f"docs/settings.md does not describe {missing}"
+
+
+def test_every_command_option_is_documented():
+    from django.core.management.base import BaseCommand
+
+    from pushserver.management.commands.runpushserver import Command
+
+    page = read("command.md")
+    django_own = {
+        opt for action in BaseCommand().create_parser("manage.py", "x")._actions
+        for opt in action.option_strings
+    }
+    parser = Command().create_parser("manage.py", "runpushserver")
+    ours = {
+        opt for action in parser._actions for opt in action.option_strings
+        if opt.startswith("--") and opt not in django_own
+    }
+    assert ours  # the parser was read
+    missing = sorted(o for o in ours if f"`{o}" not in page)
+    assert not missing, f"docs/command.md does not describe {missing}"
+
+
+def test_channel_info_examples_are_real_output():
+    info = ChannelInfo("news", 2, 1700000000.0, 1, MessageId(1700000005, 1))
+    page = read("protocol.md")
+    for fmt in ("json", "xml", "yaml"):
+        rendered = render_channel_info(info, fmt, now=1700000007.0).decode()
+        assert rendered.strip() in page, f"the {fmt} example in docs/protocol.md is stale"
+    plain = render_channel_info(info, "plain", now=1700000007.0).decode().replace("\r\n", "\n")
+    assert plain.strip() in page
