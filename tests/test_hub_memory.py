@@ -1,0 +1,280 @@
+"""The memory backend and the hub, in process, on asyncio and trio."""
+
+import types
+
+import anyio
+import pytest
+
+from pushserver.backends import MemoryBackend
+from pushserver.backends import memory as memory_module
+from pushserver.exceptions import ChannelNotFound
+from pushserver.hub import Closing, Deletion, Delivery, Hub
+from pushserver.message import ORIGIN, MessageId
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+class Clock:
+    """A settable clock for the memory backend, so expiry needs no waiting."""
+
+    def __init__(self, now: float = 1_800_000_000.25) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(memory_module, "time", types.SimpleNamespace(time=clock.time))
+    return clock
+
+
+def make_hub(**options) -> Hub:
+    return Hub(MemoryBackend(**options), queue_size=8)
+
+
+async def walk(hub, channel_id, after=ORIGIN):
+    """Every retained message after ``after``, read the way a long-poll client reads."""
+    bodies = []
+    while True:
+        read = await hub.read_after(channel_id, after)
+        if read.message is None:
+            return bodies
+        bodies.append(read.message.body)
+        after = read.message.id
+
+
+async def test_ids_count_within_a_second_and_restart_on_the_next(clock):
+    async with make_hub() as hub:
+        ids = [(await hub.publish("c", b"%d" % i, "text/plain")).message.id for i in range(3)]
+        assert ids == [MessageId(1_800_000_000, tag) for tag in range(3)]
+        clock.now += 1
+        later = (await hub.publish("c", b"3", "text/plain")).message.id
+        assert later == MessageId(1_800_000_001, 0)
+
+
+async def test_publish_and_read_after_walks_in_order(clock):
+    async with make_hub() as hub:
+        for i in range(10):
+            await hub.publish("c", b"%d" % i, "text/plain")
+            if i % 3 == 0:
+                clock.now += 1
+        assert await walk(hub, "c") == [b"%d" % i for i in range(10)]
+        first = (await hub.read_after("c", ORIGIN)).message
+        assert first.body == b"0" and first.content_type == "text/plain"
+        # The JS client's first request (epoch, etag 0) also starts at the oldest message.
+        assert (await hub.read_after("c", MessageId(0, 0))).message is first
+
+
+async def test_publish_creates_unless_told_not_to():
+    async with make_hub() as hub:
+        with pytest.raises(ChannelNotFound):
+            await hub.publish("missing", b"x", "text/plain", create=False)
+        assert not await hub.backend.exists("missing")
+        assert await hub.backend.create("made")
+        assert not await hub.backend.create("made")
+        result = await hub.publish("made", b"x", "text/plain", create=False)
+        assert result.subscribers == 0
+        with pytest.raises(ChannelNotFound):
+            await hub.read_after("missing", ORIGIN)
+        assert await hub.info("missing") is None
+
+
+async def test_channel_info(clock):
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        info = await hub.info("c")
+        assert (info.messages, info.last_requested, info.subscribers, info.last_message_id) == (
+            0, None, 0, None,
+        )
+        await hub.publish("c", b"a", "text/plain")
+        last = (await hub.publish("c", b"b", "text/plain")).message.id
+        await hub.backend.touch("c")
+        async with hub.subscription(["c"]):
+            info = await hub.info("c")
+            assert info.messages == 2
+            assert info.last_requested == clock.now
+            assert info.subscribers == 1
+            assert info.last_message_id == last
+        assert (await hub.info("c")).subscribers == 0
+
+
+async def test_max_messages_keeps_the_newest_and_reports_the_gap(clock):
+    async with make_hub(max_messages=3) as hub:
+        ids = [(await hub.publish("c", b"%d" % i, "text/plain")).message.id for i in range(5)]
+        assert (await hub.info("c")).messages == 3
+        # A new client (no position) gets the oldest retained message; nothing was missed.
+        read = await hub.read_after("c", ORIGIN)
+        assert (read.message.body, read.gap) == (b"2", False)
+        # A client that had read message 0 missed message 1: it resumes at 2, with the gap flagged.
+        read = await hub.read_after("c", ids[0])
+        assert (read.message.body, read.gap) == (b"2", True)
+        # A client that had read message 1 missed nothing.
+        read = await hub.read_after("c", ids[1])
+        assert (read.message.body, read.gap) == (b"2", False)
+        assert await walk(hub, "c", ids[0]) == [b"2", b"3", b"4"]
+
+
+async def test_max_messages_zero_is_unlimited():
+    async with make_hub(max_messages=0) as hub:
+        for i in range(300):
+            await hub.publish("c", b"%d" % i, "text/plain")
+        assert (await hub.info("c")).messages == 300
+
+
+async def test_message_timeout_expires_messages(clock):
+    async with make_hub(message_timeout=10) as hub:
+        first = (await hub.publish("c", b"old", "text/plain")).message.id
+        clock.now += 5
+        await hub.publish("c", b"new", "text/plain")
+        clock.now += 5.5  # "old" is 10.5 s old, "new" 5.5 s
+        assert (await hub.info("c")).messages == 1
+        read = await hub.read_after("c", ORIGIN)
+        assert read.message.body == b"new"
+        assert (await hub.read_after("c", first)).gap is False  # nothing after "old" was lost
+        clock.now += 5
+        assert (await hub.info("c")).messages == 0
+        assert (await hub.read_after("c", ORIGIN)).message is None
+        # The channel and its id sequence outlive its messages.
+        assert (await hub.info("c")).last_message_id is not None
+
+
+async def test_min_messages_are_kept_even_when_expired(clock):
+    async with make_hub(message_timeout=1, min_messages=2) as hub:
+        for i in range(4):
+            await hub.publish("c", b"%d" % i, "text/plain")
+        clock.now += 60
+        assert (await hub.info("c")).messages == 2
+        assert await walk(hub, "c") == [b"2", b"3"]
+
+
+async def test_max_messages_wins_over_min_messages(clock):
+    async with make_hub(max_messages=2, min_messages=5, message_timeout=1) as hub:
+        for i in range(4):
+            await hub.publish("c", b"%d" % i, "text/plain")
+        assert await walk(hub, "c") == [b"2", b"3"]
+
+
+async def test_delete_tells_subscribers_and_forgets_the_channel():
+    async with make_hub() as hub:
+        await hub.publish("c", b"x", "text/plain")
+        async with hub.subscription(["c", "other"]) as subscription:
+            assert await hub.delete("c")
+            assert subscription.get_nowait() == Deletion("c")
+        assert not await hub.delete("c")
+        assert await hub.info("c") is None
+        assert not await hub.backend.exists("c")
+        with pytest.raises(ChannelNotFound):
+            await hub.read_after("c", ORIGIN)
+
+
+async def test_publish_counts_waiting_subscribers_and_delivers_to_all():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        async with hub.subscription(["c"]) as one, hub.subscription(["c"]) as two:
+            result = await hub.publish("c", b"x", "text/plain")
+            assert result.subscribers == 2
+            for subscription in (one, two):
+                with anyio.fail_after(1):
+                    event = await subscription.get()
+                assert isinstance(event, Delivery)
+                # The very same message object: encoded once for everyone.
+                assert event.message is result.message
+        assert hub.local_subscribers("c") == 0
+        assert (await hub.publish("c", b"y", "text/plain")).subscribers == 0
+
+
+async def test_waiting_subscriber_wakes_on_publish():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        async with hub.subscription(["c"]) as subscription:
+            received = []
+
+            async def wait():
+                received.append(await subscription.next_message_after(ORIGIN))
+
+            with anyio.fail_after(2):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait)
+                    await anyio.wait_all_tasks_blocked()
+                    await hub.publish("c", b"x", "text/plain")
+            assert received[0].message.body == b"x"
+
+
+async def test_next_message_after_skips_what_the_client_has_and_times_out():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        async with hub.subscription(["c"]) as subscription:
+            seen = (await hub.publish("c", b"seen", "text/plain")).message.id
+            await hub.publish("c", b"new", "text/plain")
+            event = await subscription.next_message_after(seen)
+            assert event.message.body == b"new"
+            with anyio.fail_after(2):
+                assert await subscription.next_message_after(seen, timeout=0.01) is None
+
+
+async def test_overflow_marks_the_subscription_and_spares_the_others():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        async with hub.subscription(["c"], maxlen=2) as slow, hub.subscription(["c"]) as fast:
+            for i in range(3):
+                await hub.publish("c", b"%d" % i, "text/plain")
+            assert slow.overflowed and slow.pending() == 2
+            assert not fast.overflowed and fast.pending() == 3
+            assert hub.overflows == 1
+            assert [(await slow.get()).message.body for _ in range(2)] == [b"0", b"1"]
+            # Woken with nothing queued: the caller re-reads the backend's buffer.
+            with anyio.fail_after(1):
+                assert await slow.get() is None
+            # A deletion is never dropped, even from a full queue.
+            for i in range(2):
+                await hub.publish("c", b"%d" % i, "text/plain")
+            await hub.delete("c")
+            kinds = [slow.get_nowait().kind for _ in range(3)]
+            assert kinds == ["message", "message", "deleted"]
+
+
+async def test_shutdown_closes_current_and_future_subscriptions():
+    async with make_hub() as hub:
+        async with hub.subscription(["c"]) as subscription:
+            hub.shutdown()
+            assert subscription.get_nowait() == Closing()
+        async with hub.subscription(["d"]) as late:
+            assert late.get_nowait() == Closing()
+
+
+async def test_add_and_remove_channels_on_an_open_subscription():
+    async with make_hub() as hub:
+        for channel_id in ("a", "b"):
+            await hub.backend.create(channel_id)
+        async with hub.subscription(["a"]) as subscription:
+            await hub.add_channel(subscription, "b")
+            await hub.add_channel(subscription, "b")
+            assert (await hub.info("b")).subscribers == 1
+            await hub.publish("b", b"x", "text/plain")
+            assert subscription.get_nowait().channel_id == "b"
+            await hub.remove_channel(subscription, "b")
+            assert (await hub.info("b")).subscribers == 0
+            assert hub.local_subscribers("b") == 0
+            await hub.publish("b", b"y", "text/plain")
+            assert subscription.get_nowait() is None
+        assert (await hub.info("a")).subscribers == 0
+
+
+async def test_unsubscribe_twice_counts_once():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        one = await hub.subscribe(["c"])
+        two = await hub.subscribe(["c"])
+        await hub.unsubscribe(one)
+        await hub.unsubscribe(one)
+        assert (await hub.info("c")).subscribers == 1
+        await hub.unsubscribe(two)
+        assert (await hub.info("c")).subscribers == 0
