@@ -1,0 +1,1 @@
+"""Django-side helpers: :mod:`pushserver.utils.updates` publishes and builds channel URLs."""

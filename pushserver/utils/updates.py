@@ -1,4 +1,305 @@
-"""Publishing from Django: ``send_update`` and the URL helpers."""
+"""Publishing from Django: :func:`send_update`, :func:`asend_update` and the URL helpers.
+
+``send_update(channel_id, data)`` JSON-encodes ``data`` with Django's encoder and POSTs it
+to the push server's first publisher location, exactly as the original django-pushserver
+did, plus a timeout (``PUSH_SERVER['publish_timeout']``) and a clear
+:class:`SendUpdateError`. Inside ``runpushserver`` (the ``--allrequests`` views, the
+passthrough signal receivers) it publishes straight into the server's own hub instead:
+no HTTP hop, so no deadlock.
+
+Hosts come from ``PUSH_SERVER['publisher_host']`` / ``['subscriber_host']`` (a
+``{'location': 'host:port', 'secure': bool}`` dict or the legacy ``"host:port"`` string),
+then from :data:`current_host` (set by ``runpushserver`` in its own process), then from the
+≤0.2.2 ``PUSH_SERVER['address']`` + ``['port']``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils.regex_helper import normalize
+
+from .. import settings as push_settings
+from .. import signals
+from ..config import HostConfig, LocationConfig, ServerConfig
+from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
 current_host: str | None = None
+
+CONTENT_TYPE = "application/json; charset=utf-8"
+
+# A wildcard bind address is where a server listens, never where a client can connect.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "[::1]", "": "127.0.0.1"}
+
+
+class SendUpdateError(PushServerError):
+    """Publishing failed. ``url`` is the publisher URL; ``status`` the HTTP status the push
+    server answered, or None when there was no answer (refused, timed out)."""
+
+    def __init__(self, url: str, status: int | None, reason: str) -> None:
+        what = f"answered {status}" if status is not None else "failed"
+        super().__init__(f"send_update to {url} {what}: {reason}")
+        self.url = url
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UpdateResponse:
+    """What ``post_send_update`` gets as ``response`` when publishing succeeded."""
+
+    url: str
+    #: 201: delivered to waiting subscribers; 202: stored, nobody was waiting.
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: True when published into this process's push server without HTTP.
+    in_process: bool = False
+
+    def getcode(self) -> int:  # the urllib response's name, for old receivers
+        return self.status
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def _split_host(location: str) -> tuple[str, str]:
+    """``host:port`` -> (host, ":port"); IPv6 stays bracketed."""
+    if location.startswith("["):
+        host, _, rest = location.partition("]")
+        return host + "]", rest
+    if location.count(":") == 1:
+        host, _, port = location.partition(":")
+        return host, ":" + port
+    return location, ""
+
+
+def _reachable(location: str) -> str:
+    host, port = _split_host(location)
+    return _WILDCARDS.get(host, host) + port
+
+
+def _host(config: ServerConfig, host: HostConfig | None, name: str) -> tuple[str, str]:
+    """(scheme, "host:port") for URLs of one kind."""
+    secure = host.secure if host is not None else False
+    location = host.location if host is not None else None
+    if not location:
+        location = current_host
+    if not location and config.port is not None:
+        # django-pushserver <= 0.2.2 built URLs from the listen address and port.
+        address = config.address or "127.0.0.1"
+        if ":" in address and not address.startswith("["):
+            address = f"[{address}]"
+        location = address if config.port == 80 else f"{address}:{config.port}"
+    if not location:
+        raise ValueError(
+            f"Missing required settings: no host for {name} URLs. Set PUSH_SERVER[{name!r}] = "
+            "{'location': 'host:port', 'secure': False} (runpushserver sets it only in its "
+            "own process)."
+        )
+    return ("https" if secure else "http"), _reachable(location)
+
+
+def _path(location: LocationConfig, channel_id: str) -> str:
+    quoted = quote(str(channel_id), safe="")
+    if location.url is not None:
+        forms = normalize(location.url)
+        if len(forms) != 1 or len(forms[0][1]) != 1:
+            raise ValueError(
+                f"Non-reversible reg-exp: {location.url!r} (PUSH_SERVER['locations']"
+                f"[{location.index}]['url'] must reverse with exactly one group, the channel id)."
+            )
+        template, (name,) = forms[0]
+        # Substitute by hand: the pattern may hold a literal '%'.
+        path = template.replace(f"%({name})s", quoted)
+    else:
+        assert location.prefix is not None
+        path = location.prefix + quoted
+    if location.regex.match(path) is None:
+        raise ValueError(
+            f"channel id {channel_id!r} does not fit PUSH_SERVER['locations'][{location.index}] "
+            f"{location.pattern!r}: the URL path {path!r} would not match it."
+        )
+    return path
+
+
+def _url(kind: str, channel_id: str) -> tuple[str, LocationConfig]:
+    config = push_settings.get_config()
+    location = config.first(kind)
+    if location is None:
+        raise ValueError(
+            f"Missing required settings: PUSH_SERVER['locations'] has no {kind} location. "
+            f"Add {{'type': {kind!r}, 'url': r'/{kind}/(.+)'}}."
+        )
+    host = config.publisher_host if kind == "publisher" else config.subscriber_host
+    scheme, netloc = _host(config, host, f"{kind}_host")
+    return f"{scheme}://{netloc}{_path(location, channel_id)}", location
+
+
+def publisher_url(channel_id: str) -> str:
+    """Absolute URL of the first publisher location for ``channel_id`` (id URL-quoted)."""
+    return _url("publisher", channel_id)[0]
+
+
+def subscriber_url(channel_id: str) -> str:
+    """Absolute URL of the first subscriber location for ``channel_id`` (id URL-quoted)."""
+    return _url("subscriber", channel_id)[0]
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would turn a redirected POST into a GET (a channel-info read that "succeeds").
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def _encode(data: Any, already_serialized: bool) -> bytes:
+    if already_serialized:
+        return data if isinstance(data, bytes) else str(data).encode("utf-8")
+    return json.dumps(data, cls=DjangoJSONEncoder).encode("utf-8")
+
+
+def _running_here(url: str) -> Any:
+    """The push server running in this process, if ``url`` points at it."""
+    server = sys.modules.get("pushserver.server")
+    running = getattr(server, "current", None)
+    if running is None:
+        return None
+    if _reachable(urlsplit(url).netloc) != _reachable(running.host):
+        return None
+    return running
+
+
+def _on_loop_of(running: Any) -> bool:
+    try:
+        token = anyio.lowlevel.current_token()
+    except Exception:  # no event loop in this thread
+        return False
+    return token.native_token is running.token.native_token
+
+
+async def _publish_in_process(
+    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+) -> UpdateResponse:
+    """What the publisher location does with a POST, without the HTTP."""
+    limit = location.max_message_size
+    if limit and len(body) > limit:
+        raise SendUpdateError(url, 413, f"the message is larger than {limit} bytes")
+    hub = running.app.hub_for(location)
+    try:
+        result = await hub.publish(channel_id, body, CONTENT_TYPE, create=location.create_on_post)
+    except ChannelNotFound:
+        raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
+    except BackendUnavailable as exc:
+        raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
+    return UpdateResponse(url, 201 if result.subscribers else 202, in_process=True)
+
+
+def _run_in_process(
+    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+) -> UpdateResponse:
+    try:
+        return anyio.from_thread.run(
+            _publish_in_process, running, location, url, channel_id, body, token=running.token
+        )
+    except anyio.RunFinishedError as exc:
+        raise SendUpdateError(url, None, "the push server in this process has stopped") from exc
+
+
+def _post(request: urllib.request.Request, timeout: float | None) -> UpdateResponse:
+    url = request.full_url
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return UpdateResponse(url, response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            text = exc.read(200).decode("utf-8", "replace").strip()
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location")
+            text = f"redirected to {where}; point publisher_host at the push server itself"
+        raise SendUpdateError(url, exc.code, text or str(exc.reason)) from exc
+    except TimeoutError as exc:
+        raise SendUpdateError(url, None, f"no answer within {timeout} s") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError | socket.timeout):
+            raise SendUpdateError(url, None, f"no answer within {timeout} s") from exc
+        raise SendUpdateError(url, None, str(exc.reason)) from exc
+    except OSError as exc:  # reset or closed mid-response
+        raise SendUpdateError(url, None, str(exc)) from exc
+
+
+def send_update(
+    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+) -> None:
+    """Publish ``data`` (JSON-encoded unless ``already_serialized``) to ``channel_id``.
+
+    Sends ``pre_send_update`` before and ``post_send_update`` after (with ``response`` an
+    :class:`UpdateResponse`, or the exception on failure). Raises :class:`SendUpdateError`
+    unless ``ignore_errors`` or ``PUSH_SERVER_IGNORE_ERRORS`` is set. A URL that cannot be
+    built raises :class:`ValueError` before any signal. Returns None.
+    """
+    url, location = _url("publisher", channel_id)
+    body = _encode(data, already_serialized)
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": CONTENT_TYPE}, method="POST"
+    )
+    kwargs = {
+        "channel_id": channel_id,
+        "data": data,
+        "already_serialized": already_serialized,
+        "request": request,
+    }
+    running = _running_here(url)
+    if running is not None and _on_loop_of(running):
+        raise RuntimeError(
+            "send_update() was called on the push server's event loop, where blocking would "
+            "stall it; use 'await asend_update(...)' in async code"
+        )
+    sender = sys.modules[__name__]
+    signals.pre_send_update.send(sender=sender, **kwargs)
+    try:
+        if running is None:
+            timeout = push_settings.get_config().publish_timeout or None
+            response = _post(request, timeout)
+        else:
+            response = _run_in_process(running, location, url, str(channel_id), body)
+    except Exception as exc:
+        signals.post_send_update.send(sender=sender, response=exc, **kwargs)
+        if ignore_errors or push_settings.ignore_errors():
+            return None
+        raise
+    signals.post_send_update.send(sender=sender, response=response, **kwargs)
+    return None
+
+
+async def asend_update(
+    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+) -> None:
+    """The async twin of :func:`send_update`, for async views and consumers.
+
+    The work (signal receivers may touch the database; the HTTP POST blocks) runs in a
+    worker thread, so the event loop is never blocked; inside ``runpushserver`` the thread
+    hands the publish back to the server's loop.
+    """
+    await anyio.to_thread.run_sync(
+        partial(send_update, channel_id, data, already_serialized, ignore_errors)
+    )
