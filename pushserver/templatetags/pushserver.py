@@ -1,0 +1,44 @@
+"""``{% load pushserver %}``: channel URLs and the client script for templates.
+
+``{% channel_url channel_id %}``
+    The absolute subscriber URL of ``channel_id`` (id URL-quoted), HTML-escaped by
+    autoescape; ``{% channel_url id as url %}`` stores it instead.
+``{% pushserver_transport %}``
+    The transport pages use (``PUSH_SERVER['transport']``), e.g. ``longpoll``.
+``{% pushserver_script %}``
+    The client script with the transport in an attribute, e.g.
+    ``<script src="/static/pushserver/updates.js" data-pushserver-transport="longpoll"></script>``;
+    ``updates.js`` reads it, so changing the setting needs no JS change.
+"""
+
+from __future__ import annotations
+
+from django import template
+from django.templatetags.static import static
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from ..settings import get_config
+from ..utils import updates
+
+register = template.Library()
+
+
+@register.simple_tag
+def channel_url(channel_id: object) -> str:
+    # A plain str, so autoescape applies (the original's output was raw).
+    return updates.subscriber_url(str(channel_id))
+
+
+@register.simple_tag
+def pushserver_transport() -> str:
+    return get_config().transport
+
+
+@register.simple_tag
+def pushserver_script() -> SafeString:
+    return format_html(
+        '<script src="{}" data-pushserver-transport="{}"></script>',
+        static("pushserver/updates.js"),
+        get_config().transport,
+    )
