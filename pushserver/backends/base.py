@@ -73,6 +73,11 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Release everything :meth:`open` acquired."""
 
+    def status(self) -> dict[str, Any]:
+        """The backend's health for server info and logs; ``ok`` is False while it cannot
+        store or deliver (a distributed backend that lost its server)."""
+        return {"type": self.name, "ok": True}
+
     async def __aenter__(self) -> Backend:
         await self.open()
         return self

@@ -1,0 +1,785 @@
+"""The Redis backend: channels shared by every push server process that uses one Redis.
+
+Each channel lives in three keys, hash-tagged on the channel id so they share one Redis
+Cluster slot (``<key_prefix>{<channel id>}:<part>``):
+
+``:meta``
+    a hash: ``created``, the last id (``lt``/``lg``), the newest evicted id (``et``/``eg``,
+    for gap detection) and ``req`` (last requested).
+``:msgs``
+    a stream of the retained messages. A message id ``(time, tag)`` *is* the stream id
+    ``<time>-<tag>``, so reading after a position is one ``XRANGE (<time>-<tag> + COUNT 1``.
+``:subs``
+    a hash of subscriber counts, one field per push server process (node).
+
+Publishing is one Lua script: it reads the last id, takes the next one with Redis's own
+clock (``TIME``, so every node shares one clock; same rule as
+:meth:`~pushserver.message.MessageId.next_for`), appends the message, trims by
+``max_messages`` / ``message_timeout`` / ``min_messages`` exactly as the memory backend
+does, and ``PUBLISH``es the message on ``<key_prefix>{<channel id>}:live``. Being atomic, it
+gives unique, ordered ids however many nodes publish at once, and Redis delivers the
+messages on pub/sub in that same order.
+
+Every process keeps one pub/sub connection, read by one task. The first local subscriber
+of a channel ``SUBSCRIBE``s it (and waits for Redis to confirm, so nothing published after
+the subscriber's read of the buffer is missed); the last one leaving ``UNSUBSCRIBE``s. A
+message reaches the hub only through pub/sub, even on the node that published it, so every
+node sees one ordered stream per channel.
+
+Faults: a command that fails (Redis down, restarting, loading) raises
+:class:`~pushserver.exceptions.BackendUnavailable`, so publishers get 503 and nothing is
+reported as accepted. Waiting subscribers stay waiting: the reader reconnects with capped
+backoff, re-subscribes every channel and then delivers, in order, whatever was stored on
+those channels after the last message it delivered, so no subscriber misses a message
+published while pub/sub was down. Messages accepted before a Redis restart survive it only
+if Redis persists them (``appendonly yes`` with ``appendfsync always``); this backend cannot
+do better than Redis's own durability.
+
+Limits: a publish whose reply is lost (the connection dropped after Redis ran the script)
+is reported as 503 although it was stored; a client that retries publishes it twice.
+Subscriber counts of a process that died without closing its backend stay in ``:subs``
+until the channel is deleted (they only affect 201/202 and channel info).
+
+redis-py's asyncio client runs on asyncio (and uvloop) only, so this backend refuses to
+open under trio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..message import ORIGIN, ChannelInfo, Message, MessageId
+from .base import Backend, PublishResult, ReadResult
+
+logger = logging.getLogger("pushserver.backends.redis")
+
+_MAX_ID_PART = 2**64 - 1  # a stream id is two unsigned 64-bit numbers
+
+# Shared by the scripts that trim: drop what max_messages and message_timeout say, keeping
+# min_messages against the timeout (not against max_messages), as the memory backend does;
+# remember the newest dropped id for gap detection. Entries store 't' (published_at) first.
+_TRIM = """
+local function trim(meta, msgs, now, max_messages, timeout, min_messages)
+  local len = redis.call('XLEN', msgs)
+  local drop = 0
+  if max_messages > 0 and len > max_messages then drop = len - max_messages end
+  local limit = len - min_messages
+  if drop == 0 and (timeout <= 0 or limit <= 0) then return len end
+  local deadline = now - timeout
+  local last_dropped = nil
+  local index = 0
+  local start = '-'
+  while true do
+    local page = redis.call('XRANGE', msgs, start, '+', 'COUNT', 64)
+    local stop = #page < 64
+    for _, entry in ipairs(page) do
+      if index < drop then
+        last_dropped = entry[1]
+      elseif timeout > 0 and index < limit and tonumber(entry[2][2]) <= deadline then
+        drop = index + 1
+        last_dropped = entry[1]
+      else
+        stop = true
+        break
+      end
+      index = index + 1
+    end
+    if stop then break end
+    start = '(' .. page[#page][1]
+  end
+  if drop > 0 then
+    redis.call('XTRIM', msgs, 'MAXLEN', len - drop)
+    local dash = string.find(last_dropped, '-', 1, true)
+    redis.call('HSET', meta, 'et', string.sub(last_dropped, 1, dash - 1),
+               'eg', string.sub(last_dropped, dash + 1))
+  end
+  return len - drop
+end
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function subscribers(subs)
+  local total = 0
+  for _, count in ipairs(redis.call('HVALS', subs)) do total = total + tonumber(count) end
+  return total
+end
+"""
+
+# KEYS: meta, msgs, subs. ARGV: create, content type, has event, event, body,
+# max_messages, message_timeout, min_messages, live channel.
+# Returns {0} (no channel) or {1, time, tag, published_at, subscribers}.
+_PUBLISH = (
+    _TRIM
+    + """
+local meta, msgs, subs = KEYS[1], KEYS[2], KEYS[3]
+local seconds, now = clock()
+local now_text = string.format('%.6f', now)
+if redis.call('EXISTS', meta) == 0 then
+  if ARGV[1] == '0' then return {0} end
+  redis.call('HSET', meta, 'created', now_text)
+end
+local last = redis.call('HMGET', meta, 'lt', 'lg')
+local id_time, id_tag = seconds, 0
+if last[1] and tonumber(last[1]) >= seconds then
+  id_time, id_tag = tonumber(last[1]), tonumber(last[2]) + 1
+end
+id_time = string.format('%d', id_time)
+id_tag = string.format('%d', id_tag)
+local content_type, event, body = ARGV[2], ARGV[4], ARGV[5]
+if ARGV[3] == '1' then
+  redis.call('XADD', msgs, id_time .. '-' .. id_tag, 't', now_text, 'c', content_type,
+             'e', event, 'b', body)
+else
+  redis.call('XADD', msgs, id_time .. '-' .. id_tag, 't', now_text, 'c', content_type,
+             'b', body)
+end
+redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
+trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+local event_length = -1
+if ARGV[3] == '1' then event_length = #event else event = '' end
+redis.call('PUBLISH', ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
+           event_length}, ' ') .. '\\n' .. content_type .. event .. body)
+return {1, id_time, id_tag, now_text, subscribers(subs)}
+"""
+)
+
+# KEYS: meta, msgs. ARGV: XRANGE start ('' = nothing can follow), count, max_messages,
+# message_timeout, min_messages. Returns {0} or {1, entries, evicted time, evicted tag}.
+_READ = (
+    _TRIM
+    + """
+local meta, msgs = KEYS[1], KEYS[2]
+if redis.call('EXISTS', meta) == 0 then return {0} end
+local _, now = clock()
+trim(meta, msgs, now, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+local entries = {}
+if ARGV[1] ~= '' then
+  entries = redis.call('XRANGE', msgs, ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+end
+local evicted = redis.call('HMGET', meta, 'et', 'eg')
+return {1, entries, evicted[1], evicted[2]}
+"""
+)
+
+# KEYS: meta, msgs, subs. ARGV: max_messages, message_timeout, min_messages.
+# Returns {0} or {1, messages, last requested, last time, last tag, subscribers}.
+_INFO = (
+    _TRIM
+    + """
+local meta, msgs, subs = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('EXISTS', meta) == 0 then return {0} end
+local _, now = clock()
+local count = trim(meta, msgs, now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+local fields = redis.call('HMGET', meta, 'req', 'lt', 'lg')
+return {1, count, fields[1], fields[2], fields[3], subscribers(subs)}
+"""
+)
+
+# KEYS: meta, msgs, subs. ARGV: live channel. Returns 1 if the channel existed.
+_DELETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[1], 'd')
+return 1
+"""
+
+# KEYS: meta. ARGV: now. Touching a missing channel must not create it.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'req', ARGV[1]) end
+return 0
+"""
+
+# KEYS: meta, subs. ARGV: node, count. Returns the channel's last id (or false).
+_SUBSCRIBERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return redis.call('HMGET', KEYS[1], 'lt', 'lg')
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(raw: bytes) -> MessageId:
+    time_part, _, tag_part = raw.partition(b"-")
+    return MessageId(int(time_part), int(tag_part))
+
+
+def _optional_id(time_part: bytes | None, tag_part: bytes | None) -> MessageId | None:
+    if time_part is None or tag_part is None:
+        return None
+    return MessageId(int(time_part), int(tag_part))
+
+
+def _range_start(after: MessageId) -> str:
+    """The ``XRANGE`` start for "strictly after ``after``"; '' when nothing can follow."""
+    if after.time <= 0 and after.tag < 0:
+        return "-"
+    if after.time > _MAX_ID_PART:
+        return ""
+    if after.tag < 0:
+        return f"{after.time}-0"
+    if after.tag >= _MAX_ID_PART:
+        return "" if after.time == _MAX_ID_PART else f"{after.time + 1}-0"
+    return f"({after.time}-{after.tag}"
+
+
+def _entry_message(entry: list[Any]) -> Message:
+    raw_id, raw_fields = entry
+    fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
+    event = fields.get(b"e")
+    return Message(
+        _stream_id(raw_id),
+        fields[b"b"],
+        fields[b"c"].decode("latin-1"),
+        event.decode("utf-8", "surrogateescape") if event is not None else None,
+        float(fields[b"t"]),
+    )
+
+
+def _decode_live(payload: bytes) -> Message:
+    """A message as the publish script sends it on pub/sub: a header line, then bytes."""
+    header, _, rest = payload.partition(b"\n")
+    _, id_time, id_tag, published_at, type_length, event_length = header.split(b" ")
+    split = int(type_length)
+    content_type = rest[:split].decode("latin-1")
+    event = None
+    if int(event_length) >= 0:
+        end = split + int(event_length)
+        event = rest[split:end].decode("utf-8", "surrogateescape")
+        split = end
+    return Message(
+        MessageId(int(id_time), int(id_tag)),
+        rest[split:],
+        content_type,
+        event,
+        float(published_at),
+    )
+
+
+@dataclass(eq=False)
+class _Listening:
+    """This process listens to a channel: it has local subscribers."""
+
+    #: Set once Redis confirmed the SUBSCRIBE on the current connection.
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    #: Newest message handed to the hub; pub/sub repeats at or below it are dropped.
+    delivered: MessageId | None = None
+    #: The channel's last id when this process last told Redis its subscriber count:
+    #: where catching up starts if nothing was delivered yet.
+    known: MessageId | None = None
+    #: After a reconnect: deliver what was stored while pub/sub was down.
+    catch_up: bool = False
+
+
+class RedisBackend(Backend):
+    """Channels in Redis, shared by every push server process that points at it."""
+
+    name = "redis"
+
+    #: Seconds a command may take before the store counts as unavailable.
+    command_timeout = 5.0
+    connect_timeout = 2.0
+    #: Reconnect backoff of the pub/sub reader: first delay, doubling up to the cap.
+    reconnect_min = 0.05
+    reconnect_max = 2.0
+    #: With nothing received for this long the reader pings Redis; silence for another
+    #: period means the connection is dead (a half-open TCP connection never errors).
+    heartbeat = 5.0
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        database: int = 0,
+        key_prefix: str = "",
+        url: str | None = None,
+        password: str | None = None,
+        ssl: bool | dict[str, Any] = False,
+        min_messages: int = 0,
+        max_messages: int = 0,
+        message_timeout: float = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            host=host,
+            port=port,
+            database=database,
+            key_prefix=key_prefix,
+            url=url,
+            password=password,
+            ssl=ssl,
+            min_messages=min_messages,
+            max_messages=max_messages,
+            message_timeout=message_timeout,
+            **options,
+        )
+        self.host = host
+        self.port = port
+        self.database = database
+        self.url = url
+        self.password = password
+        self.ssl = ssl
+        self.key_prefix = key_prefix
+        self._prefix = key_prefix.encode()
+        self.min_messages = min_messages
+        self.max_messages = max_messages
+        self.message_timeout = message_timeout
+        self._limits = (max_messages, message_timeout, min_messages)
+        #: Identifies this process's field in every channel's ``:subs`` hash.
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._control = self._prefix + b"{pushserver}:ctl"
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listening: dict[str, _Listening] = {}
+        #: Per pub/sub channel: SUBSCRIBEs sent on the current connection, not yet confirmed.
+        self._pending: dict[bytes, int] = {}
+        self._local: dict[str, int] = {}
+        self._pubsub: Any = None  # the reader's current connection, when connected
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.connected = False
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self._stopping = False
+        self._attempted = anyio.Event()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _key(self, channel_id: str, part: bytes) -> bytes:
+        return b"%s{%s}%s" % (self._prefix, channel_id.encode("utf-8", "surrogateescape"), part)
+
+    def _keys(self, channel_id: str) -> list[bytes]:
+        return [
+            self._key(channel_id, b":meta"),
+            self._key(channel_id, b":msgs"),
+            self._key(channel_id, b":subs"),
+        ]
+
+    def _live(self, channel_id: str) -> bytes:
+        return self._key(channel_id, b":live")
+
+    def _channel_of(self, live: bytes) -> str:
+        return live[len(self._prefix) + 1 : -len(b"}:live")].decode("utf-8", "surrogateescape")
+
+    @property
+    def address(self) -> str:
+        """Where Redis is, for logs and errors (never with the password)."""
+        if self.url:
+            scheme, _, rest = self.url.partition("://")
+            return f"{scheme}://{rest.rpartition('@')[2]}"
+        return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.database}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _client(self) -> aioredis.Redis:
+        # No retries: re-running a publish whose reply was lost would publish it twice.
+        common: dict[str, Any] = {
+            "socket_timeout": self.command_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": "pushserver",
+        }
+        if self.password is not None:
+            common["password"] = self.password
+        ssl_options = self.ssl if isinstance(self.ssl, dict) else {}
+        if self.url:
+            if self.ssl and self.url.startswith("redis://"):
+                raise ValueError("set a rediss:// url for TLS, not 'ssl' with a redis:// url")
+            return aioredis.Redis.from_url(self.url, **common, **ssl_options)
+        if self.ssl:
+            common["ssl"] = True
+            common.update(ssl_options)
+        return aioredis.Redis(host=self.host, port=self.port, db=self.database, **common)
+
+    async def open(self) -> None:
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "the redis store needs asyncio (redis-py's client runs on asyncio only): "
+                "run the push server with --loop asyncio or --loop uvloop, not trio"
+            ) from None
+        if self._redis is not None:
+            return
+        self._stopping = False
+        self._redis = self._client()
+        for name, source in (
+            ("publish", _PUBLISH),
+            ("read", _READ),
+            ("info", _INFO),
+            ("delete", _DELETE),
+            ("touch", _TOUCH),
+            ("subscribers", _SUBSCRIBERS),
+        ):
+            self._scripts[name] = self._redis.register_script(source)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        # Wait for the first connection (or its failure): subscribers arriving right after
+        # startup are then subscribed at once, and the log says where Redis stands.
+        self._attempted = anyio.Event()
+        self._task_group.start_soon(self._read_forever)
+        with anyio.move_on_after(self.connect_timeout + self.command_timeout):
+            await self._attempted.wait()
+
+    async def aclose(self) -> None:
+        task_group, self._task_group = self._task_group, None
+        client, self._redis = self._redis, None
+        self._stopping = True
+        if task_group is not None:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+        if client is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
+            # Our subscribers are gone with us: take them out of the shared counts.
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for channel_id, count in self._local.items():
+                        if count > 0:
+                            pipe.hdel(self._key(channel_id, b":subs"), self.node_id)
+                    await pipe.execute()
+            except RedisError as exc:
+                logger.warning("redis: could not remove subscriber counts on close: %s", exc)
+        self._local.clear()
+        self._listening.clear()
+        await client.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "type": self.name,
+            "ok": self.connected,
+            "address": self.address,
+            "node": self.node_id,
+            "listening": len(self._listening),
+            "reconnects": self.reconnects,
+            "error": self.last_error,
+        }
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _run(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
+        if self._redis is None:
+            raise BackendUnavailable("the redis store is not open")
+        try:
+            return await self._scripts[script](keys=keys, args=args, client=self._redis)
+        except RedisError as exc:
+            raise BackendUnavailable(self._reason(exc)) from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        detail = str(exc).strip() or type(exc).__name__
+        return f"redis at {self.address}: {detail}"
+
+    async def create(self, channel_id: str) -> bool:
+        if self._redis is None:
+            raise BackendUnavailable("the redis store is not open")
+        try:
+            created = await self._redis.hsetnx(
+                self._key(channel_id, b":meta"), "created", f"{time.time():.6f}"
+            )
+        except RedisError as exc:
+            raise BackendUnavailable(self._reason(exc)) from exc
+        return bool(created)
+
+    async def exists(self, channel_id: str) -> bool:
+        if self._redis is None:
+            raise BackendUnavailable("the redis store is not open")
+        try:
+            return bool(await self._redis.exists(self._key(channel_id, b":meta")))
+        except RedisError as exc:
+            raise BackendUnavailable(self._reason(exc)) from exc
+
+    async def publish(
+        self,
+        channel_id: str,
+        body: bytes,
+        content_type: str,
+        *,
+        event: str | None = None,
+        create: bool = True,
+    ) -> PublishResult:
+        result = await self._run(
+            "publish",
+            self._keys(channel_id),
+            [
+                int(create),
+                content_type.encode("latin-1", "replace"),
+                0 if event is None else 1,
+                b"" if event is None else event.encode("utf-8", "surrogateescape"),
+                body,
+                *self._limits,
+                self._live(channel_id),
+            ],
+        )
+        if not result[0]:
+            raise ChannelNotFound(channel_id)
+        _, id_time, id_tag, published_at, subscribers = result
+        message = Message(
+            MessageId(int(id_time), int(id_tag)), body, content_type, event, float(published_at)
+        )
+        return PublishResult(message, int(subscribers))
+
+    async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
+        result = await self._run(
+            "read",
+            self._keys(channel_id)[:2],
+            [_range_start(after), 1, *self._limits],
+        )
+        if not result[0]:
+            raise ChannelNotFound(channel_id)
+        _, entries, evicted_time, evicted_tag = result
+        evicted = _optional_id(evicted_time, evicted_tag)
+        # A position in second 0 means "from the beginning": nothing was missed.
+        gap = evicted is not None and after.time > 0 and after < evicted
+        return ReadResult(_entry_message(entries[0]) if entries else None, gap)
+
+    async def info(self, channel_id: str) -> ChannelInfo | None:
+        result = await self._run("info", self._keys(channel_id), list(self._limits))
+        if not result[0]:
+            return None
+        _, count, requested, last_time, last_tag, subscribers = result
+        return ChannelInfo(
+            channel_id=channel_id,
+            messages=int(count),
+            last_requested=float(requested) if requested is not None else None,
+            subscribers=int(subscribers),
+            last_message_id=_optional_id(last_time, last_tag),
+        )
+
+    async def delete(self, channel_id: str) -> bool:
+        # Subscribers everywhere (this process too) hear of it on pub/sub.
+        deleted = await self._run("delete", self._keys(channel_id), [self._live(channel_id)])
+        return bool(deleted)
+
+    async def touch(self, channel_id: str) -> None:
+        await self._run("touch", self._keys(channel_id)[:1], [f"{time.time():.6f}"])
+
+    # -- live delivery ----------------------------------------------------------------------
+
+    async def listen(self, channel_id: str) -> None:
+        listening = self._listening.get(channel_id)
+        if listening is None:
+            listening = self._listening[channel_id] = _Listening()
+            await self._send_subscribe(channel_id, listening)
+        await self._wait_ready(listening)
+
+    async def unlisten(self, channel_id: str) -> None:
+        if self._listening.pop(channel_id, None) is None:
+            return
+        connection = self._pubsub
+        if connection is not None:
+            try:
+                await connection.send_command("UNSUBSCRIBE", self._live(channel_id))
+            except (RedisError, OSError) as exc:
+                # The reader reconnects, and then subscribes only what is still listened to.
+                logger.debug("redis: UNSUBSCRIBE failed: %s", exc)
+
+    async def _send_subscribe(self, channel_id: str, listening: _Listening) -> None:
+        connection = self._pubsub
+        if connection is None:
+            return  # the reader subscribes it on (re)connecting
+        live = self._live(channel_id)
+        self._pending[live] = self._pending.get(live, 0) + 1
+        try:
+            await connection.send_command("SUBSCRIBE", live)
+        except (RedisError, OSError) as exc:
+            logger.debug("redis: SUBSCRIBE failed: %s", exc)
+
+    async def _wait_ready(self, listening: _Listening) -> None:
+        # Without the confirmation a message published between the subscriber's read of
+        # the buffer and the SUBSCRIBE taking effect would never reach it. While Redis is
+        # unreachable there is nothing to wait for: the subscriber's next read fails.
+        if self._pubsub is None or listening.ready.is_set():
+            return
+        with anyio.move_on_after(self.command_timeout):
+            await listening.ready.wait()
+
+    async def subscribers_changed(self, channel_id: str, delta: int) -> None:
+        count = self._local[channel_id] = max(0, self._local.get(channel_id, 0) + delta)
+        if not count:
+            del self._local[channel_id]
+        listening = self._listening.get(channel_id)
+        if delta > 0 and listening is not None:
+            # A second subscriber arriving while the first one's SUBSCRIBE is in flight.
+            await self._wait_ready(listening)
+        try:
+            last = await self._run(
+                "subscribers",
+                [self._keys(channel_id)[0], self._keys(channel_id)[2]],
+                [self.node_id, count],
+            )
+        except BackendUnavailable as exc:
+            # Never fails a subscriber: the reader writes every count again on reconnecting.
+            logger.debug("redis: subscriber count not stored: %s", exc)
+            return
+        if listening is not None and last:
+            listening.known = _optional_id(*last)
+
+    # -- the pub/sub reader -----------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        delay = self.reconnect_min
+        while not self._stopping:
+            assert self._redis is not None
+            connection = self._redis.connection_pool.make_connection()
+            try:
+                await self._read_connection(connection)
+            except (RedisError, OSError) as exc:
+                reason = self._reason(exc)
+            finally:
+                was_up, self._pubsub, self.connected = self.connected, None, False
+                with anyio.CancelScope(shield=True):
+                    await connection.disconnect(nowait=True)
+            if was_up:
+                delay = self.reconnect_min
+                logger.warning("redis: connection lost (%s); reconnecting", reason)
+            elif reason != self.last_error:
+                logger.warning("redis: cannot connect (%s); retrying", reason)
+            self.last_error = reason
+            self._attempted.set()
+            # Idle pooled connections are dead too: drop them so the next command reconnects.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _read_connection(self, connection: Any) -> None:
+        await connection.connect()
+        # Whatever was published while this process was not subscribed is delivered once
+        # each channel's SUBSCRIBE is confirmed (see _on_subscribed).
+        self._pending = {self._live(channel_id): 1 for channel_id in self._listening}
+        for listening in self._listening.values():
+            listening.ready = anyio.Event()
+            listening.catch_up = True
+        await connection.send_command(
+            "SUBSCRIBE", self._control, *(self._live(c) for c in self._listening)
+        )
+        # From here listen() and unlisten() send on this connection themselves.
+        self._pubsub = connection
+        silent = False
+        while True:
+            response = await connection.read_response(timeout=self.heartbeat, push_request=True)
+            if response is None:
+                if silent:
+                    raise ConnectionError(f"no reply for {2 * self.heartbeat:g} s")
+                silent = True
+                await connection.send_command("PING")
+                continue
+            silent = False
+            kind = response[0]
+            if kind == b"message":
+                self._on_live(response[1], response[2])
+            elif kind == b"subscribe":
+                if response[1] == self._control:
+                    await self._on_connected()
+                else:
+                    await self._on_subscribed(connection, response[1])
+
+    async def _on_connected(self) -> None:
+        self.connected = True
+        if self.last_error is not None:
+            self.reconnects += 1
+            logger.warning(
+                "redis: reconnected to %s; resubscribed %d channel(s)",
+                self.address,
+                len(self._listening),
+            )
+        else:
+            logger.info("redis: connected to %s as node %s", self.address, self.node_id)
+        self.last_error = None
+        self._attempted.set()
+        # Counts may have been lost (Redis restarted) or missed (written while it was down).
+        if self._local and self._redis is not None:
+            script = self._scripts["subscribers"]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel_id, count in self._local.items():
+                    keys = self._keys(channel_id)
+                    await script(keys=[keys[0], keys[2]], args=[self.node_id, count], client=pipe)
+                await pipe.execute()
+
+    async def _on_subscribed(self, connection: Any, live: bytes) -> None:
+        # Counted per channel, not per listen: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE only
+        # the second confirmation means the channel is subscribed.
+        pending = self._pending.pop(live, 1) - 1
+        if pending > 0:
+            self._pending[live] = pending
+            return
+        listening = self._listening.get(self._channel_of(live))
+        if listening is None:
+            # Unlistened while this connection was being set up.
+            await connection.send_command("UNSUBSCRIBE", live)
+            return
+        if listening.catch_up:
+            # Still in the reader: no live message of this channel is handed over before
+            # the ones it missed.
+            listening.catch_up = False
+            await self._catch_up(self._channel_of(live), listening)
+        listening.ready.set()
+
+    async def _catch_up(self, channel_id: str, listening: _Listening) -> None:
+        after = listening.delivered or listening.known or ORIGIN
+        while True:
+            result = await self._scripts["read"](
+                keys=self._keys(channel_id)[:2],
+                args=[_range_start(after), 100, *self._limits],
+                client=self._redis,
+            )
+            if not result[0]:
+                if listening.delivered is not None or listening.known is not None:
+                    listening.delivered = listening.known = None
+                    self.listener.on_delete(channel_id)
+                return
+            entries = result[1]
+            for entry in entries:
+                self._deliver(channel_id, listening, _entry_message(entry))
+            if len(entries) < 100:
+                return
+            after = _stream_id(entries[-1][0])
+
+    def _on_live(self, live: bytes, payload: bytes) -> None:
+        channel_id = self._channel_of(live)
+        listening = self._listening.get(channel_id)
+        if listening is None:
+            return  # unlistened while the message was on its way
+        if payload == b"d":
+            # Ids start again if the channel is created anew.
+            listening.delivered = listening.known = None
+            self.listener.on_delete(channel_id)
+            return
+        try:
+            message = _decode_live(payload)
+        except ValueError:
+            logger.error("redis: dropped a malformed message on %r", live)
+            return
+        self._deliver(channel_id, listening, message)
+
+    def _deliver(self, channel_id: str, listening: _Listening, message: Message) -> None:
+        if listening.delivered is not None and message.id <= listening.delivered:
+            return  # already handed over by the catch-up
+        listening.delivered = message.id
+        self.listener.on_message(channel_id, message)
+
+
+__all__ = ["RedisBackend"]

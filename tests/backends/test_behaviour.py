@@ -1,0 +1,234 @@
+"""The backend behaviour suite: every test runs against MemoryBackend and RedisBackend
+(the ``backend`` and ``backend_factory`` fixtures are parametrised over both)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import anyio
+import pytest
+
+from pushserver.exceptions import ChannelNotFound
+from pushserver.message import ORIGIN, MessageId
+
+pytestmark = pytest.mark.anyio
+
+
+async def publish_all(backend, channel_id, bodies, **kwargs):
+    return [
+        (await backend.publish(channel_id, body, "text/plain", **kwargs)).message for body in bodies
+    ]
+
+
+async def read_all(backend, channel_id, after=ORIGIN):
+    messages = []
+    while True:
+        read = await backend.read_after(channel_id, after)
+        if read.message is None:
+            return messages
+        messages.append(read.message)
+        after = read.message.id
+
+
+async def test_create_and_exists(backend):
+    assert not await backend.exists("news")
+    assert await backend.create("news")
+    assert not await backend.create("news")
+    assert await backend.exists("news")
+    assert not await backend.exists("other")
+
+
+async def test_publish_without_create_needs_the_channel(backend):
+    with pytest.raises(ChannelNotFound):
+        await backend.publish("news", b"x", "text/plain", create=False)
+    assert not await backend.exists("news")
+    await backend.create("news")
+    result = await backend.publish("news", b"x", "text/plain", create=False)
+    assert result.message.body == b"x"
+
+
+async def test_ids_start_at_tag_zero_and_increase(backend):
+    before = int(time.time())
+    messages = await publish_all(backend, "news", [b"%d" % i for i in range(20)])
+    first = messages[0].id
+    assert first.tag == 0
+    assert before - 2 <= first.time <= int(time.time()) + 2
+    ids = [m.id for m in messages]
+    assert ids == sorted(set(ids))
+    for previous, current in itertools.pairwise(ids):
+        # One second goes on counting tags; a new second starts again at 0.
+        if current.time == previous.time:
+            assert current.tag == previous.tag + 1
+        else:
+            assert current.time > previous.time and current.tag == 0
+
+
+async def test_read_after_walks_the_channel_in_order(backend):
+    messages = await publish_all(backend, "news", [b"a", b"b", b"c"])
+    read = await backend.read_after("news", ORIGIN)
+    assert read.message.id == messages[0].id and read.message.body == b"a"
+    assert not read.gap
+    assert [m.body for m in await read_all(backend, "news")] == [b"a", b"b", b"c"]
+    read = await backend.read_after("news", messages[1].id)
+    assert read.message.body == b"c"
+    read = await backend.read_after("news", messages[2].id)
+    assert read.message is None and not read.gap
+    # Tag -1 stands before the second's first message.
+    read = await backend.read_after("news", MessageId(messages[0].id.time, -1))
+    assert read.message.id == messages[0].id
+    # A position from the future has nothing after it.
+    read = await backend.read_after("news", MessageId(messages[2].id.time + 100, 0))
+    assert read.message is None
+
+
+async def test_read_from_missing_channel(backend):
+    with pytest.raises(ChannelNotFound):
+        await backend.read_after("missing", ORIGIN)
+
+
+async def test_message_fields_survive_storage_and_delivery(backend):
+    await backend.listen("news")
+    body = bytes(range(256)) * 4  # every byte value, newlines and NULs included
+    result = await backend.publish(
+        "news", body, "application/x-test; charset=latin-1", event="née update"
+    )
+    plain = await backend.publish("news", b"", "text/plain")
+    stored = (await backend.read_after("news", ORIGIN)).message
+    delivered = (await backend.recorder.wait_messages("news", 2))[0]
+    for message in (result.message, stored, delivered):
+        assert message.id == result.message.id
+        assert message.body == body
+        assert message.content_type == "application/x-test; charset=latin-1"
+        assert message.event == "née update"
+        assert abs(message.published_at - time.time()) < 5
+    assert stored.published_at == pytest.approx(result.message.published_at, abs=1e-3)
+    last = (await backend.read_after("news", result.message.id)).message
+    assert last.id == plain.message.id and last.body == b"" and last.event is None
+
+
+async def test_channel_info(backend):
+    assert await backend.info("news") is None
+    await backend.create("news")
+    info = await backend.info("news")
+    assert (info.channel_id, info.messages, info.subscribers) == ("news", 0, 0)
+    assert info.last_requested is None and info.last_message_id is None
+    messages = await publish_all(backend, "news", [b"a", b"b"])
+    await backend.touch("news")
+    await backend.subscribers_changed("news", 1)
+    await backend.subscribers_changed("news", 1)
+    info = await backend.info("news")
+    assert info.messages == 2
+    assert info.subscribers == 2
+    assert info.last_message_id == messages[-1].id
+    assert abs(info.last_requested - time.time()) < 5
+    await backend.subscribers_changed("news", -1)
+    assert (await backend.info("news")).subscribers == 1
+
+
+async def test_touch_does_not_create(backend):
+    await backend.touch("missing")
+    assert not await backend.exists("missing")
+
+
+async def test_publish_reports_waiting_subscribers(backend):
+    assert (await backend.publish("news", b"a", "text/plain")).subscribers == 0
+    await backend.subscribers_changed("news", 1)
+    assert (await backend.publish("news", b"b", "text/plain")).subscribers == 1
+    await backend.subscribers_changed("news", -1)
+    assert (await backend.publish("news", b"c", "text/plain")).subscribers == 0
+
+
+async def test_listener_hears_every_message_in_order(backend):
+    await backend.listen("news")
+    published = await publish_all(backend, "news", [b"%d" % i for i in range(30)])
+    delivered = await backend.recorder.wait_messages("news", 30)
+    assert [m.id for m in delivered] == [m.id for m in published]
+    assert [m.body for m in delivered] == [m.body for m in published]
+
+
+async def test_delete(backend):
+    await backend.listen("news")
+    old = await publish_all(backend, "news", [b"a", b"b"])
+    assert await backend.delete("news")
+    await backend.recorder.wait_for(lambda: "news" in backend.recorder.deleted)
+    assert not await backend.exists("news")
+    assert await backend.info("news") is None
+    with pytest.raises(ChannelNotFound):
+        await backend.read_after("news", ORIGIN)
+    assert not await backend.delete("news")
+    # A channel created again starts empty; its messages are new even if their ids are not.
+    assert await backend.create("news")
+    again = await publish_all(backend, "news", [b"c"])
+    assert [m.body for m in await read_all(backend, "news")] == [b"c"]
+    delivered = await backend.recorder.wait_messages("news", 3)
+    assert [m.body for m in delivered] == [b"a", b"b", b"c"]
+    assert again[0].id >= old[0].id
+
+
+async def test_max_messages_keeps_the_newest_and_reports_gaps(backend_factory):
+    async with backend_factory(max_messages=3) as backend:
+        messages = await publish_all(backend, "news", [b"%d" % i for i in range(5)])
+        assert (await backend.info("news")).messages == 3
+        assert [m.body for m in await read_all(backend, "news")] == [b"2", b"3", b"4"]
+        # Read from the start: nothing is missing for a client that asked for everything.
+        assert not (await backend.read_after("news", ORIGIN)).gap
+        # Behind the newest dropped message: a gap.
+        read = await backend.read_after("news", messages[0].id)
+        assert read.message.body == b"2" and read.gap
+        # At the newest dropped message: the next one is kept, no gap.
+        read = await backend.read_after("news", messages[1].id)
+        assert read.message.body == b"2" and not read.gap
+
+
+async def test_message_timeout_keeps_min_messages(backend_factory):
+    async with backend_factory(message_timeout=0.3, min_messages=1) as backend:
+        messages = await publish_all(backend, "news", [b"a", b"b", b"c"])
+        with anyio.fail_after(5):  # expiry is the behaviour under test: watch it happen
+            while (await backend.info("news")).messages > 1:
+                await anyio.sleep(0.05)
+        assert [m.body for m in await read_all(backend, "news")] == [b"c"]
+        assert (await backend.read_after("news", messages[0].id)).gap
+        assert not (await backend.read_after("news", messages[1].id)).gap
+
+
+async def test_message_timeout_can_empty_a_channel(backend_factory):
+    async with backend_factory(message_timeout=0.2) as backend:
+        message = (await backend.publish("news", b"a", "text/plain")).message
+        with anyio.fail_after(5):
+            while (await backend.info("news")).messages:
+                await anyio.sleep(0.05)
+        read = await backend.read_after("news", ORIGIN)
+        assert read.message is None
+        assert (await backend.info("news")).last_message_id == message.id
+        # Ids go on from the last one, never back.
+        assert (await backend.publish("news", b"b", "text/plain")).message.id > message.id
+
+
+async def test_concurrent_publishes_get_unique_ordered_ids(backend):
+    await backend.listen("news")
+    results = []
+
+    async def publish(i: int) -> None:
+        results.append((await backend.publish("news", b"%d" % i, "text/plain")).message)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(publish, i)
+    ids = [m.id for m in results]
+    assert len(set(ids)) == 50
+    stored = await read_all(backend, "news")
+    assert [m.id for m in stored] == sorted(ids)
+    assert sorted(m.body for m in stored) == sorted(b"%d" % i for i in range(50))
+    delivered = await backend.recorder.wait_messages("news", 50)
+    assert [m.id for m in delivered] == sorted(ids)
+
+
+@pytest.mark.parametrize("channel_id", ["ä ö/ü", "a}b{c", "{x}", "with:colons"])
+async def test_channel_ids_are_kept_apart(backend, channel_id):
+    await backend.publish(channel_id, b"mine", "text/plain")
+    await backend.publish("a", b"other", "text/plain")
+    assert [m.body for m in await read_all(backend, channel_id)] == [b"mine"]
+    assert [m.body for m in await read_all(backend, "a")] == [b"other"]
+    assert await backend.delete(channel_id)
+    assert await backend.exists("a")
