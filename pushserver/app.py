@@ -65,6 +65,8 @@ class PushServer:
                 )
             self.routes.append((location, handler))
         self._stack: AsyncExitStack | None = None
+        # An async-context presence factory (passthrough) lives as long as the server.
+        self._presence_context = presence_factory if hasattr(presence_factory, "__aenter__") else None
 
     def subscriber_headers(self, location: LocationConfig) -> Headers:
         return [
@@ -87,6 +89,8 @@ class PushServer:
         stack = AsyncExitStack()
         for hub in self.hubs.values():
             await stack.enter_async_context(hub)
+        if self._presence_context is not None:
+            await stack.enter_async_context(self._presence_context)  # type: ignore[arg-type]
         self._stack = stack
 
     def begin_shutdown(self) -> None:

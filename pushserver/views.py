@@ -1,9 +1,36 @@
-"""The Django side of passthrough (completed in issue 3)."""
+"""The Django side of passthrough: the push server POSTs here when subscribers come and go."""
 
-from django.http import HttpResponse
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+
+from . import signals
 
 
 @csrf_exempt
-def passthrough(request):
+def passthrough(request: HttpRequest) -> HttpResponse:
+    """Send ``channel_subscribe`` or ``channel_unsubscribe`` for the push server's POST.
+
+    Only the push server may call it: ``REMOTE_ADDR`` must be in ``INTERNAL_IPS``, the method
+    POST and ``channel_id`` non-empty, with ``subscribe`` or ``unsubscribe`` set (subscribe
+    wins); anything else is 403. ``request`` carries the subscriber's forwarded headers, so
+    ``request.user`` is the subscriber. Receivers' exceptions are logged, not raised.
+    """
+    if request.META.get("REMOTE_ADDR") not in settings.INTERNAL_IPS:
+        raise PermissionDenied("passthrough is only for the push server (INTERNAL_IPS)")
+    if request.method != "POST":
+        raise PermissionDenied("passthrough takes POST")
+    channel_id = request.POST.get("channel_id")
+    if not channel_id:
+        raise PermissionDenied("channel_id is missing")
+    if request.POST.get("subscribe"):
+        signal = signals.channel_subscribe
+    elif request.POST.get("unsubscribe"):
+        signal = signals.channel_unsubscribe
+    else:
+        raise PermissionDenied("neither subscribe nor unsubscribe")
+    signal.send_robust(sender=passthrough, request=request, channel_id=channel_id)
     return HttpResponse()
