@@ -78,3 +78,14 @@ def docs(session: nox.Session) -> None:
     """Build the documentation, failing on any warning."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The loopback benchmark (bench/): a table on stdout, JSON in bench/results/latest.json.
+
+    ``nox -s bench -- --quick`` for a smoke run. nchan is measured too when Debian's nginx
+    and libnginx-mod-nchan are installed.
+    """
+    session.install("-e", ".[uvloop]")
+    session.run("python", "-m", "bench", *session.posargs)

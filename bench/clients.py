@@ -1,0 +1,374 @@
+"""Raw asyncio protocol clients, cheap enough to hold 10,000 connections in one process.
+
+Each subscriber parses its transport's framing and hands every message body to
+:meth:`Stats.delivered`. Bodies are ``b"<seq:08> <monotonic_ns:019> <padding>"``: the
+sequence number finds losses, duplicates and reordering; the publisher's clock reading
+(``time.monotonic_ns`` is system-wide on Linux) gives publish→deliver latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from array import array
+
+CRLF2 = b"\r\n\r\n"
+
+
+def encode_body(seq: int, size: int) -> bytes:
+    head = b"%08d %019d " % (seq, time.monotonic_ns())
+    return head + b"x" * max(0, size - len(head))
+
+
+def parse_head(data: bytes) -> tuple[int, dict[bytes, bytes]]:
+    lines = data.split(b"\r\n")
+    status = int(lines[0][9:12])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+class Stats:
+    """Counts shared by every subscriber of one load generator."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0  # measured messages (seq >= 1), first copies only
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.errors: dict[str, int] = {}
+        self.latencies = array("q")
+        self.round_count: dict[int, int] = {}
+        self.progress = asyncio.Event()
+        self.last_delivery = 0.0
+        self.closing = False  # set when the bench closes connections: no error then
+        self.anomalies: list[str] = []  # the first few duplicates / reorderings, to debug
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def delivered(self, sub: Subscriber, body: bytes) -> None:
+        now = time.monotonic_ns()
+        try:
+            seq = int(body[0:8])
+            sent = int(body[9:28])
+        except ValueError:
+            self.error("unparsable body")
+            return
+        seen = sub.seen
+        if seq >= len(seen):
+            seen.extend(bytes(max(seq + 1 - len(seen), len(seen))))
+        if seen[seq]:
+            self.duplicates += 1
+            self.note(sub, "duplicate", seq)
+            return
+        seen[seq] = 1
+        if seq < sub.highest:
+            self.out_of_order += 1
+            self.note(sub, "out of order", seq)
+        else:
+            sub.highest = seq
+        self.round_count[seq] = self.round_count.get(seq, 0) + 1
+        self.progress.set()
+        if seq:
+            self.deliveries += 1
+            self.latencies.append(now - sent)
+            self.last_delivery = now / 1e9
+
+    def note(self, sub: Subscriber, what: str, seq: int) -> None:
+        if len(self.anomalies) < 10:
+            self.anomalies.append(
+                f"{what}: seq {seq} after {sub.highest} on {sub.path.decode()} ({sub.describe()})"
+            )
+
+
+class Subscriber(asyncio.Protocol):
+    """Base: one connection on one channel; ``connected`` resolves once it is subscribed."""
+
+    def __init__(self, stats: Stats, host: str, path: str) -> None:
+        self.stats = stats
+        self.host = host
+        self.path = path
+        self.channel = 0  # index of the channel, set by the load generator
+        self.seen = bytearray(64)
+        self.highest = -1
+        self.buffer = bytearray()
+        self.head_done = False
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request())
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if not self.connected.done():
+            self.connected.set_result(False)
+        elif not self.stats.closing:
+            self.stats.error(f"{type(self).__name__} connection lost")
+
+    def request(self) -> bytes:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return ""
+
+    def subscribed(self) -> None:
+        if not self.connected.done():
+            self.connected.set_result(True)
+
+    def failed(self, what: str) -> None:
+        self.stats.error(what)
+        if not self.connected.done():
+            self.connected.set_result(False)
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        self.stats.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LongPollSubscriber(Subscriber):
+    """GET, then GET again with the response's Last-Modified / Etag, on one connection."""
+
+    def __init__(self, stats: Stats, host: str, path: str) -> None:
+        super().__init__(stats, host, path)
+        self.position = b""
+        self.status = 0
+        self.length = -1
+
+    def request(self) -> bytes:
+        return b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (self.path, self.host, self.position)
+
+    def describe(self) -> str:
+        return self.position.decode().replace("\r\n", "; ")
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.subscribed()  # held from here on; the warm-up message proves it
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            if self.length < 0:
+                end = buffer.find(CRLF2)
+                if end < 0:
+                    return
+                self.status, headers = parse_head(bytes(buffer[:end]))
+                del buffer[: end + 4]
+                self.length = int(headers.get(b"content-length", b"0"))
+                if self.status == 200:
+                    self.position = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (
+                        headers.get(b"last-modified", b""),
+                        headers.get(b"etag", b""),
+                    )
+            if len(buffer) < self.length:
+                return
+            body = bytes(buffer[: self.length])
+            del buffer[: self.length]
+            self.length = -1
+            if self.status == 200:
+                self.stats.delivered(self, body)
+            elif self.status not in (304, 408):  # 304 (ours) / 408 (nchan): poll again
+                self.stats.error(f"long-poll status {self.status}")
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(self.request())
+
+
+class SSESubscriber(Subscriber):
+    """``Accept: text/event-stream``; chunked or close-delimited body; ``data:`` lines."""
+
+    def __init__(self, stats: Stats, host: str, path: str) -> None:
+        super().__init__(stats, host, path)
+        self.chunked = False
+        self.chunk_left = 0  # bytes of the current chunk still to read; -1: its CRLF
+        self.events = bytearray()
+
+    def request(self) -> bytes:
+        return (
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\n\r\n" % (self.path, self.host)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if not self.head_done:
+            self.buffer += data
+            end = self.buffer.find(CRLF2)
+            if end < 0:
+                return
+            status, headers = parse_head(bytes(self.buffer[:end]))
+            data = bytes(self.buffer[end + 4 :])
+            self.buffer = bytearray()
+            if status != 200:
+                self.failed(f"event-stream status {status}")
+                return
+            self.head_done = True
+            self.chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+            self.subscribed()
+        if self.chunked:
+            self.dechunk(data)
+        else:
+            self.events += data
+        self.parse_events()
+
+    def dechunk(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while buffer:
+            if self.chunk_left > 0:
+                take = min(self.chunk_left, len(buffer))
+                self.events += buffer[:take]
+                del buffer[:take]
+                self.chunk_left -= take
+                if self.chunk_left == 0:
+                    self.chunk_left = -1
+            elif self.chunk_left < 0:
+                if len(buffer) < 2:
+                    return
+                del buffer[:2]
+                self.chunk_left = 0
+            else:
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(bytes(buffer[:end]).split(b";")[0], 16)
+                del buffer[: end + 2]
+                self.chunk_left = size if size else -1
+
+    def parse_events(self) -> None:
+        events = self.events
+        if b"\r" in events:
+            events[:] = events.replace(b"\r\n", b"\n")
+        while True:
+            end = events.find(b"\n\n")
+            if end < 0:
+                return
+            block = bytes(events[:end])
+            del events[: end + 2]
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    self.stats.delivered(self, line[6:] if line[5:6] == b" " else line[5:])
+                    break
+
+
+class WebSocketSubscriber(Subscriber):
+    """RFC 6455 handshake, then unmasked server frames; pings answered."""
+
+    def request(self) -> bytes:
+        key = base64.b64encode(os.urandom(16))
+        return (
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            % (self.path, self.host, key)
+        )
+
+    def __init__(self, stats: Stats, host: str, path: str) -> None:
+        super().__init__(stats, host, path)
+        self.fragments = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.head_done:
+            end = buffer.find(CRLF2)
+            if end < 0:
+                return
+            status, _ = parse_head(bytes(buffer[:end]))
+            del buffer[: end + 4]
+            if status != 101:
+                self.failed(f"websocket handshake status {status}")
+                return
+            self.head_done = True
+            self.subscribed()
+        while len(buffer) >= 2:
+            first, second = buffer[0], buffer[1]
+            length = second & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length = int.from_bytes(buffer[2:4], "big")
+                offset = 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length = int.from_bytes(buffer[2:10], "big")
+                offset = 10
+            if second & 0x80:
+                offset += 4  # a masked server frame is a protocol error; skip the key
+            if len(buffer) < offset + length:
+                return
+            payload = bytes(buffer[offset : offset + length])
+            del buffer[: offset + length]
+            opcode = first & 0x0F
+            if opcode in (0, 1, 2):
+                if not first & 0x80:
+                    self.fragments += payload
+                    continue
+                if self.fragments:
+                    payload = bytes(self.fragments) + payload
+                    self.fragments.clear()
+                self.stats.delivered(self, payload)
+            elif opcode == 9:  # ping: pong with the same payload, masked as clients must
+                mask = os.urandom(4)
+                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                self.transport.write(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
+            elif opcode == 8:
+                self.stats.error("websocket closed by server")
+
+
+SUBSCRIBERS = {"longpoll": LongPollSubscriber, "sse": SSESubscriber, "ws": WebSocketSubscriber}
+
+
+class Publisher(asyncio.Protocol):
+    """One keep-alive connection that POSTs messages one at a time."""
+
+    def __init__(self, host: bytes) -> None:
+        self.host = host
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[int] | None = None
+        self.length = -1
+        self.status = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("publisher connection lost"))
+
+    async def post(self, path: bytes, seq: int, size: int) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        body = encode_body(seq, size)
+        self.transport.write(
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path, self.host, len(body), body)
+        )
+        return await self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while True:
+            if self.length < 0:
+                end = buffer.find(CRLF2)
+                if end < 0:
+                    return
+                self.status, headers = parse_head(bytes(buffer[:end]))
+                del buffer[: end + 4]
+                self.length = int(headers.get(b"content-length", b"0"))
+            if len(buffer) < self.length:
+                return
+            del buffer[: self.length]
+            self.length = -1
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(self.status)

@@ -1,0 +1,271 @@
+"""The load generator: one asyncio process (uvloop when available), run on the other core.
+
+``python bench/loadgen.py '<json spec>'`` connects the subscribers, measures the server's
+idle memory, publishes, counts deliveries, and prints one JSON result line. It reads the
+server's CPU time and memory from /proc itself, so the numbers bracket exactly the phase
+it drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.clients import SUBSCRIBERS, Publisher, Stats
+from bench.common import CLOCK_TICKS, cpu_seconds, raise_fd_limit, rss_bytes
+
+
+def percentile(sorted_values, fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, int(fraction * len(sorted_values)))
+    return sorted_values[index] / 1e6  # ns -> ms
+
+
+async def wait_quiet(pid: int, timeout: float, interval: float = 0.1) -> bool:
+    """Wait until the server uses under one clock tick per interval (it has caught up)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)  # sampling the server's CPU clock, not synchronising
+        after = cpu_seconds(pid)
+        if after - before < 1.5 / CLOCK_TICKS:
+            return True
+        before = after
+    return False
+
+
+async def wait_for(stats: Stats, done, timeout: float) -> bool:
+    """Wait until ``done()`` holds, woken by each delivery; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        stats.progress.clear()
+        try:
+            await asyncio.wait_for(stats.progress.wait(), left)
+        except TimeoutError:
+            return done()
+    return True
+
+
+async def run(spec: dict) -> dict:
+    loop = asyncio.get_running_loop()
+    host, port = spec["host"], spec["port"]
+    pid = spec["server_pid"]
+    n, channels = spec["subscribers"], spec["channels"]
+    size = spec.get("message_size", 64)
+    result: dict = {"fd_limit": raise_fd_limit()}
+    stats = Stats()
+    cls = SUBSCRIBERS[spec["transport"]]
+    paths = [f"/sub/{spec['prefix']}-{c}".encode() for c in range(channels)]
+    pub_paths = [f"/pub/{spec['prefix']}-{c}".encode() for c in range(channels)]
+    hostname = f"{host}:{port}".encode()
+
+    # -- connect ---------------------------------------------------------------------------
+    await wait_quiet(pid, 5)
+    rss_fresh = rss_bytes(pid)
+    subscribers = []
+    gate = asyncio.Semaphore(spec.get("connect_concurrency", 200))
+    connect_errors: dict[str, int] = {}
+
+    async def connect(i: int) -> None:
+        async with gate:
+            try:
+                _, sub = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: cls(stats, hostname, paths[i % channels]), host, port
+                    ),
+                    spec.get("connect_timeout", 30),
+                )
+            except (OSError, TimeoutError) as exc:
+                key = type(exc).__name__ + (
+                    f" errno {exc.errno}" if getattr(exc, "errno", None) else ""
+                )
+                connect_errors[key] = connect_errors.get(key, 0) + 1
+                return
+            sub.channel = i % channels
+            subscribers.append(sub)
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(sub.connected), spec.get("connect_timeout", 30)
+                )
+            except TimeoutError:
+                stats.error("no response to subscribe")
+
+    started = time.monotonic()
+    await asyncio.gather(*(connect(i) for i in range(n)))
+    live = [s for s in subscribers if s.connected.done() and s.connected.result()]
+    result["connect_seconds"] = round(time.monotonic() - started, 2)
+    result["connected"] = len(live)
+    result["connect_errors"] = connect_errors
+    await wait_quiet(pid, 10)
+    rss_idle = rss_bytes(pid)
+    result["rss_fresh_bytes"] = rss_fresh
+    result["rss_idle_bytes"] = rss_idle
+    result["memory_per_idle_connection_bytes"] = (
+        round((rss_idle - rss_fresh) / len(live)) if live else None
+    )
+    if not live:
+        result["error"] = "no subscriber connected"
+        return result
+    expected = {c: 0 for c in range(channels)}
+    for s in live:
+        expected[s.channel] += 1
+    subscribed_channels = [c for c in range(channels) if expected[c]]
+
+    publishers = []
+    for _ in range(min(spec.get("publishers", 8), len(subscribed_channels))):
+        _, pub = await loop.create_connection(lambda: Publisher(hostname), host, port)
+        publishers.append(pub)
+    pool: asyncio.Queue[Publisher] = asyncio.Queue()
+    for pub in publishers:
+        pool.put_nowait(pub)
+    published = dict.fromkeys(range(channels), 0)
+    publish_status: dict[int, int] = {}
+
+    # One publish at a time per channel, in sequence order (asyncio locks are FIFO): two
+    # concurrent POSTs to one channel may reach the server in either order.
+    locks = [asyncio.Lock() for _ in range(channels)]
+
+    async def publish(c: int, seq: int) -> None:
+        async with locks[c]:
+            pub = await pool.get()
+            try:
+                status = await pub.post(pub_paths[c], seq, size)
+                publish_status[status] = publish_status.get(status, 0) + 1
+                if seq:
+                    published[c] = max(published[c], seq)
+            finally:
+                pool.put_nowait(pub)
+
+    async def publish_round(seq: int) -> None:
+        await asyncio.gather(*(publish(c, seq) for c in subscribed_channels))
+
+    # -- warm up: message 0 to every channel proves every subscriber is held ----------------
+    await publish_round(0)
+    warm = await wait_for(
+        stats, lambda: stats.round_count.get(0, 0) >= len(live), spec.get("drain", 20)
+    )
+    result["warmup_complete"] = warm
+    result["warmup_missing"] = len(live) - stats.round_count.get(0, 0)
+    await wait_quiet(pid, 5)
+
+    # -- measured phase --------------------------------------------------------------------
+    duration = spec["duration"]
+    cpu_before = cpu_seconds(pid)
+    own_before = os.times()
+    t0 = time.monotonic()
+    rounds = 0
+    if spec["mode"] == "throughput":
+        # Closed loop: round r (message r to every channel) starts once round r - window is
+        # fully delivered, so the server always has work and never an unbounded backlog.
+        window = spec.get("window", 2)
+        pending: set[asyncio.Task] = set()
+        for seq in itertools.count(1):
+            if time.monotonic() - t0 >= duration:
+                break
+            if seq > window:
+                ok = await wait_for(
+                    stats,
+                    lambda s=seq - window: stats.round_count.get(s, 0) >= len(live),
+                    spec.get("drain", 20),
+                )
+                if not ok:
+                    stats.error("round not fully delivered in time")
+                    break
+            task = asyncio.create_task(publish_round(seq))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            rounds = seq
+        if pending:
+            await asyncio.gather(*pending)
+    else:
+        # Open loop at a fixed rate, one channel after another.
+        rate = spec["rate"]
+        tasks = []
+        order = itertools.cycle(subscribed_channels)
+        seqs = dict.fromkeys(range(channels), 0)
+        for k in itertools.count():
+            due = t0 + k / rate
+            if due - t0 >= duration:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the publish schedule itself
+            c = next(order)
+            seqs[c] += 1
+            tasks.append(asyncio.create_task(publish(c, seqs[c])))
+            rounds = k + 1
+        await asyncio.gather(*tasks)
+    publish_seconds = time.monotonic() - t0
+    total_expected = sum(published[c] * expected[c] for c in range(channels))
+    drained = await wait_for(
+        stats, lambda: stats.deliveries >= total_expected, spec.get("drain", 20)
+    )
+    own_after = os.times()
+    wall = (stats.last_delivery or time.monotonic()) - t0
+    await wait_quiet(pid, 3)  # re-polls and acks after the last delivery are part of the cost
+    cpu_after = cpu_seconds(pid)
+    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+
+    lat = sorted(stats.latencies)
+    server_cpu = cpu_after - cpu_before
+    result.update(
+        publishes=sum(published.values()),
+        publish_rounds=rounds,
+        publish_seconds=round(publish_seconds, 3),
+        publish_status=publish_status,
+        drained=drained,
+        expected_deliveries=total_expected,
+        deliveries=stats.deliveries,
+        deliveries_per_second=round(stats.deliveries / wall) if wall > 0 else None,
+        server_cpu_seconds=round(server_cpu, 3),
+        cpu_us_per_delivery=round(server_cpu * 1e6 / stats.deliveries, 2)
+        if stats.deliveries
+        else None,
+        server_cpu_utilisation=round(server_cpu / wall, 3) if wall > 0 else None,
+        loadgen_cpu_seconds=round(own_cpu, 3),
+        loadgen_cpu_utilisation=round(own_cpu / wall, 3) if wall > 0 else None,
+        latency_ms_p50=percentile(lat, 0.50),
+        latency_ms_p99=percentile(lat, 0.99),
+        latency_ms_max=lat[-1] / 1e6 if lat else None,
+        lost=max(0, total_expected - stats.deliveries),
+        duplicated=stats.duplicates,
+        out_of_order=stats.out_of_order,
+        errors=stats.errors,
+        anomalies=stats.anomalies,
+    )
+    for sub in subscribers:
+        sub.close()
+    for pub in publishers:
+        pub.transport.close()
+    await asyncio.sleep(0)
+    return result
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None and spec.get("loop", "uvloop") == "uvloop":
+        result = uvloop.run(run(spec))
+        result["loadgen_loop"] = "uvloop"
+    else:
+        result = asyncio.run(run(spec))
+        result["loadgen_loop"] = "asyncio"
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""Run the benchmark: ``python -m bench`` (or ``nox -s bench``); ``--quick`` for a smoke run.
+
+For every target (ours, the floor, nchan when installed), transport and scenario it starts a
+fresh server pinned to CPU 0 and a load generator pinned to CPU 1, prints a table and writes
+JSON (default ``bench/results/latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import nchan  # noqa: E402
+from bench.common import cpu_model, raise_fd_limit  # noqa: E402
+
+TRANSPORTS = ("longpoll", "sse", "ws")
+#: Our config's name for each bench transport.
+CONFIG_NAMES = {"longpoll": "longpoll", "sse": "eventsource", "ws": "websocket"}
+TARGETS = ("ours", "floor", "nchan")
+SERVER_CPU, LOADGEN_CPU = "0", "1"
+
+
+def pinned(cpu: str) -> list[str]:
+    """``taskset -c cpu`` when there are two CPUs to keep apart; nothing otherwise."""
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:
+        return ["taskset", "-c", cpu]
+    return []
+
+
+def scenarios(quick: bool) -> list[dict]:
+    """Fan-out on one channel, one subscriber per channel, and the latency run."""
+    if quick:
+        sizes, duration, latency_n = (200,), 1.0, 200
+    else:
+        sizes, duration, latency_n = (1000, 10000), 4.0, 2000
+    found = []
+    for n in sizes:
+        found.append(
+            {
+                "name": f"fanout-{n}",
+                "subscribers": n,
+                "channels": 1,
+                "mode": "throughput",
+                "duration": duration,
+            }
+        )
+    for n in sizes:
+        found.append(
+            {
+                "name": f"channels-{n}",
+                "subscribers": n,
+                "channels": n,
+                "mode": "throughput",
+                "duration": duration,
+            }
+        )
+    found.append(
+        {
+            "name": f"latency-{latency_n}x1ch",
+            "subscribers": latency_n,
+            "channels": 1,
+            "mode": "rate",
+            "rate": 50,
+            "duration": duration,
+        }
+    )
+    found.append(
+        {
+            "name": f"latency-{latency_n}ch",
+            "subscribers": latency_n,
+            "channels": latency_n,
+            "mode": "rate",
+            "rate": 50,
+            "duration": duration,
+        }
+    )
+    return found
+
+
+def read_port(process: subprocess.Popen, timeout: float) -> int:
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        if selector.select(deadline - time.monotonic()):
+            line = process.stdout.readline()
+            if line.startswith(b"LISTENING "):
+                return int(line.split()[1])
+            if not line:
+                break
+    raise RuntimeError(f"server did not start: {line!r}")
+
+
+class PythonServer:
+    """bench/server.py (ours) or bench/floor.py under hypercorn, pinned to CPU 0."""
+
+    def __init__(self, script: str, loop: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                *pinned(SERVER_CPU),
+                sys.executable,
+                str(ROOT / "bench" / script),
+                "--loop",
+                loop,
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        try:
+            self.port = read_port(self.process, 30)
+        except BaseException:
+            self.stop()
+            raise
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+class NchanServer:
+    def __init__(self, port: int, nofile: int) -> None:
+        self.nginx = nchan.Nchan(port, int(SERVER_CPU), nofile, pinned(SERVER_CPU)).start()
+        self.port = port
+        self.pid = self.nginx.worker_pid
+
+    def stop(self) -> None:
+        self.nginx.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq: int) -> dict:
+    row = {
+        "target": target,
+        "transport": transport,
+        "scenario": scenario["name"],
+        "subscribers": scenario["subscribers"],
+        "channels": scenario["channels"],
+        "mode": scenario["mode"],
+    }
+    if scenario["mode"] == "rate":
+        row["rate"] = scenario["rate"]
+    server = None
+    try:
+        if target == "nchan":
+            server = NchanServer(free_port(), nofile)
+        else:
+            server = PythonServer("server.py" if target == "ours" else "floor.py", args.loop)
+        spec = {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "server_pid": server.pid,
+            "transport": transport,
+            "prefix": f"b{os.getpid()}x{seq}",
+            "subscribers": scenario["subscribers"],
+            "channels": scenario["channels"],
+            "mode": scenario["mode"],
+            "rate": scenario.get("rate"),
+            "duration": scenario["duration"],
+            "drain": args.drain,
+            "window": 2,
+            "publishers": 8,
+            "message_size": 64,
+        }
+        done = subprocess.run(
+            [
+                *pinned(LOADGEN_CPU),
+                sys.executable,
+                str(ROOT / "bench" / "loadgen.py"),
+                json.dumps(spec),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=args.scenario_timeout,
+            cwd=ROOT,
+        )
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            row["error"] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        else:
+            row.update(json.loads(lines[-1]))
+    except subprocess.TimeoutExpired:
+        row["error"] = f"load generator exceeded {args.scenario_timeout} s"
+    except Exception as exc:  # reported in the results, never hidden
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if server is not None:
+            server.stop()
+    return row
+
+
+def our_transports() -> tuple[list[str], dict[str, str]]:
+    from pushserver.config import AVAILABLE_TRANSPORTS
+
+    ok, skipped = [], {}
+    for transport in TRANSPORTS:
+        if CONFIG_NAMES[transport] in AVAILABLE_TRANSPORTS:
+            ok.append(transport)
+        else:
+            skipped[transport] = "not implemented in this version of pushserver"
+    return ok, skipped
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def table(rows: list[dict]) -> str:
+    head = [
+        "target",
+        "transport",
+        "scenario",
+        "connected",
+        "deliveries/s",
+        "CPU µs/deliv",
+        "p50 ms",
+        "p99 ms",
+        "KiB/idle conn",
+        "lost/dup/ooo",
+        "loadgen CPU",
+    ]
+    lines = [head]
+    for r in rows:
+        if "error" in r and "deliveries" not in r:
+            lines.append(
+                [
+                    r["target"],
+                    r["transport"],
+                    r["scenario"],
+                    fmt(r.get("connected")),
+                    "error: " + r["error"][:60],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            continue
+        mem = r.get("memory_per_idle_connection_bytes")
+        lines.append(
+            [
+                r["target"],
+                r["transport"],
+                r["scenario"],
+                f"{r['connected']:,}/{r['subscribers']:,}",
+                fmt(r.get("deliveries_per_second")),
+                fmt(r.get("cpu_us_per_delivery")),
+                fmt(r.get("latency_ms_p50")),
+                fmt(r.get("latency_ms_p99")),
+                fmt(mem / 1024 if mem is not None else None),
+                f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}",
+                f"{r['loadgen_cpu_utilisation'] * 100:.0f}%"
+                if r.get("loadgen_cpu_utilisation") is not None
+                else "-",
+            ]
+        )
+    return render(lines)
+
+
+def render(lines: list[list[str]]) -> str:
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append(
+            "| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        )
+        if k == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    by_key = {(r["target"], r["transport"], r["scenario"]): r for r in rows}
+    found = []
+    for r in rows:
+        if r["target"] != "ours":
+            continue
+        entry = {
+            "transport": r["transport"],
+            "scenario": r["scenario"],
+            "ours_cpu_us": r.get("cpu_us_per_delivery"),
+        }
+        for other in ("floor", "nchan"):
+            o = by_key.get((other, r["transport"], r["scenario"]))
+            value = o.get("cpu_us_per_delivery") if o else None
+            entry[f"{other}_cpu_us"] = value
+            ours = entry["ours_cpu_us"]
+            entry[f"ours_over_{other}"] = round(ours / value, 2) if ours and value else None
+        found.append(entry)
+    return found
+
+
+def ratio_table(entries: list[dict]) -> str:
+    lines = [
+        ["transport", "scenario", "ours µs", "floor µs", "nchan µs", "ours/floor", "ours/nchan"]
+    ]
+    for e in entries:
+        lines.append(
+            [
+                e["transport"],
+                e["scenario"],
+                fmt(e["ours_cpu_us"]),
+                fmt(e["floor_cpu_us"]),
+                fmt(e["nchan_cpu_us"]),
+                fmt(e["ours_over_floor"], 2),
+                fmt(e["ours_over_nchan"], 2),
+            ]
+        )
+    return render(lines)
+
+
+def machine() -> dict:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "hypercorn": version("hypercorn"),
+        "uvloop": version("uvloop"),
+        "anyio": version("anyio"),
+        "nchan": nchan.version() if nchan.available() else None,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="200 subscribers, 1 s phases")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--transports", default=",".join(TRANSPORTS))
+    parser.add_argument("--scenarios", default="", help="comma-separated names; default all")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--drain", type=float, default=20.0, help="max seconds to wait for deliveries"
+    )
+    parser.add_argument("--scenario-timeout", type=float, default=240.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+
+    nofile, hard = raise_fd_limit()
+    targets = [t for t in args.targets.split(",") if t]
+    wanted = [t for t in args.transports.split(",") if t]
+    ours_ok, skipped = our_transports()
+    notes = {f"ours/{t}": why for t, why in skipped.items() if t in wanted}
+    if "nchan" in targets and not nchan.available():
+        targets.remove("nchan")
+        notes["nchan"] = f"not installed ({nchan.NGINX}, {nchan.MODULE})"
+    chosen = [
+        s
+        for s in scenarios(args.quick)
+        if not args.scenarios or s["name"] in args.scenarios.split(",")
+    ]
+    biggest = max(s["subscribers"] for s in chosen)
+    if not pinned(SERVER_CPU):
+        notes["cpus"] = "taskset or a second CPU is missing: server and load generator share CPUs"
+    if hard < biggest + 100:
+        notes["fd_limit"] = (
+            f"hard RLIMIT_NOFILE is {hard}: scenarios above ~{hard - 100} connections fall short"
+        )
+
+    rows = []
+    seq = 0
+    for transport in wanted:
+        for scenario in chosen:
+            for target in targets:
+                if target == "ours" and transport not in ours_ok:
+                    continue
+                seq += 1
+                print(f"... {target} {transport} {scenario['name']}", file=sys.stderr, flush=True)
+                rows.append(run_one(target, transport, scenario, args, nofile, seq))
+
+    entries = ratios(rows)
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "machine": machine(),
+        "setup": {
+            "server_cpu": SERVER_CPU,
+            "loadgen_cpu": LOADGEN_CPU,
+            "loop": args.loop,
+            "server": "hypercorn (embedded, pushserver.server.serve) on anyio/asyncio",
+            "message_size_bytes": 64,
+            "fd_limit": [nofile, hard],
+        },
+        "notes": notes,
+        "results": rows,
+        "ratios": entries,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(rows))
+    print()
+    print(ratio_table(entries))
+    for key, note in notes.items():
+        print(f"note: {key}: {note}")
+    print(f"JSON: {out}")
+    bad = [
+        r
+        for r in rows
+        if "error" in r or r.get("lost") or r.get("duplicated") or r.get("out_of_order")
+    ]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

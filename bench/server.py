@@ -1,0 +1,60 @@
+"""The server under test: pushserver's core under the embedded hypercorn, without Django.
+
+``python bench/server.py --loop uvloop`` prints ``LISTENING <port>`` once it accepts
+connections and serves until SIGTERM. Locations: ``/pub/<id>`` publishes, ``/sub/<id>``
+subscribes with every transport this version implements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import raise_fd_limit
+from pushserver.app import PushServer
+from pushserver.config import AVAILABLE_TRANSPORTS, load
+from pushserver.server import bind, serve
+
+BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind catch up
+
+
+def build() -> PushServer:
+    config = load(
+        {
+            "store": {"type": "memory", "max_messages": BUFFER},
+            "locations": [
+                {"type": "publisher", "prefix": "/pub/"},
+                {
+                    "type": "subscriber",
+                    "prefix": "/sub/",
+                    "create_on_get": True,
+                    "transports": list(AVAILABLE_TRANSPORTS),
+                },
+            ],
+        }
+    )
+    return PushServer(config)
+
+
+async def main(port: int) -> None:
+    sock = bind("127.0.0.1", port, backlog=4096)
+    app = build()
+    async with app:
+        print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+        await serve(app, sock, access_log=False)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args()
+    raise_fd_limit()
+    anyio.run(
+        main, args.port, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"}
+    )
