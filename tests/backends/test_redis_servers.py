@@ -1,0 +1,178 @@
+"""Several real ``runpushserver`` processes sharing one real redis-server."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+import anyio
+import httpx
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+JSON = {"accept": "application/json"}
+
+
+def push_config(store: dict) -> dict:
+    return {
+        "store": store,
+        "locations": [
+            {"type": "publisher", "prefix": "/publisher/"},
+            {"type": "subscriber", "prefix": "/subscriber/"},
+        ],
+    }
+
+
+def position(response: httpx.Response) -> tuple[int, int]:
+    """The message id a long-poll response names, from Last-Modified and Etag."""
+    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
+    return seconds, int(response.headers["etag"])
+
+
+class Follower:
+    """A long-poll client that reads a channel message after message, as updates.js does:
+    each GET names the previous response's Last-Modified / Etag."""
+
+    def __init__(self, base_url: str, channel: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=60)
+        self.channel = channel
+        self.headers: dict[str, str] = {}
+        self.received: list[tuple[tuple[int, int], bytes]] = []
+        self.statuses: list[int] = []
+
+    async def next(self) -> httpx.Response:
+        response = await self.client.get(f"/subscriber/{self.channel}", headers=self.headers)
+        self.statuses.append(response.status_code)
+        if response.status_code == 200:
+            self.received.append((position(response), response.content))
+            self.headers = {
+                "if-modified-since": response.headers["last-modified"],
+                "if-none-match": response.headers["etag"],
+            }
+        return response
+
+    async def read(self, count: int) -> None:
+        while len(self.received) < count:
+            response = await self.next()
+            assert response.status_code in (200, 304), response.text
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def subscribers(client: httpx.AsyncClient, channel: str) -> int:
+    response = await client.get(f"/publisher/{channel}", headers=JSON)
+    assert response.status_code == 200, response.text
+    return response.json()["subscribers"]
+
+
+async def wait_subscribers(client: httpx.AsyncClient, channel: str, count: int) -> None:
+    """Poll channel info (a real signal, bounded) until ``count`` subscribers wait."""
+    with anyio.fail_after(10):
+        while await subscribers(client, channel) != count:
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def two_servers(push_server_factory, redis_server):
+    config = push_config(redis_server.store())
+    return push_server_factory(config), push_server_factory(config)
+
+
+async def test_message_published_on_one_server_reaches_subscribers_of_both(two_servers):
+    a, b = two_servers
+    async with (
+        httpx.AsyncClient(base_url=a.url) as pub_a,
+        httpx.AsyncClient(base_url=b.url) as pub_b,
+    ):
+        assert (await pub_a.put("/publisher/news")).status_code == 200
+        followers = [Follower(a.url, "news"), Follower(b.url, "news"), Follower(b.url, "news")]
+        try:
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    for follower in followers:
+                        tg.start_soon(follower.read, 1)
+                    # Both nodes' subscribers are counted in either node's channel info.
+                    await wait_subscribers(pub_a, "news", 3)
+                    assert await subscribers(pub_b, "news") == 3
+                    response = await pub_b.post(
+                        "/publisher/news", content=b"hello", headers={"content-type": "text/plain"}
+                    )
+                    assert response.status_code == 201  # delivered to waiting subscribers
+            first = followers[0].received
+            assert [body for _, body in first] == [b"hello"]
+            assert all(f.received == first for f in followers)
+            await wait_subscribers(pub_a, "news", 0)  # every node took its count back
+        finally:
+            for follower in followers:
+                await follower.aclose()
+
+
+async def test_client_moves_between_servers_without_loss(two_servers):
+    a, b = two_servers
+    async with httpx.AsyncClient(base_url=a.url) as pub_a:
+        for body in (b"m0", b"m1", b"m2"):
+            response = await pub_a.post("/publisher/news", content=body)
+            assert response.status_code == 202
+        on_a = Follower(a.url, "news")
+        on_b = Follower(b.url, "news")
+        try:
+            with anyio.fail_after(20):
+                await on_a.read(2)
+                on_b.headers = on_a.headers  # the same client, now talking to b
+                await on_b.read(1)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(on_b.read, 2)
+                    await wait_subscribers(pub_a, "news", 1)
+                    assert (await pub_a.post("/publisher/news", content=b"m3")).status_code == 201
+            bodies = [body for _, body in on_a.received + on_b.received]
+            assert bodies == [b"m0", b"m1", b"m2", b"m3"]
+            positions = [pos for pos, _ in on_a.received + on_b.received]
+            assert positions == sorted(set(positions))
+        finally:
+            await on_a.aclose()
+            await on_b.aclose()
+
+
+async def test_concurrent_publishers_on_two_servers(two_servers):
+    a, b = two_servers
+    per_worker, workers = 10, 3
+    total = 2 * workers * per_worker
+    followers = [Follower(server.url, "race") for server in (a, b, a, b)]
+    async with (
+        httpx.AsyncClient(base_url=a.url) as pub_a,
+        httpx.AsyncClient(base_url=b.url) as pub_b,
+    ):
+        assert (await pub_a.put("/publisher/race")).status_code == 200
+
+        async def publish(client: httpx.AsyncClient, name: str) -> None:
+            for i in range(per_worker):
+                response = await client.post("/publisher/race", content=f"{name}-{i}".encode())
+                assert response.status_code in (201, 202), response.text
+
+        try:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for follower in followers:
+                        tg.start_soon(follower.read, total)
+                    await wait_subscribers(pub_a, "race", len(followers))
+                    async with anyio.create_task_group() as publishers:
+                        for w in range(workers):
+                            publishers.start_soon(publish, pub_a, f"a{w}")
+                            publishers.start_soon(publish, pub_b, f"b{w}")
+        finally:
+            for follower in followers:
+                await follower.aclose()
+    expected = sorted(
+        f"{n}{w}-{i}".encode() for n in "ab" for w in range(workers) for i in range(per_worker)
+    )
+    reference = followers[0].received
+    positions = [pos for pos, _ in reference]
+    assert positions == sorted(set(positions)), "ids unique and increasing"
+    assert sorted(body for _, body in reference) == expected, "every message exactly once"
+    for follower in followers[1:]:
+        assert follower.received == reference, "every subscriber saw the same order"
+    # Each publisher's own messages stay in the order it sent them.
+    for name in (f"{n}{w}" for n in "ab" for w in range(workers)):
+        mine = [body for _, body in reference if body.startswith(f"{name}-".encode())]
+        assert mine == [f"{name}-{i}".encode() for i in range(per_worker)]
