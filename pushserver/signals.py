@@ -5,8 +5,11 @@ with ``request`` (the passthrough request, carrying the subscriber's forwarded c
 ``request.user`` is the subscriber) and ``channel_id``.
 
 ``pre_send_update`` / ``post_send_update``: sent by :func:`pushserver.utils.updates.send_update`
-with ``channel_id``, ``data``, ``already_serialized``, ``request`` and, on post,
-``response`` (the response, or the exception on failure).
+(and ``asend_update``) with sender the ``pushserver.utils.updates`` module and ``channel_id``,
+``data``, ``already_serialized``, ``request`` (the ``urllib.request.Request`` built for the
+publisher URL) and, on post, ``response``: an :class:`~pushserver.utils.updates.UpdateResponse`
+(``status`` 201/202, ``url``, ``in_process``), or the exception on failure. ``pre`` is sent
+after the URL is built, so a URL error escapes with no signal at all.
 """
 
 from django.dispatch import Signal

@@ -17,6 +17,8 @@ from pushserver.http import Request
 from pushserver.passthrough import PassthroughSender
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The sender is core code: run its tests on both anyio backends.
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
@@ -170,6 +172,7 @@ def subscriber_request(**headers):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_sender_forwards_headers_and_form(site):
     sender = PassthroughSender()
     presence = sender(location_for(site.port))
@@ -205,6 +208,7 @@ async def test_sender_forwards_headers_and_form(site):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_unsubscribe_waits_for_its_subscribe(site):
     sender = PassthroughSender()
     presence = sender(location_for(site.port))
@@ -228,6 +232,7 @@ async def test_unsubscribe_waits_for_its_subscribe(site):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_full_queue_drops_and_warns(site, caplog):
     sender = PassthroughSender(concurrency=1, queue_size=2)
     presence = sender(location_for(site.port))
@@ -248,6 +253,7 @@ async def test_full_queue_drops_and_warns(site, caplog):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_timeout_frees_the_worker(site, caplog):
     sender = PassthroughSender(concurrency=1, timeout=0.2)
     presence = sender(location_for(site.port))
@@ -262,6 +268,7 @@ async def test_timeout_frees_the_worker(site, caplog):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_queued_notifications_drain_on_exit(site):
     sender = PassthroughSender(concurrency=1)
     presence = sender(location_for(site.port))
@@ -273,6 +280,7 @@ async def test_queued_notifications_drain_on_exit(site):
 
 
 @pytest.mark.anyio
+@both_backends
 async def test_unreachable_site_is_logged_not_raised(caplog):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -459,3 +467,26 @@ async def test_passthrough_over_http_to_a_separate_django_site(push_server_facto
         log = PresenceLog(client, "/presence/log")
         with anyio.fail_after(20):
             await check_presence_loop(push.url, log, site_db["session"], push.host)
+
+
+@pytest.mark.anyio
+async def test_sender_dispatches_to_the_django_asgi_app_in_process(received):
+    from django.core.asgi import get_asgi_application
+
+    # With a fallback app and no runpushserver in this process, the fallback is the site.
+    sender = PassthroughSender(get_asgi_application())
+    presence = sender(location_for(9, "/passthrough"))  # port 9: nothing listens
+    with anyio.fail_after(10):
+        async with sender:
+            token = presence.subscribed(subscriber_request(if_none_match="7"), "in process")
+        async with sender:
+            presence.unsubscribed(token)
+    assert [(kind, channel_id) for kind, _, _, channel_id in received] == [
+        ("subscribe", "in process"),
+        ("unsubscribe", "in process"),
+    ]
+    request = received[0][2]
+    assert request.META["REMOTE_ADDR"] == "127.0.0.1"
+    assert request.META["HTTP_IF_NONE_MATCH"] == "7"
+    assert request.get_host() == "push.example:8001"
+    assert sender.sent == 2 and sender.failed == 0
