@@ -79,6 +79,21 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+async def discard_body(receive: Receive, limit: int) -> None:
+    """Read and drop the rest of a request body, up to ``limit`` bytes.
+
+    After an early answer (413) the body must still be consumed: hypercorn queues each
+    chunk for the application and, once nobody reads that queue, stops reading the
+    connection for good.
+    """
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
+
+
 async def respond(
     send: Send,
     status: int,

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import anyio
+
 from .config import LocationConfig
 from .exceptions import BackendUnavailable, ChannelNotFound
-from .http import BodyTooLarge, Headers, Receive, Request, Send, read_body, respond, respond_error
+from .http import (
+    BodyTooLarge,
+    Headers,
+    Receive,
+    Request,
+    Send,
+    discard_body,
+    read_body,
+    respond,
+    respond_error,
+)
 from .hub import Hub
 from .message import ChannelInfo
 from .protocol import negotiate_info_format, render_channel_info
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
+
+#: How much of a too large upload is read and dropped after the 413, and for how long.
+DISCARD_LIMIT = 64 * 1024 * 1024
+DISCARD_SECONDS = 10.0
 
 
 class Publisher:
@@ -53,12 +69,12 @@ class Publisher:
         limit = self.location.max_message_size
         declared = request.header("content-length")
         if limit and declared and declared.isdigit() and int(declared) > limit:
-            await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
+            await self.too_large(receive, send, limit)
             return
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge:
-            await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
+            await self.too_large(receive, send, limit)
             return
         if body is None:  # the publisher went away before sending the whole body
             return
@@ -78,6 +94,18 @@ class Publisher:
             return
         info = await self.hub.info(channel_id)
         await self.info_response(request, send, 201 if result.subscribers else 202, info)
+
+    async def too_large(self, receive: Receive, send: Send, limit: int) -> None:
+        await respond_error(
+            send,
+            413,
+            f"the message is larger than {limit} bytes",
+            [*self.headers, (b"connection", b"close")],
+        )
+        # Swallow the rest of the upload, within reason, so the connection is not left
+        # stuck (see discard_body); a client that keeps sending is simply cut off.
+        with anyio.move_on_after(DISCARD_SECONDS):
+            await discard_body(receive, DISCARD_LIMIT)
 
     async def info_response(
         self, request: Request, send: Send, status: int, info: ChannelInfo | None

@@ -53,6 +53,7 @@ class PushServerProcess:
         self.url = ""
         self.host = ""
         self.output: list[str] = []
+        self._output_changed = threading.Condition()
         self._drainer: threading.Thread | None = None
 
     def start(self) -> PushServerProcess:
@@ -84,7 +85,7 @@ class PushServerProcess:
                 if not line:
                     self.process.wait()
                     raise RuntimeError(
-                        f"runpushserver exited with {self.process.returncode}:\n" + "".join(self.output)
+                        f"runpushserver exited with {self.process.returncode}:\n{self.log}"
                     )
                 self.output.append(line)
                 match = _RUNNING_RE.search(line)
@@ -99,7 +100,33 @@ class PushServerProcess:
     def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
-            self.output.append(line)
+            with self._output_changed:
+                self.output.append(line)
+                self._output_changed.notify_all()
+        with self._output_changed:
+            self._output_changed.notify_all()
+
+    def wait_for_output(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Block until a line of the server's output matches the regex ``pattern``.
+
+        Raises :class:`TimeoutError` (with the output so far) when none does in time or the
+        server exits first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._output_changed:
+            while True:
+                for line in self.output[checked:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                checked = len(self.output)
+                remaining = deadline - time.monotonic()
+                exited = self._drainer is None or not self._drainer.is_alive()
+                if remaining <= 0 or exited:
+                    raise TimeoutError(f"no output line matched {pattern!r}:\n{self.log}")
+                self._output_changed.wait(remaining)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal the server (SIGTERM by default) and wait for it to exit."""

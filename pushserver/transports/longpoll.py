@@ -9,6 +9,7 @@ shutdown; it echoes the client's own position so the client simply asks again.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import anyio
@@ -16,9 +17,14 @@ import anyio
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Send, respond, respond_error
-from ..hub import Closing, Deletion, Hub
+from ..hub import Deletion, Delivery, Event, Hub, Subscription
 from ..message import Message, MessageId
-from ..protocol import longpoll_response_headers, position_from_headers, position_headers
+from ..protocol import (
+    cors_headers,
+    longpoll_response_headers,
+    position_from_headers,
+    position_headers,
+)
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -49,7 +55,7 @@ class LongPollTransport:
         self.interval = location.polling == "interval"
 
     async def __call__(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
-        headers = self.headers
+        headers = self.response_headers(request)
         if request.method == "OPTIONS":
             await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
             return
@@ -64,14 +70,30 @@ class LongPollTransport:
             await respond_error(send, 400, str(exc), headers)
             return
         try:
-            await self.serve(request, channel_id, position, receive, send)
+            await self.serve(request, channel_id, position, receive, send, headers)
         except ChannelNotFound:
             await respond_error(send, 404, "no such channel", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
 
+    def response_headers(self, request: Request) -> Headers:
+        """The base headers; with several allowed origins, CORS names the request's own."""
+        if len(self.location.allow_origin.split()) < 2:
+            return self.headers
+        cors = cors_headers(
+            self.location.allow_origin, self.location.allow_credentials, request.header("origin")
+        )
+        names = {name for name, _ in cors}
+        return [*(h for h in self.headers if h[0] not in names), *cors]
+
     async def serve(
-        self, request: Request, channel_id: str, position: MessageId, receive: Receive, send: Send
+        self,
+        request: Request,
+        channel_id: str,
+        position: MessageId,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
     ) -> None:
         hub = self.hub
         backend = hub.backend
@@ -82,21 +104,21 @@ class LongPollTransport:
         await backend.touch(channel_id)
         read = await hub.read_after(channel_id, position)
         if read.message is not None:
-            await self.send_message(send, read.message)
+            await self.send_message(send, read.message, headers)
             return
         if self.interval:
-            await respond(send, 304, [*self.headers, *position_headers(position)])
+            await respond(send, 304, [*headers, *position_headers(position)])
             return
         async with hub.subscription([channel_id], maxlen=4) as subscription:
             # Subscribed first, then read again: a message published in between is not missed.
             read = await hub.read_after(channel_id, position)
             if read.message is not None:
-                await self.send_message(send, read.message)
+                await self.send_message(send, read.message, headers)
                 return
             token = self.presence.subscribed(request, channel_id) if self.presence else None
             try:
                 disconnected = False
-                event = None
+                event: Event | Message | None = None
                 async with anyio.create_task_group() as tg:
 
                     async def watch_disconnect() -> None:
@@ -107,37 +129,42 @@ class LongPollTransport:
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(watch_disconnect)
-                    while True:
-                        event = await subscription.next_message_after(
-                            position, timeout=self.location.timeout
-                        )
-                        if event is None and subscription.overflowed:
-                            # More arrived than the queue holds: the buffer has them in order.
-                            subscription.overflowed = False
-                            read = await hub.read_after(channel_id, position)
-                            if read.message is None:
-                                continue
-                            event = read.message
-                        break
+                    # One deadline for the whole wait, however often an overflow re-reads.
+                    with anyio.move_on_after(self.location.timeout or math.inf):
+                        event = await self.wait(subscription, channel_id, position)
                     tg.cancel_scope.cancel()
                 if disconnected:
                     return
                 if isinstance(event, Message):
-                    await self.send_message(send, event)
+                    await self.send_message(send, event, headers)
+                elif isinstance(event, Delivery):
+                    await self.send_message(send, event.message, headers)
                 elif isinstance(event, Deletion):
-                    await respond_error(send, 410, "the channel was deleted", self.headers)
-                elif event is None or isinstance(event, Closing):
-                    await respond(send, 304, [*self.headers, *position_headers(position)])
-                else:
-                    await self.send_message(send, event.message)
+                    await respond_error(send, 410, "the channel was deleted", headers)
+                else:  # the timeout, or Closing: the client asks again from where it was
+                    await respond(send, 304, [*headers, *position_headers(position)])
             finally:
                 if self.presence is not None:
                     self.presence.unsubscribed(token)
 
-    async def send_message(self, send: Send, message: Message) -> None:
+    async def wait(
+        self, subscription: Subscription, channel_id: str, position: MessageId
+    ) -> Event | Message:
+        """The next message after ``position``, a deletion, or the server closing."""
+        while True:
+            event = await subscription.next_message_after(position)
+            if event is not None:
+                return event
+            # Overflowed: more arrived than the queue holds; the buffer has them in order.
+            subscription.overflowed = False
+            read = await self.hub.read_after(channel_id, position)
+            if read.message is not None:
+                return read.message
+
+    async def send_message(self, send: Send, message: Message, headers: Headers) -> None:
         start = message.wire("longpoll", _encode_start)
-        if self.headers:
-            start = {**start, "headers": self.headers + start["headers"]}
+        if headers:
+            start = {**start, "headers": headers + start["headers"]}
         await send(start)
         await send({"type": "http.response.body", "body": message.body})
 
