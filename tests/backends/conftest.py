@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -80,32 +78,28 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.kill()
-                    raise TimeoutError("redis-server did not start:\n" + "".join(self.output))
-                if not selector.select(remaining):
-                    continue
-                line = self.process.stdout.readline()
-                if not line:
-                    self.process.wait()
-                    raise RuntimeError("redis-server exited:\n" + "".join(self.output))
-                self.output.append(line)
-                if "Ready to accept connections" in line:
-                    break
-        self._drainer = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
+        # A thread reads the log from the start: readiness is a log line, and the pipe must
+        # never fill up.
+        ready = threading.Event()
+        self._drainer = threading.Thread(
+            target=self._drain, args=(self.process, ready), daemon=True
+        )
         self._drainer.start()
+        if not ready.wait(30):
+            self.kill()
+            raise TimeoutError("redis-server did not start:\n" + "".join(self.output))
+        if not any("Ready to accept connections" in line for line in self.output):
+            self.process.wait(10)
+            raise RuntimeError("redis-server exited:\n" + "".join(self.output))
         return self
 
-    def _drain(self, process: subprocess.Popen[str]) -> None:
+    def _drain(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             self.output.append(line)
+            if "Ready to accept connections" in line:
+                ready.set()
+        ready.set()  # exited: start() reports it
 
     def _end(self, sig: int) -> None:
         process, self.process = self.process, None

@@ -176,3 +176,80 @@ async def test_concurrent_publishers_on_two_servers(two_servers):
     for name in (f"{n}{w}" for n in "ab" for w in range(workers)):
         mine = [body for _, body in reference if body.startswith(f"{name}-".encode())]
         assert mine == [f"{name}-{i}".encode() for i in range(per_worker)]
+
+
+async def wait_for_log(server, text: str, timeout: float = 20) -> None:
+    """Wait (bounded) until the server's output shows ``text``: its own account of events."""
+    with anyio.fail_after(timeout):
+        while text not in server.log:
+            await anyio.sleep(0.05)
+
+
+async def test_redis_restart_mid_stream(push_server_factory, redis_server_factory):
+    # Redis fsyncs every write before replying, so whatever was accepted survives a crash.
+    redis = redis_server_factory(durable=True)
+    config = push_config(redis.store())
+    a, b = push_server_factory(config), push_server_factory(config)
+    followers = [Follower(a.url, "live"), Follower(b.url, "live")]
+    accepted: list[bytes] = []
+    async with (
+        httpx.AsyncClient(base_url=a.url) as pub_a,
+        httpx.AsyncClient(base_url=b.url) as pub_b,
+    ):
+
+        async def publish(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+            response = await client.post("/publisher/live", content=body)
+            if response.status_code in (201, 202):
+                accepted.append(body)
+            return response
+
+        assert (await pub_a.put("/publisher/live")).status_code == 200
+        try:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for follower in followers:
+                        tg.start_soon(follower.read, 10)
+                    for i in range(5):
+                        response = await publish((pub_a, pub_b)[i % 2], b"before-%d" % i)
+                        assert response.status_code in (201, 202)
+                    # Everyone has read the first five and waits for more.
+                    await wait_subscribers(pub_a, "live", 2)
+
+                    redis.kill()
+                    for client in (pub_a, pub_b, pub_a):
+                        response = await publish(client, b"during")
+                        assert response.status_code == 503, response.text
+                        assert "unavailable" in response.text
+                        assert response.headers["retry-after"] == "1"
+                    assert (await pub_b.get("/publisher/live")).status_code == 503
+                    for server in (a, b):
+                        await wait_for_log(server, "redis: connection lost")
+
+                    redis.start()
+                    for server in (a, b):
+                        await wait_for_log(server, "redis: reconnected")
+                    for i in range(5):
+                        response = await publish((pub_b, pub_a)[i % 2], b"after-%d" % i)
+                        assert response.status_code in (201, 202), response.text
+        finally:
+            for follower in followers:
+                await follower.aclose()
+        assert accepted == [b"before-%d" % i for i in range(5)] + [
+            b"after-%d" % i for i in range(5)
+        ]
+        for follower in followers:
+            # The long polls held across the outage were answered, never failed.
+            assert set(follower.statuses) == {200}
+            assert [body for _, body in follower.received] == accepted
+            positions = [pos for pos, _ in follower.received]
+            assert positions == sorted(set(positions))
+        # Nothing accepted was lost: a newcomer reads all ten from the start.
+        newcomer = Follower(b.url, "live")
+        try:
+            with anyio.fail_after(20):
+                await newcomer.read(10)
+        finally:
+            await newcomer.aclose()
+        assert [body for _, body in newcomer.received] == accepted
+        info = (await pub_a.get("/publisher/live", headers=JSON)).json()
+        assert info["messages"] == 10
