@@ -135,6 +135,9 @@ class ServerConfig:
 class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        # Stores already reported as wrong: locations naming them get no second error.
+        self.broken_stores: set[str] = set()
+        self.no_stores = False
 
     def error(self, key: str, message: str, hint: str, code: int) -> None:
         self.problems.append(Problem(key, message, hint, f"pushserver.E{code:03d}"))
@@ -175,6 +178,7 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
         raw = {"type": "memory"}
     if not isinstance(raw, Mapping):
         c.error(key, f"must be a dict, not {type(raw).__name__}", "Use {'type': 'memory'}.", 10)
+        c.no_stores = True
         return {}
     named: Mapping[str, Any] = {"default": raw} if "type" in raw else raw
     stores: dict[str, StoreConfig] = {}
@@ -222,8 +226,10 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
             )
             continue
         stores[str(name)] = StoreConfig(str(name), store_type, merged)
-    if not stores and not c.problems:
+    c.broken_stores.update(str(name) for name in named if str(name) not in stores)
+    if not named:
         c.error(key, "no store is configured", "Use {'type': 'memory'}.", 10)
+        c.no_stores = True
     return stores
 
 
@@ -316,7 +322,7 @@ def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, Store
     c.unknown_keys(key, {k: v for k, v in raw.items() if k not in (PUBLISHER_KEYS | SUBSCRIBER_KEYS)}, allowed, 37)
     parsed = _location_pattern(c, key, raw)
     store = raw.get("store", "default")
-    if store not in stores:
+    if store not in stores and not c.no_stores and store not in c.broken_stores:
         c.error(
             f"{key}['store']",
             f"names the store {store!r}, which is not configured",
