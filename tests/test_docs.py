@@ -43,16 +43,19 @@ def _check_ids() -> set[str]:
     ids: set[str] = set()
     tree = ast.parse((ROOT / "pushserver" / "config.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("error", "warning", "unknown_keys")
-            and node.args
-            and isinstance(node.args[-1], ast.Constant)
-            and isinstance(node.args[-1].value, int)
-        ):
-            letter = "W" if node.func.attr == "warning" else "E"
-            ids.add(f"pushserver.{letter}{node.args[-1].value:03d}")
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name in ("error", "warning", "unknown_keys") and node.args:
+            code = node.args[-1]
+        elif name == "_check_non_negative" and len(node.args) >= 4:
+            code = node.args[3]  # (collector, key, value, code)
+        else:
+            continue
+        if isinstance(code, ast.Constant) and isinstance(code.value, int):
+            letter = "W" if name == "warning" else "E"
+            ids.add(f"pushserver.{letter}{code.value:03d}")
     checks = (ROOT / "pushserver" / "checks.py").read_text(encoding="utf-8")
     ids.update(re.findall(r"pushserver\.[EW]\d{3}", checks))
     return ids
