@@ -84,6 +84,7 @@ class PushServerProcess:
                 line = self.process.stdout.readline()
                 if not line:
                     self.process.wait()
+                    self.process.stdout.close()
                     raise RuntimeError(
                         f"runpushserver exited with {self.process.returncode}:\n{self.log}"
                     )
