@@ -43,7 +43,11 @@ TEMPLATES = [
         },
     }
 ]
+# The demo keeps names in signed-cookie sessions and never queries a database, so it runs
+# without `migrate`.
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 STATIC_URL = "/static/"
 USE_TZ = True
 
@@ -52,8 +56,12 @@ USE_TZ = True
 PUSH_SERVER = {
     "store": {"type": "memory", "max_messages": 100, "message_timeout": 3600},
     "locations": (
-        {"type": "subscriber", "url": r"/updates/([^/]+)", "create_on_get": True,
-         "passthrough": "http://127.0.0.1:8000/passthrough"},
+        {
+            "type": "subscriber",
+            "url": r"/updates/([^/]+)",
+            "create_on_get": True,
+            "passthrough": "http://127.0.0.1:8000/passthrough",
+        },
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
     ),
 }

@@ -1,0 +1,54 @@
+"""Pages for the browser tests, and a record of what the passthrough signals saw."""
+
+import threading
+
+from django import dispatch
+from django.contrib.auth import get_user_model
+from django.contrib.auth import login as auth_login
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
+
+from pushserver import signals
+
+_lock = threading.Lock()
+_seen: list[dict] = []
+
+
+def page(request):
+    """A page with jQuery and updates.js; ``?channel=<id>`` also subscribes it as ``main``
+    through ``{% channel_url %}``, as a real page would."""
+    return render(request, "browser/page.html", {"channel": request.GET.get("channel")})
+
+
+def login(request):
+    """Log ``?name=`` in as a Django user (created on first use)."""
+    user, _ = get_user_model().objects.get_or_create(username=request.GET["name"])
+    auth_login(request, user)
+    return HttpResponse(user.username)
+
+
+def presence(request):
+    with _lock:
+        return JsonResponse({"seen": list(_seen)})
+
+
+def _record(action, request, channel_id):
+    user = request.user
+    with _lock:
+        _seen.append(
+            {
+                "action": action,
+                "channel": channel_id,
+                "user": user.get_username() if user.is_authenticated else None,
+            }
+        )
+
+
+@dispatch.receiver(signals.channel_subscribe)
+def subscribed(sender, request, channel_id, **kwargs):
+    _record("subscribe", request, channel_id)
+
+
+@dispatch.receiver(signals.channel_unsubscribe)
+def unsubscribed(sender, request, channel_id, **kwargs):
+    _record("unsubscribe", request, channel_id)
