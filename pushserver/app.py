@@ -23,8 +23,62 @@ from .hub import Hub
 from .protocol import cors_headers, decode_channel_id
 from .publisher import Publisher
 from .transports.longpoll import LongPollTransport, Presence
+from .transports.sse import SSETransport
 
 logger = logging.getLogger("pushserver")
+
+
+class Subscriber:
+    """One subscriber location: picks the transport for each request, as nchan does.
+
+    ``Accept: text/event-stream`` on a GET gets server-sent events, a WebSocket upgrade gets
+    a WebSocket, anything else long-poll; each only if both the location's ``transports``
+    and the process (``runpushserver --transport``) enable it. An event-stream request where
+    event streams are off is served as long-poll; a request no enabled transport can serve
+    gets 403 (a WebSocket: accepted, then closed with 4403, so a browser sees the code).
+    """
+
+    def __init__(
+        self,
+        location: LocationConfig,
+        hub: Hub,
+        headers: Headers,
+        presence: Presence | None,
+        process_transports: tuple[str, ...] | None,
+    ) -> None:
+        self.location = location
+        self.headers = headers
+        enabled = set(location.transports)
+        if process_transports is not None:
+            enabled &= set(process_transports)
+        self.enabled = frozenset(enabled)
+        self.longpoll = LongPollTransport(location, hub, headers, presence)
+        self.sse = SSETransport(location, hub, headers, presence)
+
+    async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        request = Request(scope)
+        if (
+            "eventsource" in self.enabled
+            and request.method in ("GET", "HEAD")
+            and "text/event-stream" in (request.header("accept") or "")
+        ):
+            await self.sse(request, raw_channel, receive, send)
+            return
+        if "longpoll" not in self.enabled and request.method != "OPTIONS":
+            others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
+            await respond_error(
+                send, 403, f"long-poll is not enabled here (this location serves {others})", self.headers
+            )
+            return
+        try:
+            channel_id = decode_channel_id(raw_channel)
+        except ValueError as exc:
+            await respond_error(send, 400, str(exc), self.headers)
+            return
+        await self.longpoll(request, channel_id, receive, send)
 
 
 class PushServer:
@@ -60,8 +114,8 @@ class PushServer:
                 presence = None
                 if location.passthrough and callable(presence_factory):
                     presence = presence_factory(location)
-                handler = LongPollTransport(
-                    location, hub, self.subscriber_headers(location), presence
+                handler = Subscriber(
+                    location, hub, self.subscriber_headers(location), presence, transports
                 )
             self.routes.append((location, handler))
         self._stack: AsyncExitStack | None = None
@@ -142,6 +196,9 @@ class PushServer:
             match = location.regex.match(path)
             if match is None:
                 continue
+            if isinstance(handler, Subscriber):
+                await handler(scope, match.group(1), receive, send)
+                return
             if kind != "http":
                 await send({"type": "websocket.close", "code": 1003})
                 return

@@ -18,7 +18,7 @@ from .exceptions import ConfigurationError
 
 TRANSPORTS = ("longpoll", "eventsource", "websocket")
 #: Transports this version implements; the others are refused by the checks.
-AVAILABLE_TRANSPORTS = ("longpoll",)
+AVAILABLE_TRANSPORTS = ("longpoll", "eventsource")
 
 DEFAULT_LOCATIONS = (
     {"type": "publisher", "prefix": "/publisher/"},
@@ -62,6 +62,8 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "passthrough",
     "timeout",
     "transports",
+    "ping_interval",
+    "send_timeout",
 }
 
 
@@ -113,7 +115,11 @@ class LocationConfig:
     passthrough: str | None = None
     timeout: float = 0
     max_message_size: int = 1024 * 1024
-    transports: tuple[str, ...] = ("longpoll",)
+    transports: tuple[str, ...] = AVAILABLE_TRANSPORTS
+    #: Seconds between keepalives on event streams and WebSockets (0 = none).
+    ping_interval: float = 15.0
+    #: Seconds one write to a streaming subscriber may block before it is disconnected.
+    send_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -369,6 +375,12 @@ def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, Store
     size = raw.get("max_message_size", default_size)
     if not _check_non_negative(c, f"{key}['max_message_size']", size, 45, integer=True):
         size = default_size
+    ping_interval = raw.get("ping_interval", 15.0)
+    if not _check_non_negative(c, f"{key}['ping_interval']", ping_interval, 48, integer=False):
+        ping_interval = 15.0
+    send_timeout = raw.get("send_timeout", 30.0)
+    if not _check_non_negative(c, f"{key}['send_timeout']", send_timeout, 49, integer=False):
+        send_timeout = 30.0
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
         transports = (transports,)
@@ -403,6 +415,8 @@ def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, Store
         timeout=float(timeout),
         max_message_size=int(size),
         transports=tuple(t for t in transports if t in AVAILABLE_TRANSPORTS) or ("longpoll",),
+        ping_interval=float(ping_interval),
+        send_timeout=float(send_timeout),
     )
 
 
