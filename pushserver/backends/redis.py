@@ -60,6 +60,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+try:  # redis-py >= 7
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - older redis-py has no such thing
+    MaintNotificationsConfig = None
+
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
@@ -357,6 +362,8 @@ class RedisBackend(Backend):
         #: Per pub/sub channel: SUBSCRIBEs sent on the current connection, not yet confirmed.
         self._pending: dict[bytes, int] = {}
         self._local: dict[str, int] = {}
+        #: Channels whose count is being written; True when it changed again meanwhile.
+        self._writing: dict[str, bool] = {}
         self._pubsub: Any = None  # the reader's current connection, when connected
         self._task_group: anyio.abc.TaskGroup | None = None
         self.connected = False
@@ -401,6 +408,10 @@ class RedisBackend(Backend):
             "retry": Retry(NoBackoff(), 0),
             "client_name": "pushserver",
         }
+        if MaintNotificationsConfig is not None:
+            # With them on ("auto"), the pool stops checking that an idle connection is
+            # still open, and the first command after a Redis restart fails on a dead one.
+            common["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         if self.password is not None:
             common["password"] = self.password
         ssl_options = self.ssl if isinstance(self.ssl, dict) else {}
@@ -625,18 +636,34 @@ class RedisBackend(Backend):
         if delta > 0 and listening is not None:
             # A second subscriber arriving while the first one's SUBSCRIBE is in flight.
             await self._wait_ready(listening)
-        try:
-            last = await self._run(
-                "subscribers",
-                [self._keys(channel_id)[0], self._keys(channel_id)[2]],
-                [self.node_id, count],
-            )
-        except BackendUnavailable as exc:
-            # Never fails a subscriber: the reader writes every count again on reconnecting.
-            logger.debug("redis: subscriber count not stored: %s", exc)
+        if channel_id in self._writing:
+            # One write per channel at a time, each of the latest count: concurrent writes on
+            # pooled connections could land in any order and leave a stale count behind.
+            self._writing[channel_id] = True
             return
-        if listening is not None and last:
-            listening.known = _optional_id(*last)
+        self._writing[channel_id] = False
+        keys = self._keys(channel_id)
+        try:
+            while True:
+                try:
+                    last = await self._run(
+                        "subscribers",
+                        [keys[0], keys[2]],
+                        [self.node_id, self._local.get(channel_id, 0)],
+                    )
+                except BackendUnavailable as exc:
+                    # Never fails a subscriber: the reader writes every count again on
+                    # reconnecting.
+                    logger.debug("redis: subscriber count not stored: %s", exc)
+                    return
+                listening = self._listening.get(channel_id)
+                if listening is not None and last:
+                    listening.known = _optional_id(*last)
+                if not self._writing[channel_id]:
+                    return
+                self._writing[channel_id] = False
+        finally:
+            del self._writing[channel_id]
 
     # -- the pub/sub reader -----------------------------------------------------------------
 
@@ -660,8 +687,8 @@ class RedisBackend(Backend):
                 logger.warning("redis: cannot connect (%s); retrying", reason)
             self.last_error = reason
             self._attempted.set()
-            # Idle pooled connections are dead too: drop them so the next command reconnects.
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            # Pooled command connections need nothing: the pool replaces a closed one when
+            # handing it out (and disconnecting them here would race with commands using them).
             await anyio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max)
 

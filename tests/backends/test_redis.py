@@ -1,0 +1,216 @@
+"""What only the Redis backend does: several nodes on one Redis, key layout, connection
+settings and faults. Every test talks to a real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from pushserver.backends.redis import RedisBackend
+from pushserver.exceptions import BackendUnavailable
+from pushserver.hub import Hub
+from pushserver.message import ORIGIN
+
+from .conftest import RecordingListener
+
+pytestmark = pytest.mark.anyio
+
+
+def node(server, *, record: bool = True, **options) -> RedisBackend:
+    """One push server process's backend; ``recorder`` hears what it delivers."""
+    store = server.store(**options)
+    del store["type"]
+    backend = RedisBackend(**store)
+    if record:
+        backend.recorder = RecordingListener()
+        backend.bind(backend.recorder)
+    return backend
+
+
+async def raw(server) -> aioredis.Redis:
+    return aioredis.Redis(port=server.port, password=server.password)
+
+
+async def wait_until(predicate, timeout: float = 10) -> None:
+    """Poll a real condition (bounded): for state only visible from outside."""
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def prefix():
+    return f"p{uuid.uuid4().hex[:8]}:"
+
+
+async def test_nodes_share_channels_messages_and_deletes(redis_server, prefix):
+    async with (
+        node(redis_server, key_prefix=prefix) as a,
+        node(redis_server, key_prefix=prefix) as b,
+    ):
+        await a.listen("news")
+        await b.listen("news")
+        published = [(await x.publish("news", b"%d" % i, "text/plain")).message
+                     for i, x in enumerate((a, b, a, b))]  # fmt: skip
+        for backend in (a, b):
+            delivered = await backend.recorder.wait_messages("news", 4)
+            assert [m.id for m in delivered] == [m.id for m in published]
+        assert (await b.read_after("news", published[0].id)).message.body == b"1"
+        assert await b.delete("news")
+        for backend in (a, b):
+            await backend.recorder.wait_for(lambda r=backend.recorder: r.deleted == ["news"])
+        assert not await a.exists("news")
+
+
+async def test_subscriber_counts_add_up_across_nodes(redis_server, prefix):
+    async with node(redis_server, key_prefix=prefix) as a:
+        async with node(redis_server, key_prefix=prefix) as b:
+            await a.create("news")
+            await a.subscribers_changed("news", 1)
+            await a.subscribers_changed("news", 1)
+            await b.subscribers_changed("news", 1)
+            assert (await a.info("news")).subscribers == 3
+            assert (await b.publish("news", b"x", "text/plain")).subscribers == 3
+        # A node that closes takes its subscribers out of the count.
+        assert (await a.info("news")).subscribers == 2
+
+
+async def test_one_redis_subscription_per_channel_per_process(redis_server, prefix):
+    client = await raw(redis_server)
+    live = f"{prefix}{{news}}:live"
+
+    async def numsub() -> int:
+        return dict(await client.pubsub_numsub(live))[live.encode()]
+
+    try:
+        backend = node(redis_server, record=False, key_prefix=prefix)
+        hub = Hub(backend)
+        async with hub:
+            await backend.create("news")
+            subscriptions = [await hub.subscribe(["news"]) for _ in range(5)]
+            assert await numsub() == 1
+            assert (await hub.info("news")).subscribers == 5
+            for subscription in subscriptions[:4]:
+                await hub.unsubscribe(subscription)
+            assert await numsub() == 1
+            await hub.unsubscribe(subscriptions[4])
+            await wait_until(lambda: _eq(numsub(), 0))
+            assert (await hub.info("news")).subscribers == 0
+    finally:
+        await client.aclose()
+
+
+async def _eq(awaitable, value) -> bool:
+    return await awaitable == value
+
+
+async def test_keys_are_prefixed_and_hash_tagged_per_channel(redis_server, prefix):
+    client = await raw(redis_server)
+    try:
+        async with node(redis_server, key_prefix=prefix) as backend:
+            for channel_id in ("news", "a b/ü"):
+                await backend.publish(channel_id, b"x", "text/plain")
+                await backend.subscribers_changed(channel_id, 1)
+            keys = sorted(k.decode() for k in await client.keys(f"{prefix}*"))
+            assert keys == sorted(
+                f"{prefix}{{{c}}}:{part}"
+                for c in ("news", "a b/ü")
+                for part in ("meta", "msgs", "subs")
+            )
+            for channel_id in ("news", "a b/ü"):
+                slots = {key_slot(k.encode()) for k in keys if f"{{{channel_id}}}" in k}
+                assert slots == {key_slot(channel_id.encode())}  # one Cluster slot per channel
+    finally:
+        await client.aclose()
+
+
+async def test_url_database_and_unix_socket(redis_server, prefix):
+    client = aioredis.Redis(port=redis_server.port, db=3)
+    try:
+        for url in (
+            f"redis://127.0.0.1:{redis_server.port}/3",
+            f"unix://{redis_server.unix_socket}?db=3",
+        ):
+            backend = RedisBackend(url=url, key_prefix=prefix)
+            backend.bind(RecordingListener())
+            async with backend:
+                await backend.publish(url, b"x", "text/plain")
+                assert backend.status()["ok"]
+            assert await client.exists(f"{prefix}{{{url}}}:meta".encode())
+    finally:
+        await client.aclose()
+
+
+async def test_password(redis_server_factory, prefix):
+    server = redis_server_factory(password="s3cret")
+    async with node(server, key_prefix=prefix) as backend:
+        assert (await backend.publish("news", b"x", "text/plain")).message.body == b"x"
+    server.password = "wrong"
+    async with node(server, key_prefix=prefix) as backend:
+        status = backend.status()
+        assert not status["ok"] and "s3cret" not in str(status)
+        with pytest.raises(BackendUnavailable):
+            await backend.publish("news", b"x", "text/plain")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_refuses_to_run_on_trio(redis_server):
+    backend = node(redis_server)
+    with pytest.raises(RuntimeError, match="asyncio"):
+        await backend.open()
+
+
+async def test_lost_pubsub_connection_delivers_what_was_missed(redis_server, prefix):
+    """Redis stays up but drops the node's pub/sub connection: messages published before
+    the node re-subscribes reach its listener anyway, once each and in order."""
+    client = await raw(redis_server)
+    try:
+        async with (
+            node(redis_server, key_prefix=prefix) as a,
+            node(redis_server, key_prefix=prefix) as b,
+        ):
+            await a.listen("news")
+            await a.subscribers_changed("news", 1)
+            first = (await b.publish("news", b"0", "text/plain")).message
+            await a.recorder.wait_messages("news", 1)
+            assert await client.client_kill_filter(_type="pubsub", skipme=True) >= 1
+            for i in range(1, 20):
+                await b.publish("news", b"%d" % i, "text/plain")
+            delivered = await a.recorder.wait_messages("news", 20)
+            assert [m.body for m in delivered] == [b"%d" % i for i in range(20)]
+            assert delivered[0].id == first.id
+            await wait_until(lambda: _true(a.status()["reconnects"] == 1))
+            # And live delivery goes on.
+            await b.publish("news", b"20", "text/plain")
+            assert len(await a.recorder.wait_messages("news", 21)) == 21
+            assert len(a.recorder.messages["news"]) == 21
+    finally:
+        await client.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_redis_restart(redis_server_factory, prefix):
+    server = redis_server_factory(durable=True)
+    async with node(server, key_prefix=prefix) as backend:
+        await backend.listen("news")
+        before = (await backend.publish("news", b"before", "text/plain")).message
+        await backend.recorder.wait_messages("news", 1)
+        server.kill()
+        with pytest.raises(BackendUnavailable, match="redis at"):
+            await backend.publish("news", b"during", "text/plain")
+        await wait_until(lambda: _true(not backend.status()["ok"]))
+        assert backend.status()["error"]
+        server.start()
+        await wait_until(lambda: _true(backend.status()["ok"]))
+        after = (await backend.publish("news", b"after", "text/plain")).message
+        delivered = await backend.recorder.wait_messages("news", 2)
+        assert [m.body for m in delivered] == [b"before", b"after"]
+        assert after.id > before.id
+        assert (await backend.read_after("news", ORIGIN)).message.id == before.id
