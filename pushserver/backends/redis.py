@@ -63,7 +63,7 @@ from redis.exceptions import RedisError
 try:  # redis-py >= 7
     from redis.maint_notifications import MaintNotificationsConfig
 except ImportError:  # pragma: no cover - older redis-py has no such thing
-    MaintNotificationsConfig = None
+    MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..message import ORIGIN, ChannelInfo, Message, MessageId

@@ -33,19 +33,29 @@ class RedisServer:
     so a killed and restarted server still has everything it accepted.
     """
 
-    def __init__(self, directory: Path, *, durable: bool = False, password: str | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        durable: bool = False,
+        password: str | None = None,
+        tls: bool = False,
+    ):
         self.directory = directory
         self.port = free_port()
         self.unix_socket = str(directory / "redis.sock")
         self.durable = durable
         self.password = password
+        #: With ``tls`` the TCP port speaks only TLS, with this self-signed certificate.
+        self.certificate = str(directory / "cert.pem") if tls else None
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._drainer: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.certificate else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def store(self, **options) -> dict:
         """A ``PUSH_SERVER['store']`` for this server, in a namespace of its own."""
@@ -60,9 +70,25 @@ class RedisServer:
         return {**store, **options}
 
     def start(self) -> RedisServer:
+        if self.certificate:
+            self._make_certificate()
+            port = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.certificate,
+                "--tls-key-file",
+                self._key,
+                "--tls-auth-clients",
+                "no",
+            ]
+        else:
+            port = ["--port", str(self.port)]
         args = [
             REDIS_SERVER,
-            "--port", str(self.port),
+            *port,
             "--bind", "127.0.0.1",
             "--unixsocket", self.unix_socket,
             "--unixsocketperm", "700",
@@ -92,6 +118,21 @@ class RedisServer:
             self.process.wait(10)
             raise RuntimeError("redis-server exited:\n" + "".join(self.output))
         return self
+
+    @property
+    def _key(self) -> str:
+        return str(self.directory / "key.pem")
+
+    def _make_certificate(self) -> None:
+        if Path(self._key).exists():
+            return
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-keyout", self._key, "-out", self.certificate, "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
 
     def _drain(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stdout is not None

@@ -214,3 +214,25 @@ async def test_redis_restart(redis_server_factory, prefix):
         assert [m.body for m in delivered] == [b"before", b"after"]
         assert after.id > before.id
         assert (await backend.read_after("news", ORIGIN)).message.id == before.id
+
+
+async def test_tls(redis_server_factory, prefix):
+    server = redis_server_factory(tls=True)
+    verify = {"ssl_ca_certs": server.certificate}
+    for options in (
+        {"url": server.url, "ssl": verify},  # rediss://
+        {"host": "127.0.0.1", "port": server.port, "ssl": verify},
+    ):
+        backend = RedisBackend(key_prefix=prefix, **options)
+        backend.bind(RecordingListener())
+        async with backend:
+            assert backend.status()["ok"]
+            assert backend.status()["address"].startswith("rediss://")
+            assert (await backend.publish("news", b"x", "text/plain")).message.body == b"x"
+    # A certificate nobody vouches for is refused.
+    backend = RedisBackend(host="127.0.0.1", port=server.port, ssl=True, key_prefix=prefix)
+    backend.bind(RecordingListener())
+    async with backend:
+        assert not backend.status()["ok"]
+        with pytest.raises(BackendUnavailable, match="certificate"):
+            await backend.publish("news", b"x", "text/plain")
