@@ -24,6 +24,7 @@ from .protocol import cors_headers, decode_channel_id
 from .publisher import Publisher
 from .transports.longpoll import LongPollTransport, Presence
 from .transports.sse import SSETransport
+from .transports.websocket import WebSocketTransport
 
 logger = logging.getLogger("pushserver")
 
@@ -45,6 +46,7 @@ class Subscriber:
         headers: Headers,
         presence: Presence | None,
         process_transports: tuple[str, ...] | None,
+        server_header: tuple[bytes, bytes],
     ) -> None:
         self.location = location
         self.headers = headers
@@ -54,10 +56,13 @@ class Subscriber:
         self.enabled = frozenset(enabled)
         self.longpoll = LongPollTransport(location, hub, headers, presence)
         self.sse = SSETransport(location, hub, headers, presence)
+        self.websocket = WebSocketTransport(
+            location, hub, server_header, presence, enabled="websocket" in enabled
+        )
 
     async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await send({"type": "websocket.close", "code": 1003})
+        if scope["type"] == "websocket":
+            await self.websocket(scope, raw_channel, receive, send)
             return
         request = Request(scope)
         if (
@@ -115,7 +120,12 @@ class PushServer:
                 if location.passthrough and callable(presence_factory):
                     presence = presence_factory(location)
                 handler = Subscriber(
-                    location, hub, self.subscriber_headers(location), presence, transports
+                    location,
+                    hub,
+                    self.subscriber_headers(location),
+                    presence,
+                    transports,
+                    self.server_header,
                 )
             self.routes.append((location, handler))
         self._stack: AsyncExitStack | None = None

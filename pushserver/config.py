@@ -18,7 +18,7 @@ from .exceptions import ConfigurationError
 
 TRANSPORTS = ("longpoll", "eventsource", "websocket")
 #: Transports this version implements; the others are refused by the checks.
-AVAILABLE_TRANSPORTS = ("longpoll", "eventsource")
+AVAILABLE_TRANSPORTS = ("longpoll", "eventsource", "websocket")
 
 DEFAULT_LOCATIONS = (
     {"type": "publisher", "prefix": "/publisher/"},

@@ -135,7 +135,7 @@ class SSETransport:
                 await self.hub.backend.touch(channel_id)
             await self.serve(request, positions, receive, send, headers)
         except ChannelNotFound as exc:
-            await respond_error(send, 404, f"no such channel: {exc}", headers)
+            await respond_error(send, 404, f"no such channel: {exc.channel_id}", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
 

@@ -1,0 +1,386 @@
+"""WebSocket subscribers, on the ASGI WebSocket protocol (hypercorn does the framing).
+
+Connect to the subscriber URL, e.g. ``ws://host/subscriber/news`` or, multiplexed,
+``ws://host/subscriber/news,sport`` (see :mod:`pushserver.transports.streaming`). Resume
+with ``?last_event_id=<id>`` (a compound id for several channels) exactly as for server-sent
+events; without it the retained messages come first.
+
+Server to client
+    **Message frames** start with header lines, then an empty line, then the body::
+
+        id: 1700000000:0
+        channel: news
+        content-type: text/plain
+        event: tick                 (only when published with X-EventSource-Event)
+
+        <body>
+
+    A text frame when the content type is textual (``text/*``, JSON, XML, JavaScript,
+    form data) and the body is UTF-8; otherwise a binary frame with the same header lines
+    (UTF-8) before the raw body. ``id`` is the message id, as long-poll's Last-Modified /
+    Etag and SSE's ``id:``. Each frame is encoded once and shared by every subscriber.
+
+    **Control frames** are text frames holding one JSON object (they start with ``{``,
+    message frames with ``id:``): ``{"type":"gap","channel":C,"after":ID,"next":ID|null}``
+    (as the SSE gap event), ``{"type":"deleted","channel":C}``,
+    ``{"type":"subscribed","channel":C}``, ``{"type":"unsubscribed","channel":C}``,
+    ``{"type":"pong"}``, ``{"type":"ping"}`` and ``{"type":"error","error":TEXT}`` (plus
+    ``"channel"`` when it concerns one). A client ignores types it does not know.
+
+Client to server
+    Text frames holding one JSON command; a bad command gets an error frame, never a close:
+
+    * ``{"subscribe": "sport"}`` or ``{"subscribe": "sport", "last_event_id": "1700000000:3"}``
+      adds a channel to the open connection: ``subscribed`` is sent first, then what the
+      channel owes after that id (every retained message without one). At most 255
+      channels per connection; unknown channels are refused unless ``create_on_get``.
+    * ``{"unsubscribe": "sport"}``: nothing more from that channel; ``unsubscribed`` follows.
+    * ``{"ping": 1}``: answered with ``pong`` (a heartbeat browsers can send).
+
+Keepalive
+    Every ``ping_interval`` seconds of the location (0 = never) the server sends a
+    ``{"type":"ping"}`` control frame: browsers cannot see protocol pings, and this keeps
+    proxies from closing idle connections. Protocol-level pings from clients are answered
+    by hypercorn with pongs.
+
+Close codes
+    ========  =============================================================================
+    1001      the server is shutting down: reconnect with ``last_event_id``
+    4400      bad request: malformed channel list or ``last_event_id``, too many channels
+    4403      not allowed: WebSocket is not enabled at this location or for this process,
+              or the ``Origin`` is not one of the location's ``allow_origin``
+    4404      no such channel (the location has no ``create_on_get``)
+    4408      too slow: one write blocked longer than the location's ``send_timeout``
+    4410      the channel was deleted (the last one of the connection)
+    1013      the channel store is unavailable: try again later
+    ========  =============================================================================
+
+    Refusals are sent after accepting the handshake, so a browser sees the code and reason.
+    A subscriber that falls behind its bounded queue is caught up from the buffer (with a
+    gap frame where the messages are gone); only a blocked write disconnects it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..config import LocationConfig
+from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..http import Headers, Receive, Request, Scope, Send
+from ..hub import Closing, Hub
+from ..message import ORIGIN, Message, MessageId
+from .longpoll import Presence
+from .streaming import (
+    MAX_CHANNELS,
+    Deleted,
+    Gap,
+    Item,
+    Stream,
+    check_channel_id,
+    parse_resume_id,
+    query_parameter,
+    split_channels,
+)
+
+logger = logging.getLogger("pushserver.transports")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_REQUEST = 4400
+CLOSE_NOT_ALLOWED = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4408
+CLOSE_DELETED = 4410
+
+#: Longest client command accepted (a channel id and an id fit easily).
+MAX_COMMAND = 8192
+#: Seconds a close frame may take to leave before the connection is dropped anyway.
+CLOSE_TIMEOUT = 1.0
+
+_TEXT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/javascript",
+        "application/ecmascript",
+        "application/xml",
+        "application/x-www-form-urlencoded",
+    }
+)
+
+
+def is_textual(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith("text/") or media in _TEXT_TYPES or media.endswith(("+json", "+xml"))
+
+
+def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
+    """The ASGI send event of a message frame (see the module docstring)."""
+    event = f"event: {message.event}\n" if message.event else ""
+    head = f"id: {message.id}\nchannel: {channel_id}\ncontent-type: {message.content_type}\n{event}\n"
+    if is_textual(message.content_type):
+        try:
+            return {"type": "websocket.send", "text": head + message.body.decode("utf-8")}
+        except UnicodeDecodeError:
+            pass  # declared textual but is not UTF-8: a binary frame carries it intact
+    return {"type": "websocket.send", "bytes": head.encode() + message.body}
+
+
+def control(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": json.dumps({"type": kind, **fields}, separators=(",", ":"))}
+
+
+_PING = control("ping")
+_PONG = control("pong")
+
+
+def parse_command(text: str) -> tuple[str, str | None, MessageId]:
+    """``(action, channel_id, position)`` of a client command; :class:`ValueError` if bad."""
+    if len(text) > MAX_COMMAND:
+        raise ValueError(f"a command is at most {MAX_COMMAND} characters")
+    try:
+        command = json.loads(text)
+    except ValueError:
+        raise ValueError("a command is a JSON object, e.g. {\"subscribe\": \"news\"}") from None
+    if not isinstance(command, dict):
+        raise ValueError("a command is a JSON object, e.g. {\"subscribe\": \"news\"}")
+    if "ping" in command:
+        return "ping", None, ORIGIN
+    for action in ("subscribe", "unsubscribe"):
+        if action in command:
+            channel_id = command[action]
+            if not isinstance(channel_id, str):
+                raise ValueError(f"{action!r} takes a channel id string")
+            check_channel_id(channel_id)
+            position = ORIGIN
+            resume = command.get("last_event_id")
+            if action == "subscribe" and resume is not None:
+                if not isinstance(resume, str):
+                    raise ValueError("'last_event_id' is a message id string")
+                position = MessageId.parse(resume)
+            return action, channel_id, position
+    raise ValueError("unknown command: use subscribe, unsubscribe or ping")
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class WebSocketTransport:
+    """Serves one subscriber location's WebSocket connections."""
+
+    def __init__(
+        self,
+        location: LocationConfig,
+        hub: Hub,
+        server_header: tuple[bytes, bytes],
+        presence: Presence | None = None,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self.location = location
+        self.hub = hub
+        self.headers: Headers = [server_header]
+        self.presence = presence
+        self.enabled = enabled
+        origins = location.allow_origin.split()
+        self.origins = None if "*" in origins else frozenset(origins)
+
+    async def __call__(self, scope: Scope, raw_channels: str, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        request = Request({**scope, "method": "GET"})
+        if not self.enabled:
+            await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here")
+            return
+        origin = request.header("origin")
+        if self.origins is not None and origin is not None and origin not in self.origins:
+            await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed")
+            return
+        try:
+            channels = split_channels(raw_channels)
+            resume = query_parameter(scope.get("query_string", b""), "last_event_id")
+            positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
+        except ValueError as exc:
+            await self.refuse(send, CLOSE_BAD_REQUEST, str(exc))
+            return
+        try:
+            for channel_id in channels:
+                await self.open_channel(channel_id)
+            await send({"type": "websocket.accept", "headers": self.headers})
+            async with self.hub.subscription(channels) as subscription:
+                stream = Stream(self.hub, subscription, positions)
+                await _Connection(self, request, stream, receive, send).run()
+        except ChannelNotFound as exc:
+            await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
+        except BackendUnavailable:
+            await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
+
+    async def open_channel(self, channel_id: str) -> None:
+        backend = self.hub.backend
+        if not await backend.exists(channel_id):
+            if not self.location.create_on_get:
+                raise ChannelNotFound(channel_id)
+            await backend.create(channel_id)
+        await backend.touch(channel_id)
+
+    async def refuse(self, send: Send, code: int, reason: str) -> None:
+        """Close with ``code``, accepting first if the handshake is still open."""
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await send({"type": "websocket.accept", "headers": self.headers})
+            except Exception:  # already accepted: hypercorn refuses a second accept
+                pass
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+
+class _Connection:
+    """One open connection: a sender, a command listener and a keepalive, in one task
+    group; the first to finish decides how the connection ends and cancels the others."""
+
+    def __init__(
+        self, transport: WebSocketTransport, request: Request, stream: Stream, receive: Receive, send: Send
+    ) -> None:
+        self.transport = transport
+        self.location = transport.location
+        self.request = request
+        self.stream = stream
+        self.receive = receive
+        self._send = send
+        self._lock = anyio.Lock()  # one frame at a time, whichever task writes it
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.tokens: dict[str, object] = {}
+
+    async def run(self) -> None:
+        presence = self.transport.presence
+        if presence is not None:
+            for channel_id in self.stream.positions:
+                self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.guard, tg, self.deliver)
+                tg.start_soon(self.guard, tg, self.listen)
+                if self.location.ping_interval:
+                    tg.start_soon(self.guard, tg, self.keepalive)
+            if self.close_code is not None:
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await self._send(
+                        {"type": "websocket.close", "code": self.close_code, "reason": self.close_reason}
+                    )
+        finally:
+            if presence is not None:
+                for token in self.tokens.values():
+                    presence.unsubscribed(token)
+
+    async def guard(self, tg: TaskGroup, task: Any) -> None:
+        try:
+            await task()
+        except _TooSlow:
+            self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
+            logger.info(
+                "WebSocket subscriber %s stopped reading for %ss: disconnected",
+                self.request.client_host,
+                self.location.send_timeout,
+            )
+        except BackendUnavailable:
+            self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
+        tg.cancel_scope.cancel()
+
+    def finish(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+
+    async def send(self, event: dict[str, Any]) -> None:
+        async with self._lock:
+            with anyio.move_on_after(self.location.send_timeout or math.inf) as scope:
+                await self._send(event)
+        if scope.cancelled_caught:
+            raise _TooSlow
+
+    async def deliver(self) -> None:
+        stream = self.stream
+        async with aclosing(stream.items()) as events:
+            async for event in events:
+                if isinstance(event, Item):
+                    channel_id = event.channel_id
+                    await self.send(event.message.wire("ws", lambda m: encode_frame(channel_id, m)))
+                elif isinstance(event, Gap):
+                    await self.send({"type": "websocket.send", "text": event.json()})
+                elif isinstance(event, Deleted):
+                    await self.send({"type": "websocket.send", "text": event.json()})
+                    self.forget(event.channel_id)
+                    if not stream.positions:
+                        self.finish(CLOSE_DELETED, "the channel was deleted")
+                        return
+                elif isinstance(event, Closing):
+                    self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
+                    return
+
+    async def keepalive(self) -> None:
+        while True:
+            await anyio.sleep(self.location.ping_interval)
+            await self.send(_PING)
+
+    async def listen(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message["type"] != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                try:
+                    text = bytes(message.get("bytes") or b"").decode("utf-8")
+                except UnicodeDecodeError:
+                    await self.send(control("error", error="a command is UTF-8 JSON text"))
+                    continue
+            await self.command(text)
+
+    async def command(self, text: str) -> None:
+        try:
+            action, channel_id, position = parse_command(text)
+        except ValueError as exc:
+            await self.send(control("error", error=str(exc)))
+            return
+        stream = self.stream
+        if action == "ping":
+            await self.send(_PONG)
+        elif action == "unsubscribe":
+            assert channel_id is not None
+            await stream.remove(channel_id)
+            self.forget(channel_id)
+            await self.send(control("unsubscribed", channel=channel_id))
+        else:
+            assert channel_id is not None
+            if channel_id in stream.positions:
+                await self.send(control("subscribed", channel=channel_id))
+                return
+            if len(stream.positions) >= MAX_CHANNELS:
+                error = f"at most {MAX_CHANNELS} channels per connection"
+                await self.send(control("error", error=error, channel=channel_id))
+                return
+            try:
+                await self.transport.open_channel(channel_id)
+            except ChannelNotFound:
+                await self.send(control("error", error="no such channel", channel=channel_id))
+                return
+            # Acknowledged before the channel is added, so its messages follow the ack.
+            await self.send(control("subscribed", channel=channel_id))
+            await stream.add(channel_id, position)
+            presence = self.transport.presence
+            if presence is not None:
+                self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
+
+    def forget(self, channel_id: str) -> None:
+        token = self.tokens.pop(channel_id, None)
+        presence = self.transport.presence
+        if token is not None and presence is not None:
+            presence.unsubscribed(token)

@@ -1,0 +1,215 @@
+"""WebSocket subscribers against a real runpushserver, with the websockets client."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from pushserver.testing import PushServerProcess
+from tests.conftest import ROOT
+from tests.transports.streams import last_id, longpoll_id, publish, ws_frame
+
+BUFFER = 4
+
+CONFIG = {
+    "store": {"type": "memory", "max_messages": BUFFER},
+    "locations": [
+        {"type": "publisher", "prefix": "/publisher/"},
+        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True, "ping_interval": 0},
+        {"type": "subscriber", "prefix": "/strict/", "ping_interval": 0},
+        {"type": "subscriber", "prefix": "/pings/", "create_on_get": True, "ping_interval": 0.2},
+        {"type": "subscriber", "prefix": "/polls/", "create_on_get": True, "transports": ["longpoll", "eventsource"]},
+        {"type": "subscriber", "prefix": "/origin/", "create_on_get": True, "allow_origin": "http://ok.example"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
+        yield process
+
+
+@pytest.fixture
+async def client(server):
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        yield client
+
+
+def ws_url(server, path: str) -> str:
+    return server.url.replace("http://", "ws://") + path
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    """Read until the server closes; return its close code and reason."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await ws.recv()
+    assert info.value.rcvd is not None, "no close frame from the server"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@pytest.mark.anyio
+async def test_text_and_binary_frames(server, client):
+    await publish(client, "frames", "hello", x_eventsource_event="greeting")
+    await publish(client, "frames", '{"a": 1}', content_type="application/json; charset=utf-8")
+    await publish(client, "frames", b"\x00\x01\xff", content_type="application/octet-stream")
+    await publish(client, "frames", b"not utf-8 \xff", content_type="text/plain")
+    polled = await client.get("/subscriber/frames")
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/frames")) as ws:
+            frames = [await ws.recv() for _ in range(4)]
+    assert [type(f) for f in frames] == [str, str, bytes, bytes]
+    parsed = [ws_frame(f) for f in frames]
+    head, body = parsed[0]
+    assert head == {"id": longpoll_id(polled), "channel": "frames", "content-type": "text/plain", "event": "greeting"}
+    assert body == "hello"
+    assert parsed[1] == (
+        {"id": parsed[1][0]["id"], "channel": "frames", "content-type": "application/json; charset=utf-8"},
+        '{"a": 1}',
+    )
+    assert parsed[2][1] == b"\x00\x01\xff" and parsed[2][0]["content-type"] == "application/octet-stream"
+    assert parsed[3][1] == b"not utf-8 \xff"
+    ids = [tuple(map(int, h["id"].split(":"))) for h, _ in parsed]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+@pytest.mark.anyio
+async def test_live_messages_in_order(server, client):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/live")) as ws:
+            for n in range(20):
+                await publish(client, "live", f"m{n}")
+            bodies = [ws_frame(await ws.recv())[1] for _ in range(20)]
+    assert bodies == [f"m{n}" for n in range(20)]
+
+
+@pytest.mark.anyio
+async def test_resume_exactly_after_last_event_id(server, client):
+    for n in range(3):
+        await publish(client, "resume", f"m{n}")
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/resume")) as ws:
+            first = ws_frame(await ws.recv())[0]["id"]
+        async with connect(ws_url(server, f"/subscriber/resume?last_event_id={first}")) as ws:
+            again = [ws_frame(await ws.recv())[1] for _ in range(2)]
+            await publish(client, "resume", "m3")
+            live = ws_frame(await ws.recv())[1]
+    assert again == ["m1", "m2"] and live == "m3"
+
+
+@pytest.mark.anyio
+async def test_gap_frame_then_oldest_retained(server, client):
+    await publish(client, "gap", "m0")
+    first = await last_id(client, "gap")
+    for n in range(1, BUFFER + 3):
+        await publish(client, "gap", f"m{n}")
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, f"/subscriber/gap?last_event_id={first}")) as ws:
+            gap = json.loads(await ws.recv())
+            frames = [ws_frame(await ws.recv()) for _ in range(BUFFER)]
+    assert gap == {"type": "gap", "channel": "gap", "after": first, "next": frames[0][0]["id"]}
+    assert [body for _, body in frames] == ["m3", "m4", "m5", "m6"]
+
+
+@pytest.mark.anyio
+async def test_delete_closes_with_4410(server, client):
+    assert (await client.put("/publisher/doomed")).status_code == 200
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/strict/doomed")) as ws:
+            await client.delete("/publisher/doomed")
+            assert json.loads(await ws.recv()) == {"type": "deleted", "channel": "doomed"}
+            assert await closed_with(ws) == (4410, "the channel was deleted")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "code", "reason"),
+    [
+        ("/strict/missing", 4404, "no such channel: missing"),
+        ("/subscriber/x?last_event_id=bad", 4400, "not a message id: 'bad'"),
+        ("/subscriber/x?last_event_id=1:0,2:0", 4400, "the last event id names 2 position(s) for 1 channel(s)"),
+        ("/subscriber/bad%zz", 4400, "malformed percent-encoding in the channel id"),
+        ("/polls/x", 4403, "WebSocket is not enabled here"),
+    ],
+)
+async def test_refusals_have_documented_close_codes(server, client, path, code, reason):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, path)) as ws:
+            assert await closed_with(ws) == (code, reason)
+    # The server keeps serving.
+    async with connect(ws_url(server, "/subscriber/after-refusal")) as ws:
+        await ws.send('{"ping": 1}')
+        assert json.loads(await ws.recv()) == {"type": "pong"}
+
+
+@pytest.mark.anyio
+async def test_origin_checked_against_allow_origin(server):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/origin/o"), origin="http://evil.example") as ws:
+            assert await closed_with(ws) == (4403, "this Origin is not allowed")
+        async with connect(ws_url(server, "/origin/o"), origin="http://ok.example") as ws:
+            await ws.send('{"ping": 1}')
+            assert json.loads(await ws.recv()) == {"type": "pong"}
+
+
+@pytest.mark.anyio
+async def test_keepalive_ping_frames_and_pongs(server):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/pings/k"), ping_interval=None) as ws:
+            frames = [json.loads(await ws.recv()) for _ in range(2)]
+            assert frames == [{"type": "ping"}, {"type": "ping"}]
+            pong = await ws.ping()  # a protocol-level ping, answered by the server
+            await pong
+            await ws.send('{"ping": true}')
+            while (frame := json.loads(await ws.recv())) == {"type": "ping"}:
+                pass
+            assert frame == {"type": "pong"}
+
+
+@pytest.mark.anyio
+async def test_bad_commands_get_error_frames(server):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/cmd")) as ws:
+            for command, error in [
+                ("not json", "a command is a JSON object"),
+                ("[1]", "a command is a JSON object"),
+                ('{"dance": 1}', "unknown command"),
+                ('{"subscribe": 3}', "'subscribe' takes a channel id string"),
+                ('{"subscribe": "a", "last_event_id": "x"}', "not a message id"),
+                ("x" * 9000, "a command is at most 8192 characters"),
+            ]:
+                await ws.send(command)
+                frame = json.loads(await ws.recv())
+                assert frame["type"] == "error" and error in frame["error"], (command, frame)
+            await ws.send(b"\xff")
+            assert json.loads(await ws.recv())["error"] == "a command is UTF-8 JSON text"
+            await ws.send('{"ping": 1}')
+            assert json.loads(await ws.recv()) == {"type": "pong"}
+
+
+@pytest.mark.anyio
+async def test_websocket_restricted_by_transport_option(push_server_factory):
+    config = {"locations": CONFIG["locations"][:2]}
+    server = push_server_factory(config, "--transport", "longpoll", "--transport", "eventsource")
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/t")) as ws:
+            assert await closed_with(ws) == (4403, "WebSocket is not enabled here")
+
+
+@pytest.mark.anyio
+async def test_server_shutdown_closes_with_1001(push_server_factory):
+    server = push_server_factory({"locations": CONFIG["locations"][:2]})
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/bye")) as ws:
+            await ws.send('{"ping": 1}')
+            assert json.loads(await ws.recv()) == {"type": "pong"}
+            server.process.send_signal(signal.SIGTERM)
+            assert await closed_with(ws) == (1001, "the server is shutting down")
+    assert await anyio.to_thread.run_sync(server.process.wait, 10) == 0
