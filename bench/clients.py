@@ -45,6 +45,9 @@ class Stats:
         self.progress = asyncio.Event()
         self.last_delivery = 0.0
         self.closing = False  # set when the bench closes connections: no error then
+        self.address: tuple[str, int] = ("127.0.0.1", 0)  # where reconnects go
+        self.reconnects = 0
+        self.tasks: set[asyncio.Task] = set()
         self.anomalies: list[str] = []  # the first few duplicates / reorderings, to debug
 
     def error(self, what: str) -> None:
@@ -107,10 +110,28 @@ class Subscriber(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self.reopen_after_close and not self.stats.closing:
+            # The server ended keep-alive (hypercorn: keep_alive_max_requests); a real
+            # client reconnects and resumes from its position, and so do we.
+            self.reopen_after_close = False
+            self.stats.reconnects += 1
+            task = asyncio.get_running_loop().create_task(self.reopen())
+            self.stats.tasks.add(task)
+            task.add_done_callback(self.stats.tasks.discard)
+            return
         if not self.connected.done():
+            self.stats.error(f"closed before subscribed ({exc or 'by the server'})")
             self.connected.set_result(False)
         elif not self.stats.closing:
             self.stats.error(f"{type(self).__name__} connection lost")
+
+    reopen_after_close = False
+
+    async def reopen(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self, *self.stats.address)
+        except OSError as exc:
+            self.stats.error(f"reconnect failed: {exc}")
 
     def request(self) -> bytes:
         raise NotImplementedError
@@ -165,6 +186,7 @@ class LongPollSubscriber(Subscriber):
                 self.status, headers = parse_head(bytes(buffer[:end]))
                 del buffer[: end + 4]
                 self.length = int(headers.get(b"content-length", b"0"))
+                self.reopen_after_close = headers.get(b"connection", b"").lower() == b"close"
                 if self.status == 200:
                     self.position = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (
                         headers.get(b"last-modified", b""),
@@ -179,6 +201,10 @@ class LongPollSubscriber(Subscriber):
                 self.stats.delivered(self, body)
             elif self.status not in (304, 408):  # 304 (ours) / 408 (nchan): poll again
                 self.stats.error(f"long-poll status {self.status}")
+            if self.reopen_after_close:
+                self.buffer.clear()
+                self.transport.close()
+                return
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(self.request())
 
@@ -338,11 +364,13 @@ class Publisher(asyncio.Protocol):
         self.waiter: asyncio.Future[int] | None = None
         self.length = -1
         self.status = 0
+        self.dead = False  # closed, or told to close: the pool replaces it
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def connection_lost(self, exc) -> None:
+        self.dead = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("publisher connection lost"))
 
@@ -366,6 +394,8 @@ class Publisher(asyncio.Protocol):
                 self.status, headers = parse_head(bytes(buffer[:end]))
                 del buffer[: end + 4]
                 self.length = int(headers.get(b"content-length", b"0"))
+                if headers.get(b"connection", b"").lower() == b"close":
+                    self.dead = True
             if len(buffer) < self.length:
                 return
             del buffer[: self.length]

@@ -65,6 +65,7 @@ async def run(spec: dict) -> dict:
     size = spec.get("message_size", 64)
     result: dict = {"fd_limit": raise_fd_limit()}
     stats = Stats()
+    stats.address = (host, port)
     cls = SUBSCRIBERS[spec["transport"]]
     paths = [f"/sub/{spec['prefix']}-{c}".encode() for c in range(channels)]
     pub_paths = [f"/pub/{spec['prefix']}-{c}".encode() for c in range(channels)]
@@ -74,7 +75,7 @@ async def run(spec: dict) -> dict:
     await wait_quiet(pid, 5)
     rss_fresh = rss_bytes(pid)
     subscribers = []
-    gate = asyncio.Semaphore(spec.get("connect_concurrency", 200))
+    gate = asyncio.Semaphore(spec.get("connect_concurrency", 32))
     connect_errors: dict[str, int] = {}
 
     async def connect(i: int) -> None:
@@ -102,12 +103,14 @@ async def run(spec: dict) -> dict:
                 stats.error("no response to subscribe")
 
     started = time.monotonic()
+    cpu_connect = cpu_seconds(pid)
     await asyncio.gather(*(connect(i) for i in range(n)))
     live = [s for s in subscribers if s.connected.done() and s.connected.result()]
     result["connect_seconds"] = round(time.monotonic() - started, 2)
     result["connected"] = len(live)
     result["connect_errors"] = connect_errors
     await wait_quiet(pid, 10)
+    result["server_cpu_ms_per_connect"] = round((cpu_seconds(pid) - cpu_connect) * 1e3 / n, 3)
     rss_idle = rss_bytes(pid)
     result["rss_fresh_bytes"] = rss_fresh
     result["rss_idle_bytes"] = rss_idle
@@ -139,6 +142,11 @@ async def run(spec: dict) -> dict:
     async def publish(c: int, seq: int) -> None:
         async with locks[c]:
             pub = await pool.get()
+            if pub.dead:
+                pub.transport.close()
+                _, pub = await loop.create_connection(lambda: Publisher(hostname), host, port)
+                publishers.append(pub)
+                stats.reconnects += 1
             try:
                 status = await pub.post(pub_paths[c], seq, size)
                 publish_status[status] = publish_status.get(status, 0) + 1
@@ -180,7 +188,7 @@ async def run(spec: dict) -> dict:
                     spec.get("drain", 20),
                 )
                 if not ok:
-                    stats.error("round not fully delivered in time")
+                    stats.error(f"round {seq - window} not fully delivered in {spec['drain']} s")
                     break
             task = asyncio.create_task(publish_round(seq))
             pending.add(task)
@@ -242,6 +250,7 @@ async def run(spec: dict) -> dict:
         duplicated=stats.duplicates,
         out_of_order=stats.out_of_order,
         errors=stats.errors,
+        reconnects=stats.reconnects,
         anomalies=stats.anomalies,
     )
     for sub in subscribers:
