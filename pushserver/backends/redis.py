@@ -10,7 +10,8 @@ Cluster slot (``<key_prefix>{<channel id>}:<part>``):
     a stream of the retained messages. A message id ``(time, tag)`` *is* the stream id
     ``<time>-<tag>``, so reading after a position is one ``XRANGE (<time>-<tag> + COUNT 1``.
 ``:subs``
-    a hash of subscriber counts, one field per push server process (node).
+    a hash of subscriber counts, one field per push server process (node), each with an
+    expiry the node keeps prolonging.
 
 Publishing is one Lua script: it reads the last id, takes the next one with Redis's own
 clock (``TIME``, so every node shares one clock; same rule as
@@ -37,8 +38,8 @@ do better than Redis's own durability.
 
 Limits: a publish whose reply is lost (the connection dropped after Redis ran the script)
 is reported as 503 although it was stored; a client that retries publishes it twice.
-Subscriber counts of a process that died without closing its backend stay in ``:subs``
-until the channel is deleted (they only affect 201/202 and channel info).
+Subscriber counts of a process that died without closing its backend still count until
+they expire, ``node_ttl`` (30) seconds later; they only affect 201/202 and channel info.
 
 redis-py's asyncio client runs on asyncio (and uvloop) only, so this backend refuses to
 open under trio.
@@ -119,9 +120,20 @@ local function clock()
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
-local function subscribers(subs)
+-- Each node's field is '<count> <expires at>': a node that died without cleaning up stops
+-- counting once its entry expires (live nodes keep extending theirs).
+local function subscribers(subs, now)
   local total = 0
-  for _, count in ipairs(redis.call('HVALS', subs)) do total = total + tonumber(count) end
+  local fields = redis.call('HGETALL', subs)
+  for i = 1, #fields, 2 do
+    local value = fields[i + 1]
+    local space = string.find(value, ' ', 1, true)
+    if tonumber(string.sub(value, space + 1)) < now then
+      redis.call('HDEL', subs, fields[i])
+    else
+      total = total + tonumber(string.sub(value, 1, space - 1))
+    end
+  end
   return total
 end
 """
@@ -160,7 +172,7 @@ local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
 redis.call('PUBLISH', ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
            event_length}, ' ') .. '\\n' .. content_type .. event .. body)
-return {1, id_time, id_tag, now_text, subscribers(subs)}
+return {1, id_time, id_tag, now_text, subscribers(subs, now)}
 """
 )
 
@@ -192,7 +204,7 @@ if redis.call('EXISTS', meta) == 0 then return {0} end
 local _, now = clock()
 local count = trim(meta, msgs, now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 local fields = redis.call('HMGET', meta, 'req', 'lt', 'lg')
-return {1, count, fields[1], fields[2], fields[3], subscribers(subs)}
+return {1, count, fields[1], fields[2], fields[3], subscribers(subs, now)}
 """
 )
 
@@ -210,16 +222,27 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'req', AR
 return 0
 """
 
-# KEYS: meta, subs. ARGV: node, count. Returns the channel's last id (or false).
-_SUBSCRIBERS = """
+# KEYS: meta, subs. ARGV: node, count, seconds to live, '1' to only extend the entry's life
+# (the periodic refresh: it must not overwrite a newer count). Returns the channel's last id.
+_SUBSCRIBERS = (
+    _TRIM
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local _, now = clock()
+local expires = string.format('%.3f', now + tonumber(ARGV[3]))
+local count = ARGV[2]
+if ARGV[4] == '1' then
+  local value = redis.call('HGET', KEYS[2], ARGV[1])
+  if value then count = string.sub(value, 1, string.find(value, ' ', 1, true) - 1) end
+end
+if tonumber(count) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], count .. ' ' .. expires)
 else
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 return redis.call('HMGET', KEYS[1], 'lt', 'lg')
 """
+)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -312,6 +335,9 @@ class RedisBackend(Backend):
     #: With nothing received for this long the reader pings Redis; silence for another
     #: period means the connection is dead (a half-open TCP connection never errors).
     heartbeat = 5.0
+    #: Seconds a node's subscriber count outlives the node (if it dies without closing);
+    #: a live node prolongs its counts every third of this.
+    node_ttl = 30.0
 
     def __init__(
         self,
@@ -326,8 +352,11 @@ class RedisBackend(Backend):
         min_messages: int = 0,
         max_messages: int = 0,
         message_timeout: float = 0,
+        node_ttl: float | None = None,
         **options: Any,
     ) -> None:
+        if node_ttl is not None:
+            self.node_ttl = node_ttl
         super().__init__(
             host=host,
             port=port,
@@ -453,6 +482,7 @@ class RedisBackend(Backend):
         # startup are then subscribed at once, and the log says where Redis stands.
         self._attempted = anyio.Event()
         self._task_group.start_soon(self._read_forever)
+        self._task_group.start_soon(self._refresh_counts)
         with anyio.move_on_after(self.connect_timeout + self.command_timeout):
             await self._attempted.wait()
 
@@ -649,7 +679,7 @@ class RedisBackend(Backend):
                     last = await self._run(
                         "subscribers",
                         [keys[0], keys[2]],
-                        [self.node_id, self._local.get(channel_id, 0)],
+                        [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
                     )
                 except BackendUnavailable as exc:
                     # Never fails a subscriber: the reader writes every count again on
@@ -738,13 +768,28 @@ class RedisBackend(Backend):
         self.last_error = None
         self._attempted.set()
         # Counts may have been lost (Redis restarted) or missed (written while it was down).
-        if self._local and self._redis is not None:
-            script = self._scripts["subscribers"]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for channel_id, count in self._local.items():
-                    keys = self._keys(channel_id)
-                    await script(keys=[keys[0], keys[2]], args=[self.node_id, count], client=pipe)
-                await pipe.execute()
+        await self._write_counts(refresh=False)
+
+    async def _write_counts(self, *, refresh: bool) -> None:
+        """Write (or with ``refresh`` only prolong) this node's count on every channel."""
+        if not self._local or self._redis is None:
+            return
+        script = self._scripts["subscribers"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id, count in self._local.items():
+                keys = self._keys(channel_id)
+                args = [self.node_id, count, self.node_ttl, int(refresh)]
+                await script(keys=[keys[0], keys[2]], args=args, client=pipe)
+            await pipe.execute()
+
+    async def _refresh_counts(self) -> None:
+        while True:
+            await anyio.sleep(self.node_ttl / 3)
+            if self.connected:
+                try:
+                    await self._write_counts(refresh=True)
+                except RedisError as exc:
+                    logger.debug("redis: subscriber counts not refreshed: %s", exc)
 
     async def _on_subscribed(self, connection: Any, live: bytes) -> None:
         # Counted per channel, not per listen: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE only

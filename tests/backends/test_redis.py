@@ -3,7 +3,10 @@ settings and faults. Every test talks to a real redis-server."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import uuid
+from pathlib import Path
 
 import anyio
 import pytest
@@ -236,3 +239,53 @@ async def test_tls(redis_server_factory, prefix):
         assert not backend.status()["ok"]
         with pytest.raises(BackendUnavailable, match="certificate"):
             await backend.publish("news", b"x", "text/plain")
+
+
+CRASHING_NODE = """
+import os, signal, sys, anyio
+from pushserver.backends.redis import RedisBackend
+from tests.backends.conftest import RecordingListener
+
+async def main():
+    backend = RedisBackend(port=int(sys.argv[1]), key_prefix=sys.argv[2], node_ttl=1)
+    backend.bind(RecordingListener())
+    await backend.open()
+    await backend.create("news")
+    await backend.subscribers_changed("news", 2)
+    print("counted", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # die without closing anything
+
+anyio.run(main)
+"""
+
+
+async def test_counts_of_a_crashed_node_expire(redis_server, prefix):
+    client = await raw(redis_server)
+    subs = f"{prefix}{{news}}:subs"
+    try:
+        async with node(redis_server, key_prefix=prefix, node_ttl=1) as survivor:
+            await survivor.create("news")
+            await survivor.subscribers_changed("news", 1)
+            mine = await client.hget(subs, survivor.node_id)
+            crashed = await anyio.run_process(
+                [sys.executable, "-c", CRASHING_NODE, str(redis_server.port), prefix],
+                cwd=str(Path(__file__).resolve().parents[2]),
+                check=False,
+            )
+            assert crashed.returncode == -signal.SIGKILL and b"counted" in crashed.stdout
+            assert (await survivor.info("news")).subscribers == 3
+            # The dead node's count expires; the survivor keeps prolonging its own.
+            await wait_until(lambda: _eq(_subscribers(survivor), 1))
+            await wait_until(lambda: _differs(client.hget(subs, survivor.node_id), mine))
+            assert (await survivor.publish("news", b"x", "text/plain")).subscribers == 1
+            assert await client.hlen(subs) == 1
+    finally:
+        await client.aclose()
+
+
+async def _subscribers(backend) -> int:
+    return (await backend.info("news")).subscribers
+
+
+async def _differs(awaitable, value) -> bool:
+    return await awaitable != value
