@@ -47,6 +47,7 @@ class Stats:
         self.closing = False  # set when the bench closes connections: no error then
         self.address: tuple[str, int] = ("127.0.0.1", 0)  # where reconnects go
         self.reconnects = 0
+        self.controls = 0  # control frames / named events seen (not messages)
         self.tasks: set[asyncio.Task] = set()
         self.anomalies: list[str] = []  # the first few duplicates / reorderings, to debug
 
@@ -279,10 +280,16 @@ class SSESubscriber(Subscriber):
                 return
             block = bytes(events[:end])
             del events[: end + 2]
+            data = None
             for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self.stats.delivered(self, line[6:] if line[5:6] == b" " else line[5:])
+                if line.startswith(b"event:"):  # the bench publishes no named events
+                    data = None
+                    self.stats.controls += 1
                     break
+                if data is None and line.startswith(b"data:"):
+                    data = line[6:] if line[5:6] == b" " else line[5:]
+            if data is not None:
+                self.stats.delivered(self, data)
 
 
 class WebSocketSubscriber(Subscriber):
@@ -342,6 +349,11 @@ class WebSocketSubscriber(Subscriber):
                 if self.fragments:
                     payload = bytes(self.fragments) + payload
                     self.fragments.clear()
+                if payload[:3] == b"id:":  # ours: header lines, an empty line, the body
+                    payload = payload[payload.find(b"\n\n") + 2 :]
+                elif payload[:1] == b"{":  # ours: a JSON control frame (subscribed, ping)
+                    self.stats.controls += 1
+                    continue
                 self.stats.delivered(self, payload)
             elif opcode == 9:  # ping: pong with the same payload, masked as clients must
                 mask = os.urandom(4)

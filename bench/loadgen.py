@@ -251,6 +251,7 @@ async def run(spec: dict) -> dict:
         out_of_order=stats.out_of_order,
         errors=stats.errors,
         reconnects=stats.reconnects,
+        control_frames=stats.controls,
         anomalies=stats.anomalies,
     )
     for sub in subscribers:
