@@ -245,10 +245,6 @@ return redis.call('HMGET', KEYS[1], 'lt', 'lg')
 )
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _stream_id(raw: bytes) -> MessageId:
     time_part, _, tag_part = raw.partition(b"-")
     return MessageId(int(time_part), int(tag_part))
@@ -488,11 +484,11 @@ class RedisBackend(Backend):
 
     async def aclose(self) -> None:
         task_group, self._task_group = self._task_group, None
-        client, self._redis = self._redis, None
         self._stopping = True
         if task_group is not None:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
+        client, self._redis = self._redis, None
         if client is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
