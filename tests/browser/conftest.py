@@ -56,12 +56,19 @@ def browser():
 @pytest.fixture
 def new_page(browser):
     """``new_page()`` opens a tab in a fresh browser context (its own cookies); the page's
-    errors are collected in ``page.errors``."""
+    errors are collected in ``page.errors``.
+
+    ``PUSHSERVER_TEST_JQUERY=/path/to/jquery.js`` serves that file in place of the vendored
+    jQuery, to run the suite against another jQuery version.
+    """
     contexts = []
+    jquery = os.environ.get("PUSHSERVER_TEST_JQUERY")
 
     def open_page():
         context = browser.new_context()
         contexts.append(context)
+        if jquery:
+            context.route("**/static/live/jquery.min.js", lambda route: route.fulfill(path=jquery))
         page = context.new_page()
         page.set_default_timeout(10_000)
         page.errors = []
@@ -99,3 +106,5 @@ def start_server() -> Iterator:
     yield start
     for server in started:
         server.stop()
+        # pytest shows this only when the test failed.
+        print(f"--- runpushserver {server.address} ---\n{server.log}")

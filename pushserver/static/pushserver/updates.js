@@ -50,7 +50,14 @@
     var positions = {};   // channel name -> where an unsubscribed channel stopped
     var processors = {};  // channel name -> type -> [function]
     var hasOwn = Object.prototype.hasOwnProperty;
+    var toString = Object.prototype.toString;
+    // Only jQuery functions that exist from 1.5.1 to 4.x (4.0 dropped $.isArray, $.parseJSON).
     var parseJSON = window.JSON && window.JSON.parse ? window.JSON.parse : $.parseJSON;
+    var on = $.fn.on ? 'on' : 'bind'; // .on is 1.7+
+
+    function listen(target, events, handler) {
+        $(target)[on](events, handler);
+    }
 
     function now() {
         return new Date().getTime();
@@ -75,7 +82,9 @@
         }
     }
 
-    // Capped exponential backoff: failures = 1, 2, 3... waits about 1 s, 2 s, 4 s...
+    // Capped exponential backoff with jitter: failure n waits retryDelay * 2^(n-1), at most
+    // maxRetryDelay, shortened by a random part up to jitter; by default 0.5-1 s, 1-2 s,
+    // 2-4 s... and finally 15-30 s.
     function backoff(failures) {
         var delay = Math.min(options.maxRetryDelay, options.retryDelay * Math.pow(2, Math.min(failures - 1, 30)));
         return Math.round(delay * (1 - options.jitter * Math.random()));
@@ -107,7 +116,7 @@
             report(name, 'parse', 'a message that is not JSON was skipped: ' + error);
             return;
         }
-        if (message === null || typeof message !== 'object' || $.isArray(message)) {
+        if (toString.call(message) !== '[object Object]') {
             report(name, 'format', 'a message that is not a JSON object was skipped');
             return;
         }
@@ -283,14 +292,16 @@
     var pageRequests = [];
     var suspended = false;
 
-    $(document).on('ajaxSend', function (event, xhr) {
+    listen(document, 'ajaxSend', function (event, xhr) {
         if (options.abortOnUnload) {
             pageRequests.push(xhr);
         }
-    }).on('ajaxComplete', function (event, xhr) {
-        var index = $.inArray(xhr, pageRequests);
-        if (index !== -1) {
-            pageRequests.splice(index, 1);
+    });
+    listen(document, 'ajaxComplete', function (event, xhr) {
+        for (var i = pageRequests.length - 1; i >= 0; i--) {
+            if (pageRequests[i] === xhr) {
+                pageRequests.splice(i, 1);
+            }
         }
     });
 
@@ -303,11 +314,13 @@
     }
 
     var hideEvent = 'onpagehide' in window ? 'pagehide' : 'unload';
-    $(window).on('beforeunload', abortPageRequests).on(hideEvent, function () {
+    listen(window, 'beforeunload', abortPageRequests);
+    listen(window, hideEvent, function () {
         suspended = true;
         $.each(channels, function (name, channel) { channel.stop(); });
         abortPageRequests();
-    }).on('pageshow', function () {
+    });
+    listen(window, 'pageshow', function () {
         if (suspended) {
             suspended = false;
             $.each(channels, function (name, channel) { channel.start(); });
