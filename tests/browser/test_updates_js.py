@@ -36,6 +36,12 @@ def wait_received(page, count):
     return page.evaluate("window.received")
 
 
+def flush_events(page):
+    """Let Playwright's sync API deliver the page's events (it only does during its own
+    calls): a round trip to the page comes back after every event the page sent before."""
+    page.evaluate("0")
+
+
 def subscribers(server, channel):
     info = httpx.get(f"{server.url}/publisher/{channel}", headers={"accept": "application/json"})
     if info.status_code == 404:  # not created yet
@@ -69,6 +75,8 @@ def test_receives_published_updates_in_order(page, start_server):
     # Each next poll names the previous response's position; cache: false adds _=...
     assert all("_=" in poll.url for poll in polls)
     wait_subscribers(server, "ordered", 1)
+    flush_events(page)
+    assert len(polls) == 21
     last = polls[-1].headers
     assert last["if-none-match"].isdigit()
     assert parsedate_to_datetime(last["if-modified-since"]).timestamp() > 0
@@ -84,6 +92,8 @@ def test_processors_are_dispatched_by_type(page, start_server):
         $.updates.registerProcessor('c', 'a', window.record('a2'));
         $.updates.registerProcessor('c', 'b', window.record('b'));
         $.updates.registerProcessor('other', 'a', window.record('wrong channel'));
+        // Opt-in, and for the long polls only: headers read through the rebuilt list.
+        $.updates.options.firefoxHeaderWorkaround = true;
         $.updates.subscribe({'c': '/subscriber/typed'});
         // Repeated subscribe of a name is ignored: still one loop (one waiting poll below).
         $.updates.subscribe({'c': '/subscriber/typed'});
@@ -166,6 +176,7 @@ def test_messages_that_are_not_json_objects_are_reported_once_and_skipped(page, 
     assert [p["kind"] for p in problems] == ["parse", "format", "empty"]
     # One request per message and one waiting for the next: nothing was fetched twice.
     wait_subscribers(server, "bad", 1)
+    flush_events(page)
     assert len(polls) == 5
     assert (
         len({(poll.headers["if-modified-since"], poll.headers["if-none-match"]) for poll in polls})
@@ -381,3 +392,73 @@ def test_passthrough_signals_see_the_logged_in_user(new_page, start_server, tmp_
     )
     assert {e["channel"] for e in events} == {"presence"}
     assert anonymous.evaluate("window.problems") == []
+
+
+def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_server):
+    server = start_server({"locations": [PUBLISHER, subscriber(timeout=0.3)]})
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate("""() => {
+        window.polls = [];
+        $.ajaxPrefilter(function (options) {
+            if (options.url.indexOf('/subscriber/quiet') === 0) {
+                window.polls.push({headers: options.headers, at: performance.now()});
+            }
+        });
+        $.updates.registerProcessor('main', 'test', window.record('main'));
+        $.updates.subscribe({'main': '/subscriber/quiet'});
+    }""")
+    publish(server, "quiet", {"type": "test", "n": 1})
+    wait_received(page, 1)
+    # The server ends each wait with a 304 after 0.3 s; the client asks again at once, but
+    # no sooner than minPollInterval (1 s) after the previous poll began.
+    page.wait_for_function("() => window.polls.length >= 5", timeout=WAIT)
+    polls = page.evaluate("window.polls")
+    after_message = polls[1:]
+    assert len({json.dumps(poll["headers"], sort_keys=True) for poll in after_message}) == 1
+    assert after_message[0]["headers"]["If-None-Match"] == "0"
+    assert after_message[0]["headers"]["If-Modified-Since"] != "Thu, 1 Jan 1970 00:00:00 GMT"
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(after_message)]
+    assert min(gaps) >= 1000 - 2, gaps
+    publish(server, "quiet", {"type": "test", "n": 2})
+    received = wait_received(page, 2)
+    assert [item["data"]["n"] for item in received] == [1, 2]
+    assert page.evaluate("window.problems") == []
+
+
+def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
+    server = start_server(CONFIG)
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate("""() => {
+        window.globalEvents = [];
+        $(document).ajaxSend(function () { window.globalEvents.push('send'); })
+                   .ajaxStart(function () { window.globalEvents.push('start'); });
+        window.xhrFactory = $.ajaxSettings.xhr;
+        $.updates.subscribe({'c': '/subscriber/quiet-page'});
+    }""")
+    wait_subscribers(server, "quiet-page", 1)
+    # A waiting long poll is no pending request to the page: ajaxStop-style spinners and
+    # "wait until jQuery is idle" checks keep working; nothing global was replaced.
+    assert page.evaluate(
+        "[$.active, window.globalEvents, $.ajaxSettings.xhr === window.xhrFactory]"
+    ) == [
+        0,
+        [],
+        True,
+    ]
+    assert page.evaluate("$.updates.transport") == "longpoll"  # from data-pushserver-transport
+
+
+def test_an_unavailable_transport_falls_back_to_long_polling(page, start_server):
+    server = start_server(CONFIG)
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate("""() => {
+        $.updates.transport = 'websocket';
+        $.updates.registerProcessor('c', 'test', window.record('c'));
+        $.updates.registerProcessor('d', 'test', window.record('d'));
+        $.updates.subscribe({'c': '/subscriber/fallback', 'd': '/subscriber/fallback'});
+    }""")
+    publish(server, "fallback", {"type": "test"})
+    received = wait_received(page, 2)
+    assert sorted(item["channel"] for item in received) == ["c", "d"]
+    problems = page.evaluate("window.problems")
+    assert [p["kind"] for p in problems] == ["transport"]  # said once, not per channel
