@@ -194,38 +194,55 @@ class Stream:
 
     async def items(self) -> AsyncIterator[StreamEvent]:
         subscription = self.subscription
-        positions = self.positions
         while True:
-            if self._resync or subscription.overflowed:
-                if subscription.overflowed:
-                    logger.info(
-                        "subscriber on %s fell %d messages behind: catching up from the buffer",
-                        ",".join(positions) or "-",
-                        subscription.maxlen,
-                    )
-                # Cleared before reading, so an overflow during the read is seen next pass.
-                self._resync = False
+            if subscription.overflowed:
                 subscription.overflowed = False
-                async for event in self._catch_up():
-                    yield event
+                logger.info(
+                    "subscriber on %s fell %d messages behind: catching up from the buffer",
+                    ",".join(self.positions) or "-",
+                    subscription.maxlen,
+                )
+                # Checked before every get(), so what is queued now all came before the first
+                # drop, in order: it goes out first, then the buffer supplies the rest.
+                backlog = [subscription.get_nowait() for _ in range(subscription.pending())]
+                for event in backlog:
+                    item = await self._accept(event)
+                    if item is not None:
+                        yield item
+                        if isinstance(item, Closing):
+                            return
+                self._resync = True
+            if self._resync:
+                # Cleared before reading, so a channel added during the read is read next pass.
+                self._resync = False
+                async for item in self._catch_up():
+                    yield item
                 continue
             event = await subscription.get()
             if event is None:
                 continue  # overflowed with nothing queued: read the buffer
-            if isinstance(event, Delivery):
-                position = positions.get(event.channel_id)
-                # Older ids were already sent from the buffer; unknown channels were dropped.
-                if position is not None and event.message.id > position:
-                    positions[event.channel_id] = self.ids[event.channel_id] = event.message.id
-                    yield Item(event.channel_id, event.message)
-            elif isinstance(event, Deletion):
-                if event.channel_id in positions:
-                    yield await self._deleted(event.channel_id)
-            elif isinstance(event, Closing):
-                yield event
-                return
-            else:  # _RESYNC
-                self._resync_queued = False
+            item = await self._accept(event)
+            if item is not None:
+                yield item
+                if isinstance(item, Closing):
+                    return
+
+    async def _accept(self, event: object) -> StreamEvent | None:
+        """What a queued hub event means for this stream (None: nothing to send)."""
+        if isinstance(event, Delivery):
+            position = self.positions.get(event.channel_id)
+            # Older ids were already sent from the buffer; unknown channels were dropped.
+            if position is not None and event.message.id > position:
+                self.positions[event.channel_id] = self.ids[event.channel_id] = event.message.id
+                return Item(event.channel_id, event.message)
+        elif isinstance(event, Deletion):
+            if event.channel_id in self.positions:
+                return await self._deleted(event.channel_id)
+        elif isinstance(event, Closing):
+            return event
+        elif event is _RESYNC:
+            self._resync_queued = False
+        return None
 
     async def _deleted(self, channel_id: str) -> Deleted:
         del self.positions[channel_id]
