@@ -18,7 +18,17 @@ from urllib.parse import quote
 from . import __version__
 from .backends import create_backend
 from .config import LocationConfig, ServerConfig
-from .http import ASGIApp, Headers, Receive, Request, Scope, Send, respond, respond_error
+from .http import (
+    ASGIApp,
+    Headers,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    guard_body,
+    respond,
+    respond_error,
+)
 from .hub import Hub
 from .protocol import cors_headers, decode_channel_id
 from .publisher import Publisher
@@ -198,6 +208,7 @@ class PushServer:
         if kind == "lifespan":
             await self.lifespan(receive, send)
             return
+        receive, send = guard_body(scope, receive, send)
         if self.forcehost is not None and await self.redirect_host(scope, send):
             return
         raw_path = scope.get("raw_path")

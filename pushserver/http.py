@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -79,19 +81,60 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-async def discard_body(receive: Receive, limit: int) -> None:
-    """Read and drop the rest of a request body, up to ``limit`` bytes.
+#: How much of an unread request body is drained before an early answer, and for how long.
+DISCARD_LIMIT = 64 * 1024 * 1024
+DISCARD_SECONDS = 10.0
 
-    After an early answer (413) the body must still be consumed: hypercorn queues each
-    chunk for the application and, once nobody reads that queue, stops reading the
-    connection for good.
-    """
+
+async def discard_body(receive: Receive, limit: int) -> None:
+    """Read and drop the rest of a request body, up to about ``limit`` bytes."""
     size = 0
     while size <= limit:
         message = await receive()
         if message["type"] == "http.disconnect" or not message.get("more_body", False):
             return
         size += len(message.get("body", b""))
+
+
+def _declares_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def guard_body(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """Make an answer given before the request body was read safe to deliver.
+
+    hypercorn closes the connection as soon as a response ends while request body is still
+    unread. Closing with unread bytes makes the kernel send a reset, which can destroy the
+    answer before the client reads it (a 413 or 400 looks like a network error), and a
+    keep-alive client is not told the connection is gone. So before an early answer the
+    rest of the body is read and dropped (bounded by :data:`DISCARD_LIMIT` and
+    :data:`DISCARD_SECONDS`); past those bounds the answer says ``Connection: close``.
+    Requests that declare no body pass through untouched.
+    """
+    if scope.get("type") != "http" or not _declares_body(scope):
+        return receive, send
+    done = False
+
+    async def guarded_receive() -> Message:
+        nonlocal done
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            done = True
+        return message
+
+    async def guarded_send(message: Message) -> None:
+        if message["type"] == "http.response.start" and not done:
+            with anyio.move_on_after(DISCARD_SECONDS):
+                await discard_body(guarded_receive, DISCARD_LIMIT)
+            if not done:
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return guarded_receive, guarded_send
 
 
 async def respond(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
-
 from .config import LocationConfig
 from .exceptions import BackendUnavailable, ChannelNotFound
 from .http import (
@@ -12,7 +10,6 @@ from .http import (
     Receive,
     Request,
     Send,
-    discard_body,
     read_body,
     respond,
     respond_error,
@@ -23,9 +20,6 @@ from .protocol import negotiate_info_format, render_channel_info
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
 
-#: How much of a too large upload is read and dropped after the 413, and for how long.
-DISCARD_LIMIT = 64 * 1024 * 1024
-DISCARD_SECONDS = 10.0
 
 
 class Publisher:
@@ -69,12 +63,12 @@ class Publisher:
         limit = self.location.max_message_size
         declared = request.header("content-length")
         if limit and declared and declared.isdigit() and int(declared) > limit:
-            await self.too_large(receive, send, limit)
+            await self.too_large(send, limit)
             return
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge:
-            await self.too_large(receive, send, limit)
+            await self.too_large(send, limit)
             return
         if body is None:  # the publisher went away before sending the whole body
             return
@@ -95,17 +89,11 @@ class Publisher:
         info = await self.hub.info(channel_id)
         await self.info_response(request, send, 201 if result.subscribers else 202, info)
 
-    async def too_large(self, receive: Receive, send: Send, limit: int) -> None:
+    async def too_large(self, send: Send, limit: int) -> None:
+        # The server's body guard (http.guard_body) drains the rest of the upload first.
         await respond_error(
-            send,
-            413,
-            f"the message is larger than {limit} bytes",
-            [*self.headers, (b"connection", b"close")],
+            send, 413, f"the message is larger than {limit} bytes", self.headers
         )
-        # Swallow the rest of the upload, within reason, so the connection is not left
-        # stuck (see discard_body); a client that keeps sending is simply cut off.
-        with anyio.move_on_after(DISCARD_SECONDS):
-            await discard_body(receive, DISCARD_LIMIT)
 
     async def info_response(
         self, request: Request, send: Send, status: int, info: ChannelInfo | None
