@@ -35,7 +35,8 @@ def _check_backends() -> list[checks.CheckMessage]:
             )
             messages.append(
                 checks.Error(
-                    f"PUSH_SERVER['store'] {store.name!r}: backend {store.type!r} cannot be imported ({exc})",
+                    f"PUSH_SERVER['store'] {store.name!r}: backend {store.type!r} "
+                    f"cannot be imported ({exc})",
                     hint=hint,
                     id="pushserver.E016",
                 )

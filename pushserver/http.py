@@ -154,7 +154,9 @@ async def respond(
     await send({"type": "http.response.body", "body": body if status != 304 else b""})
 
 
-async def respond_error(send: Send, status: int, reason: str, headers: Headers | None = None) -> None:
+async def respond_error(
+    send: Send, status: int, reason: str, headers: Headers | None = None
+) -> None:
     """A short plain-text error: the status line's reason and what went wrong."""
     text = f"{status} {REASONS.get(status, '')}: {reason}\n".encode()
     await respond(send, status, headers, text, content_type=b"text/plain; charset=utf-8")

@@ -101,7 +101,7 @@ class Subscription:
         self, after: MessageId, *, timeout: float | None = None
     ) -> Event | None:
         """Wait for a message newer than ``after`` (or a deletion); None on timeout."""
-        with anyio.move_on_after(math.inf if not timeout else timeout):
+        with anyio.move_on_after(timeout if timeout else math.inf):
             while True:
                 event = await self.get()
                 if event is None:  # overflowed: the caller re-reads the buffer
@@ -165,7 +165,9 @@ class Hub:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    async def subscribe(self, channels: Iterable[str], *, maxlen: int | None = None) -> Subscription:
+    async def subscribe(
+        self, channels: Iterable[str], *, maxlen: int | None = None
+    ) -> Subscription:
         subscription = Subscription(self, channels, maxlen or self.queue_size)
         for channel_id in subscription.channels:
             local = self._subscriptions.get(channel_id)

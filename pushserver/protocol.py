@@ -64,9 +64,7 @@ def parse_if_modified_since(value: str | None) -> int:
 
 def position_from_headers(if_modified_since: str | None, if_none_match: str | None) -> MessageId:
     """The client's position: it has read everything up to this id, nothing after."""
-    return MessageId(
-        parse_if_modified_since(if_modified_since), parse_if_none_match(if_none_match)
-    )
+    return MessageId(parse_if_modified_since(if_modified_since), parse_if_none_match(if_none_match))
 
 
 # -- channel ids ----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from .protocol import negotiate_info_format, render_channel_info
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
 
 
-
 class Publisher:
     """Handles one publisher location (NHPM "Basic HTTP Push Relay Protocol" semantics)."""
 
@@ -30,7 +29,9 @@ class Publisher:
         self.hub = hub
         self.headers = base_headers
 
-    async def __call__(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, request: Request, channel_id: str, receive: Receive, send: Send
+    ) -> None:
         method = request.method
         try:
             if method == "POST":
@@ -56,7 +57,10 @@ class Publisher:
                 )
         except BackendUnavailable as exc:
             await respond_error(
-                send, 503, f"the channel store is unavailable: {exc}", [*self.headers, (b"retry-after", b"1")]
+                send,
+                503,
+                f"the channel store is unavailable: {exc}",
+                [*self.headers, (b"retry-after", b"1")],
             )
 
     async def post(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
@@ -91,9 +95,7 @@ class Publisher:
 
     async def too_large(self, send: Send, limit: int) -> None:
         # The server's body guard (http.guard_body) drains the rest of the upload first.
-        await respond_error(
-            send, 413, f"the message is larger than {limit} bytes", self.headers
-        )
+        await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
 
     async def info_response(
         self, request: Request, send: Send, status: int, info: ChannelInfo | None

@@ -93,12 +93,17 @@ async def test_garbage_position_headers(client, headers):
 
 
 def test_non_latin1_header_bytes(server):
-    answer = raw_request(server, (
-        b"GET /subscriber/x HTTP/1.1\r\nHost: t\r\nIf-None-Match: \xff\xfe\r\n"
-        b"Connection: close\r\n\r\n"
-    ))
+    answer = raw_request(
+        server,
+        (
+            b"GET /subscriber/x HTTP/1.1\r\nHost: t\r\nIf-None-Match: \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        ),
+    )
     assert answer.startswith(b"HTTP/1.1 400 ")
-    assert answer.endswith(b"400 Bad Request: If-None-Match is not an integer: '\xc3\xbf\xc3\xbe'\n")
+    assert answer.endswith(
+        b"400 Bad Request: If-None-Match is not an integer: '\xc3\xbf\xc3\xbe'\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,12 +146,20 @@ async def test_unknown_accept_falls_back_to_plain_text(client):
 )
 @pytest.mark.parametrize(
     ("method", "prefix"),
-    [("POST", "/publisher/"), ("PUT", "/publisher/"), ("GET", "/publisher/"),
-     ("DELETE", "/publisher/"), ("GET", "/subscriber/"), ("GET", "/interval/"),
-     ("OPTIONS", "/subscriber/")],
+    [
+        ("POST", "/publisher/"),
+        ("PUT", "/publisher/"),
+        ("GET", "/publisher/"),
+        ("DELETE", "/publisher/"),
+        ("GET", "/subscriber/"),
+        ("GET", "/interval/"),
+        ("OPTIONS", "/subscriber/"),
+    ],
 )
 async def test_invalid_channel_id_encoding_is_400(client, method, prefix, suffix, reason):
-    response = await client.request(method, prefix + suffix, content=b"x" if method == "POST" else None)
+    response = await client.request(
+        method, prefix + suffix, content=b"x" if method == "POST" else None
+    )
     assert_short_error(response, 400)
     assert reason in response.text
     if prefix != "/publisher/":
@@ -233,9 +246,15 @@ async def test_oversized_uploads_leave_nothing_stuck(push_server_factory):
 
 @pytest.mark.parametrize(
     ("method", "prefix"),
-    [("PATCH", "/publisher/"), ("OPTIONS", "/publisher/"), ("PROPFIND", "/publisher/"),
-     ("POST", "/subscriber/"), ("PUT", "/interval/"), ("DELETE", "/subscriber/"),
-     ("BREW", "/subscriber/")],
+    [
+        ("PATCH", "/publisher/"),
+        ("OPTIONS", "/publisher/"),
+        ("PROPFIND", "/publisher/"),
+        ("POST", "/subscriber/"),
+        ("PUT", "/interval/"),
+        ("DELETE", "/subscriber/"),
+        ("BREW", "/subscriber/"),
+    ],
 )
 async def test_unsupported_methods_are_405(client, method, prefix):
     response = await client.request(method, path(prefix, f"m-{uuid.uuid4().hex}"))
@@ -264,5 +283,8 @@ def test_early_answer_keeps_a_keep_alive_connection_usable(server):
             body = stream.read(int(headers["content-length"]))
             answers.append((status.split()[1], body))
         stream.close()
-    assert answers[0] == (b"400", b"400 Bad Request: malformed percent-encoding in the channel id\n")
+    assert answers[0] == (
+        b"400",
+        b"400 Bad Request: malformed percent-encoding in the channel id\n",
+    )
     assert answers[1][0] == b"200"

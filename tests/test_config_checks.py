@@ -57,7 +57,9 @@ def test_defaults():
     assert list(config.stores) == ["default"]
     assert config.stores["default"].type == "memory"
     assert config.stores["default"].options == {
-        "min_messages": 0, "max_messages": 0, "message_timeout": 0,
+        "min_messages": 0,
+        "max_messages": 0,
+        "message_timeout": 0,
     }
     publisher, subscriber = config.locations
     assert (publisher.type, publisher.pattern) == ("publisher", "/publisher/(.+)")
@@ -78,7 +80,9 @@ def test_documented_example_is_accepted_as_is():
     assert config.publisher_host == HostConfig("127.0.0.1:8001", True)
     assert config.subscriber_host == HostConfig("127.0.0.1:8001", False)
     assert config.stores["default"].options == {
-        "min_messages": 0, "max_messages": 100, "message_timeout": 10,
+        "min_messages": 0,
+        "max_messages": 100,
+        "message_timeout": 10,
     }
     subscriber, publisher = config.locations
     assert subscriber.regex.match("/updates/abc").group(1) == "abc"
@@ -91,24 +95,44 @@ def test_documented_example_is_accepted_as_is():
 
 
 def test_every_original_key():
-    config = load({
-        "port": 9000,
-        "address": "::1",
-        "servername": "push",
-        "store": {
-            "mem": {"type": "memory", "min_messages": 1, "max_messages": 5, "message_timeout": 2.5},
-            "red": {"type": "redis", "host": "h", "port": 1, "database": 2, "key_prefix": "p:"},
-        },
-        "locations": [
-            {"type": "publisher", "prefix": "/p/", "store": "red", "create_on_post": False,
-             "allow_origin": "*", "allow_credentials": False},
-            {"type": "subscriber", "prefix": "/s/", "store": "mem", "polling": "interval",
-             "create_on_get": True, "allow_origin": "https://a.example",
-             "allow_credentials": True, "passthrough": "https://a.example/pt"},
-        ],
-        "publisher_host": {"location": "push.example", "secure": True},
-        "subscriber_host": {"location": "push.example:8443"},
-    })
+    config = load(
+        {
+            "port": 9000,
+            "address": "::1",
+            "servername": "push",
+            "store": {
+                "mem": {
+                    "type": "memory",
+                    "min_messages": 1,
+                    "max_messages": 5,
+                    "message_timeout": 2.5,
+                },
+                "red": {"type": "redis", "host": "h", "port": 1, "database": 2, "key_prefix": "p:"},
+            },
+            "locations": [
+                {
+                    "type": "publisher",
+                    "prefix": "/p/",
+                    "store": "red",
+                    "create_on_post": False,
+                    "allow_origin": "*",
+                    "allow_credentials": False,
+                },
+                {
+                    "type": "subscriber",
+                    "prefix": "/s/",
+                    "store": "mem",
+                    "polling": "interval",
+                    "create_on_get": True,
+                    "allow_origin": "https://a.example",
+                    "allow_credentials": True,
+                    "passthrough": "https://a.example/pt",
+                },
+            ],
+            "publisher_host": {"location": "push.example", "secure": True},
+            "subscriber_host": {"location": "push.example:8443"},
+        }
+    )
     assert config.servername == "push"
     assert config.stores["mem"].options["message_timeout"] == 2.5
     assert config.stores["red"].options["key_prefix"] == "p:"
@@ -127,9 +151,13 @@ def test_legacy_string_hosts():
 
 
 def test_url_wins_over_prefix_and_matches_the_whole_path():
-    location = load({"locations": [
-        {"type": "subscriber", "url": r"/u/(\w+)", "prefix": "/ignored/"},
-    ]}).locations[0]
+    location = load(
+        {
+            "locations": [
+                {"type": "subscriber", "url": r"/u/(\w+)", "prefix": "/ignored/"},
+            ]
+        }
+    ).locations[0]
     assert location.pattern == r"/u/(\w+)"
     assert location.regex.match("/u/abc").group(1) == "abc"
     assert location.regex.match("/u/abc/more") is None
@@ -169,9 +197,15 @@ def test_unknown_top_level_key():
 
 
 def test_unknown_location_key():
-    message = only(pushserver_messages({"locations": [
-        {"type": "subscriber", "prefix": "/s/", "create_on_gte": True},
-    ]}))
+    message = only(
+        pushserver_messages(
+            {
+                "locations": [
+                    {"type": "subscriber", "prefix": "/s/", "create_on_gte": True},
+                ]
+            }
+        )
+    )
     assert message.id == "pushserver.E037"
     assert message.msg.startswith("PUSH_SERVER['locations'][0]['create_on_gte']: unknown key")
     assert "did you mean 'create_on_get'?" in message.hint
@@ -185,16 +219,20 @@ def test_unknown_store_option():
 
 
 def test_key_of_the_other_location_type():
-    message = only(pushserver_messages({"locations": [
-        {"type": "publisher", "prefix": "/p/", "create_on_get": True},
-    ]}))
+    message = only(
+        pushserver_messages(
+            {
+                "locations": [
+                    {"type": "publisher", "prefix": "/p/", "create_on_get": True},
+                ]
+            }
+        )
+    )
     assert message.id == "pushserver.E036"
     assert "'create_on_get' does not apply to publisher locations" in message.msg
 
 
-@pytest.mark.parametrize(
-    ("url", "groups"), [(r"/updates/[^/]+", 0), (r"/updates/(\w+)/(\w+)", 2)]
-)
+@pytest.mark.parametrize(("url", "groups"), [(r"/updates/[^/]+", 0), (r"/updates/(\w+)/(\w+)", 2)])
 def test_regex_without_exactly_one_group(url, groups):
     message = only(pushserver_messages({"locations": [{"type": "subscriber", "url": url}]}))
     assert message.id == "pushserver.E034"
@@ -223,29 +261,41 @@ def test_unknown_store_type():
 
 
 def test_location_naming_a_store_that_is_not_configured():
-    message = only(pushserver_messages({
-        "store": {"main": {"type": "memory"}},
-        "locations": [{"type": "publisher", "prefix": "/p/", "store": "mian"}],
-    }))
+    message = only(
+        pushserver_messages(
+            {
+                "store": {"main": {"type": "memory"}},
+                "locations": [{"type": "publisher", "prefix": "/p/", "store": "mian"}],
+            }
+        )
+    )
     assert message.id == "pushserver.E038"
     assert message.msg.startswith("PUSH_SERVER['locations'][0]['store']: names the store 'mian'")
     assert "'main'" in message.hint
 
 
 def test_location_without_store_when_stores_are_named():
-    message = only(pushserver_messages({
-        "store": {"main": {"type": "memory"}},
-        "locations": [{"type": "publisher", "prefix": "/p/"}],
-    }))
+    message = only(
+        pushserver_messages(
+            {
+                "store": {"main": {"type": "memory"}},
+                "locations": [{"type": "publisher", "prefix": "/p/"}],
+            }
+        )
+    )
     assert message.id == "pushserver.E038"
     assert "'default'" in message.msg
 
 
 def test_store_type_missing():
-    message = only(pushserver_messages({
-        "store": {"main": {"max_messages": 3}},
-        "locations": [{"type": "publisher", "prefix": "/p/", "store": "main"}],
-    }))
+    message = only(
+        pushserver_messages(
+            {
+                "store": {"main": {"max_messages": 3}},
+                "locations": [{"type": "publisher", "prefix": "/p/", "store": "main"}],
+            }
+        )
+    )
     assert message.id == "pushserver.E012"
     assert "PUSH_SERVER['store']['main']['type']" in message.msg
 
@@ -258,9 +308,15 @@ def test_store_backend_that_is_not_a_backend():
 
 
 def test_wildcard_origin_with_credentials():
-    message = only(pushserver_messages({"locations": [
-        {"type": "subscriber", "prefix": "/s/", "allow_credentials": True},
-    ]}))
+    message = only(
+        pushserver_messages(
+            {
+                "locations": [
+                    {"type": "subscriber", "prefix": "/s/", "allow_credentials": True},
+                ]
+            }
+        )
+    )
     assert message.id == "pushserver.E042"
     assert message.msg.startswith("PUSH_SERVER['locations'][0]['allow_origin']: '*' cannot")
     assert "exact origin" in message.hint
@@ -278,9 +334,15 @@ def test_wildcard_origin_with_credentials():
     ],
 )
 def test_bad_subscriber_values(location, code, key):
-    message = only(pushserver_messages({"locations": [
-        {"type": "subscriber", "prefix": "/s/", **location},
-    ]}))
+    message = only(
+        pushserver_messages(
+            {
+                "locations": [
+                    {"type": "subscriber", "prefix": "/s/", **location},
+                ]
+            }
+        )
+    )
     assert message.id == f"pushserver.{code}"
     assert message.msg.startswith(f"PUSH_SERVER['locations'][0]['{key}']: ")
     assert message.hint
@@ -296,18 +358,33 @@ def test_bad_subscriber_values(location, code, key):
         ({"servername": 1}, "E005", "PUSH_SERVER['servername']"),
         ({"max_message_size": -1}, "E008", "PUSH_SERVER['max_message_size']"),
         ({"store": "memory"}, "E010", "PUSH_SERVER['store']"),
-        ({"store": {"type": "memory", "max_messages": -1}}, "E014",
-         "PUSH_SERVER['store']['max_messages']"),
-        ({"store": {"type": "memory", "message_timeout": "1h"}}, "E014",
-         "PUSH_SERVER['store']['message_timeout']"),
+        (
+            {"store": {"type": "memory", "max_messages": -1}},
+            "E014",
+            "PUSH_SERVER['store']['max_messages']",
+        ),
+        (
+            {"store": {"type": "memory", "message_timeout": "1h"}},
+            "E014",
+            "PUSH_SERVER['store']['message_timeout']",
+        ),
         ({"publisher_host": 8001}, "E020", "PUSH_SERVER['publisher_host']"),
-        ({"subscriber_host": {"location": "http://x/"}}, "E022",
-         "PUSH_SERVER['subscriber_host']['location']"),
+        (
+            {"subscriber_host": {"location": "http://x/"}},
+            "E022",
+            "PUSH_SERVER['subscriber_host']['location']",
+        ),
         ({"locations": "/updates/"}, "E030", "PUSH_SERVER['locations']"),
-        ({"locations": [{"type": "sub", "prefix": "/s/"}]}, "E035",
-         "PUSH_SERVER['locations'][0]['type']"),
-        ({"locations": [{"type": "publisher", "prefix": "/p/", "max_message_size": 1.5}]},
-         "E045", "PUSH_SERVER['locations'][0]['max_message_size']"),
+        (
+            {"locations": [{"type": "sub", "prefix": "/s/"}]},
+            "E035",
+            "PUSH_SERVER['locations'][0]['type']",
+        ),
+        (
+            {"locations": [{"type": "publisher", "prefix": "/p/", "max_message_size": 1.5}]},
+            "E045",
+            "PUSH_SERVER['locations'][0]['max_message_size']",
+        ),
     ],
 )
 def test_other_mistakes(push_server, code, key):
@@ -333,9 +410,11 @@ def test_check_command_passes_on_the_default():
 def test_runpushserver_refuses_to_start_with_a_bad_setting():
     server = PushServerProcess(
         "tests.project.settings",
-        push_server={"locations": [
-            {"type": "subscriber", "prefix": "/s/", "allow_credentials": True},
-        ]},
+        push_server={
+            "locations": [
+                {"type": "subscriber", "prefix": "/s/", "allow_credentials": True},
+            ]
+        },
         cwd=str(ROOT),
     )
     with pytest.raises(RuntimeError) as info:

@@ -92,7 +92,10 @@ async def test_channel_info(clock):
         await hub.backend.create("c")
         info = await hub.info("c")
         assert (info.messages, info.last_requested, info.subscribers, info.last_message_id) == (
-            0, None, 0, None,
+            0,
+            None,
+            0,
+            None,
         )
         await hub.publish("c", b"a", "text/plain")
         last = (await hub.publish("c", b"b", "text/plain")).message.id

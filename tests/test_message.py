@@ -9,7 +9,11 @@ from pushserver.protocol import position_from_headers, position_headers
 def test_ids_order_by_time_then_tag():
     ids = [MessageId(5, 2), MessageId(4, 9), MessageId(5, 0), ORIGIN, MessageId(5, 1)]
     assert sorted(ids) == [
-        ORIGIN, MessageId(4, 9), MessageId(5, 0), MessageId(5, 1), MessageId(5, 2)
+        ORIGIN,
+        MessageId(4, 9),
+        MessageId(5, 0),
+        MessageId(5, 1),
+        MessageId(5, 2),
     ]
 
 
@@ -29,28 +33,61 @@ def test_clock_going_backwards_never_reuses_an_id():
     assert MessageId(100, 3).next_for(99) == MessageId(100, 4)
 
 
-@pytest.mark.parametrize("message_id", [MessageId(0, -1), MessageId(0, 0), MessageId(1795472455, 0),
-                                        MessageId(1795472455, 41), MessageId(2**40, 10**6)])
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        MessageId(0, -1),
+        MessageId(0, 0),
+        MessageId(1795472455, 0),
+        MessageId(1795472455, 41),
+        MessageId(2**40, 10**6),
+    ],
+)
 def test_compact_string_round_trips(message_id):
     text = str(message_id)
     assert text == f"{message_id.time}:{message_id.tag}"
     assert MessageId.parse(text) == message_id
 
 
-@pytest.mark.parametrize("text", ["", "12", "12:", ":3", "a:1", "1:b", "1:-2", "-1:0", "1:2:3",
-                                  "1.5:0", "\u0661:0", "1:\u0662", "1 :0x1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "12",
+        "12:",
+        ":3",
+        "a:1",
+        "1:b",
+        "1:-2",
+        "-1:0",
+        "1:2:3",
+        "1.5:0",
+        "\u0661:0",
+        "1:\u0662",
+        "1 :0x1",
+    ],
+)
 def test_compact_string_rejects_garbage(text):
     with pytest.raises(ValueError):
         MessageId.parse(text)
 
 
-@pytest.mark.parametrize("message_id", [MessageId(0, 0), MessageId(1, 0), MessageId(1795472455, 0),
-                                        MessageId(1795472455, 12345), MessageId(253402300799, 3)])
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        MessageId(0, 0),
+        MessageId(1, 0),
+        MessageId(1795472455, 0),
+        MessageId(1795472455, 12345),
+        MessageId(253402300799, 3),
+    ],
+)
 def test_id_maps_one_to_one_onto_last_modified_and_etag(message_id):
     headers = dict(position_headers(message_id))
-    assert position_from_headers(
-        headers[b"last-modified"].decode(), headers[b"etag"].decode()
-    ) == message_id
+    assert (
+        position_from_headers(headers[b"last-modified"].decode(), headers[b"etag"].decode())
+        == message_id
+    )
 
 
 def test_distinct_ids_give_distinct_headers():

@@ -25,8 +25,16 @@ from pushserver.protocol import (
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, -1), ("", -1), ("  ", -1), ("0", 0), ("17", 17), (" 3 ", 3), ("-1", -1),
-     ("999999999999999999", 999999999999999999)],
+    [
+        (None, -1),
+        ("", -1),
+        ("  ", -1),
+        ("0", 0),
+        ("17", 17),
+        (" 3 ", 3),
+        ("-1", -1),
+        ("999999999999999999", 999999999999999999),
+    ],
 )
 def test_if_none_match_is_a_bare_integer(value, expected):
     assert parse_if_none_match(value) == expected
@@ -64,8 +72,14 @@ def test_if_modified_since_is_an_http_date(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    ["garbage", "0", "1795472455", "Mon, 01 Jan 99999 00:00:00 GMT",
-     "Fri, 31 Dec 9999 23:59:59 -1200", "Thu, 01 Jan 1970 25:61:00 GMT"],
+    [
+        "garbage",
+        "0",
+        "1795472455",
+        "Mon, 01 Jan 99999 00:00:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 -1200",
+        "Thu, 01 Jan 1970 25:61:00 GMT",
+    ],
 )
 def test_if_modified_since_rejects_what_is_not_a_representable_date(value):
     with pytest.raises(ValueError):
@@ -206,7 +220,10 @@ def test_plain_channel_info_is_nhpm_text_plus_last_message_id():
 
 def test_json_channel_info():
     assert json.loads(render_channel_info(INFO, "json", now=1000.0)) == {
-        "messages": 3, "requested": 10, "subscribers": 2, "last_message_id": "1795472455:4",
+        "messages": 3,
+        "requested": 10,
+        "subscribers": 2,
+        "last_message_id": "1795472455:4",
     }
     assert json.loads(render_channel_info(NEVER, "json"))["requested"] == -1
 
@@ -215,12 +232,18 @@ def test_xml_channel_info():
     root = ET.fromstring(render_channel_info(INFO, "xml", now=1000.0))
     assert root.tag == "channel"
     assert {child.tag: child.text for child in root} == {
-        "messages": "3", "requested": "10", "subscribers": "2", "last_message_id": "1795472455:4",
+        "messages": "3",
+        "requested": "10",
+        "subscribers": "2",
+        "last_message_id": "1795472455:4",
     }
 
 
 def test_yaml_channel_info():
     assert yaml.safe_load(render_channel_info(INFO, "yaml", now=1000.0)) == {
-        "messages": 3, "requested": 10, "subscribers": 2, "last_message_id": "1795472455:4",
+        "messages": 3,
+        "requested": 10,
+        "subscribers": 2,
+        "last_message_id": "1795472455:4",
     }
     assert yaml.safe_load(render_channel_info(NEVER, "yaml"))["last_message_id"] == ""

@@ -49,8 +49,9 @@ def plain_info(response: httpx.Response) -> dict[str, str]:
 
 
 async def test_post_without_subscribers_is_202_with_channel_info(client, channel):
-    response = await client.post(path("/publisher/", channel), content=b"hello",
-                                 headers={"content-type": "text/plain"})
+    response = await client.post(
+        path("/publisher/", channel), content=b"hello", headers={"content-type": "text/plain"}
+    )
     assert response.status_code == 202
     assert response.headers["server"] == SERVER_HEADER
     info = plain_info(response)
@@ -76,8 +77,11 @@ async def test_post_delivered_to_a_waiting_subscriber_is_201(client, channel):
 
 
 async def test_post_keeps_the_content_type(client, channel):
-    await client.post(path("/publisher/", channel), content=b'{"type": "x"}',
-                      headers={"content-type": "application/json; charset=utf-8"})
+    await client.post(
+        path("/publisher/", channel),
+        content=b'{"type": "x"}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
     response = await client.get(path("/subscriber/", channel))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json; charset=utf-8"
@@ -152,14 +156,16 @@ async def test_channel_info_as_xml_and_yaml(client, channel):
     assert root.tag == "channel"
     assert root.findtext("messages") == "1"
     assert root.findtext("subscribers") == "0"
-    response = await client.get(path("/publisher/", channel),
-                                headers={"accept": "application/x-yaml"})
+    response = await client.get(
+        path("/publisher/", channel), headers={"accept": "application/x-yaml"}
+    )
     assert response.headers["content-type"] == "application/x-yaml"
     info = yaml.safe_load(response.content)
     assert (info["messages"], info["requested"], info["subscribers"]) == (1, -1, 0)
     # Negotiation applies to POST and PUT responses too.
-    response = await client.post(path("/publisher/", channel), content=b"y",
-                                 headers={"accept": "application/json"})
+    response = await client.post(
+        path("/publisher/", channel), content=b"y", headers={"accept": "application/json"}
+    )
     assert response.json()["messages"] == 2
 
 

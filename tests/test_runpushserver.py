@@ -120,8 +120,9 @@ def test_busy_port_is_a_clear_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = PushServerProcess("tests.project.settings", push_server=LAZY, cwd=str(ROOT),
-                                   address=f"127.0.0.1:{port}")
+        server = PushServerProcess(
+            "tests.project.settings", push_server=LAZY, cwd=str(ROOT), address=f"127.0.0.1:{port}"
+        )
         with pytest.raises(RuntimeError) as info:
             server.start()
     assert f"could not listen on 127.0.0.1:{port}" in str(info.value)
@@ -235,9 +236,10 @@ def test_servername_is_the_server_header_everywhere(start):
     server = start({**LAZY, "servername": "my-push"}, "--allrequests")
     assert httpx.put(server.url + "/publisher/s").headers["server"] == "my-push"
     assert httpx.options(server.url + "/subscriber/s").headers["server"] == "my-push"
-    assert httpx.get(server.url + "/subscriber/s", headers={"if-none-match": "x"}).headers[
-        "server"
-    ] == "my-push"
+    assert (
+        httpx.get(server.url + "/subscriber/s", headers={"if-none-match": "x"}).headers["server"]
+        == "my-push"
+    )
     assert httpx.get(server.url + "/no-such-page").headers["server"] == "my-push"
 
 

@@ -65,9 +65,7 @@ class MemoryBackend(Backend):
         if self.message_timeout:
             keep_at_least = self.min_messages
             deadline = now - self.message_timeout
-            while (
-                drop < len(messages) - keep_at_least and messages[drop].published_at <= deadline
-            ):
+            while drop < len(messages) - keep_at_least and messages[drop].published_at <= deadline:
                 drop += 1
         if drop:
             channel.evicted_upto = messages[drop - 1].id
@@ -104,9 +102,7 @@ class MemoryBackend(Backend):
             channel = self._channels[channel_id] = _Channel()
         now = time.time()
         seconds = int(now)
-        message_id = (
-            channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
-        )
+        message_id = channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
         message = Message(message_id, body, content_type, event, now)
         channel.messages.append(message)
         channel.last_id = message_id
@@ -128,9 +124,7 @@ class MemoryBackend(Backend):
     @staticmethod
     def _gap(channel: _Channel, after: MessageId) -> bool:
         # A position in second 0 means "from the beginning": nothing was missed.
-        return (
-            channel.evicted_upto is not None and after.time > 0 and after < channel.evicted_upto
-        )
+        return channel.evicted_upto is not None and after.time > 0 and after < channel.evicted_upto
 
     async def info(self, channel_id: str) -> ChannelInfo | None:
         channel = self._channels.get(channel_id)

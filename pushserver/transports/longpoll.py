@@ -54,13 +54,17 @@ class LongPollTransport:
         self.presence = presence
         self.interval = location.polling == "interval"
 
-    async def __call__(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, request: Request, channel_id: str, receive: Receive, send: Send
+    ) -> None:
         headers = self.response_headers(request)
         if request.method == "OPTIONS":
             await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
             return
         if request.method != "GET":
-            await respond_error(send, 405, f"{request.method} is not allowed here", [*headers, ALLOW])
+            await respond_error(
+                send, 405, f"{request.method} is not allowed here", [*headers, ALLOW]
+            )
             return
         try:
             position = position_from_headers(

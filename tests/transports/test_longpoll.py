@@ -52,8 +52,9 @@ def assert_cors(response, expected=DEFAULT_CORS):
 
 
 async def publish(client, channel, body, prefix="/publisher/", content_type="text/plain"):
-    response = await client.post(path(prefix, channel), content=body,
-                                 headers={"content-type": content_type})
+    response = await client.post(
+        path(prefix, channel), content=body, headers={"content-type": content_type}
+    )
     assert response.status_code in (201, 202), response.text
     return response
 
@@ -107,7 +108,8 @@ async def test_selection_is_the_first_message_strictly_newer(client, channel):
     again = await client.get(path("/subscriber/", channel), headers=position(first))
     assert again.content == b"b"
     assert (again.headers["last-modified"], again.headers["etag"]) == (
-        second.headers["last-modified"], second.headers["etag"]
+        second.headers["last-modified"],
+        second.headers["etag"],
     )
 
 
@@ -141,8 +143,7 @@ async def test_long_poll_waits_for_the_next_message_after_its_position(client, c
         got = {}
 
         async def subscribe():
-            got["response"] = await client.get(path("/subscriber/", channel),
-                                               headers=position(old))
+            got["response"] = await client.get(path("/subscriber/", channel), headers=position(old))
 
         tg.start_soon(subscribe)
         await wait_for_subscribers(client, path("/publisher/", channel), 1)
@@ -285,8 +286,9 @@ async def test_long_poll_timeout_answers_304_with_the_clients_position(client, c
         got = {}
 
         async def subscribe():
-            got["response"] = await client.get(path("/timeout/", channel),
-                                               headers=position(response))
+            got["response"] = await client.get(
+                path("/timeout/", channel), headers=position(response)
+            )
 
         tg.start_soon(subscribe)
         await wait_for_subscribers(client, path("/publisher/", channel), 1)
@@ -333,11 +335,14 @@ async def test_expired_messages_are_dropped_down_to_min_messages(client, channel
 
 
 async def test_options_preflight(client, channel):
-    response = await client.options(path("/subscriber/", channel), headers={
-        "origin": "http://elsewhere.example",
-        "access-control-request-method": "GET",
-        "access-control-request-headers": "if-modified-since, if-none-match",
-    })
+    response = await client.options(
+        path("/subscriber/", channel),
+        headers={
+            "origin": "http://elsewhere.example",
+            "access-control-request-method": "GET",
+            "access-control-request-headers": "if-modified-since, if-none-match",
+        },
+    )
     assert response.status_code == 200
     assert response.content == b""
     assert response.headers["access-control-allow-methods"] == "GET, OPTIONS"
@@ -372,7 +377,7 @@ async def test_exact_origin_with_credentials_on_every_response(client, channel):
         {"if-none-match": '"0"'},
         {"if-none-match": "abc"},
         {"if-modified-since": "yesterday"},
-        {"if-modified-since": EPOCH, "if-none-match": "W/\"1\""},
+        {"if-modified-since": EPOCH, "if-none-match": 'W/"1"'},
     ],
 )
 async def test_unparseable_position_headers_are_400(client, channel, prefix, headers):

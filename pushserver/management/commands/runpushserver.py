@@ -1,4 +1,5 @@
-"""``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST] [--transport NAME]``"""
+"""``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
+[--transport NAME]``"""
 
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", help="[optional port number, or ipaddr:port]")
         parser.add_argument(
-            "--ipv6", "-6", action="store_true", dest="use_ipv6", help="Tells Django to use an IPv6 address."
+            "--ipv6",
+            "-6",
+            action="store_true",
+            dest="use_ipv6",
+            help="Tells Django to use an IPv6 address.",
         )
         parser.add_argument(
             "--allrequests", action="store_true", help="Process also non-push requests."
@@ -62,7 +67,10 @@ class Command(BaseCommand):
             help="Event loop to run on (default asyncio; uvloop needs the uvloop package).",
         )
         parser.add_argument(
-            "--no-access-log", action="store_false", dest="access_log", help="Do not log each request."
+            "--no-access-log",
+            action="store_false",
+            dest="access_log",
+            help="Do not log each request.",
         )
 
     def resolve_address(self, options: dict[str, Any]) -> tuple[str, int]:
@@ -73,8 +81,10 @@ class Command(BaseCommand):
         if options.get("addrport"):
             match = re.match(naiveip_re, options["addrport"])
             if match is None:
-                raise CommandError(f'"{options["addrport"]}" is not a valid port number or address:port pair.')
-            address, ipv4, ipv6, fqdn, port_text = match.groups()
+                raise CommandError(
+                    f'"{options["addrport"]}" is not a valid port number or address:port pair.'
+                )
+            address, _ipv4, ipv6, fqdn, port_text = match.groups()
             if not port_text.isdigit():
                 raise CommandError(f"{port_text!r} is not a valid port number.")
             port = int(port_text)
@@ -104,7 +114,8 @@ class Command(BaseCommand):
                 return AVAILABLE_TRANSPORTS
             if name not in TRANSPORTS:
                 raise CommandError(
-                    f"--transport {name!r} is unknown. Choose from: {', '.join(TRANSPORTS)}, or 'all'."
+                    f"--transport {name!r} is unknown. "
+                    f"Choose from: {', '.join(TRANSPORTS)}, or 'all'."
                 )
             if name not in AVAILABLE_TRANSPORTS:
                 raise CommandError(
@@ -137,7 +148,9 @@ class Command(BaseCommand):
         try:
             sock = bind(address, port)
         except OSError as exc:
-            raise CommandError(f"Error: could not listen on {format_host(address, port)}: {exc.strerror or exc}") from exc
+            raise CommandError(
+                f"Error: could not listen on {format_host(address, port)}: {exc.strerror or exc}"
+            ) from exc
         host = format_host(address, sock.getsockname()[1])
         updates.current_host = host
 
@@ -148,7 +161,8 @@ class Command(BaseCommand):
         self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
         self.stdout.write(
             f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on hypercorn version {_hypercorn_version()} ({loop}), "
+            f"Push server version {__version__} on hypercorn version {_hypercorn_version()} "
+            f"({loop}), "
             f"transports: {', '.join(transports)}\n"
             f"Development push server is running at http://{host}/\n"
             f"Quit the server with {quit_command}."
@@ -181,7 +195,9 @@ class Command(BaseCommand):
         logger = logging.getLogger("pushserver")
         if not logger.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler(self.stdout._out)
-            handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%d/%b/%Y %H:%M:%S"))
+            handler.setFormatter(
+                logging.Formatter("[%(asctime)s] %(message)s", "%d/%b/%Y %H:%M:%S")
+            )
             logger.addHandler(handler)
             logger.propagate = False
         if logger.level == logging.NOTSET:
