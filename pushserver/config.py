@@ -151,7 +151,9 @@ class _Collector:
     def warning(self, key: str, message: str, hint: str, code: int) -> None:
         self.problems.append(Problem(key, message, hint, f"pushserver.W{code:03d}", "warning"))
 
-    def unknown_keys(self, key: str, given: Mapping[str, Any], allowed: set[str], code: int) -> None:
+    def unknown_keys(
+        self, key: str, given: Mapping[str, Any], allowed: set[str], code: int
+    ) -> None:
         for name in given:
             if name in allowed:
                 continue
@@ -247,7 +249,10 @@ def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
         return HostConfig(raw or None, False)
     if not isinstance(raw, Mapping):
         c.error(
-            key, f"must be a dict, not {raw!r}", "Use {'location': 'host:port', 'secure': False}.", 20
+            key,
+            f"must be a dict, not {raw!r}",
+            "Use {'location': 'host:port', 'secure': False}.",
+            20,
         )
         return None
     c.unknown_keys(key, raw, {"location", "secure"}, 21)
@@ -263,7 +268,9 @@ def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
     return HostConfig(location or None, bool(raw.get("secure", False)))
 
 
-def _location_pattern(c: _Collector, key: str, raw: Mapping[str, Any]) -> tuple[str, re.Pattern[str]] | None:
+def _location_pattern(
+    c: _Collector, key: str, raw: Mapping[str, Any]
+) -> tuple[str, re.Pattern[str]] | None:
     url = raw.get("url")
     prefix = raw.get("prefix")
     if url is None and prefix is None:
@@ -276,7 +283,12 @@ def _location_pattern(c: _Collector, key: str, raw: Mapping[str, Any]) -> tuple[
         return None
     if url is not None:
         if not isinstance(url, str):
-            c.error(f"{key}['url']", f"must be a regex string, not {url!r}", "Use r'/updates/([^/]+)'.", 32)
+            c.error(
+                f"{key}['url']",
+                f"must be a regex string, not {url!r}",
+                "Use r'/updates/([^/]+)'.",
+                32,
+            )
             return None
         pattern = url
         what = f"{key}['url']"
@@ -302,10 +314,17 @@ def _location_pattern(c: _Collector, key: str, raw: Mapping[str, Any]) -> tuple[
     return pattern, regex
 
 
-def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, StoreConfig], default_size: int) -> LocationConfig | None:
+def _parse_location(
+    c: _Collector, index: int, raw: Any, stores: dict[str, StoreConfig], default_size: int
+) -> LocationConfig | None:
     key = f"PUSH_SERVER['locations'][{index}]"
     if not isinstance(raw, Mapping):
-        c.error(key, f"must be a dict, not {raw!r}", "Use {'type': 'subscriber', 'prefix': '/updates/'}.", 30)
+        c.error(
+            key,
+            f"must be a dict, not {raw!r}",
+            "Use {'type': 'subscriber', 'prefix': '/updates/'}.",
+            30,
+        )
         return None
     kind = raw.get("type")
     if kind not in ("publisher", "subscriber"):
@@ -325,22 +344,32 @@ def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, Store
                 f"Move it to a {'subscriber' if kind == 'publisher' else 'publisher'} location.",
                 36,
             )
-    c.unknown_keys(key, {k: v for k, v in raw.items() if k not in (PUBLISHER_KEYS | SUBSCRIBER_KEYS)}, allowed, 37)
+    c.unknown_keys(
+        key,
+        {k: v for k, v in raw.items() if k not in (PUBLISHER_KEYS | SUBSCRIBER_KEYS)},
+        allowed,
+        37,
+    )
     parsed = _location_pattern(c, key, raw)
     store = raw.get("store", "default")
     if store not in stores and not c.no_stores and store not in c.broken_stores:
         c.error(
             f"{key}['store']",
             f"names the store {store!r}, which is not configured",
-            f"Use one of: {', '.join(map(repr, stores)) or 'none configured'}, or add it to PUSH_SERVER['store'].",
+            f"Use one of: {', '.join(map(repr, stores)) or 'none configured'}, "
+            "or add it to PUSH_SERVER['store'].",
             38,
         )
     polling = raw.get("polling", "long")
     if polling not in ("long", "interval"):
-        c.error(f"{key}['polling']", f"must be 'long' or 'interval', not {polling!r}", "Use 'long'.", 39)
+        c.error(
+            f"{key}['polling']", f"must be 'long' or 'interval', not {polling!r}", "Use 'long'.", 39
+        )
     for flag in ("create_on_get", "create_on_post", "allow_credentials"):
         if flag in raw and not isinstance(raw[flag], bool):
-            c.error(f"{key}[{flag!r}]", f"must be True or False, not {raw[flag]!r}", "Use a bool.", 40)
+            c.error(
+                f"{key}[{flag!r}]", f"must be True or False, not {raw[flag]!r}", "Use a bool.", 40
+            )
     allow_origin = raw.get("allow_origin", "*")
     if not isinstance(allow_origin, str) or not allow_origin.strip():
         c.error(
@@ -385,7 +414,12 @@ def _parse_location(c: _Collector, index: int, raw: Any, stores: dict[str, Store
     if isinstance(transports, str):
         transports = (transports,)
     if not isinstance(transports, list | tuple) or not transports:
-        c.error(f"{key}['transports']", f"must be a list of transports, not {transports!r}", "Use ['longpoll'].", 46)
+        c.error(
+            f"{key}['transports']",
+            f"must be a list of transports, not {transports!r}",
+            "Use ['longpoll'].",
+            46,
+        )
         transports = AVAILABLE_TRANSPORTS
     for name in transports:
         if name not in AVAILABLE_TRANSPORTS:
@@ -426,7 +460,12 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        c.error("PUSH_SERVER", f"must be a dict, not {type(raw).__name__}", "Write PUSH_SERVER = {...}.", 1)
+        c.error(
+            "PUSH_SERVER",
+            f"must be a dict, not {type(raw).__name__}",
+            "Write PUSH_SERVER = {...}.",
+            1,
+        )
         raw = {}
     c.unknown_keys("PUSH_SERVER", raw, set(TOP_LEVEL_KEYS), 2)
 
@@ -438,14 +477,23 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         port = None
     address = raw.get("address")
     if address is not None and not isinstance(address, str):
-        c.error("PUSH_SERVER['address']", f"must be a string, not {address!r}", "Use '127.0.0.1'.", 4)
+        c.error(
+            "PUSH_SERVER['address']", f"must be a string, not {address!r}", "Use '127.0.0.1'.", 4
+        )
         address = None
     servername = raw.get("servername")
     if servername is not None and not isinstance(servername, str):
-        c.error("PUSH_SERVER['servername']", f"must be a string, not {servername!r}", "Use e.g. 'push'.", 5)
+        c.error(
+            "PUSH_SERVER['servername']",
+            f"must be a string, not {servername!r}",
+            "Use e.g. 'push'.",
+            5,
+        )
         servername = None
     publish_timeout = raw.get("publish_timeout", 5.0)
-    if not _check_non_negative(c, "PUSH_SERVER['publish_timeout']", publish_timeout, 6, integer=False):
+    if not _check_non_negative(
+        c, "PUSH_SERVER['publish_timeout']", publish_timeout, 6, integer=False
+    ):
         publish_timeout = 5.0
     transport = raw.get("transport", "longpoll")
     if transport not in AVAILABLE_TRANSPORTS:
@@ -467,7 +515,8 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         c.error(
             "PUSH_SERVER['locations']",
             f"must be a list of location dicts, not {type(raw_locations).__name__}",
-            "Use [{'type': 'publisher', 'prefix': '/publisher/'}, {'type': 'subscriber', 'prefix': '/subscriber/'}].",
+            "Use [{'type': 'publisher', 'prefix': '/publisher/'}, "
+            "{'type': 'subscriber', 'prefix': '/subscriber/'}].",
             30,
         )
         raw_locations = ()
