@@ -38,6 +38,13 @@ FULL_CONFIG = {
             "allow_credentials": True,
             "create_on_get": True,
         },
+        {
+            "type": "subscriber",
+            "prefix": "/origins/",
+            "allow_origin": "http://a.example http://b.example",
+            "allow_credentials": True,
+            "create_on_get": True,
+        },
         {"type": "subscriber", "prefix": "/small-subscriber/", "store": "small"},
         {"type": "subscriber", "prefix": "/expiring-subscriber/", "store": "expiring"},
     ],

@@ -170,7 +170,7 @@ async def test_walking_1000_buffered_messages_loses_and_repeats_none(client, cha
         await publish(client, channel, b"%d" % i)
     received, etags = [], []
     headers = {}
-    with anyio.fail_after(60):
+    with anyio.fail_after(30):
         while len(received) < count:
             response = await client.get(path("/subscriber/", channel), headers=headers)
             assert response.status_code == 200
@@ -198,7 +198,7 @@ async def test_live_walk_of_1000_quickly_published_messages(client, channel):
             received.append(int(response.content))
             headers = position(response)
 
-    with anyio.fail_after(60):
+    with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(walk)
             for i in range(count):
@@ -365,6 +365,20 @@ async def test_exact_origin_with_credentials_on_every_response(client, channel):
     bad = await client.get(path("/credentials/", channel), headers={"if-none-match": '"0"'})
     assert bad.status_code == 400
     assert_cors(bad, expected)
+
+
+async def test_one_of_several_allowed_origins_is_echoed(client, channel):
+    await publish(client, channel, b"x")
+    for origin in ("http://a.example", "http://b.example"):
+        response = await client.get(path("/origins/", channel), headers={"origin": origin})
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == origin
+        assert response.headers["access-control-allow-credentials"] == "true"
+        assert "Origin" in response.headers.get_list("vary")
+        preflight = await client.options(path("/origins/", channel), headers={"origin": origin})
+        assert preflight.headers["access-control-allow-origin"] == origin
+    other = await client.get(path("/origins/", channel), headers={"origin": "http://c.example"})
+    assert other.headers["access-control-allow-origin"] == "http://a.example"
 
 
 # -- errors ------------------------------------------------------------------------------
