@@ -39,4 +39,5 @@ DATABASES = {
 STATIC_URL = "/static/"
 USE_TZ = True
 
-PUSH_SERVER = json.loads(os.environ["PUSHSERVER_TEST_CONFIG"]) if os.environ.get("PUSHSERVER_TEST_CONFIG") else {}
+_CONFIG = os.environ.get("PUSHSERVER_TEST_CONFIG")
+PUSH_SERVER = json.loads(_CONFIG) if _CONFIG else {}
