@@ -231,6 +231,7 @@ async def run(spec: dict) -> dict:
         publishes=sum(published.values()),
         publish_rounds=rounds,
         publish_seconds=round(publish_seconds, 3),
+        publishes_per_second=round(sum(published.values()) / publish_seconds, 1),
         publish_status=publish_status,
         drained=drained,
         expected_deliveries=total_expected,

@@ -223,57 +223,35 @@ def fmt(value, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
 def table(rows: list[dict]) -> str:
-    head = [
-        "target",
-        "transport",
-        "scenario",
-        "connected",
-        "deliveries/s",
-        "CPU µs/deliv",
-        "p50 ms",
-        "p99 ms",
-        "KiB/idle conn",
-        "lost/dup/ooo",
-        "loadgen CPU",
-    ]
+    head = ["target", "transport", "scenario", "connected", "deliveries/s", "CPU µs/deliv",
+            "p50 ms", "p99 ms", "KiB/idle conn", "lost/dup/ooo", "server CPU",
+            "loadgen CPU"]  # fmt: skip
     lines = [head]
     for r in rows:
         if "error" in r and "deliveries" not in r:
-            lines.append(
-                [
-                    r["target"],
-                    r["transport"],
-                    r["scenario"],
-                    fmt(r.get("connected")),
-                    "error: " + r["error"][:60],
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                ]
-            )
+            error = "error: " + r["error"][:60]
+            cells = [r["target"], r["transport"], r["scenario"], fmt(r.get("connected")), error]
+            lines.append(cells + [""] * (len(head) - len(cells)))
             continue
         mem = r.get("memory_per_idle_connection_bytes")
-        lines.append(
-            [
-                r["target"],
-                r["transport"],
-                r["scenario"],
-                f"{r['connected']:,}/{r['subscribers']:,}",
-                fmt(r.get("deliveries_per_second")),
-                fmt(cpu_per_delivery(r)),
-                fmt(r.get("latency_ms_p50")),
-                fmt(r.get("latency_ms_p99")),
-                fmt(mem / 1024 if mem is not None else None),
-                f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}",
-                f"{r['loadgen_cpu_utilisation'] * 100:.0f}%"
-                if r.get("loadgen_cpu_utilisation") is not None
-                else "-",
-            ]
-        )
+        lines.append([
+            r["target"], r["transport"], r["scenario"],
+            f"{r['connected']:,}/{r['subscribers']:,}",
+            fmt(r.get("deliveries_per_second")),
+            fmt(cpu_per_delivery(r)),
+            fmt(r.get("latency_ms_p50")),
+            fmt(r.get("latency_ms_p99")),
+            fmt(mem / 1024 if mem is not None else None),
+            f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}"
+            + (" (undrained)" if r.get("drained") is False else ""),
+            percent(r.get("server_cpu_utilisation")),
+            percent(r.get("loadgen_cpu_utilisation")),
+        ])  # fmt: skip
     return render(lines)
 
 
