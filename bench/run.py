@@ -365,7 +365,6 @@ def machine() -> dict:
         "uvloop": version("uvloop"),
         "anyio": version("anyio"),
         "nchan": nchan.version() if nchan.available() else None,
-        "load_average_at_start": os.getloadavg(),
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "pushserver_uncommitted_changes": bool(git("status", "--porcelain", "pushserver")),
     }
@@ -413,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             f"hard RLIMIT_NOFILE is {hard}: scenarios above ~{hard - 100} connections fall short"
         )
 
+    load_at_start = os.getloadavg()
     rows = []
     seq = 0
     for transport in wanted:
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": {**machine(), "load_average_at_start": load_at_start},
         "setup": {
             "server_cpu": SERVER_CPU,
             "loadgen_cpu": LOADGEN_CPU,
