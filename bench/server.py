@@ -8,6 +8,8 @@ subscribes with every transport this version implements.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +57,14 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args()
     raise_fd_limit()
+    if os.environ.get("BENCH_PROFILE_DIR"):  # where the CPU goes: cProfile, dumped at exit
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+        atexit.register(
+            lambda: profile.dump_stats(f"{os.environ['BENCH_PROFILE_DIR']}/{os.getpid()}.prof")
+        )
     anyio.run(
         main, args.port, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"}
     )
