@@ -39,7 +39,9 @@ def subscriber(prefix: str = "/subscriber/", **options) -> dict:
 PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: sync Playwright keeps an asyncio loop running in the main
+# thread while it is open, which would break every async test collected after this package.
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(
