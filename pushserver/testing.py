@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -70,32 +69,21 @@ class PushServerProcess:
             env=env,
             cwd=self.cwd,
         )
-        deadline = time.monotonic() + self.startup_timeout
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.stop()
-                    raise TimeoutError("runpushserver did not start:\n" + "".join(self.output))
-                if not selector.select(remaining):
-                    continue
-                line = self.process.stdout.readline()
-                if not line:
-                    self.process.wait()
-                    self.process.stdout.close()
-                    raise RuntimeError(
-                        f"runpushserver exited with {self.process.returncode}:\n{self.log}"
-                    )
-                self.output.append(line)
-                match = _RUNNING_RE.search(line)
-                if match:
-                    self.url, self.host = match.group(1), match.group(2)
-                    break
-        # Keep draining the child's output so it never blocks on a full pipe.
+        # One thread reads the child's output from the start (so the pipe never fills) and
+        # wakes waiters per line; selecting on the pipe would miss lines already buffered.
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
+        try:
+            match = self.wait_for_output(_RUNNING_RE.pattern, timeout=self.startup_timeout)
+        except TimeoutError:
+            exited = self.process.poll() is not None
+            self.stop()
+            if exited:
+                raise RuntimeError(
+                    f"runpushserver exited with {self.process.returncode}:\n{self.log}"
+                ) from None
+            raise TimeoutError(f"runpushserver did not start:\n{self.log}") from None
+        self.url, self.host = match.group(1), match.group(2)
         return self
 
     def _drain(self) -> None:
