@@ -84,9 +84,8 @@ class Subscriber:
             return
         if "longpoll" not in self.enabled and request.method != "OPTIONS":
             others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
-            await respond_error(
-                send, 403, f"long-poll is not enabled here (this location serves {others})", self.headers
-            )
+            reason = f"long-poll is not enabled here (this location serves {others})"
+            await respond_error(send, 403, reason, self.headers)
             return
         try:
             channel_id = decode_channel_id(raw_channel)

@@ -47,6 +47,7 @@ every subscriber of a one-channel stream.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
@@ -77,7 +78,9 @@ def _text(message: Message) -> str:
 
 def encode_event(message: Message) -> bytes:
     """A one-channel stream's event: the same bytes for every subscriber."""
-    return ServerSentEvent(_text(message), event=message.event, id=str(message.id), sep=_SEP).encode()
+    return ServerSentEvent(
+        _text(message), event=message.event, id=str(message.id), sep=_SEP
+    ).encode()
 
 
 def encode_event_without_id(message: Message) -> bytes:
@@ -115,7 +118,9 @@ class SSETransport:
         names = {name for name, _ in cors}
         return [*(h for h in self.headers if h[0] not in names), *cors]
 
-    async def __call__(self, request: Request, raw_channels: str, receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, request: Request, raw_channels: str, receive: Receive, send: Send
+    ) -> None:
         headers = self.response_headers(request)
         resume = request.header("last-event-id")
         if resume is None:
@@ -175,7 +180,7 @@ class SSETransport:
                     for token in tokens:
                         self.presence.unsubscribed(token)
 
-    async def events(self, stream: Stream):  # type: ignore[no-untyped-def]
+    async def events(self, stream: Stream) -> AsyncIterator[bytes]:
         yield _HELLO
         multiplexed = len(stream.positions) > 1
         async for event in stream.items():

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from ..exceptions import ChannelNotFound
@@ -79,9 +79,7 @@ def parse_resume_id(text: str | None, count: int) -> list[MessageId]:
         return [ORIGIN] * count
     parts = [part.strip().removeprefix("[").removesuffix("]") for part in text.split(SEPARATOR)]
     if len(parts) != count:
-        raise ValueError(
-            f"the last event id names {len(parts)} position(s) for {count} channel(s)"
-        )
+        raise ValueError(f"the last event id names {len(parts)} position(s) for {count} channel(s)")
     return [MessageId.parse(part) for part in parts]
 
 
@@ -159,7 +157,9 @@ _RESYNC = _Resync()
 class Stream:
     """A streaming subscriber's positions, and the ordered events it is owed."""
 
-    def __init__(self, hub: Hub, subscription: Subscription, positions: dict[str, MessageId]) -> None:
+    def __init__(
+        self, hub: Hub, subscription: Subscription, positions: dict[str, MessageId]
+    ) -> None:
         self.hub = hub
         self.subscription = subscription
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
@@ -192,7 +192,7 @@ class Stream:
         ids = self.ids
         return format_compound_id(ids.values(), list(ids).index(channel_id))
 
-    async def items(self) -> AsyncIterator[StreamEvent]:
+    async def items(self) -> AsyncGenerator[StreamEvent, None]:
         subscription = self.subscription
         while True:
             if subscription.overflowed:

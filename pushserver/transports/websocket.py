@@ -65,7 +65,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import aclosing
+from contextlib import aclosing, suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -123,7 +124,9 @@ def is_textual(content_type: str) -> bool:
 def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
     """The ASGI send event of a message frame (see the module docstring)."""
     event = f"event: {message.event}\n" if message.event else ""
-    head = f"id: {message.id}\nchannel: {channel_id}\ncontent-type: {message.content_type}\n{event}\n"
+    head = (
+        f"id: {message.id}\nchannel: {channel_id}\ncontent-type: {message.content_type}\n{event}\n"
+    )
     if is_textual(message.content_type):
         try:
             return {"type": "websocket.send", "text": head + message.body.decode("utf-8")}
@@ -133,7 +136,10 @@ def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
 
 
 def control(kind: str, **fields: Any) -> dict[str, Any]:
-    return {"type": "websocket.send", "text": json.dumps({"type": kind, **fields}, separators=(",", ":"))}
+    return {
+        "type": "websocket.send",
+        "text": json.dumps({"type": kind, **fields}, separators=(",", ":")),
+    }
 
 
 _PING = control("ping")
@@ -147,9 +153,9 @@ def parse_command(text: str) -> tuple[str, str | None, MessageId]:
     try:
         command = json.loads(text)
     except ValueError:
-        raise ValueError("a command is a JSON object, e.g. {\"subscribe\": \"news\"}") from None
+        raise ValueError('a command is a JSON object, e.g. {"subscribe": "news"}') from None
     if not isinstance(command, dict):
-        raise ValueError("a command is a JSON object, e.g. {\"subscribe\": \"news\"}")
+        raise ValueError('a command is a JSON object, e.g. {"subscribe": "news"}')
     if "ping" in command:
         return "ping", None, ORIGIN
     for action in ("subscribe", "unsubscribe"):
@@ -233,10 +239,8 @@ class WebSocketTransport:
     async def refuse(self, send: Send, code: int, reason: str) -> None:
         """Close with ``code``, accepting first if the handshake is still open."""
         with anyio.move_on_after(CLOSE_TIMEOUT):
-            try:
+            with suppress(Exception):  # already accepted: hypercorn refuses a second accept
                 await send({"type": "websocket.accept", "headers": self.headers})
-            except Exception:  # already accepted: hypercorn refuses a second accept
-                pass
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
 
@@ -245,7 +249,12 @@ class _Connection:
     group; the first to finish decides how the connection ends and cancels the others."""
 
     def __init__(
-        self, transport: WebSocketTransport, request: Request, stream: Stream, receive: Receive, send: Send
+        self,
+        transport: WebSocketTransport,
+        request: Request,
+        stream: Stream,
+        receive: Receive,
+        send: Send,
     ) -> None:
         self.transport = transport
         self.location = transport.location
@@ -272,7 +281,11 @@ class _Connection:
             if self.close_code is not None:
                 with anyio.move_on_after(CLOSE_TIMEOUT):
                     await self._send(
-                        {"type": "websocket.close", "code": self.close_code, "reason": self.close_reason}
+                        {
+                            "type": "websocket.close",
+                            "code": self.close_code,
+                            "reason": self.close_reason,
+                        }
                     )
         finally:
             if presence is not None:
@@ -309,8 +322,8 @@ class _Connection:
         async with aclosing(stream.items()) as events:
             async for event in events:
                 if isinstance(event, Item):
-                    channel_id = event.channel_id
-                    await self.send(event.message.wire("ws", lambda m: encode_frame(channel_id, m)))
+                    encode = partial(encode_frame, event.channel_id)
+                    await self.send(event.message.wire("ws", encode))
                 elif isinstance(event, Gap):
                     await self.send({"type": "websocket.send", "text": event.json()})
                 elif isinstance(event, Deleted):

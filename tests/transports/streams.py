@@ -76,7 +76,10 @@ async def event_stream(client: httpx.AsyncClient, path: str, **headers: str):
     The opening comment is written after the server subscribed, so anything published once
     this yields reaches the stream.
     """
-    request_headers = {"accept": "text/event-stream", **{k.replace("_", "-"): v for k, v in headers.items()}}
+    request_headers = {
+        "accept": "text/event-stream",
+        **{k.replace("_", "-"): v for k, v in headers.items()},
+    }
     async with client.stream("GET", path, headers=request_headers, timeout=30) as response:
         assert response.status_code == 200, (response.status_code, await response.aread())
         reader = SSEReader(response)
@@ -104,13 +107,18 @@ def ws_frame(data: str | bytes) -> tuple[dict[str, str], str | bytes]:
     return fields, body
 
 
-async def publish(client: httpx.AsyncClient, channel: str, body: bytes | str, **headers: str) -> httpx.Response:
+async def publish(
+    client: httpx.AsyncClient, channel: str, body: bytes | str, **headers: str
+) -> httpx.Response:
     if isinstance(body, str):
         body = body.encode()
     response = await client.post(
         f"/publisher/{channel}",
         content=body,
-        headers={"content-type": "text/plain", **{k.replace("_", "-"): v for k, v in headers.items()}},
+        headers={
+            "content-type": "text/plain",
+            **{k.replace("_", "-"): v for k, v in headers.items()},
+        },
     )
     assert response.status_code in (201, 202), response.text
     return response

@@ -78,7 +78,9 @@ class RawEventStream:
 
     def __init__(self, sock: socket.socket, path: str) -> None:
         self.sock = sock
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.0\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
         self.buffer = b""
         self.eof = False
         while b"\r\n\r\n" not in self.buffer:
@@ -180,10 +182,13 @@ async def test_sse_stalled_reader_is_disconnected_after_send_timeout(server, cli
                 await publish_while_fast_reader_keeps_up(client, "sse-stuck", next_message)
                 # Only the fast reader remains once the stalled one was dropped.
                 while True:
-                    info = await client.get("/publisher/sse-stuck", headers={"accept": "application/json"})
+                    info = await client.get(
+                        "/publisher/sse-stuck", headers={"accept": "application/json"}
+                    )
                     if info.json()["subscribers"] == 1:
                         break
-            assert "event-stream subscriber 127.0.0.1 on sse-stuck stopped reading for 1.0s: disconnected" in server.log
+            line = "event-stream subscriber 127.0.0.1 on sse-stuck stopped reading for 1.0s"
+            assert f"{line}: disconnected" in server.log
             blocks = await anyio.to_thread.run_sync(slow.blocks, lambda block: False)
     finally:
         sock.close()
@@ -214,7 +219,11 @@ class RawWebSocket:
             if isinstance(event, (TextMessage, BytesMessage)):
                 self._parts.append(event.data)
                 if event.message_finished:
-                    joined = "".join(self._parts) if isinstance(event, TextMessage) else b"".join(self._parts)
+                    joined = (
+                        "".join(self._parts)
+                        if isinstance(event, TextMessage)
+                        else b"".join(self._parts)
+                    )
                     self.pending.append(joined)
                     self._parts = []
             elif isinstance(event, CloseConnection):
@@ -287,10 +296,15 @@ async def test_ws_stalled_reader_is_closed_with_4408(server, client):
 
                 await publish_while_fast_reader_keeps_up(client, "ws-stuck", next_message)
                 while True:
-                    info = await client.get("/publisher/ws-stuck", headers={"accept": "application/json"})
+                    info = await client.get(
+                        "/publisher/ws-stuck", headers={"accept": "application/json"}
+                    )
                     if info.json()["subscribers"] == 1:
                         break
-            assert "WebSocket subscriber 127.0.0.1 stopped reading for 1.0s: disconnected" in server.log
+            assert (
+                "WebSocket subscriber 127.0.0.1 stopped reading for 1.0s: disconnected"
+                in server.log
+            )
             frames = await anyio.to_thread.run_sync(slow.frames, lambda frame: False)
     finally:
         sock.close()

@@ -79,7 +79,9 @@ async def test_sse_multiplexed_resume_covers_every_channel(client):
         async with event_stream(client, "/subscriber/rs-a,rs-b") as stream:
             events = await stream.events(4)
         # Resume after a0 and b0 (brackets are ignored): exactly a1 and b1 remain.
-        async with event_stream(client, "/subscriber/rs-a,rs-b", last_event_id=f"{a0},[{b0}]") as stream:
+        async with event_stream(
+            client, "/subscriber/rs-a,rs-b", last_event_id=f"{a0},[{b0}]"
+        ) as stream:
             again = await stream.events(2)
             await publish(client, "rs-b", "b2")
             await publish(client, "rs-a", "a2")
@@ -104,10 +106,14 @@ async def test_sse_gap_on_one_channel_of_several(client):
         await publish(client, "gp-a", f"a{n}")
     await publish(client, "gp-b", "b0")
     with anyio.fail_after(10):
-        async with event_stream(client, "/subscriber/gp-a,gp-b", last_event_id=f"{a0},0:-1") as stream:
+        async with event_stream(
+            client, "/subscriber/gp-a,gp-b", last_event_id=f"{a0},0:-1"
+        ) as stream:
             gap = await stream.event()
             events = await stream.events(BUFFER + 1)
-    assert gap.event == "pushserver.gap" and gap.json["channel"] == "gp-a" and gap.json["after"] == a0
+    assert (
+        gap.event == "pushserver.gap" and gap.json["channel"] == "gp-a" and gap.json["after"] == a0
+    )
     assert [e.data for e in events if e.data.startswith("a")] == ["a2", "a3", "a4", "a5"]
     assert [e.data for e in events if e.data.startswith("b")] == ["b0"]
 
@@ -137,7 +143,9 @@ async def test_channel_list_limits_and_escapes(client):
     response = await client.get(f"/subscriber/{many}", headers=sse)
     assert response.status_code == 400 and "at most 255 channels" in response.text
     with anyio.fail_after(20):
-        async with event_stream(client, "/subscriber/" + ",".join(f"lim{n}" for n in range(255))) as stream:
+        async with event_stream(
+            client, "/subscriber/" + ",".join(f"lim{n}" for n in range(255))
+        ) as stream:
             await publish(client, "lim254", "last one")
             event = await stream.event()
     assert event.data == "last one" and event.id.count(",") == 254
@@ -220,7 +228,11 @@ async def test_ws_subscribe_refusals(server, client):
     with anyio.fail_after(20):
         async with connect(ws_url(server, "/strict/sr-base")) as ws:
             await ws.send(json.dumps({"subscribe": "sr-missing"}))
-            assert await recv_json(ws) == {"type": "error", "error": "no such channel", "channel": "sr-missing"}
+            assert await recv_json(ws) == {
+                "type": "error",
+                "error": "no such channel",
+                "channel": "sr-missing",
+            }
         many = ",".join(f"sl{n}" for n in range(255))
         async with connect(ws_url(server, f"/subscriber/{many}")) as ws:
             await ws.send(json.dumps({"subscribe": "one-too-many"}))

@@ -18,10 +18,25 @@ CONFIG = {
     "store": {"type": "memory", "max_messages": BUFFER},
     "locations": [
         {"type": "publisher", "prefix": "/publisher/"},
-        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True, "ping_interval": 0.2},
+        {
+            "type": "subscriber",
+            "prefix": "/subscriber/",
+            "create_on_get": True,
+            "ping_interval": 0.2,
+        },
         {"type": "subscriber", "prefix": "/strict/", "ping_interval": 0},
-        {"type": "subscriber", "prefix": "/polls/", "create_on_get": True, "transports": ["longpoll"]},
-        {"type": "subscriber", "prefix": "/streams/", "create_on_get": True, "transports": ["eventsource"]},
+        {
+            "type": "subscriber",
+            "prefix": "/polls/",
+            "create_on_get": True,
+            "transports": ["longpoll"],
+        },
+        {
+            "type": "subscriber",
+            "prefix": "/streams/",
+            "create_on_get": True,
+            "transports": ["eventsource"],
+        },
         {
             "type": "subscriber",
             "prefix": "/origins/",
@@ -46,7 +61,9 @@ async def client(server):
 
 @pytest.mark.anyio
 async def test_headers_and_opening(client):
-    async with client.stream("GET", "/subscriber/h", headers={"accept": "text/event-stream"}) as response:
+    async with client.stream(
+        "GET", "/subscriber/h", headers={"accept": "text/event-stream"}
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert response.headers["cache-control"] == "no-store"
@@ -73,7 +90,9 @@ async def test_messages_in_order_with_long_poll_ids(client):
     assert third.data == ""
     assert live.data == "live" and live.id == await last_id(client, "order")
     ids = [first.id, second.id, third.id, live.id]
-    assert [tuple(map(int, i.split(":"))) for i in ids] == sorted(tuple(map(int, i.split(":"))) for i in ids)
+    assert [tuple(map(int, i.split(":"))) for i in ids] == sorted(
+        tuple(map(int, i.split(":"))) for i in ids
+    )
     assert len(set(ids)) == 4
 
 
@@ -235,3 +254,50 @@ async def test_server_shutdown_ends_the_stream(push_server_factory):
                 while (block := await stream.block()) is not None:
                     assert block.data is None  # pings only, then the end
     assert await anyio.to_thread.run_sync(server.process.wait, 10) == 0
+
+
+@pytest.mark.browser
+def test_plain_eventsource_in_chromium(server):
+    """``new EventSource(url)`` with no library: messages, named events, ids."""
+    import os
+
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("/usr/bin/chromium is missing")
+    from playwright.sync_api import sync_playwright
+
+    with httpx.Client(base_url=server.url) as client:
+        for body, event in (("one", None), ("two\nlines", "tick"), ("three", None)):
+            headers = {"content-type": "text/plain"}
+            if event:
+                headers["x-eventsource-event"] = event
+            assert client.post("/publisher/browser", content=body, headers=headers).is_success
+        newest = client.get("/publisher/browser", headers={"accept": "application/json"})
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=[*args, "--disable-component-update"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/no-such-page")  # same origin as the stream
+            got = page.evaluate(
+                """() => new Promise((resolve, reject) => {
+                    const source = new EventSource("/subscriber/browser");
+                    const got = [];
+                    const take = (e) => {
+                        got.push([e.type, e.data, e.lastEventId]);
+                        if (got.length === 3) { source.close(); resolve(got); }
+                    };
+                    source.onmessage = take;
+                    source.addEventListener("tick", take);
+                    setTimeout(() => reject(new Error("timed out: " + JSON.stringify(got))), 10000);
+                })"""
+            )
+        finally:
+            browser.close()
+    assert [(kind, data) for kind, data, _ in got] == [
+        ("message", "one"),
+        ("tick", "two\nlines"),
+        ("message", "three"),
+    ]
+    assert got[-1][2] == newest.json()["last_message_id"]

@@ -24,8 +24,18 @@ CONFIG = {
         {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True, "ping_interval": 0},
         {"type": "subscriber", "prefix": "/strict/", "ping_interval": 0},
         {"type": "subscriber", "prefix": "/pings/", "create_on_get": True, "ping_interval": 0.2},
-        {"type": "subscriber", "prefix": "/polls/", "create_on_get": True, "transports": ["longpoll", "eventsource"]},
-        {"type": "subscriber", "prefix": "/origin/", "create_on_get": True, "allow_origin": "http://ok.example"},
+        {
+            "type": "subscriber",
+            "prefix": "/polls/",
+            "create_on_get": True,
+            "transports": ["longpoll", "eventsource"],
+        },
+        {
+            "type": "subscriber",
+            "prefix": "/origin/",
+            "create_on_get": True,
+            "allow_origin": "http://ok.example",
+        },
     ],
 }
 
@@ -68,13 +78,25 @@ async def test_text_and_binary_frames(server, client):
     assert [type(f) for f in frames] == [str, str, bytes, bytes]
     parsed = [ws_frame(f) for f in frames]
     head, body = parsed[0]
-    assert head == {"id": longpoll_id(polled), "channel": "frames", "content-type": "text/plain", "event": "greeting"}
+    assert head == {
+        "id": longpoll_id(polled),
+        "channel": "frames",
+        "content-type": "text/plain",
+        "event": "greeting",
+    }
     assert body == "hello"
     assert parsed[1] == (
-        {"id": parsed[1][0]["id"], "channel": "frames", "content-type": "application/json; charset=utf-8"},
+        {
+            "id": parsed[1][0]["id"],
+            "channel": "frames",
+            "content-type": "application/json; charset=utf-8",
+        },
         '{"a": 1}',
     )
-    assert parsed[2][1] == b"\x00\x01\xff" and parsed[2][0]["content-type"] == "application/octet-stream"
+    assert (
+        parsed[2][1] == b"\x00\x01\xff"
+        and parsed[2][0]["content-type"] == "application/octet-stream"
+    )
     assert parsed[3][1] == b"not utf-8 \xff"
     ids = [tuple(map(int, h["id"].split(":"))) for h, _ in parsed]
     assert ids == sorted(ids) and len(set(ids)) == 4
@@ -134,7 +156,11 @@ async def test_delete_closes_with_4410(server, client):
     [
         ("/strict/missing", 4404, "no such channel: missing"),
         ("/subscriber/x?last_event_id=bad", 4400, "not a message id: 'bad'"),
-        ("/subscriber/x?last_event_id=1:0,2:0", 4400, "the last event id names 2 position(s) for 1 channel(s)"),
+        (
+            "/subscriber/x?last_event_id=1:0,2:0",
+            4400,
+            "the last event id names 2 position(s) for 1 channel(s)",
+        ),
         ("/subscriber/bad%zz", 4400, "malformed percent-encoding in the channel id"),
         ("/polls/x", 4403, "WebSocket is not enabled here"),
     ],
@@ -213,3 +239,71 @@ async def test_server_shutdown_closes_with_1001(push_server_factory):
             server.process.send_signal(signal.SIGTERM)
             assert await closed_with(ws) == (1001, "the server is shutting down")
     assert await anyio.to_thread.run_sync(server.process.wait, 10) == 0
+
+
+@pytest.mark.anyio
+async def test_event_streams_and_websockets_on_trio(push_server_factory):
+    from tests.transports.streams import event_stream
+
+    server = push_server_factory({"locations": CONFIG["locations"][:2]}, "--loop", "trio")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await publish(client, "trio", "hello")
+        with anyio.fail_after(10):
+            async with event_stream(client, "/subscriber/trio") as stream:
+                assert (await stream.event()).data == "hello"
+            async with connect(ws_url(server, "/subscriber/trio")) as ws:
+                assert ws_frame(await ws.recv())[1] == "hello"
+                await ws.send(json.dumps({"subscribe": "trio-2"}))
+                assert json.loads(await ws.recv()) == {"type": "subscribed", "channel": "trio-2"}
+                await client.delete("/publisher/trio")
+                assert json.loads(await ws.recv()) == {"type": "deleted", "channel": "trio"}
+                await publish(client, "trio-2", "still open")
+                assert ws_frame(await ws.recv())[1] == "still open"
+
+
+@pytest.mark.browser
+def test_plain_websocket_in_chromium(server):
+    """``new WebSocket(url)``: a message frame, a subscribe command, a close code."""
+    import os
+
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("/usr/bin/chromium is missing")
+    from playwright.sync_api import sync_playwright
+
+    with httpx.Client(base_url=server.url) as client:
+        headers = {"content-type": "text/plain"}
+        assert client.post("/publisher/browser-ws", content="hi", headers=headers).is_success
+        assert client.put("/publisher/browser-doomed").is_success
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=[*args, "--disable-component-update"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/no-such-page")
+            got = page.evaluate(
+                """() => new Promise((resolve, reject) => {
+                    const ws = new WebSocket(`ws://${location.host}/subscriber/browser-ws`);
+                    const got = [];
+                    ws.onmessage = (e) => {
+                        got.push(e.data);
+                        if (got.length === 1) ws.send(JSON.stringify({ping: 1}));
+                        if (got.length === 2) ws.close(1000);
+                    };
+                    ws.onclose = (e) => resolve({got, code: e.code});
+                    setTimeout(() => reject(new Error("timed out")), 10000);
+                })"""
+            )
+            closed = page.evaluate(
+                """() => new Promise((resolve) => {
+                    const ws = new WebSocket(`ws://${location.host}/strict/no-such-channel`);
+                    ws.onclose = (e) => resolve([e.code, e.reason]);
+                })"""
+            )
+        finally:
+            browser.close()
+    head, body = ws_frame(got["got"][0])
+    assert body == "hi" and head["channel"] == "browser-ws"
+    assert json.loads(got["got"][1]) == {"type": "pong"}
+    assert closed == [4404, "no such channel: no-such-channel"]
