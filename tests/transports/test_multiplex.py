@@ -258,3 +258,49 @@ async def test_ws_deleting_one_channel_keeps_the_connection(server, client):
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
     assert closed.value.rcvd.code == 4410
+
+
+# -- passthrough presence -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_passthrough_presence_for_streams(push_server_factory, free_tcp_port):
+    """Each channel of an event stream or WebSocket is reported subscribed while it is
+    streamed and unsubscribed after, dynamic WebSocket channels included."""
+    address = f"127.0.0.1:{free_tcp_port}"
+    locations = [
+        {"type": "publisher", "prefix": "/publisher/"},
+        {"type": "subscriber", "prefix": "/presence/", "create_on_get": True, "ping_interval": 0},
+        {
+            "type": "subscriber",
+            "prefix": "/updates/",
+            "create_on_get": True,
+            "passthrough": f"http://{address}/passthrough",
+        },
+    ]
+    server = push_server_factory(
+        {"locations": locations},
+        "--allrequests",
+        address=address,
+        env={"PUSHSERVER_TEST_PRESENCE_CHANNEL": "log"},
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        with anyio.fail_after(20):
+            async with event_stream(client, "/presence/log") as log:
+
+                async def reports(count: int) -> set[tuple[str, str]]:
+                    return {(e.json["type"], e.json["channel_id"]) for e in await log.events(count)}
+
+                async with event_stream(client, "/updates/p-a,p-b"):
+                    assert await reports(2) == {("subscribe", "p-a"), ("subscribe", "p-b")}
+                assert await reports(2) == {("unsubscribe", "p-a"), ("unsubscribe", "p-b")}
+
+                async with connect(ws_url(server, "/updates/p-c")) as ws:
+                    assert await reports(1) == {("subscribe", "p-c")}
+                    await ws.send(json.dumps({"subscribe": "p-d"}))
+                    assert await recv_json(ws) == {"type": "subscribed", "channel": "p-d"}
+                    assert await reports(1) == {("subscribe", "p-d")}
+                    await ws.send(json.dumps({"unsubscribe": "p-d"}))
+                    assert await recv_json(ws) == {"type": "unsubscribed", "channel": "p-d"}
+                    assert await reports(1) == {("unsubscribe", "p-d")}
+                assert await reports(1) == {("unsubscribe", "p-c")}
