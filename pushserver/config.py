@@ -52,7 +52,12 @@ TOP_LEVEL_KEYS = {
     "publish_timeout": "seconds send_update waits for the push server (default 5)",
     "transport": "the transport pages use: 'longpoll'",
     "max_message_size": "largest accepted message body in bytes (default 1 MiB)",
+    "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
 }
+
+PUBLISH_VIA = ("http", "backend")
+#: Store types send_update can publish to directly (``publish_via='backend'``): shared ones.
+BACKEND_PUBLISH_STORES = ("redis",)
 
 COMMON_LOCATION_KEYS = {"type", "url", "prefix", "store", "allow_origin", "allow_credentials"}
 PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size"}
@@ -133,6 +138,8 @@ class ServerConfig:
     subscriber_host: HostConfig | None = None
     publish_timeout: float = 5.0
     transport: str = "longpoll"
+    #: ``send_update`` POSTs to the push server ('http') or writes to the store ('backend').
+    publish_via: str = "http"
 
     def first(self, kind: str) -> LocationConfig | None:
         return next((loc for loc in self.locations if loc.type == kind), None)
@@ -454,6 +461,33 @@ def _parse_location(
     )
 
 
+def _check_backend_publishing(
+    c: _Collector, stores: dict[str, StoreConfig], locations: list[LocationConfig]
+) -> None:
+    """``publish_via='backend'`` writes to the first publisher location's store from the
+    Django process: only a store shared with the push server makes that reach anyone."""
+    key = "PUSH_SERVER['publish_via']"
+    publisher = next((loc for loc in locations if loc.type == "publisher"), None)
+    if publisher is None:
+        c.error(
+            key,
+            "'backend' publishes to the first publisher location's store, and there is none",
+            "Add {'type': 'publisher', 'prefix': '/publisher/', 'store': ...} to 'locations'.",
+            51,
+        )
+        return
+    store = stores.get(publisher.store)
+    if store is not None and store.type not in BACKEND_PUBLISH_STORES:
+        c.error(
+            key,
+            f"'backend' needs a redis store, but the first publisher location "
+            f"(PUSH_SERVER['locations'][{publisher.index}]) uses {store.name!r}, "
+            f"a {store.type!r} store that only the push server process can reach",
+            "Give that location a 'type': 'redis' store, or set 'publish_via': 'http'.",
+            51,
+        )
+
+
 def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
     """Parse ``PUSH_SERVER``; return the config (best effort) and every problem found."""
     c = _Collector()
@@ -508,6 +542,16 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
     if not _check_non_negative(c, "PUSH_SERVER['max_message_size']", default_size, 8, integer=True):
         default_size = 1024 * 1024
 
+    publish_via = raw.get("publish_via", "http")
+    if publish_via not in PUBLISH_VIA:
+        c.error(
+            "PUSH_SERVER['publish_via']",
+            f"must be 'http' or 'backend', not {publish_via!r}",
+            "Use 'http' (POST to the push server) or 'backend' (publish to a redis store).",
+            50,
+        )
+        publish_via = "http"
+
     stores = _parse_stores(c, raw.get("store"))
     raw_locations = raw.get("locations", DEFAULT_LOCATIONS)
     locations: list[LocationConfig] = []
@@ -524,6 +568,8 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         location = _parse_location(c, index, raw_location, stores, default_size)
         if location is not None:
             locations.append(location)
+    if publish_via == "backend":
+        _check_backend_publishing(c, stores, locations)
 
     config = ServerConfig(
         port=port,
@@ -535,6 +581,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         subscriber_host=_parse_host(c, "subscriber_host", raw.get("subscriber_host")),
         publish_timeout=float(publish_timeout),
         transport=transport,
+        publish_via=publish_via,
     )
     return config, c.problems
 

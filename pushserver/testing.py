@@ -9,6 +9,7 @@ loopback port and stops it, so tests speak real HTTP to the real command::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,6 +77,10 @@ class PushServerProcess:
         try:
             match = self.wait_for_output(_RUNNING_RE.pattern, timeout=self.startup_timeout)
         except TimeoutError:
+            if self._drainer is not None and not self._drainer.is_alive():
+                # Its output ended: it is exiting, maybe not yet reaped; don't race that.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(10)
             exited = self.process.poll() is not None
             self.stop()
             if exited:

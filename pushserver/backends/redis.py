@@ -425,12 +425,12 @@ class RedisBackend(Backend):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _client(self) -> aioredis.Redis:
-        # No retries: re-running a publish whose reply was lost would publish it twice.
+    def _client_options(self, *, timeout: float, connect_timeout: float) -> dict[str, Any]:
+        # No retries (set by the caller): re-running a publish whose reply was lost would
+        # publish it twice.
         common: dict[str, Any] = {
-            "socket_timeout": self.command_timeout,
-            "socket_connect_timeout": self.connect_timeout,
-            "retry": Retry(NoBackoff(), 0),
+            "socket_timeout": timeout,
+            "socket_connect_timeout": connect_timeout,
             "client_name": "pushserver",
         }
         if MaintNotificationsConfig is not None:
@@ -443,13 +443,47 @@ class RedisBackend(Backend):
         if self.url:
             if self.ssl and self.url.startswith("redis://"):
                 raise ValueError("set a rediss:// url for TLS, not 'ssl' with a redis:// url")
-            return aioredis.Redis.from_url(self.url, **common, **ssl_options)
+            return {**common, **ssl_options}
         if self.ssl:
             common["ssl"] = True
             common.update(ssl_options)
-        return aioredis.Redis(host=self.host, port=self.port, db=self.database, **common)
+        return {"host": self.host, "port": self.port, "db": self.database, **common}
 
-    async def open(self) -> None:
+    def _client(self) -> aioredis.Redis:
+        options = self._client_options(
+            timeout=self.command_timeout, connect_timeout=self.connect_timeout
+        )
+        options["retry"] = Retry(NoBackoff(), 0)
+        if self.url:
+            return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.Redis(**options)
+
+    def ping(self, timeout: float = 1.0) -> str | None:
+        """Connect and PING synchronously (the startup system check, outside any event
+        loop); None when Redis answered, else why not."""
+        import redis as syncredis
+        from redis.retry import Retry as SyncRetry
+
+        try:
+            options = self._client_options(timeout=timeout, connect_timeout=timeout)
+            options["retry"] = SyncRetry(NoBackoff(), 0)
+            if self.url:
+                client = syncredis.Redis.from_url(self.url, **options)
+            else:
+                client = syncredis.Redis(**options)
+        except ValueError as exc:
+            return str(exc)
+        try:
+            client.ping()
+        except RedisError as exc:
+            return str(exc).strip() or type(exc).__name__
+        finally:
+            client.close()
+        return None
+
+    async def open(self, *, listen: bool = True) -> None:
+        """Connect. With ``listen=False`` the backend can only run commands (``send_update``
+        publishing from Django): no pub/sub reader, no subscriber counts, nothing logged."""
         import asyncio
 
         try:
@@ -472,6 +506,8 @@ class RedisBackend(Backend):
             ("subscribers", _SUBSCRIBERS),
         ):
             self._scripts[name] = self._redis.register_script(source)
+        if not listen:
+            return
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         # Wait for the first connection (or its failure): subscribers arriving right after

@@ -5,7 +5,9 @@ to the push server's first publisher location, exactly as the original django-pu
 did, plus a timeout (``PUSH_SERVER['publish_timeout']``) and a clear
 :class:`SendUpdateError`. Inside ``runpushserver`` (the ``--allrequests`` views, the
 passthrough signal receivers) it publishes straight into the server's own hub instead:
-no HTTP hop, so no deadlock.
+no HTTP hop, so no deadlock. With ``PUSH_SERVER['publish_via'] = 'backend'`` it writes to
+the first publisher location's redis store itself, from this process (see
+:func:`_publish_to_store`).
 
 Hosts come from ``PUSH_SERVER['publisher_host']`` / ``['subscriber_host']`` (a
 ``{'location': 'host:port', 'secure': bool}`` dict or the legacy ``"host:port"`` string),
@@ -20,6 +22,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,7 +37,8 @@ from django.utils.regex_helper import normalize
 
 from .. import settings as push_settings
 from .. import signals
-from ..config import HostConfig, LocationConfig, ServerConfig
+from ..backends import create_backend
+from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
@@ -69,6 +73,8 @@ class UpdateResponse:
     headers: dict[str, str] = field(default_factory=dict)
     #: True when published into this process's push server without HTTP.
     in_process: bool = False
+    #: True when written straight to the store (``publish_via='backend'``), without HTTP.
+    backend: bool = False
 
     def getcode(self) -> int:  # the urllib response's name, for old receivers
         return self.status
@@ -137,14 +143,19 @@ def _path(location: LocationConfig, channel_id: str) -> str:
     return path
 
 
-def _url(kind: str, channel_id: str) -> tuple[str, LocationConfig]:
-    config = push_settings.get_config()
+def _first(config: ServerConfig, kind: str) -> LocationConfig:
     location = config.first(kind)
     if location is None:
         raise ValueError(
             f"Missing required settings: PUSH_SERVER['locations'] has no {kind} location. "
             f"Add {{'type': {kind!r}, 'url': r'/{kind}/(.+)'}}."
         )
+    return location
+
+
+def _url(kind: str, channel_id: str) -> tuple[str, LocationConfig]:
+    config = push_settings.get_config()
+    location = _first(config, kind)
     host = config.publisher_host if kind == "publisher" else config.subscriber_host
     scheme, netloc = _host(config, host, f"{kind}_host")
     return f"{scheme}://{netloc}{_path(location, channel_id)}", location
@@ -197,21 +208,98 @@ def _on_loop_of(running: Any) -> bool:
     return token.native_token is running.token.native_token
 
 
-async def _publish_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
-) -> UpdateResponse:
-    """What the publisher location does with a POST, without the HTTP."""
+def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
     limit = location.max_message_size
     if limit and len(body) > limit:
         raise SendUpdateError(url, 413, f"the message is larger than {limit} bytes")
-    hub = running.app.hub_for(location)
+
+
+async def _publish_on(
+    target: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+) -> int:
+    """What the publisher location does with a POST, without the HTTP: publish on
+    ``target`` (a hub or a backend); the status a POST would have got."""
     try:
-        result = await hub.publish(channel_id, body, CONTENT_TYPE, create=location.create_on_post)
+        result = await target.publish(
+            channel_id, body, CONTENT_TYPE, create=location.create_on_post
+        )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
     except BackendUnavailable as exc:
         raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
-    return UpdateResponse(url, 201 if result.subscribers else 202, in_process=True)
+    return 201 if result.subscribers else 202
+
+
+async def _publish_in_process(
+    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+) -> UpdateResponse:
+    _check_size(location, url, body)
+    status = await _publish_on(running.app.hub_for(location), location, url, channel_id, body)
+    return UpdateResponse(url, status, in_process=True)
+
+
+async def _publish_to_store(
+    store: StoreConfig,
+    location: LocationConfig,
+    url: str,
+    channel_id: str,
+    body: bytes,
+    timeout: float | None,
+) -> UpdateResponse:
+    """``publish_via='backend'``: open the store for commands only (no pub/sub reader),
+    publish, close. The push servers hear the message from Redis as if it had been POSTed
+    to one of them: same script, same ids, same delivery."""
+    _check_size(location, url, body)
+    backend: Any = create_backend(store.type, store.options)
+    try:
+        with anyio.fail_after(timeout) if timeout else nullcontext():
+            await backend.open(listen=False)
+            try:
+                status = await _publish_on(backend, location, url, channel_id, body)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await backend.aclose()
+    except TimeoutError as exc:
+        raise SendUpdateError(url, None, f"no answer from the store within {timeout} s") from exc
+    return UpdateResponse(url, status, backend=True)
+
+
+def _run_on_store(
+    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, body: bytes
+) -> UpdateResponse:
+    # A short-lived event loop per call, not a background loop thread: nothing to clean up
+    # at exit, nothing to break when a Celery or gunicorn parent forks, and one connection
+    # per call costs what the HTTP path's own new connection costs.
+    return anyio.run(
+        _publish_to_store,
+        config.stores[location.store],
+        location,
+        url,
+        channel_id,
+        body,
+        config.publish_timeout or None,
+        backend="asyncio",
+    )
+
+
+def _backend_target(config: ServerConfig, channel_id: str) -> tuple[str, LocationConfig]:
+    """(url, location) for ``publish_via='backend'``: the URL a POST would have gone to,
+    for signals and errors; just its path when no host is configured (none is needed)."""
+    location = _first(config, "publisher")
+    path = _path(location, channel_id)
+    try:
+        scheme, netloc = _host(config, config.publisher_host, "publisher_host")
+    except ValueError:
+        return path, location
+    return f"{scheme}://{netloc}{path}", location
+
+
+def _on_a_loop() -> bool:
+    try:
+        anyio.lowlevel.current_token()
+    except Exception:  # no event loop in this thread
+        return False
+    return True
 
 
 def _run_in_process(
@@ -257,31 +345,49 @@ def send_update(
     unless ``ignore_errors`` or ``PUSH_SERVER_IGNORE_ERRORS`` is set. A URL that cannot be
     built raises :class:`ValueError` before any signal. Returns None.
     """
-    url, location = _url("publisher", channel_id)
+    config = push_settings.get_config()
+    via_backend = config.publish_via == "backend"
+    request: urllib.request.Request | None = None
+    if via_backend:
+        url, location = _backend_target(config, channel_id)
+    else:
+        url, location = _url("publisher", channel_id)
     body = _encode(data, already_serialized)
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": CONTENT_TYPE}, method="POST"
-    )
+    if not via_backend:
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": CONTENT_TYPE}, method="POST"
+        )
     kwargs = {
         "channel_id": channel_id,
         "data": data,
         "already_serialized": already_serialized,
         "request": request,
     }
-    running = _running_here(url)
+    if via_backend:
+        # Inside runpushserver its own hub is connected to the same store already.
+        running = getattr(sys.modules.get("pushserver.server"), "current", None)
+    else:
+        running = _running_here(url)
     if running is not None and _on_loop_of(running):
         raise RuntimeError(
             "send_update() was called on the push server's event loop, where blocking would "
             "stall it; use 'await asend_update(...)' in async code"
         )
+    if via_backend and running is None and _on_a_loop():
+        raise RuntimeError(
+            "send_update() was called on a running event loop, where blocking would stall "
+            "it; use 'await asend_update(...)' in async code"
+        )
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
     try:
-        if running is None:
-            timeout = push_settings.get_config().publish_timeout or None
-            response = _post(request, timeout)
-        else:
+        if running is not None:
             response = _run_in_process(running, location, url, str(channel_id), body)
+        elif via_backend:
+            response = _run_on_store(config, location, url, str(channel_id), body)
+        else:
+            assert request is not None
+            response = _post(request, config.publish_timeout or None)
     except Exception as exc:
         signals.post_send_update.send(sender=sender, response=exc, **kwargs)
         if ignore_errors or push_settings.ignore_errors():
