@@ -105,3 +105,76 @@ def test_channel_info_examples_are_real_output():
         assert rendered.strip() in page, f"the {fmt} example in docs/protocol.md is stale"
     plain = render_channel_info(info, "plain", now=1700000007.0).decode().replace("\r\n", "\n")
     assert plain.strip() in page
+
+
+# -- transports.md: the wire examples come from the encoders, the tables from the constants --
+
+
+def test_stream_examples_are_real_output():
+    from pushserver.message import Message, MessageId
+    from pushserver.transports import sse, websocket
+    from pushserver.transports.streaming import Gap, format_compound_id
+
+    page = read("transports.md")
+    tick = Message(MessageId(1795486714, 1), b"two\nlines", "text/plain", event="tick")
+    examples = {
+        "SSE greeting": sse._HELLO.decode(),
+        "SSE event": sse.encode_event(tick).decode(),
+        "gap": Gap("news", MessageId(1795486714, 0), MessageId(1795486732, 0)).json(),
+        "compound id": "id: " + format_compound_id(
+            [MessageId(1795486733, 1), MessageId(1795486734, 0)], 1
+        ),
+        "WebSocket text frame": websocket.encode_frame(
+            "sport2",
+            Message(
+                MessageId(1795486753, 0), b'{"type":"score","home":2}', "application/json",
+                event="goal",
+            ),
+        )["text"],
+        "WebSocket binary frame": repr(
+            websocket.encode_frame(
+                "news", Message(MessageId(1795486753, 0), b"\x89PNG\r\n", "image/png")
+            )["bytes"]
+        ),
+        "pong": websocket._PONG["text"],
+        "ping": websocket._PING["text"],
+    }
+    stale = [what for what, text in examples.items() if text.strip() not in page]
+    assert not stale, f"docs/transports.md shows other bytes than the code sends: {stale}"
+
+
+def test_websocket_close_codes_match_the_code():
+    from pushserver.transports import websocket
+
+    codes = {
+        value for name, value in vars(websocket).items()
+        if name.startswith("CLOSE_") and isinstance(value, int) and value >= 1000
+    }
+    page = read("transports.md")
+    section = page.split("### Close codes", 1)[1].split("\n#", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d{4}) \|", section, re.MULTILINE)}
+    assert codes <= documented, f"close codes missing from the table: {sorted(codes - documented)}"
+    assert documented <= codes, f"the table lists codes the server never sends: {sorted(documented - codes)}"
+
+
+def test_stream_names_and_limits_are_documented():
+    from pushserver.config import TRANSPORTS
+    from pushserver.transports import sse, streaming
+
+    page = read("transports.md")
+    for text in (
+        sse.GAP_EVENT, sse.DELETED_EVENT, f"retry: {sse.RETRY_MS}",
+        f"Up to {streaming.MAX_CHANNELS} channels", "last_event_id", "Last-Event-ID",
+    ):
+        assert text in page, f"docs/transports.md does not mention {text!r}"
+    for name in TRANSPORTS:
+        assert f"`{name}`" in read("command.md"), f"docs/command.md misses --transport {name}"
+        assert f'"{name}"' in read("settings.md"), f"docs/settings.md misses transport {name!r}"
+
+
+def test_template_tags_are_documented():
+    from pushserver.templatetags.pushserver import register
+
+    page = read("tutorial.md")
+    missing = sorted(tag for tag in register.tags if f"{{% {tag}" not in page)
+    assert not missing, f"docs/tutorial.md does not show {missing}"
