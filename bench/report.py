@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.run import ratio_table, table
+from bench.run import goals_met, ratio_table, ratios, table
 
 
 def markdown(report: dict) -> str:
@@ -48,7 +48,7 @@ def markdown(report: dict) -> str:
         "The issue's targets, as measured in this run:",
         "",
     ]
-    for goal in report.get("targets", []):
+    for goal in goals_met(report["results"], ratios(report["results"])):
         lines.append(
             f"- {'met' if goal['met'] else '**missed**'}: {goal['target']} — {goal['measured']}"
         )
