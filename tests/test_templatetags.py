@@ -92,3 +92,26 @@ def test_channel_url_reaches_a_real_server(push_server_factory):
     response = httpx.get(url, timeout=5)
     assert response.status_code == 200
     assert response.json() == {"type": "t", "id": channel_id}
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "eventsource", "websocket"])
+def test_script_tag_carries_each_transport_to_updates_js(transport):
+    with override_settings(PUSH_SERVER={"transport": transport}):
+        assert render("{% pushserver_transport %}") == transport
+        assert render("{% pushserver_script %}") == (
+            '<script src="/static/pushserver/updates.js" '
+            f'data-pushserver-transport="{transport}"></script>'
+        )
+
+
+def test_updates_js_knows_every_transport_the_setting_accepts():
+    """Each value the setting accepts is a transport ``updates.js`` implements, so the tag
+    never names one the page would have to fall back from."""
+    from pathlib import Path
+
+    from pushserver.config import AVAILABLE_TRANSPORTS
+
+    script = Path(updates.__file__).resolve().parent.parent / "static/pushserver/updates.js"
+    source = script.read_text()
+    for transport in AVAILABLE_TRANSPORTS:
+        assert f"transports.{transport} = " in source

@@ -1,16 +1,21 @@
-"""Fixtures for the browser tests: Debian's Chromium through Playwright, and push servers
-that also serve the test pages (``runpushserver --allrequests`` with ``tests.browser.settings``)."""
+"""Fixtures for the browser tests: Debian's Chromium through Playwright, push servers that
+also serve the test pages (``runpushserver --allrequests`` with ``tests.browser.settings``),
+a redis-server, and helpers to publish and to wait on the page or the server."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pushserver.testing import PushServerProcess
+from tests.backends.conftest import RedisServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -37,6 +42,58 @@ def subscriber(prefix: str = "/subscriber/", **options) -> dict:
 
 
 PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
+WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
+
+
+def publish(server, channel, data, content_type="application/json"):
+    body = data if isinstance(data, (bytes, str)) else json.dumps(data)
+    response = httpx.post(
+        f"{server.url}/publisher/{channel}", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code in (201, 202), response.text
+    return response
+
+
+def channel_info(server, channel):
+    response = httpx.get(
+        f"{server.url}/publisher/{channel}", headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_received(page, count):
+    page.wait_for_function("n => window.received.length >= n", arg=count, timeout=WAIT)
+    return page.evaluate("window.received")
+
+
+def wait_problem(page, kind):
+    page.wait_for_function(
+        "kind => window.problems.some(p => p.kind === kind)", arg=kind, timeout=WAIT
+    )
+    return page.evaluate("window.problems")
+
+
+def flush_events(page):
+    """Let Playwright's sync API deliver the page's events (it only does during its own
+    calls): a round trip to the page comes back after every event the page sent before."""
+    page.evaluate("0")
+
+
+def subscribers(server, channel):
+    info = httpx.get(f"{server.url}/publisher/{channel}", headers={"accept": "application/json"})
+    if info.status_code == 404:  # not created yet
+        return 0
+    return info.json()["subscribers"]
+
+
+def wait_subscribers(server, channel, count, timeout=10.0):
+    """Poll the channel info (a real signal from the server) until ``count`` subscribers
+    (long polls waiting, event streams or WebSockets open) are there."""
+    deadline = time.monotonic() + timeout
+    while (seen := subscribers(server, channel)) != count:
+        assert time.monotonic() < deadline, f"{seen} subscribers on {channel!r}, expected {count}"
+        time.sleep(0.02)  # the poll interval, so the loop does not hog the shared CPUs
 
 
 # Module scope, not session: sync Playwright keeps an asyncio loop running in the main
@@ -89,15 +146,18 @@ def page(new_page):
 
 @pytest.fixture
 def start_server() -> Iterator:
-    """``start_server(push_server, port=None, allrequests=True, settings=..., env=...)``: a
-    real ``runpushserver`` on 127.0.0.1; stopped after the test."""
+    """``start_server(push_server, port=None, allrequests=True, settings=..., env=...,
+    args=())``: a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments);
+    stopped after the test."""
     started: list[PushServerProcess] = []
 
-    def start(push_server, port=None, allrequests=True, settings=SETTINGS, env=None, cwd=ROOT):
+    def start(
+        push_server, port=None, allrequests=True, settings=SETTINGS, env=None, cwd=ROOT, args=()
+    ):
         server = PushServerProcess(
             settings,
             push_server=push_server,
-            args=["--allrequests"] if allrequests else [],
+            args=[*(["--allrequests"] if allrequests else []), *args],
             address=f"127.0.0.1:{port or 0}",
             env=env,
             cwd=str(cwd),
@@ -110,3 +170,12 @@ def start_server() -> Iterator:
         server.stop()
         # pytest shows this only when the test failed.
         print(f"--- runpushserver {server.address} ---\n{server.log}")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A redis-server of our own for the module (never the machine's); tests keep apart by
+    key prefix (``redis_server.store()``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

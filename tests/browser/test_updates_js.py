@@ -14,47 +14,23 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from .conftest import PUBLISHER, ROOT, SETTINGS, free_port, subscriber
+from .conftest import (
+    PUBLISHER,
+    ROOT,
+    SETTINGS,
+    WAIT,
+    flush_events,
+    free_port,
+    publish,
+    subscriber,
+    subscribers,
+    wait_received,
+    wait_subscribers,
+)
 
 pytestmark = pytest.mark.browser
 
 CONFIG = {"locations": [PUBLISHER, subscriber()]}
-WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
-
-
-def publish(server, channel, data, content_type="application/json"):
-    body = data if isinstance(data, (bytes, str)) else json.dumps(data)
-    response = httpx.post(
-        f"{server.url}/publisher/{channel}", content=body, headers={"content-type": content_type}
-    )
-    assert response.status_code in (201, 202), response.text
-    return response
-
-
-def wait_received(page, count):
-    page.wait_for_function("n => window.received.length >= n", arg=count, timeout=WAIT)
-    return page.evaluate("window.received")
-
-
-def flush_events(page):
-    """Let Playwright's sync API deliver the page's events (it only does during its own
-    calls): a round trip to the page comes back after every event the page sent before."""
-    page.evaluate("0")
-
-
-def subscribers(server, channel):
-    info = httpx.get(f"{server.url}/publisher/{channel}", headers={"accept": "application/json"})
-    if info.status_code == 404:  # not created yet
-        return 0
-    return info.json()["subscribers"]
-
-
-def wait_subscribers(server, channel, count, timeout=10.0):
-    """Poll the channel info (a real signal from the server) until ``count`` long polls wait."""
-    deadline = time.monotonic() + timeout
-    while (seen := subscribers(server, channel)) != count:
-        assert time.monotonic() < deadline, f"{seen} subscribers on {channel!r}, expected {count}"
-        time.sleep(0.02)  # the poll interval, so the loop does not hog the shared CPUs
 
 
 def test_receives_published_updates_in_order(page, start_server):
@@ -448,15 +424,27 @@ def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
     assert page.evaluate("$.updates.transport") == "longpoll"  # from data-pushserver-transport
 
 
-def test_an_unavailable_transport_falls_back_to_long_polling(page, start_server):
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "$.updates.transport = 'carrier-pigeon';",  # no such transport
+        "$.updates.transport = 'websocket'; window.WebSocket = undefined;",  # an old browser
+        "$.updates.transport = 'eventsource'; window.EventSource = undefined;",
+    ],
+)
+def test_an_unavailable_transport_falls_back_to_long_polling(page, start_server, setup):
     server = start_server(CONFIG)
     page.goto(f"{server.url}/browser/page")
-    page.evaluate("""() => {
-        $.updates.transport = 'websocket';
+    page.evaluate(
+        """setup => {
+        eval(setup);
         $.updates.registerProcessor('c', 'test', window.record('c'));
         $.updates.registerProcessor('d', 'test', window.record('d'));
         $.updates.subscribe({'c': '/subscriber/fallback', 'd': '/subscriber/fallback'});
-    }""")
+    }""",
+        setup,
+    )
+    wait_subscribers(server, "fallback", 2)  # two long polls
     publish(server, "fallback", {"type": "test"})
     received = wait_received(page, 2)
     assert sorted(item["channel"] for item in received) == ["c", "d"]

@@ -1,0 +1,260 @@
+"""``updates.js`` in each mode (long-poll, server-sent events, WebSocket) in Chromium against
+a real ``runpushserver``: one API, the mode picked by ``PUSH_SERVER['transport']`` through
+``{% pushserver_script %}`` or by the page, resuming after reconnects, and falling back to
+long polling where a streaming transport is refused.
+
+Resuming without loss is proven with a Redis store shared by two push servers: the page's
+server is stopped (its clients see the stream end, or close code 1001), messages are
+published through the other one while the page is certainly disconnected, then the page's
+server starts again on the same port and the page must get exactly the missed messages.
+(The memory backend restarts empty, so it could only show recovery, not resume.)
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from .conftest import (
+    PUBLISHER,
+    WAIT,
+    channel_info,
+    flush_events,
+    free_port,
+    publish,
+    subscriber,
+    wait_problem,
+    wait_received,
+    wait_subscribers,
+)
+
+pytestmark = pytest.mark.browser
+
+MODES = ["longpoll", "eventsource", "websocket"]
+STREAMING = ["eventsource", "websocket"]
+#: How each mode shows up in Chromium: XHRs, EventSource requests, WebSocket connections.
+KIND = {"longpoll": "xhr", "eventsource": "eventsource", "websocket": "websocket"}
+
+
+def config(transport="longpoll", **extra):
+    return {"transport": transport, "locations": [PUBLISHER, subscriber()], **extra}
+
+
+def watch_connections(page):
+    """``[(kind, url, request)]`` of every subscriber connection the page opens, in order."""
+    seen = []
+
+    def request(request):
+        if "/subscriber/" in request.url and request.resource_type in ("xhr", "eventsource"):
+            seen.append((request.resource_type, request.url, request))
+
+    page.on("request", request)
+    page.on("websocket", lambda ws: seen.append(("websocket", ws.url, None)))
+    return seen
+
+
+def last_event_id(url):
+    return parse_qs(urlsplit(url).query).get("last_event_id", [None])[0]
+
+
+def fast_retries(page):
+    page.evaluate("$.extend($.updates.options, {retryDelay: 200, maxRetryDelay: 1000})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_delivers_in_order_and_dispatches_by_type(page, start_server, mode):
+    """The page has no JavaScript of its own for the mode: ``{% pushserver_script %}``
+    carries ``PUSH_SERVER['transport']``, and Chromium shows which connections it made."""
+    server = start_server(config(mode))
+    connections = watch_connections(page)
+    page.goto(f"{server.url}/browser/page?channel=ordered-{mode}")  # subscribes 'main'
+    assert page.evaluate("$.updates.transport") == mode
+    page.evaluate("""() => {
+        $.updates.registerProcessor('main', 'test', function (data) {
+            if (data.n === 3) { throw new Error('processor failed on 3'); }
+        });
+        $.updates.registerProcessor('main', 'other', window.record('other'));
+        $.updates.registerProcessor('elsewhere', 'test', window.record('wrong channel'));
+    }""")
+    wait_subscribers(server, f"ordered-{mode}", 1)
+    channel = f"ordered-{mode}"
+    publish(server, channel, {"type": "test", "n": 0})
+    publish(server, channel, {"type": "other", "n": 1})
+    # No textual content type: a binary WebSocket frame, still JSON to the page.
+    publish(server, channel, '{"type": "test", "n": 2}', "application/octet-stream")
+    publish(server, channel, {"type": "test", "n": 3})
+    publish(server, channel, "not JSON", "text/plain")
+    publish(server, channel, [1, 2, 3])
+    publish(server, channel, {"type": "nobody", "n": 4})
+    for n in range(5, 15):
+        publish(server, channel, {"type": "test", "n": n})
+    received = wait_received(page, 14)
+
+    assert [(item["channel"], item["data"]["n"]) for item in received] == [
+        ("main", 0),
+        ("other", 1),
+        ("main", 2),
+        ("main", 3),  # recorded before the next processor threw
+        *(("main", n) for n in range(5, 15)),
+    ]
+    problems = page.evaluate("window.problems")
+    assert [(p["kind"], p["detail"]) for p in problems][:1] == [
+        ("processor", "Error: processor failed on 3")
+    ]
+    assert [p["kind"] for p in problems] == ["processor", "parse", "format"]
+    flush_events(page)
+    kinds = {kind for kind, _, _ in connections}
+    assert kinds == {KIND[mode]}
+    if mode != "longpoll":
+        assert len(connections) == 1  # one stream carried everything
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("mode", STREAMING)
+def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server, mode):
+    """Set by the page this time; a new connection resumes with ``?last_event_id=``."""
+    server = start_server(config())
+    connections = watch_connections(page)
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate(
+        """mode => {
+        $.updates.transport = mode;
+        $.updates.registerProcessor('a', 'test', window.record('a'));
+        $.updates.registerProcessor('b', 'test', window.record('b'));
+        $.updates.subscribe({'a': '/subscriber/chan-a', 'b': '/subscriber/chan-b'});
+    }""",
+        mode,
+    )
+    wait_subscribers(server, "chan-a", 1)
+    wait_subscribers(server, "chan-b", 1)
+    publish(server, "chan-a", {"type": "test", "n": 1})
+    first_id = channel_info(server, "chan-a")["last_message_id"]
+    wait_received(page, 1)
+
+    assert page.evaluate("$.updates.unsubscribe('a')") is True
+    assert page.evaluate("$.updates.isSubscribed('a')") is False
+    wait_subscribers(server, "chan-a", 0)  # its connection was closed
+    publish(server, "chan-a", {"type": "test", "n": 2})
+    publish(server, "chan-b", {"type": "test", "n": 3})
+    received = wait_received(page, 2)
+    assert [(item["channel"], item["data"]["n"]) for item in received] == [("a", 1), ("b", 3)]
+
+    page.evaluate("$.updates.subscribe({'a': '/subscriber/chan-a'})")
+    received = wait_received(page, 3)
+    assert [(item["channel"], item["data"]["n"]) for item in received][2:] == [("a", 2)]
+    wait_subscribers(server, "chan-a", 1)
+    flush_events(page)
+    to_a = [url for kind, url, _ in connections if "/subscriber/chan-a" in url]
+    assert {kind for kind, _, _ in connections} == {KIND[mode]}
+    assert [last_event_id(url) for url in to_a] == [None, first_id]
+    assert len(page.evaluate("window.received")) == 3
+    assert page.evaluate("window.problems") == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resumes_without_loss_after_the_push_server_restarts(
+    page, start_server, redis_server, mode
+):
+    settings = config(mode, store=redis_server.store())
+    port = free_port()
+    server = start_server(settings, port=port)
+    other = start_server(settings)  # same store: publishes while the page's server is down
+    channel = f"restart-{mode}"
+    page.goto(f"{server.url}/browser/page?channel={channel}")
+    fast_retries(page)
+    wait_subscribers(server, channel, 1)
+    publish(other, channel, {"type": "test", "n": 1})
+    wait_received(page, 1)
+
+    # SIGTERM: streams end (WebSocket: 1001) and waiting polls get 304; then nothing listens.
+    server.stop()
+    wait_problem(page, "request")
+    publish(other, channel, {"type": "test", "n": 2})
+    publish(other, channel, {"type": "test", "n": 3})
+    server = start_server(settings, port=port)
+    received = wait_received(page, 3)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+
+    publish(other, channel, {"type": "test", "n": 4})
+    received = wait_received(page, 4)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3, 4]
+    assert {p["kind"] for p in page.evaluate("window.problems")} == {"request"}
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("mode", STREAMING)
+def test_falls_back_to_long_polling_where_the_server_refuses_the_mode(
+    page, start_server, redis_server, mode
+):
+    """The page's server comes back as ``runpushserver --transport longpoll``: the channel
+    goes on by long polling from the last id it had, losing and repeating nothing."""
+    settings = config(mode, store=redis_server.store())
+    port = free_port()
+    server = start_server(settings, port=port)
+    other = start_server(settings)
+    channel = f"switch-{mode}"
+    connections = watch_connections(page)
+    page.goto(f"{server.url}/browser/page?channel={channel}")
+    fast_retries(page)
+    wait_subscribers(server, channel, 1)
+    publish(other, channel, {"type": "test", "n": 1})
+    first_id = channel_info(other, channel)["last_message_id"]
+    wait_received(page, 1)
+
+    server.stop()
+    publish(other, channel, {"type": "test", "n": 2})
+    server = start_server(settings, port=port, args=["--transport", "longpoll"])
+    received = wait_received(page, 2)
+    assert [item["data"]["n"] for item in received] == [1, 2]
+    publish(other, channel, {"type": "test", "n": 3})
+    received = wait_received(page, 3)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+
+    problems = page.evaluate("window.problems")
+    assert [p["kind"] for p in problems if p["kind"] != "request"] == ["transport"]
+    flush_events(page)
+    polls = [request for kind, _, request in connections if kind == "xhr"]
+    # The first long poll starts exactly after message 1: Last-Modified / Etag from its id.
+    seconds, tag = first_id.split(":")
+    headers = polls[0].headers
+    assert parsedate_to_datetime(headers["if-modified-since"]).timestamp() == int(seconds)
+    assert headers["if-none-match"] == tag
+    assert connections[0][0] == KIND[mode]
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("mode", STREAMING)
+def test_gaps_and_deletion_are_reported(page, start_server, mode):
+    server = start_server(config(store={"type": "memory", "max_messages": 2}))
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate(
+        """mode => {
+        $.updates.transport = mode;
+        $.updates.registerProcessor('main', 'test', window.record('main'));
+        $.updates.subscribe({'main': '/subscriber/gappy'});
+    }""",
+        mode,
+    )
+    wait_subscribers(server, "gappy", 1)
+    publish(server, "gappy", {"type": "test", "n": 1})
+    wait_received(page, 1)
+    page.evaluate("$.updates.unsubscribe('main')")
+    wait_subscribers(server, "gappy", 0)
+    for n in range(2, 6):  # the buffer keeps 4 and 5
+        publish(server, "gappy", {"type": "test", "n": n})
+
+    page.evaluate("$.updates.subscribe({'main': '/subscriber/gappy'})")
+    received = wait_received(page, 3)
+    assert [item["data"]["n"] for item in received] == [1, 4, 5]
+    problems = page.evaluate("window.problems")
+    assert [p["kind"] for p in problems] == ["gap"]
+    assert "continuing with" in problems[0]["detail"]
+
+    assert httpx.delete(f"{server.url}/publisher/gappy").status_code == 200
+    problems = wait_problem(page, "deleted")
+    assert [p["kind"] for p in problems] == ["gap", "deleted"]
+    page.wait_for_function("() => !$.updates.isSubscribed('main')", timeout=WAIT)
+    assert page.errors == []
