@@ -22,6 +22,7 @@ from .app import PushServer
 
 logger = logging.getLogger("pushserver")
 
+BACKLOG = 4096
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
@@ -42,14 +43,20 @@ def format_host(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def bind(address: str, port: int, *, backlog: int = 1024) -> socket.socket:
-    """A listening TCP socket on ``address:port`` (IPv6 when the address is)."""
+def bind(
+    address: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+) -> socket.socket:
+    """A listening TCP socket on ``address:port`` (IPv6 when the address is). With
+    ``reuse_port`` several such sockets can share the port (``runpushserver --workers``)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets that say they are TCP,
     # and with Nagle on every response written in two parts waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Linux spreads incoming connections over every socket bound with it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -67,6 +74,12 @@ def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) 
     config.include_server_header = False  # the app sends Server (the 'servername' setting)
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 75  # longer than a browser's idle pool; long polls renew it
+    # hypercorn calls listen() again with its own backlog (default 100), which would undo
+    # bind()'s: 10,000 subscribers connecting at once then wait on SYN retransmits.
+    config.backlog = BACKLOG
+    # A long-poll client makes one request per message on one connection; hypercorn's
+    # default (1,000) would close it mid-stream for no benefit.
+    config.keep_alive_max_requests = 2**31
     if access_log:
         config.accesslog = logging.getLogger("pushserver.access")
         config.access_log_format = ACCESS_LOG_FORMAT
