@@ -44,7 +44,7 @@ def format_host(address: str, port: int) -> str:
 
 
 def bind(
-    address: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+    address: str, port: int, *, backlog: int = BACKLOG, reuse_port: bool = False
 ) -> socket.socket:
     """A listening TCP socket on ``address:port`` (IPv6 when the address is). With
     ``reuse_port`` several such sockets can share the port (``runpushserver --workers``)."""
