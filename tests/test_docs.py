@@ -178,3 +178,23 @@ def test_template_tags_are_documented():
     page = read("tutorial.md")
     missing = sorted(tag for tag in register.tags if f"{{% {tag}" not in page)
     assert not missing, f"docs/tutorial.md does not show {missing}"
+
+
+def test_updates_js_api_is_documented():
+    """Every option, onError kind, transport and $.updates function of updates.js."""
+    script = (ROOT / "pushserver" / "static" / "pushserver" / "updates.js").read_text("utf-8")
+    page = read("tutorial.md")
+    options = re.search(r"var options = \{(.*?)\n    \};", script, re.DOTALL)
+    api = re.search(r"\$\.updates = \{(.*?)\n    \};", script, re.DOTALL)
+    kinds = re.search(r"kind is (.*?)\n\s*onError", script, re.DOTALL)
+    assert options and api and kinds, "updates.js changed shape: update this test"
+    names = set(re.findall(r"^\s{8}(\w+):", options.group(1), re.MULTILINE))
+    names |= set(re.findall(r"^\s{8}(\w+):", api.group(1), re.MULTILINE)) - {"version"}
+    names |= set(re.findall(r"transports\.(\w+) = ", script))
+    assert {"retryDelay", "onError", "subscribe", "longpoll"} <= names  # the scan worked
+    missing = sorted(n for n in names if not re.search(rf"[`'.]{n}\b", page))
+    assert not missing, f"docs/tutorial.md does not describe updates.js's {missing}"
+    kinds_missing = sorted(
+        k for k in re.findall(r"'(\w+)'", kinds.group(1)) if f"`'{k}'`" not in page
+    )
+    assert not kinds_missing, f"docs/tutorial.md does not list onError kinds {kinds_missing}"
