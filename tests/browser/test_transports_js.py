@@ -44,7 +44,8 @@ def config(transport="longpoll", **extra):
 
 
 def watch_connections(page):
-    """``[(kind, url, request)]`` of every subscriber connection the page opens, in order."""
+    """``[(kind, url, request or WebSocket)]`` of every subscriber connection the page opens,
+    in order."""
     seen = []
 
     def request(request):
@@ -52,7 +53,7 @@ def watch_connections(page):
             seen.append((request.resource_type, request.url, request))
 
     page.on("request", request)
-    page.on("websocket", lambda ws: seen.append(("websocket", ws.url, None)))
+    page.on("websocket", lambda ws: seen.append(("websocket", ws.url, ws)))
     return seen
 
 
@@ -60,15 +61,26 @@ def last_event_id(url):
     return parse_qs(urlsplit(url).query).get("last_event_id", [None])[0]
 
 
+def positions(compound):
+    """The per-channel ids of a (compound) last event id, brackets dropped."""
+    return [part.strip("[]") for part in compound.split(",")]
+
+
 def fast_retries(page):
-    page.evaluate("$.extend($.updates.options, {retryDelay: 200, maxRetryDelay: 1000})")
+    """Shorter waits between attempts, so that a restart test takes little longer than the
+    restart (EventSource still waits the server's 3 s ``retry`` on its own reconnects)."""
+    page.evaluate(
+        "$.extend($.updates.options, {retryDelay: 100, maxRetryDelay: 400, minPollInterval: 100})"
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_delivers_in_order_and_dispatches_by_type(page, start_server, mode):
     """The page has no JavaScript of its own for the mode: ``{% pushserver_script %}``
     carries ``PUSH_SERVER['transport']``, and Chromium shows which connections it made."""
-    server = start_server(config(mode))
+    # Pings every 0.2 s: WebSocket ping frames (and event-stream comments) must go unnoticed.
+    locations = [PUBLISHER, subscriber(ping_interval=0.2)]
+    server = start_server({"transport": mode, "locations": locations})
     connections = watch_connections(page)
     page.goto(f"{server.url}/browser/page?channel=ordered-{mode}")  # subscribes 'main'
     assert page.evaluate("$.updates.transport") == mode
@@ -110,12 +122,18 @@ def test_each_mode_delivers_in_order_and_dispatches_by_type(page, start_server, 
     assert kinds == {KIND[mode]}
     if mode != "longpoll":
         assert len(connections) == 1  # one stream carried everything
+    if mode == "websocket":
+        ws = connections[0][2]
+        ws.wait_for_event("framereceived", lambda frame: frame == '{"type":"ping"}', timeout=WAIT)
+        assert len(page.evaluate("window.received")) == 14
+        assert len(page.evaluate("window.problems")) == 3
     assert page.errors == []
 
 
 @pytest.mark.parametrize("mode", STREAMING)
 def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server, mode):
-    """Set by the page this time; a new connection resumes with ``?last_event_id=``."""
+    """Set by the page this time; a new connection resumes with ``?last_event_id=``, a
+    compound one for a URL naming two channels."""
     server = start_server(config())
     connections = watch_connections(page)
     page.goto(f"{server.url}/browser/page")
@@ -124,34 +142,52 @@ def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server, 
         $.updates.transport = mode;
         $.updates.registerProcessor('a', 'test', window.record('a'));
         $.updates.registerProcessor('b', 'test', window.record('b'));
-        $.updates.subscribe({'a': '/subscriber/chan-a', 'b': '/subscriber/chan-b'});
+        $.updates.subscribe({'a': '/subscriber/chan-a', 'b': '/subscriber/chan-b,chan-c'});
     }""",
         mode,
     )
-    wait_subscribers(server, "chan-a", 1)
-    wait_subscribers(server, "chan-b", 1)
+    for channel in ("chan-a", "chan-b", "chan-c"):
+        wait_subscribers(server, channel, 1)
     publish(server, "chan-a", {"type": "test", "n": 1})
-    first_id = channel_info(server, "chan-a")["last_message_id"]
-    wait_received(page, 1)
+    publish(server, "chan-c", {"type": "test", "n": 2})
+    received = wait_received(page, 2)
+    assert sorted((item["channel"], item["data"]["n"]) for item in received) == [
+        ("a", 1),
+        ("b", 2),
+    ]
+    a_id = channel_info(server, "chan-a")["last_message_id"]
+    c_id = channel_info(server, "chan-c")["last_message_id"]
 
     assert page.evaluate("$.updates.unsubscribe('a')") is True
     assert page.evaluate("$.updates.isSubscribed('a')") is False
     wait_subscribers(server, "chan-a", 0)  # its connection was closed
-    publish(server, "chan-a", {"type": "test", "n": 2})
-    publish(server, "chan-b", {"type": "test", "n": 3})
-    received = wait_received(page, 2)
-    assert [(item["channel"], item["data"]["n"]) for item in received] == [("a", 1), ("b", 3)]
-
-    page.evaluate("$.updates.subscribe({'a': '/subscriber/chan-a'})")
+    publish(server, "chan-a", {"type": "test", "n": 3})
+    publish(server, "chan-b", {"type": "test", "n": 4})
     received = wait_received(page, 3)
-    assert [(item["channel"], item["data"]["n"]) for item in received][2:] == [("a", 2)]
-    wait_subscribers(server, "chan-a", 1)
+    assert (received[2]["channel"], received[2]["data"]["n"]) == ("b", 4)
+    b_id = channel_info(server, "chan-b")["last_message_id"]
+    assert page.evaluate("$.updates.unsubscribe('b')") is True
+    wait_subscribers(server, "chan-b", 0)
+    publish(server, "chan-c", {"type": "test", "n": 5})
+
+    page.evaluate(
+        "$.updates.subscribe({'a': '/subscriber/chan-a', 'b': '/subscriber/chan-b,chan-c'})"
+    )
+    received = wait_received(page, 5)
+    assert sorted((item["channel"], item["data"]["n"]) for item in received[3:]) == [
+        ("a", 3),
+        ("b", 5),
+    ]
+    for channel in ("chan-a", "chan-b", "chan-c"):
+        wait_subscribers(server, channel, 1)
     flush_events(page)
-    to_a = [url for kind, url, _ in connections if "/subscriber/chan-a" in url]
-    assert {kind for kind, _, _ in connections} == {KIND[mode]}
-    assert [last_event_id(url) for url in to_a] == [None, first_id]
-    assert len(page.evaluate("window.received")) == 3
+    assert len(page.evaluate("window.received")) == 5  # nothing twice
     assert page.evaluate("window.problems") == []
+    assert {kind for kind, _, _ in connections} == {KIND[mode]}
+    to_a = [last_event_id(url) for _, url, _ in connections if "/chan-a" in url]
+    to_b = [last_event_id(url) for _, url, _ in connections if "/chan-b" in url]
+    assert to_a == [None, a_id]
+    assert to_b[0] is None and positions(to_b[1]) == [b_id, c_id]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -227,28 +263,35 @@ def test_falls_back_to_long_polling_where_the_server_refuses_the_mode(
 
 
 @pytest.mark.parametrize("mode", STREAMING)
-def test_gaps_and_deletion_are_reported(page, start_server, mode):
+def test_named_events_gaps_and_deletion(page, start_server, mode):
     server = start_server(config(store={"type": "memory", "max_messages": 2}))
     page.goto(f"{server.url}/browser/page")
     page.evaluate(
         """mode => {
         $.updates.transport = mode;
+        $.updates.options.eventNames = ['tick'];  // for EventSource; WebSocket needs no list
         $.updates.registerProcessor('main', 'test', window.record('main'));
         $.updates.subscribe({'main': '/subscriber/gappy'});
     }""",
         mode,
     )
     wait_subscribers(server, "gappy", 1)
+    named = httpx.post(
+        f"{server.url}/publisher/gappy",
+        json={"type": "test", "n": 0},
+        headers={"x-eventsource-event": "tick"},
+    )
+    assert named.status_code == 201
     publish(server, "gappy", {"type": "test", "n": 1})
-    wait_received(page, 1)
+    wait_received(page, 2)
     page.evaluate("$.updates.unsubscribe('main')")
     wait_subscribers(server, "gappy", 0)
     for n in range(2, 6):  # the buffer keeps 4 and 5
         publish(server, "gappy", {"type": "test", "n": n})
 
     page.evaluate("$.updates.subscribe({'main': '/subscriber/gappy'})")
-    received = wait_received(page, 3)
-    assert [item["data"]["n"] for item in received] == [1, 4, 5]
+    received = wait_received(page, 4)
+    assert [item["data"]["n"] for item in received] == [0, 1, 4, 5]
     problems = page.evaluate("window.problems")
     assert [p["kind"] for p in problems] == ["gap"]
     assert "continuing with" in problems[0]["detail"]
