@@ -301,3 +301,54 @@ def test_named_events_gaps_and_deletion(page, start_server, mode):
     assert [p["kind"] for p in problems] == ["gap", "deleted"]
     page.wait_for_function("() => !$.updates.isSubscribed('main')", timeout=WAIT)
     assert page.errors == []
+
+
+def test_a_channel_keeps_its_position_across_transports(page, start_server):
+    """Unsubscribed, then subscribed again under another ``$.updates.transport``: each
+    transport goes on exactly after the last message of the one before."""
+    server = start_server(config())
+    connections = watch_connections(page)
+    page.goto(f"{server.url}/browser/page")
+    page.evaluate("""() => {
+        $.updates.registerProcessor('main', 'test', window.record('main'));
+        $.updates.subscribe({main: '/subscriber/switching'});
+    }""")
+    ids = []
+    for n, mode in enumerate(["websocket", "eventsource", "longpoll", "websocket"], start=1):
+        publish(server, "switching", {"type": "test", "n": n})
+        ids.append(channel_info(server, "switching")["last_message_id"])
+        wait_received(page, n)
+        page.evaluate(
+            """mode => {
+            $.updates.unsubscribe('main');
+            $.updates.transport = mode;
+            $.updates.subscribe({main: '/subscriber/switching'});
+        }""",
+            mode,
+        )
+    publish(server, "switching", {"type": "test", "n": 5})
+    received = wait_received(page, 5)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3, 4, 5]
+    wait_subscribers(server, "switching", 1)
+    flush_events(page)
+    assert len(page.evaluate("window.received")) == 5
+    assert page.evaluate("window.problems") == []
+
+    def position(kind, url, request):
+        if kind != "xhr":
+            return last_event_id(url)
+        seconds = parsedate_to_datetime(request.headers["if-modified-since"]).timestamp()
+        return f"{int(seconds)}:{request.headers['if-none-match']}"
+
+    # The first connection of each transport in turn, and where it started.
+    firsts = []
+    for kind, url, request in connections:
+        if not firsts or firsts[-1][0] != kind:
+            firsts.append((kind, position(kind, url, request)))
+    assert firsts == [
+        ("xhr", "0:0"),  # the epoch and etag 0: from the start
+        ("websocket", ids[0]),
+        ("eventsource", ids[1]),
+        ("xhr", ids[2]),
+        ("websocket", ids[3]),
+    ]
