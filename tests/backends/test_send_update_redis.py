@@ -76,7 +76,7 @@ async def test_subscriber_gets_it_with_the_usual_position(
     positions = [pos for pos, _ in follower.received]
     assert positions == sorted(set(positions))  # Last-Modified / Etag as for any message
     assert info["messages"] == 3
-    assert info["last_message_id"] == "%d:%d" % positions[-1]
+    assert info["last_message_id"] == "{}:{}".format(*positions[-1])
     # Signals as for HTTP, with no HTTP request; 201 when a subscriber was waiting.
     kinds = [kind for kind, _ in recorded]
     assert kinds == ["pre", "post", "pre", "post"]
@@ -167,9 +167,13 @@ async def test_silent_redis_times_out_after_publish_timeout():
     thread.start()
     store = {"type": "redis", "port": listener.getsockname()[1]}
     try:
-        with override_settings(PUSH_SERVER=backend_settings(store, publish_timeout=0.3)):
-            with anyio.fail_after(10), pytest.raises(SendUpdateError) as info:
-                await publish("news", "x")
+        settings = backend_settings(store, publish_timeout=0.3)
+        with (
+            override_settings(PUSH_SERVER=settings),
+            anyio.fail_after(10),
+            pytest.raises(SendUpdateError) as info,
+        ):
+            await publish("news", "x")
     finally:
         stop.set()
         thread.join(5)
@@ -181,8 +185,7 @@ async def test_silent_redis_times_out_after_publish_timeout():
 
 
 async def test_sync_call_on_an_event_loop_is_refused(redis_server, recorded):
-    with override_settings(PUSH_SERVER=backend_settings(redis_server.store())):
-        with pytest.raises(RuntimeError, match="asend_update"):
-            send_update("news", "x")
+    settings = backend_settings(redis_server.store())
+    with override_settings(PUSH_SERVER=settings), pytest.raises(RuntimeError, match="asend_update"):
+        send_update("news", "x")
     assert recorded == []  # refused before any signal
-

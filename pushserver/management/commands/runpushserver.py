@@ -1,11 +1,24 @@
 """``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
-[--transport NAME]``"""
+[--transport NAME] [--workers N]``
+
+With ``--workers N`` (N > 1) this process binds the port, forks N workers that each serve
+it (on Linux each has its own socket on the port, ``SO_REUSEPORT``, so the kernel spreads
+connections evenly; elsewhere they share one), and supervises them: SIGINT/SIGTERM are
+passed on, a worker that dies is replaced. Workers share channels only through a shared
+store, so memory stores are refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import signal
+import socket
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +35,13 @@ from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
 from pushserver.settings import get_config
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
+
+logger = logging.getLogger("pushserver")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: A worker dying more often than this within RESTART_WINDOW seconds is a crash loop: stop.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 
 def _hypercorn_version() -> str:
@@ -65,6 +85,13 @@ class Command(BaseCommand):
             choices=("asyncio", "uvloop", "trio"),
             default="asyncio",
             help="Event loop to run on (default asyncio; uvloop needs the uvloop package).",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="Run N worker processes sharing the port (N > 1 needs a redis store).",
         )
         parser.add_argument(
             "--no-access-log",
@@ -125,60 +152,259 @@ class Command(BaseCommand):
             chosen.append(name)
         return tuple(dict.fromkeys(chosen))
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        if options["forcehost"] and not options["allrequests"]:
-            raise CommandError("'forcehost' can be set only with 'allrequests'.")
-        address, port = self.resolve_address(options)
-        transports = self.resolve_transports(options["transports"])
-        self.configure_logging()
+    def check_workers(self, workers: int) -> None:
+        if workers < 1:
+            raise CommandError(f"--workers must be 1 or more, not {workers}.")
+        if workers == 1:
+            return
+        if not hasattr(os, "fork"):
+            raise CommandError("--workers needs os.fork(), which this platform lacks.")
+        from pushserver.backends import MemoryBackend, backend_class
 
+        for store in get_config().stores.values():
+            try:
+                shared = not issubclass(backend_class(store.type), MemoryBackend)
+            except (ImportError, AttributeError, TypeError, ValueError):
+                continue  # the system checks report it
+            if not shared:
+                raise CommandError(
+                    f"--workers {workers} cannot run with store {store.name!r}: it is a "
+                    f"{store.type!r} store, so each worker would keep channels of its own and "
+                    "a message published to one worker would not reach subscribers of the "
+                    "others. Use a 'redis' store (shared by every worker) or --workers 1."
+                )
+
+    def bind_sockets(self, address: str, port: int, workers: int) -> list[socket.socket]:
+        """One listening socket, or with workers on Linux one per worker on the same port."""
+        from pushserver.server import bind, format_host
+
+        reuse_port = workers > 1 and sys.platform.startswith("linux")
+        sockets: list[socket.socket] = []
+        try:
+            # Bound plainly first: a port in use is an error, even by sockets that would
+            # let ours join them (an old server still running with SO_REUSEPORT).
+            sockets.append(bind(address, port))
+            if reuse_port:
+                port = sockets[0].getsockname()[1]
+                sockets.pop().close()
+                sockets.extend(bind(address, port, reuse_port=True) for _ in range(workers))
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            raise CommandError(
+                f"Error: could not listen on {format_host(address, port)}: {exc.strerror or exc}"
+            ) from exc
+        return sockets
+
+    def build_app(self, options: dict[str, Any], transports: tuple[str, ...]) -> Any:
         from pushserver.app import PushServer
         from pushserver.passthrough import presence_factory
-        from pushserver.server import bind, format_host, serve
-        from pushserver.utils import updates
 
         fallback = self.django_application() if options["allrequests"] else None
-        app = PushServer(
+        return PushServer(
             get_config(),
             fallback=fallback,
             forcehost=options["forcehost"],
             presence_factory=presence_factory(fallback),
             transports=transports,
         )
-        try:
-            sock = bind(address, port)
-        except OSError as exc:
-            raise CommandError(
-                f"Error: could not listen on {format_host(address, port)}: {exc.strerror or exc}"
-            ) from exc
-        host = format_host(address, sock.getsockname()[1])
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["forcehost"] and not options["allrequests"]:
+            raise CommandError("'forcehost' can be set only with 'allrequests'.")
+        address, port = self.resolve_address(options)
+        transports = self.resolve_transports(options["transports"])
+        workers = options["workers"]
+        self.check_workers(workers)
+        self.configure_logging()
+
+        from pushserver.server import format_host
+        from pushserver.utils import updates
+
+        app = self.build_app(options, transports) if workers == 1 else None
+        sockets = self.bind_sockets(address, port, workers)
+        host = format_host(address, sockets[0].getsockname()[1])
         updates.current_host = host
 
         loop = options["loop"]
-        backend = "trio" if loop == "trio" else "asyncio"
-        backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
+        processes = f", {workers} workers" if workers > 1 else ""
         self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
         self.stdout.write(
             f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
             f"Push server version {__version__} on hypercorn version {_hypercorn_version()} "
-            f"({loop}), "
+            f"({loop}{processes}), "
             f"transports: {', '.join(transports)}\n"
             f"Development push server is running at http://{host}/\n"
             f"Quit the server with {quit_command}."
         )
         self.stdout.flush()
         try:
+            if app is not None:
+                self.run_server(app, sockets[0], options)
+            else:
+                self.supervise(sockets, workers, options, transports)
+        finally:
+            for sock in sockets:
+                sock.close()
+            updates.current_host = None
+
+    def run_server(self, app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
+        from pushserver.server import serve
+
+        loop = options["loop"]
+        backend = "trio" if loop == "trio" else "asyncio"
+        backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
+        with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
                 lambda: serve(app, sock, access_log=options["access_log"]),
                 backend=backend,
                 backend_options=backend_options,
             )
-        except KeyboardInterrupt:
-            pass
+
+    # -- several workers ----------------------------------------------------------------------
+
+    def supervise(
+        self,
+        sockets: list[socket.socket],
+        workers: int,
+        options: dict[str, Any],
+        transports: tuple[str, ...],
+    ) -> None:
+        """Fork the workers, pass stop signals on, replace a worker that dies, and return
+        once every worker has exited."""
+        children: dict[int, int] = {}  # pid -> slot
+        restarts: list[float] = []
+        state = {"stopping": False, "failed": ""}
+
+        def signal_children(sig: int) -> None:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                    os.kill(pid, sig)
+
+        def on_signal(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if state["stopping"]:
+                logger.warning("received %s again, killing the workers", name)
+                signal_children(signal.SIGKILL)
+                return
+            state["stopping"] = True
+            logger.info("received %s, stopping %d worker(s)", name, len(children))
+            signal_children(signal.SIGTERM)
+
+        def spawn(slot: int) -> None:
+            # Stop signals wait until the child is known, so it cannot miss being told;
+            # the child unblocks them once its own handlers are in place.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                    self.worker(sockets[slot % len(sockets)], sockets, options, transports)
+                children[pid] = slot
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+        from django.db import connections
+
+        connections.close_all()  # no connection may be shared by forked children
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        try:
+            for first in range(workers):
+                spawn(first)
+            while children:
+                pid, status = os.wait()
+                slot = children.pop(pid, None)
+                if slot is None or state["stopping"]:
+                    continue
+                self.worker_died(pid, status, slot, restarts, state, spawn, signal_children)
         finally:
-            sock.close()
-            updates.current_host = None
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if state["failed"]:
+            raise CommandError(state["failed"])
+
+    def worker_died(
+        self,
+        pid: int,
+        status: int,
+        slot: int,
+        restarts: list[float],
+        state: dict[str, Any],
+        spawn: Callable[[int], None],
+        signal_children: Callable[[int], None],
+    ) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
+        if len(restarts) >= MAX_RESTARTS:
+            state["stopping"] = True
+            state["failed"] = (
+                f"worker {pid} exited unexpectedly ({how}), the {len(restarts) + 1}th worker "
+                f"to die within {RESTART_WINDOW:g} s: stopping the push server."
+            )
+            logger.error("%s", state["failed"])
+            signal_children(signal.SIGTERM)
+            return
+        restarts.append(now)
+        logger.error("worker %d exited unexpectedly (%s); starting a new one", pid, how)
+        spawn(slot)
+
+    def worker(
+        self,
+        sock: socket.socket,
+        sockets: list[socket.socket],
+        options: dict[str, Any],
+        transports: tuple[str, ...],
+    ) -> None:  # pragma: no cover - runs in forked children (covered by real-process tests)
+        """A forked worker: serve on ``sock`` until a stop signal, then exit the process."""
+        code = 1
+        try:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            for other in sockets:
+                if other is not sock:
+                    other.close()
+            app = self.build_app(options, transports)
+            logger.info("worker %d started", os.getpid())
+            loop = options["loop"]
+            anyio.run(
+                self.serve_worker,
+                app,
+                sock,
+                options["access_log"],
+                backend="trio" if loop == "trio" else "asyncio",
+                backend_options={"use_uvloop": True} if loop == "uvloop" else {},
+            )
+            code = 0
+        except KeyboardInterrupt:
+            code = 0
+        except BaseException:
+            logger.exception("worker %d failed", os.getpid())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Never return into the parent's copy of the command (its cleanup, its atexit).
+            os._exit(code)
+
+    async def serve_worker(self, app: Any, sock: socket.socket, access_log: bool) -> None:
+        from pushserver.server import serve
+
+        # The receiver stays open until serving is over: a second signal (Ctrl-C reaches
+        # the whole process group, then the supervisor passes its own on) is absorbed
+        # instead of killing a worker that is finishing its responses.
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+            async def stop() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    logger.info("worker %d: received %s, shutting down", os.getpid(), name)
+                    return
+
+            await serve(app, sock, access_log=access_log, shutdown_trigger=stop)
 
     def django_application(self) -> Any:
         from django.core.asgi import get_asgi_application
