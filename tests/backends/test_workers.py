@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+from functools import partial
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 import redis
@@ -139,3 +141,21 @@ def test_memory_store_is_refused_among_others(redis_server):
 def test_worker_count_must_be_positive():
     with override_settings(PUSH_SERVER={}), pytest.raises(CommandError, match="1 or more"):
         call_command("runpushserver", "127.0.0.1:0", workers=0)
+
+
+async def test_crash_loop_stops_the_server(push_server_factory, redis_server):
+    """Workers dying over and over (here: killed as soon as they start) stop the command
+    with an error instead of restarting forever."""
+    server = push_server_factory(
+        push_config(redis_server.store()), "--workers", "2", "--no-access-log"
+    )
+    victim, survivor = await worker_pids(server, 2)
+    pids = [victim, survivor]
+    for deaths in range(1, 7):
+        os.kill(victim, signal.SIGKILL)
+        if deaths < 6:
+            pids = await worker_pids(server, 2 + deaths)
+            victim = pids[-1]  # the replacement
+    assert await anyio.to_thread.run_sync(partial(server.process.wait, 30)) == 1
+    assert "the 6th worker to die within 60 s: stopping the push server" in server.log
+    assert all(gone(pid) for pid in [survivor, *pids])
