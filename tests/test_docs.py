@@ -36,6 +36,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (site / "index.html").is_file()
     assert (site / "settings" / "index.html").is_file()
+    # A fence Markdown did not take as one (inside a definition, say) shows up as text.
+    broken = sorted(
+        str(page.relative_to(site)) for page in site.rglob("*.html")
+        if "```" in page.read_text(encoding="utf-8")
+    )
+    assert not broken, f"code fences rendered as text in {broken}"
 
 
 def _check_ids() -> set[str]:
