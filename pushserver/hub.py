@@ -57,45 +57,57 @@ Event = Delivery | Deletion | Closing
 class Subscription:
     """A subscriber's bounded queue of events from one or more channels."""
 
-    __slots__ = ("_hub", "_pending", "_wakeup", "channels", "closed", "maxlen", "overflowed")
+    __slots__ = ("_hub", "_wakeup", "channels", "closed", "maxlen", "overflowed", "queue")
 
     def __init__(self, hub: Hub, channels: Iterable[str], maxlen: int) -> None:
         self._hub = hub
         self.channels: list[str] = list(dict.fromkeys(channels))
         self.maxlen = maxlen
-        self._pending: deque[Event] = deque()
+        #: Queued events, oldest first. Streams drain it in place (``Stream.batch``).
+        self.queue: deque[Event] = deque()
         self._wakeup: anyio.Event | None = None
         self.overflowed = False
         self.closed = False
 
     def offer(self, item: Event) -> bool:
         """Queue ``item``; return False (and mark overflowed) when the queue is full."""
-        accepted = len(self._pending) < self.maxlen or not isinstance(item, Delivery)
-        if accepted:
-            self._pending.append(item)
+        # Called once per subscriber per message: the common case is one length check.
+        queue = self.queue
+        if len(queue) < self.maxlen or type(item) is not Delivery:
+            queue.append(item)
+            accepted = True
         else:
+            accepted = False
             self.overflowed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None  # one wake per wait: later offers find it cleared
+            wakeup.set()
         return accepted
 
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self.queue)
 
     def get_nowait(self) -> Event | None:
-        return self._pending.popleft() if self._pending else None
+        return self.queue.popleft() if self.queue else None
+
+    async def wait(self) -> None:
+        """Return once something is queued or the subscription overflowed."""
+        while not self.queue and not self.overflowed:
+            # An anyio Event cannot be reset: one per wait, dropped once set.
+            wakeup = self._wakeup = anyio.Event()
+            try:
+                await wakeup.wait()
+            finally:
+                self._wakeup = None
 
     async def get(self) -> Event | None:
         """The next event; None when woken by an overflow with nothing queued."""
-        while not self._pending:
+        while not self.queue:
             if self.overflowed:
                 return None
-            self._wakeup = anyio.Event()
-            try:
-                await self._wakeup.wait()
-            finally:
-                self._wakeup = None
-        return self._pending.popleft()
+            await self.wait()
+        return self.queue.popleft()
 
     async def next_message_after(
         self, after: MessageId, *, timeout: float | None = None

@@ -38,28 +38,46 @@ Errors before the stream starts are short plain-text responses: 400 (bad channel
 last event id), 404 (no such channel, unless ``create_on_get``), 503 (store unavailable).
 
 Why sse-starlette's ``EventSourceResponse``: it brings the SSE headers (``Cache-Control:
-no-store``, ``X-Accel-Buffering: no``), the comment pings under one send lock, the send
-timeout and the disconnect listener. Its per-event path is one ``isinstance`` and one send:
-events are handed over as bytes, encoded once per message (``Message.wire``) and shared by
-every subscriber of a one-channel stream.
+no-store``, ``X-Accel-Buffering: no``), the event encoding, the comment pings under one send
+lock and the disconnect listener. :class:`EventStreamResponse` keeps all of those and
+replaces two parts that cost per event or per connection under fan-out:
+
+* the body loop (``_stream_response``): sse-starlette sends each event alone, each under its
+  own timeout scope. Ours writes everything the subscriber is owed at that moment as one
+  body chunk (events encoded once per message, ``Message.wire``, shared by every subscriber
+  of a one-channel stream), with the send timeout around the whole write;
+* the task layout (``__call__``): the body loop runs in the request's own task, next to the
+  disconnect listener and the ping task (none when pings are off). sse-starlette's
+  exit-signal task is left out: it watches uvicorn's signal handler, and under our hypercorn
+  the server ends streams itself (``Hub.shutdown``). HEAD goes to sse-starlette unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
 
+import anyio
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
-from ..http import Headers, Receive, Request, Send, respond_error
-from ..hub import Closing, Hub
+from ..http import Headers, Receive, Request, Scope, Send, respond_error
+from ..hub import Closing, Delivery, Hub
 from ..message import Message, MessageId
 from ..protocol import cors_headers
 from .longpoll import Presence
-from .streaming import Deleted, Gap, Item, Stream, parse_resume_id, query_parameter, split_channels
+from .streaming import (
+    Deleted,
+    Gap,
+    SendGuard,
+    Stream,
+    format_compound_id,
+    parse_resume_id,
+    query_parameter,
+    split_channels,
+)
 
 logger = logging.getLogger("pushserver.transports")
 
@@ -88,9 +106,108 @@ def encode_event_without_id(message: Message) -> bytes:
     return ServerSentEvent(_text(message), event=message.event, sep=_SEP).encode()
 
 
-def encode_multiplexed(stream: Stream, item: Item) -> bytes:
-    head = f"id: {stream.compound_id(item.channel_id)}{_SEP}".encode()
-    return head + item.message.wire("sse-noid", encode_event_without_id)
+def encode_multiplexed(ids: dict[str, MessageId], item: Delivery) -> bytes:
+    """The event with its compound id; ``ids`` are the positions once it is delivered."""
+    head = f"id: {format_compound_id(ids.values(), list(ids).index(item.channel_id))}{_SEP}"
+    return head.encode() + item.message.wire("sse-noid", encode_event_without_id)
+
+
+class EventStreamResponse(EventSourceResponse):
+    """sse-starlette's response writing a :class:`Stream` in batches (module docstring)."""
+
+    def __init__(self, stream: Stream, *, ping: float, send_timeout: float | None) -> None:
+        super().__init__(
+            (),  # unused: _stream_response below reads the stream itself
+            ping=ping,
+            ping_message_factory=lambda: _PING,
+            sep=_SEP,
+            send_timeout=send_timeout,
+        )
+        self.stream = stream
+        self.guard = SendGuard(send_timeout)
+        self._ping_body = {
+            "type": "http.response.body",
+            "body": _PING.encode(),
+            "more_body": True,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await self._run(receive, send)
+        except BaseExceptionGroup as group:
+            # anyio wraps a task's failure in a group; callers catch the bare exception
+            # (SendTimeoutError, BackendUnavailable), as sse-starlette lets them.
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            raise exc from None
+
+    async def _run(self, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        async with anyio.create_task_group() as tg:
+
+            async def listen() -> None:
+                await self._listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+
+            async def ping() -> None:
+                # sse-starlette's ping, under its send lock, with its own timeout.
+                async with self._send_lock:
+                    if self.active:
+                        await self._send_with_timeout(send, self._ping_body)
+
+            tg.start_soon(listen)
+            if guard.needed(self.ping_interval):
+                tg.start_soon(guard.run, tg.cancel_scope, ping, self.ping_interval)
+            await self._stream_response(send)
+            tg.cancel_scope.cancel()
+        if guard.timed_out:
+            raise SendTimeoutError
+
+    async def _stream_response(self, send: Send) -> None:
+        stream = self.stream
+        guard = self.guard
+        clock = time.monotonic
+        multiplexed = len(stream.positions) > 1
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        chunks: list[bytes] = [_HELLO]
+        done = False
+        while True:
+            if chunks:
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                guard.started = clock()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                guard.started = 0.0
+            if done:
+                break
+            # A batch has already moved the stream's positions past all of its events:
+            # compound ids are replayed from a copy taken before it.
+            ids = dict(stream.ids) if multiplexed else stream.ids
+            for event in await stream.batch():
+                if type(event) is Delivery:
+                    if multiplexed:
+                        ids[event.channel_id] = event.message.id
+                        chunks.append(encode_multiplexed(ids, event))
+                    else:
+                        chunks.append(event.message.wire("sse", encode_event))
+                elif isinstance(event, Gap):
+                    chunks.append(ServerSentEvent(event.json(), event=GAP_EVENT, sep=_SEP).encode())
+                elif isinstance(event, Deleted):
+                    chunks.append(
+                        ServerSentEvent(event.json(), event=DELETED_EVENT, sep=_SEP).encode()
+                    )
+                    done = not stream.positions
+                elif isinstance(event, Closing):
+                    done = True
+        async with self._send_lock:
+            self.active = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class SSETransport:
@@ -155,11 +272,9 @@ class SSETransport:
         location = self.location
         async with self.hub.subscription(list(positions)) as subscription:
             stream = Stream(self.hub, subscription, positions)
-            response = EventSourceResponse(
-                self.events(stream),
+            response = EventStreamResponse(
+                stream,
                 ping=location.ping_interval,
-                ping_message_factory=lambda: _PING,
-                sep=_SEP,
                 send_timeout=location.send_timeout or None,
             )
             response.raw_headers.extend(headers)
@@ -179,21 +294,3 @@ class SSETransport:
                 if self.presence is not None:
                     for token in tokens:
                         self.presence.unsubscribed(token)
-
-    async def events(self, stream: Stream) -> AsyncIterator[bytes]:
-        yield _HELLO
-        multiplexed = len(stream.positions) > 1
-        async for event in stream.items():
-            if isinstance(event, Item):
-                if multiplexed:
-                    yield encode_multiplexed(stream, event)
-                else:
-                    yield event.message.wire("sse", encode_event)
-            elif isinstance(event, Gap):
-                yield ServerSentEvent(event.json(), event=GAP_EVENT, sep=_SEP).encode()
-            elif isinstance(event, Deleted):
-                yield ServerSentEvent(event.json(), event=DELETED_EVENT, sep=_SEP).encode()
-                if not stream.positions:
-                    return
-            elif isinstance(event, Closing):
-                return

@@ -2,7 +2,7 @@
 
 A streaming subscriber holds one :class:`~pushserver.hub.Subscription` on one or more
 channels and remembers, per channel, the id of the last message it delivered. Everything it
-sends comes from :meth:`Stream.items`, which yields, in order, the messages newer than
+sends comes from :meth:`Stream.batch`, which returns, in order, the messages newer than
 those positions, with three guarantees:
 
 * **Nothing lost, nothing repeated.** The subscription is opened first, then each channel
@@ -32,8 +32,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+
+import anyio
+from anyio import CancelScope
 
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
@@ -100,15 +105,60 @@ def query_parameter(query_string: bytes, name: str) -> str | None:
     return None
 
 
+# -- bounded writes --------------------------------------------------------------------------
+
+
+class SendGuard:
+    """Bounds every write of one connection by ``timeout`` seconds, and sends its keepalive.
+
+    A cancel scope per write costs about as much as the write itself under fan-out, so the
+    writer only stamps each write (``started = time.monotonic()`` before, ``0.0`` after)
+    and :meth:`run`, one task per connection, sleeps until the deadline of the write under
+    way (or the next keepalive) and cancels the connection's scope if that write is still
+    blocked then. Idle, it wakes once per ``timeout`` (or ping interval).
+    """
+
+    __slots__ = ("started", "timed_out", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout or math.inf
+        #: ``time.monotonic()`` when the write under way began; 0.0 when none is.
+        self.started = 0.0
+        self.timed_out = False
+
+    def needed(self, interval: float) -> bool:
+        return interval > 0 or self.timeout != math.inf
+
+    async def run(
+        self, scope: CancelScope, ping: Callable[[], Awaitable[None]] | None, interval: float
+    ) -> None:
+        """Until a write times out (then cancel ``scope``); ``ping()`` every ``interval``.
+
+        ``ping`` must bound its own write: this task cannot watch itself.
+        """
+        timeout = self.timeout
+        clock = time.monotonic
+        next_ping = clock() + interval if ping is not None and interval > 0 else math.inf
+        while True:
+            now = clock()
+            started = self.started
+            if started and now - started >= timeout:
+                self.timed_out = True
+                scope.cancel()
+                return
+            if now >= next_ping:
+                await ping()  # type: ignore[misc]
+                next_ping = clock() + interval
+                continue
+            deadline = started + timeout if started else now + timeout
+            await anyio.sleep(max(0.0, min(deadline, next_ping) - now))
+
+
 # -- what a stream yields -------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """A message to deliver on ``channel_id``."""
-
-    channel_id: str
-    message: Message
+#: A message to deliver on ``channel_id``: the hub's own :class:`Delivery`, passed through
+#: as it is (no copy per subscriber on the hot path).
+Item = Delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +203,24 @@ class _Resync:
 
 _RESYNC = _Resync()
 
+#: Most events one catch-up step hands over: a subscriber far behind still gets its
+#: backlog in bounded writes, each under the send timeout.
+CATCH_UP_BATCH = 64
+
 
 class Stream:
     """A streaming subscriber's positions, and the ordered events it is owed."""
+
+    __slots__ = (
+        "_gap_told",
+        "_heads",
+        "_resync",
+        "_resync_queued",
+        "hub",
+        "ids",
+        "positions",
+        "subscription",
+    )
 
     def __init__(
         self, hub: Hub, subscription: Subscription, positions: dict[str, MessageId]
@@ -165,10 +230,17 @@ class Stream:
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
         self.positions = positions
         #: Every channel ever streamed, deleted ones too: compound ids keep their shape.
-        self.ids = dict(positions)
-        self._gap_told: dict[str, MessageId] = {}
+        #: The same dict as ``positions`` until a channel leaves (one channel: never).
+        self.ids = positions
+        self._gap_told: dict[str, MessageId] | None = None
+        #: channel -> next buffered message, while catching up from the buffer.
+        self._heads: dict[str, Message] = {}
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
+
+    def _detach_ids(self) -> None:
+        if self.ids is self.positions:
+            self.ids = dict(self.positions)
 
     def resync(self) -> None:
         """Read the buffer again (a channel was added with its own position)."""
@@ -179,63 +251,89 @@ class Stream:
 
     async def add(self, channel_id: str, position: MessageId) -> None:
         """Stream one more channel from ``position`` (WebSocket ``subscribe``)."""
+        self._detach_ids()
         self.positions[channel_id] = self.ids[channel_id] = position
         await self.hub.add_channel(self.subscription, channel_id)
         self.resync()
 
     async def remove(self, channel_id: str) -> None:
         """Stop streaming a channel; what is queued for it is dropped."""
-        if self.positions.pop(channel_id, None) is not None:
+        if channel_id in self.positions:
+            self._detach_ids()
+            del self.positions[channel_id]
+            self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
 
     def compound_id(self, channel_id: str) -> str:
         ids = self.ids
         return format_compound_id(ids.values(), list(ids).index(channel_id))
 
-    async def items(self) -> AsyncGenerator[StreamEvent, None]:
+    async def batch(self) -> list[StreamEvent]:
+        """The events owed now, in order, waiting until there is at least one.
+
+        A :class:`Closing` ends the list and the stream. Live deliveries are drained from
+        the subscription's queue in one pass (a transport writes them as one batch);
+        catching up from the buffer hands over at most :data:`CATCH_UP_BATCH` at a time.
+        """
         subscription = self.subscription
         while True:
-            if subscription.overflowed:
+            if self._heads:
+                # Before anything queued: live messages wait until the buffer is merged,
+                # and are then skipped by id where the buffer already supplied them.
+                out = await self._merge()
+            elif subscription.overflowed:
                 subscription.overflowed = False
                 logger.info(
                     "subscriber on %s fell %d messages behind: catching up from the buffer",
                     ",".join(self.positions) or "-",
                     subscription.maxlen,
                 )
-                # Checked before every get(), so what is queued now all came before the first
-                # drop, in order: it goes out first, then the buffer supplies the rest.
-                backlog = [subscription.get_nowait() for _ in range(subscription.pending())]
-                for event in backlog:
-                    item = await self._accept(event)
-                    if item is not None:
-                        yield item
-                        if isinstance(item, Closing):
-                            return
+                # What is queued now all came before the first drop, in order: it goes out
+                # first, then the buffer supplies the rest.
                 self._resync = True
-            if self._resync:
-                # Cleared before reading, so a channel added during the read is read next pass.
+                out = await self._drain()
+            elif self._resync:
+                # Cleared before reading, so a channel added during the read is read next.
                 self._resync = False
-                async for item in self._catch_up():
-                    yield item
+                out = await self._start_catch_up()
+            elif subscription.queue:
+                out = await self._drain()
+            else:
+                await subscription.wait()
                 continue
-            event = await subscription.get()
-            if event is None:
-                continue  # overflowed with nothing queued: read the buffer
+            if out:
+                return out
+
+    async def _drain(self) -> list[StreamEvent]:
+        """Everything queued, as stream events; the one-channel message path is inline."""
+        queue = self.subscription.queue
+        positions = self.positions
+        ids = self.ids
+        same = ids is positions
+        out: list[StreamEvent] = []
+        while queue:
+            event = queue.popleft()
+            if type(event) is Delivery:
+                channel_id = event.channel_id
+                position = positions.get(channel_id)
+                message_id = event.message.id
+                # Older ids were already sent from the buffer; unknown channels were dropped.
+                if position is not None and message_id > position:
+                    positions[channel_id] = message_id
+                    if not same:
+                        ids[channel_id] = message_id
+                    out.append(event)
+                continue
             item = await self._accept(event)
             if item is not None:
-                yield item
-                if isinstance(item, Closing):
-                    return
+                out.append(item)
+                if type(item) is Closing:
+                    break
+        return out
 
     async def _accept(self, event: object) -> StreamEvent | None:
-        """What a queued hub event means for this stream (None: nothing to send)."""
-        if isinstance(event, Delivery):
-            position = self.positions.get(event.channel_id)
-            # Older ids were already sent from the buffer; unknown channels were dropped.
-            if position is not None and event.message.id > position:
-                self.positions[event.channel_id] = self.ids[event.channel_id] = event.message.id
-                return Item(event.channel_id, event.message)
-        elif isinstance(event, Deletion):
+        """What a queued hub event other than a delivery means (None: nothing to send)."""
+        if isinstance(event, Deletion):
             if event.channel_id in self.positions:
                 return await self._deleted(event.channel_id)
         elif isinstance(event, Closing):
@@ -245,45 +343,62 @@ class Stream:
         return None
 
     async def _deleted(self, channel_id: str) -> Deleted:
+        self._detach_ids()
         del self.positions[channel_id]
+        self._heads.pop(channel_id, None)
         await self.hub.remove_channel(self.subscription, channel_id)
         return Deleted(channel_id)
 
     async def _read(self, channel_id: str, after: MessageId) -> tuple[Message | None, Gap | None]:
         read = await self.hub.read_after(channel_id, after)
         gap = None
-        if read.gap and self._gap_told.get(channel_id) != after:
-            # Told once per position: an empty buffer would report the same gap again.
-            self._gap_told[channel_id] = after
-            gap = Gap(channel_id, after, read.message.id if read.message else None)
+        if read.gap:
+            told = self._gap_told
+            if told is None:
+                told = self._gap_told = {}
+            if told.get(channel_id) != after:
+                # Told once per position: an empty buffer would report the same gap again.
+                told[channel_id] = after
+                gap = Gap(channel_id, after, read.message.id if read.message else None)
         return read.message, gap
 
-    async def _catch_up(self) -> AsyncIterator[StreamEvent]:
-        """Every retained message after the positions, oldest id first across channels."""
-        positions = self.positions
-        heads: dict[str, Message] = {}
-        for channel_id, position in list(positions.items()):
+    async def _start_catch_up(self) -> list[StreamEvent]:
+        """Read each channel's first retained message after its position (gaps first)."""
+        out: list[StreamEvent] = []
+        heads = self._heads
+        for channel_id, position in list(self.positions.items()):
             try:
                 message, gap = await self._read(channel_id, position)
             except ChannelNotFound:
-                yield await self._deleted(channel_id)
+                out.append(await self._deleted(channel_id))
                 continue
             if gap is not None:
-                yield gap
+                out.append(gap)
             if message is not None:
                 heads[channel_id] = message
-        while heads:
+        return out
+
+    async def _merge(self) -> list[StreamEvent]:
+        """The next retained messages after the positions, oldest id first across channels."""
+        positions = self.positions
+        heads = self._heads
+        out: list[StreamEvent] = []
+        while heads and len(out) < CATCH_UP_BATCH:
             channel_id = min(heads, key=lambda c: heads[c].id)
             message = heads.pop(channel_id)
-            if channel_id not in positions or message.id <= positions[channel_id]:
+            position = positions.get(channel_id)
+            if position is None or message.id <= position:
                 continue  # unsubscribed meanwhile
-            positions[channel_id] = self.ids[channel_id] = message.id
-            yield Item(channel_id, message)
+            positions[channel_id] = message.id
+            if self.ids is not positions:
+                self.ids[channel_id] = message.id
+            out.append(Item(channel_id, message))
             try:
                 following, gap = await self._read(channel_id, message.id)
             except ChannelNotFound:
                 continue  # its Deletion is queued and ends the channel
             if gap is not None:
-                yield gap
-            if following is not None:
+                out.append(gap)
+            if following is not None and channel_id in positions:
                 heads[channel_id] = following
+        return out

@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from contextlib import aclosing, suppress
+import time
+from contextlib import suppress
 from functools import partial
 from typing import Any
 
@@ -75,14 +75,14 @@ from anyio.abc import TaskGroup
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send
-from ..hub import Closing, Hub
+from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
 from .longpoll import Presence
 from .streaming import (
     MAX_CHANNELS,
     Deleted,
     Gap,
-    Item,
+    SendGuard,
     Stream,
     check_channel_id,
     parse_resume_id,
@@ -245,8 +245,23 @@ class WebSocketTransport:
 
 
 class _Connection:
-    """One open connection: a sender, a command listener and a keepalive, in one task
-    group; the first to finish decides how the connection ends and cancels the others."""
+    """One open connection: the sender (in the request's task), a command listener and a
+    guard (send timeout and keepalive, :class:`SendGuard`) in one task group; the first to
+    finish decides how the connection ends and cancels the others."""
+
+    __slots__ = (
+        "_lock",
+        "_send",
+        "close_code",
+        "close_reason",
+        "guard",
+        "location",
+        "receive",
+        "request",
+        "stream",
+        "tokens",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -262,7 +277,9 @@ class _Connection:
         self.stream = stream
         self.receive = receive
         self._send = send
-        self._lock = anyio.Lock()  # one frame at a time, whichever task writes it
+        # One frame at a time, whichever task writes it; uncontended, no checkpoint.
+        self._lock = anyio.Lock(fast_acquire=True)
+        self.guard = SendGuard(self.location.send_timeout)
         self.close_code: int | None = None
         self.close_reason = ""
         self.tokens: dict[str, object] = {}
@@ -272,12 +289,16 @@ class _Connection:
         if presence is not None:
             for channel_id in self.stream.positions:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
+        interval = self.location.ping_interval
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.guard, tg, self.deliver)
-                tg.start_soon(self.guard, tg, self.listen)
-                if self.location.ping_interval:
-                    tg.start_soon(self.guard, tg, self.keepalive)
+                tg.start_soon(self.guarded, tg, self.listen)
+                if self.guard.needed(interval):
+                    keepalive = partial(self.guard.run, tg.cancel_scope, self.ping, interval)
+                    tg.start_soon(self.guarded, tg, keepalive)
+                await self.guarded(tg, self.deliver)
+            if self.guard.timed_out:
+                self.too_slow()
             if self.close_code is not None:
                 with anyio.move_on_after(CLOSE_TIMEOUT):
                     await self._send(
@@ -292,54 +313,69 @@ class _Connection:
                 for token in self.tokens.values():
                     presence.unsubscribed(token)
 
-    async def guard(self, tg: TaskGroup, task: Any) -> None:
+    async def guarded(self, tg: TaskGroup, task: Any) -> None:
         try:
             await task()
         except _TooSlow:
-            self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
-            logger.info(
-                "WebSocket subscriber %s stopped reading for %ss: disconnected",
-                self.request.client_host,
-                self.location.send_timeout,
-            )
+            self.too_slow()
         except BackendUnavailable:
             self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
         tg.cancel_scope.cancel()
+
+    def too_slow(self) -> None:
+        self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
+        logger.info(
+            "WebSocket subscriber %s stopped reading for %ss: disconnected",
+            self.request.client_host,
+            self.location.send_timeout,
+        )
 
     def finish(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
 
     async def send(self, event: dict[str, Any]) -> None:
+        guard = self.guard
         async with self._lock:
-            with anyio.move_on_after(self.location.send_timeout or math.inf) as scope:
-                await self._send(event)
+            guard.started = time.monotonic()
+            await self._send(event)
+            guard.started = 0.0
+
+    async def ping(self) -> None:
+        """The keepalive frame: sent by the guard task, so under its own timeout."""
+        async with self._lock:
+            with anyio.move_on_after(self.guard.timeout) as scope:
+                await self._send(_PING)
         if scope.cancelled_caught:
             raise _TooSlow
 
     async def deliver(self) -> None:
         stream = self.stream
-        async with aclosing(stream.items()) as events:
-            async for event in events:
-                if isinstance(event, Item):
-                    encode = partial(encode_frame, event.channel_id)
-                    await self.send(event.message.wire("ws", encode))
-                elif isinstance(event, Gap):
-                    await self.send({"type": "websocket.send", "text": event.json()})
-                elif isinstance(event, Deleted):
-                    await self.send({"type": "websocket.send", "text": event.json()})
-                    self.forget(event.channel_id)
-                    if not stream.positions:
-                        self.finish(CLOSE_DELETED, "the channel was deleted")
-                        return
-                elif isinstance(event, Closing):
-                    self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
-                    return
-
-    async def keepalive(self) -> None:
+        send = self._send
+        guard = self.guard
+        clock = time.monotonic
         while True:
-            await anyio.sleep(self.location.ping_interval)
-            await self.send(_PING)
+            events = await stream.batch()
+            # A frame is one ASGI send; the lock is taken once for everything owed now.
+            async with self._lock:
+                for event in events:
+                    if type(event) is Delivery:
+                        frame = event.message.wire("ws", partial(encode_frame, event.channel_id))
+                    elif isinstance(event, Gap | Deleted):
+                        frame = {"type": "websocket.send", "text": event.json()}
+                    elif isinstance(event, Closing):
+                        self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
+                        return
+                    else:
+                        continue
+                    guard.started = clock()
+                    await send(frame)
+                    guard.started = 0.0
+                    if type(event) is Deleted:
+                        self.forget(event.channel_id)
+                        if not stream.positions:
+                            self.finish(CLOSE_DELETED, "the channel was deleted")
+                            return
 
     async def listen(self) -> None:
         while True:
