@@ -204,3 +204,15 @@ def test_updates_js_api_is_documented():
         k for k in re.findall(r"'(\w+)'", kinds.group(1)) if f"`'{k}'`" not in page
     )
     assert not kinds_missing, f"docs/tutorial.md does not list onError kinds {kinds_missing}"
+
+
+def test_no_fenced_code_inside_lists():
+    """Python-Markdown's fenced_code only sees fences at the start of a line: an indented one
+    (in a list or a definition) renders as inline code. Indent the code block instead."""
+    indented = [
+        f"{page.name}:{number}"
+        for page in sorted(DOCS.glob("*.md"))
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r" +```", line)
+    ]
+    assert not indented, f"fenced code indented (renders as text) at {indented}"
