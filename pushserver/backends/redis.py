@@ -325,6 +325,9 @@ class RedisBackend(Backend):
     #: Seconds a command may take before the store counts as unavailable.
     command_timeout = 5.0
     connect_timeout = 2.0
+    #: Connections a process opens for commands; more concurrent commands wait (up to
+    #: ``command_timeout``) for one to be free.
+    max_connections = 64
     #: Reconnect backoff of the pub/sub reader: first delay, doubling up to the cap.
     reconnect_min = 0.05
     reconnect_max = 2.0
@@ -455,8 +458,22 @@ class RedisBackend(Backend):
         )
         options["retry"] = Retry(NoBackoff(), 0)
         if self.url:
-            return aioredis.Redis.from_url(self.url, **options)
-        return aioredis.Redis(**options)
+            client = aioredis.Redis.from_url(self.url, **options)
+        else:
+            client = aioredis.Redis(**options)
+        # redis-py's default pool fails a command outright ("Too many connections") once
+        # 100 are busy, so a broadcast re-polled by more long-poll subscribers than that
+        # got 503s. The same connections in a blocking pool make the excess wait instead.
+        made = client.connection_pool
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=self.max_connections,
+            timeout=self.command_timeout,
+            connection_class=made.connection_class,
+            **made.connection_kwargs,
+            # A pool option, not a connection's: see _client_options.
+            **{k: v for k, v in options.items() if k == "maint_notifications_config"},
+        )
+        return aioredis.Redis.from_pool(pool)
 
     def ping(self, timeout: float = 1.0) -> str | None:
         """Connect and PING synchronously (the startup system check, outside any event
