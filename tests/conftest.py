@@ -1,5 +1,16 @@
+"""Fixtures every test shares: real push server processes, and the store they run on.
+
+``PUSHSERVER_TEST_STORE=redis`` runs every test server on the redis store instead of the
+memory store: one private ``redis-server`` on a free port is started for the session (on
+the first server that needs it), and each server's memory stores become redis stores with
+their own ``key_prefix``, keeping ``max_messages`` / ``min_messages`` / ``message_timeout``.
+Tests that need the memory store itself are marked ``memory_store``; servers on trio keep
+it too (the redis store runs on asyncio only).
+"""
+
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -15,6 +26,104 @@ import django  # noqa: E402
 django.setup()
 
 from pushserver.testing import PushServerProcess  # noqa: E402
+
+STORES = ("memory", "redis")
+#: The store test servers run on (``PUSHSERVER_TEST_STORE``); memory by default.
+TEST_STORE = os.environ.get("PUSHSERVER_TEST_STORE", "memory")
+#: Memory store options that mean the same on the redis store.
+_SHARED_STORE_OPTIONS = {"type", "min_messages", "max_messages", "message_timeout"}
+
+
+def pytest_configure(config):
+    if TEST_STORE not in STORES:
+        raise pytest.UsageError(
+            f"PUSHSERVER_TEST_STORE={TEST_STORE!r}: use one of {', '.join(STORES)}"
+        )
+    config.addinivalue_line(
+        "markers",
+        "memory_store: its push servers keep the memory store under PUSHSERVER_TEST_STORE=redis",
+    )
+
+
+def pytest_report_header(config):
+    return f"pushserver test store: {TEST_STORE}"
+
+
+_current_item: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Module-scoped servers start in their first test's setup: its markers decide the store.
+    global _current_item
+    _current_item = item
+
+
+class _RedisStores:
+    """Turns memory stores into redis stores on one lazily started redis-server."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.server = None
+
+    def redis_store(self, options: object) -> object:
+        if not isinstance(options, Mapping) or options.get("type") != "memory":
+            return options  # already another store, or a bad setting a check test wants
+        if not set(options) <= _SHARED_STORE_OPTIONS:
+            return options  # unknown keys: a check test; the redis store would say the same
+        if self.server is None:
+            # Mirrors tests/backends: a private redis-server, never the machine's own Redis.
+            from tests.backends.conftest import RedisServer
+
+            self.server = RedisServer(self.tmp_path_factory.mktemp("redis")).start()
+        return self.server.store(**{k: v for k, v in options.items() if k != "type"})
+
+    def rewrite(self, push_server: Mapping) -> Mapping:
+        raw = push_server.get("store", {"type": "memory"})
+        if not isinstance(raw, Mapping):
+            return push_server
+        if "type" in raw:
+            store = self.redis_store(raw)
+        else:
+            store = {name: self.redis_store(options) for name, options in raw.items()}
+        return {**push_server, "store": store}
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def _on_trio(args: list[str]) -> bool:
+    return any(
+        arg == "--loop=trio" or (arg == "--loop" and args[i + 1 : i + 2] == ["trio"])
+        for i, arg in enumerate(args)
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_store(tmp_path_factory):
+    """Under ``PUSHSERVER_TEST_STORE=redis``, every PushServerProcess started with a
+    ``push_server`` dict gets redis stores (see the module docstring)."""
+    if TEST_STORE != "redis":
+        yield
+        return
+    stores = _RedisStores(tmp_path_factory)
+    original_start = PushServerProcess.start
+
+    def start(self: PushServerProcess) -> PushServerProcess:
+        keep_memory = (
+            self.push_server is None
+            or _on_trio(self.args)
+            or (_current_item is not None and _current_item.get_closest_marker("memory_store"))
+        )
+        if not keep_memory:
+            self.push_server = stores.rewrite(self.push_server)
+        return original_start(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PushServerProcess, "start", start)
+        yield
+    stores.stop()
 
 
 @pytest.fixture
@@ -42,7 +151,11 @@ def push_server_factory():
 @pytest.fixture
 def push_server(push_server_factory):
     """A push server with the default locations /publisher/ and /subscriber/."""
-    return push_server_factory({"locations": [
-        {"type": "publisher", "prefix": "/publisher/"},
-        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
-    ]})
+    return push_server_factory(
+        {
+            "locations": [
+                {"type": "publisher", "prefix": "/publisher/"},
+                {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+            ]
+        }
+    )
