@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests`` (the README's test command), the Django matrix, lint, types, docs.
+"""Sessions: ``nox -s tests`` (the README's test command), the Django-by-store matrix, lint,
+types, docs, bench.
 
 Every test session installs what the suite needs itself: the package with its ``test``
 extra, and, on a Debian machine where they are missing, ``redis-server`` and ``chromium``
@@ -17,6 +18,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 DJANGO_VERSIONS = ["4.2", "5.2"]
+#: Where the test servers keep their channels (``PUSHSERVER_TEST_STORE``, see tests/conftest.py).
+STORES = ["memory", "redis"]
 
 
 def ensure_system_packages(session: nox.Session) -> None:
@@ -38,12 +41,17 @@ def ensure_system_packages(session: nox.Session) -> None:
     )
 
 
-def tests_impl(session: nox.Session, django: str | None = None, env: dict[str, str] | None = None) -> None:
+def tests_impl(
+    session: nox.Session,
+    django: str | None = None,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> None:
     ensure_system_packages(session)
     session.install("-e", ".[test]")
     if django:
         session.install(f"django~={django}.0")
-    session.run("python", "-m", "pytest", *session.posargs, env=env or {})
+    session.run("python", "-m", "pytest", *args, *session.posargs, env=env or {})
 
 
 @nox.session(python=PYTHON)
@@ -57,6 +65,25 @@ def tests(session: nox.Session) -> None:
 def tests_django(session: nox.Session, django: str) -> None:
     """The whole suite on each supported Django LTS."""
     tests_impl(session, django)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("store", STORES)
+@nox.parametrize("django", DJANGO_VERSIONS)
+def tests_matrix(session: nox.Session, django: str, store: str) -> None:
+    """The suite on each supported Django, with the test servers on each store.
+
+    ``store='redis'`` runs every test server on a private redis-server
+    (``PUSHSERVER_TEST_STORE=redis``), each with its own key prefix. That cell leaves out
+    tests/backends, which runs both stores in every cell anyway, and the browser tests,
+    whose pages do not depend on the store. Every transport is covered in every cell
+    (tests/transports/test_shared_behaviour.py runs each one), so transports are not an
+    axis. ``nox -s tests_matrix -- tests/transports`` narrows every cell.
+    """
+    args: tuple[str, ...] = ()
+    if store == "redis":
+        args = ("--ignore=tests/backends", "-m", "not browser")
+    tests_impl(session, django, env={"PUSHSERVER_TEST_STORE": store}, args=args)
 
 
 @nox.session(python=PYTHON)
