@@ -45,7 +45,7 @@ class Stats:
         self.progress = asyncio.Event()
         self.last_delivery = 0.0
         self.closing = False  # set when the bench closes connections: no error then
-        self.address: tuple[str, int] = ("127.0.0.1", 0)  # where reconnects go
+        self.address: tuple[str, int] = ("127.0.0.1", 0)  # default server of subscribers
         self.reconnects = 0
         self.controls = 0  # control frames / named events seen (not messages)
         self.tasks: set[asyncio.Task] = set()
@@ -97,6 +97,8 @@ class Subscriber(asyncio.Protocol):
         self.host = host
         self.path = path
         self.channel = 0  # index of the channel, set by the load generator
+        self.server = 0  # index of the server it connected to, likewise
+        self.address = stats.address  # where reconnects go: the server it first connected to
         self.seen = bytearray(64)
         self.highest = -1
         self.buffer = bytearray()
@@ -130,7 +132,7 @@ class Subscriber(asyncio.Protocol):
 
     async def reopen(self) -> None:
         try:
-            await asyncio.get_running_loop().create_connection(lambda: self, *self.stats.address)
+            await asyncio.get_running_loop().create_connection(lambda: self, *self.address)
         except OSError as exc:
             self.stats.error(f"reconnect failed: {exc}")
 
@@ -201,7 +203,8 @@ class LongPollSubscriber(Subscriber):
             if self.status == 200:
                 self.stats.delivered(self, body)
             elif self.status not in (304, 408):  # 304 (ours) / 408 (nchan): poll again
-                self.stats.error(f"long-poll status {self.status}")
+                why = body[:200].decode(errors="replace")  # the server's reason, e.g. a 503's
+                self.stats.error(f"long-poll status {self.status}: {why}")
             if self.reopen_after_close:
                 self.buffer.clear()
                 self.transport.close()
@@ -377,6 +380,7 @@ class Publisher(asyncio.Protocol):
         self.length = -1
         self.status = 0
         self.dead = False  # closed, or told to close: the pool replaces it
+        self.server = 0  # index of the server it posts to, set by the load generator
 
     def connection_made(self, transport) -> None:
         self.transport = transport

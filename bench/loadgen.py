@@ -4,6 +4,10 @@
 idle memory, publishes, counts deliveries, and prints one JSON result line. It reads the
 server's CPU time and memory from /proc itself, so the numbers bracket exactly the phase
 it drives.
+
+With several servers (``ports`` / ``server_pids``: processes sharing one Redis) subscriber
+*i* connects to server *i* mod *n*, publishers take turns over the servers, and CPU time and
+memory are summed over the server processes; ``redis_pid``'s CPU is reported on its own.
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ def percentile(sorted_values, fraction: float) -> float | None:
     return sorted_values[index] / 1e6  # ns -> ms
 
 
-async def wait_quiet(pid: int, timeout: float, interval: float = 0.1) -> bool:
-    """Wait until the server uses under one clock tick per interval (it has caught up)."""
+def total_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+async def wait_quiet(pids: list[int], timeout: float, interval: float = 0.1) -> bool:
+    """Wait until each process uses under one clock tick per interval (all caught up)."""
     deadline = time.monotonic() + timeout
-    before = cpu_seconds(pid)
+    before = [cpu_seconds(pid) for pid in pids]
     while time.monotonic() < deadline:
-        await asyncio.sleep(interval)  # sampling the server's CPU clock, not synchronising
-        after = cpu_seconds(pid)
-        if after - before < 1.5 / CLOCK_TICKS:
+        await asyncio.sleep(interval)  # sampling the servers' CPU clocks, not synchronising
+        after = [cpu_seconds(pid) for pid in pids]
+        if all(a - b < 1.5 / CLOCK_TICKS for a, b in zip(after, before, strict=True)):
             return True
         before = after
     return False
@@ -59,32 +67,39 @@ async def wait_for(stats: Stats, done, timeout: float) -> bool:
 
 async def run(spec: dict) -> dict:
     loop = asyncio.get_running_loop()
-    host, port = spec["host"], spec["port"]
-    pid = spec["server_pid"]
+    host = spec["host"]
+    ports = spec.get("ports") or [spec["port"]]
+    pids = spec.get("server_pids") or [spec["server_pid"]]
+    redis_pid = spec.get("redis_pid")
+    # Quiet means every server *and* Redis has caught up.
+    watched = pids + ([redis_pid] if redis_pid else [])
     n, channels = spec["subscribers"], spec["channels"]
     size = spec.get("message_size", 64)
     result: dict = {"fd_limit": raise_fd_limit()}
     stats = Stats()
-    stats.address = (host, port)
+    stats.address = (host, ports[0])
     cls = SUBSCRIBERS[spec["transport"]]
     paths = [f"/sub/{spec['prefix']}-{c}".encode() for c in range(channels)]
     pub_paths = [f"/pub/{spec['prefix']}-{c}".encode() for c in range(channels)]
-    hostname = f"{host}:{port}".encode()
+    hostnames = [f"{host}:{port}".encode() for port in ports]
 
     # -- connect ---------------------------------------------------------------------------
-    await wait_quiet(pid, 5)
-    rss_fresh = rss_bytes(pid)
+    await wait_quiet(watched, 5)
+    rss_fresh = sum(rss_bytes(pid) for pid in pids)
     subscribers = []
     gate = asyncio.Semaphore(spec.get("connect_concurrency", 32))
     connect_errors: dict[str, int] = {}
+
+    def subscriber(i: int):
+        sub = cls(stats, hostnames[i % len(ports)], paths[i % channels])
+        sub.address = (host, ports[i % len(ports)])
+        return sub
 
     async def connect(i: int) -> None:
         async with gate:
             try:
                 _, sub = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: cls(stats, hostname, paths[i % channels]), host, port
-                    ),
+                    loop.create_connection(lambda: subscriber(i), host, ports[i % len(ports)]),
                     spec.get("connect_timeout", 30),
                 )
             except (OSError, TimeoutError) as exc:
@@ -94,6 +109,7 @@ async def run(spec: dict) -> dict:
                 connect_errors[key] = connect_errors.get(key, 0) + 1
                 return
             sub.channel = i % channels
+            sub.server = i % len(ports)
             subscribers.append(sub)
             try:
                 await asyncio.wait_for(
@@ -103,15 +119,24 @@ async def run(spec: dict) -> dict:
                 stats.error("no response to subscribe")
 
     started = time.monotonic()
-    cpu_connect = cpu_seconds(pid)
+    cpu_connect = total_cpu(pids)
+    redis_connect = cpu_seconds(redis_pid) if redis_pid else 0.0
     await asyncio.gather(*(connect(i) for i in range(n)))
     live = [s for s in subscribers if s.connected.done() and s.connected.result()]
     result["connect_seconds"] = round(time.monotonic() - started, 2)
     result["connected"] = len(live)
     result["connect_errors"] = connect_errors
-    await wait_quiet(pid, 10)
-    result["server_cpu_ms_per_connect"] = round((cpu_seconds(pid) - cpu_connect) * 1e3 / n, 3)
-    rss_idle = rss_bytes(pid)
+    await wait_quiet(watched, 10)
+    result["server_cpu_ms_per_connect"] = round((total_cpu(pids) - cpu_connect) * 1e3 / n, 3)
+    if redis_pid:
+        result["redis_cpu_ms_per_connect"] = round(
+            (cpu_seconds(redis_pid) - redis_connect) * 1e3 / n, 3
+        )
+    if len(ports) > 1:
+        result["connected_per_server"] = [
+            sum(1 for s in live if s.server == k) for k in range(len(ports))
+        ]
+    rss_idle = sum(rss_bytes(pid) for pid in pids)
     result["rss_fresh_bytes"] = rss_fresh
     result["rss_idle_bytes"] = rss_idle
     result["memory_per_idle_connection_bytes"] = (
@@ -126,9 +151,17 @@ async def run(spec: dict) -> dict:
     subscribed_channels = [c for c in range(channels) if expected[c]]
 
     publishers = []
-    for _ in range(min(spec.get("publishers", 8), len(subscribed_channels))):
-        _, pub = await loop.create_connection(lambda: Publisher(hostname), host, port)
+
+    async def new_publisher(k: int) -> Publisher:
+        _, pub = await loop.create_connection(lambda: Publisher(hostnames[k]), host, ports[k])
+        pub.server = k
         publishers.append(pub)
+        return pub
+
+    # At least one publisher per server: the pool (FIFO) then takes turns over the servers.
+    count = max(min(spec.get("publishers", 8), len(subscribed_channels)), len(ports))
+    for k in range(count):
+        await new_publisher(k % len(ports))
     pool: asyncio.Queue[Publisher] = asyncio.Queue()
     for pub in publishers:
         pool.put_nowait(pub)
@@ -144,8 +177,7 @@ async def run(spec: dict) -> dict:
             pub = await pool.get()
             if pub.dead:
                 pub.transport.close()
-                _, pub = await loop.create_connection(lambda: Publisher(hostname), host, port)
-                publishers.append(pub)
+                pub = await new_publisher(pub.server)
                 stats.reconnects += 1
             try:
                 status = await pub.post(pub_paths[c], seq, size)
@@ -165,11 +197,12 @@ async def run(spec: dict) -> dict:
     )
     result["warmup_complete"] = warm
     result["warmup_missing"] = len(live) - stats.round_count.get(0, 0)
-    await wait_quiet(pid, 5)
+    await wait_quiet(watched, 5)
 
     # -- measured phase --------------------------------------------------------------------
     duration = spec["duration"]
-    cpu_before = cpu_seconds(pid)
+    cpu_before = [cpu_seconds(pid) for pid in pids]
+    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     own_before = os.times()
     t0 = time.monotonic()
     rounds = 0
@@ -221,12 +254,15 @@ async def run(spec: dict) -> dict:
     )
     own_after = os.times()
     wall = (stats.last_delivery or time.monotonic()) - t0
-    await wait_quiet(pid, 3)  # re-polls and acks after the last delivery are part of the cost
-    cpu_after = cpu_seconds(pid)
+    # re-polls and acks after the last delivery are part of the cost
+    await wait_quiet(watched, 3)
+    cpu_after = [cpu_seconds(pid) for pid in pids]
+    redis_cpu = cpu_seconds(redis_pid) - redis_before if redis_pid else None
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
 
     lat = sorted(stats.latencies)
-    server_cpu = cpu_after - cpu_before
+    server_cpu_each = [a - b for a, b in zip(cpu_after, cpu_before, strict=True)]
+    server_cpu = sum(server_cpu_each)
     result.update(
         publishes=sum(published.values()),
         publish_rounds=rounds,
@@ -242,6 +278,8 @@ async def run(spec: dict) -> dict:
         if stats.deliveries
         else None,
         server_cpu_utilisation=round(server_cpu / wall, 3) if wall > 0 else None,
+        server_processes=len(pids),
+        server_cpu_seconds_each=[round(c, 3) for c in server_cpu_each],
         loadgen_cpu_seconds=round(own_cpu, 3),
         loadgen_cpu_utilisation=round(own_cpu / wall, 3) if wall > 0 else None,
         latency_ms_p50=percentile(lat, 0.50),
@@ -255,6 +293,14 @@ async def run(spec: dict) -> dict:
         control_frames=stats.controls,
         anomalies=stats.anomalies,
     )
+    if redis_cpu is not None:
+        result.update(
+            redis_cpu_seconds=round(redis_cpu, 3),
+            redis_cpu_us_per_delivery=round(redis_cpu * 1e6 / stats.deliveries, 2)
+            if stats.deliveries
+            else None,
+            redis_cpu_utilisation=round(redis_cpu / wall, 3) if wall > 0 else None,
+        )
     for sub in subscribers:
         sub.close()
     for pub in publishers:

@@ -3,6 +3,12 @@
 For every target (ours, the floor, nchan when installed), transport and scenario it starts a
 fresh server pinned to CPU 0 and a load generator pinned to CPU 1, prints a table and writes
 JSON (default ``bench/results/latest.json``).
+
+The Redis targets (``--targets ours,redis-1,redis-2``) run ours on a redis store, with a
+fresh private ``redis-server`` per row: ``redis-1`` is one server process (CPU 0; Redis and
+the load generator on CPU 1), ``redis-2`` two server processes on two ports sharing that
+Redis (CPU 0 and CPU 1; Redis and the load generator left to the scheduler), subscribers
+split evenly between them and publishes taking turns.
 """
 
 from __future__ import annotations
@@ -24,19 +30,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import nchan  # noqa: E402
+from bench import nchan, redisserver  # noqa: E402
 from bench.common import cpu_model, raise_fd_limit  # noqa: E402
 
 TRANSPORTS = ("longpoll", "sse", "ws")
 #: Our config's name for each bench transport.
 CONFIG_NAMES = {"longpoll": "longpoll", "sse": "eventsource", "ws": "websocket"}
 TARGETS = ("ours", "floor", "nchan")
+#: Ours on a redis store: one server process, or two sharing one Redis.
+REDIS_TARGETS = {"redis-1": 1, "redis-2": 2}
 SERVER_CPU, LOADGEN_CPU = "0", "1"
+#: Where each process of a target runs: servers, Redis, load generator (None: anywhere).
+#: With two servers both cores hold one; Redis and the load generator then share both.
+PLACEMENT: dict[str, tuple[list[str], str | None, str | None]] = {
+    "redis-1": ([SERVER_CPU], LOADGEN_CPU, LOADGEN_CPU),
+    "redis-2": ([SERVER_CPU, LOADGEN_CPU], None, None),
+}
 
 
-def pinned(cpu: str) -> list[str]:
+def pinned(cpu: str | None) -> list[str]:
     """``taskset -c cpu`` when there are two CPUs to keep apart; nothing otherwise."""
-    if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:
+    if cpu is not None and shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:
         return ["taskset", "-c", cpu]
     return []
 
@@ -90,16 +104,19 @@ def read_port(process: subprocess.Popen, timeout: float) -> int:
 
 
 class PythonServer:
-    """bench/server.py (ours) or bench/floor.py under hypercorn, pinned to CPU 0."""
+    """bench/server.py (ours) or bench/floor.py under hypercorn, pinned to ``cpu``."""
 
-    def __init__(self, script: str, loop: str) -> None:
+    def __init__(
+        self, script: str, loop: str, cpu: str = SERVER_CPU, extra: tuple[str, ...] = ()
+    ) -> None:
         self.process = subprocess.Popen(
             [
-                *pinned(SERVER_CPU),
+                *pinned(cpu),
                 sys.executable,
                 str(ROOT / "bench" / script),
                 "--loop",
                 loop,
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -152,16 +169,30 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
     }
     if scenario["mode"] == "rate":
         row["rate"] = scenario["rate"]
-    server = None
+    servers: list = []
+    redis = None
+    loadgen_cpu: str | None = LOADGEN_CPU
     try:
         if target == "nchan":
-            server = NchanServer(free_port(), nofile)
+            servers.append(NchanServer(free_port(), nofile))
+        elif target in REDIS_TARGETS:
+            server_cpus, redis_cpu, loadgen_cpu = PLACEMENT[target]
+            redis = redisserver.RedisServer(pinned(redis_cpu)).start()
+            row["placement"] = {
+                "servers": server_cpus,
+                "redis": redis_cpu or "any",
+                "loadgen": loadgen_cpu or "any",
+            }
+            store = ("--redis-url", redis.url, "--key-prefix", f"b{os.getpid()}x{seq}:")
+            for k in range(REDIS_TARGETS[target]):
+                servers.append(PythonServer("server.py", args.loop, server_cpus[k], store))
         else:
-            server = PythonServer("server.py" if target == "ours" else "floor.py", args.loop)
+            servers.append(PythonServer("server.py" if target == "ours" else "floor.py", args.loop))
         spec = {
             "host": "127.0.0.1",
-            "port": server.port,
-            "server_pid": server.pid,
+            "ports": [server.port for server in servers],
+            "server_pids": [server.pid for server in servers],
+            "redis_pid": redis.pid if redis else None,
             "transport": transport,
             "prefix": f"b{os.getpid()}x{seq}",
             "subscribers": scenario["subscribers"],
@@ -171,12 +202,12 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             "duration": scenario["duration"],
             "drain": max(args.drain, scenario.get("drain", 0)),
             "window": 2,
-            "publishers": 32 if scenario["channels"] > 1 else 1,
+            "publishers": 32 if scenario["channels"] > 1 else len(servers),
             "message_size": 64,
         }
         done = subprocess.run(
             [
-                *pinned(LOADGEN_CPU),
+                *pinned(loadgen_cpu),
                 sys.executable,
                 str(ROOT / "bench" / "loadgen.py"),
                 json.dumps(spec),
@@ -198,8 +229,10 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
     except Exception as exc:  # reported in the results, never hidden
         row["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
+        if redis is not None:
+            redis.stop()
     return row
 
 
@@ -333,6 +366,122 @@ def goals_met(rows: list[dict], entries: list[dict]) -> list[dict]:
     return found
 
 
+#: How the Redis tables name each target: store x server processes.
+SETUPS = {"ours": "memory x1", "redis-1": "redis x1", "redis-2": "redis x2"}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def redis_ratios(rows: list[dict]) -> list[dict]:
+    """Per transport and scenario: what Redis costs one process, and what a second buys.
+
+    ``redis1_over_memory_cost``: CPU per delivery of one server process on Redis over the
+    memory store's (server only; ``..._with_redis`` adds Redis's own CPU).
+    ``redis2_over_redis1_throughput``: deliveries/s (and publishes/s) of two processes
+    sharing Redis over one. ``redis2_over_redis1_cost``: CPU per delivery summed over both
+    processes over one process's.
+    """
+    measured = {(r["target"], r["transport"], r["scenario"]): r for r in rows if "deliveries" in r}
+    keys = dict.fromkeys(
+        (r["transport"], r["scenario"]) for r in rows if r["target"] in REDIS_TARGETS
+    )
+    found = []
+    for key in keys:
+        memory, one, two = (measured.get((t, *key), {}) for t in ("ours", "redis-1", "redis-2"))
+        memory_us, one_us, two_us = (cpu_per_delivery(r) for r in (memory, one, two))
+        one_redis = one.get("redis_cpu_us_per_delivery")
+        found.append({
+            "transport": key[0],
+            "scenario": key[1],
+            "memory_cpu_us": memory_us,
+            "redis1_cpu_us": one_us,
+            "redis1_redis_cpu_us": one_redis,
+            "redis2_cpu_us": two_us,
+            "redis2_redis_cpu_us": two.get("redis_cpu_us_per_delivery"),
+            "memory_deliveries_per_second": memory.get("deliveries_per_second"),
+            "redis1_deliveries_per_second": one.get("deliveries_per_second"),
+            "redis2_deliveries_per_second": two.get("deliveries_per_second"),
+            "redis1_over_memory_cost": ratio(one_us, memory_us),
+            "redis1_over_memory_cost_with_redis": ratio(
+                one_us + one_redis if one_us and one_redis else None, memory_us
+            ),
+            "redis2_over_redis1_throughput": ratio(
+                two.get("deliveries_per_second"), one.get("deliveries_per_second")
+            ),
+            "redis2_over_redis1_publishes": ratio(
+                two.get("publishes_per_second"), one.get("publishes_per_second")
+            ),
+            "redis2_over_redis1_cost": ratio(two_us, one_us),
+        })  # fmt: skip
+    return found
+
+
+def redis_table(rows: list[dict]) -> str:
+    """The rows of the Redis comparison: ours on memory and on Redis, one and two processes."""
+    head = ["setup", "transport", "scenario", "connected", "deliveries/s", "publishes/s",
+            "server µs/deliv", "Redis µs/deliv", "p50 ms", "p99 ms", "lost/dup/ooo",
+            "server CPU", "Redis CPU", "loadgen CPU", "all CPU"]  # fmt: skip
+    lines = [head]
+    for r in rows:
+        if r["target"] not in SETUPS:
+            continue
+        if "deliveries" not in r:
+            error = "error: " + r.get("error", "?")[:60]
+            cells = [
+                SETUPS[r["target"]],
+                r["transport"],
+                r["scenario"],
+                fmt(r.get("connected")),
+                error,
+            ]
+            lines.append(cells + [""] * (len(head) - len(cells)))
+            continue
+        split = r.get("connected_per_server")
+        each = r.get("server_cpu_seconds_each") or []
+        wall = r["deliveries"] / r["deliveries_per_second"] if r.get("deliveries_per_second") else 0
+        utilisation = [c / wall for c in each] if wall and len(each) > 1 else []
+        shares = [r.get("server_cpu_utilisation"), r.get("redis_cpu_utilisation"),
+                  r.get("loadgen_cpu_utilisation")]  # fmt: skip
+        lines.append([
+            SETUPS[r["target"]], r["transport"], r["scenario"],
+            f"{r['connected']:,}/{r['subscribers']:,}"
+            + (" (" + "+".join(f"{k:,}" for k in split) + ")" if split else ""),
+            fmt(r.get("deliveries_per_second")),
+            fmt(r.get("publishes_per_second")),
+            fmt(cpu_per_delivery(r)),
+            fmt(r.get("redis_cpu_us_per_delivery")),
+            fmt(r.get("latency_ms_p50")),
+            fmt(r.get("latency_ms_p99")),
+            f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}"
+            + (" (undrained)" if r.get("drained") is False else ""),
+            percent(r.get("server_cpu_utilisation"))
+            + (" (" + "+".join(percent(u) for u in utilisation) + ")" if utilisation else ""),
+            percent(r.get("redis_cpu_utilisation")),
+            percent(r.get("loadgen_cpu_utilisation")),
+            percent(sum(x for x in shares if x is not None)),
+        ])  # fmt: skip
+    return render(lines)
+
+
+def redis_ratio_table(entries: list[dict]) -> str:
+    lines = [["transport", "scenario", "memory x1 µs", "redis x1 µs (+Redis)",
+              "redis x2 µs (+Redis)", "redis x1 / memory x1 cost",
+              "redis x2 / redis x1 deliveries/s", "redis x2 / redis x1 cost"]]  # fmt: skip
+    for e in entries:
+        lines.append([
+            e["transport"], e["scenario"], fmt(e["memory_cpu_us"]),
+            f"{fmt(e['redis1_cpu_us'])} (+{fmt(e['redis1_redis_cpu_us'])})",
+            f"{fmt(e['redis2_cpu_us'])} (+{fmt(e['redis2_redis_cpu_us'])})",
+            f"{fmt(e['redis1_over_memory_cost'], 2)}"
+            f" ({fmt(e['redis1_over_memory_cost_with_redis'], 2)} with Redis)",
+            fmt(e["redis2_over_redis1_throughput"], 2),
+            fmt(e["redis2_over_redis1_cost"], 2),
+        ])  # fmt: skip
+    return render(lines)
+
+
 def ratio_table(entries: list[dict]) -> str:
     lines = [
         ["transport", "scenario", "ours µs", "floor µs", "nchan µs", "ours/floor", "ours/nchan"]
@@ -368,6 +517,7 @@ def machine() -> dict:
         "uvloop": version("uvloop"),
         "anyio": version("anyio"),
         "nchan": nchan.version() if nchan.available() else None,
+        "redis": redisserver.version() if redisserver.available() else None,
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "pushserver_uncommitted_changes": bool(git("status", "--porcelain", "pushserver")),
     }
@@ -384,7 +534,11 @@ def git(*args: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="200 subscribers, 1 s phases")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, of {', '.join((*TARGETS, *REDIS_TARGETS))}",
+    )
     parser.add_argument("--transports", default=",".join(TRANSPORTS))
     parser.add_argument("--scenarios", default="", help="comma-separated names; default all")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
@@ -397,12 +551,18 @@ def main(argv: list[str] | None = None) -> int:
 
     nofile, hard = raise_fd_limit()
     targets = [t for t in args.targets.split(",") if t]
+    unknown = set(targets) - {*TARGETS, *REDIS_TARGETS}
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     wanted = [t for t in args.transports.split(",") if t]
     ours_ok, skipped = our_transports()
     notes = {f"ours/{t}": why for t, why in skipped.items() if t in wanted}
     if "nchan" in targets and not nchan.available():
         targets.remove("nchan")
         notes["nchan"] = f"not installed ({nchan.NGINX}, {nchan.MODULE})"
+    if set(targets) & set(REDIS_TARGETS) and not redisserver.available():
+        targets = [t for t in targets if t not in REDIS_TARGETS]
+        notes["redis"] = f"not installed ({redisserver.REDIS_SERVER})"
     names = [name for name in args.scenarios.split(",") if name]
     chosen = [
         s for s in scenarios(args.quick) if (s["name"] in names if names else not s.get("optional"))
@@ -421,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     for transport in wanted:
         for scenario in chosen:
             for target in targets:
-                if target == "ours" and transport not in ours_ok:
+                if target not in ("floor", "nchan") and transport not in ours_ok:
                     continue
                 seq += 1
                 print(f"... {target} {transport} {scenario['name']}", file=sys.stderr, flush=True)
@@ -429,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
     entries = ratios(rows)
     goals = goals_met(rows, entries)
+    scale_out = redis_ratios(rows)
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -441,10 +602,12 @@ def main(argv: list[str] | None = None) -> int:
             "server": "hypercorn (embedded, pushserver.server.serve) on anyio/asyncio",
             "message_size_bytes": 64,
             "fd_limit": [nofile, hard],
+            "redis_placement": {t: PLACEMENT[t] for t in targets if t in PLACEMENT},
         },
         "notes": notes,
         "results": rows,
         "ratios": entries,
+        "redis_ratios": scale_out,
         "targets": goals,
     }
     out = Path(args.out)
@@ -454,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ratio_table(entries))
     print()
+    if scale_out:
+        print(redis_table(rows))
+        print()
+        print(redis_ratio_table(scale_out))
+        print()
     for goal in goals:
         print(f"{'met   ' if goal['met'] else 'MISSED'} {goal['target']}: {goal['measured']}")
     for key, note in notes.items():

@@ -2,7 +2,8 @@
 
 ``python bench/server.py --loop uvloop`` prints ``LISTENING <port>`` once it accepts
 connections and serves until SIGTERM. Locations: ``/pub/<id>`` publishes, ``/sub/<id>``
-subscribes with every transport this version implements.
+subscribes with every transport this version implements. ``--redis-url`` swaps the memory
+store for a redis store: several such processes on one Redis share every channel.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from pushserver.server import bind, serve
 BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind catch up
 
 
-def build() -> PushServer:
+def build(redis_url: str | None = None, key_prefix: str = "") -> PushServer:
+    if redis_url:
+        store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    else:
+        store = {"type": "memory"}
     config = load(
         {
-            "store": {"type": "memory", "max_messages": BUFFER},
+            "store": {**store, "max_messages": BUFFER},
             "locations": [
                 {"type": "publisher", "prefix": "/pub/"},
                 {
@@ -43,18 +48,22 @@ def build() -> PushServer:
     return PushServer(config)
 
 
-async def main(port: int) -> None:
+async def main(port: int, redis_url: str | None, key_prefix: str) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build()
-    async with app:
-        print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-        await serve(app, sock, access_log=False)
+    app = build(redis_url, key_prefix)
+    # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
+    # (the redis store's reader task group must be left in the task that entered it).
+    # Connections made before startup completes wait in the listen backlog.
+    print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+    await serve(app, sock, access_log=False)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
+    parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
     args = parser.parse_args()
     raise_fd_limit()
     if os.environ.get("BENCH_PROFILE_DIR"):  # where the CPU goes: cProfile, dumped at exit
@@ -66,5 +75,10 @@ if __name__ == "__main__":
             lambda: profile.dump_stats(f"{os.environ['BENCH_PROFILE_DIR']}/{os.getpid()}.prof")
         )
     anyio.run(
-        main, args.port, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"}
+        main,
+        args.port,
+        args.redis_url,
+        args.key_prefix,
+        backend="asyncio",
+        backend_options={"use_uvloop": args.loop == "uvloop"},
     )

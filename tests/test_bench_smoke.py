@@ -1,8 +1,10 @@
-"""The benchmark in quick mode against our server and the floor: nothing lost, every field."""
+"""The benchmark in quick mode against our server and the floor, and ours on Redis with one
+and two server processes: nothing lost, every field."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +21,20 @@ FIELDS = (
 )  # fmt: skip
 
 
-def run_bench(tmp_path: Path, transports: str, scenarios: str) -> tuple[dict, str]:
+def run_bench(
+    tmp_path: Path, transports: str, scenarios: str, targets: str = "ours,floor", timeout=120
+) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [
             *PYTHON_BENCH,
-            *("--transports", transports, "--targets", "ours,floor", "--scenarios", scenarios),
+            *("--transports", transports, "--targets", targets, "--scenarios", scenarios),
             *("--drain", "10", "--scenario-timeout", "60", "--out", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(out.read_text()), done.stdout
@@ -70,3 +74,61 @@ def test_quick_bench_streams_lose_nothing(tmp_path):
         ("ours", "sse"), ("floor", "sse"), ("ours", "ws"), ("floor", "ws"),
     }  # fmt: skip
     check_rows(rows)
+
+
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed"
+)
+
+
+def check_two_processes(row: dict) -> None:
+    """Both server processes held half the subscribers and did work; Redis was measured."""
+    assert row["server_processes"] == 2
+    assert row["connected_per_server"] == [100, 100]
+    assert all(cpu > 0 for cpu in row["server_cpu_seconds_each"]), row
+    assert row["placement"]["servers"] in (["0", "1"], ["1", "0"])
+    assert row["redis_cpu_seconds"] is not None and row["redis_cpu_seconds"] >= 0
+
+
+@needs_redis
+def test_quick_bench_redis_one_and_two_processes_lose_nothing(tmp_path):
+    # Long-poll on Redis re-reads the store on every re-poll: 200 subscribers re-polling
+    # at once are more concurrent commands than the backend's connection pool holds.
+    report, stdout = run_bench(
+        tmp_path, "longpoll", "fanout-200,channels-200", "ours,redis-1,redis-2", timeout=240
+    )
+    rows = report["results"]
+    assert {(r["target"], r["scenario"]) for r in rows} == {
+        (target, scenario)
+        for target in ("ours", "redis-1", "redis-2")
+        for scenario in ("fanout-200", "channels-200")
+    }
+    check_rows(rows)
+    for row in rows:
+        if row["target"] == "redis-2":
+            check_two_processes(row)
+        elif row["target"] == "redis-1":
+            assert row["server_processes"] == 1 and "connected_per_server" not in row
+            assert row["redis_cpu_us_per_delivery"] is not None
+        else:
+            assert "redis_cpu_seconds" not in row
+    scale_out = {r["scenario"]: r for r in report["redis_ratios"]}
+    assert set(scale_out) == {"fanout-200", "channels-200"}
+    for entry in scale_out.values():
+        assert entry["redis2_over_redis1_throughput"] > 0
+        assert entry["redis1_over_memory_cost"] > 0
+    assert "redis x2" in stdout and "redis x2 / redis x1 deliveries/s" in stdout
+
+
+@needs_redis
+@pytest.mark.skipif(
+    not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),
+    reason="SSE and WebSocket are not both implemented",
+)
+def test_quick_bench_redis_streams_across_two_processes_lose_nothing(tmp_path):
+    report, _ = run_bench(tmp_path, "sse,ws", "channels-200,fanout-200", "redis-2", timeout=180)
+    rows = report["results"]
+    assert len(rows) == 4
+    check_rows(rows)
+    for row in rows:
+        check_two_processes(row)
