@@ -46,10 +46,13 @@ replaces two parts that cost per event or per connection under fan-out:
   own timeout scope. Ours writes everything the subscriber is owed at that moment as one
   body chunk (events encoded once per message, ``Message.wire``, shared by every subscriber
   of a one-channel stream), with the send timeout around the whole write;
-* the task layout (``__call__``): the body loop runs in the request's own task, next to the
-  disconnect listener and the ping task (none when pings are off). sse-starlette's
-  exit-signal task is left out: it watches uvicorn's signal handler, and under our hypercorn
-  the server ends streams itself (``Hub.shutdown``). HEAD goes to sse-starlette unchanged.
+* the task layout (``__call__``): sse-starlette runs four tasks per connection (body loop,
+  ping, disconnect listener, exit signal). Ours runs the body loop in the request's own
+  task and one more (:class:`~pushserver.transports.streaming.SendGuard`) that listens for
+  the disconnect as sse-starlette's listener does, sends its ping (same bytes, under its
+  send lock and timeout) and enforces the send timeout. The exit-signal task is left out:
+  it watches uvicorn's signal handler, and under our hypercorn the server ends streams
+  itself (``Hub.shutdown``). HEAD goes to sse-starlette's ``__call__`` unchanged.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send, respond_error
+from ..http import Message as ASGIMessage
 from ..hub import Closing, Delivery, Hub
 from ..message import Message, MessageId
 from ..protocol import cors_headers
@@ -149,23 +153,28 @@ class EventStreamResponse(EventSourceResponse):
         guard = self.guard
         async with anyio.create_task_group() as tg:
 
-            async def listen() -> None:
-                await self._listen_for_disconnect(receive)
-                tg.cancel_scope.cancel()
-
             async def ping() -> None:
                 # sse-starlette's ping, under its send lock, with its own timeout.
                 async with self._send_lock:
                     if self.active:
                         await self._send_with_timeout(send, self._ping_body)
 
-            tg.start_soon(listen)
-            if guard.needed(self.ping_interval):
-                tg.start_soon(guard.run, tg.cancel_scope, ping, self.ping_interval)
+            async def watch() -> None:
+                await guard.watch(receive, self._disconnected, ping, self.ping_interval)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
             await self._stream_response(send)
             tg.cancel_scope.cancel()
         if guard.timed_out:
             raise SendTimeoutError
+
+    async def _disconnected(self, message: ASGIMessage) -> bool:
+        """What sse-starlette's disconnect listener does with a received message."""
+        if message["type"] == "http.disconnect":
+            self.active = False
+            return True
+        return False
 
     async def _stream_response(self, send: Send) -> None:
         stream = self.stream

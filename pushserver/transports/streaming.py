@@ -36,9 +36,9 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
-from anyio import CancelScope
 
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
@@ -109,13 +109,15 @@ def query_parameter(query_string: bytes, name: str) -> str | None:
 
 
 class SendGuard:
-    """Bounds every write of one connection by ``timeout`` seconds, and sends its keepalive.
+    """Watches one connection from a single task: what the client sends (its disconnect,
+    WebSocket commands), the deadline of the write under way, and the keepalive.
 
     A cancel scope per write costs about as much as the write itself under fan-out, so the
-    writer only stamps each write (``started = time.monotonic()`` before, ``0.0`` after)
-    and :meth:`run`, one task per connection, sleeps until the deadline of the write under
-    way (or the next keepalive) and cancels the connection's scope if that write is still
-    blocked then. Idle, it wakes once per ``timeout`` (or ping interval).
+    writer only stamps each write (``started = time.monotonic()`` before, ``0.0`` after).
+    :meth:`watch` receives from the client, with a deadline only when something is due: the
+    deadline of the write under way, the next keepalive, or one ``timeout`` from now while
+    no write is under way. A write still blocked at its deadline ends the connection.
+    Idle, a connection costs one task and one wake per ``timeout`` or ping interval.
     """
 
     __slots__ = ("started", "timed_out", "timeout")
@@ -126,15 +128,18 @@ class SendGuard:
         self.started = 0.0
         self.timed_out = False
 
-    def needed(self, interval: float) -> bool:
-        return interval > 0 or self.timeout != math.inf
-
-    async def run(
-        self, scope: CancelScope, ping: Callable[[], Awaitable[None]] | None, interval: float
+    async def watch(
+        self,
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        handle: Callable[[dict[str, Any]], Awaitable[bool]],
+        ping: Callable[[], Awaitable[None]] | None = None,
+        interval: float = 0.0,
     ) -> None:
-        """Until a write times out (then cancel ``scope``); ``ping()`` every ``interval``.
+        """Hand each received message to ``handle`` until it returns True (the client went
+        away) or a write times out (``timed_out`` is set); ``ping()`` every ``interval``.
 
-        ``ping`` must bound its own write: this task cannot watch itself.
+        ``handle`` and ``ping`` run in this task, so their own writes must be bounded by a
+        cancel scope: this task cannot watch itself.
         """
         timeout = self.timeout
         clock = time.monotonic
@@ -144,14 +149,23 @@ class SendGuard:
             started = self.started
             if started and now - started >= timeout:
                 self.timed_out = True
-                scope.cancel()
                 return
             if now >= next_ping:
                 await ping()  # type: ignore[misc]
                 next_ping = clock() + interval
                 continue
-            deadline = started + timeout if started else now + timeout
-            await anyio.sleep(max(0.0, min(deadline, next_ping) - now))
+            due = min(started + timeout if started else now + timeout, next_ping)
+            if due == math.inf:
+                message = await receive()
+            else:
+                message = None
+                # receive() is cancel-safe: a message arriving at the deadline stays queued.
+                with anyio.move_on_after(due - now):
+                    message = await receive()
+                if message is None:
+                    continue
+            if await handle(message):
+                return
 
 
 # -- what a stream yields -------------------------------------------------------------------

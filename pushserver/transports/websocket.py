@@ -245,9 +245,9 @@ class WebSocketTransport:
 
 
 class _Connection:
-    """One open connection: the sender (in the request's task), a command listener and a
-    guard (send timeout and keepalive, :class:`SendGuard`) in one task group; the first to
-    finish decides how the connection ends and cancels the others."""
+    """One open connection: the sender in the request's task, and one watching task
+    (:class:`SendGuard`: commands, disconnect, send timeout, keepalive); the first to
+    finish decides how the connection ends and cancels the other."""
 
     __slots__ = (
         "_lock",
@@ -292,10 +292,8 @@ class _Connection:
         interval = self.location.ping_interval
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.guarded, tg, self.listen)
-                if self.guard.needed(interval):
-                    keepalive = partial(self.guard.run, tg.cancel_scope, self.ping, interval)
-                    tg.start_soon(self.guarded, tg, keepalive)
+                watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
+                tg.start_soon(self.guarded, tg, watch)
                 await self.guarded(tg, self.deliver)
             if self.guard.timed_out:
                 self.too_slow()
@@ -335,19 +333,16 @@ class _Connection:
             self.close_code, self.close_reason = code, reason
 
     async def send(self, event: dict[str, Any]) -> None:
-        guard = self.guard
-        async with self._lock:
-            guard.started = time.monotonic()
-            await self._send(event)
-            guard.started = 0.0
-
-    async def ping(self) -> None:
-        """The keepalive frame: sent by the guard task, so under its own timeout."""
+        """A frame from the watching task (command replies, keepalive), under its own
+        timeout: the guard cannot watch the task it runs in."""
         async with self._lock:
             with anyio.move_on_after(self.guard.timeout) as scope:
-                await self._send(_PING)
+                await self._send(event)
         if scope.cancelled_caught:
             raise _TooSlow
+
+    async def ping(self) -> None:
+        await self.send(_PING)
 
     async def deliver(self) -> None:
         stream = self.stream
@@ -377,21 +372,21 @@ class _Connection:
                             self.finish(CLOSE_DELETED, "the channel was deleted")
                             return
 
-    async def listen(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message["type"] != "websocket.receive":
-                continue
-            text = message.get("text")
-            if text is None:
-                try:
-                    text = bytes(message.get("bytes") or b"").decode("utf-8")
-                except UnicodeDecodeError:
-                    await self.send(control("error", error="a command is UTF-8 JSON text"))
-                    continue
-            await self.command(text)
+    async def received(self, message: dict[str, Any]) -> bool:
+        """Handle one message from the client; True once it went away."""
+        if message["type"] == "websocket.disconnect":
+            return True
+        if message["type"] != "websocket.receive":
+            return False
+        text = message.get("text")
+        if text is None:
+            try:
+                text = bytes(message.get("bytes") or b"").decode("utf-8")
+            except UnicodeDecodeError:
+                await self.send(control("error", error="a command is UTF-8 JSON text"))
+                return False
+        await self.command(text)
+        return False
 
     async def command(self, text: str) -> None:
         try:
