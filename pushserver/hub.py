@@ -95,7 +95,7 @@ class Subscription:
         """Return once something is queued or the subscription overflowed."""
         while not self.queue and not self.overflowed:
             # An anyio Event cannot be reset: one per wait, dropped once set.
-            wakeup = self._wakeup = anyio.Event()
+            wakeup = self._wakeup = self._hub.event_type()
             try:
                 await wakeup.wait()
             finally:
@@ -134,6 +134,9 @@ class Hub:
         self.delivered = 0
         self.overflows = 0
         self.shutting_down = False
+        #: The running backend's anyio Event class, made without anyio's per-call backend
+        #: lookup (a subscriber makes one per wake). Set by the first subscribe().
+        self.event_type: type[anyio.Event] = anyio.Event
         backend.bind(self)
 
     async def __aenter__(self) -> Hub:
@@ -180,6 +183,8 @@ class Hub:
     async def subscribe(
         self, channels: Iterable[str], *, maxlen: int | None = None
     ) -> Subscription:
+        if self.event_type is anyio.Event:
+            self.event_type = type(anyio.Event())
         subscription = Subscription(self, channels, maxlen or self.queue_size)
         for channel_id in subscription.channels:
             local = self._subscriptions.get(channel_id)

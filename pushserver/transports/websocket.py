@@ -250,7 +250,6 @@ class _Connection:
     finish decides how the connection ends and cancels the other."""
 
     __slots__ = (
-        "_lock",
         "_send",
         "close_code",
         "close_reason",
@@ -277,8 +276,9 @@ class _Connection:
         self.stream = stream
         self.receive = receive
         self._send = send
-        # One frame at a time, whichever task writes it; uncontended, no checkpoint.
-        self._lock = anyio.Lock(fast_acquire=True)
+        # No lock of our own around writes from the two tasks: hypercorn writes each frame
+        # whole under its per-connection send lock, in the order the sends were made, and
+        # an acknowledgement that must precede messages is awaited before they can exist.
         self.guard = SendGuard(self.location.send_timeout)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -335,9 +335,8 @@ class _Connection:
     async def send(self, event: dict[str, Any]) -> None:
         """A frame from the watching task (command replies, keepalive), under its own
         timeout: the guard cannot watch the task it runs in."""
-        async with self._lock:
-            with anyio.move_on_after(self.guard.timeout) as scope:
-                await self._send(event)
+        with anyio.move_on_after(self.guard.timeout) as scope:
+            await self._send(event)
         if scope.cancelled_caught:
             raise _TooSlow
 
@@ -350,27 +349,27 @@ class _Connection:
         guard = self.guard
         clock = time.monotonic
         while True:
-            events = await stream.batch()
-            # A frame is one ASGI send; the lock is taken once for everything owed now.
-            async with self._lock:
-                for event in events:
-                    if type(event) is Delivery:
-                        frame = event.message.wire("ws", partial(encode_frame, event.channel_id))
-                    elif isinstance(event, Gap | Deleted):
-                        frame = {"type": "websocket.send", "text": event.json()}
-                    elif isinstance(event, Closing):
-                        self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
+            for event in await stream.batch():
+                if type(event) is Delivery:
+                    message = event.message
+                    frame = message.encoded.get("ws")  # encoded once, by the first subscriber
+                    if frame is None:
+                        frame = message.wire("ws", partial(encode_frame, event.channel_id))
+                elif isinstance(event, Gap | Deleted):
+                    frame = {"type": "websocket.send", "text": event.json()}
+                elif isinstance(event, Closing):
+                    self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
+                    return
+                else:
+                    continue
+                guard.started = clock()
+                await send(frame)
+                guard.started = 0.0
+                if type(event) is Deleted:
+                    self.forget(event.channel_id)
+                    if not stream.positions:
+                        self.finish(CLOSE_DELETED, "the channel was deleted")
                         return
-                    else:
-                        continue
-                    guard.started = clock()
-                    await send(frame)
-                    guard.started = 0.0
-                    if type(event) is Deleted:
-                        self.forget(event.channel_id)
-                        if not stream.positions:
-                            self.finish(CLOSE_DELETED, "the channel was deleted")
-                            return
 
     async def received(self, message: dict[str, Any]) -> bool:
         """Handle one message from the client; True once it went away."""
