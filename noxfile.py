@@ -48,7 +48,8 @@ def tests_impl(
     args: tuple[str, ...] = (),
 ) -> None:
     ensure_system_packages(session)
-    session.install("-e", ".[test]")
+    # uvloop: the bench smoke tests run servers with --loop uvloop; docs: tests/test_docs.py.
+    session.install("-e", ".[test,uvloop,docs]")
     if django:
         session.install(f"django~={django}.0")
     session.run("python", "-m", "pytest", *args, *session.posargs, env=env or {})
