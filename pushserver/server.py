@@ -7,6 +7,7 @@ worker for the running anyio backend (asyncio or trio).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -23,6 +24,11 @@ from .app import PushServer
 logger = logging.getLogger("pushserver")
 
 BACKLOG = 4096
+#: The cyclic collector's thresholds while serving (Python's default: 700, 10, 10). Every
+#: held connection is a few hundred tracked objects, and fan-out makes many short-lived
+#: ones: at the defaults, full collections walking every connection took most of the CPU
+#: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log).
+GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
@@ -116,6 +122,8 @@ async def serve(
     SIGINT or SIGTERM). On the way out held subscribers are released first, so the
     graceful period is spent finishing responses, not waiting on idle long polls."""
     global current
+    if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
+        gc.set_threshold(*GC_THRESHOLDS)
     config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
     trigger = shutdown_trigger or wait_for_signals
 
