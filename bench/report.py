@@ -80,7 +80,7 @@ def redis_markdown(report: dict) -> str:
             f", load generator on {f'CPU {loadgen_cpu}' if loadgen_cpu else 'either CPU'}"
         )
     lines = [
-        f"Run on {report['date']} with `{report['command'].strip()}` at commit "
+        f"Run finished on {report['date']} with `{report['command'].strip()}` at commit "
         f"`{m.get('git_commit', '?')}`"
         + (
             " (with uncommitted changes in pushserver/)"

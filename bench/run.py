@@ -201,7 +201,7 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             "rate": scenario.get("rate"),
             "duration": scenario["duration"],
             "drain": max(args.drain, scenario.get("drain", 0)),
-            "window": 2,
+            "window": args.window,
             "publishers": 32 if scenario["channels"] > 1 else len(servers),
             "message_size": 64,
         }
@@ -545,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drain", type=float, default=20.0, help="max seconds to wait for deliveries"
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=2,
+        help="throughput scenarios: messages in flight per channel (closed loop)",
+    )
     parser.add_argument("--scenario-timeout", type=float, default=240.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
@@ -599,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_cpu": SERVER_CPU,
             "loadgen_cpu": LOADGEN_CPU,
             "loop": args.loop,
+            "window": args.window,
             "server": "hypercorn (embedded, pushserver.server.serve) on anyio/asyncio",
             "message_size_bytes": 64,
             "fd_limit": [nofile, hard],
