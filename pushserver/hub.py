@@ -14,7 +14,6 @@ silently, and a slow consumer never holds up the others.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -113,14 +112,19 @@ class Subscription:
         self, after: MessageId, *, timeout: float | None = None
     ) -> Event | None:
         """Wait for a message newer than ``after`` (or a deletion); None on timeout."""
-        with anyio.move_on_after(timeout if timeout else math.inf):
-            while True:
-                event = await self.get()
-                if event is None:  # overflowed: the caller re-reads the buffer
-                    return None
-                if not isinstance(event, Delivery) or event.message.id > after:
-                    return event
+        if not timeout:  # no cancel scope when there is no deadline (every long poll)
+            return await self._next_after(after)
+        with anyio.move_on_after(timeout):
+            return await self._next_after(after)
         return None
+
+    async def _next_after(self, after: MessageId) -> Event | None:
+        while True:
+            event = await self.get()
+            if event is None:  # overflowed: the caller re-reads the buffer
+                return None
+            if type(event) is not Delivery or event.message.id > after:
+                return event
 
 
 class Hub:

@@ -9,7 +9,6 @@ shutdown; it echoes the client's own position so the client simply asks again.
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import anyio
@@ -53,6 +52,13 @@ class LongPollTransport:
         self.headers = base_headers
         self.presence = presence
         self.interval = location.polling == "interval"
+        #: This location's key for ``Message.wire``: its start event includes our headers.
+        self._wire = f"longpoll@{id(self)}"
+
+    def _encode_start(self, message: Message) -> dict:
+        start = _encode_start(message)
+        start["headers"] = self.headers + start["headers"]
+        return start
 
     async def __call__(
         self, request: Request, channel_id: str, receive: Receive, send: Send
@@ -133,8 +139,12 @@ class LongPollTransport:
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(watch_disconnect)
-                    # One deadline for the whole wait, however often an overflow re-reads.
-                    with anyio.move_on_after(self.location.timeout or math.inf):
+                    # One deadline for the whole wait, however often an overflow re-reads
+                    # (and no cancel scope at all without one).
+                    if self.location.timeout:
+                        with anyio.move_on_after(self.location.timeout):
+                            event = await self.wait(subscription, channel_id, position)
+                    else:
                         event = await self.wait(subscription, channel_id, position)
                     tg.cancel_scope.cancel()
                 if disconnected:
@@ -166,8 +176,11 @@ class LongPollTransport:
                 return read.message
 
     async def send_message(self, send: Send, message: Message, headers: Headers) -> None:
-        start = message.wire("longpoll", _encode_start)
-        if headers:
+        if headers is self.headers:
+            # The location's own headers: the whole start event is shared by every poller.
+            start = message.wire(self._wire, self._encode_start)
+        else:
+            start = message.wire("longpoll", _encode_start)
             start = {**start, "headers": headers + start["headers"]}
         await send(start)
         await send({"type": "http.response.body", "body": message.body})
