@@ -320,13 +320,12 @@ class Stream:
 
     async def _drain(self) -> list[StreamEvent]:
         """Everything queued, as stream events; the one-channel message path is inline."""
-        queue = self.subscription.queue
+        queue = self.subscription.take()
         positions = self.positions
         ids = self.ids
         same = ids is positions
         out: list[StreamEvent] = []
-        while queue:
-            event = queue.popleft()
+        for event in queue:
             if type(event) is Delivery:
                 channel_id = event.channel_id
                 position = positions.get(channel_id)
