@@ -121,7 +121,7 @@ class EventStreamResponse(EventSourceResponse):
 
     def __init__(self, stream: Stream, *, ping: float, send_timeout: float | None) -> None:
         super().__init__(
-            (),  # unused: _stream_response below reads the stream itself
+            iter(()),  # unused: _stream_response below reads the stream itself
             ping=ping,
             ping_message_factory=lambda: _PING,
             sep=_SEP,

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +130,8 @@ class SendGuard:
 
     async def watch(
         self,
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        handle: Callable[[dict[str, Any]], Awaitable[bool]],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        handle: Callable[[MutableMapping[str, Any]], Awaitable[bool]],
         ping: Callable[[], Awaitable[None]] | None = None,
         interval: float = 0.0,
     ) -> None:
@@ -155,10 +155,10 @@ class SendGuard:
                 next_ping = clock() + interval
                 continue
             due = min(started + timeout if started else now + timeout, next_ping)
+            message: MutableMapping[str, Any] | None = None
             if due == math.inf:
                 message = await receive()
             else:
-                message = None
                 # receive() is cancel-safe: a message arriving at the deadline stays queued.
                 with anyio.move_on_after(due - now):
                     message = await receive()

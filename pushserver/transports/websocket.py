@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import MutableMapping
 from contextlib import suppress
 from functools import partial
 from typing import Any
@@ -371,7 +372,7 @@ class _Connection:
                         self.finish(CLOSE_DELETED, "the channel was deleted")
                         return
 
-    async def received(self, message: dict[str, Any]) -> bool:
+    async def received(self, message: MutableMapping[str, Any]) -> bool:
         """Handle one message from the client; True once it went away."""
         if message["type"] == "websocket.disconnect":
             return True
