@@ -19,17 +19,25 @@ FIELDS = (
     "deliveries_per_second", "cpu_us_per_delivery", "latency_ms_p50", "latency_ms_p99",
     "memory_per_idle_connection_bytes", "loadgen_cpu_utilisation",
 )  # fmt: skip
+#: A server waiting on Redis on a busy machine can leave the load generator's CPU for a
+#: 1-second phase under one 10 ms clock tick: the Redis rows require the rest.
+REDIS_FIELDS = tuple(f for f in FIELDS if f != "loadgen_cpu_utilisation")
 
 
 def run_bench(
-    tmp_path: Path, transports: str, scenarios: str, targets: str = "ours,floor", timeout=120
+    tmp_path: Path,
+    transports: str,
+    scenarios: str,
+    targets: str = "ours,floor",
+    timeout: float = 120,
+    drain: float = 10,
 ) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [
             *PYTHON_BENCH,
             *("--transports", transports, "--targets", targets, "--scenarios", scenarios),
-            *("--drain", "10", "--scenario-timeout", "60", "--out", str(out)),
+            *("--drain", str(drain), "--scenario-timeout", "60", "--out", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -40,13 +48,13 @@ def run_bench(
     return json.loads(out.read_text()), done.stdout
 
 
-def check_rows(rows: list[dict]) -> None:
+def check_rows(rows: list[dict], fields: tuple[str, ...] = FIELDS) -> None:
     for row in rows:
         assert "error" not in row, row
         assert row["connected"] == row["subscribers"] == 200
         assert row["lost"] == row["duplicated"] == row["out_of_order"] == 0, row
         assert row["deliveries"] == row["expected_deliveries"] > 0
-        for field in FIELDS:
+        for field in fields:
             assert row[field] is not None and row[field] > 0, (field, row)
 
 
@@ -95,7 +103,12 @@ def test_quick_bench_redis_one_and_two_processes_lose_nothing(tmp_path):
     # Long-poll on Redis re-reads the store on every re-poll: 200 subscribers re-polling
     # at once are more concurrent commands than the backend's connection pool holds.
     report, stdout = run_bench(
-        tmp_path, "longpoll", "fanout-200,channels-200", "ours,redis-1,redis-2", timeout=240
+        tmp_path,
+        "longpoll",
+        "fanout-200,channels-200",
+        "ours,redis-1,redis-2",
+        timeout=300,
+        drain=20,
     )
     rows = report["results"]
     assert {(r["target"], r["scenario"]) for r in rows} == {
@@ -103,7 +116,7 @@ def test_quick_bench_redis_one_and_two_processes_lose_nothing(tmp_path):
         for target in ("ours", "redis-1", "redis-2")
         for scenario in ("fanout-200", "channels-200")
     }
-    check_rows(rows)
+    check_rows(rows, REDIS_FIELDS)
     for row in rows:
         if row["target"] == "redis-2":
             check_two_processes(row)
@@ -126,9 +139,11 @@ def test_quick_bench_redis_one_and_two_processes_lose_nothing(tmp_path):
     reason="SSE and WebSocket are not both implemented",
 )
 def test_quick_bench_redis_streams_across_two_processes_lose_nothing(tmp_path):
-    report, _ = run_bench(tmp_path, "sse,ws", "channels-200,fanout-200", "redis-2", timeout=180)
+    report, _ = run_bench(
+        tmp_path, "sse,ws", "channels-200,fanout-200", "redis-2", timeout=240, drain=20
+    )
     rows = report["results"]
     assert len(rows) == 4
-    check_rows(rows)
+    check_rows(rows, REDIS_FIELDS)
     for row in rows:
         check_two_processes(row)
