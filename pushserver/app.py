@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from typing import Any
 from urllib.parse import quote
 
 from . import __version__
@@ -139,7 +140,9 @@ class PushServer:
             self.routes.append((location, handler))
         self._stack: AsyncExitStack | None = None
         # An async-context presence factory (passthrough) lives as long as the server.
-        self._presence_context = presence_factory if hasattr(presence_factory, "__aenter__") else None
+        self._presence_context = (
+            presence_factory if hasattr(presence_factory, "__aenter__") else None
+        )
 
     def subscriber_headers(self, location: LocationConfig) -> Headers:
         return [
@@ -234,12 +237,14 @@ class PushServer:
         if self.fallback is not None:
             await self.fallback(scope, receive, self.with_server_header(send))
         elif kind == "http":
-            await respond_error(send, 404, "no push location matches this path", [self.server_header])
+            await respond_error(
+                send, 404, "no push location matches this path", [self.server_header]
+            )
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
 
     def with_server_header(self, send: Send) -> Send:
-        async def wrapped(message: dict) -> None:  # type: ignore[type-arg]
+        async def wrapped(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"server" for name, _ in headers):
@@ -257,8 +262,8 @@ class PushServer:
             if name == b"host":
                 host = value.decode("latin-1").lower()
                 break
-        forced_name = self.forcehost.rsplit(":", 1)[0] if not self.forcehost.endswith("]") else self.forcehost
-        host_name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        forced_name = _host_name(self.forcehost)
+        host_name = _host_name(host)
         if host_name == forced_name:
             return False
         if scope["type"] != "http":
@@ -271,3 +276,8 @@ class PushServer:
             location += b"?" + query
         await respond(send, 301, [self.server_header, (b"location", location)])
         return True
+
+
+def _host_name(host: str) -> str:
+    """``host[:port]`` without the port (a bracketed IPv6 address keeps its brackets)."""
+    return host if host.endswith("]") else host.rsplit(":", 1)[0]

@@ -7,5 +7,7 @@ class PushServerConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import settings  # noqa: F401  (resets the cached config on setting_changed)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            settings,  # noqa: F401  (resets the cached config on setting_changed)
+        )

@@ -13,6 +13,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -135,7 +136,8 @@ async def serve(
     current = Running(app, anyio.lowlevel.current_token(), format_host(address, port))
     try:
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-        wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        # PushServer speaks ASGI 3 with plain dicts; hypercorn's types are TypedDicts.
+        wrapped = wrap_app(cast(Any, app), config.wsgi_max_body_size, "asgi")
         if _running_trio():
             from hypercorn.trio.run import worker_serve as trio_serve
 

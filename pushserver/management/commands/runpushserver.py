@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO, cast
 
 import anyio
 import django
@@ -420,7 +420,7 @@ class Command(BaseCommand):
     def configure_logging(self) -> None:
         logger = logging.getLogger("pushserver")
         if not logger.handlers and not logging.getLogger().handlers:
-            handler = logging.StreamHandler(self.stdout._out)
+            handler = logging.StreamHandler(cast(TextIO, self.stdout._out))
             handler.setFormatter(
                 logging.Formatter("[%(asctime)s] %(message)s", "%d/%b/%Y %H:%M:%S")
             )
