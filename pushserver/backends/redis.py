@@ -722,27 +722,31 @@ class RedisBackend(Backend):
             return
         self._writing[channel_id] = False
         keys = self._keys(channel_id)
-        try:
-            while True:
-                try:
-                    last = await self._run(
-                        "subscribers",
-                        [keys[0], keys[2]],
-                        [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
-                    )
-                except BackendUnavailable as exc:
-                    # Never fails a subscriber: the reader writes every count again on
-                    # reconnecting.
-                    logger.debug("redis: subscriber count not stored: %s", exc)
-                    return
-                listening = self._listening.get(channel_id)
-                if listening is not None and last:
-                    listening.known = _optional_id(*last)
-                if not self._writing[channel_id]:
-                    return
-                self._writing[channel_id] = False
-        finally:
-            del self._writing[channel_id]
+        # Shielded: this writer also carries the counts other subscribers queued behind it
+        # (they returned at once). Cancelled midway, because its own client went away, it
+        # would drop them and leave a stale count; each command is bounded by command_timeout.
+        with anyio.CancelScope(shield=True):
+            try:
+                while True:
+                    try:
+                        last = await self._run(
+                            "subscribers",
+                            [keys[0], keys[2]],
+                            [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
+                        )
+                    except BackendUnavailable as exc:
+                        # Never fails a subscriber: the reader writes every count again on
+                        # reconnecting.
+                        logger.debug("redis: subscriber count not stored: %s", exc)
+                        return
+                    listening = self._listening.get(channel_id)
+                    if listening is not None and last:
+                        listening.known = _optional_id(*last)
+                    if not self._writing[channel_id]:
+                        return
+                    self._writing[channel_id] = False
+            finally:
+                del self._writing[channel_id]
 
     # -- the pub/sub reader -----------------------------------------------------------------
 
