@@ -9,8 +9,6 @@ shutdown; it echoes the client's own position so the client simply asks again.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import anyio
 
 from ..config import LocationConfig
@@ -19,25 +17,17 @@ from ..http import Headers, Receive, Request, Send, respond, respond_error
 from ..hub import Deletion, Delivery, Event, Hub, Subscription
 from ..message import Message, MessageId
 from ..protocol import (
-    cors_headers,
     longpoll_response_headers,
     position_from_headers,
     position_headers,
 )
+from .base import HTTPTransport, Presence
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
 
 
-class Presence(Protocol):
-    """Told when a subscriber starts waiting on a channel and when it stops (passthrough)."""
-
-    def subscribed(self, request: Request, channel_id: str) -> object: ...
-
-    def unsubscribed(self, token: object) -> None: ...
-
-
-class LongPollTransport:
+class LongPollTransport(HTTPTransport):
     """Serves one subscriber location's long-poll (or interval-poll) requests."""
 
     def __init__(
@@ -47,10 +37,7 @@ class LongPollTransport:
         base_headers: Headers,
         presence: Presence | None = None,
     ) -> None:
-        self.location = location
-        self.hub = hub
-        self.headers = base_headers
-        self.presence = presence
+        super().__init__(location, hub, base_headers, presence)
         self.interval = location.polling == "interval"
         #: This location's key for ``Message.wire``: its start event includes our headers.
         self._wire = f"longpoll@{id(self)}"
@@ -85,16 +72,6 @@ class LongPollTransport:
             await respond_error(send, 404, "no such channel", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
-
-    def response_headers(self, request: Request) -> Headers:
-        """The base headers; with several allowed origins, CORS names the request's own."""
-        if len(self.location.allow_origin.split()) < 2:
-            return self.headers
-        cors = cors_headers(
-            self.location.allow_origin, self.location.allow_credentials, request.header("origin")
-        )
-        names = {name for name, _ in cors}
-        return [*(h for h in self.headers if h[0] not in names), *cors]
 
     async def serve(
         self,

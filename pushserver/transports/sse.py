@@ -64,14 +64,12 @@ import anyio
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
-from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send, respond_error
 from ..http import Message as ASGIMessage
-from ..hub import Closing, Delivery, Hub
+from ..hub import Closing, Delivery
 from ..message import Message, MessageId
-from ..protocol import cors_headers
-from .longpoll import Presence
+from .base import HTTPTransport
 from .streaming import (
     Deleted,
     Gap,
@@ -219,30 +217,8 @@ class EventStreamResponse(EventSourceResponse):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class SSETransport:
+class SSETransport(HTTPTransport):
     """Serves one subscriber location's event-stream requests."""
-
-    def __init__(
-        self,
-        location: LocationConfig,
-        hub: Hub,
-        base_headers: Headers,
-        presence: Presence | None = None,
-    ) -> None:
-        self.location = location
-        self.hub = hub
-        self.headers = base_headers
-        self.presence = presence
-
-    def response_headers(self, request: Request) -> Headers:
-        """The base headers; with several allowed origins, CORS names the request's own."""
-        if len(self.location.allow_origin.split()) < 2:
-            return self.headers
-        cors = cors_headers(
-            self.location.allow_origin, self.location.allow_credentials, request.header("origin")
-        )
-        names = {name for name, _ in cors}
-        return [*(h for h in self.headers if h[0] not in names), *cors]
 
     async def __call__(
         self, request: Request, raw_channels: str, receive: Receive, send: Send

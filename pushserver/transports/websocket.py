@@ -78,7 +78,7 @@ from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
-from .longpoll import Presence
+from .base import Presence
 from .streaming import (
     MAX_CHANNELS,
     Deleted,
