@@ -124,7 +124,13 @@ class PushServer:
         for location in config.locations:
             hub = self.hubs[location.store]
             if location.type == "publisher":
-                handler: object = Publisher(location, hub, [self.server_header])
+                handler: object = Publisher(
+                    location,
+                    hub,
+                    [self.server_header],
+                    internal_ips=config.internal_ips,
+                    secret=config.publisher_secret,
+                )
             else:
                 presence = None
                 if location.passthrough and callable(presence_factory):

@@ -9,6 +9,7 @@ problems at startup (naming the key and the fix); :func:`load` raises
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ TOP_LEVEL_KEYS = {
     "transport": "the transport pages use: 'longpoll'",
     "max_message_size": "largest accepted message body in bytes (default 1 MiB)",
     "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
+    "publisher_secret": "shared secret publishers must prove (Authorization: Bearer token)",
 }
 
 PUBLISH_VIA = ("http", "backend")
@@ -60,7 +62,9 @@ PUBLISH_VIA = ("http", "backend")
 BACKEND_PUBLISH_STORES = ("redis",)
 
 COMMON_LOCATION_KEYS = {"type", "url", "prefix", "store", "allow_origin", "allow_credentials"}
-PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size"}
+PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size", "allow_from"}
+#: ``allow_from: '*'``: every address may publish.
+ALLOW_ANY = ("0.0.0.0/0", "::/0")
 SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "polling",
     "create_on_get",
@@ -125,6 +129,8 @@ class LocationConfig:
     ping_interval: float = 15.0
     #: Seconds one write to a streaming subscriber may block before it is disconnected.
     send_timeout: float = 30.0
+    #: Networks a publisher may connect from; None: loopback plus ``internal_ips``.
+    allow_from: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,10 @@ class ServerConfig:
     transport: str = "longpoll"
     #: ``send_update`` POSTs to the push server ('http') or writes to the store ('backend').
     publish_via: str = "http"
+    #: Publishers must send ``Authorization: Bearer <token>`` derived from it (if set).
+    publisher_secret: str | None = None
+    #: Django's INTERNAL_IPS, put here by the Django layer: allowed to publish by default.
+    internal_ips: tuple[str, ...] = ()
 
     def first(self, kind: str) -> LocationConfig | None:
         return next((loc for loc in self.locations if loc.type == kind), None)
@@ -321,6 +331,26 @@ def _location_pattern(
     return pattern, regex
 
 
+def _parse_allow_from(c: _Collector, key: str, raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if raw == "*":
+        return ALLOW_ANY
+    hint = "Use a list of addresses or networks, e.g. ['127.0.0.1', '10.0.0.0/8'], or '*'."
+    if not isinstance(raw, list | tuple):
+        c.error(key, f"must be a list of addresses or networks, not {raw!r}", hint, 52)
+        return ()  # refuse everyone rather than fall back to something wider
+    networks: list[str] = []
+    for entry in raw:
+        try:
+            if not isinstance(entry, str):
+                raise ValueError(entry)
+            networks.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+        except ValueError:
+            c.error(key, f"{entry!r} is not an IP address or network", hint, 52)
+    return tuple(networks)
+
+
 def _parse_location(
     c: _Collector, index: int, raw: Any, stores: dict[str, StoreConfig], default_size: int
 ) -> LocationConfig | None:
@@ -417,6 +447,7 @@ def _parse_location(
     send_timeout = raw.get("send_timeout", 30.0)
     if not _check_non_negative(c, f"{key}['send_timeout']", send_timeout, 49, integer=False):
         send_timeout = 30.0
+    allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
         transports = (transports,)
@@ -458,6 +489,7 @@ def _parse_location(
         transports=tuple(t for t in transports if t in AVAILABLE_TRANSPORTS) or ("longpoll",),
         ping_interval=float(ping_interval),
         send_timeout=float(send_timeout),
+        allow_from=allow_from,
     )
 
 
@@ -552,6 +584,18 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         )
         publish_via = "http"
 
+    publisher_secret = raw.get("publisher_secret")
+    if publisher_secret is not None and (
+        not isinstance(publisher_secret, str) or not publisher_secret
+    ):
+        c.error(
+            "PUSH_SERVER['publisher_secret']",
+            "must be a non-empty string",
+            "Use a long random string kept out of version control, or remove the key.",
+            53,
+        )
+        publisher_secret = None
+
     stores = _parse_stores(c, raw.get("store"))
     raw_locations = raw.get("locations", DEFAULT_LOCATIONS)
     locations: list[LocationConfig] = []
@@ -582,6 +626,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         publish_timeout=float(publish_timeout),
         transport=transport,
         publish_via=publish_via,
+        publisher_secret=publisher_secret,
     )
     return config, c.problems
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable
+
 from .config import LocationConfig
 from .exceptions import BackendUnavailable, ChannelNotFound
 from .http import (
@@ -19,20 +24,80 @@ from .message import ChannelInfo
 from .protocol import negotiate_info_format, render_channel_info
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def publisher_token(secret: str) -> str:
+    """The bearer token for ``publisher_secret``: an HMAC of a fixed label, so the secret
+    itself never travels and the same secret can derive other keys without clashing."""
+    return hmac.new(secret.encode(), b"pushserver publisher", hashlib.sha256).hexdigest()
+
+
+def _networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+        except ValueError:  # an INTERNAL_IPS entry Django never validated: it allows nothing
+            continue
+    return tuple(networks)
+
+
+def _client_address(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if host is None:  # a Unix socket: only local processes can reach it
+        return ipaddress.ip_address("127.0.0.1")
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return address
 
 
 class Publisher:
     """Handles one publisher location (NHPM "Basic HTTP Push Relay Protocol" semantics)."""
 
-    def __init__(self, location: LocationConfig, hub: Hub, base_headers: Headers) -> None:
+    def __init__(
+        self,
+        location: LocationConfig,
+        hub: Hub,
+        base_headers: Headers,
+        *,
+        internal_ips: Iterable[str] = (),
+        secret: str | None = None,
+    ) -> None:
         self.location = location
         self.hub = hub
         self.headers = base_headers
+        allowed = location.allow_from
+        self.allow_from = _networks((*LOOPBACK, *internal_ips) if allowed is None else allowed)
+        self.token = publisher_token(secret) if secret else None
+
+    def refusal(self, request: Request) -> str | None:
+        """Why this request may not publish, or None. The address is the TCP peer's: behind
+        a proxy it is the proxy's (X-Forwarded-For is not trusted)."""
+        host = request.client_host
+        address = _client_address(host)
+        if address is None or not any(address in net for net in self.allow_from):
+            return f"publishing is not allowed from {host} (see the location's allow_from)"
+        if self.token is not None:
+            scheme, _, given = (request.header("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self.token.encode()
+            ):
+                return "publishing needs a valid publisher token (Authorization: Bearer ...)"
+        return None
 
     async def __call__(
         self, request: Request, channel_id: str, receive: Receive, send: Send
     ) -> None:
         method = request.method
+        refused = self.refusal(request)
+        if refused is not None:
+            await respond_error(send, 403, refused, self.headers)
+            return
         try:
             if method == "POST":
                 await self.post(request, channel_id, receive, send)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 from django.conf import settings
@@ -17,7 +18,12 @@ from . import config as _config
 
 @lru_cache(maxsize=1)
 def _parsed() -> tuple[_config.ServerConfig, list[_config.Problem]]:
-    return _config.parse(getattr(settings, "PUSH_SERVER", None))
+    config, problems = _config.parse(getattr(settings, "PUSH_SERVER", None))
+    # The core never imports Django: INTERNAL_IPS (allowed to publish by default) goes in here.
+    internal_ips = getattr(settings, "INTERNAL_IPS", ())
+    if isinstance(internal_ips, list | tuple):
+        config = replace(config, internal_ips=tuple(str(ip) for ip in internal_ips))
+    return config, problems
 
 
 def get_config() -> _config.ServerConfig:
@@ -35,5 +41,5 @@ def ignore_errors() -> bool:
 
 @receiver(setting_changed)
 def _reset(setting: str, **kwargs: object) -> None:
-    if setting in ("PUSH_SERVER", "PUSH_SERVER_IGNORE_ERRORS"):
+    if setting in ("PUSH_SERVER", "PUSH_SERVER_IGNORE_ERRORS", "INTERNAL_IPS"):
         _parsed.cache_clear()

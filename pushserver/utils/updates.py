@@ -40,6 +40,7 @@ from .. import signals
 from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
+from ..publisher import publisher_token
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
 current_host: str | None = None
@@ -354,9 +355,10 @@ def send_update(
         url, location = _url("publisher", channel_id)
     body = _encode(data, already_serialized)
     if not via_backend:
-        request = urllib.request.Request(
-            url, data=body, headers={"Content-Type": CONTENT_TYPE}, method="POST"
-        )
+        headers = {"Content-Type": CONTENT_TYPE}
+        if config.publisher_secret:
+            headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     kwargs = {
         "channel_id": channel_id,
         "data": data,
