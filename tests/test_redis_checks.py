@@ -5,10 +5,8 @@ without a redis store an error."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from django.core import checks
 from django.test import override_settings
 
 from tests.backends.conftest import RedisServer, free_port
+from tests.project.helpers import silent_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,31 +68,10 @@ def test_url_and_named_stores_each_warned_once_per_address():
 def test_silent_server_times_out_in_about_a_second():
     """A peer that accepts and never answers (a hung Redis, a firewall) costs the check
     its 1 s timeout, not the default socket timeout."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        port = listener.getsockname()[1]
+    with silent_server() as (port, accepted):
         started = time.monotonic()
         (message,) = pushserver_messages({"store": {"type": "redis", "port": port}})
         elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        listener.close()
     assert message.id == "pushserver.W052"
     assert accepted  # it did connect: this was the reply timeout
     assert elapsed < 3, elapsed

@@ -3,8 +3,6 @@ the Django process, no HTTP hop, delivered by a real ``runpushserver`` like a PO
 
 from __future__ import annotations
 
-import socket
-import threading
 from functools import partial
 
 import anyio
@@ -15,6 +13,7 @@ from django.test import override_settings
 
 from pushserver import signals
 from pushserver.utils.updates import SendUpdateError, UpdateResponse, asend_update, send_update
+from tests.project.helpers import silent_server
 
 from .test_redis_servers import JSON, Follower, push_config, wait_subscribers
 
@@ -151,35 +150,14 @@ async def test_redis_down_raises(redis_server_factory, recorded):
 
 
 async def test_silent_redis_times_out_after_publish_timeout():
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    store = {"type": "redis", "port": listener.getsockname()[1]}
-    try:
-        settings = backend_settings(store, publish_timeout=0.3)
+    with silent_server() as (port, _accepted):
+        settings = backend_settings({"type": "redis", "port": port}, publish_timeout=0.3)
         with (
             override_settings(PUSH_SERVER=settings),
             anyio.fail_after(10),
             pytest.raises(SendUpdateError) as info,
         ):
             await publish("news", "x")
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        listener.close()
     assert info.value.status is None
     assert "no answer from the store within 0.3 s" in str(info.value)
 

@@ -3,6 +3,10 @@ wait on the real server's own signals (channel info) instead of sleeping."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import anyio
@@ -98,3 +102,33 @@ async def wait_for_subscribers(
     client: httpx.AsyncClient, publisher_path: str, count: int, timeout: float = 10
 ) -> dict:
     return await wait_for_info(client, publisher_path, "subscribers", count, timeout)
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A loopback TCP server that accepts connections and never answers (a hung peer).
+
+    Yields its port and the list of connections it accepted; closes everything after.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
