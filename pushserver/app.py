@@ -89,7 +89,7 @@ class Subscriber:
             await respond_error(send, 403, reason, self.headers)
             return
         try:
-            channel_id = decode_channel_id(raw_channel)
+            channel_id = decode_channel_id(raw_channel, self.location.max_channel_id_length)
         except ValueError as exc:
             await respond_error(send, 400, str(exc), self.headers)
             return
@@ -233,7 +233,7 @@ class PushServer:
                 return
             request = Request(scope)
             try:
-                channel_id = decode_channel_id(match.group(1))
+                channel_id = decode_channel_id(match.group(1), location.max_channel_id_length)
             except ValueError as exc:
                 headers = handler.headers  # type: ignore[attr-defined]
                 await respond_error(send, 400, str(exc), headers)

@@ -55,6 +55,7 @@ TOP_LEVEL_KEYS = {
     "max_message_size": "largest accepted message body in bytes (default 1 MiB)",
     "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
     "publisher_secret": "shared secret publishers must prove (Authorization: Bearer token)",
+    "max_channel_id_length": "longest accepted channel id in characters (default 1024, 0 = none)",
 }
 
 PUBLISH_VIA = ("http", "backend")
@@ -131,6 +132,8 @@ class LocationConfig:
     send_timeout: float = 30.0
     #: Networks a publisher may connect from; None: loopback plus ``internal_ips``.
     allow_from: tuple[str, ...] | None = None
+    #: Longest channel id accepted, in characters (0 = no limit); from the top-level key.
+    max_channel_id_length: int = 1024
 
 
 @dataclass(frozen=True)
@@ -352,7 +355,12 @@ def _parse_allow_from(c: _Collector, key: str, raw: Any) -> tuple[str, ...] | No
 
 
 def _parse_location(
-    c: _Collector, index: int, raw: Any, stores: dict[str, StoreConfig], default_size: int
+    c: _Collector,
+    index: int,
+    raw: Any,
+    stores: dict[str, StoreConfig],
+    default_size: int,
+    max_channel_id_length: int = 1024,
 ) -> LocationConfig | None:
     key = f"PUSH_SERVER['locations'][{index}]"
     if not isinstance(raw, Mapping):
@@ -490,6 +498,7 @@ def _parse_location(
         ping_interval=float(ping_interval),
         send_timeout=float(send_timeout),
         allow_from=allow_from,
+        max_channel_id_length=max_channel_id_length,
     )
 
 
@@ -574,6 +583,12 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
     if not _check_non_negative(c, "PUSH_SERVER['max_message_size']", default_size, 8, integer=True):
         default_size = 1024 * 1024
 
+    max_id_length = raw.get("max_channel_id_length", 1024)
+    if not _check_non_negative(
+        c, "PUSH_SERVER['max_channel_id_length']", max_id_length, 54, integer=True
+    ):
+        max_id_length = 1024
+
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
         c.error(
@@ -609,7 +624,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         )
         raw_locations = ()
     for index, raw_location in enumerate(raw_locations):
-        location = _parse_location(c, index, raw_location, stores, default_size)
+        location = _parse_location(c, index, raw_location, stores, default_size, int(max_id_length))
         if location is not None:
             locations.append(location)
     if publish_via == "backend":

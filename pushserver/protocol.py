@@ -73,10 +73,11 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
-def decode_channel_id(raw: str) -> str:
+def decode_channel_id(raw: str, max_length: int = 0) -> str:
     """Percent-decode a channel id taken from the raw URL path, strictly.
 
-    Raises :class:`ValueError` for a malformed escape or bytes that are not UTF-8.
+    Raises :class:`ValueError` for a malformed escape, bytes that are not UTF-8 or an id
+    longer than *max_length* characters (0 = no limit).
     """
     if _BAD_PERCENT.search(raw):
         raise ValueError("malformed percent-encoding in the channel id")
@@ -87,7 +88,15 @@ def decode_channel_id(raw: str) -> str:
         raise ValueError("the channel id is not UTF-8") from exc
     if channel_id == "":
         raise ValueError("the channel id is empty")
+    check_channel_id_length(channel_id, max_length)
     return channel_id
+
+
+def check_channel_id_length(channel_id: str, max_length: int) -> None:
+    # Every id becomes a store key and a hub entry: a bound keeps one request from making
+    # them arbitrarily large (nchan's default is the same 1024).
+    if max_length and len(channel_id) > max_length:
+        raise ValueError(f"the channel id is longer than {max_length} characters")
 
 
 # -- response headers -----------------------------------------------------------------------

@@ -228,7 +228,7 @@ class SSETransport(HTTPTransport):
         if resume is None:
             resume = query_parameter(request.scope.get("query_string", b""), "last_event_id")
         try:
-            channels = split_channels(raw_channels)
+            channels = split_channels(raw_channels, self.location.max_channel_id_length)
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)

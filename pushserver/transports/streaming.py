@@ -43,7 +43,7 @@ import anyio
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import ORIGIN, Message, MessageId
-from ..protocol import decode_channel_id
+from ..protocol import check_channel_id_length, decode_channel_id
 
 logger = logging.getLogger("pushserver.transports")
 
@@ -53,23 +53,25 @@ MAX_CHANNELS = 255
 _LINE_BREAKS = ("\r", "\n", "\0")
 
 
-def split_channels(raw: str) -> list[str]:
+def split_channels(raw: str, max_length: int = 0) -> list[str]:
     """The channel ids of a raw (percent-encoded) path segment, in order, once each.
 
-    Raises :class:`ValueError` for a malformed id, an empty one or too many.
+    Raises :class:`ValueError` for a malformed id, an empty one, one longer than
+    *max_length* characters (0 = no limit) or too many.
     """
     parts = raw.split(SEPARATOR)
     if len(parts) > MAX_CHANNELS:
         raise ValueError(f"at most {MAX_CHANNELS} channels per subscriber, not {len(parts)}")
-    channels = [decode_channel_id(part) for part in parts]
+    channels = [decode_channel_id(part, max_length) for part in parts]
     for channel_id in channels:
         check_channel_id(channel_id)
     return list(dict.fromkeys(channels))
 
 
-def check_channel_id(channel_id: str) -> None:
+def check_channel_id(channel_id: str, max_length: int = 0) -> None:
     if not channel_id:
         raise ValueError("the channel id is empty")
+    check_channel_id_length(channel_id, max_length)
     if any(char in channel_id for char in _LINE_BREAKS):
         raise ValueError("a channel id with a line break cannot be streamed")
 

@@ -147,7 +147,7 @@ _PING = control("ping")
 _PONG = control("pong")
 
 
-def parse_command(text: str) -> tuple[str, str | None, MessageId]:
+def parse_command(text: str, max_length: int = 0) -> tuple[str, str | None, MessageId]:
     """``(action, channel_id, position)`` of a client command; :class:`ValueError` if bad."""
     if len(text) > MAX_COMMAND:
         raise ValueError(f"a command is at most {MAX_COMMAND} characters")
@@ -164,7 +164,7 @@ def parse_command(text: str) -> tuple[str, str | None, MessageId]:
             channel_id = command[action]
             if not isinstance(channel_id, str):
                 raise ValueError(f"{action!r} takes a channel id string")
-            check_channel_id(channel_id)
+            check_channel_id(channel_id, max_length)
             position = ORIGIN
             resume = command.get("last_event_id")
             if action == "subscribe" and resume is not None:
@@ -211,7 +211,7 @@ class WebSocketTransport:
             await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed")
             return
         try:
-            channels = split_channels(raw_channels)
+            channels = split_channels(raw_channels, self.location.max_channel_id_length)
             resume = query_parameter(scope.get("query_string", b""), "last_event_id")
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
@@ -390,7 +390,8 @@ class _Connection:
 
     async def command(self, text: str) -> None:
         try:
-            action, channel_id, position = parse_command(text)
+            max_length = self.transport.location.max_channel_id_length
+            action, channel_id, position = parse_command(text, max_length)
         except ValueError as exc:
             await self.send(control("error", error=str(exc)))
             return

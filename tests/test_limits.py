@@ -1,0 +1,152 @@
+"""Limits against a real runpushserver: each refusal has the documented status (or WebSocket
+close code) and a short body, and the server keeps serving everyone else."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from pushserver.config import parse
+from pushserver.testing import PushServerProcess
+from tests.conftest import ROOT
+from tests.project.helpers import path, wait_for_subscribers
+
+ID_LIMIT = 16
+
+CONFIG = {
+    "max_channel_id_length": ID_LIMIT,
+    "locations": [
+        {"type": "publisher", "prefix": "/publisher/"},
+        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
+        yield process
+
+
+@pytest.fixture
+async def client(server):
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def ws_url(server, location: str) -> str:
+    return server.url.replace("http://", "ws://") + location
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await ws.recv()
+    assert info.value.rcvd is not None, "no close frame from the server"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+async def assert_still_serving(client: httpx.AsyncClient, channel_id: str) -> None:
+    """A long-poll subscriber waits, a publish reaches it."""
+    result: dict[str, httpx.Response] = {}
+
+    async def poll() -> None:
+        result["poll"] = await client.get(path("/subscriber/", channel_id))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll)
+            await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+            published = await client.post(path("/publisher/", channel_id), content=b"still here")
+            assert published.status_code == 201, published.text
+    assert result["poll"].status_code == 200
+    assert result["poll"].content == b"still here"
+
+
+# -- channel id length ---------------------------------------------------------------------
+
+TOO_LONG = "x" * (ID_LIMIT + 1)
+LONG_REASON = f"the channel id is longer than {ID_LIMIT} characters"
+LONG_BODY = f"400 Bad Request: {LONG_REASON}\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+async def test_publisher_refuses_long_channel_id(client, method):
+    response = await client.request(method, path("/publisher/", TOO_LONG), content=b"x")
+    assert response.status_code == 400
+    assert response.text == LONG_BODY
+    await assert_still_serving(client, f"after-pub-{method}")
+
+
+@pytest.mark.anyio
+async def test_longpoll_refuses_long_channel_id(client):
+    response = await client.get(path("/subscriber/", TOO_LONG))
+    assert response.status_code == 400
+    assert response.text == LONG_BODY
+    await assert_still_serving(client, "after-longpoll")
+
+
+@pytest.mark.anyio
+async def test_event_stream_refuses_long_channel_id(client):
+    # One id of a multiplexed list is enough to refuse the whole stream.
+    response = await client.get(
+        "/subscriber/ok," + TOO_LONG, headers={"accept": "text/event-stream"}
+    )
+    assert response.status_code == 400
+    assert response.text == LONG_BODY
+    await assert_still_serving(client, "after-sse")
+
+
+@pytest.mark.anyio
+async def test_websocket_refuses_long_channel_id(server, client):
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, "/subscriber/" + TOO_LONG)) as ws:
+            assert await closed_with(ws) == (4400, LONG_REASON)
+        # A subscribe command with a long id gets an error reply; the connection stays.
+        async with connect(ws_url(server, "/subscriber/ws-ok")) as ws:
+            await ws.send(json.dumps({"subscribe": TOO_LONG}))
+            assert json.loads(await ws.recv()) == {"type": "error", "error": LONG_REASON}
+            await ws.send('{"ping": 1}')
+            assert json.loads(await ws.recv()) == {"type": "pong"}
+    await assert_still_serving(client, "after-ws")
+
+
+@pytest.mark.anyio
+async def test_limit_counts_decoded_characters(client):
+    # 16 two-byte characters: 96 bytes percent-encoded, 16 characters decoded.
+    channel_id = "é" * ID_LIMIT
+    response = await client.post(path("/publisher/", channel_id), content=b"x")
+    assert response.status_code == 202, response.text
+    polled = await client.get(path("/subscriber/", channel_id))
+    assert (polled.status_code, polled.content) == (200, b"x")
+    await assert_still_serving(client, "after-decoded")
+
+
+@pytest.mark.anyio
+async def test_zero_means_no_limit(push_server_factory):
+    server = push_server_factory({**CONFIG, "max_channel_id_length": 0})
+    channel_id = "y" * 5000
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        response = await client.post(path("/publisher/", channel_id), content=b"x")
+        assert response.status_code == 202, response.text
+        polled = await client.get(path("/subscriber/", channel_id))
+        assert (polled.status_code, polled.content) == (200, b"x")
+        await assert_still_serving(client, "after-unlimited")
+
+
+def test_default_and_checks():
+    config, problems = parse({})
+    assert problems == []
+    assert all(loc.max_channel_id_length == 1024 for loc in config.locations)
+    for bad in (-1, 1.5, "64", True):
+        _, problems = parse({"max_channel_id_length": bad})
+        assert [(p.id, p.key) for p in problems] == [
+            ("pushserver.E054", "PUSH_SERVER['max_channel_id_length']")
+        ]
+        assert "whole number" in problems[0].message
