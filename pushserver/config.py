@@ -74,6 +74,7 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "transports",
     "ping_interval",
     "send_timeout",
+    "max_subscribers",
 }
 
 
@@ -134,6 +135,8 @@ class LocationConfig:
     allow_from: tuple[str, ...] | None = None
     #: Longest channel id accepted, in characters (0 = no limit); from the top-level key.
     max_channel_id_length: int = 1024
+    #: Subscribers one channel may have at once, counted by the store (0 = no limit).
+    max_subscribers: int = 0
 
 
 @dataclass(frozen=True)
@@ -455,6 +458,9 @@ def _parse_location(
     send_timeout = raw.get("send_timeout", 30.0)
     if not _check_non_negative(c, f"{key}['send_timeout']", send_timeout, 49, integer=False):
         send_timeout = 30.0
+    max_subscribers = raw.get("max_subscribers", 0)
+    if not _check_non_negative(c, f"{key}['max_subscribers']", max_subscribers, 55, integer=True):
+        max_subscribers = 0
     allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
@@ -499,6 +505,7 @@ def _parse_location(
         send_timeout=float(send_timeout),
         allow_from=allow_from,
         max_channel_id_length=max_channel_id_length,
+        max_subscribers=int(max_subscribers),
     )
 
 

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from pushserver.config import parse
 from pushserver.testing import PushServerProcess
 from tests.conftest import ROOT
-from tests.project.helpers import path, wait_for_subscribers
+from tests.project.helpers import path, position, wait_for_subscribers
 
 ID_LIMIT = 16
 
@@ -23,6 +23,7 @@ CONFIG = {
     "locations": [
         {"type": "publisher", "prefix": "/publisher/"},
         {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+        {"type": "subscriber", "prefix": "/capped/", "create_on_get": True, "max_subscribers": 1},
     ],
 }
 
@@ -140,7 +141,7 @@ async def test_zero_means_no_limit(push_server_factory):
         await assert_still_serving(client, "after-unlimited")
 
 
-def test_default_and_checks():
+def test_id_length_default_and_checks():
     config, problems = parse({})
     assert problems == []
     assert all(loc.max_channel_id_length == 1024 for loc in config.locations)
@@ -150,3 +151,86 @@ def test_default_and_checks():
             ("pushserver.E054", "PUSH_SERVER['max_channel_id_length']")
         ]
         assert "whole number" in problems[0].message
+
+
+# -- subscribers per channel ---------------------------------------------------------------
+
+
+def full_reason(channel_id: str) -> str:
+    return f"channel {channel_id} has its maximum of 1 subscribers"
+
+
+@pytest.mark.anyio
+async def test_max_subscribers_refuses_the_next_subscriber(server, client):
+    channel_id = "capped"
+    result: dict[str, httpx.Response] = {}
+
+    async def hold() -> None:
+        result["first"] = await client.get(path("/capped/", channel_id))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+
+            refused = await client.get(path("/capped/", channel_id))
+            assert refused.status_code == 403
+            assert refused.text == f"403 Forbidden: {full_reason(channel_id)}\n"
+
+            refused = await client.get(
+                path("/capped/", channel_id), headers={"accept": "text/event-stream"}
+            )
+            assert refused.status_code == 403
+            assert refused.text == f"403 Forbidden: {full_reason(channel_id)}\n"
+
+            async with connect(ws_url(server, "/capped/" + channel_id)) as ws:
+                assert await closed_with(ws) == (4403, full_reason(channel_id))
+            async with connect(ws_url(server, "/capped/other")) as ws:
+                await ws.send(json.dumps({"subscribe": channel_id}))
+                reply = json.loads(await ws.recv())
+                assert reply == {
+                    "type": "error",
+                    "error": full_reason(channel_id),
+                    "channel": channel_id,
+                }
+
+            # The refusals did not count: still one subscriber, and it gets the message.
+            info = await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+            assert info["subscribers"] == 1
+            published = await client.post(path("/publisher/", channel_id), content=b"one")
+            assert published.status_code == 201
+    assert (result["first"].status_code, result["first"].content) == (200, b"one")
+
+    # Once the first subscriber left, the next one may wait again.
+    await wait_for_subscribers(client, path("/publisher/", channel_id), 0)
+    second: dict[str, httpx.Response] = {}
+
+    async def wait_again() -> None:
+        second["poll"] = await client.get(
+            path("/capped/", channel_id), headers=position(result["first"])
+        )
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_again)
+            await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+            await client.post(path("/publisher/", channel_id), content=b"two")
+    assert (second["poll"].status_code, second["poll"].content) == (200, b"two")
+    await assert_still_serving(client, "after-capped")
+
+
+def test_max_subscribers_checks():
+    config, problems = parse({})
+    assert all(loc.max_subscribers == 0 for loc in config.locations)
+    locations = [{"type": "subscriber", "prefix": "/s/", "max_subscribers": -1}]
+    _, problems = parse({"locations": locations})
+    assert [(p.id, p.key) for p in problems] == [
+        ("pushserver.E055", "PUSH_SERVER['locations'][0]['max_subscribers']")
+    ]
+    # A publisher location has no subscribers to limit: an unknown key there.
+    _, problems = parse(
+        {"locations": [{"type": "publisher", "prefix": "/p/", "max_subscribers": 1}]}
+    )
+    assert [(p.id, p.key) for p in problems] == [
+        ("pushserver.E036", "PUSH_SERVER['locations'][0]['max_subscribers']")
+    ]

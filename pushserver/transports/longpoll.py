@@ -22,6 +22,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport, Presence
+from .streaming import full_channel, full_reason
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -95,6 +96,10 @@ class LongPollTransport(HTTPTransport):
             return
         if self.interval:
             await respond(send, 304, [*headers, *position_headers(position)])
+            return
+        limit = self.location.max_subscribers
+        if await full_channel(hub, [channel_id], limit):
+            await respond_error(send, 403, full_reason(channel_id, limit), headers)
             return
         async with hub.subscription([channel_id], maxlen=4) as subscription:
             # Subscribed first, then read again: a message published in between is not missed.

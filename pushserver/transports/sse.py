@@ -76,6 +76,8 @@ from .streaming import (
     SendGuard,
     Stream,
     format_compound_id,
+    full_channel,
+    full_reason,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -240,6 +242,11 @@ class SSETransport(HTTPTransport):
                         raise ChannelNotFound(channel_id)
                     await self.hub.backend.create(channel_id)
                 await self.hub.backend.touch(channel_id)
+            limit = self.location.max_subscribers
+            full = await full_channel(self.hub, channels, limit)
+            if full is not None:
+                await respond_error(send, 403, full_reason(full, limit), headers)
+                return
             await self.serve(request, positions, receive, send, headers)
         except ChannelNotFound as exc:
             await respond_error(send, 404, f"no such channel: {exc.channel_id}", headers)

@@ -68,6 +68,24 @@ def split_channels(raw: str, max_length: int = 0) -> list[str]:
     return list(dict.fromkeys(channels))
 
 
+async def full_channel(hub: Hub, channels: list[str], limit: int) -> str | None:
+    """The first channel that already has ``limit`` subscribers (0 = no limit), or None.
+
+    Counted by the store (cluster-wide on Redis) before subscribing: concurrent newcomers
+    can overshoot by a few, which a limit meant against exhaustion tolerates.
+    """
+    if limit:
+        for channel_id in channels:
+            info = await hub.info(channel_id)
+            if info is not None and info.subscribers >= limit:
+                return channel_id
+    return None
+
+
+def full_reason(channel_id: str, limit: int) -> str:
+    return f"channel {channel_id} has its maximum of {limit} subscribers"
+
+
 def check_channel_id(channel_id: str, max_length: int = 0) -> None:
     if not channel_id:
         raise ValueError("the channel id is empty")

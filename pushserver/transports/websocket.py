@@ -86,6 +86,8 @@ from .streaming import (
     SendGuard,
     Stream,
     check_channel_id,
+    full_channel,
+    full_reason,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -220,6 +222,11 @@ class WebSocketTransport:
         try:
             for channel_id in channels:
                 await self.open_channel(channel_id)
+            limit = self.location.max_subscribers
+            full = await full_channel(self.hub, channels, limit)
+            if full is not None:
+                await self.refuse(send, CLOSE_NOT_ALLOWED, full_reason(full, limit))
+                return
             await send({"type": "websocket.accept", "headers": self.headers})
             async with self.hub.subscription(channels) as subscription:
                 stream = Stream(self.hub, subscription, positions)
@@ -416,6 +423,11 @@ class _Connection:
                 await self.transport.open_channel(channel_id)
             except ChannelNotFound:
                 await self.send(control("error", error="no such channel", channel=channel_id))
+                return
+            limit = self.transport.location.max_subscribers
+            if await full_channel(self.transport.hub, [channel_id], limit):
+                error = full_reason(channel_id, limit)
+                await self.send(control("error", error=error, channel=channel_id))
                 return
             # Acknowledged before the channel is added, so its messages follow the ack.
             await self.send(control("subscribed", channel=channel_id))
