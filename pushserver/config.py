@@ -75,6 +75,7 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "ping_interval",
     "send_timeout",
     "max_subscribers",
+    "max_channels",
 }
 
 
@@ -137,6 +138,8 @@ class LocationConfig:
     max_channel_id_length: int = 1024
     #: Subscribers one channel may have at once, counted by the store (0 = no limit).
     max_subscribers: int = 0
+    #: Channels one event stream or WebSocket may multiplex (0 = no limit).
+    max_channels: int = 255
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,9 @@ def _parse_location(
     max_subscribers = raw.get("max_subscribers", 0)
     if not _check_non_negative(c, f"{key}['max_subscribers']", max_subscribers, 55, integer=True):
         max_subscribers = 0
+    max_channels = raw.get("max_channels", 255)
+    if not _check_non_negative(c, f"{key}['max_channels']", max_channels, 56, integer=True):
+        max_channels = 255
     allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
@@ -506,6 +512,7 @@ def _parse_location(
         allow_from=allow_from,
         max_channel_id_length=max_channel_id_length,
         max_subscribers=int(max_subscribers),
+        max_channels=int(max_channels),
     )
 
 

@@ -15,6 +15,7 @@ from pushserver.config import parse
 from pushserver.testing import PushServerProcess
 from tests.conftest import ROOT
 from tests.project.helpers import path, position, wait_for_subscribers
+from tests.transports.streams import ws_frame
 
 ID_LIMIT = 16
 
@@ -24,6 +25,7 @@ CONFIG = {
         {"type": "publisher", "prefix": "/publisher/"},
         {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
         {"type": "subscriber", "prefix": "/capped/", "create_on_get": True, "max_subscribers": 1},
+        {"type": "subscriber", "prefix": "/few/", "create_on_get": True, "max_channels": 2},
     ],
 }
 
@@ -233,4 +235,44 @@ def test_max_subscribers_checks():
     )
     assert [(p.id, p.key) for p in problems] == [
         ("pushserver.E036", "PUSH_SERVER['locations'][0]['max_subscribers']")
+    ]
+
+
+# -- channels per multiplexed connection ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_max_channels_is_a_location_setting(server, client):
+    many = "/few/m1,m2,m3"
+    response = await client.get(many, headers={"accept": "text/event-stream"})
+    assert response.status_code == 400
+    assert response.text == "400 Bad Request: at most 2 channels per subscriber, not 3\n"
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, many)) as ws:
+            assert await closed_with(ws) == (4400, "at most 2 channels per subscriber, not 3")
+        async with connect(ws_url(server, "/few/m1,m2")) as ws:
+            await ws.send(json.dumps({"subscribe": "m3"}))
+            reply = json.loads(await ws.recv())
+            assert reply == {
+                "type": "error",
+                "error": "at most 2 channels per connection",
+                "channel": "m3",
+            }
+            # The two it has still deliver.
+            await wait_for_subscribers(client, "/publisher/m2", 1)
+            published = await client.post("/publisher/m2", content=b"to m2")
+            assert published.status_code == 201
+            head, body = ws_frame(await ws.recv())
+            assert (head["channel"], body) == ("m2", b"to m2")
+    await assert_still_serving(client, "after-few")
+
+
+def test_max_channels_checks():
+    config, problems = parse({})
+    assert problems == []
+    assert [loc.max_channels for loc in config.locations] == [255, 255]
+    locations = [{"type": "subscriber", "prefix": "/s/", "max_channels": "2"}]
+    _, problems = parse({"locations": locations})
+    assert [(p.id, p.key) for p in problems] == [
+        ("pushserver.E056", "PUSH_SERVER['locations'][0]['max_channels']")
     ]

@@ -230,7 +230,10 @@ class SSETransport(HTTPTransport):
         if resume is None:
             resume = query_parameter(request.scope.get("query_string", b""), "last_event_id")
         try:
-            channels = split_channels(raw_channels, self.location.max_channel_id_length)
+            location = self.location
+            channels = split_channels(
+                raw_channels, location.max_channel_id_length, location.max_channels
+            )
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)

@@ -16,9 +16,10 @@ those positions, with three guarantees:
 
 Multiplexing
     A subscriber URL names several channels separated by :data:`SEPARATOR` (``,``), at most
-    :data:`MAX_CHANNELS`. The split happens on the raw path before percent-decoding, so a
-    channel id containing a comma is written ``%2C``. Duplicates count once. Long-poll
-    never splits: there the whole path segment is one channel id.
+    the location's ``max_channels`` (:data:`MAX_CHANNELS` by default). The split happens on
+    the raw path before percent-decoding, so a channel id containing a comma is written
+    ``%2C``. Duplicates count once. Long-poll never splits: there the whole path segment is
+    one channel id.
 
 Resume ids
     One channel: the message id, ``<time>:<tag>``, the same position as long-poll's
@@ -53,15 +54,15 @@ MAX_CHANNELS = 255
 _LINE_BREAKS = ("\r", "\n", "\0")
 
 
-def split_channels(raw: str, max_length: int = 0) -> list[str]:
+def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNELS) -> list[str]:
     """The channel ids of a raw (percent-encoded) path segment, in order, once each.
 
     Raises :class:`ValueError` for a malformed id, an empty one, one longer than
-    *max_length* characters (0 = no limit) or too many.
+    *max_length* characters or more than *max_channels* (0 = no limit, for either).
     """
     parts = raw.split(SEPARATOR)
-    if len(parts) > MAX_CHANNELS:
-        raise ValueError(f"at most {MAX_CHANNELS} channels per subscriber, not {len(parts)}")
+    if max_channels and len(parts) > max_channels:
+        raise ValueError(f"at most {max_channels} channels per subscriber, not {len(parts)}")
     channels = [decode_channel_id(part, max_length) for part in parts]
     for channel_id in channels:
         check_channel_id(channel_id)

@@ -32,8 +32,9 @@ Client to server
 
     * ``{"subscribe": "sport"}`` or ``{"subscribe": "sport", "last_event_id": "1700000000:3"}``
       adds a channel to the open connection: ``subscribed`` is sent first, then what the
-      channel owes after that id (every retained message without one). At most 255
-      channels per connection; unknown channels are refused unless ``create_on_get``.
+      channel owes after that id (every retained message without one). At most the
+      location's ``max_channels`` (255) channels per connection; unknown channels are
+      refused unless ``create_on_get``.
     * ``{"unsubscribe": "sport"}``: nothing more from that channel; ``unsubscribed`` follows.
     * ``{"ping": 1}``: answered with ``pong`` (a heartbeat browsers can send).
 
@@ -80,7 +81,6 @@ from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
 from .base import Presence
 from .streaming import (
-    MAX_CHANNELS,
     Deleted,
     Gap,
     SendGuard,
@@ -213,7 +213,10 @@ class WebSocketTransport:
             await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed")
             return
         try:
-            channels = split_channels(raw_channels, self.location.max_channel_id_length)
+            location = self.location
+            channels = split_channels(
+                raw_channels, location.max_channel_id_length, location.max_channels
+            )
             resume = query_parameter(scope.get("query_string", b""), "last_event_id")
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
@@ -415,8 +418,9 @@ class _Connection:
             if channel_id in stream.positions:
                 await self.send(control("subscribed", channel=channel_id))
                 return
-            if len(stream.positions) >= MAX_CHANNELS:
-                error = f"at most {MAX_CHANNELS} channels per connection"
+            max_channels = self.transport.location.max_channels
+            if max_channels and len(stream.positions) >= max_channels:
+                error = f"at most {max_channels} channels per connection"
                 await self.send(control("error", error=error, channel=channel_id))
                 return
             try:
