@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pushserver.config import parse
 from pushserver.testing import PushServerProcess
+from tests.backends.conftest import redis_server  # noqa: F401 (fixture)
 from tests.conftest import ROOT
 from tests.project.helpers import path, position, wait_for_subscribers
 from tests.transports.streams import ws_frame
@@ -276,3 +277,41 @@ def test_max_channels_checks():
     assert [(p.id, p.key) for p in problems] == [
         ("pushserver.E056", "PUSH_SERVER['locations'][0]['max_channels']")
     ]
+
+
+@pytest.mark.anyio
+async def test_max_subscribers_counts_across_servers_on_redis(push_server_factory, redis_server):  # noqa: F811
+    """With Redis the count is cluster-wide: a subscriber on one server fills the channel
+    for another server sharing the store."""
+    settings = {
+        "store": redis_server.store(),
+        "locations": [
+            {"type": "publisher", "prefix": "/publisher/"},
+            {
+                "type": "subscriber",
+                "prefix": "/capped/",
+                "create_on_get": True,
+                "max_subscribers": 1,
+            },
+        ],
+    }
+    first, second = push_server_factory(settings), push_server_factory(settings)
+    result: dict[str, httpx.Response] = {}
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=30) as one,
+        httpx.AsyncClient(base_url=second.url, timeout=30) as two,
+    ):
+
+        async def hold() -> None:
+            result["first"] = await one.get("/capped/shared")
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold)
+                await wait_for_subscribers(two, "/publisher/shared", 1)
+                refused = await two.get("/capped/shared")
+                assert refused.status_code == 403
+                assert refused.text == f"403 Forbidden: {full_reason('shared')}\n"
+                published = await two.post("/publisher/shared", content=b"across")
+                assert published.status_code == 201
+        assert (result["first"].status_code, result["first"].content) == (200, b"across")
