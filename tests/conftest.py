@@ -159,3 +159,22 @@ def push_server(push_server_factory):
             ]
         }
     )
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    """One real ``runpushserver`` per test module, with the module's ``CONFIG``."""
+    config = request.module.CONFIG
+    with PushServerProcess("tests.project.settings", push_server=config, cwd=str(ROOT)) as process:
+        yield process
+
+
+@pytest.fixture
+async def client(request, server):
+    """An httpx client on ``server``; a module's ``CLIENT_TIMEOUT`` overrides the 10 s."""
+    import httpx
+
+    timeout = getattr(request.module, "CLIENT_TIMEOUT", 10)
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(base_url=server.url, timeout=timeout, limits=limits) as client:
+        yield client

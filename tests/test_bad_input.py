@@ -8,7 +8,6 @@ import anyio
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
 from tests.project.helpers import DEFAULT_CORS, FULL_CONFIG, path, wait_for_subscribers
 
 pytestmark = pytest.mark.anyio
@@ -16,16 +15,7 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=FULL_CONFIG, cwd=str(ROOT)) as s:
-        yield s
-
-
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        yield client
+CONFIG = FULL_CONFIG
 
 
 async def assert_still_serving(client):

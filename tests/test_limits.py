@@ -9,14 +9,11 @@ import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from pushserver.config import parse
-from pushserver.testing import PushServerProcess
 from tests.backends.conftest import redis_server  # noqa: F401 (fixture)
-from tests.conftest import ROOT
 from tests.project.helpers import path, position, wait_for_subscribers
-from tests.transports.streams import ws_frame
+from tests.transports.streams import closed_with, ws_frame, ws_url
 
 ID_LIMIT = 16
 
@@ -31,28 +28,11 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
+CLIENT_TIMEOUT = 30
 
 
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        yield client
 
 
-def ws_url(server, location: str) -> str:
-    return server.url.replace("http://", "ws://") + location
-
-
-async def closed_with(ws) -> tuple[int, str]:
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            await ws.recv()
-    assert info.value.rcvd is not None, "no close frame from the server"
-    return info.value.rcvd.code, info.value.rcvd.reason
 
 
 async def assert_still_serving(client: httpx.AsyncClient, channel_id: str) -> None:

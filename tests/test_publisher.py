@@ -11,7 +11,6 @@ import httpx
 import pytest
 import yaml
 
-from pushserver.testing import PushServerProcess
 from tests.project.helpers import (
     FULL_CONFIG,
     SERVER_HEADER,
@@ -25,16 +24,7 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=FULL_CONFIG, cwd=str(ROOT)) as s:
-        yield s
-
-
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        yield client
+CONFIG = FULL_CONFIG
 
 
 @pytest.fixture

@@ -127,3 +127,20 @@ async def publish(
 async def last_id(client: httpx.AsyncClient, channel: str) -> str:
     response = await client.get(f"/publisher/{channel}", headers={"accept": "application/json"})
     return response.json()["last_message_id"]
+
+
+def ws_url(server, path: str) -> str:
+    """The WebSocket URL of ``path`` on a test server."""
+    return server.url.replace("http://", "ws://") + path
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    """Read until the server closes; return its close code and reason."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "no close frame from the server"
+        return closed.rcvd.code, closed.rcvd.reason

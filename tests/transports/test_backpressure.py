@@ -8,15 +8,12 @@ import json
 import socket
 
 import anyio
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
-from pushserver.testing import PushServerProcess
-from tests.conftest import ROOT
 from tests.transports.streams import event_stream, ws_frame
 
 BUFFER = 8  # retained messages per channel
@@ -40,16 +37,6 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
-
-
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
 
 
 def numbered(n: int) -> bytes:

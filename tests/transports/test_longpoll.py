@@ -9,7 +9,6 @@ import anyio
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
 from tests.project.helpers import (
     CORS_ORIGIN,
     DEFAULT_CORS,
@@ -28,17 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 EPOCH = "Thu, 1 Jan 1970 00:00:00 GMT"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=FULL_CONFIG, cwd=str(ROOT)) as s:
-        yield s
-
-
-@pytest.fixture
-async def client(server):
-    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
-    async with httpx.AsyncClient(base_url=server.url, timeout=20, limits=limits) as client:
-        yield client
+CONFIG = FULL_CONFIG
+CLIENT_TIMEOUT = 20
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from pushserver.testing import PushServerProcess
-from tests.conftest import ROOT
-from tests.transports.streams import event_stream, last_id, publish, ws_frame
+from tests.transports.streams import event_stream, last_id, publish, ws_frame, ws_url
 
 BUFFER = 4
 
@@ -26,20 +24,8 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
 
 
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
-
-
-def ws_url(server, path: str) -> str:
-    return server.url.replace("http://", "ws://") + path
 
 
 async def recv_json(ws):

@@ -27,7 +27,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pushserver.testing import PushServerProcess
-from tests.conftest import ROOT
 from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import SSEReader, longpoll_id, ws_frame
 
@@ -62,16 +61,7 @@ STREAMING = ("sse", "websocket")
 NOTHING_YET = "0:-1"  # a multiplexed position for a channel with nothing delivered
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
-
-
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
-        yield client
+CLIENT_TIMEOUT = TIMEOUT
 
 
 @pytest.fixture

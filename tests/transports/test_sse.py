@@ -8,8 +8,6 @@ import anyio
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
-from tests.conftest import ROOT
 from tests.transports.streams import event_stream, last_id, longpoll_id, publish
 
 BUFFER = 4  # messages each channel retains: the gap test outruns it
@@ -47,16 +45,6 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
-
-
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
 
 
 @pytest.mark.anyio

@@ -9,11 +9,8 @@ import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from pushserver.testing import PushServerProcess
-from tests.conftest import ROOT
-from tests.transports.streams import last_id, longpoll_id, publish, ws_frame
+from tests.transports.streams import closed_with, last_id, longpoll_id, publish, ws_frame, ws_url
 
 BUFFER = 4
 
@@ -40,29 +37,10 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with PushServerProcess("tests.project.settings", push_server=CONFIG, cwd=str(ROOT)) as process:
-        yield process
 
 
-@pytest.fixture
-async def client(server):
-    async with httpx.AsyncClient(base_url=server.url) as client:
-        yield client
 
 
-def ws_url(server, path: str) -> str:
-    return server.url.replace("http://", "ws://") + path
-
-
-async def closed_with(ws) -> tuple[int, str]:
-    """Read until the server closes; return its close code and reason."""
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            await ws.recv()
-    assert info.value.rcvd is not None, "no close frame from the server"
-    return info.value.rcvd.code, info.value.rcvd.reason
 
 
 @pytest.mark.anyio
