@@ -206,6 +206,15 @@ def _check_non_negative(c: _Collector, key: str, value: Any, code: int, *, integ
     return True
 
 
+def _top_level_limit(
+    c: _Collector, raw: Mapping[str, Any], name: str, default: Any, code: int, *, integer: bool
+) -> Any:
+    """``PUSH_SERVER[name]`` if it is a non-negative number, else the default (and an error)."""
+    value = raw.get(name, default)
+    key = f"PUSH_SERVER[{name!r}]"
+    return value if _check_non_negative(c, key, value, code, integer=integer) else default
+
+
 def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
     key = "PUSH_SERVER['store']"
     if raw is None:
@@ -579,11 +588,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
             5,
         )
         servername = None
-    publish_timeout = raw.get("publish_timeout", 5.0)
-    if not _check_non_negative(
-        c, "PUSH_SERVER['publish_timeout']", publish_timeout, 6, integer=False
-    ):
-        publish_timeout = 5.0
+    publish_timeout = _top_level_limit(c, raw, "publish_timeout", 5.0, 6, integer=False)
     transport = raw.get("transport", "longpoll")
     if transport not in AVAILABLE_TRANSPORTS:
         c.error(
@@ -593,15 +598,8 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
             7,
         )
         transport = "longpoll"
-    default_size = raw.get("max_message_size", 1024 * 1024)
-    if not _check_non_negative(c, "PUSH_SERVER['max_message_size']", default_size, 8, integer=True):
-        default_size = 1024 * 1024
-
-    max_id_length = raw.get("max_channel_id_length", 1024)
-    if not _check_non_negative(
-        c, "PUSH_SERVER['max_channel_id_length']", max_id_length, 54, integer=True
-    ):
-        max_id_length = 1024
+    default_size = _top_level_limit(c, raw, "max_message_size", 1024 * 1024, 8, integer=True)
+    max_id_length = _top_level_limit(c, raw, "max_channel_id_length", 1024, 54, integer=True)
 
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
