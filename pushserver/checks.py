@@ -24,7 +24,7 @@ def _secret_key(settings: Any) -> str | bytes | None:
     from django.core.exceptions import ImproperlyConfigured
 
     try:
-        return settings.SECRET_KEY  # type: ignore[no-any-return]
+        return settings.SECRET_KEY
     except ImproperlyConfigured:  # empty: Django refuses to hand it out
         return None
 

@@ -521,3 +521,32 @@ def test_bad_hook_stops_runpushserver():
     output = str(info.value)
     assert "pushserver.E065" in output and "['can_subscribe']" in output
     assert "running at" not in output
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_hook_with_the_session_user(push_server_factory, site_db, transport):  # noqa: F811
+    server = push_server_factory(
+        {
+            "locations": [
+                {"type": "publisher", "prefix": "/publisher/"},
+                subscriber("/mine/", can_subscribe="tests.project.authz.user_hook"),
+            ]
+        },
+        env={"PUSHSERVER_TEST_DB": site_db["PUSHSERVER_TEST_DB"]},
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        await prepare(client, "mine-alice", "mine-bob")
+        with anyio.fail_after(20):
+            alice = cookie(site_db["session"])
+            assert await attempt(server, client, transport, "/mine/mine-alice", alice) == (
+                "ok",
+                "to mine-alice",
+            )
+            for path, headers in [
+                ("/mine/mine-bob", alice),
+                ("/mine/mine-alice", {}),
+                ("/mine/mine-alice", {"cookie": "sessionid=forged"}),
+            ]:
+                code, _ = await attempt(server, client, transport, path, headers)
+                assert code == refused(transport), (path, headers)

@@ -45,3 +45,11 @@ def refuse(sender, request, channel_id, **kwargs):
         owner = channel_id.removeprefix("user-")
         if not (request.user.is_authenticated and request.user.get_username() == owner):
             raise PermissionDenied(f"only {owner} may subscribe")
+
+
+async def user_hook(request, channel_id):
+    """``mine-X`` only for the logged-in user X (the session from the request's cookie)."""
+    from pushserver.utils.auth import aget_user
+
+    user = await aget_user(request)
+    return user.is_authenticated and channel_id == f"mine-{user.get_username()}"
