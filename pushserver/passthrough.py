@@ -22,6 +22,11 @@ Semantics:
   handed to the Django ASGI application directly (client ``127.0.0.1`` so ``INTERNAL_IPS``
   passes), with no HTTP hop.
 
+Authorizing (``passthrough_authorize``): :meth:`LocationPresence.authorize` sends the
+subscribe with ``authorize=1`` and waits for the answer (status and the first
+``ANSWER_LIMIT`` bytes of the body), outside the queue; :mod:`pushserver.authorize` decides
+with it. That POST is the subscribe notification; its unsubscribe follows as usual.
+
 The HTTP client is a few lines of anyio (``connect_tcp``, write the request, read the
 status line): cancellable by a plain ``fail_after`` on asyncio and trio alike, no thread per
 request and no new dependency. This module imports no Django.

@@ -32,7 +32,8 @@ Client to server
 
     * ``{"subscribe": "sport"}`` or ``{"subscribe": "sport", "last_event_id": "1700000000:3"}``
       adds a channel to the open connection: ``subscribed`` is sent first, then what the
-      channel owes after that id (every retained message without one). At most the
+      channel owes after that id (every retained message without one); ``"sig"`` carries
+      the channel's signature where the location is ``signed``. At most the
       location's ``max_channels`` (255) channels per connection; unknown channels are
       refused unless ``create_on_get``.
     * ``{"unsubscribe": "sport"}``: nothing more from that channel; ``unsubscribed`` follows.
@@ -49,11 +50,12 @@ Close codes
     1001      the server is shutting down: reconnect with ``last_event_id``
     4400      bad request: malformed channel list or ``last_event_id``, too many channels
     4403      not allowed: WebSocket is not enabled at this location or for this process,
-              or the ``Origin`` is not one of the location's ``allow_origin``
+              or the ``Origin`` is not one of the location's ``allow_origin``, or the
+              subscriber authorization refused it (:mod:`pushserver.authorize`)
     4404      no such channel (the location has no ``create_on_get``)
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
-    1013      the channel store is unavailable: try again later
+    1013      the channel store is unavailable, or the authorizer did not answer: try again
     ========  =============================================================================
 
     Refusals are sent after accepting the handshake, so a browser sees the code and reason.
