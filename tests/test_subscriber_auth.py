@@ -550,3 +550,25 @@ async def test_hook_with_the_session_user(push_server_factory, site_db, transpor
             ]:
                 code, _ = await attempt(server, client, transport, path, headers)
                 assert code == refused(transport), (path, headers)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("channel_id", ["a b", "a/b", "čšž €😀", "x?y#z%41", "<&>"])
+async def test_channel_url_tag_signs_odd_ids(server, client, channel_id):
+    from html import unescape
+
+    from django.template import Context, Template
+
+    await prepare(client, channel_id)
+    push_settings = {**CONFIG, "subscriber_host": {"location": server.host}}
+    template = Template(
+        "{% load pushserver %}{% channel_url id signed=True %} {% channel_url id max_age=60 %}"
+    )
+    with override_settings(PUSH_SERVER=push_settings):
+        html = template.render(Context({"id": channel_id}))
+    for url in map(unescape, html.split(" ")):  # HTML-escaped, as {% channel_url %} is
+        assert url.startswith(f"{server.url}/signed/") and "?sig=" in url
+        response = await client.get(url)
+        assert (response.status_code, response.text) == (200, f"to {channel_id}")
+        unsigned = await client.get(url.partition("?")[0])
+        assert unsigned.status_code == 403
