@@ -572,3 +572,49 @@ async def test_channel_url_tag_signs_odd_ids(server, client, channel_id):
         assert (response.status_code, response.text) == (200, f"to {channel_id}")
         unsigned = await client.get(url.partition("?")[0])
         assert unsigned.status_code == 403
+
+
+# -- the authorizing POST's answer, from plain HTTP sites -------------------------------------
+
+ANSWERS = {
+    "length": b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nno way!",
+    "chunked": b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nno way!\r\n0\r\n\r\n",
+    "until close": b"HTTP/1.0 403 Forbidden\r\n\r\nno way!",
+    "allowed": b"HTTP/1.1 204 No Content\r\n\r\n",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", list(ANSWERS))
+async def test_authorize_reads_the_answer(kind):
+    from pushserver.http import Request
+    from pushserver.passthrough import PassthroughSender
+    from tests.test_passthrough import location_for
+
+    seen = []
+
+    async def handle(stream):
+        async with stream:
+            data = b""
+            while not data.endswith(b"authorize=1"):  # the whole form has arrived
+                data += await stream.receive()
+            seen.append(data)
+            await stream.send(ANSWERS[kind])
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    sender = PassthroughSender()
+    presence = sender(location_for(port))
+    request = Request({"type": "http", "method": "GET", "headers": [(b"cookie", b"s=1")]})
+    with anyio.fail_after(10):
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+            async with sender:
+                _, status, body = await presence.authorize(request, "c", 5)
+            tg.cancel_scope.cancel()
+    assert (status, body) == ((204, "") if kind == "allowed" else (403, "no way!"))
+    [posted] = seen
+    assert posted.startswith(b"POST /passthrough?x=1 HTTP/1.1\r\n")
+    assert posted.endswith(b"\r\n\r\nchannel_id=c&subscribe=1&authorize=1")
+    assert b"\r\ncookie: s=1\r\n" in posted

@@ -37,3 +37,16 @@ def test_signed_channel_url_page(new_page, start_server, mode):
     flush_events(guessed)
     assert guessed.evaluate("window.received") == []
     assert signed.errors == guessed.errors == []
+
+
+def test_signed_url_survives_the_fallback_to_long_polling(page, start_server):
+    """The page asks for WebSocket, the location refuses it (4403): updates.js falls back to
+    long polling on the same URL, signature included, and receives."""
+    location = subscriber("/private/", signed=True, transports=["longpoll"])
+    server = start_server({"transport": "websocket", "locations": [PUBLISHER, location]})
+    page.goto(f"{server.url}/browser/page?channel=fallback&signed=1")
+    problems = wait_problem(page, "transport")
+    assert "using long polling" in problems[0]["detail"]
+    publish(server, "fallback", {"type": "test", "n": 1})
+    assert wait_received(page, 1) == [{"channel": "main", "data": {"type": "test", "n": 1}}]
+    assert [p["kind"] for p in page.evaluate("window.problems")] == ["transport"]
