@@ -578,7 +578,9 @@ async def test_channel_url_tag_signs_odd_ids(server, client, channel_id):
 
 ANSWERS = {
     "length": b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nno way!",
-    "chunked": b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nno way!\r\n0\r\n\r\n",
+    "chunked": (
+        b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nno way!\r\n0\r\n\r\n"
+    ),
     "until close": b"HTTP/1.0 403 Forbidden\r\n\r\nno way!",
     "allowed": b"HTTP/1.1 204 No Content\r\n\r\n",
 }
