@@ -332,6 +332,21 @@ async def check_site_decides(server, client, log, session):
         assert "denied by the site" in reason
         assert [(await log.next())["type"] for _ in range(2)] == ["subscribe", "unsubscribe"]
 
+    # Multiplexed: every channel must be allowed; the allowed ones are unsubscribed again.
+    for transport in ("eventsource", "websocket"):
+        path = "/auth/user-alice,deny-1"
+        code, reason = await attempt(server, client, transport, path, cookie(session))
+        assert (code, "denied by the site" in reason) == (refused(transport), True)
+        events = [await log.next() for _ in range(4)]
+        assert [(e["type"], e["channel_id"]) for e in events[:2]] == [
+            ("subscribe", "user-alice"),
+            ("subscribe", "deny-1"),
+        ]
+        assert sorted((e["type"], e["channel_id"]) for e in events[2:]) == [
+            ("unsubscribe", "deny-1"),
+            ("unsubscribe", "user-alice"),
+        ]
+
     # A long poll that waits: one subscribe, one unsubscribe after its message.
     first = await client.get("/auth/user-alice", headers=cookie(session))
     assert [(await log.next())["type"] for _ in range(2)] == ["subscribe", "unsubscribe"]
