@@ -53,7 +53,7 @@ class LongPollTransport(HTTPTransport):
     ) -> None:
         headers = self.response_headers(request)
         if request.method == "OPTIONS":
-            await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
+            await self.preflight(request, send)
             return
         if request.method != "GET":
             await respond_error(
@@ -73,6 +73,10 @@ class LongPollTransport(HTTPTransport):
             await respond_error(send, 404, "no such channel", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+
+    async def preflight(self, request: Request, send: Send) -> None:
+        """OPTIONS, the CORS preflight: 200 and an empty body, as the original answered."""
+        await respond(send, 200, [*self.response_headers(request), ALLOW, ALLOW_METHODS])
 
     async def serve(
         self,
