@@ -22,6 +22,7 @@ from . import __version__
 from .backends import create_backend
 from .config import LocationConfig, ServerConfig
 from .http import (
+    REASONS,
     ASGIApp,
     Headers,
     Receive,
@@ -180,6 +181,7 @@ class PushServer:
         self.max_connections = default_max_connections() if limit is None else limit
         self._limit = self.max_connections or sys.maxsize
         self._busy_logged = -BUSY_LOG_INTERVAL
+        self._max_header_size = config.max_header_size
         self._stack: AsyncExitStack | None = None
         # An async-context presence factory (passthrough) lives as long as the server.
         self._presence_context = (
@@ -255,6 +257,9 @@ class PushServer:
             match = location.regex.match(path)
             if match is None:
                 continue
+            if head_size(scope) > self._max_header_size:
+                await self.head_too_large(scope, handler, receive, send)
+                return
             if isinstance(handler, Subscriber):
                 if self.active >= self._limit:
                     self.log_busy()
@@ -281,6 +286,9 @@ class PushServer:
             await handler(request, channel_id, receive, send)  # type: ignore[operator]
             return
         if self.fallback is not None:
+            if head_size(scope) > self._max_header_size:
+                await self.head_too_large(scope, None, receive, send)
+                return
             if self.active >= self._limit:
                 self.log_busy()
                 if kind == "http":
@@ -300,6 +308,37 @@ class PushServer:
             )
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
+
+    async def head_too_large(
+        self, scope: Scope, handler: object, receive: Receive, send: Send
+    ) -> None:
+        """431, with the location's CORS headers (a WebSocket: the same as an HTTP answer to
+        the upgrade, where the server supports it)."""
+        limit = self._max_header_size
+        reason = f"the request head is larger than {limit} bytes"
+        if scope["type"] == "websocket":
+            if (await receive())["type"] != "websocket.connect":
+                return
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1009})
+                return
+            body = f"431 {REASONS[431]}: {reason}\n".encode()
+            headers = [
+                self.server_header,
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "websocket.http.response.start", "status": 431, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        request = Request(scope)
+        if isinstance(handler, Subscriber):
+            headers = handler.longpoll.response_headers(request)
+        elif isinstance(handler, Publisher):
+            headers = handler.response_headers(request)
+        else:
+            headers = [self.server_header]
+        await respond_error(send, 431, reason, headers)
 
     def log_busy(self) -> None:
         """One line a minute at most while requests are refused at ``max_connections``."""
@@ -350,6 +389,16 @@ class PushServer:
 def _host_name(host: str) -> str:
     """``host[:port]`` without the port (a bracketed IPv6 address keeps its brackets)."""
     return host if host.endswith("]") else host.rsplit(":", 1)[0]
+
+
+def head_size(scope: Scope) -> int:
+    """The size of the request head about as it was sent (path, query, headers and their
+    separators). hypercorn's HTTP/1 parser refuses a larger head only while it is still
+    incomplete, so one that arrives whole in a single read is measured here."""
+    size = 16 + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
 
 
 def default_max_connections() -> int:

@@ -180,9 +180,7 @@ class Publisher:
                 create=self.location.create_on_post,
             )
         except ChannelNotFound:
-            await respond_error(
-                send, 404, "no such channel (create it with PUT first)", headers
-            )
+            await respond_error(send, 404, "no such channel (create it with PUT first)", headers)
             return
         info = await self.hub.info(channel_id)
         await self.info_response(request, send, 201 if result.subscribers else 202, info)
