@@ -30,7 +30,6 @@ async ([url, headers]) => {
 WEBSOCKET = """
 (url) => new Promise((resolve) => {
     const socket = new WebSocket(url);
-    socket.onopen = () => socket.send('{"ping": 1}');
     socket.onmessage = (event) => { resolve('answered ' + event.data); socket.close(); };
     socket.onclose = (event) => resolve('closed ' + event.code);
 })
