@@ -56,13 +56,34 @@ TOP_LEVEL_KEYS = {
     "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
     "publisher_secret": "shared secret publishers must prove (Authorization: Bearer token)",
     "max_channel_id_length": "longest accepted channel id in characters (default 1024, 0 = none)",
+    "max_connections": "subscriber requests served at once per process (default: from ulimit -n)",
+    "max_header_size": "largest request head in bytes (default 16 KiB; 431 above it)",
+    "client_header_timeout": "seconds to receive a request head, also the keep-alive idle time",
 }
 
 PUBLISH_VIA = ("http", "backend")
 #: Store types send_update can publish to directly (``publish_via='backend'``): shared ones.
 BACKEND_PUBLISH_STORES = ("redis",)
 
-COMMON_LOCATION_KEYS = {"type", "url", "prefix", "store", "allow_origin", "allow_credentials"}
+COMMON_LOCATION_KEYS = {
+    "type",
+    "url",
+    "prefix",
+    "store",
+    "allow_origin",
+    "allow_credentials",
+    "cors_max_age",
+}
+#: Keys that turn CORS headers on for a publisher location (subscribers always send them).
+CORS_KEYS = ("allow_origin", "allow_credentials", "cors_max_age")
+#: The original's Access-Control-Max-Age.
+DEFAULT_CORS_MAX_AGE = 864000
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+#: Smallest max_header_size accepted: a browser's request line and headers need this much.
+MIN_HEADER_SIZE = 1024
+DEFAULT_CLIENT_HEADER_TIMEOUT = 75.0
+#: scheme://host[:port], the form a browser's Origin header has (nothing after the port).
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/?#@]+\Z")
 PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size", "allow_from"}
 #: ``allow_from: '*'``: every address may publish.
 ALLOW_ANY = ("0.0.0.0/0", "::/0")
@@ -152,6 +173,11 @@ class LocationConfig:
     signed: bool = False
     #: Seconds the passthrough authorizer or the hook may take to answer (0 = no limit).
     authorize_timeout: float = 5.0
+    #: ``Access-Control-Max-Age``: seconds a browser may cache a preflight.
+    cors_max_age: int = DEFAULT_CORS_MAX_AGE
+    #: Whether responses carry CORS headers: always on subscriber locations, on publisher
+    #: locations when one of :data:`CORS_KEYS` is given.
+    cors: bool = True
 
     @property
     def authorizes(self) -> bool:
@@ -176,6 +202,14 @@ class ServerConfig:
     publisher_secret: str | None = None
     #: Django's INTERNAL_IPS, put here by the Django layer: allowed to publish by default.
     internal_ips: tuple[str, ...] = ()
+    #: Subscriber requests and WebSockets one process serves at once; past it 503 (0 = no
+    #: limit, None = derived from the open-file limit when the server starts).
+    max_connections: int | None = None
+    #: Largest request head (request line and headers) in bytes; past it 431.
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    #: Seconds a connection may take to send a request head, counted from when it opens or
+    #: its previous response ended (so it also bounds an idle keep-alive connection).
+    client_header_timeout: float = DEFAULT_CLIENT_HEADER_TIMEOUT
 
     def first(self, kind: str) -> LocationConfig | None:
         return next((loc for loc in self.locations if loc.type == kind), None)
@@ -441,6 +475,58 @@ def _parse_authorization(
     return parsed
 
 
+def _parse_allow_origin(c: _Collector, key: str, raw: Any) -> str | None:
+    """``allow_origin`` as one space-separated string: ``'*'``, one origin, or several
+    (given as a list, or as one string separated by spaces, the original's form). None
+    when no entry is usable (an error was reported)."""
+    hint = "Use '*', 'https://www.example.com', or a list such as ['https://a.example', ...]."
+    if isinstance(raw, str):
+        entries = raw.split()
+    elif isinstance(raw, list | tuple) and all(isinstance(entry, str) for entry in raw):
+        entries = [part for entry in raw for part in entry.split()]
+    else:
+        entries = []
+    if not entries:
+        c.error(key, f"must be an origin string or a list of origins, not {raw!r}", hint, 41)
+        return None
+    origins: list[str] = []
+    for entry in entries:
+        if entry == "*":
+            origins.append(entry)
+            continue
+        if not _ORIGIN_RE.match(entry) or entry != entry.lower():
+            fixed = entry.rstrip("/")
+            c.error(
+                key,
+                f"{entry!r} is not an origin: a browser's Origin is scheme://host[:port] in "
+                "lower case, without a path or a trailing slash, so it would never match",
+                f"Write {fixed.lower()!r}." if _ORIGIN_RE.match(fixed.lower()) else hint,
+                84,
+            )
+            continue
+        scheme, _, host = entry.partition("://")
+        default_port = {"http": ":80", "https": ":443"}.get(scheme)
+        if default_port and host.endswith(default_port):
+            c.error(
+                key,
+                f"{entry!r} names the scheme's default port, which a browser's Origin leaves "
+                "out, so it would never match",
+                f"Write {entry[: -len(default_port)]!r}.",
+                84,
+            )
+            continue
+        if entry not in origins:
+            origins.append(entry)
+    if "*" in origins and len(origins) > 1:
+        c.warning(
+            key,
+            "'*' allows every origin, so the other origins listed with it change nothing",
+            "Use '*' alone, or list only the exact origins that may read responses.",
+            80,
+        )
+    return " ".join(origins) or None
+
+
 def _parse_location(
     c: _Collector,
     index: int,
@@ -502,17 +588,12 @@ def _parse_location(
             c.error(
                 f"{key}[{flag!r}]", f"must be True or False, not {raw[flag]!r}", "Use a bool.", 40
             )
-    allow_origin = raw.get("allow_origin", "*")
-    if not isinstance(allow_origin, str) or not allow_origin.strip():
-        c.error(
-            f"{key}['allow_origin']",
-            f"must be an origin string, not {allow_origin!r}",
-            "Use 'https://www.example.com' or '*'.",
-            41,
-        )
-        allow_origin = "*"
+    origins = _parse_allow_origin(c, f"{key}['allow_origin']", raw.get("allow_origin", "*"))
+    cors_max_age = raw.get("cors_max_age", DEFAULT_CORS_MAX_AGE)
+    if not _check_non_negative(c, f"{key}['cors_max_age']", cors_max_age, 83, integer=True):
+        cors_max_age = DEFAULT_CORS_MAX_AGE
     credentials = raw.get("allow_credentials", False) is True
-    if credentials and "*" in allow_origin.split():
+    if credentials and origins is not None and "*" in origins.split():
         c.error(
             f"{key}['allow_origin']",
             "'*' cannot be combined with 'allow_credentials': True (browsers refuse it)",
@@ -583,7 +664,7 @@ def _parse_location(
         polling=polling if polling in ("long", "interval") else "long",
         create_on_get=raw.get("create_on_get", False) is True,
         create_on_post=raw.get("create_on_post", True) is not False,
-        allow_origin=allow_origin,
+        allow_origin=origins or "*",
         allow_credentials=credentials,
         passthrough=passthrough,
         timeout=float(timeout),
@@ -596,6 +677,8 @@ def _parse_location(
         max_subscribers=int(max_subscribers),
         max_channels=int(max_channels),
         **authorization,
+        cors_max_age=int(cors_max_age),
+        cors=kind == "subscriber" or any(name in raw for name in CORS_KEYS),
     )
 
 
@@ -674,6 +757,34 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport = "longpoll"
     default_size = _top_level_limit(c, raw, "max_message_size", 1024 * 1024, 8, integer=True)
     max_id_length = _top_level_limit(c, raw, "max_channel_id_length", 1024, 54, integer=True)
+    max_connections = raw.get("max_connections")
+    if max_connections is not None and not _check_non_negative(
+        c, "PUSH_SERVER['max_connections']", max_connections, 80, integer=True
+    ):
+        max_connections = None
+    max_header_size = raw.get("max_header_size", DEFAULT_MAX_HEADER_SIZE)
+    if (
+        isinstance(max_header_size, bool)
+        or not isinstance(max_header_size, int)
+        or max_header_size < MIN_HEADER_SIZE
+    ):
+        c.error(
+            "PUSH_SERVER['max_header_size']",
+            f"must be a whole number of bytes >= {MIN_HEADER_SIZE}, not {max_header_size!r}",
+            f"Use e.g. {DEFAULT_MAX_HEADER_SIZE} (16 KiB, the default); browsers with many "
+            "cookies send heads of several KiB.",
+            81,
+        )
+        max_header_size = DEFAULT_MAX_HEADER_SIZE
+    header_timeout = raw.get("client_header_timeout", DEFAULT_CLIENT_HEADER_TIMEOUT)
+    if not _is_number(header_timeout) or not 0 < header_timeout < float("inf"):
+        c.error(
+            "PUSH_SERVER['client_header_timeout']",
+            f"must be a number of seconds > 0, not {header_timeout!r}",
+            f"Use e.g. {DEFAULT_CLIENT_HEADER_TIMEOUT:g}, the default.",
+            82,
+        )
+        header_timeout = DEFAULT_CLIENT_HEADER_TIMEOUT
 
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
@@ -728,6 +839,9 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport=transport,
         publish_via=publish_via,
         publisher_secret=publisher_secret,
+        max_connections=max_connections,
+        max_header_size=int(max_header_size),
+        client_header_timeout=float(header_timeout),
     )
     return config, c.problems
 

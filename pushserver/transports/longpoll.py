@@ -55,7 +55,7 @@ class LongPollTransport(HTTPTransport):
     ) -> None:
         headers = self.response_headers(request)
         if request.method == "OPTIONS":
-            await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
+            await self.preflight(request, send)
             return
         if request.method != "GET":
             await respond_error(
@@ -86,6 +86,10 @@ class LongPollTransport(HTTPTransport):
         finally:
             if tokens and self.authorizer is not None:
                 self.authorizer.release(tokens)
+
+    async def preflight(self, request: Request, send: Send) -> None:
+        """OPTIONS, the CORS preflight: 200 and an empty body, as the original answered."""
+        await respond(send, 200, [*self.response_headers(request), ALLOW, ALLOW_METHODS])
 
     async def serve(
         self,

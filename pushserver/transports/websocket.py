@@ -55,7 +55,8 @@ Close codes
     4404      no such channel (the location has no ``create_on_get``)
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
-    1013      the channel store is unavailable, or the authorizer did not answer: try again
+    1013      the channel store is unavailable, the authorizer did not answer, or the
+              process is at ``max_connections``: try again later
     ========  =============================================================================
 
     Refusals are sent after accepting the handshake, so a browser sees the code and reason.
