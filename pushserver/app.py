@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
+import anyio
+
 from . import __version__
 from .backends import create_backend
 from .config import LocationConfig, ServerConfig
@@ -33,6 +35,7 @@ from .http import (
 from .hub import Hub
 from .protocol import cors_headers, decode_channel_id
 from .publisher import Publisher
+from .status import Status
 from .transports.longpoll import LongPollTransport, Presence
 from .transports.sse import SSETransport
 from .transports.websocket import WebSocketTransport
@@ -81,6 +84,7 @@ class Subscriber:
             and request.method in ("GET", "HEAD")
             and "text/event-stream" in (request.header("accept") or "")
         ):
+            scope["pushserver.transport"] = "eventsource"  # for the JSON access log
             await self.sse(request, raw_channel, receive, send)
             return
         if "longpoll" not in self.enabled and request.method != "OPTIONS":
@@ -121,7 +125,19 @@ class PushServer:
         server = (config.servername or f"pushserver/{__version__}").encode("latin-1")
         self.server_header = (b"server", server)
         self.routes: list[tuple[LocationConfig, object]] = []
+        self.statuses: list[Status] = []
         for location in config.locations:
+            if location.type == "status":
+                status = Status(
+                    location,
+                    self,
+                    [self.server_header],
+                    internal_ips=config.internal_ips,
+                    secret=config.publisher_secret,
+                )
+                self.statuses.append(status)
+                self.routes.append((location, status))
+                continue
             hub = self.hubs[location.store]
             if location.type == "publisher":
                 handler: object = Publisher(
@@ -173,6 +189,15 @@ class PushServer:
             await stack.enter_async_context(hub)
         if self._presence_context is not None:
             await stack.enter_async_context(self._presence_context)  # type: ignore[arg-type]
+        for status in self.statuses:
+            await stack.enter_async_context(status.hub)
+        live = [status for status in self.statuses if status.location.interval]
+        if live:
+            # The status pages' snapshots: cancelled first on the way out (LIFO).
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            for status in live:
+                tasks.start_soon(status.run)
         self._stack = stack
 
     def begin_shutdown(self) -> None:
@@ -225,7 +250,10 @@ class PushServer:
             match = location.regex.match(path)
             if match is None:
                 continue
-            if isinstance(handler, Subscriber):
+            # Where the request went, for the JSON access log (pushserver.logs).
+            scope["pushserver.location"] = location.type
+            scope["pushserver.channel"] = match.group(1)
+            if isinstance(handler, Subscriber | Status):
                 await handler(scope, match.group(1), receive, send)
                 return
             if kind != "http":

@@ -31,6 +31,8 @@ BACKLOG = 4096
 #: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+#: ``runpushserver --log-format``: hypercorn's text line, or JSON fields (pushserver.logs).
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass
@@ -76,7 +78,9 @@ def bind(
     return sock
 
 
-def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) -> Config:
+def hypercorn_config(
+    *, access_log: bool = True, graceful_timeout: float = 5.0, log_format: str = "text"
+) -> Config:
     config = Config()
     config.include_server_header = False  # the app sends Server (the 'servername' setting)
     config.graceful_timeout = graceful_timeout
@@ -90,6 +94,10 @@ def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) 
     if access_log:
         config.accesslog = logging.getLogger("pushserver.access")
         config.access_log_format = ACCESS_LOG_FORMAT
+        if log_format == "json":
+            from .logs import AccessLogger
+
+            config.logger_class = AccessLogger
     config.errorlog = logging.getLogger("pushserver.server")
     return config
 
@@ -118,6 +126,7 @@ async def serve(
     access_log: bool = True,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 5.0,
+    log_format: str = "text",
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns (default: a
     SIGINT or SIGTERM). On the way out held subscribers are released first, so the
@@ -125,7 +134,9 @@ async def serve(
     global current
     if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
-    config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
+    config = hypercorn_config(
+        access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format
+    )
     trigger = shutdown_trigger or wait_for_signals
 
     async def shutdown() -> None:

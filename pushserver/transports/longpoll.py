@@ -108,6 +108,7 @@ class LongPollTransport(HTTPTransport):
                 await self.send_message(send, read.message, headers)
                 return
             token = self.presence.subscribed(request, channel_id) if self.presence else None
+            hub.metrics.longpoll += 1
             try:
                 disconnected = False
                 event: Event | Message | None = None
@@ -140,6 +141,7 @@ class LongPollTransport(HTTPTransport):
                 else:  # the timeout, or Closing: the client asks again from where it was
                     await respond(send, 304, [*headers, *position_headers(position)])
             finally:
+                hub.metrics.longpoll -= 1
                 if self.presence is not None:
                     self.presence.unsubscribed(token)
 
@@ -153,6 +155,7 @@ class LongPollTransport(HTTPTransport):
                 return event
             # Overflowed: more arrived than the queue holds; the buffer has them in order.
             subscription.overflowed = False
+            self.hub.metrics.catch_ups += 1
             read = await self.hub.read_after(channel_id, position)
             if read.message is not None:
                 return read.message

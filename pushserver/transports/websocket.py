@@ -233,7 +233,12 @@ class WebSocketTransport:
             await send({"type": "websocket.accept", "headers": self.headers})
             async with self.hub.subscription(channels) as subscription:
                 stream = Stream(self.hub, subscription, positions)
-                await _Connection(self, request, stream, receive, send).run()
+                metrics = self.hub.metrics
+                metrics.websocket += 1
+                try:
+                    await _Connection(self, request, stream, receive, send).run()
+                finally:
+                    metrics.websocket -= 1
         except ChannelNotFound as exc:
             await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
         except BackendUnavailable:
@@ -332,6 +337,8 @@ class _Connection:
         tg.cancel_scope.cancel()
 
     def too_slow(self) -> None:
+        if self.close_code is None:
+            self.transport.hub.metrics.slow_websocket += 1
         self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
         logger.info(
             "WebSocket subscriber %s stopped reading for %ss: disconnected",
