@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.core import checks
 from django.test import override_settings
 
 from pushserver.config import STATUS_INTERVAL, parse
+from pushserver.status import COUNTERS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def problems(location: dict) -> list[tuple[str, str]]:
@@ -83,3 +89,16 @@ def test_an_unknown_type_names_status_too():
     found = problems({"type": "statistics", "prefix": "/s/"})
     assert [i for i, _ in found] == ["pushserver.E035"]
     assert "'publisher', 'subscriber' or 'status'" in found[0][1]
+
+
+def test_every_metric_and_json_field_is_documented():
+    page = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    source = (ROOT / "pushserver" / "status.py").read_text(encoding="utf-8")
+    metrics = set(re.findall(r'"(pushserver_[a-z_]+)"', source))
+    assert len(metrics) >= 16  # the scan found them
+    missing = sorted(m for m in metrics if f"`{m}`" not in page)
+    assert not missing, f"docs/observability.md does not list {missing}"
+    fields = [name for name, _, _ in COUNTERS]
+    fields += ["connections", "subscribers", "active_channels", "channels", "slow_disconnects"]
+    missing = sorted(f for f in fields if f"`{f}`" not in page)
+    assert not missing, f"docs/observability.md does not explain {missing}"
