@@ -31,8 +31,6 @@ BACKLOG = 4096
 #: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
-#: ``runpushserver --log-format``: hypercorn's text line, or JSON fields (pushserver.logs).
-LOG_FORMATS = ("text", "json")
 
 
 @dataclass

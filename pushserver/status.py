@@ -361,7 +361,8 @@ class Status:
             max_channels=1,
             max_subscribers=0,
         )
-        self.sse = SSETransport(stream_location, self.hub, self.headers)
+        # Event streams say Cache-Control: no-store themselves.
+        self.sse = SSETransport(stream_location, self.hub, list(headers))
 
     def snapshot(self) -> dict:
         return snapshot(self.app.hubs, self.store_types, self.started)

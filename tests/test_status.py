@@ -168,32 +168,37 @@ async def test_a_gap_is_counted(server, client):
     assert after["gaps"] - before["gaps"] == 1
 
 
-async def test_a_stalled_reader_is_counted_as_dropped(server, client):
-    from tests.transports.test_backpressure import RawEventStream, stalled_socket
+@pytest.mark.parametrize("transport", ["eventsource", "websocket"])
+async def test_a_stalled_reader_is_counted_as_dropped(server, client, transport):
+    from tests.transports.test_backpressure import RawEventStream, RawWebSocket, stalled_socket
 
+    channel = f"stuck-{transport}"
+    other = "websocket" if transport == "eventsource" else "eventsource"
     before = await status(client)
     sock = stalled_socket(server)
     try:
-        RawEventStream(sock, "/impatient/stuck")  # reads the headers, then nothing more
+        # Each reads the response headers (or the handshake), then nothing more.
+        if transport == "eventsource":
+            RawEventStream(sock, f"/impatient/{channel}")
+        else:
+            RawWebSocket(sock, f"/impatient/{channel}")
         await wait_status(
-            client, lambda d: d["connections"]["eventsource"] > before["connections"]["eventsource"]
+            client, lambda d: d["connections"][transport] > before["connections"][transport]
         )
         with anyio.fail_after(60):
-            n = 0
             while True:
                 # Publish until the server gives up on the stalled reader (send_timeout 1 s).
                 for _ in range(20):
-                    await publish(client, "stuck", BODY)
-                    n += 1
+                    await publish(client, channel, BODY)
                 data = await status(client)
-                dropped = data["slow_disconnects"]["eventsource"]
-                if dropped > before["slow_disconnects"]["eventsource"]:
+                dropped = data["slow_disconnects"][transport]
+                if dropped > before["slow_disconnects"][transport]:
                     break
     finally:
         sock.close()
-    assert dropped - before["slow_disconnects"]["eventsource"] == 1
+    assert dropped - before["slow_disconnects"][transport] == 1
     assert data["queue_overflows"] > before["queue_overflows"]
-    assert data["slow_disconnects"]["websocket"] == before["slow_disconnects"]["websocket"]
+    assert data["slow_disconnects"][other] == before["slow_disconnects"][other]
     assert "stopped reading for 1.0s: disconnected" in server.log
 
 
