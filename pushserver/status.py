@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -50,6 +51,8 @@ from .transports.streaming import query_parameter
 
 if TYPE_CHECKING:
     from .app import PushServer
+
+logger = logging.getLogger("pushserver.status")
 
 #: The private channel the snapshots are published to.
 CHANNEL = "status"
@@ -444,5 +447,8 @@ class Status:
                 await self.publish()
 
     async def publish(self) -> None:
-        body = json.dumps(self.snapshot(), separators=(",", ":")).encode()
-        await self.hub.publish(CHANNEL, body, "application/json")
+        try:
+            body = json.dumps(self.snapshot(), separators=(",", ":")).encode()
+            await self.hub.publish(CHANNEL, body, "application/json")
+        except Exception:  # a broken figure must not end the server (this runs in its tasks)
+            logger.exception("status: could not publish a snapshot")
