@@ -19,6 +19,7 @@ from urllib.parse import quote
 import anyio
 
 from . import __version__
+from .authorize import Verifier, create_authorizer
 from .backends import create_backend
 from .config import LocationConfig, ServerConfig
 from .http import (
@@ -61,6 +62,7 @@ class Subscriber:
         presence: Presence | None,
         process_transports: tuple[str, ...] | None,
         server_header: tuple[bytes, bytes],
+        verifier: Verifier | None = None,
     ) -> None:
         self.location = location
         self.headers = headers
@@ -68,10 +70,16 @@ class Subscriber:
         if process_transports is not None:
             enabled &= set(process_transports)
         self.enabled = frozenset(enabled)
-        self.longpoll = LongPollTransport(location, hub, headers, presence)
-        self.sse = SSETransport(location, hub, headers, presence)
+        authorizer = create_authorizer(location, presence, verifier)
+        self.longpoll = LongPollTransport(location, hub, headers, presence, authorizer)
+        self.sse = SSETransport(location, hub, headers, presence, authorizer)
         self.websocket = WebSocketTransport(
-            location, hub, server_header, presence, enabled="websocket" in enabled
+            location,
+            hub,
+            server_header,
+            presence,
+            enabled="websocket" in enabled,
+            authorizer=authorizer,
         )
 
     async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
@@ -112,6 +120,7 @@ class PushServer:
         presence_factory: object | None = None,
         queue_size: int = 64,
         transports: tuple[str, ...] | None = None,
+        channel_verifier: Verifier | None = None,
     ) -> None:
         self.config = config
         self.fallback = fallback
@@ -158,6 +167,7 @@ class PushServer:
                     presence,
                     transports,
                     self.server_header,
+                    channel_verifier,
                 )
             self.routes.append((location, handler))
         self._stack: AsyncExitStack | None = None

@@ -76,6 +76,10 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "send_timeout",
     "max_subscribers",
     "max_channels",
+    "passthrough_authorize",
+    "can_subscribe",
+    "signed",
+    "authorize_timeout",
 }
 #: A status location (counters, backend health, the live status page; docs/observability.md).
 STATUS_KEYS = {"type", "url", "prefix", "allow_from", "interval"}
@@ -146,8 +150,21 @@ class LocationConfig:
     max_subscribers: int = 0
     #: Channels one event stream or WebSocket may multiplex (0 = no limit).
     max_channels: int = 255
+    #: The passthrough URL authorizes each subscribe (a non-2xx answer refuses it).
+    passthrough_authorize: bool = False
+    #: Dotted path of ``can_subscribe(request, channel_id)``, asked before each subscribe.
+    can_subscribe: str | None = None
+    #: Subscribers must present a signature per channel (``?sig=``), see docs/authorization.md.
+    signed: bool = False
+    #: Seconds the passthrough authorizer or the hook may take to answer (0 = no limit).
+    authorize_timeout: float = 5.0
     #: Status locations: seconds between the snapshots the status page gets (0 = none).
     interval: float = STATUS_INTERVAL
+
+    @property
+    def authorizes(self) -> bool:
+        """Whether subscribers here are authorized (by any of the three ways)."""
+        return self.passthrough_authorize or self.can_subscribe is not None or self.signed
 
 
 @dataclass(frozen=True)
@@ -377,6 +394,61 @@ def _parse_allow_from(c: _Collector, key: str, raw: Any) -> tuple[str, ...] | No
     return tuple(networks)
 
 
+_DOTTED_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _parse_authorization(
+    c: _Collector, key: str, raw: Mapping[str, Any], passthrough: str | None
+) -> dict[str, Any]:
+    """The subscriber authorization keys (checks E060-E064, W060); importing the hook is
+    checked at startup by the Django checks (E065, E066), the signing key too (E067)."""
+    parsed: dict[str, Any] = {}
+    for flag, code in (("passthrough_authorize", 60), ("signed", 63)):
+        value = raw.get(flag, False)
+        if not isinstance(value, bool):
+            c.error(
+                f"{key}[{flag!r}]",
+                f"must be True or False, not {value!r}",
+                "Use True to turn it on, or remove the key.",
+                code,
+            )
+            value = False
+        parsed[flag] = value
+    if parsed["passthrough_authorize"] and "passthrough" not in raw:
+        c.error(
+            f"{key}['passthrough_authorize']",
+            "authorizes through the passthrough URL, but the location has no 'passthrough'",
+            "Add 'passthrough': 'http://127.0.0.1:8000/passthrough' (the Django passthrough "
+            "view), or remove 'passthrough_authorize'.",
+            61,
+        )
+    hook = raw.get("can_subscribe")
+    if hook is not None and (not isinstance(hook, str) or not _DOTTED_PATH.match(hook)):
+        c.error(
+            f"{key}['can_subscribe']",
+            f"must be the dotted path of a function, not {hook!r}",
+            "For example 'myapp.push.can_subscribe' (a sync or async "
+            "can_subscribe(request, channel_id) returning True to allow).",
+            62,
+        )
+        hook = "pushserver.authorize.deny_all"  # refuse everyone rather than no one
+    parsed["can_subscribe"] = hook
+    timeout = raw.get("authorize_timeout", 5.0)
+    if not _check_non_negative(c, f"{key}['authorize_timeout']", timeout, 64, integer=False):
+        timeout = 5.0
+    parsed["authorize_timeout"] = float(timeout)
+    if "authorize_timeout" in raw and not (
+        parsed["passthrough_authorize"] or parsed["can_subscribe"]
+    ):
+        c.warning(
+            f"{key}['authorize_timeout']",
+            "has no effect: the location has neither 'passthrough_authorize' nor 'can_subscribe'",
+            "Remove it, or turn on one of those authorizers.",
+            60,
+        )
+    return parsed
+
+
 def _parse_location(
     c: _Collector,
     index: int,
@@ -486,6 +558,7 @@ def _parse_location(
     max_channels = raw.get("max_channels", 255)
     if not _check_non_negative(c, f"{key}['max_channels']", max_channels, 56, integer=True):
         max_channels = 255
+    authorization = _parse_authorization(c, key, raw, passthrough)
     allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
@@ -532,6 +605,7 @@ def _parse_location(
         max_channel_id_length=max_channel_id_length,
         max_subscribers=int(max_subscribers),
         max_channels=int(max_channels),
+        **authorization,
     )
 
 

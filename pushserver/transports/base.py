@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import LocationConfig
 from ..http import Headers, Request
 from ..hub import Hub
 from ..protocol import cors_headers
+
+if TYPE_CHECKING:
+    from ..authorize import LocationAuthorizer
 
 
 class Presence(Protocol):
@@ -27,11 +30,15 @@ class HTTPTransport:
         hub: Hub,
         base_headers: Headers,
         presence: Presence | None = None,
+        authorizer: LocationAuthorizer | None = None,
     ) -> None:
         self.location = location
         self.hub = hub
         self.headers = base_headers
         self.presence = presence
+        self.authorizer = authorizer
+        #: Subscribe notifications the transport sends itself (not the authorizer's).
+        self.notify = presence is not None and not location.passthrough_authorize
         self._many_origins = len(location.allow_origin.split()) > 1
 
     def response_headers(self, request: Request) -> Headers:

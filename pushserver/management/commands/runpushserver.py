@@ -205,6 +205,7 @@ class Command(BaseCommand):
     def build_app(self, options: dict[str, Any], transports: tuple[str, ...]) -> Any:
         from pushserver.app import PushServer
         from pushserver.passthrough import presence_factory
+        from pushserver.utils.signing import verify_channel
 
         fallback = self.django_application() if options["allrequests"] else None
         return PushServer(
@@ -213,6 +214,7 @@ class Command(BaseCommand):
             forcehost=options["forcehost"],
             presence_factory=presence_factory(fallback),
             transports=transports,
+            channel_verifier=verify_channel,
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
