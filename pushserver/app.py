@@ -18,6 +18,8 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
+import anyio
+
 from . import __version__
 from .authorize import Verifier, create_authorizer
 from .backends import create_backend
@@ -37,6 +39,7 @@ from .http import (
 from .hub import Hub
 from .protocol import decode_channel_id
 from .publisher import Publisher
+from .status import Status
 from .transports.longpoll import LongPollTransport, Presence
 from .transports.sse import SSETransport
 from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport
@@ -104,6 +107,7 @@ class Subscriber:
             and request.method in ("GET", "HEAD")
             and "text/event-stream" in (request.header("accept") or "")
         ):
+            scope["pushserver.transport"] = "eventsource"  # for the JSON access log
             await self.sse(request, raw_channel, receive, send)
             return
         if "longpoll" not in self.enabled and request.method != "OPTIONS":
@@ -160,7 +164,19 @@ class PushServer:
         server = (config.servername or f"pushserver/{__version__}").encode("latin-1")
         self.server_header = (b"server", server)
         self.routes: list[tuple[LocationConfig, object]] = []
+        self.statuses: list[Status] = []
         for location in config.locations:
+            if location.type == "status":
+                status = Status(
+                    location,
+                    self,
+                    [self.server_header],
+                    internal_ips=config.internal_ips,
+                    secret=config.publisher_secret,
+                )
+                self.statuses.append(status)
+                self.routes.append((location, status))
+                continue
             hub = self.hubs[location.store]
             if location.type == "publisher":
                 handler: object = Publisher(
@@ -215,6 +231,15 @@ class PushServer:
             await stack.enter_async_context(hub)
         if self._presence_context is not None:
             await stack.enter_async_context(self._presence_context)  # type: ignore[arg-type]
+        for status in self.statuses:
+            await stack.enter_async_context(status.hub)
+        live = [status for status in self.statuses if status.location.interval]
+        if live:
+            # The status pages' snapshots: cancelled first on the way out (LIFO).
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            for status in live:
+                tasks.start_soon(status.run)
         self._stack = stack
 
     def begin_shutdown(self) -> None:
@@ -269,6 +294,12 @@ class PushServer:
                 continue
             if head_size(scope) > self._max_header_size:
                 await self.head_too_large(scope, handler, receive, send)
+                return
+            # Where the request went, for the JSON access log (pushserver.logs).
+            scope["pushserver.location"] = location.type
+            scope["pushserver.channel"] = match.group(1)
+            if isinstance(handler, Status):
+                await handler(scope, match.group(1), receive, send)
                 return
             if isinstance(handler, Subscriber):
                 if self.active >= self._limit:

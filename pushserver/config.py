@@ -102,6 +102,12 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "signed",
     "authorize_timeout",
 }
+#: A status location (counters, backend health, the live status page; docs/observability.md).
+STATUS_KEYS = {"type", "url", "prefix", "allow_from", "interval"}
+#: Default seconds between the snapshots a status page receives.
+STATUS_INTERVAL = 2.0
+#: Shortest interval accepted (0 aside, which means no live updates).
+MIN_STATUS_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ class HostConfig:
 @dataclass(frozen=True)
 class LocationConfig:
     index: int
-    type: str  # "publisher" or "subscriber"
+    type: str  # "publisher", "subscriber" or "status"
     pattern: str  # the URL regex, as configured (or built from the prefix)
     url: str | None
     prefix: str | None
@@ -178,6 +184,8 @@ class LocationConfig:
     #: Whether responses carry CORS headers: always on subscriber locations, on publisher
     #: locations when one of :data:`CORS_KEYS` is given.
     cors: bool = True
+    #: Status locations: seconds between the snapshots the status page gets (0 = none).
+    interval: float = STATUS_INTERVAL
 
     @property
     def authorizes(self) -> bool:
@@ -355,7 +363,7 @@ def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
 
 
 def _location_pattern(
-    c: _Collector, key: str, raw: Mapping[str, Any]
+    c: _Collector, key: str, raw: Mapping[str, Any], rest: str = "(.+)"
 ) -> tuple[str, re.Pattern[str]] | None:
     url = raw.get("url")
     prefix = raw.get("prefix")
@@ -382,7 +390,7 @@ def _location_pattern(
         if not isinstance(prefix, str):
             c.error(f"{key}['prefix']", f"must be a string, not {prefix!r}", "Use '/updates/'.", 32)
             return None
-        pattern = prefix + "(.+)"
+        pattern = prefix + rest
         what = f"{key}['prefix']"
     try:
         regex = re.compile(pattern + "$")
@@ -545,10 +553,12 @@ def _parse_location(
         )
         return None
     kind = raw.get("type")
+    if kind == "status":
+        return _parse_status_location(c, index, raw, key)
     if kind not in ("publisher", "subscriber"):
         c.error(
             f"{key}['type']",
-            f"must be 'publisher' or 'subscriber', not {kind!r}",
+            f"must be 'publisher', 'subscriber' or 'status', not {kind!r}",
             "Each location says what it is: 'type': 'publisher' or 'type': 'subscriber'.",
             35,
         )
@@ -679,6 +689,47 @@ def _parse_location(
         **authorization,
         cors_max_age=int(cors_max_age),
         cors=kind == "subscriber" or any(name in raw for name in CORS_KEYS),
+    )
+
+
+def _parse_status_location(
+    c: _Collector, index: int, raw: Mapping[str, Any], key: str
+) -> LocationConfig | None:
+    """A status location: its path (the rest after the prefix may be empty), who may read
+    it (``allow_from``, as a publisher location) and the status page's ``interval``."""
+    other_keys = (PUBLISHER_KEYS | SUBSCRIBER_KEYS) - STATUS_KEYS
+    for name in raw:
+        if name in other_keys:
+            c.error(
+                f"{key}[{name!r}]",
+                f"{name!r} does not apply to status locations",
+                f"Remove it; a status location takes {', '.join(sorted(STATUS_KEYS))}.",
+                36,
+            )
+    c.unknown_keys(key, {k: v for k, v in raw.items() if k not in other_keys}, STATUS_KEYS, 37)
+    parsed = _location_pattern(c, key, raw, rest="(.*)")
+    interval = raw.get("interval", STATUS_INTERVAL)
+    if not _is_number(interval) or not (interval == 0 or interval >= MIN_STATUS_INTERVAL):
+        c.error(
+            f"{key}['interval']",
+            f"must be 0 or a number of seconds >= {MIN_STATUS_INTERVAL}, not {interval!r}",
+            f"Use e.g. {STATUS_INTERVAL:g} (seconds between status page updates), or 0 for none.",
+            70,
+        )
+        interval = STATUS_INTERVAL
+    allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
+    if parsed is None:
+        return None
+    pattern, regex = parsed
+    return LocationConfig(
+        index=index,
+        type="status",
+        pattern=pattern,
+        url=raw.get("url"),
+        prefix=raw.get("prefix"),
+        regex=regex,
+        allow_from=allow_from,
+        interval=float(interval),
     )
 
 

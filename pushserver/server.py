@@ -83,6 +83,7 @@ def hypercorn_config(
     graceful_timeout: float = 5.0,
     header_timeout: float = DEFAULT_CLIENT_HEADER_TIMEOUT,
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    log_format: str = "text",
 ) -> Config:
     """hypercorn's settings; ``header_timeout`` and ``max_header_size`` are the top-level
     ``client_header_timeout`` and ``max_header_size``."""
@@ -108,6 +109,10 @@ def hypercorn_config(
     if access_log:
         config.accesslog = logging.getLogger("pushserver.access")
         config.access_log_format = ACCESS_LOG_FORMAT
+        if log_format == "json":
+            from .logs import AccessLogger
+
+            config.logger_class = AccessLogger
     config.errorlog = logging.getLogger("pushserver.server")
     return config
 
@@ -136,6 +141,7 @@ async def serve(
     access_log: bool = True,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 5.0,
+    log_format: str = "text",
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns (default: a
     SIGINT or SIGTERM). On the way out held subscribers are released first, so the
@@ -147,7 +153,9 @@ async def serve(
     if isinstance(app, PushServer):
         limits["header_timeout"] = app.config.client_header_timeout
         limits["max_header_size"] = app.config.max_header_size
-    config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout, **limits)
+    config = hypercorn_config(
+        access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format, **limits
+    )
     trigger = shutdown_trigger or wait_for_signals
 
     async def shutdown() -> None:

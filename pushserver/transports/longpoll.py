@@ -126,6 +126,7 @@ class LongPollTransport(HTTPTransport):
                 return
             presence = self.presence if self.notify else None
             token = presence.subscribed(request, channel_id) if presence else None
+            hub.metrics.longpoll += 1
             try:
                 disconnected = False
                 event: Event | Message | None = None
@@ -158,6 +159,7 @@ class LongPollTransport(HTTPTransport):
                 else:  # the timeout, or Closing: the client asks again from where it was
                     await respond(send, 304, [*headers, *position_headers(position)])
             finally:
+                hub.metrics.longpoll -= 1
                 if self.presence is not None and self.notify:
                     self.presence.unsubscribed(token)
 
@@ -171,6 +173,7 @@ class LongPollTransport(HTTPTransport):
                 return event
             # Overflowed: more arrived than the queue holds; the buffer has them in order.
             subscription.overflowed = False
+            self.hub.metrics.catch_ups += 1
             read = await self.hub.read_after(channel_id, position)
             if read.message is not None:
                 return read.message

@@ -288,9 +288,12 @@ class SSETransport(HTTPTransport):
             tokens = []
             if self.presence is not None and self.notify:
                 tokens = [self.presence.subscribed(request, c) for c in positions]
+            metrics = self.hub.metrics
+            metrics.eventsource += 1
             try:
                 await response(request.scope, receive, send)
             except SendTimeoutError:
+                metrics.slow_eventsource += 1
                 logger.info(
                     "event-stream subscriber %s on %s stopped reading for %ss: disconnected",
                     request.client_host,
@@ -298,6 +301,7 @@ class SSETransport(HTTPTransport):
                     location.send_timeout,
                 )
             finally:
+                metrics.eventsource -= 1
                 if self.presence is not None:
                     for token in tokens:
                         self.presence.unsubscribed(token)

@@ -263,7 +263,12 @@ class WebSocketTransport:
                 stream = Stream(self.hub, subscription, positions)
                 connection = _Connection(self, request, stream, receive, send)
                 connection.tokens, tokens = tokens, {}  # the connection unsubscribes them
-                await connection.run()
+                metrics = self.hub.metrics
+                metrics.websocket += 1
+                try:
+                    await connection.run()
+                finally:
+                    metrics.websocket -= 1
         except ChannelNotFound as exc:
             await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
         except BackendUnavailable:
@@ -366,6 +371,8 @@ class _Connection:
         tg.cancel_scope.cancel()
 
     def too_slow(self) -> None:
+        if self.close_code is None:
+            self.transport.hub.metrics.slow_websocket += 1
         self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
         logger.info(
             "WebSocket subscriber %s stopped reading for %ss: disconnected",
