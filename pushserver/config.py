@@ -56,6 +56,7 @@ TOP_LEVEL_KEYS = {
     "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
     "publisher_secret": "shared secret publishers must prove (Authorization: Bearer token)",
     "max_channel_id_length": "longest accepted channel id in characters (default 1024, 0 = none)",
+    "shutdown_timeout": "seconds a stopping server lets in-flight requests finish (default 5)",
 }
 
 PUBLISH_VIA = ("http", "backend")
@@ -174,6 +175,9 @@ class ServerConfig:
     publish_via: str = "http"
     #: Publishers must send ``Authorization: Bearer <token>`` derived from it (if set).
     publisher_secret: str | None = None
+    #: Seconds a stopping server gives in-flight requests before it cuts what is still open
+    #: (``runpushserver --shutdown-timeout`` overrides it).
+    shutdown_timeout: float = 5.0
     #: Django's INTERNAL_IPS, put here by the Django layer: allowed to publish by default.
     internal_ips: tuple[str, ...] = ()
 
@@ -674,6 +678,15 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport = "longpoll"
     default_size = _top_level_limit(c, raw, "max_message_size", 1024 * 1024, 8, integer=True)
     max_id_length = _top_level_limit(c, raw, "max_channel_id_length", 1024, 54, integer=True)
+    shutdown_timeout = raw.get("shutdown_timeout", 5.0)
+    if not _is_number(shutdown_timeout) or not 0 < shutdown_timeout < float("inf"):
+        c.error(
+            "PUSH_SERVER['shutdown_timeout']",
+            f"must be a number of seconds > 0, not {shutdown_timeout!r}",
+            "Set it to how long a stopping server may finish in-flight requests, e.g. 5.",
+            90,
+        )
+        shutdown_timeout = 5.0
 
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
@@ -728,6 +741,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport=transport,
         publish_via=publish_via,
         publisher_secret=publisher_secret,
+        shutdown_timeout=float(shutdown_timeout),
     )
     return config, c.problems
 

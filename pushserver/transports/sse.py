@@ -28,8 +28,13 @@ A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
       stream goes on for its other channels and ends after the last one. (``EventSource``
       reconnects and gets 404 unless the location has ``create_on_get``.)
 
-* The stream ends without an event when the server shuts down; ``EventSource`` reconnects
-  with ``Last-Event-ID`` after ``retry`` milliseconds and loses nothing.
+* When the server shuts down the stream ends with a comment and a new ``retry`` (a random
+  250-3000 ms, so that its subscribers do not all come back at once), no event::
+
+    : shutting down
+    retry: 1234
+
+  ``EventSource`` reconnects with ``Last-Event-ID`` after that long and loses nothing.
 * A subscriber that falls behind its bounded queue is caught up from the buffer (with a gap
   event where the messages are gone). One write that blocks longer than the location's
   ``send_timeout`` (a client that stopped reading) closes the connection.
@@ -58,6 +63,7 @@ replaces two parts that cost per event or per connection under fan-out:
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import anyio
@@ -93,6 +99,15 @@ DELETED_EVENT = "pushserver.deleted"
 _SEP = "\n"
 _HELLO = ServerSentEvent(comment="hi", retry=RETRY_MS, sep=_SEP).encode()
 _PING = ServerSentEvent(comment="ping", sep=_SEP)
+#: Range of the ``retry:`` (milliseconds) a stream ends with when the server shuts down:
+#: random per subscriber, so that they do not all reconnect in the same instant.
+SHUTDOWN_RETRY_MS = (250, RETRY_MS)
+
+
+def shutdown_block() -> bytes:
+    """The last block of a stream the server ends to shut down."""
+    retry = random.randint(*SHUTDOWN_RETRY_MS)
+    return ServerSentEvent(comment="shutting down", retry=retry, sep=_SEP).encode()
 
 
 def _text(message: Message) -> str:
@@ -214,6 +229,7 @@ class EventStreamResponse(EventSourceResponse):
                     )
                     done = not stream.positions
                 elif isinstance(event, Closing):
+                    chunks.append(shutdown_block())
                     done = True
         async with self._send_lock:
             self.active = False
