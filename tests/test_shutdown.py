@@ -132,8 +132,9 @@ async def read_response(stream: anyio.abc.ByteStream) -> tuple[int, dict[str, st
 # -- what each client sees --------------------------------------------------------------
 
 
-async def test_every_transport_is_told_to_reconnect(push_server_factory):
-    server = push_server_factory(CONFIG, "--shutdown-timeout", "10")
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+async def test_every_transport_is_told_to_reconnect(push_server_factory, loop):
+    server = push_server_factory(CONFIG, "--shutdown-timeout", "10", "--loop", loop)
     channel = f"bye-{uuid.uuid4().hex}"
     publisher = path("/publisher/", channel)
     subscriber = path("/subscriber/", channel)
@@ -571,6 +572,9 @@ async def test_rolling_restart_behind_a_load_balancer_loses_nothing(redis_server
     }
     print(json.dumps(report))
     assert proxy.routed[ports[0]] and proxy.routed[ports[1]], report
+    # The streams were on the server stopped each time, and were told so.
+    assert subscribers[1].ends["shutting down"] == 2, report
+    assert subscribers[2].ends["1001"] == 2, report
     acked = set(publisher.acked)
     for subscriber in subscribers:
         received = subscriber.received

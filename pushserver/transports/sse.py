@@ -99,6 +99,7 @@ DELETED_EVENT = "pushserver.deleted"
 _SEP = "\n"
 _HELLO = ServerSentEvent(comment="hi", retry=RETRY_MS, sep=_SEP).encode()
 _PING = ServerSentEvent(comment="ping", sep=_SEP)
+_CONNECTION_CLOSE = (b"connection", b"close")
 #: Range of the ``retry:`` (milliseconds) a stream ends with when the server shuts down:
 #: random per subscriber, so that they do not all reconnect in the same instant.
 SHUTDOWN_RETRY_MS = (250, RETRY_MS)
@@ -301,6 +302,13 @@ class SSETransport(HTTPTransport):
                 send_timeout=location.send_timeout or None,
             )
             response.raw_headers.extend(headers)
+            if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
+                # Whatever ends a stream (a shutdown, the last channel deleted) ends the
+                # connection too: the client then reconnects on a new one, instead of
+                # reusing this one while the server closes it. (HTTP/2 has no such header.)
+                # It replaces sse-starlette's "Connection: keep-alive".
+                response.raw_headers[:] = [h for h in response.raw_headers if h[0] != b"connection"]
+                response.raw_headers.append(_CONNECTION_CLOSE)
             tokens = []
             if self.presence is not None and self.notify:
                 tokens = [self.presence.subscribed(request, c) for c in positions]
