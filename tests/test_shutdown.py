@@ -151,6 +151,7 @@ async def test_every_transport_is_told_to_reconnect(push_server_factory, loop):
 
         async def sse() -> None:
             async with event_stream(client, subscriber, last_event_id=message_id) as stream:
+                assert stream.response.headers["connection"] == "close"
                 while (block := await stream.block()) is not None:
                     blocks.append(block)
 
