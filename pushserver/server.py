@@ -11,7 +11,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -114,7 +114,7 @@ def _running_trio() -> bool:
 _detached: set[Any] = set()
 
 
-def _spawn_system_task(function: Callable[[], Awaitable[None]]) -> None:
+def _spawn_system_task(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``function`` beside hypercorn's tasks (it must not raise)."""
     if _running_trio():
         import trio
@@ -123,7 +123,7 @@ def _spawn_system_task(function: Callable[[], Awaitable[None]]) -> None:
     else:
         import asyncio
 
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(function())  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(function())
         _detached.add(task)  # a strong reference until it is done
         task.add_done_callback(_detached.discard)
 
@@ -166,12 +166,12 @@ async def serve(
     seconds.
 
     On the way out, in this order: responses started from then on say ``Connection:
-    close``; held subscribers are released (long polls answer 304, event streams end with a
-    ``retry:`` hint, WebSockets close with 1001) and new publishes get 503; hypercorn closes
-    the listening socket (new connections are refused) and idle keep-alive connections. The
-    requests in flight, publishes included, get up to ``graceful_timeout`` seconds to
-    finish; whatever is still open then (a client that stopped reading, a body that stopped
-    arriving) is cut, and the stores are closed.
+    close``; hypercorn closes the listening socket (new connections are refused) and idle
+    keep-alive connections; then held subscribers are released (long polls answer 304,
+    event streams end with a ``retry:`` hint, WebSockets close with 1001) and new publishes
+    get 503. The requests in flight, publishes included, get up to ``graceful_timeout``
+    seconds to finish; whatever is still open then (a client that stopped reading, a body
+    that stopped arriving) is cut, and the stores are closed.
     """
     global current
     if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
