@@ -59,6 +59,7 @@ TOP_LEVEL_KEYS = {
     "max_connections": "subscriber requests served at once per process (default: from ulimit -n)",
     "max_header_size": "largest request head in bytes (default 16 KiB; 431 above it)",
     "client_header_timeout": "seconds to receive a request head, also the keep-alive idle time",
+    "shutdown_timeout": "seconds a stopping server lets in-flight requests finish (default 5)",
 }
 
 PUBLISH_VIA = ("http", "backend")
@@ -208,6 +209,9 @@ class ServerConfig:
     publish_via: str = "http"
     #: Publishers must send ``Authorization: Bearer <token>`` derived from it (if set).
     publisher_secret: str | None = None
+    #: Seconds a stopping server gives in-flight requests before it cuts what is still open
+    #: (``runpushserver --shutdown-timeout`` overrides it).
+    shutdown_timeout: float = 5.0
     #: Django's INTERNAL_IPS, put here by the Django layer: allowed to publish by default.
     internal_ips: tuple[str, ...] = ()
     #: Subscriber requests and WebSockets one process serves at once; past it 503 (0 = no
@@ -272,6 +276,20 @@ def _top_level_limit(
     value = raw.get(name, default)
     key = f"PUSH_SERVER[{name!r}]"
     return value if _check_non_negative(c, key, value, code, integer=integer) else default
+
+
+def _positive_seconds(
+    c: _Collector, raw: Mapping[str, Any], name: str, default: float, code: int, hint: str
+) -> float:
+    """``PUSH_SERVER[name]`` if it is a finite number of seconds > 0, else the default (and
+    an error)."""
+    value = raw.get(name, default)
+    if not _is_number(value) or not 0 < value < float("inf"):
+        c.error(
+            f"PUSH_SERVER[{name!r}]", f"must be a number of seconds > 0, not {value!r}", hint, code
+        )
+        return default
+    return float(value)
 
 
 def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
@@ -827,15 +845,22 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
             81,
         )
         max_header_size = DEFAULT_MAX_HEADER_SIZE
-    header_timeout = raw.get("client_header_timeout", DEFAULT_CLIENT_HEADER_TIMEOUT)
-    if not _is_number(header_timeout) or not 0 < header_timeout < float("inf"):
-        c.error(
-            "PUSH_SERVER['client_header_timeout']",
-            f"must be a number of seconds > 0, not {header_timeout!r}",
-            f"Use e.g. {DEFAULT_CLIENT_HEADER_TIMEOUT:g}, the default.",
-            82,
-        )
-        header_timeout = DEFAULT_CLIENT_HEADER_TIMEOUT
+    header_timeout = _positive_seconds(
+        c,
+        raw,
+        "client_header_timeout",
+        DEFAULT_CLIENT_HEADER_TIMEOUT,
+        82,
+        f"Use e.g. {DEFAULT_CLIENT_HEADER_TIMEOUT:g}, the default.",
+    )
+    shutdown_timeout = _positive_seconds(
+        c,
+        raw,
+        "shutdown_timeout",
+        5.0,
+        90,
+        "Set it to how long a stopping server may finish in-flight requests, e.g. 5.",
+    )
 
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
@@ -893,6 +918,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         max_connections=max_connections,
         max_header_size=int(max_header_size),
         client_header_timeout=float(header_timeout),
+        shutdown_timeout=float(shutdown_timeout),
     )
     return config, c.problems
 

@@ -127,6 +127,17 @@ class Publisher:
         if refused is not None:
             await respond_error(send, 403, refused, headers)
             return
+        if self.hub.shutting_down:
+            # A request that arrives while the server stops (on a kept-alive connection; the
+            # listening socket is closed): nothing is done, so it is safe to send elsewhere.
+            # Requests that arrived before, publishes being received included, finish.
+            await respond_error(
+                send,
+                503,
+                "the server is shutting down: send the request again (to another server)",
+                [*self.headers, (b"retry-after", b"1")],
+            )
+            return
         try:
             if method == "POST":
                 await self.post(request, channel_id, receive, send)

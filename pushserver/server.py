@@ -11,7 +11,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -134,6 +134,48 @@ def _running_trio() -> bool:
     return False
 
 
+_detached: set[Any] = set()
+
+
+def _spawn_system_task(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``function`` beside hypercorn's tasks (it must not raise)."""
+    if _running_trio():
+        import trio
+
+        trio.lowlevel.spawn_system_task(function)
+    else:
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(function())
+        _detached.add(task)  # a strong reference until it is done
+        task.add_done_callback(_detached.discard)
+
+
+def _quiet_cancelled_connections() -> None:
+    """Connections still open at the end of the graceful period are cancelled: on Python
+    3.11, asyncio's stream callback then logs each as "Exception in callback" with a
+    CancelledError traceback. Cutting them is the plan, not an error: keep the log clean."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), asyncio.CancelledError):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+#: Seconds a stopping server has, after ``graceful_timeout``, to close its stores before
+#: whatever is left is cancelled: the process exits within the sum whatever clients do.
+CLOSE_GRACE = 3.0
+
+
 async def serve(
     app: PushServer,
     sock: socket.socket,
@@ -144,8 +186,17 @@ async def serve(
     log_format: str = "text",
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns (default: a
-    SIGINT or SIGTERM). On the way out held subscribers are released first, so the
-    graceful period is spent finishing responses, not waiting on idle long polls."""
+    SIGINT or SIGTERM), then shut down within ``graceful_timeout`` + :data:`CLOSE_GRACE`
+    seconds.
+
+    On the way out, in this order: responses started from then on say ``Connection:
+    close``; hypercorn closes the listening socket (new connections are refused) and idle
+    keep-alive connections; then held subscribers are released (long polls answer 304,
+    event streams end with a ``retry:`` hint, WebSockets close with 1001) and new publishes
+    get 503. The requests in flight, publishes included, get up to ``graceful_timeout``
+    seconds to finish; whatever is still open then (a client that stopped reading, a body
+    that stopped arriving) is cut, and the stores are closed.
+    """
     global current
     if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
@@ -157,9 +208,29 @@ async def serve(
         access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format, **limits
     )
     trigger = shutdown_trigger or wait_for_signals
+    # The last resort: hypercorn bounds the wait for connections by graceful_timeout, except
+    # on Python >= 3.12.1, where its Server.wait_closed() waits for every connection first
+    # (hypercorn issue 308). This deadline, set once shutdown begins, cuts that wait short.
+    bound = anyio.CancelScope()
 
     async def shutdown() -> None:
         await trigger()
+        bound.deadline = anyio.current_time() + graceful_timeout + CLOSE_GRACE
+        # hypercorn adds "Connection: close" to every response once a connection has served
+        # this many requests: from now on, all of them. A client then opens its next request
+        # on a new connection (elsewhere) instead of racing the close of this one.
+        config.keep_alive_max_requests = 0
+        if not _running_trio():
+            _quiet_cancelled_connections()
+        _spawn_system_task(release)
+
+    async def release() -> None:
+        # Subscribers are told to reconnect once hypercorn has closed the listening socket
+        # (it does so right after this trigger returns): reconnecting at once, they are
+        # refused here and go elsewhere, instead of reaching a socket about to be closed.
+        with anyio.move_on_after(1.0):
+            while sock.fileno() != -1:
+                await anyio.sleep(0.001)
         app.begin_shutdown()
 
     address, port = sock.getsockname()[:2]
@@ -168,13 +239,20 @@ async def serve(
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
         # PushServer speaks ASGI 3 with plain dicts; hypercorn's types are TypedDicts.
         wrapped = wrap_app(cast(Any, app), config.wsgi_max_body_size, "asgi")
-        if _running_trio():
-            from hypercorn.trio.run import worker_serve as trio_serve
+        with bound:
+            if _running_trio():
+                from hypercorn.trio.run import worker_serve as trio_serve
 
-            await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
-        else:
-            from hypercorn.asyncio.run import worker_serve as asyncio_serve
+                await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+            else:
+                from hypercorn.asyncio.run import worker_serve as asyncio_serve
 
-            await asyncio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+                await asyncio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+        if bound.cancelled_caught:
+            logger.warning(
+                "shutdown took longer than %gs: cut the connections left", graceful_timeout
+            )
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE):
+                await app.aclose()  # if the lifespan did not get to it
     finally:
         current = None

@@ -57,6 +57,8 @@ def _check_ids() -> set[str]:
             code = node.args[-1]
         elif name == "_check_non_negative" and len(node.args) >= 4:
             code = node.args[3]  # (collector, key, value, code)
+        elif name in ("_top_level_limit", "_positive_seconds") and len(node.args) >= 5:
+            code = node.args[4]  # (collector, raw, name, default, code)
         else:
             continue
         if isinstance(code, ast.Constant) and isinstance(code.value, int):

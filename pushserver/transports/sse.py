@@ -28,8 +28,13 @@ A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
       stream goes on for its other channels and ends after the last one. (``EventSource``
       reconnects and gets 404 unless the location has ``create_on_get``.)
 
-* The stream ends without an event when the server shuts down; ``EventSource`` reconnects
-  with ``Last-Event-ID`` after ``retry`` milliseconds and loses nothing.
+* When the server shuts down the stream ends with a comment and a new ``retry`` (a random
+  250-3000 ms, so that its subscribers do not all come back at once), no event::
+
+    : shutting down
+    retry: 1234
+
+  ``EventSource`` reconnects with ``Last-Event-ID`` after that long and loses nothing.
 * A subscriber that falls behind its bounded queue is caught up from the buffer (with a gap
   event where the messages are gone). One write that blocks longer than the location's
   ``send_timeout`` (a client that stopped reading) closes the connection.
@@ -58,6 +63,7 @@ replaces two parts that cost per event or per connection under fan-out:
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import anyio
@@ -93,6 +99,16 @@ DELETED_EVENT = "pushserver.deleted"
 _SEP = "\n"
 _HELLO = ServerSentEvent(comment="hi", retry=RETRY_MS, sep=_SEP).encode()
 _PING = ServerSentEvent(comment="ping", sep=_SEP)
+_CONNECTION_CLOSE = (b"connection", b"close")
+#: Range of the ``retry:`` (milliseconds) a stream ends with when the server shuts down:
+#: random per subscriber, so that they do not all reconnect in the same instant.
+SHUTDOWN_RETRY_MS = (250, RETRY_MS)
+
+
+def shutdown_block() -> bytes:
+    """The last block of a stream the server ends to shut down."""
+    retry = random.randint(*SHUTDOWN_RETRY_MS)
+    return ServerSentEvent(comment="shutting down", retry=retry, sep=_SEP).encode()
 
 
 def _text(message: Message) -> str:
@@ -214,6 +230,7 @@ class EventStreamResponse(EventSourceResponse):
                     )
                     done = not stream.positions
                 elif isinstance(event, Closing):
+                    chunks.append(shutdown_block())
                     done = True
         async with self._send_lock:
             self.active = False
@@ -285,6 +302,13 @@ class SSETransport(HTTPTransport):
                 send_timeout=location.send_timeout or None,
             )
             response.raw_headers.extend(headers)
+            if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
+                # Whatever ends a stream (a shutdown, the last channel deleted) ends the
+                # connection too: the client then reconnects on a new one, instead of
+                # reusing this one while the server closes it. (HTTP/2 has no such header.)
+                # It replaces sse-starlette's "Connection: keep-alive".
+                response.raw_headers[:] = [h for h in response.raw_headers if h[0] != b"connection"]
+                response.raw_headers.append(_CONNECTION_CLOSE)
             tokens = []
             if self.presence is not None and self.notify:
                 tokens = [self.presence.subscribed(request, c) for c in positions]

@@ -1,11 +1,16 @@
 """``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
-[--transport NAME] [--workers N]``
+[--transport NAME] [--workers N] [--shutdown-timeout SECONDS]``
 
 With ``--workers N`` (N > 1) this process binds the port, forks N workers that each serve
 it (on Linux each has its own socket on the port, ``SO_REUSEPORT``, so the kernel spreads
 connections evenly; elsewhere they share one), and supervises them: SIGINT/SIGTERM are
 passed on, a worker that dies is replaced. Workers share channels only through a shared
 store, so memory stores are refused.
+
+A stop signal shuts a server down within ``--shutdown-timeout`` (``PUSH_SERVER
+['shutdown_timeout']``) seconds plus the time to close its stores (see
+:func:`pushserver.server.serve`); the supervisor stops listening at once and kills a
+worker still running :data:`KILL_AFTER` seconds past that.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: A worker dying more often than this within RESTART_WINDOW seconds is a crash loop: stop.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+#: Seconds past the shutdown timeout after which the supervisor kills a worker that has not
+#: exited (a worker normally exits within the timeout plus server.CLOSE_GRACE).
+KILL_AFTER = 5.0
 
 
 def _hypercorn_version() -> str:
@@ -92,6 +100,13 @@ class Command(BaseCommand):
             default=1,
             metavar="N",
             help="Run N worker processes sharing the port (N > 1 needs a redis store).",
+        )
+        parser.add_argument(
+            "--shutdown-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="On SIGTERM/SIGINT, give in-flight requests this long to finish "
+            "(default: PUSH_SERVER['shutdown_timeout'], 5).",
         )
         parser.add_argument(
             "--no-access-log",
@@ -157,6 +172,13 @@ class Command(BaseCommand):
                 )
             chosen.append(name)
         return tuple(dict.fromkeys(chosen))
+
+    def resolve_shutdown_timeout(self, value: float | None) -> float:
+        if value is None:
+            return get_config().shutdown_timeout
+        if not 0 < value < float("inf"):
+            raise CommandError(f"--shutdown-timeout must be a number of seconds > 0, not {value}.")
+        return value
 
     def check_workers(self, workers: int) -> None:
         if workers < 1:
@@ -224,6 +246,7 @@ class Command(BaseCommand):
         transports = self.resolve_transports(options["transports"])
         workers = options["workers"]
         self.check_workers(workers)
+        options["shutdown_timeout"] = self.resolve_shutdown_timeout(options.get("shutdown_timeout"))
         self.configure_logging(options["log_format"])
 
         from pushserver.server import format_host
@@ -234,6 +257,11 @@ class Command(BaseCommand):
         host = format_host(address, sockets[0].getsockname()[1])
         updates.current_host = host
 
+        # A stop signal arriving from the banner on (a client may act on it at once) waits
+        # until the server listens for it, instead of killing the process mid-start.
+        block_signals = app is not None and hasattr(signal, "pthread_sigmask")
+        if block_signals:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         loop = options["loop"]
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         processes = f", {workers} workers" if workers > 1 else ""
@@ -253,21 +281,25 @@ class Command(BaseCommand):
             else:
                 self.supervise(sockets, workers, options, transports)
         finally:
+            if block_signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             for sock in sockets:
                 sock.close()
             updates.current_host = None
 
     def run_server(self, app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
-        from pushserver.server import serve
-
         loop = options["loop"]
         backend = "trio" if loop == "trio" else "asyncio"
         backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
-                lambda: serve(
-                    app, sock, access_log=options["access_log"], log_format=options["log_format"]
-                ),
+                self.serve_until_stopped,
+                app,
+                sock,
+                options["access_log"],
+                options["shutdown_timeout"],
+                False,
+                options["log_format"],
                 backend=backend,
                 backend_options=backend_options,
             )
@@ -292,6 +324,12 @@ class Command(BaseCommand):
                 with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
                     os.kill(pid, sig)
 
+        def stop_listening() -> None:
+            # The workers close their sockets as they stop; our copies would keep them
+            # listening, and new connections would wait in a backlog nobody accepts.
+            for sock in sockets:
+                sock.close()
+
         def on_signal(signum: int, frame: object) -> None:
             name = signal.Signals(signum).name
             if state["stopping"]:
@@ -300,7 +338,19 @@ class Command(BaseCommand):
                 return
             state["stopping"] = True
             logger.info("received %s, stopping %d worker(s)", name, len(children))
+            stop_listening()
             signal_children(signal.SIGTERM)
+            # The last resort for a worker that does not exit in time: SIGALRM kills it.
+            signal.setitimer(signal.ITIMER_REAL, options["shutdown_timeout"] + KILL_AFTER)
+
+        def on_alarm(signum: int, frame: object) -> None:
+            if children:
+                logger.warning(
+                    "%d worker(s) still running %gs after the stop signal: killing them",
+                    len(children),
+                    options["shutdown_timeout"] + KILL_AFTER,
+                )
+                signal_children(signal.SIGKILL)
 
         def spawn(slot: int) -> None:
             # Stop signals wait until the child is known, so it cannot miss being told;
@@ -320,6 +370,7 @@ class Command(BaseCommand):
 
         connections.close_all()  # no connection may be shared by forked children
         previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
         try:
             for first in range(workers):
                 spawn(first)
@@ -330,6 +381,7 @@ class Command(BaseCommand):
                     continue
                 self.worker_died(pid, status, slot, restarts, state, spawn, signal_children)
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if state["failed"]:
@@ -372,7 +424,7 @@ class Command(BaseCommand):
         """A forked worker: serve on ``sock`` until a stop signal, then exit the process."""
         code = 1
         try:
-            for sig in STOP_SIGNALS:
+            for sig in (*STOP_SIGNALS, signal.SIGALRM):
                 signal.signal(sig, signal.SIG_DFL)
             for other in sockets:
                 if other is not sock:
@@ -381,10 +433,12 @@ class Command(BaseCommand):
             logger.info("worker %d started", os.getpid())
             loop = options["loop"]
             anyio.run(
-                self.serve_worker,
+                self.serve_until_stopped,
                 app,
                 sock,
                 options["access_log"],
+                options["shutdown_timeout"],
+                True,
                 options["log_format"],
                 backend="trio" if loop == "trio" else "asyncio",
                 backend_options={"use_uvloop": True} if loop == "uvloop" else {},
@@ -400,25 +454,41 @@ class Command(BaseCommand):
             # Never return into the parent's copy of the command (its cleanup, its atexit).
             os._exit(code)
 
-    async def serve_worker(
-        self, app: Any, sock: socket.socket, access_log: bool, log_format: str = "text"
+    async def serve_until_stopped(
+        self,
+        app: Any,
+        sock: socket.socket,
+        access_log: bool,
+        shutdown_timeout: float,
+        worker: bool = False,
+        log_format: str = "text",
     ) -> None:
+        """Serve until SIGINT/SIGTERM, then shut down gracefully (server.serve). The signals
+        are blocked until the receiver is open, so none is missed or fatal meanwhile: one
+        arriving during startup stops the server as soon as it has started."""
         from pushserver.server import serve
 
-        # The receiver stays open until serving is over: a second signal (Ctrl-C reaches
-        # the whole process group, then the supervisor passes its own on) is absorbed
-        # instead of killing a worker that is finishing its responses.
+        who = f"worker {os.getpid()}: " if worker else ""
+        # The receiver stays open until serving is over, so that later signals are absorbed
+        # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
+        # shutdown is bounded anyway, and cutting it short would skip closing the stores.
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
             async def stop() -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    logger.info("worker %d: received %s, shutting down", os.getpid(), name)
+                    logger.info("%sreceived %s, shutting down", who, name)
                     return
 
             await serve(
-                app, sock, access_log=access_log, shutdown_trigger=stop, log_format=log_format
+                app,
+                sock,
+                access_log=access_log,
+                shutdown_trigger=stop,
+                graceful_timeout=shutdown_timeout,
+                log_format=log_format,
             )
 
     def django_application(self) -> Any:
