@@ -94,6 +94,38 @@ def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) 
     return config
 
 
+def end_refused_websockets() -> None:
+    """Make hypercorn finish a WebSocket request it refused itself (idempotent).
+
+    hypercorn (0.18) answers a WebSocket request with a bad handshake, or one whose
+    client sends bytes before the handshake response (RFC 6455 forbids that; a raw socket
+    can do it in the same write as the request), with ``400`` and ``connection: close``,
+    then neither closes the connection nor tells the application, which it may already
+    have started: the application waits for a ``websocket.disconnect`` that never comes,
+    holding its subscription (counted by ``max_subscribers``), its task and the socket for
+    as long as the process lives. After such a refusal the application is told the client
+    left and the connection is closed, as the 400 says.
+    """
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.ws_stream import WSStream
+
+    handle = WSStream.handle
+    if getattr(handle, "ends_refusals", False):
+        return
+
+    async def handle_and_end_refusals(self: Any, event: Any) -> None:
+        was_closed = self.closed
+        await handle(self, event)
+        if was_closed or not self.closed or isinstance(event, StreamClosed):
+            return
+        if self.app_put is not None:
+            await self.app_put({"type": "websocket.disconnect", "code": 1006})
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    handle_and_end_refusals.ends_refusals = True  # type: ignore[attr-defined]
+    WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
+
+
 async def wait_for_signals() -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -126,6 +158,7 @@ async def serve(
     if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
     config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
+    end_refused_websockets()
     trigger = shutdown_trigger or wait_for_signals
 
     async def shutdown() -> None:
