@@ -510,6 +510,25 @@ async def test_malformed_chunked_body_is_400(server, client, body):
     assert (await client.get(path("/publisher/", channel))).status_code == 404
 
 
+async def test_content_length_with_transfer_encoding_is_400_and_closes(server, client):
+    """Both framings at once: the shape of a request-smuggling attempt. Refused, and the
+    connection closed, so the request hidden in the body is never read as one."""
+    channel, hidden = channel_name(), channel_name()
+    body = b"0\r\n\r\n" + request("PUT", path("/publisher/", hidden))
+    data = request(
+        "POST",
+        path("/publisher/", channel),
+        f"Content-Length: {len(body)}",
+        "Transfer-Encoding: chunked",
+        body=body,
+    )
+    [response], closed = await exchange(server, data)
+    assert_short_error(response, 400, "Content-Length and Transfer-Encoding together")
+    assert closed
+    assert (await client.get(path("/publisher/", channel))).status_code == 404
+    assert (await client.get(path("/publisher/", hidden))).status_code == 404
+
+
 async def test_unknown_transfer_coding_is_501(server):
     data = request("POST", "/publisher/a", "Transfer-Encoding: gzip", body=b"abc")
     [response], closed = await exchange(server, data)
