@@ -100,13 +100,21 @@ def end_refused_websockets() -> None:
     hypercorn (0.18) answers a WebSocket request with a bad handshake, or one whose
     client sends bytes before the handshake response (RFC 6455 forbids that; a raw socket
     can do it in the same write as the request), with ``400`` and ``connection: close``,
-    then neither closes the connection nor tells the application, which it may already
-    have started: the application waits for a ``websocket.disconnect`` that never comes,
-    holding its subscription (counted by ``max_subscribers``), its task and the socket for
-    as long as the process lives. After such a refusal the application is told the client
-    left and the connection is closed, as the 400 says.
+    and then:
+
+    * neither closes the connection nor tells the application, which it may already have
+      started: the application waits for a ``websocket.disconnect`` that never comes,
+      holding its subscription (counted by ``max_subscribers``), its task and the socket
+      for as long as the process lives;
+    * on trio, marks the request refused only after writing the 400: the application's
+      accept runs during that write and puts the connection in an error state, and the
+      exception that follows ends the whole server.
+
+    So a request refused for early data is marked refused before the 400 is written
+    (the application's accept is then ignored), and after any such refusal the application
+    is told the client left and the connection is closed, as the 400 says.
     """
-    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.events import Body, Data, StreamClosed
     from hypercorn.protocol.ws_stream import WSStream
 
     handle = WSStream.handle
@@ -114,10 +122,14 @@ def end_refused_websockets() -> None:
         return
 
     async def handle_and_end_refusals(self: Any, event: Any) -> None:
-        was_closed = self.closed
-        await handle(self, event)
-        if was_closed or not self.closed or isinstance(event, StreamClosed):
-            return
+        if isinstance(event, Body | Data) and not self.closed and not self.handshake.accepted:
+            self.closed = True  # before the write, during which the application may run
+            await self._send_error_response(400)
+        else:
+            was_closed = self.closed
+            await handle(self, event)
+            if was_closed or not self.closed or isinstance(event, StreamClosed):
+                return
         if self.app_put is not None:
             await self.app_put({"type": "websocket.disconnect", "code": 1006})
         await self.send(StreamClosed(stream_id=self.stream_id))
