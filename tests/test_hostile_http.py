@@ -590,15 +590,16 @@ async def test_websocket_upgrade_with_post_is_a_plain_request(server):
     assert_short_error(response, 405, "POST is not allowed here")
 
 
-@pytest.mark.parametrize(
-    "early",
-    [
-        masked_frame(1, b'{"ping": 1}'),
-        b"\x81\x05hello",  # unmasked
-        b"GET / HTTP/1.1\r\n\r\n",
-        b"\x00\xff garbage",
-    ],
-)
+#: Bytes a client sends with its upgrade request, before the server's 101.
+EARLY_DATA = [
+    masked_frame(1, b'{"ping": 1}'),
+    b"\x81\x05hello",  # unmasked
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"\x00\xff garbage",
+]
+
+
+@pytest.mark.parametrize("early", EARLY_DATA)
 async def test_data_before_the_handshake_response_is_400_and_leaves_nothing(server, client, early):
     """Bytes sent with the upgrade request, before the 101: hypercorn answers 400 and the
     connection is closed, and the subscriber the push server had started goes away too
@@ -609,6 +610,27 @@ async def test_data_before_the_handshake_response_is_400_and_leaves_nothing(serv
     assert_hypercorn_400(response)
     assert closed
     await wait_for_subscribers(client, path("/publisher/", channel), 0)
+
+
+async def test_data_before_the_handshake_response_on_trio(push_server_factory):
+    """On trio the push server used to accept while hypercorn wrote its 400: the next
+    write failed and the exception ended the whole server."""
+    import httpx
+
+    trio_server = push_server_factory(CONFIG, "--loop", "trio")
+    async with httpx.AsyncClient(base_url=trio_server.url, timeout=TIMEOUT) as trio_client:
+        for early in EARLY_DATA:
+            channel = channel_name()
+            await trio_client.put(path("/publisher/", channel))
+            data = upgrade(path("/subscriber/", channel)) + early
+            [response], closed = await exchange(trio_server, data)
+            assert_hypercorn_400(response)
+            assert closed
+            await wait_for_subscribers(trio_client, path("/publisher/", channel), 0)
+        channel = channel_name()
+        await trio_client.post(path("/publisher/", channel), content=b"still here")
+        assert (await trio_client.get(path("/subscriber/", channel))).content == b"still here"
+    assert "Traceback" not in trio_server.log
 
 
 async def websocket(server, target: str) -> Connection:
