@@ -470,7 +470,9 @@ async def test_body_longer_than_declared(server, client):
 
 
 async def test_body_shorter_than_declared_publishes_nothing(server, client):
-    """A body cut short by the client closing its side is never published."""
+    """A body cut short by the client closing its side is never published. hypercorn
+    answers its empty 400, or just closes when the end of input came in the same read as
+    the last bytes (it then reports a disconnect, not a malformed request)."""
     channel = channel_name()
     data = request("POST", path("/publisher/", channel), "Content-Length: 10", body=b"abc")
     with anyio.fail_after(TIMEOUT):
@@ -478,9 +480,12 @@ async def test_body_shorter_than_declared_publishes_nothing(server, client):
         async with connection.stream:
             await connection.send(data)
             await connection.stream.send_eof()
-            response = await connection.response()
-            assert await connection.closed_by_server()
-    assert_hypercorn_400(response)
+            answer = b""
+            while more := await connection.read_some():
+                answer += more
+    if answer:
+        connection.buffer, connection.eof = answer, True
+        assert_hypercorn_400(await connection.response())
     # Published before the check or never: the handler saw the disconnect, not a body.
     assert (await client.get(path("/publisher/", channel))).status_code == 404
 
@@ -593,6 +598,7 @@ def unmask_server_frames(data: bytes) -> list[tuple[int, bytes]]:
         upgrade("/subscriber/ws", key=""),  # no Sec-WebSocket-Key
         upgrade("/subscriber/ws", version="8"),
         upgrade("/subscriber/ws", version="x"),
+        upgrade("/subscriber/ws").replace(b"HTTP/1.1", b"HTTP/1.0"),
     ],
 )
 async def test_bad_websocket_handshake_is_400(server, data):
