@@ -22,6 +22,7 @@ from pushserver.hub import Delivery
 from pushserver.message import ORIGIN, ChannelInfo, Message, MessageId
 from pushserver.protocol import (
     MAX_HTTP_DATE,
+    cors_headers,
     decode_channel_id,
     http_date,
     negotiate_info_format,
@@ -241,6 +242,27 @@ def test_parse_resume_id_is_positions_or_value_error(text, count):
 def test_query_parameter_never_fails(query, name):
     value = query_parameter(query, name)
     assert value is None or isinstance(value, str)
+
+
+# -- CORS -----------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(["http://a.example", "http://b.example", "*"]), min_size=1),
+    st.booleans(),
+    st.one_of(st.none(), header_text, st.sampled_from(["http://a.example", "http://b.example"])),
+)
+def test_cors_never_echoes_an_origin_it_was_not_given(origins, credentials, request_origin):
+    allow_origin = " ".join(origins)
+    headers = dict(cors_headers(allow_origin, credentials, request_origin))
+    allowed = headers[b"access-control-allow-origin"].decode("latin-1")
+    if len(origins) > 1:
+        assert allowed in origins
+        assert allowed == (request_origin if request_origin in origins else origins[0])
+    else:
+        assert allowed == origins[0]
+    assert headers[b"access-control-allow-credentials"] == (b"true" if credentials else b"false")
 
 
 # -- channel info ---------------------------------------------------------------------------
