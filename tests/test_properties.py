@@ -514,20 +514,19 @@ def test_ws_frame_parses_back(channel, message_id, body, content_type, event):
         body.decode("utf-8")
 
 
+def json_containers(children: st.SearchStrategy) -> st.SearchStrategy:
+    """Lists and objects of ``children``, the objects keyed like commands."""
+    keys = st.sampled_from(["subscribe", "unsubscribe", "ping", "last_event_id", "x"])
+    return st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4)
+
+
 @SETTINGS
 @given(
     st.one_of(
         texts,
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | texts,
-            lambda children: (
-                st.lists(children, max_size=4)
-                | st.dictionaries(
-                    st.sampled_from(["subscribe", "unsubscribe", "ping", "last_event_id", "x"]),
-                    children,
-                    max_size=4,
-                )
-            ),
+            json_containers,
             max_leaves=10,
         ).map(json.dumps),
     )
