@@ -50,7 +50,7 @@ from pushserver.transports.websocket import MAX_COMMAND, encode_frame, parse_com
 
 #: Bounded: the whole module runs in seconds. No example database written into the repo.
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
