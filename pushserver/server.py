@@ -138,6 +138,71 @@ def end_refused_websockets() -> None:
     WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
 
 
+def decline_bad_h2c_upgrades() -> None:
+    """Serve over HTTP/1.1 a request asking for an ``h2c`` upgrade with bad settings
+    (idempotent).
+
+    hypercorn (0.18) answers ``Upgrade: h2c`` with ``101`` before it decodes the request's
+    ``HTTP2-Settings``; when they are missing, not base64url or not valid settings, the
+    exception that follows is logged as a traceback on asyncio and ends the whole server on
+    trio. RFC 9113 section 3.2 lets a server ignore an upgrade, and requires ignoring one
+    without exactly one ``HTTP2-Settings``: such requests are now answered over HTTP/1.1.
+    """
+    from hypercorn.protocol.h11 import H11Protocol
+
+    check = H11Protocol._check_protocol
+    if getattr(check, "declines_bad_h2c", False):
+        return
+
+    async def check_protocol(self: Any, event: Any) -> None:
+        # The last Upgrade header decides, as in hypercorn.
+        upgrade = [v.strip().lower() for n, v in event.headers if n.lower() == b"upgrade"]
+        settings = [v for n, v in event.headers if n.lower() == b"http2-settings"]
+        if upgrade[-1:] == [b"h2c"] and not _h2c_settings_valid(settings):
+            return
+        await check(self, event)
+
+    check_protocol.declines_bad_h2c = True  # type: ignore[attr-defined]
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
+
+
+def _h2c_settings_valid(values: list[bytes]) -> bool:
+    import h2.config
+    import h2.connection
+
+    if len(values) != 1:
+        return False
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    try:
+        connection.initiate_upgrade_connection(values[0])
+    except Exception:  # whatever h2 raises for this header, it is not one to upgrade with
+        return False
+    return True
+
+
+def contain_connection_errors_on_trio() -> None:
+    """On trio, end only the connection whose handling failed (idempotent).
+
+    hypercorn's trio worker runs each connection in the listeners' nursery, so an exception
+    it does not expect from one connection (a hypercorn, h11 or h2 bug a client can
+    trigger) ends the whole server. Its asyncio worker logs it and goes on; so does this.
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+    if getattr(run, "contains_errors", False):
+        return
+
+    async def run_contained(self: Any) -> None:
+        try:
+            await run(self)
+        except Exception:
+            logger.exception("a connection failed in hypercorn and was closed")
+
+    run_contained.contains_errors = True  # type: ignore[attr-defined]
+    TCPServer.run = run_contained  # type: ignore[method-assign]
+
+
 async def wait_for_signals() -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -171,6 +236,9 @@ async def serve(
         gc.set_threshold(*GC_THRESHOLDS)
     config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
     end_refused_websockets()
+    decline_bad_h2c_upgrades()
+    if _running_trio():
+        contain_connection_errors_on_trio()
     trigger = shutdown_trigger or wait_for_signals
 
     async def shutdown() -> None:
