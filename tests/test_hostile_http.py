@@ -557,6 +557,56 @@ async def test_unknown_transfer_coding_is_501(server):
     assert closed
 
 
+# -- HTTP/2 upgrades -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["HTTP2-Settings: !!!not base64"],
+        ["HTTP2-Settings: AAIAAAAC"],  # ENABLE_PUSH = 2, not a valid value
+        ["HTTP2-Settings: AAIAAA"],  # not a whole setting
+        [],  # no HTTP2-Settings at all
+        ["HTTP2-Settings: AAMAAABk", "HTTP2-Settings: AAMAAABk"],  # two of them
+    ],
+)
+async def test_h2c_upgrade_with_bad_settings_is_served_over_http11(server, client, settings):
+    """hypercorn answered 101 and then failed on the settings: a traceback on asyncio, the
+    end of the whole server on trio. Such an upgrade is now ignored, as RFC 9113 allows."""
+    channel = channel_name()
+    await client.post(path("/publisher/", channel), content=b"x")
+    data = request(
+        "GET",
+        path("/publisher/", channel),
+        "Upgrade: websocket",  # hypercorn goes by the last Upgrade header
+        "Upgrade: h2c",
+        "Connection: Upgrade, HTTP2-Settings",
+        *settings,
+        "Accept: application/json",
+    )
+    [response], _ = await exchange(server, data)
+    assert response.status == 200
+    assert json.loads(response.body)["messages"] == 1
+
+
+async def test_h2c_upgrade_with_good_settings_switches_to_http2(server):
+    data = request(
+        "GET",
+        "/publisher/a",
+        "Upgrade: h2c",
+        "Connection: Upgrade, HTTP2-Settings",
+        "HTTP2-Settings: AAMAAABkAAQAAP__",
+    )
+    with anyio.fail_after(TIMEOUT):
+        connection = await connect(server)
+        async with connection.stream:
+            await connection.send(data)
+            response = await connection.response(head_only=True)
+            frame_head = await connection.read(9)
+    assert response.status == 101 and response.header("upgrade") == "h2c"
+    assert frame_head[3] == 4  # the server's HTTP/2 SETTINGS frame
+
+
 # -- WebSocket handshakes and frames --------------------------------------------------------
 
 
