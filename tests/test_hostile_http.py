@@ -607,6 +607,68 @@ async def test_h2c_upgrade_with_good_settings_switches_to_http2(server):
     assert frame_head[3] == 4  # the server's HTTP/2 SETTINGS frame
 
 
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream.to_bytes(4, "big")
+        + (payload)
+    )
+
+
+def h2_request(method: bytes, target: bytes, *, end_stream: bool) -> bytes:
+    """The client preface, an empty SETTINGS frame and stream 1's HEADERS (HPACK literals
+    without indexing or Huffman coding)."""
+    fields = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
+    fields.append((b":authority", b"t"))
+    block = b"".join(
+        b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value for name, value in fields
+    )
+    flags = 0x4 | (0x1 if end_stream else 0)  # END_HEADERS, END_STREAM
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, flags, 1, block)
+
+
+async def h2_stream_ended(connection: Connection) -> bool:
+    """Read server frames until stream 1 ends (True) or the server closes (False)."""
+    while True:
+        try:
+            head = await connection.read(9)
+        except EOFError:
+            return False
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+        await connection.read(length)
+        if stream == 1 and kind in (0, 1) and flags & 0x1:
+            return True
+        if kind == 7:  # GOAWAY
+            return False
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+async def test_http2_failures_end_only_that_connection(push_server_factory, loop):
+    """Two HTTP/2 requests hypercorn 0.18 fails on: a :path that is not ASCII, and DATA
+    after the response. It logs a traceback and drops that client's connection (on trio
+    that used to end the whole server); everyone else is served."""
+    import httpx
+
+    other = push_server_factory(CONFIG, *(["--loop", "trio"] if loop == "trio" else []))
+    with anyio.fail_after(TIMEOUT):
+        connection = await connect(other)
+        async with connection.stream:
+            await connection.send(h2_request(b"GET", b"/subscriber/\xc4\x8d", end_stream=True))
+            assert not await h2_stream_ended(connection)
+        connection = await connect(other)
+        async with connection.stream:
+            await connection.send(h2_request(b"POST", b"/subscriber/x", end_stream=False))
+            assert await h2_stream_ended(connection)  # 405, before the body
+            await connection.send(h2_frame(0, 0x1, 1, b"late"))
+            assert not await h2_stream_ended(connection)
+    async with httpx.AsyncClient(base_url=other.url, timeout=TIMEOUT) as other_client:
+        channel = channel_name()
+        await other_client.post(path("/publisher/", channel), content=b"still here")
+        assert (await other_client.get(path("/subscriber/", channel))).content == b"still here"
+
+
 # -- WebSocket handshakes and frames --------------------------------------------------------
 
 
