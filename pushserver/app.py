@@ -12,14 +12,20 @@ Backends are opened by the ASGI lifespan (or ``async with server:``) and closed 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
+import anyio
+
 from . import __version__
+from .authorize import Verifier, create_authorizer
 from .backends import create_backend
 from .config import LocationConfig, ServerConfig
 from .http import (
+    REASONS,
     ASGIApp,
     Headers,
     Receive,
@@ -32,13 +38,21 @@ from .http import (
     respond_error,
 )
 from .hub import Hub
-from .protocol import cors_headers, decode_channel_id
+from .protocol import decode_channel_id
 from .publisher import Publisher
+from .status import Status
 from .transports.longpoll import LongPollTransport, Presence
 from .transports.sse import SSETransport
-from .transports.websocket import WebSocketTransport
+from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport
 
 logger = logging.getLogger("pushserver")
+
+#: Seconds a client refused at ``max_connections`` is asked to wait (``Retry-After``).
+BUSY_RETRY_AFTER = 5
+RETRY_AFTER = (b"retry-after", str(BUSY_RETRY_AFTER).encode())
+BUSY_REASON = "the server is at its connection limit, try again later"
+#: Seconds between two log lines about refusals at ``max_connections``.
+BUSY_LOG_INTERVAL = 60.0
 
 
 class Subscriber:
@@ -59,6 +73,7 @@ class Subscriber:
         presence: Presence | None,
         process_transports: tuple[str, ...] | None,
         server_header: tuple[bytes, bytes],
+        verifier: Verifier | None = None,
     ) -> None:
         self.location = location
         self.headers = headers
@@ -66,10 +81,16 @@ class Subscriber:
         if process_transports is not None:
             enabled &= set(process_transports)
         self.enabled = frozenset(enabled)
-        self.longpoll = LongPollTransport(location, hub, headers, presence)
-        self.sse = SSETransport(location, hub, headers, presence)
+        authorizer = create_authorizer(location, presence, verifier)
+        self.longpoll = LongPollTransport(location, hub, headers, presence, authorizer)
+        self.sse = SSETransport(location, hub, headers, presence, authorizer)
         self.websocket = WebSocketTransport(
-            location, hub, server_header, presence, enabled="websocket" in enabled
+            location,
+            hub,
+            server_header,
+            presence,
+            enabled="websocket" in enabled,
+            authorizer=authorizer,
         )
 
     async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
@@ -77,24 +98,45 @@ class Subscriber:
             await self.websocket(scope, raw_channel, receive, send)
             return
         request = Request(scope)
+        if request.method == "OPTIONS":
+            # Before the channel id is checked: a failed preflight would hide the real
+            # request's readable error behind a CORS failure.
+            await self.longpoll.preflight(request, send)
+            return
         if (
             "eventsource" in self.enabled
             and request.method in ("GET", "HEAD")
             and "text/event-stream" in (request.header("accept") or "")
         ):
+            scope["pushserver.transport"] = "eventsource"  # for the JSON access log
             await self.sse(request, raw_channel, receive, send)
             return
         if "longpoll" not in self.enabled and request.method != "OPTIONS":
             others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
             reason = f"long-poll is not enabled here (this location serves {others})"
-            await respond_error(send, 403, reason, self.headers)
+            await respond_error(send, 403, reason, self.longpoll.response_headers(request))
             return
         try:
             channel_id = decode_channel_id(raw_channel, self.location.max_channel_id_length)
         except ValueError as exc:
-            await respond_error(send, 400, str(exc), self.headers)
+            await respond_error(send, 400, str(exc), self.longpoll.response_headers(request))
             return
         await self.longpoll(request, channel_id, receive, send)
+
+    async def busy(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
+        """The process serves ``max_connections`` already: 503 (a WebSocket: close 1013),
+        which the client may retry. A preflight is still answered: it is instant, and a
+        refused one would show the browser a CORS failure instead of the readable 503."""
+        if scope["type"] == "websocket":
+            if (await receive())["type"] == "websocket.connect":
+                await self.websocket.refuse(send, CLOSE_TRY_AGAIN_LATER, BUSY_REASON)
+            return
+        request = Request(scope)
+        if request.method == "OPTIONS":
+            await self.longpoll.preflight(request, send)
+            return
+        headers = [*self.longpoll.response_headers(request), RETRY_AFTER]
+        await respond_error(send, 503, BUSY_REASON, headers)
 
 
 class PushServer:
@@ -109,6 +151,7 @@ class PushServer:
         presence_factory: object | None = None,
         queue_size: int = 64,
         transports: tuple[str, ...] | None = None,
+        channel_verifier: Verifier | None = None,
     ) -> None:
         self.config = config
         self.fallback = fallback
@@ -122,7 +165,19 @@ class PushServer:
         server = (config.servername or f"pushserver/{__version__}").encode("latin-1")
         self.server_header = (b"server", server)
         self.routes: list[tuple[LocationConfig, object]] = []
+        self.statuses: list[Status] = []
         for location in config.locations:
+            if location.type == "status":
+                status = Status(
+                    location,
+                    self,
+                    [self.server_header],
+                    internal_ips=config.internal_ips,
+                    secret=config.publisher_secret,
+                )
+                self.statuses.append(status)
+                self.routes.append((location, status))
+                continue
             hub = self.hubs[location.store]
             if location.type == "publisher":
                 handler: object = Publisher(
@@ -139,23 +194,26 @@ class PushServer:
                 handler = Subscriber(
                     location,
                     hub,
-                    self.subscriber_headers(location),
+                    [self.server_header],
                     presence,
                     transports,
                     self.server_header,
+                    channel_verifier,
                 )
             self.routes.append((location, handler))
+        #: Subscriber (and fallback) requests being served now; publishers are not counted.
+        self.active = 0
+        limit = config.max_connections
+        #: Most requests served at once (``max_connections``; 0 = no limit).
+        self.max_connections = default_max_connections() if limit is None else limit
+        self._limit = self.max_connections or sys.maxsize
+        self._busy_logged = -BUSY_LOG_INTERVAL
+        self._max_header_size = config.max_header_size
         self._stack: AsyncExitStack | None = None
         # An async-context presence factory (passthrough) lives as long as the server.
         self._presence_context = (
             presence_factory if hasattr(presence_factory, "__aenter__") else None
         )
-
-    def subscriber_headers(self, location: LocationConfig) -> Headers:
-        return [
-            self.server_header,
-            *cors_headers(location.allow_origin, location.allow_credentials, None),
-        ]
 
     @property
     def default_hub(self) -> Hub:
@@ -174,6 +232,15 @@ class PushServer:
             await stack.enter_async_context(hub)
         if self._presence_context is not None:
             await stack.enter_async_context(self._presence_context)  # type: ignore[arg-type]
+        for status in self.statuses:
+            await stack.enter_async_context(status.hub)
+        live = [status for status in self.statuses if status.location.interval]
+        if live:
+            # The status pages' snapshots: cancelled first on the way out (LIFO).
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            for status in live:
+                tasks.start_soon(status.run)
         self._stack = stack
 
     def begin_shutdown(self) -> None:
@@ -231,29 +298,105 @@ class PushServer:
             match = location.regex.match(path)
             if match is None:
                 continue
-            if isinstance(handler, Subscriber):
+            if head_size(scope) > self._max_header_size:
+                await self.head_too_large(scope, handler, receive, send)
+                return
+            # Where the request went, for the JSON access log (pushserver.logs).
+            scope["pushserver.location"] = location.type
+            scope["pushserver.channel"] = match.group(1)
+            if isinstance(handler, Status):
                 await handler(scope, match.group(1), receive, send)
+                return
+            if isinstance(handler, Subscriber):
+                if self.active >= self._limit:
+                    self.log_busy()
+                    await handler.busy(scope, match.group(1), receive, send)
+                    return
+                self.active += 1
+                try:
+                    await handler(scope, match.group(1), receive, send)
+                finally:
+                    self.active -= 1
                 return
             if kind != "http":
                 await send({"type": "websocket.close", "code": 1003})
                 return
+            # Publishers are neither counted nor refused at max_connections: they are few
+            # and trusted (allow_from), and a flood of subscribers must not stop publishing.
             request = Request(scope)
             try:
                 channel_id = decode_channel_id(match.group(1), location.max_channel_id_length)
             except ValueError as exc:
-                headers = handler.headers  # type: ignore[attr-defined]
+                headers = handler.response_headers(request)  # type: ignore[attr-defined]
                 await respond_error(send, 400, str(exc), headers)
                 return
             await handler(request, channel_id, receive, send)  # type: ignore[operator]
             return
         if self.fallback is not None:
-            await self.fallback(scope, receive, self.with_server_header(send))
+            if head_size(scope) > self._max_header_size:
+                await self.head_too_large(scope, None, receive, send)
+                return
+            if self.active >= self._limit:
+                self.log_busy()
+                if kind == "http":
+                    headers = [self.server_header, RETRY_AFTER]
+                    await respond_error(send, 503, BUSY_REASON, headers)
+                else:
+                    await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+                return
+            self.active += 1
+            try:
+                await self.fallback(scope, receive, self.with_server_header(send))
+            finally:
+                self.active -= 1
         elif kind == "http":
             await respond_error(
                 send, 404, "no push location matches this path", [self.server_header]
             )
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
+
+    async def head_too_large(
+        self, scope: Scope, handler: object, receive: Receive, send: Send
+    ) -> None:
+        """431, with the location's CORS headers (a WebSocket: the same as an HTTP answer to
+        the upgrade, where the server supports it)."""
+        limit = self._max_header_size
+        reason = f"the request head is larger than {limit} bytes"
+        if scope["type"] == "websocket":
+            if (await receive())["type"] != "websocket.connect":
+                return
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1009})
+                return
+            body = f"431 {REASONS[431]}: {reason}\n".encode()
+            headers = [
+                self.server_header,
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "websocket.http.response.start", "status": 431, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        request = Request(scope)
+        if isinstance(handler, Subscriber):
+            headers = handler.longpoll.response_headers(request)
+        elif isinstance(handler, Publisher):
+            headers = handler.response_headers(request)
+        else:
+            headers = [self.server_header]
+        await respond_error(send, 431, reason, headers)
+
+    def log_busy(self) -> None:
+        """One line a minute at most while requests are refused at ``max_connections``."""
+        now = time.monotonic()
+        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
+            self._busy_logged = now
+            logger.warning(
+                "serving max_connections (%d) requests: refusing more with 503 "
+                "(WebSocket: close 1013) until some end",
+                self.max_connections,
+            )
 
     def with_server_header(self, send: Send) -> Send:
         async def wrapped(message: dict[str, Any]) -> None:
@@ -293,3 +436,28 @@ class PushServer:
 def _host_name(host: str) -> str:
     """``host[:port]`` without the port (a bracketed IPv6 address keeps its brackets)."""
     return host if host.endswith("]") else host.rsplit(":", 1)[0]
+
+
+def head_size(scope: Scope) -> int:
+    """The size of the request head about as it was sent (path, query, headers and their
+    separators). hypercorn's HTTP/1 parser refuses a larger head only while it is still
+    incomplete, so one that arrives whole in a single read is measured here."""
+    size = 16 + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def default_max_connections() -> int:
+    """``max_connections`` when not set: nine tenths of the open-file limit (``ulimit -n``),
+    so requests past it get 503 before the process runs out of file descriptors (the rest
+    is for idle keep-alive connections, the store's and passthrough's connections, logs).
+    0 (no limit) where the limit is unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 0
+    return max(1, soft - max(32, soft // 10))

@@ -16,6 +16,70 @@ def check_push_server_settings(app_configs: Any = None, **kwargs: Any) -> list[c
         cls = checks.Error if problem.level == "error" else checks.Warning
         messages.append(cls(f"{problem.key}: {problem.message}", hint=problem.hint, id=problem.id))
     messages.extend(_check_backends())
+    messages.extend(_check_authorization())
+    return messages
+
+
+def _secret_key(settings: Any) -> str | bytes | None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return settings.SECRET_KEY
+    except ImproperlyConfigured:  # empty: Django refuses to hand it out
+        return None
+
+
+def _check_authorization() -> list[checks.CheckMessage]:
+    """The ``can_subscribe`` hooks import and are callable; signing has a key."""
+    from django.conf import settings
+
+    from .authorize import load_hook
+    from .settings import get_config
+
+    messages: list[checks.CheckMessage] = []
+    for location in get_config().locations:
+        key = f"PUSH_SERVER['locations'][{location.index}]"
+        if location.can_subscribe is not None:
+            try:
+                load_hook(location.can_subscribe)
+            except ImportError as exc:
+                messages.append(
+                    checks.Error(
+                        f"{key}['can_subscribe']: {location.can_subscribe!r} cannot be "
+                        f"imported ({exc})",
+                        hint="Check the dotted path (module.function) and that the module "
+                        "imports without errors.",
+                        id="pushserver.E065",
+                    )
+                )
+            except TypeError as exc:
+                messages.append(
+                    checks.Error(
+                        f"{key}['can_subscribe']: {exc}",
+                        hint="Name a function can_subscribe(request, channel_id) (sync or "
+                        "async) returning True to allow.",
+                        id="pushserver.E066",
+                    )
+                )
+            except Exception as exc:  # the module itself fails on import
+                messages.append(
+                    checks.Error(
+                        f"{key}['can_subscribe']: importing {location.can_subscribe!r} "
+                        f"failed ({exc!r})",
+                        hint="Fix the error in that module.",
+                        id="pushserver.E065",
+                    )
+                )
+        if location.signed and not _secret_key(settings):
+            messages.append(
+                checks.Error(
+                    f"{key}['signed']: signed channel URLs need Django's SECRET_KEY, which "
+                    "is empty",
+                    hint="Set SECRET_KEY (the same in the Django site and the push server), "
+                    "or remove 'signed'.",
+                    id="pushserver.E067",
+                )
+            )
     return messages
 
 

@@ -56,13 +56,34 @@ TOP_LEVEL_KEYS = {
     "publish_via": "how send_update publishes: 'http' (default) or 'backend' (straight to Redis)",
     "publisher_secret": "shared secret publishers must prove (Authorization: Bearer token)",
     "max_channel_id_length": "longest accepted channel id in characters (default 1024, 0 = none)",
+    "max_connections": "subscriber requests served at once per process (default: from ulimit -n)",
+    "max_header_size": "largest request head in bytes (default 16 KiB; 431 above it)",
+    "client_header_timeout": "seconds to receive a request head, also the keep-alive idle time",
 }
 
 PUBLISH_VIA = ("http", "backend")
 #: Store types send_update can publish to directly (``publish_via='backend'``): shared ones.
 BACKEND_PUBLISH_STORES = ("redis",)
 
-COMMON_LOCATION_KEYS = {"type", "url", "prefix", "store", "allow_origin", "allow_credentials"}
+COMMON_LOCATION_KEYS = {
+    "type",
+    "url",
+    "prefix",
+    "store",
+    "allow_origin",
+    "allow_credentials",
+    "cors_max_age",
+}
+#: Keys that turn CORS headers on for a publisher location (subscribers always send them).
+CORS_KEYS = ("allow_origin", "allow_credentials", "cors_max_age")
+#: The original's Access-Control-Max-Age.
+DEFAULT_CORS_MAX_AGE = 864000
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+#: Smallest max_header_size accepted: a browser's request line and headers need this much.
+MIN_HEADER_SIZE = 1024
+DEFAULT_CLIENT_HEADER_TIMEOUT = 75.0
+#: scheme://host[:port], the form a browser's Origin header has (nothing after the port).
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/?#@]+\Z")
 PUBLISHER_KEYS = COMMON_LOCATION_KEYS | {"create_on_post", "max_message_size", "allow_from"}
 #: ``allow_from: '*'``: every address may publish.
 ALLOW_ANY = ("0.0.0.0/0", "::/0")
@@ -76,7 +97,17 @@ SUBSCRIBER_KEYS = COMMON_LOCATION_KEYS | {
     "send_timeout",
     "max_subscribers",
     "max_channels",
+    "passthrough_authorize",
+    "can_subscribe",
+    "signed",
+    "authorize_timeout",
 }
+#: A status location (counters, backend health, the live status page; docs/observability.md).
+STATUS_KEYS = {"type", "url", "prefix", "allow_from", "interval"}
+#: Default seconds between the snapshots a status page receives.
+STATUS_INTERVAL = 2.0
+#: Shortest interval accepted (0 aside, which means no live updates).
+MIN_STATUS_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -113,7 +144,7 @@ class HostConfig:
 @dataclass(frozen=True)
 class LocationConfig:
     index: int
-    type: str  # "publisher" or "subscriber"
+    type: str  # "publisher", "subscriber" or "status"
     pattern: str  # the URL regex, as configured (or built from the prefix)
     url: str | None
     prefix: str | None
@@ -140,6 +171,26 @@ class LocationConfig:
     max_subscribers: int = 0
     #: Channels one event stream or WebSocket may multiplex (0 = no limit).
     max_channels: int = 255
+    #: The passthrough URL authorizes each subscribe (a non-2xx answer refuses it).
+    passthrough_authorize: bool = False
+    #: Dotted path of ``can_subscribe(request, channel_id)``, asked before each subscribe.
+    can_subscribe: str | None = None
+    #: Subscribers must present a signature per channel (``?sig=``), see docs/authorization.md.
+    signed: bool = False
+    #: Seconds the passthrough authorizer or the hook may take to answer (0 = no limit).
+    authorize_timeout: float = 5.0
+    #: ``Access-Control-Max-Age``: seconds a browser may cache a preflight.
+    cors_max_age: int = DEFAULT_CORS_MAX_AGE
+    #: Whether responses carry CORS headers: always on subscriber locations, on publisher
+    #: locations when one of :data:`CORS_KEYS` is given.
+    cors: bool = True
+    #: Status locations: seconds between the snapshots the status page gets (0 = none).
+    interval: float = STATUS_INTERVAL
+
+    @property
+    def authorizes(self) -> bool:
+        """Whether subscribers here are authorized (by any of the three ways)."""
+        return self.passthrough_authorize or self.can_subscribe is not None or self.signed
 
 
 @dataclass(frozen=True)
@@ -159,6 +210,14 @@ class ServerConfig:
     publisher_secret: str | None = None
     #: Django's INTERNAL_IPS, put here by the Django layer: allowed to publish by default.
     internal_ips: tuple[str, ...] = ()
+    #: Subscriber requests and WebSockets one process serves at once; past it 503 (0 = no
+    #: limit, None = derived from the open-file limit when the server starts).
+    max_connections: int | None = None
+    #: Largest request head (request line and headers) in bytes; past it 431.
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    #: Seconds a connection may take to send a request head, counted from when it opens or
+    #: its previous response ended (so it also bounds an idle keep-alive connection).
+    client_header_timeout: float = DEFAULT_CLIENT_HEADER_TIMEOUT
 
     def first(self, kind: str) -> LocationConfig | None:
         return next((loc for loc in self.locations if loc.type == kind), None)
@@ -304,7 +363,7 @@ def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
 
 
 def _location_pattern(
-    c: _Collector, key: str, raw: Mapping[str, Any]
+    c: _Collector, key: str, raw: Mapping[str, Any], rest: str = "(.+)"
 ) -> tuple[str, re.Pattern[str]] | None:
     url = raw.get("url")
     prefix = raw.get("prefix")
@@ -331,7 +390,7 @@ def _location_pattern(
         if not isinstance(prefix, str):
             c.error(f"{key}['prefix']", f"must be a string, not {prefix!r}", "Use '/updates/'.", 32)
             return None
-        pattern = prefix + "(.+)"
+        pattern = prefix + rest
         what = f"{key}['prefix']"
     try:
         regex = re.compile(pattern + "$")
@@ -369,6 +428,113 @@ def _parse_allow_from(c: _Collector, key: str, raw: Any) -> tuple[str, ...] | No
     return tuple(networks)
 
 
+_DOTTED_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _parse_authorization(
+    c: _Collector, key: str, raw: Mapping[str, Any], passthrough: str | None
+) -> dict[str, Any]:
+    """The subscriber authorization keys (checks E060-E064, W060); importing the hook is
+    checked at startup by the Django checks (E065, E066), the signing key too (E067)."""
+    parsed: dict[str, Any] = {}
+    for flag, code in (("passthrough_authorize", 60), ("signed", 63)):
+        value = raw.get(flag, False)
+        if not isinstance(value, bool):
+            c.error(
+                f"{key}[{flag!r}]",
+                f"must be True or False, not {value!r}",
+                "Use True to turn it on, or remove the key.",
+                code,
+            )
+            value = False
+        parsed[flag] = value
+    if parsed["passthrough_authorize"] and "passthrough" not in raw:
+        c.error(
+            f"{key}['passthrough_authorize']",
+            "authorizes through the passthrough URL, but the location has no 'passthrough'",
+            "Add 'passthrough': 'http://127.0.0.1:8000/passthrough' (the Django passthrough "
+            "view), or remove 'passthrough_authorize'.",
+            61,
+        )
+    hook = raw.get("can_subscribe")
+    if hook is not None and (not isinstance(hook, str) or not _DOTTED_PATH.match(hook)):
+        c.error(
+            f"{key}['can_subscribe']",
+            f"must be the dotted path of a function, not {hook!r}",
+            "For example 'myapp.push.can_subscribe' (a sync or async "
+            "can_subscribe(request, channel_id) returning True to allow).",
+            62,
+        )
+        hook = "pushserver.authorize.deny_all"  # refuse everyone rather than no one
+    parsed["can_subscribe"] = hook
+    timeout = raw.get("authorize_timeout", 5.0)
+    if not _check_non_negative(c, f"{key}['authorize_timeout']", timeout, 64, integer=False):
+        timeout = 5.0
+    parsed["authorize_timeout"] = float(timeout)
+    if "authorize_timeout" in raw and not (
+        parsed["passthrough_authorize"] or parsed["can_subscribe"]
+    ):
+        c.warning(
+            f"{key}['authorize_timeout']",
+            "has no effect: the location has neither 'passthrough_authorize' nor 'can_subscribe'",
+            "Remove it, or turn on one of those authorizers.",
+            60,
+        )
+    return parsed
+
+
+def _parse_allow_origin(c: _Collector, key: str, raw: Any) -> str | None:
+    """``allow_origin`` as one space-separated string: ``'*'``, one origin, or several
+    (given as a list, or as one string separated by spaces, the original's form). None
+    when no entry is usable (an error was reported)."""
+    hint = "Use '*', 'https://www.example.com', or a list such as ['https://a.example', ...]."
+    if isinstance(raw, str):
+        entries = raw.split()
+    elif isinstance(raw, list | tuple) and all(isinstance(entry, str) for entry in raw):
+        entries = [part for entry in raw for part in entry.split()]
+    else:
+        entries = []
+    if not entries:
+        c.error(key, f"must be an origin string or a list of origins, not {raw!r}", hint, 41)
+        return None
+    origins: list[str] = []
+    for entry in entries:
+        if entry == "*":
+            origins.append(entry)
+            continue
+        if not _ORIGIN_RE.match(entry) or entry != entry.lower():
+            fixed = entry.rstrip("/")
+            c.error(
+                key,
+                f"{entry!r} is not an origin: a browser's Origin is scheme://host[:port] in "
+                "lower case, without a path or a trailing slash, so it would never match",
+                f"Write {fixed.lower()!r}." if _ORIGIN_RE.match(fixed.lower()) else hint,
+                84,
+            )
+            continue
+        scheme, _, host = entry.partition("://")
+        default_port = {"http": ":80", "https": ":443"}.get(scheme)
+        if default_port and host.endswith(default_port):
+            c.error(
+                key,
+                f"{entry!r} names the scheme's default port, which a browser's Origin leaves "
+                "out, so it would never match",
+                f"Write {entry[: -len(default_port)]!r}.",
+                84,
+            )
+            continue
+        if entry not in origins:
+            origins.append(entry)
+    if "*" in origins and len(origins) > 1:
+        c.warning(
+            key,
+            "'*' allows every origin, so the other origins listed with it change nothing",
+            "Use '*' alone, or list only the exact origins that may read responses.",
+            80,
+        )
+    return " ".join(origins) or None
+
+
 def _parse_location(
     c: _Collector,
     index: int,
@@ -387,10 +553,12 @@ def _parse_location(
         )
         return None
     kind = raw.get("type")
+    if kind == "status":
+        return _parse_status_location(c, index, raw, key)
     if kind not in ("publisher", "subscriber"):
         c.error(
             f"{key}['type']",
-            f"must be 'publisher' or 'subscriber', not {kind!r}",
+            f"must be 'publisher', 'subscriber' or 'status', not {kind!r}",
             "Each location says what it is: 'type': 'publisher' or 'type': 'subscriber'.",
             35,
         )
@@ -430,17 +598,12 @@ def _parse_location(
             c.error(
                 f"{key}[{flag!r}]", f"must be True or False, not {raw[flag]!r}", "Use a bool.", 40
             )
-    allow_origin = raw.get("allow_origin", "*")
-    if not isinstance(allow_origin, str) or not allow_origin.strip():
-        c.error(
-            f"{key}['allow_origin']",
-            f"must be an origin string, not {allow_origin!r}",
-            "Use 'https://www.example.com' or '*'.",
-            41,
-        )
-        allow_origin = "*"
+    origins = _parse_allow_origin(c, f"{key}['allow_origin']", raw.get("allow_origin", "*"))
+    cors_max_age = raw.get("cors_max_age", DEFAULT_CORS_MAX_AGE)
+    if not _check_non_negative(c, f"{key}['cors_max_age']", cors_max_age, 83, integer=True):
+        cors_max_age = DEFAULT_CORS_MAX_AGE
     credentials = raw.get("allow_credentials", False) is True
-    if credentials and "*" in allow_origin.split():
+    if credentials and origins is not None and "*" in origins.split():
         c.error(
             f"{key}['allow_origin']",
             "'*' cannot be combined with 'allow_credentials': True (browsers refuse it)",
@@ -476,6 +639,7 @@ def _parse_location(
     max_channels = raw.get("max_channels", 255)
     if not _check_non_negative(c, f"{key}['max_channels']", max_channels, 56, integer=True):
         max_channels = 255
+    authorization = _parse_authorization(c, key, raw, passthrough)
     allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
     transports = raw.get("transports", AVAILABLE_TRANSPORTS)
     if isinstance(transports, str):
@@ -510,7 +674,7 @@ def _parse_location(
         polling=polling if polling in ("long", "interval") else "long",
         create_on_get=raw.get("create_on_get", False) is True,
         create_on_post=raw.get("create_on_post", True) is not False,
-        allow_origin=allow_origin,
+        allow_origin=origins or "*",
         allow_credentials=credentials,
         passthrough=passthrough,
         timeout=float(timeout),
@@ -522,6 +686,50 @@ def _parse_location(
         max_channel_id_length=max_channel_id_length,
         max_subscribers=int(max_subscribers),
         max_channels=int(max_channels),
+        **authorization,
+        cors_max_age=int(cors_max_age),
+        cors=kind == "subscriber" or any(name in raw for name in CORS_KEYS),
+    )
+
+
+def _parse_status_location(
+    c: _Collector, index: int, raw: Mapping[str, Any], key: str
+) -> LocationConfig | None:
+    """A status location: its path (the rest after the prefix may be empty), who may read
+    it (``allow_from``, as a publisher location) and the status page's ``interval``."""
+    other_keys = (PUBLISHER_KEYS | SUBSCRIBER_KEYS) - STATUS_KEYS
+    for name in raw:
+        if name in other_keys:
+            c.error(
+                f"{key}[{name!r}]",
+                f"{name!r} does not apply to status locations",
+                f"Remove it; a status location takes {', '.join(sorted(STATUS_KEYS))}.",
+                36,
+            )
+    c.unknown_keys(key, {k: v for k, v in raw.items() if k not in other_keys}, STATUS_KEYS, 37)
+    parsed = _location_pattern(c, key, raw, rest="(.*)")
+    interval = raw.get("interval", STATUS_INTERVAL)
+    if not _is_number(interval) or not (interval == 0 or interval >= MIN_STATUS_INTERVAL):
+        c.error(
+            f"{key}['interval']",
+            f"must be 0 or a number of seconds >= {MIN_STATUS_INTERVAL}, not {interval!r}",
+            f"Use e.g. {STATUS_INTERVAL:g} (seconds between status page updates), or 0 for none.",
+            70,
+        )
+        interval = STATUS_INTERVAL
+    allow_from = _parse_allow_from(c, f"{key}['allow_from']", raw.get("allow_from"))
+    if parsed is None:
+        return None
+    pattern, regex = parsed
+    return LocationConfig(
+        index=index,
+        type="status",
+        pattern=pattern,
+        url=raw.get("url"),
+        prefix=raw.get("prefix"),
+        regex=regex,
+        allow_from=allow_from,
+        interval=float(interval),
     )
 
 
@@ -600,6 +808,34 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport = "longpoll"
     default_size = _top_level_limit(c, raw, "max_message_size", 1024 * 1024, 8, integer=True)
     max_id_length = _top_level_limit(c, raw, "max_channel_id_length", 1024, 54, integer=True)
+    max_connections = raw.get("max_connections")
+    if max_connections is not None and not _check_non_negative(
+        c, "PUSH_SERVER['max_connections']", max_connections, 80, integer=True
+    ):
+        max_connections = None
+    max_header_size = raw.get("max_header_size", DEFAULT_MAX_HEADER_SIZE)
+    if (
+        isinstance(max_header_size, bool)
+        or not isinstance(max_header_size, int)
+        or max_header_size < MIN_HEADER_SIZE
+    ):
+        c.error(
+            "PUSH_SERVER['max_header_size']",
+            f"must be a whole number of bytes >= {MIN_HEADER_SIZE}, not {max_header_size!r}",
+            f"Use e.g. {DEFAULT_MAX_HEADER_SIZE} (16 KiB, the default); browsers with many "
+            "cookies send heads of several KiB.",
+            81,
+        )
+        max_header_size = DEFAULT_MAX_HEADER_SIZE
+    header_timeout = raw.get("client_header_timeout", DEFAULT_CLIENT_HEADER_TIMEOUT)
+    if not _is_number(header_timeout) or not 0 < header_timeout < float("inf"):
+        c.error(
+            "PUSH_SERVER['client_header_timeout']",
+            f"must be a number of seconds > 0, not {header_timeout!r}",
+            f"Use e.g. {DEFAULT_CLIENT_HEADER_TIMEOUT:g}, the default.",
+            82,
+        )
+        header_timeout = DEFAULT_CLIENT_HEADER_TIMEOUT
 
     publish_via = raw.get("publish_via", "http")
     if publish_via not in PUBLISH_VIA:
@@ -654,6 +890,9 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
         transport=transport,
         publish_via=publish_via,
         publisher_secret=publisher_secret,
+        max_connections=max_connections,
+        max_header_size=int(max_header_size),
+        client_header_timeout=float(header_timeout),
     )
     return config, c.problems
 

@@ -27,6 +27,7 @@ REASONS = {
     405: "Method Not Allowed",
     410: "Gone",
     413: "Content Too Large",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }

@@ -22,7 +22,9 @@ from typing import Literal
 import anyio
 
 from .backends.base import Backend, PublishResult, ReadResult
+from .exceptions import BackendUnavailable
 from .message import ChannelInfo, Message, MessageId
+from .metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ class Hub:
         self.published = 0
         self.delivered = 0
         self.overflows = 0
+        #: Counters of the status location (publishes, connections, slow consumers).
+        self.metrics = Metrics()
         self.shutting_down = False
         #: The running backend's anyio Event class, made without anyio's per-call backend
         #: lookup (a subscriber makes one per wake). Set by the first subscribe().
@@ -256,6 +260,11 @@ class Hub:
     def local_subscribers(self, channel_id: str) -> int:
         return len(self._subscriptions.get(channel_id, ()))
 
+    def local_totals(self) -> tuple[int, int]:
+        """Channels with local subscribers, and their subscriptions summed (status)."""
+        subscriptions = self._subscriptions
+        return len(subscriptions), sum(map(len, subscriptions.values()))
+
     # -- pass-throughs to the backend -------------------------------------------------------
 
     async def publish(
@@ -267,9 +276,15 @@ class Hub:
         event: str | None = None,
         create: bool = True,
     ) -> PublishResult:
-        return await self.backend.publish(
-            channel_id, body, content_type, event=event, create=create
-        )
+        try:
+            result = await self.backend.publish(
+                channel_id, body, content_type, event=event, create=create
+            )
+        except BackendUnavailable:
+            self.metrics.publish_errors += 1
+            raise
+        self.metrics.published += 1
+        return result
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         return await self.backend.read_after(channel_id, after)

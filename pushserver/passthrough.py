@@ -22,6 +22,11 @@ Semantics:
   handed to the Django ASGI application directly (client ``127.0.0.1`` so ``INTERNAL_IPS``
   passes), with no HTTP hop.
 
+Authorizing (``passthrough_authorize``): :meth:`LocationPresence.authorize` sends the
+subscribe with ``authorize=1`` and waits for the answer (status and the first
+``ANSWER_LIMIT`` bytes of the body), outside the queue; :mod:`pushserver.authorize` decides
+with it. That POST is the subscribe notification; its unsubscribe follows as usual.
+
 The HTTP client is a few lines of anyio (``connect_tcp``, write the request, read the
 status line): cancellable by a plain ``fail_after`` on asyncio and trio alike, no thread per
 request and no new dependency. This module imports no Django.
@@ -29,6 +34,7 @@ request and no new dependency. This module imports no Django.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import ssl
@@ -72,6 +78,10 @@ WARN_INTERVAL = 10.0
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
 
 _QUEUED, _DONE, _DROPPED = "queued", "done", "dropped"
+#: How much of an authorizing answer's body is kept (the refusal reason).
+ANSWER_LIMIT = 1024
+UNREACHABLE = "the authorizer cannot be reached"
+NO_ANSWER = "the authorizer did not answer in time"
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,19 @@ class LocationPresence:
         if not self.sender.submit(connection, "subscribe"):
             connection.state = _DROPPED
         return connection
+
+    async def authorize(
+        self, request: Request, channel_id: str, timeout: float
+    ) -> tuple[Connection, int | None, str]:
+        """The subscribe POST, waited for (``passthrough_authorize``): ``(token, status,
+        body)``. The token is unsubscribed as usual; status is None (and body says why) when
+        no answer came within ``timeout`` seconds (0 = no limit) or the site was unreachable.
+        """
+        connection = Connection(self.target, channel_id, forwarded_headers(request, self.target))
+        status, body = await self.sender.ask(connection, timeout or None)
+        # Timed out: sent, perhaps processed, so its unsubscribe goes out later as usual.
+        connection.state = _DROPPED if status is None and body == UNREACHABLE else _DONE
+        return connection, status, body
 
     def unsubscribed(self, token: object) -> None:
         if not isinstance(token, Connection) or token.state == _DROPPED:
@@ -256,6 +279,46 @@ class PassthroughSender:
                 if reached and connection.unsubscribe_wanted:
                     await self._deliver(connection, "unsubscribe")
 
+    async def ask(self, connection: Connection, timeout: float | None) -> tuple[int | None, str]:
+        """The authorizing subscribe (``authorize=1`` in the form), answered: ``(status,
+        body)``, or ``(None, why)``. Not queued: the subscriber waits for it."""
+        target = connection.target
+        body = urlencode(
+            {"channel_id": connection.channel_id, "subscribe": "1", "authorize": "1"}
+        ).encode("ascii")
+        headers = [
+            *connection.headers,
+            (b"content-type", FORM),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        with anyio.move_on_after(timeout):
+            try:
+                if self._in_process(target):
+                    status, answer = await self._exchange_asgi(target, headers, body, ANSWER_LIMIT)
+                else:
+                    status, answer = await self._exchange_http(
+                        target, [*headers, (b"connection", b"close")], body, ANSWER_LIMIT
+                    )
+            except Exception as exc:
+                self.failed += 1
+                self._warn(
+                    f"error {target.url}",
+                    "passthrough authorize to %s failed: %r",
+                    target.url,
+                    exc,
+                )
+                return None, UNREACHABLE
+            self.sent += 1
+            return status, answer.decode("utf-8", "replace").strip()
+        self.failed += 1
+        self._warn(
+            f"timeout {target.url}",
+            "passthrough authorize to %s got no answer within %s s",
+            target.url,
+            timeout,
+        )
+        return None, NO_ANSWER
+
     async def _deliver(self, connection: Connection, action: str) -> bool:
         """Send one notification; True unless it surely did not reach the site."""
         target = connection.target
@@ -320,6 +383,12 @@ class PassthroughSender:
         return target.host == host or (target.host in _LOCAL_NAMES and host in _LOCAL_NAMES)
 
     async def _post_http(self, target: Target, headers: Headers, body: bytes) -> int:
+        return (await self._exchange_http(target, headers, body, 0))[0]
+
+    async def _exchange_http(
+        self, target: Target, headers: Headers, body: bytes, limit: int
+    ) -> tuple[int, bytes]:
+        """POST; the status and up to ``limit`` bytes of the body (0: only the status line)."""
         stream: anyio.abc.ByteStream
         if target.scheme == "https":
             if self._ssl_context is None:
@@ -337,18 +406,40 @@ class PassthroughSender:
             head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
             await stream.send(head + b"\r\n" + body)
             received = b""
-            while b"\r\n" not in received:
+            end = b"\r\n\r\n" if limit else b"\r\n"
+            while end not in received:
                 received += await stream.receive()
-                if len(received) > 8192:
-                    raise ValueError("no HTTP status line in the first 8 KiB")
-        parts = received.split(b"\r\n", 1)[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP response: {received[:80]!r}")
-        return int(parts[1])
+                if len(received) > 8192 + limit:
+                    raise ValueError("no HTTP response head in the first 8 KiB")
+            parts = received.split(b"\r\n", 1)[0].split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+                raise ValueError(f"not an HTTP response: {received[:80]!r}")
+            if not limit:
+                return int(parts[1]), b""
+            head, _, answer = received.partition(b"\r\n\r\n")
+            fields = {}
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                fields[name.strip().lower()] = value.strip()
+            length = fields.get(b"content-length", b"")
+            wanted = min(int(length), limit) if length.isdigit() else limit
+            chunked = b"chunked" in fields.get(b"transfer-encoding", b"").lower()
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while len(answer) < wanted:
+                    answer += await stream.receive()
+        if chunked:
+            answer = _first_chunk(answer)
+        return int(parts[1]), answer[:limit]
 
     async def _post_asgi(self, target: Target, headers: Headers, body: bytes) -> int:
+        return (await self._exchange_asgi(target, headers, body, 0))[0]
+
+    async def _exchange_asgi(
+        self, target: Target, headers: Headers, body: bytes, limit: int
+    ) -> tuple[int, bytes]:
         assert self.fallback is not None
         status = 0
+        answer = b""
         body_sent = False
 
         async def receive() -> dict[str, Any]:
@@ -360,9 +451,11 @@ class PassthroughSender:
             raise AssertionError
 
         async def send(message: Any) -> None:
-            nonlocal status
+            nonlocal status, answer
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and len(answer) < limit:
+                answer += message.get("body", b"")[: limit - len(answer)]
 
         scope = {
             "type": "http",
@@ -379,13 +472,22 @@ class PassthroughSender:
             "server": (target.host, target.port),
         }
         await self.fallback(scope, receive, send)
-        return status
+        return status, answer
 
     def _warn(self, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._warned.get(key, -math.inf) >= WARN_INTERVAL:
             self._warned[key] = now
             logger.warning(message, *args)
+
+
+def _first_chunk(data: bytes) -> bytes:
+    """The data of the first chunk of a chunked body (enough for a short reason)."""
+    size, _, rest = data.partition(b"\r\n")
+    try:
+        return rest[: int(size.split(b";")[0].strip() or b"0", 16)]
+    except ValueError:
+        return b""
 
 
 def presence_factory(fallback: Any = None) -> PassthroughSender:

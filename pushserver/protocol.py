@@ -133,29 +133,94 @@ SUBSCRIBER_ALLOW_HEADERS = (
     "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
 )
 SUBSCRIBER_EXPOSE_HEADERS = "Last-Modified, Etag, Cache-Control, Content-Type"
+#: The original's Access-Control-Max-Age (browsers cap it: Chromium at 2 h, Firefox at 24 h).
+DEFAULT_MAX_AGE = 864000
 
 
-def cors_headers(allow_origin: str, allow_credentials: bool, request_origin: str | None) -> Headers:
-    """The CORS set every subscriber response carries, errors included.
+def cors_headers(
+    allow_origin: str,
+    allow_credentials: bool,
+    request_origin: str | None,
+    max_age: int = DEFAULT_MAX_AGE,
+    *,
+    allow_headers: str = SUBSCRIBER_ALLOW_HEADERS,
+    expose_headers: str | None = SUBSCRIBER_EXPOSE_HEADERS,
+) -> Headers:
+    """The CORS set a response carries, errors included.
 
-    ``allow_origin`` is the configured value; ``'*'`` stays ``*`` unless credentials are on,
-    which the system checks refuse. A list of origins (space separated) echoes the request's
-    origin when it is one of them.
+    ``allow_origin`` is the configured value, origins separated by spaces. ``'*'`` (alone
+    or in the list) answers ``*``; the system checks refuse it with credentials. One origin
+    is always named: the answer does not depend on the request, and a browser on another
+    origin refuses it. With several, the request's ``Origin`` is named when it is one of
+    them and ``Access-Control-Allow-Origin`` is left out otherwise, with ``Vary: Origin``
+    either way so caches keep the answers apart.
     """
-    origin = allow_origin
     origins = allow_origin.split()
-    if len(origins) > 1:
-        origin = request_origin if request_origin in origins else origins[0]
-    headers = [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-allow-headers", SUBSCRIBER_ALLOW_HEADERS.encode()),
-        (b"access-control-expose-headers", SUBSCRIBER_EXPOSE_HEADERS.encode()),
+    several = len(origins) > 1 and "*" not in origins
+    origin: str | None
+    if "*" in origins:
+        origin = "*"
+    elif several:
+        origin = request_origin if request_origin in origins else None
+    else:
+        origin = allow_origin.strip()
+    headers: Headers = []
+    if origin is not None:
+        headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+    headers.append((b"access-control-allow-headers", allow_headers.encode()))
+    if expose_headers:
+        headers.append((b"access-control-expose-headers", expose_headers.encode()))
+    headers += [
         (b"access-control-allow-credentials", b"true" if allow_credentials else b"false"),
-        (b"access-control-max-age", b"864000"),
+        (b"access-control-max-age", str(max_age).encode()),
     ]
-    if len(origins) > 1:
+    if several:
         headers.append((b"vary", b"Origin"))
     return headers
+
+
+class OriginHeaders:
+    """A location's response headers for each request ``Origin``, all built up front.
+
+    :meth:`for_origin` is one dict lookup (none at all with ``'*'`` or one origin): the
+    per-request cost of a list of origins is nothing built, nothing copied.
+    """
+
+    __slots__ = ("by_origin", "default")
+
+    def __init__(
+        self,
+        base: Headers,
+        allow_origin: str,
+        allow_credentials: bool,
+        max_age: int = DEFAULT_MAX_AGE,
+        *,
+        allow_headers: str = SUBSCRIBER_ALLOW_HEADERS,
+        expose_headers: str | None = SUBSCRIBER_EXPOSE_HEADERS,
+    ) -> None:
+        def build(request_origin: str | None) -> Headers:
+            cors = cors_headers(
+                allow_origin,
+                allow_credentials,
+                request_origin,
+                max_age,
+                allow_headers=allow_headers,
+                expose_headers=expose_headers,
+            )
+            return [*base, *cors]
+
+        origins = allow_origin.split()
+        #: The headers for a request without a listed Origin (or for every request).
+        self.default = build(None)
+        self.by_origin: dict[str, Headers] | None = None
+        if len(origins) > 1 and "*" not in origins:
+            self.by_origin = {origin: build(origin) for origin in origins}
+
+    def for_origin(self, origin: str | None) -> Headers:
+        by_origin = self.by_origin
+        if by_origin is None or origin is None:
+            return self.default
+        return by_origin.get(origin, self.default)
 
 
 # -- channel info ---------------------------------------------------------------------------

@@ -21,9 +21,13 @@ from .http import (
 )
 from .hub import Hub
 from .message import ChannelInfo
-from .protocol import negotiate_info_format, render_channel_info
+from .protocol import OriginHeaders, negotiate_info_format, render_channel_info
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
+#: With CORS on (a CORS key on the location), OPTIONS answers the preflight.
+CORS_ALLOW = (b"allow", b"GET, POST, PUT, DELETE, OPTIONS")
+CORS_ALLOW_METHODS = (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS")
+PUBLISHER_ALLOW_HEADERS = "Content-Type, Accept, Authorization, X-EventSource-Event"
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,6 +74,19 @@ class Publisher:
     ) -> None:
         self.location = location
         self.hub = hub
+        #: Every response's headers for each request Origin: CORS only when the location
+        #: has a CORS key (publishers are usually servers, which need none).
+        self.cors: OriginHeaders | None = None
+        if location.cors:
+            self.cors = OriginHeaders(
+                base_headers,
+                location.allow_origin,
+                location.allow_credentials,
+                location.cors_max_age,
+                allow_headers=PUBLISHER_ALLOW_HEADERS,
+                expose_headers=None,
+            )
+            base_headers = self.cors.default
         self.headers = base_headers
         allowed = location.allow_from
         self.allow_from = _networks((*LOOPBACK, *internal_ips) if allowed is None else allowed)
@@ -90,13 +107,25 @@ class Publisher:
                 return "publishing needs a valid publisher token (Authorization: Bearer ...)"
         return None
 
+    def response_headers(self, request: Request) -> Headers:
+        cors = self.cors
+        if cors is None or cors.by_origin is None:
+            return self.headers
+        return cors.for_origin(request.header("origin"))
+
     async def __call__(
         self, request: Request, channel_id: str, receive: Receive, send: Send
     ) -> None:
         method = request.method
+        headers = self.response_headers(request)
+        if method == "OPTIONS" and self.cors is not None:
+            # Before the access checks: a browser sends no Authorization with a preflight.
+            # The request that follows is checked as any other.
+            await respond(send, 200, [*headers, CORS_ALLOW, CORS_ALLOW_METHODS])
+            return
         refused = self.refusal(request)
         if refused is not None:
-            await respond_error(send, 403, refused, self.headers)
+            await respond_error(send, 403, refused, headers)
             return
         try:
             if method == "POST":
@@ -107,37 +136,37 @@ class Publisher:
             elif method == "GET":
                 info = await self.hub.info(channel_id)
                 if info is None:
-                    await respond_error(send, 404, "no such channel", self.headers)
+                    await respond_error(send, 404, "no such channel", headers)
                 else:
                     await self.info_response(request, send, 200, info)
             elif method == "DELETE":
                 info = await self.hub.info(channel_id)
                 if info is None or not await self.hub.delete(channel_id):
-                    await respond_error(send, 404, "no such channel", self.headers)
+                    await respond_error(send, 404, "no such channel", headers)
                 else:
                     await self.info_response(request, send, 200, info)
             else:
-                await respond_error(
-                    send, 405, f"{method} is not allowed here", [*self.headers, ALLOW]
-                )
+                allow = ALLOW if self.cors is None else CORS_ALLOW
+                await respond_error(send, 405, f"{method} is not allowed here", [*headers, allow])
         except BackendUnavailable as exc:
             await respond_error(
                 send,
                 503,
                 f"the channel store is unavailable: {exc}",
-                [*self.headers, (b"retry-after", b"1")],
+                [*headers, (b"retry-after", b"1")],
             )
 
     async def post(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
         limit = self.location.max_message_size
         declared = request.header("content-length")
+        headers = self.response_headers(request)
         if limit and declared and declared.isdigit() and int(declared) > limit:
-            await self.too_large(send, limit)
+            await self.too_large(send, limit, headers)
             return
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge:
-            await self.too_large(send, limit)
+            await self.too_large(send, limit, headers)
             return
         if body is None:  # the publisher went away before sending the whole body
             return
@@ -151,23 +180,22 @@ class Publisher:
                 create=self.location.create_on_post,
             )
         except ChannelNotFound:
-            await respond_error(
-                send, 404, "no such channel (create it with PUT first)", self.headers
-            )
+            await respond_error(send, 404, "no such channel (create it with PUT first)", headers)
             return
         info = await self.hub.info(channel_id)
         await self.info_response(request, send, 201 if result.subscribers else 202, info)
 
-    async def too_large(self, send: Send, limit: int) -> None:
+    async def too_large(self, send: Send, limit: int, headers: Headers) -> None:
         # The server's body guard (http.guard_body) drains the rest of the upload first.
-        await respond_error(send, 413, f"the message is larger than {limit} bytes", self.headers)
+        await respond_error(send, 413, f"the message is larger than {limit} bytes", headers)
 
     async def info_response(
         self, request: Request, send: Send, status: int, info: ChannelInfo | None
     ) -> None:
+        headers = self.response_headers(request)
         if info is None:  # deleted in between: describe an empty channel
-            await respond(send, status, self.headers)
+            await respond(send, status, headers)
             return
         fmt, content_type = negotiate_info_format(request.header("accept"))
         body = render_channel_info(info, fmt)
-        await respond(send, status, self.headers, body, content_type=content_type.encode())
+        await respond(send, status, headers, body, content_type=content_type.encode())

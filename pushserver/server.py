@@ -21,6 +21,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.utils import wrap_app
 
 from .app import PushServer
+from .config import DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
 
 logger = logging.getLogger("pushserver")
 
@@ -76,11 +77,29 @@ def bind(
     return sock
 
 
-def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) -> Config:
+def hypercorn_config(
+    *,
+    access_log: bool = True,
+    graceful_timeout: float = 5.0,
+    header_timeout: float = DEFAULT_CLIENT_HEADER_TIMEOUT,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    log_format: str = "text",
+) -> Config:
+    """hypercorn's settings; ``header_timeout`` and ``max_header_size`` are the top-level
+    ``client_header_timeout`` and ``max_header_size``."""
     config = Config()
     config.include_server_header = False  # the app sends Server (the 'servername' setting)
     config.graceful_timeout = graceful_timeout
-    config.keep_alive_timeout = 75  # longer than a browser's idle pool; long polls renew it
+    # hypercorn's per-connection idle timer runs from when a connection opens, and again
+    # from the end of each response, until a whole request head has arrived (a request in
+    # progress, a held long poll or a stream, stops it): it is the header read timeout
+    # (slowloris) and the keep-alive idle timeout in one. Not read_timeout: that one would
+    # cut quiet event streams and WebSockets.
+    config.keep_alive_timeout = header_timeout
+    # h11 answers 431 to a head larger than this (a WebSocket upgrade is an h11 request
+    # too); HTTP/2 (h2c) gets the same bound on its decoded header list.
+    config.h11_max_incomplete_size = max_header_size
+    config.h2_max_header_list_size = max_header_size
     # hypercorn calls listen() again with its own backlog (default 100), which would undo
     # bind()'s: 10,000 subscribers connecting at once then wait on SYN retransmits.
     config.backlog = BACKLOG
@@ -90,6 +109,10 @@ def hypercorn_config(*, access_log: bool = True, graceful_timeout: float = 5.0) 
     if access_log:
         config.accesslog = logging.getLogger("pushserver.access")
         config.access_log_format = ACCESS_LOG_FORMAT
+        if log_format == "json":
+            from .logs import AccessLogger
+
+            config.logger_class = AccessLogger
     config.errorlog = logging.getLogger("pushserver.server")
     return config
 
@@ -227,6 +250,7 @@ async def serve(
     access_log: bool = True,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 5.0,
+    log_format: str = "text",
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns (default: a
     SIGINT or SIGTERM). On the way out held subscribers are released first, so the
@@ -234,7 +258,13 @@ async def serve(
     global current
     if gc.get_threshold() == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
-    config = hypercorn_config(access_log=access_log, graceful_timeout=graceful_timeout)
+    limits: dict[str, Any] = {}
+    if isinstance(app, PushServer):
+        limits["header_timeout"] = app.config.client_header_timeout
+        limits["max_header_size"] = app.config.max_header_size
+    config = hypercorn_config(
+        access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format, **limits
+    )
     end_refused_websockets()
     decline_bad_h2c_upgrades()
     if _running_trio():

@@ -77,6 +77,7 @@ def test_every_system_check_is_documented():
 def test_every_setting_is_documented():
     page = read("settings.md")
     keys = set(config.TOP_LEVEL_KEYS) | config.PUBLISHER_KEYS | config.SUBSCRIBER_KEYS
+    keys |= config.STATUS_KEYS
     for options in config.STORE_DEFAULTS.values():
         keys.update(options)
     missing = sorted(k for k in keys if f"`{k}`" not in page)

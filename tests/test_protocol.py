@@ -8,6 +8,7 @@ import yaml
 
 from pushserver.message import ChannelInfo, Message, MessageId
 from pushserver.protocol import (
+    OriginHeaders,
     cors_headers,
     decode_channel_id,
     http_date,
@@ -168,8 +169,45 @@ def test_cors_headers_echo_one_of_several_origins():
     headers = cors_headers(allowed, True, "http://b.example")
     assert dict(headers)[b"access-control-allow-origin"] == b"http://b.example"
     assert (b"vary", b"Origin") in headers
-    other = dict(cors_headers(allowed, True, "http://evil.example"))
-    assert other[b"access-control-allow-origin"] == b"http://a.example"
+    # An origin not in the list is not named: its page cannot read the response.
+    for origin in ("http://evil.example", None):
+        other = cors_headers(allowed, True, origin)
+        assert b"access-control-allow-origin" not in dict(other)
+        assert (b"vary", b"Origin") in other
+
+
+def test_cors_headers_wildcard_in_a_list_allows_every_origin():
+    headers = cors_headers("http://a.example *", False, "http://evil.example")
+    assert dict(headers)[b"access-control-allow-origin"] == b"*"
+    assert b"vary" not in dict(headers)
+
+
+def test_cors_headers_max_age_and_names():
+    headers = dict(
+        cors_headers("*", False, None, 600, allow_headers="Content-Type", expose_headers=None)
+    )
+    assert headers[b"access-control-max-age"] == b"600"
+    assert headers[b"access-control-allow-headers"] == b"Content-Type"
+    assert b"access-control-expose-headers" not in headers
+
+
+def test_origin_headers_are_built_once_per_origin():
+    base = [(b"server", b"s")]
+    several = OriginHeaders(base, "http://a.example http://b.example", True, 60)
+    a = several.for_origin("http://a.example")
+    assert a is several.for_origin("http://a.example")  # the same list, nothing built
+    assert a[0] == (b"server", b"s")
+    assert dict(a)[b"access-control-allow-origin"] == b"http://a.example"
+    assert dict(several.for_origin("http://b.example"))[b"access-control-allow-origin"] == (
+        b"http://b.example"
+    )
+    assert several.for_origin("http://c.example") is several.default
+    assert several.for_origin(None) is several.default
+    assert b"access-control-allow-origin" not in dict(several.default)
+    one = OriginHeaders(base, "http://a.example", True)
+    assert one.by_origin is None
+    assert one.for_origin("http://c.example") is one.default
+    assert dict(one.default)[b"access-control-allow-origin"] == b"http://a.example"
 
 
 # -- channel info -------------------------------------------------------------------------

@@ -57,6 +57,9 @@ class MemoryBackend(Backend):
         self.message_timeout = message_timeout
         self._channels: dict[str, _Channel] = {}
 
+    def status(self) -> dict[str, Any]:
+        return {"type": self.name, "ok": True, "channels": len(self._channels)}
+
     def _trim(self, channel: _Channel, now: float) -> None:
         messages = channel.messages
         drop = 0

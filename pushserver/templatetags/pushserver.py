@@ -3,6 +3,8 @@
 ``{% channel_url channel_id %}``
     The absolute subscriber URL of ``channel_id`` (id URL-quoted), HTML-escaped by
     autoescape; ``{% channel_url id as url %}`` stores it instead.
+    ``{% channel_url id signed=True %}`` adds the channel's signature (``?sig=``, for a
+    location with ``'signed': True``); ``max_age=3600`` makes it expire (and implies signed).
 ``{% pushserver_transport %}``
     The transport pages use (``PUSH_SERVER['transport']``), e.g. ``longpoll``.
 ``{% pushserver_script %}``
@@ -19,14 +21,16 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from ..settings import get_config
-from ..utils import updates
+from ..utils import signing, updates
 
 register = template.Library()
 
 
 @register.simple_tag
-def channel_url(channel_id: object) -> str:
+def channel_url(channel_id: object, signed: bool = False, max_age: int | None = None) -> str:
     # A plain str, so autoescape applies (the original's output was raw).
+    if signed or max_age is not None:
+        return signing.signed_channel_url(str(channel_id), max_age)
     return updates.subscriber_url(str(channel_id))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import LocationConfig
 from ..http import Headers, Request
 from ..hub import Hub
-from ..protocol import cors_headers
+from ..protocol import OriginHeaders
+
+if TYPE_CHECKING:
+    from ..authorize import LocationAuthorizer
 
 
 class Presence(Protocol):
@@ -27,19 +30,23 @@ class HTTPTransport:
         hub: Hub,
         base_headers: Headers,
         presence: Presence | None = None,
+        authorizer: LocationAuthorizer | None = None,
     ) -> None:
         self.location = location
         self.hub = hub
-        self.headers = base_headers
+        #: Every response's headers (``base_headers`` plus CORS) for each request Origin.
+        self.cors = OriginHeaders(
+            base_headers, location.allow_origin, location.allow_credentials, location.cors_max_age
+        )
+        #: The headers of a request without a listed Origin (all of them for one origin).
+        self.headers = self.cors.default
         self.presence = presence
-        self._many_origins = len(location.allow_origin.split()) > 1
+        self.authorizer = authorizer
+        #: Subscribe notifications the transport sends itself (not the authorizer's).
+        self.notify = presence is not None and not location.passthrough_authorize
 
     def response_headers(self, request: Request) -> Headers:
-        """The base headers; with several allowed origins, CORS names the request's own."""
-        if not self._many_origins:
+        """The headers for this request: with several allowed origins, CORS names its own."""
+        if self.cors.by_origin is None:
             return self.headers
-        cors = cors_headers(
-            self.location.allow_origin, self.location.allow_credentials, request.header("origin")
-        )
-        names = {name for name, _ in cors}
-        return [*(h for h in self.headers if h[0] not in names), *cors]
+        return self.cors.for_origin(request.header("origin"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import anyio
 
+from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Send, respond, respond_error
@@ -22,7 +23,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport, Presence
-from .streaming import full_channel, full_reason
+from .streaming import full_channel, full_reason, query_parameter
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -37,8 +38,9 @@ class LongPollTransport(HTTPTransport):
         hub: Hub,
         base_headers: Headers,
         presence: Presence | None = None,
+        authorizer: LocationAuthorizer | None = None,
     ) -> None:
-        super().__init__(location, hub, base_headers, presence)
+        super().__init__(location, hub, base_headers, presence, authorizer)
         self.interval = location.polling == "interval"
         #: This location's key for ``Message.wire``: its start event includes our headers.
         self._wire = f"longpoll@{id(self)}"
@@ -53,7 +55,7 @@ class LongPollTransport(HTTPTransport):
     ) -> None:
         headers = self.response_headers(request)
         if request.method == "OPTIONS":
-            await respond(send, 200, [*headers, ALLOW, ALLOW_METHODS])
+            await self.preflight(request, send)
             return
         if request.method != "GET":
             await respond_error(
@@ -67,12 +69,27 @@ class LongPollTransport(HTTPTransport):
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)
             return
+        tokens: list[object] = []
+        if self.authorizer is not None:
+            signatures = query_parameter(request.scope["query_string"], SIGNATURE_PARAMETER)
+            try:
+                tokens = await self.authorizer.authorize(request, [channel_id], signatures)
+            except Refused as exc:
+                await respond_error(send, exc.status, exc.reason, headers)
+                return
         try:
             await self.serve(request, channel_id, position, receive, send, headers)
         except ChannelNotFound:
             await respond_error(send, 404, "no such channel", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+        finally:
+            if tokens and self.authorizer is not None:
+                self.authorizer.release(tokens)
+
+    async def preflight(self, request: Request, send: Send) -> None:
+        """OPTIONS, the CORS preflight: 200 and an empty body, as the original answered."""
+        await respond(send, 200, [*self.response_headers(request), ALLOW, ALLOW_METHODS])
 
     async def serve(
         self,
@@ -107,7 +124,9 @@ class LongPollTransport(HTTPTransport):
             if read.message is not None:
                 await self.send_message(send, read.message, headers)
                 return
-            token = self.presence.subscribed(request, channel_id) if self.presence else None
+            presence = self.presence if self.notify else None
+            token = presence.subscribed(request, channel_id) if presence else None
+            hub.metrics.longpoll += 1
             try:
                 disconnected = False
                 event: Event | Message | None = None
@@ -140,7 +159,8 @@ class LongPollTransport(HTTPTransport):
                 else:  # the timeout, or Closing: the client asks again from where it was
                     await respond(send, 304, [*headers, *position_headers(position)])
             finally:
-                if self.presence is not None:
+                hub.metrics.longpoll -= 1
+                if self.presence is not None and self.notify:
                     self.presence.unsubscribed(token)
 
     async def wait(
@@ -153,6 +173,7 @@ class LongPollTransport(HTTPTransport):
                 return event
             # Overflowed: more arrived than the queue holds; the buffer has them in order.
             subscription.overflowed = False
+            self.hub.metrics.catch_ups += 1
             read = await self.hub.read_after(channel_id, position)
             if read.message is not None:
                 return read.message

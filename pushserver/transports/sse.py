@@ -64,6 +64,7 @@ import anyio
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
+from ..authorize import SIGNATURE_PARAMETER, Refused
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send, respond_error
 from ..http import Message as ASGIMessage
@@ -238,6 +239,14 @@ class SSETransport(HTTPTransport):
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)
             return
+        tokens: list[object] = []
+        if self.authorizer is not None:
+            signatures = query_parameter(request.scope["query_string"], SIGNATURE_PARAMETER)
+            try:
+                tokens = await self.authorizer.authorize(request, channels, signatures)
+            except Refused as exc:
+                await respond_error(send, exc.status, exc.reason, headers)
+                return
         try:
             for channel_id in channels:
                 if not await self.hub.backend.exists(channel_id):
@@ -255,6 +264,9 @@ class SSETransport(HTTPTransport):
             await respond_error(send, 404, f"no such channel: {exc.channel_id}", headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+        finally:
+            if tokens and self.authorizer is not None:
+                self.authorizer.release(tokens)
 
     async def serve(
         self,
@@ -274,11 +286,14 @@ class SSETransport(HTTPTransport):
             )
             response.raw_headers.extend(headers)
             tokens = []
-            if self.presence is not None:
+            if self.presence is not None and self.notify:
                 tokens = [self.presence.subscribed(request, c) for c in positions]
+            metrics = self.hub.metrics
+            metrics.eventsource += 1
             try:
                 await response(request.scope, receive, send)
             except SendTimeoutError:
+                metrics.slow_eventsource += 1
                 logger.info(
                     "event-stream subscriber %s on %s stopped reading for %ss: disconnected",
                     request.client_host,
@@ -286,6 +301,7 @@ class SSETransport(HTTPTransport):
                     location.send_timeout,
                 )
             finally:
+                metrics.eventsource -= 1
                 if self.presence is not None:
                     for token in tokens:
                         self.presence.unsubscribed(token)

@@ -318,6 +318,7 @@ class Stream:
                 out = await self._merge()
             elif subscription.overflowed:
                 subscription.overflowed = False
+                self.hub.metrics.catch_ups += 1
                 logger.info(
                     "subscriber on %s fell %d messages behind: catching up from the buffer",
                     ",".join(self.positions) or "-",
@@ -394,6 +395,7 @@ class Stream:
                 # Told once per position: an empty buffer would report the same gap again.
                 told[channel_id] = after
                 gap = Gap(channel_id, after, read.message.id if read.message else None)
+                self.hub.metrics.gaps += 1
         return read.message, gap
 
     async def _start_catch_up(self) -> list[StreamEvent]:

@@ -32,7 +32,8 @@ Client to server
 
     * ``{"subscribe": "sport"}`` or ``{"subscribe": "sport", "last_event_id": "1700000000:3"}``
       adds a channel to the open connection: ``subscribed`` is sent first, then what the
-      channel owes after that id (every retained message without one). At most the
+      channel owes after that id (every retained message without one); ``"sig"`` carries
+      the channel's signature where the location is ``signed``. At most the
       location's ``max_channels`` (255) channels per connection; unknown channels are
       refused unless ``create_on_get``.
     * ``{"unsubscribe": "sport"}``: nothing more from that channel; ``unsubscribed`` follows.
@@ -49,11 +50,13 @@ Close codes
     1001      the server is shutting down: reconnect with ``last_event_id``
     4400      bad request: malformed channel list or ``last_event_id``, too many channels
     4403      not allowed: WebSocket is not enabled at this location or for this process,
-              or the ``Origin`` is not one of the location's ``allow_origin``
+              or the ``Origin`` is not one of the location's ``allow_origin``, or the
+              subscriber authorization refused it (:mod:`pushserver.authorize`)
     4404      no such channel (the location has no ``create_on_get``)
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
-    1013      the channel store is unavailable: try again later
+    1013      the channel store is unavailable, the authorizer did not answer, or the
+              process is at ``max_connections``: try again later
     ========  =============================================================================
 
     Refusals are sent after accepting the handshake, so a browser sees the code and reason.
@@ -74,6 +77,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send
@@ -177,6 +181,17 @@ def parse_command(text: str, max_length: int = 0) -> tuple[str, str | None, Mess
     raise ValueError("unknown command: use subscribe, unsubscribe or ping")
 
 
+def command_signature(text: str) -> str | None:
+    """The ``"sig"`` of a (valid) subscribe command: its channel's signature, if any."""
+    signature = json.loads(text).get(SIGNATURE_PARAMETER)
+    return signature if isinstance(signature, str) else None
+
+
+def refusal_code(refused: Refused) -> int:
+    """The close code of an authorization refusal: 4403, or 1013 (try again later)."""
+    return CLOSE_NOT_ALLOWED if refused.status == 403 else CLOSE_TRY_AGAIN_LATER
+
+
 class _TooSlow(Exception):
     pass
 
@@ -192,12 +207,16 @@ class WebSocketTransport:
         presence: Presence | None = None,
         *,
         enabled: bool = True,
+        authorizer: LocationAuthorizer | None = None,
     ) -> None:
         self.location = location
         self.hub = hub
         self.headers: Headers = [server_header]
         self.presence = presence
         self.enabled = enabled
+        self.authorizer = authorizer
+        #: Subscribe notifications sent here (not by the authorizing passthrough).
+        self.notify = presence is not None and not location.passthrough_authorize
         origins = location.allow_origin.split()
         self.origins = None if "*" in origins else frozenset(origins)
 
@@ -222,6 +241,15 @@ class WebSocketTransport:
         except ValueError as exc:
             await self.refuse(send, CLOSE_BAD_REQUEST, str(exc))
             return
+        tokens: dict[str, object] = {}
+        if self.authorizer is not None:
+            signatures = query_parameter(scope.get("query_string", b""), SIGNATURE_PARAMETER)
+            try:
+                allowed = await self.authorizer.authorize(request, channels, signatures)
+            except Refused as exc:
+                await self.refuse(send, refusal_code(exc), exc.reason)
+                return
+            tokens = dict(zip(channels, allowed, strict=False))
         try:
             for channel_id in channels:
                 await self.open_channel(channel_id)
@@ -233,11 +261,21 @@ class WebSocketTransport:
             await send({"type": "websocket.accept", "headers": self.headers})
             async with self.hub.subscription(channels) as subscription:
                 stream = Stream(self.hub, subscription, positions)
-                await _Connection(self, request, stream, receive, send).run()
+                connection = _Connection(self, request, stream, receive, send)
+                connection.tokens, tokens = tokens, {}  # the connection unsubscribes them
+                metrics = self.hub.metrics
+                metrics.websocket += 1
+                try:
+                    await connection.run()
+                finally:
+                    metrics.websocket -= 1
         except ChannelNotFound as exc:
             await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
         except BackendUnavailable:
             await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
+        finally:
+            if tokens and self.authorizer is not None:
+                self.authorizer.release(list(tokens.values()))
 
     async def open_channel(self, channel_id: str) -> None:
         backend = self.hub.backend
@@ -297,7 +335,8 @@ class _Connection:
 
     async def run(self) -> None:
         presence = self.transport.presence
-        if presence is not None:
+        if self.transport.notify:
+            assert presence is not None
             for channel_id in self.stream.positions:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
         interval = self.location.ping_interval
@@ -332,6 +371,8 @@ class _Connection:
         tg.cancel_scope.cancel()
 
     def too_slow(self) -> None:
+        if self.close_code is None:
+            self.transport.hub.metrics.slow_websocket += 1
         self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
         logger.info(
             "WebSocket subscriber %s stopped reading for %ss: disconnected",
@@ -423,13 +464,29 @@ class _Connection:
                 error = f"at most {max_channels} channels per connection"
                 await self.send(control("error", error=error, channel=channel_id))
                 return
+            authorizer = self.transport.authorizer
+            if authorizer is not None:
+                try:
+                    tokens = await authorizer.authorize(
+                        self.request, [channel_id], command_signature(text)
+                    )
+                except Refused as exc:
+                    reply = control(
+                        "error", error=exc.reason, channel=channel_id, status=exc.status
+                    )
+                    await self.send(reply)
+                    return
+                if tokens:  # unsubscribed by forget(), whatever happens next
+                    self.tokens[channel_id] = tokens[0]
             try:
                 await self.transport.open_channel(channel_id)
             except ChannelNotFound:
+                self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
                 return
             limit = self.transport.location.max_subscribers
             if await full_channel(self.transport.hub, [channel_id], limit):
+                self.forget(channel_id)
                 error = full_reason(channel_id, limit)
                 await self.send(control("error", error=error, channel=channel_id))
                 return
@@ -437,7 +494,7 @@ class _Connection:
             await self.send(control("subscribed", channel=channel_id))
             await stream.add(channel_id, position)
             presence = self.transport.presence
-            if presence is not None:
+            if presence is not None and self.transport.notify:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
 
     def forget(self, channel_id: str) -> None:

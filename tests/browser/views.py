@@ -16,8 +16,9 @@ _seen: list[dict] = []
 
 def page(request):
     """A page with jQuery and updates.js; ``?channel=<id>`` also subscribes it as ``main``
-    through ``{% channel_url %}``, as a real page would."""
-    return render(request, "browser/page.html", {"channel": request.GET.get("channel")})
+    through ``{% channel_url %}``, as a real page would (``&signed=1``: a signed one)."""
+    context = {"channel": request.GET.get("channel"), "signed": bool(request.GET.get("signed"))}
+    return render(request, "browser/page.html", context)
 
 
 def login(request):

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import presence, update_views, views  # noqa: F401  (presence connects receivers)
+from . import authz, presence, update_views, views  # noqa: F401  (receivers connect)
 
 urlpatterns = [
     path("publish-from-view/<str:channel_id>", views.publish_from_view),

@@ -99,6 +99,12 @@ class Command(BaseCommand):
             dest="access_log",
             help="Do not log each request.",
         )
+        parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default="text",
+            help="Log lines as text (default) or as one JSON object each.",
+        )
 
     def resolve_address(self, options: dict[str, Any]) -> tuple[str, int]:
         config = get_config()
@@ -199,6 +205,7 @@ class Command(BaseCommand):
     def build_app(self, options: dict[str, Any], transports: tuple[str, ...]) -> Any:
         from pushserver.app import PushServer
         from pushserver.passthrough import presence_factory
+        from pushserver.utils.signing import verify_channel
 
         fallback = self.django_application() if options["allrequests"] else None
         return PushServer(
@@ -207,6 +214,7 @@ class Command(BaseCommand):
             forcehost=options["forcehost"],
             presence_factory=presence_factory(fallback),
             transports=transports,
+            channel_verifier=verify_channel,
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -216,7 +224,7 @@ class Command(BaseCommand):
         transports = self.resolve_transports(options["transports"])
         workers = options["workers"]
         self.check_workers(workers)
-        self.configure_logging()
+        self.configure_logging(options["log_format"])
 
         from pushserver.server import format_host
         from pushserver.utils import updates
@@ -257,7 +265,9 @@ class Command(BaseCommand):
         backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
-                lambda: serve(app, sock, access_log=options["access_log"]),
+                lambda: serve(
+                    app, sock, access_log=options["access_log"], log_format=options["log_format"]
+                ),
                 backend=backend,
                 backend_options=backend_options,
             )
@@ -375,6 +385,7 @@ class Command(BaseCommand):
                 app,
                 sock,
                 options["access_log"],
+                options["log_format"],
                 backend="trio" if loop == "trio" else "asyncio",
                 backend_options={"use_uvloop": True} if loop == "uvloop" else {},
             )
@@ -389,7 +400,9 @@ class Command(BaseCommand):
             # Never return into the parent's copy of the command (its cleanup, its atexit).
             os._exit(code)
 
-    async def serve_worker(self, app: Any, sock: socket.socket, access_log: bool) -> None:
+    async def serve_worker(
+        self, app: Any, sock: socket.socket, access_log: bool, log_format: str = "text"
+    ) -> None:
         from pushserver.server import serve
 
         # The receiver stays open until serving is over: a second signal (Ctrl-C reaches
@@ -404,7 +417,9 @@ class Command(BaseCommand):
                     logger.info("worker %d: received %s, shutting down", os.getpid(), name)
                     return
 
-            await serve(app, sock, access_log=access_log, shutdown_trigger=stop)
+            await serve(
+                app, sock, access_log=access_log, shutdown_trigger=stop, log_format=log_format
+            )
 
     def django_application(self) -> Any:
         from django.core.asgi import get_asgi_application
@@ -417,13 +432,18 @@ class Command(BaseCommand):
             application = ASGIStaticFilesHandler(application)
         return application
 
-    def configure_logging(self) -> None:
+    def configure_logging(self, log_format: str = "text") -> None:
         logger = logging.getLogger("pushserver")
         if not logger.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler(cast(TextIO, self.stdout._out))
-            handler.setFormatter(
-                logging.Formatter("[%(asctime)s] %(message)s", "%d/%b/%Y %H:%M:%S")
-            )
+            if log_format == "json":
+                from pushserver.logs import JSONFormatter
+
+                handler.setFormatter(JSONFormatter())
+            else:
+                handler.setFormatter(
+                    logging.Formatter("[%(asctime)s] %(message)s", "%d/%b/%Y %H:%M:%S")
+                )
             logger.addHandler(handler)
             logger.propagate = False
         if logger.level == logging.NOTSET:
