@@ -1,10 +1,12 @@
 """Hostile HTTP on raw sockets against a real server: malformed requests, HTTP/1.0,
-pipelining, oversized heads, body framing tricks, broken WebSocket handshakes and frames.
+pipelining, oversized heads, body framing tricks, h2c upgrades and HTTP/2, broken
+WebSocket handshakes and frames. Every case runs on asyncio and on trio.
 
 Each case checks the exact answer, and after every case a normal client is still served
 (a publish reaching a waiting long poll) and the server has logged no traceback.
 hypercorn refuses what it cannot parse itself, before the push server sees it, with an
 empty ``400`` (``content-length: 0``, ``connection: close``) and closes the connection.
+docs/protocol.md ("Hostile input") lists the answers.
 """
 
 from __future__ import annotations
