@@ -32,6 +32,7 @@ from .http import (
     Request,
     Scope,
     Send,
+    framed_twice,
     guard_body,
     respond,
     respond_error,
@@ -284,6 +285,11 @@ class PushServer:
             await self.lifespan(receive, send)
             return
         receive, send = guard_body(scope, receive, send)
+        if kind == "http" and framed_twice(scope):
+            reason = "Content-Length and Transfer-Encoding together"
+            close = [self.server_header, (b"connection", b"close")]
+            await respond_error(send, 400, reason, close)
+            return
         if self.forcehost is not None and await self.redirect_host(scope, send):
             return
         raw_path = scope.get("raw_path")

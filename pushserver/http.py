@@ -104,6 +104,18 @@ def _declares_body(scope: Scope) -> bool:
     return False
 
 
+def framed_twice(scope: Scope) -> bool:
+    """Whether the request names both a Content-Length and a Transfer-Encoding.
+
+    hypercorn (h11) reads such a body by its Transfer-Encoding and keeps the connection
+    open; a proxy in front that goes by the Content-Length would then see a different next
+    request on it (request smuggling). RFC 9112 section 6.1 lets a server refuse it and
+    requires closing the connection after answering; nginx answers 400, and so do we.
+    """
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
 def guard_body(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
     """Make an answer given before the request body was read safe to deliver.
 

@@ -159,7 +159,7 @@ def parse_command(text: str, max_length: int = 0) -> tuple[str, str | None, Mess
         raise ValueError(f"a command is at most {MAX_COMMAND} characters")
     try:
         command = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json allows
         raise ValueError('a command is a JSON object, e.g. {"subscribe": "news"}') from None
     if not isinstance(command, dict):
         raise ValueError('a command is a JSON object, e.g. {"subscribe": "news"}')
