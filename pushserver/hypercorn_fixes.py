@@ -1,0 +1,123 @@
+"""Fixes for hypercorn 0.18 bugs a client can trigger, applied by :func:`pushserver.server.serve`.
+
+Each wraps one hypercorn internal, is idempotent (applying it twice changes nothing) and is
+covered by tests/test_hostile_http.py, which fails without it: re-run that module after any
+hypercorn upgrade (pyproject.toml pins the minor version for that reason). They are worth
+reporting upstream; each docstring says what goes wrong without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("pushserver")
+
+
+def end_refused_websockets() -> None:
+    """Make hypercorn finish a WebSocket request it refused itself (idempotent).
+
+    hypercorn (0.18) answers a WebSocket request with a bad handshake, or one whose
+    client sends bytes before the handshake response (RFC 6455 forbids that; a raw socket
+    can do it in the same write as the request), with ``400`` and ``connection: close``,
+    and then:
+
+    * neither closes the connection nor tells the application, which it may already have
+      started: the application waits for a ``websocket.disconnect`` that never comes,
+      holding its subscription (counted by ``max_subscribers``), its task and the socket
+      for as long as the process lives;
+    * on trio, marks the request refused only after writing the 400: the application's
+      accept runs during that write and puts the connection in an error state, and the
+      exception that follows ends the whole server.
+
+    So a request refused for early data is marked refused before the 400 is written
+    (the application's accept is then ignored), and after any such refusal the application
+    is told the client left and the connection is closed, as the 400 says.
+    """
+    from hypercorn.protocol.events import Body, Data, StreamClosed
+    from hypercorn.protocol.ws_stream import WSStream
+
+    handle = WSStream.handle
+    if getattr(handle, "ends_refusals", False):
+        return
+
+    async def handle_and_end_refusals(self: Any, event: Any) -> None:
+        if isinstance(event, Body | Data) and not self.closed and not self.handshake.accepted:
+            self.closed = True  # before the write, during which the application may run
+            await self._send_error_response(400)
+        else:
+            was_closed = self.closed
+            await handle(self, event)
+            if was_closed or not self.closed or isinstance(event, StreamClosed):
+                return
+        if self.app_put is not None:
+            await self.app_put({"type": "websocket.disconnect", "code": 1006})
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    handle_and_end_refusals.ends_refusals = True  # type: ignore[attr-defined]
+    WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
+
+
+def decline_bad_h2c_upgrades() -> None:
+    """Serve over HTTP/1.1 a request asking for an ``h2c`` upgrade with bad settings
+    (idempotent).
+
+    hypercorn (0.18) answers ``Upgrade: h2c`` with ``101`` before it decodes the request's
+    ``HTTP2-Settings``; when they are missing, not base64url or not valid settings, the
+    exception that follows is logged as a traceback on asyncio and ends the whole server on
+    trio. RFC 9113 section 3.2 lets a server ignore an upgrade, and requires ignoring one
+    without exactly one ``HTTP2-Settings``: such requests are now answered over HTTP/1.1.
+    """
+    from hypercorn.protocol.h11 import H11Protocol
+
+    check = H11Protocol._check_protocol
+    if getattr(check, "declines_bad_h2c", False):
+        return
+
+    async def check_protocol(self: Any, event: Any) -> None:
+        # The last Upgrade header decides, as in hypercorn.
+        upgrade = [v.strip().lower() for n, v in event.headers if n.lower() == b"upgrade"]
+        settings = [v for n, v in event.headers if n.lower() == b"http2-settings"]
+        if upgrade[-1:] == [b"h2c"] and not _h2c_settings_valid(settings):
+            return
+        await check(self, event)
+
+    check_protocol.declines_bad_h2c = True  # type: ignore[attr-defined]
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
+
+
+def _h2c_settings_valid(values: list[bytes]) -> bool:
+    import h2.config
+    import h2.connection
+
+    if len(values) != 1:
+        return False
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    try:
+        connection.initiate_upgrade_connection(values[0])
+    except Exception:  # whatever h2 raises for this header, it is not one to upgrade with
+        return False
+    return True
+
+
+def contain_connection_errors_on_trio() -> None:
+    """On trio, end only the connection whose handling failed (idempotent).
+
+    hypercorn's trio worker runs each connection in the listeners' nursery, so an exception
+    it does not expect from one connection (a hypercorn, h11 or h2 bug a client can
+    trigger) ends the whole server. Its asyncio worker logs it and goes on; so does this.
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+    if getattr(run, "contains_errors", False):
+        return
+
+    async def run_contained(self: Any) -> None:
+        try:
+            await run(self)
+        except Exception:
+            logger.exception("a connection failed in hypercorn and was closed")
+
+    run_contained.contains_errors = True  # type: ignore[attr-defined]
+    TCPServer.run = run_contained  # type: ignore[method-assign]
