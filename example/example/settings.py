@@ -63,5 +63,8 @@ PUSH_SERVER = {
             "passthrough": "http://127.0.0.1:8000/passthrough",
         },
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
+        # Figures of the running server: /status/ (JSON), /status/metrics (Prometheus) and
+        # a live page at /status/ in a browser; readable from this machine only.
+        {"type": "status", "prefix": "/status/"},
     ),
 }
