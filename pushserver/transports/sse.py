@@ -61,8 +61,8 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
-import anyio
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
@@ -82,6 +82,7 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
+    run_beside,
     split_channels,
 )
 
@@ -164,32 +165,19 @@ class EventStreamResponse(EventSourceResponse):
         if scope["method"] == "HEAD":
             await super().__call__(scope, receive, send)
             return
-        try:
-            await self._run(receive, send)
-        except BaseExceptionGroup as group:
-            # anyio wraps a task's failure in a group; callers catch the bare exception
-            # (SendTimeoutError, BackendUnavailable), as sse-starlette lets them.
-            exc: BaseException = group
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            raise exc from None
-
-    async def _run(self, receive: Receive, send: Send) -> None:
         guard = self.guard
-        async with anyio.create_task_group() as tg:
 
-            async def ping() -> None:
-                # sse-starlette's ping with its own timeout (no send lock: see __init__).
-                if self.active:
-                    await self._send_with_timeout(send, self._ping_body)
+        async def ping() -> None:
+            # sse-starlette's ping with its own timeout (no send lock: see __init__).
+            if self.active:
+                await self._send_with_timeout(send, self._ping_body)
 
-            async def watch() -> None:
-                await guard.watch(receive, self._disconnected, ping, self.ping_interval)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            await self._stream_response(send)
-            tg.cancel_scope.cancel()
+        # Failures come out bare (SendTimeoutError, BackendUnavailable), as sse-starlette
+        # lets them.
+        await run_beside(
+            partial(self._stream_response, send),
+            partial(guard.watch, receive, self._disconnected, ping, self.ping_interval),
+        )
         if guard.timed_out:
             raise SendTimeoutError
 

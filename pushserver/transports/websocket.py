@@ -72,7 +72,6 @@ from functools import partial
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
@@ -90,6 +89,7 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
+    run_beside,
     split_channels,
 )
 
@@ -302,10 +302,8 @@ class _Connection:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
         interval = self.location.ping_interval
         try:
-            async with anyio.create_task_group() as tg:
-                watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
-                tg.start_soon(self.guarded, tg, watch)
-                await self.guarded(tg, self.deliver)
+            watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
+            await run_beside(partial(self.guarded, self.deliver), partial(self.guarded, watch))
             if self.guard.timed_out:
                 self.too_slow()
             if self.close_code is not None:
@@ -322,14 +320,15 @@ class _Connection:
                 for token in self.tokens.values():
                     presence.unsubscribed(token)
 
-    async def guarded(self, tg: TaskGroup, task: Any) -> None:
+    async def guarded(self, task: Any) -> None:
+        """Run one of the two tasks; how it ends decides the close (the other is then
+        cancelled by :func:`run_beside`)."""
         try:
             await task()
         except _TooSlow:
             self.too_slow()
         except BackendUnavailable:
             self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
-        tg.cancel_scope.cancel()
 
     def too_slow(self) -> None:
         self.finish(CLOSE_TOO_SLOW, "too slow: stopped reading")
