@@ -15,8 +15,7 @@ silently, and a slow consumer never holds up the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -297,16 +296,12 @@ class Hub:
         subscription.channels.remove(channel_id)
         await self._remove(subscription, channel_id)
 
-    @asynccontextmanager
-    async def subscription(
+    def subscription(
         self, channels: Iterable[str], *, maxlen: int | None = None
-    ) -> AsyncIterator[Subscription]:
-        subscription = await self.subscribe(channels, maxlen=maxlen)
-        try:
-            yield subscription
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.unsubscribe(subscription)
+    ) -> _SubscriptionContext:
+        """``async with hub.subscription(channels) as subscription:`` subscribes, and
+        unsubscribes on the way out, shielded from cancellation."""
+        return _SubscriptionContext(self, channels, maxlen)
 
     def local_subscribers(self, channel_id: str) -> int:
         return len(self._subscriptions.get(channel_id, ()))
@@ -334,3 +329,27 @@ class Hub:
 
     async def delete(self, channel_id: str) -> bool:
         return await self.backend.delete(channel_id)
+
+
+class _SubscriptionContext:
+    """What :meth:`Hub.subscription` returns. A class, not ``@asynccontextmanager``: that
+    keeps a suspended generator and its context-manager object (about 700 bytes) for as
+    long as the subscriber stays connected; this is one small object."""
+
+    __slots__ = ("_channels", "_hub", "_maxlen", "_subscription")
+
+    def __init__(self, hub: Hub, channels: Iterable[str], maxlen: int | None) -> None:
+        self._hub = hub
+        self._channels = channels
+        self._maxlen = maxlen
+        self._subscription: Subscription | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._subscription = await self._hub.subscribe(self._channels, maxlen=self._maxlen)
+        return self._subscription
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subscription = self._subscription
+        if subscription is not None:
+            with anyio.CancelScope(shield=True):
+                await self._hub.unsubscribe(subscription)
