@@ -37,9 +37,11 @@ class Request:
 
     __slots__ = ("headers", "method", "scope")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, method: str | None = None) -> None:
         self.scope = scope
-        self.method: str = scope["method"]
+        #: ``method`` stands in for a scope without one (a WebSocket handshake is a GET),
+        #: so the scope is kept as it is rather than copied for as long as it is held.
+        self.method: str = method or scope["method"]
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             key = name.decode("latin-1").lower()

@@ -204,7 +204,7 @@ class WebSocketTransport:
     async def __call__(self, scope: Scope, raw_channels: str, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        request = Request({**scope, "method": "GET"})
+        request = Request(scope, "GET")
         if not self.enabled:
             await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here")
             return
