@@ -36,20 +36,29 @@ REASONS = {
 class Request:
     """The parts of an ASGI HTTP scope the push server reads."""
 
-    __slots__ = ("headers", "method", "scope")
+    __slots__ = ("method", "scope")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, method: str | None = None) -> None:
         self.scope = scope
-        self.method: str = scope["method"]
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.headers = headers
+        #: ``method`` stands in for a scope without one (a WebSocket handshake is a GET),
+        #: so the scope is kept as it is rather than copied for as long as it is held.
+        self.method: str = method or scope["method"]
 
     def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+        """The header ``name`` (lower case), repeats joined with ``", "``; None if absent.
+
+        Read from the scope on each call rather than decoded into a dict up front: a
+        subscriber's request is held for as long as it waits or streams, and a browser's
+        dozen headers decoded again as text would be about a kilobyte more per connection.
+        """
+        key = name.encode("latin-1")
+        found: str | None = None
+        for raw, value in self.scope["headers"]:
+            # ASGI servers send lower-case names; lower() only when one is not.
+            if raw == key or (not raw.islower() and raw.lower() == key):
+                text = value.decode("latin-1")
+                found = text if found is None else f"{found}, {text}"
+        return found
 
     @property
     def client_host(self) -> str | None:

@@ -14,10 +14,10 @@ silently, and a slow consumer never holds up the others.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 
@@ -54,6 +54,53 @@ class Closing:
 Event = Delivery | Deletion | Closing
 
 
+class Wakeup(Protocol):
+    """What a waiting subscription sleeps on: set once (``set_result``), awaited once.
+
+    On asyncio this is a bare :class:`asyncio.Future` (about 100 bytes, one allocation);
+    elsewhere :class:`_EventWakeup`, an :class:`anyio.Event` behind the same three methods.
+    An idle subscriber always holds one, and fan-out makes one per subscriber per message,
+    so the difference is memory per held connection and CPU per delivery: an anyio Event
+    on asyncio is the Event, an :class:`asyncio.Event` and its 760-byte deque of waiters,
+    and a future of its own when awaited.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+    def __await__(self) -> Any: ...
+
+
+class _EventWakeup:
+    """:class:`Wakeup` on any anyio backend (trio): an :class:`anyio.Event`."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, result: None, /) -> None:
+        self._event.set()
+
+    def __await__(self) -> Any:
+        return self._event.wait().__await__()
+
+
+def _wakeup_factory() -> Callable[[], Wakeup]:
+    """How the running event loop makes a :class:`Wakeup` (called once per hub)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: anyio's other backend, trio
+        return _EventWakeup
+    # Awaiting a bare future is what asyncio's own Event.wait() does; cancellation (anyio
+    # cancel scopes cancel the task) cancels the future and raises in the waiter as usual.
+    return loop.create_future
+
+
 class Subscription:
     """A subscriber's bounded queue of events from one or more channels."""
 
@@ -66,7 +113,7 @@ class Subscription:
         #: Queued events, oldest first. A list, not a deque: an idle subscriber's empty
         #: list is 56 bytes (a deque is 760), and streams take it whole (``take()``).
         self.queue: list[Event] = []
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: Wakeup | None = None
         self.overflowed = False
         self.closed = False
 
@@ -83,7 +130,8 @@ class Subscription:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None  # one wake per wait: later offers find it cleared
-            wakeup.set()
+            if not wakeup.done():  # a cancelled waiter's future is done until it clears it
+                wakeup.set_result(None)
         return accepted
 
     def pending(self) -> int:
@@ -102,10 +150,11 @@ class Subscription:
     async def wait(self) -> None:
         """Return once something is queued or the subscription overflowed."""
         while not self.queue and not self.overflowed:
-            # An anyio Event cannot be reset: one per wait, dropped once set.
-            wakeup = self._wakeup = self._hub.event_type()
+            # One wakeup per wait, dropped once set (neither a future nor an anyio Event
+            # can be reset).
+            wakeup = self._wakeup = self._hub.new_wakeup()
             try:
-                await wakeup.wait()
+                await wakeup
             finally:
                 self._wakeup = None
 
@@ -149,17 +198,24 @@ class Hub:
         #: Counters of the status location (publishes, connections, slow consumers).
         self.metrics = Metrics()
         self.shutting_down = False
-        #: The running backend's anyio Event class, made without anyio's per-call backend
-        #: lookup (a subscriber makes one per wake). Set by the first subscribe().
-        self.event_type: type[anyio.Event] = anyio.Event
+        #: Makes a subscription's :class:`Wakeup` on the running event loop (a subscriber
+        #: makes one per wait). The first call picks the loop's factory and replaces this
+        #: attribute with it; opening and closing the hub start over (another loop).
+        self.new_wakeup: Callable[[], Wakeup] = self._first_wakeup
         backend.bind(self)
 
     async def __aenter__(self) -> Hub:
+        self.new_wakeup = self._first_wakeup
         await self.backend.open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self.new_wakeup = self._first_wakeup
         await self.backend.aclose()
+
+    def _first_wakeup(self) -> Wakeup:
+        self.new_wakeup = _wakeup_factory()
+        return self.new_wakeup()
 
     # -- Listener ---------------------------------------------------------------------------
 
@@ -198,8 +254,6 @@ class Hub:
     async def subscribe(
         self, channels: Iterable[str], *, maxlen: int | None = None
     ) -> Subscription:
-        if self.event_type is anyio.Event:
-            self.event_type = type(anyio.Event())
         subscription = Subscription(self, channels, maxlen or self.queue_size)
         for channel_id in subscription.channels:
             local = self._subscriptions.get(channel_id)
@@ -246,16 +300,12 @@ class Hub:
         subscription.channels.remove(channel_id)
         await self._remove(subscription, channel_id)
 
-    @asynccontextmanager
-    async def subscription(
+    def subscription(
         self, channels: Iterable[str], *, maxlen: int | None = None
-    ) -> AsyncIterator[Subscription]:
-        subscription = await self.subscribe(channels, maxlen=maxlen)
-        try:
-            yield subscription
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.unsubscribe(subscription)
+    ) -> _SubscriptionContext:
+        """``async with hub.subscription(channels) as subscription:`` subscribes, and
+        unsubscribes on the way out, shielded from cancellation."""
+        return _SubscriptionContext(self, channels, maxlen)
 
     def local_subscribers(self, channel_id: str) -> int:
         return len(self._subscriptions.get(channel_id, ()))
@@ -294,3 +344,27 @@ class Hub:
 
     async def delete(self, channel_id: str) -> bool:
         return await self.backend.delete(channel_id)
+
+
+class _SubscriptionContext:
+    """What :meth:`Hub.subscription` returns. A class, not ``@asynccontextmanager``: that
+    keeps a suspended generator and its context-manager object (about 700 bytes) for as
+    long as the subscriber stays connected; this is one small object."""
+
+    __slots__ = ("_channels", "_hub", "_maxlen", "_subscription")
+
+    def __init__(self, hub: Hub, channels: Iterable[str], maxlen: int | None) -> None:
+        self._hub = hub
+        self._channels = channels
+        self._maxlen = maxlen
+        self._subscription: Subscription | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._subscription = await self._hub.subscribe(self._channels, maxlen=self._maxlen)
+        return self._subscription
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subscription = self._subscription
+        if subscription is not None:
+            with anyio.CancelScope(shield=True):
+                await self._hub.unsubscribe(subscription)

@@ -43,9 +43,9 @@ Errors before the stream starts are short plain-text responses: 400 (bad channel
 last event id), 404 (no such channel, unless ``create_on_get``), 503 (store unavailable).
 
 Why sse-starlette's ``EventSourceResponse``: it brings the SSE headers (``Cache-Control:
-no-store``, ``X-Accel-Buffering: no``), the event encoding, the comment pings under one send
-lock and the disconnect listener. :class:`EventStreamResponse` keeps all of those and
-replaces two parts that cost per event or per connection under fan-out:
+no-store``, ``X-Accel-Buffering: no``), the event encoding, the comment pings and the
+disconnect listener. :class:`EventStreamResponse` keeps all of those and replaces the parts
+that cost per event or per connection under fan-out:
 
 * the body loop (``_stream_response``): sse-starlette sends each event alone, each under its
   own timeout scope. Ours writes everything the subscriber is owed at that moment as one
@@ -55,9 +55,11 @@ replaces two parts that cost per event or per connection under fan-out:
   ping, disconnect listener, exit signal). Ours runs the body loop in the request's own
   task and one more (:class:`~pushserver.transports.streaming.SendGuard`) that listens for
   the disconnect as sse-starlette's listener does, sends its ping (same bytes, under its
-  send lock and timeout) and enforces the send timeout. The exit-signal task is left out:
-  it watches uvicorn's signal handler, and under our hypercorn the server ends streams
-  itself (``Hub.shutdown``). HEAD goes to sse-starlette's ``__call__`` unchanged.
+  send timeout) and enforces the send timeout. The exit-signal task is left out: it
+  watches uvicorn's signal handler, and under our hypercorn the server ends streams itself
+  (``Hub.shutdown``). HEAD goes to sse-starlette's ``__call__`` unchanged;
+* the send lock: hypercorn writes each send whole and in order, so none is kept per
+  connection (see :class:`EventStreamResponse`).
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 
-import anyio
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
@@ -87,6 +89,7 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
+    run_beside,
     split_channels,
 )
 
@@ -133,17 +136,40 @@ def encode_multiplexed(ids: dict[str, MessageId], item: Delivery) -> bytes:
     return head.encode() + item.message.wire("sse-noid", encode_event_without_id)
 
 
+class _NoContent:
+    """An empty async iterable: the response's unused ``content`` (a sync ``iter(())``
+    would make sse-starlette wrap it in a thread-pool iterator for every connection)."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> _NoContent:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_NO_CONTENT = _NoContent()
+
+
 class EventStreamResponse(EventSourceResponse):
     """sse-starlette's response writing a :class:`Stream` in batches (module docstring)."""
 
     def __init__(self, stream: Stream, *, ping: float, send_timeout: float | None) -> None:
         super().__init__(
-            iter(()),  # unused: _stream_response below reads the stream itself
+            _NO_CONTENT,  # unused: _stream_response below reads the stream itself
             ping=ping,
             ping_message_factory=lambda: _PING,
             sep=_SEP,
             send_timeout=send_timeout,
         )
+        # sse-starlette's send lock (an anyio Lock holding a 760-byte deque for as long as
+        # the connection lasts) is not needed here: it orders the ping against the last
+        # body write, and hypercorn already writes each ASGI send whole, in the order the
+        # sends were made, under its own per-connection lock. ``active`` is cleared before
+        # the last write, and the ping checks it with no await in between, so no ping can
+        # follow the end of the body. (The WebSocket transport relies on the same order.)
+        del self._send_lock
         self.stream = stream
         self.guard = SendGuard(send_timeout)
         self._ping_body = {
@@ -156,33 +182,19 @@ class EventStreamResponse(EventSourceResponse):
         if scope["method"] == "HEAD":
             await super().__call__(scope, receive, send)
             return
-        try:
-            await self._run(receive, send)
-        except BaseExceptionGroup as group:
-            # anyio wraps a task's failure in a group; callers catch the bare exception
-            # (SendTimeoutError, BackendUnavailable), as sse-starlette lets them.
-            exc: BaseException = group
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            raise exc from None
-
-    async def _run(self, receive: Receive, send: Send) -> None:
         guard = self.guard
-        async with anyio.create_task_group() as tg:
 
-            async def ping() -> None:
-                # sse-starlette's ping, under its send lock, with its own timeout.
-                async with self._send_lock:
-                    if self.active:
-                        await self._send_with_timeout(send, self._ping_body)
+        async def ping() -> None:
+            # sse-starlette's ping with its own timeout (no send lock: see __init__).
+            if self.active:
+                await self._send_with_timeout(send, self._ping_body)
 
-            async def watch() -> None:
-                await guard.watch(receive, self._disconnected, ping, self.ping_interval)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            await self._stream_response(send)
-            tg.cancel_scope.cancel()
+        # Failures come out bare (SendTimeoutError, BackendUnavailable), as sse-starlette
+        # lets them.
+        await run_beside(
+            partial(self._stream_response, send),
+            partial(guard.watch, receive, self._disconnected, ping, self.ping_interval),
+        )
         if guard.timed_out:
             raise SendTimeoutError
 
@@ -232,9 +244,8 @@ class EventStreamResponse(EventSourceResponse):
                 elif isinstance(event, Closing):
                     chunks.append(shutdown_block())
                     done = True
-        async with self._send_lock:
-            self.active = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.active = False  # no ping after this (see __init__)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class SSETransport(HTTPTransport):

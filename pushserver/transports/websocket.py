@@ -75,7 +75,6 @@ from functools import partial
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
@@ -94,6 +93,7 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
+    run_beside,
     split_channels,
 )
 
@@ -223,7 +223,7 @@ class WebSocketTransport:
     async def __call__(self, scope: Scope, raw_channels: str, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        request = Request({**scope, "method": "GET"})
+        request = Request(scope, "GET")
         if not self.enabled:
             await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here")
             return
@@ -341,10 +341,8 @@ class _Connection:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
         interval = self.location.ping_interval
         try:
-            async with anyio.create_task_group() as tg:
-                watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
-                tg.start_soon(self.guarded, tg, watch)
-                await self.guarded(tg, self.deliver)
+            watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
+            await run_beside(partial(self.guarded, self.deliver), partial(self.guarded, watch))
             if self.guard.timed_out:
                 self.too_slow()
             if self.close_code is not None:
@@ -361,14 +359,15 @@ class _Connection:
                 for token in self.tokens.values():
                     presence.unsubscribed(token)
 
-    async def guarded(self, tg: TaskGroup, task: Any) -> None:
+    async def guarded(self, task: Any) -> None:
+        """Run one of the two tasks; how it ends decides the close (the other is then
+        cancelled by :func:`run_beside`)."""
         try:
             await task()
         except _TooSlow:
             self.too_slow()
         except BackendUnavailable:
             self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
-        tg.cancel_scope.cancel()
 
     def too_slow(self) -> None:
         if self.close_code is None:
