@@ -199,7 +199,8 @@ async def test_a_stalled_reader_is_counted_as_dropped(server, client, transport)
     assert dropped - before["slow_disconnects"][transport] == 1
     assert data["queue_overflows"] > before["queue_overflows"]
     assert data["slow_disconnects"][other] == before["slow_disconnects"][other]
-    assert "stopped reading for 1.0s: disconnected" in server.log
+    # Logged as the connection ends, after the count moved; it comes through a pipe.
+    await anyio.to_thread.run_sync(server.wait_for_output, "stopped reading for 1.0s: disconnected")
 
 
 async def test_a_reader_that_fell_behind_is_counted_as_caught_up(server, client):
