@@ -26,14 +26,16 @@ from pushserver.server import bind, serve
 BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind catch up
 
 
-def build(redis_url: str | None = None, key_prefix: str = "") -> PushServer:
+def build(
+    redis_url: str | None = None, key_prefix: str = "", max_messages: int = BUFFER
+) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
     else:
         store = {"type": "memory"}
     config = load(
         {
-            "store": {**store, "max_messages": BUFFER},
+            "store": {**store, "max_messages": max_messages},
             "locations": [
                 {"type": "publisher", "prefix": "/pub/"},
                 {
@@ -48,9 +50,9 @@ def build(redis_url: str | None = None, key_prefix: str = "") -> PushServer:
     return PushServer(config)
 
 
-async def main(port: int, redis_url: str | None, key_prefix: str) -> None:
+async def main(port: int, redis_url: str | None, key_prefix: str, max_messages: int) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix)
+    app = build(redis_url, key_prefix, max_messages)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
@@ -64,6 +66,9 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
     parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
+    parser.add_argument(
+        "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     if os.environ.get("BENCH_PROFILE_DIR"):  # where the CPU goes: cProfile, dumped at exit
@@ -79,6 +84,7 @@ if __name__ == "__main__":
         args.port,
         args.redis_url,
         args.key_prefix,
+        args.max_messages,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )
