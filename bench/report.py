@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bench.run import (
+    fmt,
     goals_met,
     ratio_table,
     ratios,
@@ -147,14 +148,20 @@ def soak_markdown(report: dict) -> str:
                 f"{e['fds_max']:,}", f"{e['connections_median']:,}",
                 f"{e['subscribers_median']:,}", f"{e['ephemeral_channels_max']:,}",
                 f"{e['server_cpu'] * 100:.0f}%" if e["server_cpu"] is not None else "-",
-                f"{e['deliveries_per_second']:,}", f"{e['reconnects']:,}",
+                fmt(e["deliveries_per_second"]), f"{e['reconnects']:,}",
             ])  # fmt: skip
         lines += [
             "",
             f"Target `{row['target']}`: {row['subscribers']:,} subscribers ("
             + ", ".join(f"{v:,} {k}" for k, v in row["transports"].items())
             + f") on {row['channels']} channels, {row['duration'] / scale:g} {unit}s; "
-            f"RSS {row['rss_fresh_kib'] / 1024:.1f} MiB before connecting.",
+            f"RSS {row['rss_fresh_kib'] / 1024:.1f} MiB before connecting"
+            + (
+                f"; **the server ran `gc.collect()` every {row['server_gc_every']:g} s**"
+                if row.get("server_gc_every")
+                else ""
+            )
+            + ".",
             "",
             render(cells),
             "",

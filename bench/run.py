@@ -199,6 +199,9 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
     soak = scenario["mode"] == "soak"
     # The soak keeps a short buffer, which fills during its warm-up.
     buffer = ("--max-messages", str(scenario["buffer"])) if soak else ()
+    if soak and args.gc_every:
+        buffer += ("--gc-every", str(args.gc_every))
+        row["server_gc_every"] = args.gc_every
     try:
         if target == "nchan":
             servers.append(NchanServer(free_port(), nofile))
@@ -571,7 +574,9 @@ def soak_table(row: dict) -> str:
     return "\n".join([
         f"soak ({row['target']}): {row['subscribers']:,} subscribers "
         f"({', '.join(f'{v:,} {k}' for k, v in row['transports'].items())}) on "
-        f"{row['channels']} channels, {row['duration']:.0f} s",
+        f"{row['channels']} channels, {row['duration']:.0f} s"
+        + (f"; the server collects garbage every {row['server_gc_every']:g} s"
+           if row.get("server_gc_every") else ""),
         render(lines),
         soak_summary(row),
     ])  # fmt: skip
@@ -679,6 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         "--duration",
         type=float,
         help="the soak's length in seconds (default 600; 6 with --quick); no other scenario's",
+    )
+    parser.add_argument(
+        "--gc-every",
+        type=float,
+        default=0,
+        help="soak only: the server runs a full gc.collect() every this many seconds "
+        "(default 0: when Python decides), to tell uncollected cycles from a leak",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)

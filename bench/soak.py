@@ -45,6 +45,8 @@ from bench.clients import CRLF2, encode_body, parse_head
 from bench.common import cpu_seconds, raise_fd_limit, rss_bytes
 
 TRANSPORTS = ("longpoll", "sse", "ws")
+#: Messages a subscriber may trail its channel by before a sample counts it as behind.
+STALE = 5
 ABRUPT, CLEAN = "abrupt", "clean"
 
 
@@ -208,10 +210,12 @@ class Conn(asyncio.Protocol):
         self.deleted = False  # the server ended it because the channel was deleted
         self.server_close = False
         self.sent = b""
+        self.opened = self.last_data = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.sent = self.request()
+        self.opened = self.last_data = time.monotonic()
         transport.write(self.sent)
 
     def connection_lost(self, exc) -> None:
@@ -263,6 +267,7 @@ class LongPoll(Conn):
         self.subscribed.set_result(True)  # held from here on: nothing more to wait for
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
         buffer = self.buffer
         buffer += data
         slot = self.slot
@@ -319,6 +324,7 @@ class EventStream(Conn):
         )
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
         if not self.head_done:
             self.buffer += data
             end = self.buffer.find(CRLF2)
@@ -432,6 +438,7 @@ class WebSocket(Conn):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
         buffer = self.buffer
         buffer += data
         if not self.head_done:
@@ -795,6 +802,19 @@ class Soak:
             "reset_unclosed": sum(1 for i in inodes if i not in by_inode),
             "cpu_seconds": round(cpu_seconds(self.pid), 2),
             "subscribers": sum(1 for s in self.slots if s.conn is not None),
+            # Connected subscribers more than STALE messages behind their channel, by
+            # transport: a delivery that stalls shows here long before it costs a loss.
+            "behind": {
+                t: sum(
+                    1
+                    for s in self.slots
+                    if s.transport == t
+                    and s.conn is not None
+                    and s.last is not None  # a fresh one is owed the buffer, not behind
+                    and s.channel.seq - s.last > STALE
+                )
+                for t in self.spec.get("transports", TRANSPORTS)
+            },
             "ephemeral_channels": self.ephemeral_alive,
             "deliveries": self.counts.deliveries,
             "publishes": self.counts.publishes,
@@ -802,6 +822,19 @@ class Soak:
         }
         if self.redis_pid:
             entry["redis_rss_kib"] = rss_bytes(self.redis_pid) // 1024
+        now = time.monotonic()
+        for slot in self.slots:
+            conn = slot.conn
+            if (
+                conn is not None
+                and slot.last is not None
+                and slot.channel.seq - slot.last > 20 * STALE
+            ):
+                self.counts.note(
+                    f"at {entry['t']:.0f} s {slot.channel.seq - slot.last} behind: "
+                    f"{slot.describe()}; connection open {now - conn.opened:.1f} s, last data "
+                    f"{now - conn.last_data:.1f} s ago, buffer {bytes(conn.buffer[:80])!r}"
+                )
         return entry
 
     async def sampling(self, deadline: float) -> None:
