@@ -726,12 +726,18 @@ class Soak:
     async def ephemeral(self, k: int) -> None:
         """A short-lived channel: created, maybe subscribed and published to, deleted.
 
-        k % 4: 0 created by PUT and left idle; 1 created by a subscriber's GET
-        (``create_on_get``) and left idle; 2, 3 created by PUT, one subscriber, 3 messages.
+        k % 4: 0 created by PUT and left idle; 1 created by a WebSocket (else SSE)
+        subscriber's GET (``create_on_get``) and left idle; 2, 3 created by PUT, one
+        subscriber (the transports in turn), 3 messages. Only the run's transports are used.
         """
         counts = self.counts
         channel = Channel(f"{self.spec['prefix']}-e{k}")
         kind = k % 4
+        kinds = self.spec.get("transports", TRANSPORTS)
+        # Long-poll cannot create the channel: its GET has no answer to wait for.
+        creators = [t for t in ("ws", "sse") if t in kinds]
+        if kind == 1 and not creators:
+            kind = 0
         self.ephemeral_alive += 1
         try:
             slot = None
@@ -740,9 +746,7 @@ class Soak:
                 if status != 200:
                     counts.error(f"ephemeral PUT status {status}")
             if kind:
-                # Long-poll cannot create the channel: its GET has no answer to wait for.
-                kinds = self.spec.get("ephemeral_transports", TRANSPORTS)
-                transport = "ws" if kind == 1 else kinds[(k // 4) % len(kinds)]
+                transport = creators[0] if kind == 1 else kinds[(k // 4) % len(kinds)]
                 slot = Slot(self, transport, channel, ephemeral=True)
                 if await slot.connect():
                     counts.ephemeral["with_subscriber"] += 1
