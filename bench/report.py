@@ -2,7 +2,8 @@
 
 ``python -m bench.report bench/results/latest.json``; ``python -m bench.report --redis
 bench/results/redis.json`` renders the Redis section's run (memory and Redis, one and two
-server processes) instead.
+server processes) instead, ``python -m bench.report --soak bench/results/soak.json`` the
+soak's memory over time.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import sys
 from pathlib import Path
 
 from bench.run import (
+    fmt,
     goals_met,
     ratio_table,
     ratios,
     redis_ratio_table,
     redis_ratios,
     redis_table,
+    render,
+    soak_series,
+    soak_summary,
     table,
 )
 
@@ -110,11 +115,69 @@ def redis_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def soak_markdown(report: dict) -> str:
+    m = report["machine"]
+    load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
+    load_end = ", ".join(f"{x:.1f}" for x in m.get("load_average_at_end", []))
+    lines = [
+        f"Run finished on {report['date']} with `{report['command'].strip()}` at commit "
+        f"`{m.get('git_commit', '?')}`"
+        + (
+            " (with uncommitted changes in pushserver/)"
+            if m.get("pushserver_uncommitted_changes")
+            else ""
+        )
+        + f"; {m['cpus']} CPUs ({m['cpu']}), shared with other engineers' test runs (load "
+        f"average {load} at the start, {load_end} at the end); Python {m['python']}, "
+        f"hypercorn {m['hypercorn']}, {report['setup']['loop']}.",
+    ]
+    for row in report.get("soak", []):
+        if "samples" not in row:
+            lines += ["", f"- {row['target']}: error: {row.get('error')}"]
+            continue
+        scale, unit = (60, "minute") if row["duration"] >= 300 else (1, "second")
+        head = [unit, "RSS MiB (median)", "RSS min-max MiB", "fds (max)", "connections",
+                "subscribers", "short-lived channels (max)", "server CPU", "deliveries/s",
+                "closes"]  # fmt: skip
+        cells = [head]
+        for e in soak_series(row):
+            cells.append([
+                f"{e['from_s'] / scale:g}-{e['to_s'] / scale:g}",
+                f"{e['rss_median_kib'] / 1024:.1f}",
+                f"{e['rss_min_kib'] / 1024:.1f}-{e['rss_max_kib'] / 1024:.1f}",
+                f"{e['fds_max']:,}", f"{e['connections_median']:,}",
+                f"{e['subscribers_median']:,}", f"{e['ephemeral_channels_max']:,}",
+                f"{e['server_cpu'] * 100:.0f}%" if e["server_cpu"] is not None else "-",
+                fmt(e["deliveries_per_second"]), f"{e['reconnects']:,}",
+            ])  # fmt: skip
+        lines += [
+            "",
+            f"Target `{row['target']}`: {row['subscribers']:,} subscribers ("
+            + ", ".join(f"{v:,} {k}" for k, v in row["transports"].items())
+            + f") on {row['channels']} channels, {row['duration'] / scale:g} {unit}s; "
+            f"RSS {row['rss_fresh_kib'] / 1024:.1f} MiB before connecting"
+            + (
+                f"; **the server ran `gc.collect()` every {row['server_gc_every']:g} s**"
+                if row.get("server_gc_every")
+                else ""
+            )
+            + ".",
+            "",
+            render(cells),
+            "",
+        ]
+        lines += [f"- {line}" for line in soak_summary(row).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--redis"]
-    render = redis_markdown if "--redis" in sys.argv[1:] else markdown
-    default = (
-        "bench/results/redis.json" if "--redis" in sys.argv[1:] else "bench/results/latest.json"
-    )
+    flags = {"--redis", "--soak"}
+    args = [a for a in sys.argv[1:] if a not in flags]
+    if "--soak" in sys.argv[1:]:
+        render_report, default = soak_markdown, "bench/results/soak.json"
+    elif "--redis" in sys.argv[1:]:
+        render_report, default = redis_markdown, "bench/results/redis.json"
+    else:
+        render_report, default = markdown, "bench/results/latest.json"
     path = Path(args[0] if args else default)
-    print(render(json.loads(path.read_text())), end="")
+    print(render_report(json.loads(path.read_text())), end="")

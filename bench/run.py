@@ -39,6 +39,8 @@ CONFIG_NAMES = {"longpoll": "longpoll", "sse": "eventsource", "ws": "websocket"}
 TARGETS = ("ours", "floor", "nchan")
 #: Ours on a redis store: one server process, or two sharing one Redis.
 REDIS_TARGETS = {"redis-1": 1, "redis-2": 2}
+#: The soak drives one server process, memory or Redis store.
+SOAK_TARGETS = ("ours", "redis-1")
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 #: Where each process of a target runs: servers, Redis, load generator (None: anywhere).
 #: With two servers both cores hold one; Redis and the load generator then share both.
@@ -85,7 +87,29 @@ def scenarios(quick: bool) -> list[dict]:
         found.append(
             scenario(f"channels-{n_big}", n_big, n_big, "throughput", duration, optional=True)
         )
+    found.append(soak_scenario(quick))
     return found
+
+
+def soak_scenario(quick: bool, duration: float | None = None) -> dict:
+    """``soak``, by name only: churn and publishing for ``duration`` s, memory sampled.
+
+    Every transport in one run (a third of the subscribers each). See bench/soak.py and
+    docs/benchmark.md's "Soak". ``--quick`` shrinks it to a few seconds' smoke run.
+    """
+    if quick:
+        load = {"subscribers": 150, "channels": 15, "rate": 30.0, "churn": 10.0,
+                "ephemeral": 4.0, "lifetime": (0.5, 1.5), "sample_interval": 0.5}  # fmt: skip
+        default = 6.0
+    else:
+        # Sized to need a fraction of a core: on a shared machine the server must keep up
+        # with a share of CPU 0, or the soak measures its backlog, not its memory.
+        load = {"subscribers": 1200, "channels": 40, "rate": 40.0, "churn": 10.0,
+                "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0}  # fmt: skip
+        default = 600.0
+    n, channels = load.pop("subscribers"), load.pop("channels")
+    return scenario("soak", n, channels, "soak", duration or default, optional=True,
+                    buffer=100, **load)  # fmt: skip
 
 
 def read_port(process: subprocess.Popen, timeout: float) -> int:
@@ -172,6 +196,12 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
     servers: list = []
     redis = None
     loadgen_cpu: str | None = LOADGEN_CPU
+    soak = scenario["mode"] == "soak"
+    # The soak keeps a short buffer, which fills during its warm-up.
+    buffer = ("--max-messages", str(scenario["buffer"])) if soak else ()
+    if soak and args.gc_every:
+        buffer += ("--gc-every", str(args.gc_every))
+        row["server_gc_every"] = args.gc_every
     try:
         if target == "nchan":
             servers.append(NchanServer(free_port(), nofile))
@@ -183,11 +213,12 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
                 "redis": redis_cpu or "any",
                 "loadgen": loadgen_cpu or "any",
             }
-            store = ("--redis-url", redis.url, "--key-prefix", f"b{os.getpid()}x{seq}:")
+            store = ("--redis-url", redis.url, "--key-prefix", f"b{os.getpid()}x{seq}:", *buffer)
             for k in range(REDIS_TARGETS[target]):
                 servers.append(PythonServer("server.py", args.loop, server_cpus[k], store))
         else:
-            servers.append(PythonServer("server.py" if target == "ours" else "floor.py", args.loop))
+            script = "server.py" if target == "ours" else "floor.py"
+            servers.append(PythonServer(script, args.loop, extra=buffer))
         spec = {
             "host": "127.0.0.1",
             "ports": [server.port for server in servers],
@@ -205,16 +236,25 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             "publishers": 32 if scenario["channels"] > 1 else len(servers),
             "message_size": 64,
         }
+        if soak:
+            keys = ("rate", "churn", "ephemeral", "lifetime", "sample_interval", "buffer",
+                    "transports")  # fmt: skip
+            spec.update({key: scenario[key] for key in keys})
+            spec["drain"] = max(spec["drain"], 60)
+            row["duration"] = scenario["duration"]
         done = subprocess.run(
             [
                 *pinned(loadgen_cpu),
                 sys.executable,
-                str(ROOT / "bench" / "loadgen.py"),
+                str(ROOT / "bench" / ("soak.py" if soak else "loadgen.py")),
                 json.dumps(spec),
             ],
             capture_output=True,
             text=True,
-            timeout=args.scenario_timeout,
+            # The soak runs for its duration, then drains (up to a minute or two).
+            timeout=max(args.scenario_timeout, spec["duration"] + 240)
+            if soak
+            else args.scenario_timeout,
             cwd=ROOT,
         )
         lines = done.stdout.strip().splitlines()
@@ -482,6 +522,94 @@ def redis_ratio_table(entries: list[dict]) -> str:
     return render(lines)
 
 
+def soak_series(row: dict) -> list[dict]:
+    """The soak's samples summarised per minute (per tenth of the run when shorter than 5)."""
+    samples = row.get("samples") or []
+    duration = row.get("duration") or 0
+    step = 60.0 if duration >= 300 else max(duration / 6, 0.5)
+    found = []
+    previous = samples[0] if samples else None
+    for k in range(max(1, round(duration / step))):
+        part = [s for s in samples if k * step < s["t"] <= (k + 1) * step]
+        if not part:
+            continue
+        rss = sorted(s["rss_kib"] for s in part)
+        end = part[-1]
+        seconds = end["t"] - previous["t"]
+        found.append({
+            "from_s": round(k * step, 1), "to_s": round((k + 1) * step, 1),
+            "rss_median_kib": rss[len(rss) // 2], "rss_min_kib": rss[0], "rss_max_kib": rss[-1],
+            "fds_max": max(s["fds"] for s in part),
+            "connections_median": sorted(s["connections"] for s in part)[len(part) // 2],
+            "subscribers_median": sorted(s["subscribers"] for s in part)[len(part) // 2],
+            "ephemeral_channels_max": max(s["ephemeral_channels"] for s in part),
+            "server_cpu": round((end["cpu_seconds"] - previous["cpu_seconds"]) / seconds, 3)
+            if seconds > 0 else None,
+            "deliveries_per_second": round((end["deliveries"] - previous["deliveries"]) / seconds)
+            if seconds > 0 else None,
+            "reconnects": end["reconnects"] - previous["reconnects"],
+        })  # fmt: skip
+        previous = end
+    return found
+
+
+def soak_table(row: dict) -> str:
+    """The soak's memory over time, one line per minute, and its verdict."""
+    if "samples" not in row:
+        return f"soak ({row['target']}): error: {row.get('error', '?')}"
+    unit = "min" if row["duration"] >= 300 else "s"
+    scale = 60 if unit == "min" else 1
+    lines = [[unit, "RSS MiB (median)", "min-max MiB", "fds max", "connections", "subscribers",
+              "ephemeral ch.", "server CPU", "deliveries/s", "reconnects"]]  # fmt: skip
+    for entry in soak_series(row):
+        lines.append([
+            f"{entry['from_s'] / scale:g}-{entry['to_s'] / scale:g}",
+            f"{entry['rss_median_kib'] / 1024:.1f}",
+            f"{entry['rss_min_kib'] / 1024:.1f}-{entry['rss_max_kib'] / 1024:.1f}",
+            fmt(entry["fds_max"]), fmt(entry["connections_median"]),
+            fmt(entry["subscribers_median"]), fmt(entry["ephemeral_channels_max"]),
+            percent(entry["server_cpu"]), fmt(entry["deliveries_per_second"]),
+            fmt(entry["reconnects"]),
+        ])  # fmt: skip
+    return "\n".join([
+        f"soak ({row['target']}): {row['subscribers']:,} subscribers "
+        f"({', '.join(f'{v:,} {k}' for k, v in row['transports'].items())}) on "
+        f"{row['channels']} channels, {row['duration']:.0f} s"
+        + (f"; the server collects garbage every {row['server_gc_every']:g} s"
+           if row.get("server_gc_every") else ""),
+        render(lines),
+        soak_summary(row),
+    ])  # fmt: skip
+
+
+def soak_summary(row: dict) -> str:
+    m = row["memory"]
+    eph = row["ephemeral"]
+    if m.get("flat") is None:
+        memory = f"memory: no verdict ({m.get('why')})"
+    else:
+        memory = (
+            f"memory {'FLAT' if m['flat'] else 'NOT FLAT'}: median RSS "
+            f"{m['baseline_median_kib'] / 1024:.1f} MiB at {m['baseline_window_seconds'][0]:.0f}-"
+            f"{m['baseline_window_seconds'][1]:.0f} s, {m['final_median_kib'] / 1024:.1f} MiB at "
+            f"{m['final_window_seconds'][0]:.0f}-{m['final_window_seconds'][1]:.0f} s "
+            f"({m['growth_kib']:+,.0f} KiB, limit {m['growth_limit_kib']:,} KiB); slope after "
+            f"warm-up {m['slope_kib_per_minute']:+,.1f} KiB/min (limit "
+            f"{m['slope_limit_kib_per_minute']} KiB/min, i.e. a leak of "
+            f"{m['detectable_bytes_per_cycle']} bytes per connection cycle)"
+        )
+    return "\n".join([
+        memory,
+        f"deliveries {row['deliveries']:,} ({row['publishes']:,} publishes), lost/dup/ooo "
+        f"{row['lost']}/{row['duplicated']}/{row['out_of_order']} (gaps {row['gaps']}); "
+        f"closes {row['closes']['abrupt']:,} abrupt + {row['closes']['clean']:,} clean, "
+        f"{row['resumed']:,} resumed, {row['fresh']:,} fresh; short-lived channels "
+        f"{eph['created']:,} created, {eph['deleted']:,} deleted, "
+        f"{eph['deletion_seen']:,}/{eph['with_subscriber']:,} subscribers saw the deletion; "
+        f"errors {row['errors'] or 'none'}",
+    ])  # fmt: skip
+
+
 def ratio_table(entries: list[dict]) -> str:
     lines = [
         ["transport", "scenario", "ours µs", "floor µs", "nchan µs", "ours/floor", "ours/nchan"]
@@ -552,6 +680,18 @@ def main(argv: list[str] | None = None) -> int:
         help="throughput scenarios: messages in flight per channel (closed loop)",
     )
     parser.add_argument("--scenario-timeout", type=float, default=240.0)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="the soak's length in seconds (default 600; 6 with --quick); no other scenario's",
+    )
+    parser.add_argument(
+        "--gc-every",
+        type=float,
+        default=0,
+        help="soak only: the server runs a full gc.collect() every this many seconds "
+        "(default 0: when Python decides), to tell uncollected cycles from a leak",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
 
@@ -573,6 +713,15 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [
         s for s in scenarios(args.quick) if (s["name"] in names if names else not s.get("optional"))
     ]
+    # The soak runs once per target, every transport at once: apart from the others.
+    soaks = [
+        {
+            **soak_scenario(args.quick, args.duration),
+            "transports": [t for t in wanted if t in ours_ok],
+        }
+        for s in chosen
+        if s["mode"] == "soak"
+    ]
     biggest = max(s["subscribers"] for s in chosen)
     if not pinned(SERVER_CPU):
         notes["cpus"] = "taskset or a second CPU is missing: server and load generator share CPUs"
@@ -581,17 +730,32 @@ def main(argv: list[str] | None = None) -> int:
             f"hard RLIMIT_NOFILE is {hard}: scenarios above ~{hard - 100} connections fall short"
         )
 
+    if soaks and set(targets) - set(SOAK_TARGETS):
+        notes["soak"] = "runs against ours and redis-1 only (one server process)"
+
     load_at_start = os.getloadavg()
     rows = []
     seq = 0
     for transport in wanted:
         for scenario in chosen:
+            if scenario["mode"] == "soak":
+                continue
             for target in targets:
                 if target not in ("floor", "nchan") and transport not in ours_ok:
                     continue
                 seq += 1
                 print(f"... {target} {transport} {scenario['name']}", file=sys.stderr, flush=True)
                 rows.append(run_one(target, transport, scenario, args, nofile, seq))
+
+    soak_rows = []
+    for scenario in soaks:
+        for target in targets:
+            if target in SOAK_TARGETS:
+                seq += 1
+                print(
+                    f"... {target} soak {scenario['duration']:.0f} s", file=sys.stderr, flush=True
+                )
+                soak_rows.append(run_one(target, "all", scenario, args, nofile, seq))
 
     entries = ratios(rows)
     goals = goals_met(rows, entries)
@@ -617,17 +781,23 @@ def main(argv: list[str] | None = None) -> int:
         "redis_ratios": scale_out,
         "targets": goals,
     }
+    if soak_rows:
+        report["soak"] = soak_rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(table(rows))
-    print()
-    print(ratio_table(entries))
-    print()
+    if rows or not soak_rows:
+        print(table(rows))
+        print()
+        print(ratio_table(entries))
+        print()
     if scale_out:
         print(redis_table(rows))
         print()
         print(redis_ratio_table(scale_out))
+        print()
+    for row in soak_rows:
+        print(soak_table(row))
         print()
     for goal in goals:
         print(f"{'met   ' if goal['met'] else 'MISSED'} {goal['target']}: {goal['measured']}")
@@ -638,9 +808,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"JSON: {out}")
     bad = [
         r
-        for r in rows
+        for r in rows + soak_rows
         if "error" in r or r.get("lost") or r.get("duplicated") or r.get("out_of_order")
     ]
+    # A few seconds (--quick) say nothing about flatness: only a full soak fails on it.
+    bad += [r for r in soak_rows if not args.quick and r.get("memory", {}).get("flat") is False]
     return 1 if bad else 0
 
 

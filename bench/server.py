@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -26,14 +28,16 @@ from pushserver.server import bind, serve
 BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind catch up
 
 
-def build(redis_url: str | None = None, key_prefix: str = "") -> PushServer:
+def build(
+    redis_url: str | None = None, key_prefix: str = "", max_messages: int = BUFFER
+) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
     else:
         store = {"type": "memory"}
     config = load(
         {
-            "store": {**store, "max_messages": BUFFER},
+            "store": {**store, "max_messages": max_messages},
             "locations": [
                 {"type": "publisher", "prefix": "/pub/"},
                 {
@@ -48,14 +52,189 @@ def build(redis_url: str | None = None, key_prefix: str = "") -> PushServer:
     return PushServer(config)
 
 
-async def main(port: int, redis_url: str | None, key_prefix: str) -> None:
+async def main(port: int, redis_url: str | None, key_prefix: str, max_messages: int) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix)
+    app = build(redis_url, key_prefix, max_messages)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
     await serve(app, sock, access_log=False)
+
+
+def collect_every(interval: float) -> None:
+    """A full ``gc.collect()`` every ``interval`` seconds, from a daemon thread.
+
+    The soak's comparison run (``python -m bench --scenarios soak --gc-every 30``): what
+    memory does when reference cycles are collected promptly instead of whenever the
+    interpreter's generation-2 threshold is reached.
+    """
+    import gc
+    import threading
+    import time
+
+    def collect() -> None:
+        while True:
+            time.sleep(interval)
+            gc.collect()
+
+    threading.Thread(target=collect, daemon=True).start()
+
+
+def trace_memory(directory: str, interval: float = 30.0) -> None:
+    """Debug runs: tracemalloc snapshots and live object counts every ``interval`` seconds.
+
+    Written from a daemon thread as ``<pid>-<k>.snap`` (``tracemalloc.Snapshot.load``) and
+    ``<pid>-<k>.types.json`` (the 40 most common types among gc-tracked objects), so two
+    moments of a soak can be compared. tracemalloc slows the server down: never for figures.
+    """
+    import collections
+    import gc
+    import json
+    import threading
+    import time
+    import tracemalloc
+
+    tracemalloc.start(10)
+
+    def probe() -> None:
+        for k in itertools.count():
+            time.sleep(interval)
+            tracemalloc.take_snapshot().dump(f"{directory}/{os.getpid()}-{k}.snap")
+            counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+            with open(f"{directory}/{os.getpid()}-{k}.types.json", "w") as f:
+                json.dump({"t": (k + 1) * interval, "types": counts.most_common(40)}, f)
+
+    threading.Thread(target=probe, daemon=True).start()
+
+
+def gc_probe(path: str, interval: float = 30.0) -> None:
+    """Debug runs: every ``interval`` s, count gc-tracked objects by type, then run a full
+    collection and count again, and what it collected; a JSON line each time, with RSS and
+    pymalloc's blocks before and after. Growth that a collection removes is cyclic garbage
+    waiting for the collector; growth that survives it is live (a leak, or a cache)."""
+    import collections
+    import gc
+    import json
+    import sys
+    import threading
+    import time
+
+    from bench.common import rss_bytes
+
+    def census() -> collections.Counter:
+        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    def probe() -> None:
+        start = time.monotonic()
+        with open(path, "a") as f:
+            while True:
+                time.sleep(interval)
+                rss, blocks, before = rss_bytes(os.getpid()), sys.getallocatedblocks(), census()
+                gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collection finds, to count it
+                collected = gc.collect()
+                gc.set_debug(0)
+                garbage = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+                frames = collections.Counter(
+                    f"{Path(o.f_code.co_filename).name}:{o.f_code.co_qualname}"
+                    for o in gc.garbage
+                    if type(o).__name__ == "frame"
+                )
+                gc.garbage.clear()
+                gc.collect()
+                after = census()
+                line = {
+                    "t": round(time.monotonic() - start, 1),
+                    "rss_kib": rss // 1024,
+                    "rss_after_kib": rss_bytes(os.getpid()) // 1024,
+                    "pymalloc_blocks": blocks,
+                    "pymalloc_blocks_after": sys.getallocatedblocks(),
+                    "collected": collected,
+                    "garbage": garbage.most_common(40),
+                    "garbage_frames": frames.most_common(30),
+                    "before": before.most_common(25),
+                    "after": after.most_common(25),
+                }
+                f.write(json.dumps(line) + "\n")
+                f.flush()
+
+    threading.Thread(target=probe, daemon=True).start()
+
+
+def gc_log(path: str) -> None:
+    """Debug runs: a JSON line per full (generation 2) collection the interpreter runs by
+    itself, with what it collected and RSS just before and after it."""
+    import gc
+    import json
+    import time
+
+    from bench.common import rss_bytes
+
+    start = time.monotonic()
+    f = open(path, "a")  # noqa: SIM115 - open for the process's life
+    before = {}
+
+    def callback(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            before["rss"], before["t"] = rss_bytes(os.getpid()), time.monotonic()
+            return
+        line = {
+            "t": round(before["t"] - start, 1),
+            "ms": round((time.monotonic() - before["t"]) * 1e3, 1),
+            "collected": info["collected"],
+            "rss_kib": before["rss"] // 1024,
+            "rss_after_kib": rss_bytes(os.getpid()) // 1024,
+            "objects_after": len(gc.get_objects()),
+        }
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+
+    gc.callbacks.append(callback)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+def heap_log(path: str, interval: float = 10.0) -> None:
+    """Debug runs: every ``interval`` s a JSON line with glibc's ``mallinfo2()`` (bytes the
+    C heap has in use, ``uordblks``, and holds free, ``fordblks``; Python's objects, uvloop's
+    and every C library's allocations are all in it) and pymalloc's allocated block count.
+    Live C allocations that grow point at a leak; free heap that grows, at fragmentation."""
+    import json
+    import sys
+    import threading
+    import time
+
+    from bench.common import rss_bytes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+
+    def probe() -> None:
+        start = time.monotonic()
+        with open(path, "a") as f:
+            while True:
+                info = libc.mallinfo2()
+                line = {
+                    "t": round(time.monotonic() - start, 1),
+                    "rss_kib": rss_bytes(os.getpid()) // 1024,
+                    "heap_in_use_kib": info.uordblks // 1024,
+                    "heap_free_kib": info.fordblks // 1024,
+                    "mmapped_kib": info.hblkhd // 1024,
+                    "pymalloc_blocks": sys.getallocatedblocks(),
+                }
+                f.write(json.dumps(line) + "\n")
+                f.flush()
+                time.sleep(interval)
+
+    threading.Thread(target=probe, daemon=True).start()
 
 
 if __name__ == "__main__":
@@ -64,6 +243,15 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
     parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
+    parser.add_argument(
+        "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
+    )
+    parser.add_argument(
+        "--gc-every",
+        type=float,
+        default=0,
+        help="run a full garbage collection every this many seconds (0: as Python decides)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     if os.environ.get("BENCH_PROFILE_DIR"):  # where the CPU goes: cProfile, dumped at exit
@@ -74,11 +262,22 @@ if __name__ == "__main__":
         atexit.register(
             lambda: profile.dump_stats(f"{os.environ['BENCH_PROFILE_DIR']}/{os.getpid()}.prof")
         )
+    if args.gc_every:
+        collect_every(args.gc_every)
+    if os.environ.get("BENCH_TRACEMALLOC_DIR"):  # what grows: see trace_memory()
+        trace_memory(os.environ["BENCH_TRACEMALLOC_DIR"])
+    if os.environ.get("BENCH_MALLINFO"):  # live C heap or fragmentation: see heap_log()
+        heap_log(os.environ["BENCH_MALLINFO"])
+    if os.environ.get("BENCH_GC_PROBE"):  # garbage not yet collected, or live: see gc_probe()
+        gc_probe(os.environ["BENCH_GC_PROBE"])
+    if os.environ.get("BENCH_GC_LOG"):  # when the collector runs a full collection
+        gc_log(os.environ["BENCH_GC_LOG"])
     anyio.run(
         main,
         args.port,
         args.redis_url,
         args.key_prefix,
+        args.max_messages,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

@@ -31,6 +31,7 @@ def run_bench(
     targets: str = "ours,floor",
     timeout: float = 120,
     drain: float = 10,
+    extra: tuple[str, ...] = (),
 ) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     done = subprocess.run(
@@ -38,6 +39,7 @@ def run_bench(
             *PYTHON_BENCH,
             *("--transports", transports, "--targets", targets, "--scenarios", scenarios),
             *("--drain", str(drain), "--scenario-timeout", "60", "--out", str(out)),
+            *extra,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -147,3 +149,42 @@ def test_quick_bench_redis_streams_across_two_processes_lose_nothing(tmp_path):
     check_rows(rows, REDIS_FIELDS)
     for row in rows:
         check_two_processes(row)
+
+
+@pytest.mark.skipif(
+    not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),
+    reason="SSE and WebSocket are not both implemented",
+)
+def test_quick_soak_churns_every_transport_without_losing_anything(tmp_path):
+    # A few seconds of the soak: the code path, not a verdict on memory (that needs minutes).
+    report, stdout = run_bench(
+        tmp_path, "longpoll,sse,ws", "soak", "ours", timeout=90, extra=("--duration", "4")
+    )
+    assert report["results"] == []
+    (row,) = report["soak"]
+    assert "error" not in row, row
+    assert row["target"] == "ours" and row["duration"] == 4
+    assert row["connected"] == row["subscribers"] == 150
+    assert row["transports"] == {"longpoll": 50, "sse": 50, "ws": 50}
+    assert row["errors"] == {}, row["errors"]
+    assert row["lost"] == row["duplicated"] == row["out_of_order"] == row["gaps"] == 0, row
+    assert row["drained"] and row["behind_at_end"] == 0
+    assert row["publishes"] > 0 and row["deliveries"] > row["publishes"]
+    # Churn happened both ways, and most reconnects resumed from their position.
+    assert row["closes"]["abrupt"] > 0 and row["closes"]["clean"] > 0
+    assert row["resumed"] > 0
+    assert row["resumed"] + row["fresh"] == row["reconnects"]
+    # Every short-lived channel was deleted, and each of its subscribers was told.
+    eph = row["ephemeral"]
+    assert eph["created"] == eph["deleted"] > 0
+    assert eph["deletion_seen"] == eph["with_subscriber"] > 0
+    # The server was sampled throughout.
+    samples = row["samples"]
+    assert len(samples) >= 8
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
+    for sample in samples:
+        assert sample["rss_kib"] > 0 and sample["fds"] > sample["connections"] > 0, sample
+    memory = row["memory"]
+    assert memory["flat"] in (True, False)
+    assert memory["baseline_median_kib"] > 0 and memory["slope_kib_per_minute"] is not None
+    assert "soak (ours)" in stdout and "memory " in stdout
