@@ -30,14 +30,12 @@ BACKLOG = 4096
 #: The cyclic collector's thresholds while serving (Python's default: 700, 10, 10). Every
 #: held connection is a few hundred tracked objects, and fan-out makes many short-lived
 #: ones: at the defaults, full collections walking every connection took most of the CPU
-#: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log).
+#: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log). With these the
+#: interpreter almost never runs a full collection, so nothing a connection leaves behind
+#: may depend on one: a closed connection's objects must be freed by reference counting
+#: alone (tests/test_server_gc.py; pushserver.hypercorn_fixes breaks the cycles hypercorn
+#: and asyncio leave, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute).
 GC_THRESHOLDS = (50_000, 20, 100)
-#: With those thresholds the interpreter almost never runs a full collection by itself, and
-#: reference cycles left by closed connections (hypercorn's per-connection objects, a
-#: cancelled long-poll watcher) pile up: 4 MiB a minute in the soak's churn. So a full
-#: collection runs on this timer instead: flat memory for a pause of about 85 ns per
-#: tracked object (docs/benchmark.md, "Soak").
-GC_INTERVAL = 30.0
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
@@ -205,19 +203,9 @@ async def serve(
     that stopped arriving) is cut, and the stores are closed.
     """
     global current
-    collecting = anyio.Event()  # set: stop the periodic collection
     thresholds = gc.get_threshold()
     if thresholds == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
-
-        async def collect_periodically() -> None:
-            while not collecting.is_set():
-                with anyio.move_on_after(GC_INTERVAL):
-                    await collecting.wait()
-                if not collecting.is_set():
-                    gc.collect()
-
-        _spawn_system_task(collect_periodically)
     limits: dict[str, Any] = {}
     if isinstance(app, PushServer):
         limits["header_timeout"] = app.config.client_header_timeout
@@ -229,6 +217,9 @@ async def serve(
     hypercorn_fixes.decline_bad_h2c_upgrades()
     if _running_trio():
         hypercorn_fixes.contain_connection_errors_on_trio()
+        hypercorn_fixes.free_closed_connections_on_trio()
+    else:
+        hypercorn_fixes.free_closed_connections_on_asyncio()
     trigger = shutdown_trigger or wait_for_signals
     # The last resort: hypercorn bounds the wait for connections by graceful_timeout, except
     # on Python >= 3.12.1, where its Server.wait_closed() waits for every connection first
@@ -278,5 +269,4 @@ async def serve(
                 await app.aclose()  # if the lifespan did not get to it
     finally:
         current = None
-        collecting.set()
         gc.set_threshold(*thresholds)

@@ -23,7 +23,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport, Presence
-from .streaming import full_channel, full_reason, query_parameter
+from .streaming import full_channel, full_reason, query_parameter, run_beside
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -130,16 +130,15 @@ class LongPollTransport(HTTPTransport):
             try:
                 disconnected = False
                 event: Event | Message | None = None
-                async with anyio.create_task_group() as tg:
 
-                    async def watch_disconnect() -> None:
-                        nonlocal disconnected
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        disconnected = True
-                        tg.cancel_scope.cancel()
+                async def watch_disconnect() -> None:
+                    nonlocal disconnected
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    disconnected = True  # run_beside then cancels the wait
 
-                    tg.start_soon(watch_disconnect)
+                async def wait() -> None:
+                    nonlocal event
                     # One deadline for the whole wait, however often an overflow re-reads
                     # (and no cancel scope at all without one).
                     if self.location.timeout:
@@ -147,7 +146,8 @@ class LongPollTransport(HTTPTransport):
                             event = await self.wait(subscription, channel_id, position)
                     else:
                         event = await self.wait(subscription, channel_id, position)
-                    tg.cancel_scope.cancel()
+
+                await run_beside(wait, watch_disconnect)
                 if disconnected:
                     return
                 if isinstance(event, Message):
