@@ -202,6 +202,31 @@ async def test_max_subscribers_refuses_the_next_subscriber(server, client):
     await assert_still_serving(client, "after-capped")
 
 
+@pytest.mark.anyio
+async def test_a_long_poll_polling_again_at_once_is_not_counted_twice(client):
+    """Its subscription is given back before the answer is sent, so the next poll, sent
+    as soon as the answer arrives, finds the channel's one place free."""
+    channel_id = "capped-follower"
+    headers: dict[str, str] = {}
+    with anyio.fail_after(30):
+        for i in range(20):
+            got: dict[str, httpx.Response] = {}
+
+            async def poll(got: dict = got, headers: dict = headers) -> None:
+                got["poll"] = await client.get(path("/capped/", channel_id), headers=headers)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                if i == 0:
+                    await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+                await client.post(path("/publisher/", channel_id), content=b"%d" % i)
+            # The first poll is answered by the publish; each later one by the buffer or by
+            # the publish, whichever comes first: never refused.
+            assert got["poll"].status_code == 200, got["poll"].text
+            assert got["poll"].content == b"%d" % i
+            headers = position(got["poll"])
+
+
 def test_max_subscribers_checks():
     config, problems = parse({})
     assert all(loc.max_subscribers == 0 for loc in config.locations)

@@ -118,50 +118,57 @@ class LongPollTransport(HTTPTransport):
         if await full_channel(hub, [channel_id], limit):
             await respond_error(send, 403, full_reason(channel_id, limit), headers)
             return
-        async with hub.subscription([channel_id], maxlen=4) as subscription:
-            # Subscribed first, then read again: a message published in between is not missed.
-            read = await hub.read_after(channel_id, position)
-            if read.message is not None:
-                await self.send_message(send, read.message, headers)
-                return
-            presence = self.presence if self.notify else None
-            token = presence.subscribed(request, channel_id) if presence else None
-            hub.metrics.longpoll += 1
-            try:
-                disconnected = False
-                event: Event | Message | None = None
+        presence = self.presence if self.notify else None
+        token = None
+        waited = False
+        outcome: Event | Message | None = None
+        try:
+            async with hub.subscription([channel_id], maxlen=4) as subscription:
+                # Subscribed first, then read again: a message published in between is not
+                # missed.
+                read = await hub.read_after(channel_id, position)
+                if read.message is not None:
+                    outcome = read.message
+                else:
+                    token = presence.subscribed(request, channel_id) if presence else None
+                    hub.metrics.longpoll += 1
+                    waited = True
+                    disconnected = False
 
-                async def watch_disconnect() -> None:
-                    nonlocal disconnected
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    disconnected = True  # run_beside then cancels the wait
+                    async def watch_disconnect() -> None:
+                        nonlocal disconnected
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        disconnected = True  # run_beside then cancels the wait
 
-                async def wait() -> None:
-                    nonlocal event
-                    # One deadline for the whole wait, however often an overflow re-reads
-                    # (and no cancel scope at all without one).
-                    if self.location.timeout:
-                        with anyio.move_on_after(self.location.timeout):
-                            event = await self.wait(subscription, channel_id, position)
-                    else:
-                        event = await self.wait(subscription, channel_id, position)
+                    async def wait() -> None:
+                        nonlocal outcome
+                        # One deadline for the whole wait, however often an overflow
+                        # re-reads (and no cancel scope at all without one).
+                        if self.location.timeout:
+                            with anyio.move_on_after(self.location.timeout):
+                                outcome = await self.wait(subscription, channel_id, position)
+                        else:
+                            outcome = await self.wait(subscription, channel_id, position)
 
-                await run_beside(wait, watch_disconnect)
-                if disconnected:
-                    return
-                if isinstance(event, Message):
-                    await self.send_message(send, event, headers)
-                elif isinstance(event, Delivery):
-                    await self.send_message(send, event.message, headers)
-                elif isinstance(event, Deletion):
-                    await respond_error(send, 410, "the channel was deleted", headers)
-                else:  # the timeout, or Closing: the client asks again from where it was
-                    await respond(send, 304, [*headers, *position_headers(position)])
-            finally:
+                    await run_beside(wait, watch_disconnect)
+                    if disconnected:
+                        return
+            # The subscription is given back before the answer goes out: a client polling
+            # again at once is not counted twice against max_subscribers.
+            if isinstance(outcome, Message):
+                await self.send_message(send, outcome, headers)
+            elif isinstance(outcome, Delivery):
+                await self.send_message(send, outcome.message, headers)
+            elif isinstance(outcome, Deletion):
+                await respond_error(send, 410, "the channel was deleted", headers)
+            else:  # the timeout, or Closing: the client asks again from where it was
+                await respond(send, 304, [*headers, *position_headers(position)])
+        finally:
+            if waited:
                 hub.metrics.longpoll -= 1
-                if self.presence is not None and self.notify:
-                    self.presence.unsubscribed(token)
+                if presence is not None:
+                    presence.unsubscribed(token)
 
     async def wait(
         self, subscription: Subscription, channel_id: str, position: MessageId
