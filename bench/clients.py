@@ -14,6 +14,8 @@ import os
 import time
 from array import array
 
+from bench.wire import Dechunker, field, take_event, take_frame
+
 CRLF2 = b"\r\n\r\n"
 
 
@@ -219,8 +221,8 @@ class SSESubscriber(Subscriber):
     def __init__(self, stats: Stats, host: str, path: str) -> None:
         super().__init__(stats, host, path)
         self.chunked = False
-        self.chunk_left = 0  # bytes of the current chunk still to read; -1: its CRLF
         self.events = bytearray()
+        self.dechunker = Dechunker(self.events)
 
     def request(self) -> bytes:
         return (
@@ -244,53 +246,24 @@ class SSESubscriber(Subscriber):
             self.chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
             self.subscribed()
         if self.chunked:
-            self.dechunk(data)
+            self.dechunker.feed(data)  # the stream's end is the connection's
         else:
             self.events += data
         self.parse_events()
-
-    def dechunk(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while buffer:
-            if self.chunk_left > 0:
-                take = min(self.chunk_left, len(buffer))
-                self.events += buffer[:take]
-                del buffer[:take]
-                self.chunk_left -= take
-                if self.chunk_left == 0:
-                    self.chunk_left = -1
-            elif self.chunk_left < 0:
-                if len(buffer) < 2:
-                    return
-                del buffer[:2]
-                self.chunk_left = 0
-            else:
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                size = int(bytes(buffer[:end]).split(b";")[0], 16)
-                del buffer[: end + 2]
-                self.chunk_left = size if size else -1
 
     def parse_events(self) -> None:
         events = self.events
         if b"\r" in events:
             events[:] = events.replace(b"\r\n", b"\n")
-        while True:
-            end = events.find(b"\n\n")
-            if end < 0:
-                return
-            block = bytes(events[:end])
-            del events[: end + 2]
+        while (lines := take_event(events)) is not None:
             data = None
-            for line in block.split(b"\n"):
+            for line in lines:
                 if line.startswith(b"event:"):  # the bench publishes no named events
                     data = None
                     self.stats.controls += 1
                     break
-                if data is None and line.startswith(b"data:"):
-                    data = line[6:] if line[5:6] == b" " else line[5:]
+                if data is None:
+                    data = field(line, b"data")
             if data is not None:
                 self.stats.delivered(self, data)
 
@@ -324,29 +297,10 @@ class WebSocketSubscriber(Subscriber):
                 return
             self.head_done = True
             self.subscribed()
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1]
-            length = second & 0x7F
-            offset = 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length = int.from_bytes(buffer[2:4], "big")
-                offset = 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length = int.from_bytes(buffer[2:10], "big")
-                offset = 10
-            if second & 0x80:
-                offset += 4  # a masked server frame is a protocol error; skip the key
-            if len(buffer) < offset + length:
-                return
-            payload = bytes(buffer[offset : offset + length])
-            del buffer[: offset + length]
-            opcode = first & 0x0F
+        while (frame := take_frame(buffer)) is not None:
+            opcode, fin, payload = frame
             if opcode in (0, 1, 2):
-                if not first & 0x80:
+                if not fin:
                     self.fragments += payload
                     continue
                 if self.fragments:

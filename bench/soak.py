@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clients import CRLF2, encode_body, parse_head
 from bench.common import cpu_seconds, raise_fd_limit, rss_bytes
+from bench.wire import Dechunker, field, take_event, take_frame
 
 TRANSPORTS = ("longpoll", "sse", "ws")
 #: Messages a subscriber may trail its channel by before a sample counts it as behind.
@@ -311,8 +312,8 @@ class EventStream(Conn):
     def __init__(self, slot: Slot) -> None:
         super().__init__(slot)
         self.chunked = False
-        self.chunk_left = 0  # bytes of the current chunk still to read; -1: its CRLF
         self.events = bytearray()
+        self.dechunker = Dechunker(self.events)
 
     def request(self) -> bytes:
         slot = self.slot
@@ -340,58 +341,25 @@ class EventStream(Conn):
             self.chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
             self.subscribed.set_result(True)
         if self.chunked:
-            self.dechunk(data)
-        else:
-            self.events += data
+            ended = self.dechunker.feed(data)
+            self.parse_events()
+            if ended:  # the stream ended, the connection stays open
+                self.stream_ended()
+            return
+        self.events += data
         self.parse_events()
-
-    def dechunk(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while buffer:
-            if self.chunk_left > 0:
-                take = min(self.chunk_left, len(buffer))
-                self.events += buffer[:take]
-                del buffer[:take]
-                self.chunk_left -= take
-                if self.chunk_left == 0:
-                    self.chunk_left = -1
-            elif self.chunk_left < 0:
-                if len(buffer) < 2:
-                    return
-                del buffer[:2]
-                self.chunk_left = 0
-            else:
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                size = int(bytes(buffer[:end]).split(b";")[0], 16)
-                del buffer[: end + 2]
-                if size == 0:  # the stream ended, the connection stays open
-                    self.stream_ended()
-                    return
-                self.chunk_left = size
 
     def stream_ended(self) -> None:
         # After a deletion expected; otherwise Slot.lost_connection reports it and resumes.
         self.transport.close()
 
     def parse_events(self) -> None:
-        events = self.events
-        while True:
-            end = events.find(b"\n\n")
-            if end < 0:
-                return
-            block = bytes(events[:end])
-            del events[: end + 2]
+        while (lines := take_event(self.events)) is not None:
             event = ident = data = None
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    data = line[6:] if line[5:6] == b" " else line[5:]
-                elif line.startswith(b"id:"):
-                    ident = line[3:].strip()
-                elif line.startswith(b"event:"):
-                    event = line[6:].strip()
+            for line in lines:
+                data = field(line, b"data") or data
+                ident = field(line, b"id") or ident
+                event = field(line, b"event") or event
             if event == b"pushserver.deleted":
                 self.deleted = True
                 self.slot.saw_deleted()
@@ -399,7 +367,7 @@ class EventStream(Conn):
                 self.counts.gaps += 1
                 self.counts.note(f"sse gap on {self.slot.channel.name}: {data!r}")
             elif data is not None and ident is not None:
-                self.slot.last_id = ident.decode()
+                self.slot.last_id = ident.strip().decode()
                 self.slot.got(int(data[:8]))
 
 
@@ -452,22 +420,8 @@ class WebSocket(Conn):
                 return
             self.head_done = True
             self.subscribed.set_result(True)
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1]
-            length, offset = second & 0x7F, 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, offset = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, offset = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < offset + length:
-                return
-            payload = bytes(buffer[offset : offset + length])
-            del buffer[: offset + length]
-            opcode = first & 0x0F
+        while (frame := take_frame(buffer)) is not None:
+            opcode, _, payload = frame
             if opcode in (1, 2):  # the server sends messages unfragmented
                 self.frame(payload)
             elif opcode == 9:
