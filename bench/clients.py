@@ -323,18 +323,18 @@ class WebSocketSubscriber(Subscriber):
 SUBSCRIBERS = {"longpoll": LongPollSubscriber, "sse": SSESubscriber, "ws": WebSocketSubscriber}
 
 
-class Publisher(asyncio.Protocol):
-    """One keep-alive connection that POSTs messages one at a time."""
+class HttpClient(asyncio.Protocol):
+    """One keep-alive connection making requests one at a time; each gives its status and
+    body. A response saying ``Connection: close`` marks it dead: its pool replaces it."""
 
     def __init__(self, host: bytes) -> None:
         self.host = host
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[int] | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.length = -1
         self.status = 0
-        self.dead = False  # closed, or told to close: the pool replaces it
-        self.server = 0  # index of the server it posts to, set by the load generator
+        self.dead = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -344,12 +344,13 @@ class Publisher(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("publisher connection lost"))
 
-    async def post(self, path: bytes, seq: int, size: int) -> int:
+    async def request(
+        self, method: bytes, path: bytes, body: bytes = b"", headers: bytes = b""
+    ) -> tuple[int, bytes]:
         self.waiter = asyncio.get_running_loop().create_future()
-        body = encode_body(seq, size)
         self.transport.write(
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path, self.host, len(body), body)
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (method, path, self.host, headers, len(body), body)
         )
         return await self.waiter
 
@@ -368,7 +369,19 @@ class Publisher(asyncio.Protocol):
                     self.dead = True
             if len(buffer) < self.length:
                 return
+            body = bytes(buffer[: self.length])
             del buffer[: self.length]
             self.length = -1
             if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(self.status)
+                self.waiter.set_result((self.status, body))
+
+
+class Publisher(HttpClient):
+    """POSTs the bench's messages, one at a time."""
+
+    def __init__(self, host: bytes) -> None:
+        super().__init__(host)
+        self.server = 0  # index of the server it posts to, set by the load generator
+
+    async def post(self, path: bytes, seq: int, size: int) -> int:
+        return (await self.request(b"POST", path, encode_body(seq, size)))[0]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.clients import CRLF2, encode_body, parse_head
+from bench.clients import CRLF2, HttpClient, encode_body, parse_head
 from bench.common import cpu_seconds, raise_fd_limit, rss_bytes
 from bench.wire import Dechunker, field, take_event, take_frame
 
@@ -455,55 +455,13 @@ class WebSocket(Conn):
 CONNS: dict[str, type[Conn]] = {"longpoll": LongPoll, "sse": EventStream, "ws": WebSocket}
 
 
-class Http(asyncio.Protocol):
-    """A keep-alive connection for publisher requests, one at a time."""
+class Http(HttpClient):
+    """A keep-alive connection for publisher requests, one at a time (channel info as JSON)."""
 
-    def __init__(self, hostname: bytes) -> None:
-        self.hostname = hostname
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.length = -1
-        self.status = 0
-        self.dead = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.dead = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("publisher connection lost"))
-
-    async def request(self, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, bytes]:
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(
-            b"%s %s HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\n"
-            b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
-            % (method, path, self.hostname, len(body), body)
-        )
-        return await self.waiter
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while True:
-            if self.length < 0:
-                end = buffer.find(CRLF2)
-                if end < 0:
-                    return
-                self.status, headers = parse_head(bytes(buffer[:end]))
-                del buffer[: end + 4]
-                self.length = int(headers.get(b"content-length", b"0"))
-                if headers.get(b"connection", b"").lower() == b"close":
-                    self.dead = True
-            if len(buffer) < self.length:
-                return
-            body = bytes(buffer[: self.length])
-            del buffer[: self.length]
-            self.length = -1
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result((self.status, body))
+    async def request(
+        self, method: bytes, path: bytes, body: bytes = b"", headers: bytes = b""
+    ) -> tuple[int, bytes]:
+        return await super().request(method, path, body, headers or b"Accept: application/json\r\n")
 
 
 #: /proc/net/tcp's state numbers.
