@@ -11,12 +11,13 @@ only. uvicorn is not a dependency of pushserver: the bench skips these targets w
 from __future__ import annotations
 
 import gc
+import os
 import socket
 from typing import Any
 
 #: uvicorn's sans-I/O WebSocket protocol on the ``websockets`` package (its legacy one is
-#: deprecated; wsproto is not installed).
-WS = "websockets-sansio"
+#: deprecated; wsproto is not installed). ``BENCH_UVICORN_WS=websockets`` picks the legacy one.
+WS = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
 
 
 def available() -> str | None:
