@@ -171,18 +171,28 @@ async def stream(messages: list, channel: Channel, send) -> None:
         await changed.wait()
 
 
-async def main(port: int) -> None:
+async def main(port: int, asgi_server: str) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    await serve(Floor(), sock, access_log=False)  # type: ignore[arg-type]
+    if asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
+        from bench import uvicornserve
+
+        await uvicornserve.serve(Floor(), sock)
+    else:
+        await serve(Floor(), sock, access_log=False)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--asgi-server", choices=["hypercorn", "uvicorn"], default="hypercorn")
     args = parser.parse_args()
     raise_fd_limit()
     anyio.run(
-        main, args.port, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"}
+        main,
+        args.port,
+        args.asgi_server,
+        backend="asyncio",
+        backend_options={"use_uvloop": args.loop == "uvloop"},
     )

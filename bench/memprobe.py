@@ -8,6 +8,8 @@ collector tracks, by type. ``--no-trace`` measures RSS alone (tracemalloc costs 
 time of its own). A debugging aid, not part of ``python -m bench``.
 
     python -m bench.memprobe --target ours --transport sse --n 5000
+
+``--asgi-server uvicorn`` serves the same app under uvicorn (bench/uvicornserve.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _dump(directory: str, index: int, trace: bool) -> None:
         json.dump(info, f)
 
 
-def serve(target: str, directory: str, trace: bool) -> None:
+def serve(target: str, directory: str, trace: bool, asgi_server: str = "hypercorn") -> None:
     import anyio
 
     if trace:
@@ -81,7 +83,12 @@ def serve(target: str, directory: str, trace: bool) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(dumps)
             print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-            await serve_app(app, sock, access_log=False)  # type: ignore[arg-type]
+            if asgi_server == "uvicorn":  # see bench/uvicornserve.py
+                from bench import uvicornserve
+
+                await uvicornserve.serve(app, sock)
+            else:
+                await serve_app(app, sock, access_log=False)  # type: ignore[arg-type]
             tg.cancel_scope.cancel()
 
     raise_fd_limit()
@@ -185,6 +192,7 @@ def main() -> None:
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--target", choices=["ours", "floor"], default="ours")
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
+    parser.add_argument("--asgi-server", choices=["hypercorn", "uvicorn"], default="hypercorn")
     parser.add_argument("--base", type=int, default=200)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--no-trace", action="store_true")
@@ -192,11 +200,12 @@ def main() -> None:
     args = parser.parse_args()
     trace = not args.no_trace
     if args.serve:
-        serve(args.serve, args.dir, trace)
+        serve(args.serve, args.dir, trace, args.asgi_server)
         return
     raise_fd_limit()
     directory = tempfile.mkdtemp(prefix="memprobe-")
     command = [sys.executable, "-m", "bench.memprobe", "--serve", args.target, "--dir", directory]
+    command += ["--asgi-server", args.asgi_server]
     if not trace:
         command.append("--no-trace")
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)

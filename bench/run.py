@@ -4,6 +4,9 @@ For every target (ours, the floor, nchan when installed), transport and scenario
 fresh server pinned to CPU 0 and a load generator pinned to CPU 1, prints a table and writes
 JSON (default ``bench/results/latest.json``).
 
+``--targets ours,floor,ours-uvicorn,floor-uvicorn`` adds ours and the floor under uvicorn
+(when it is installed) to compare the two ASGI servers.
+
 The Redis targets (``--targets ours,redis-1,redis-2``) run ours on a redis store, with a
 fresh private ``redis-server`` per row: ``redis-1`` is one server process (CPU 0; Redis and
 the load generator on CPU 1), ``redis-2`` two server processes on two ports sharing that
@@ -30,13 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import nchan, redisserver  # noqa: E402
+from bench import nchan, redisserver, uvicornserve  # noqa: E402
 from bench.common import cpu_model, raise_fd_limit  # noqa: E402
 
 TRANSPORTS = ("longpoll", "sse", "ws")
 #: Our config's name for each bench transport.
 CONFIG_NAMES = {"longpoll": "longpoll", "sse": "eventsource", "ws": "websocket"}
 TARGETS = ("ours", "floor", "nchan")
+#: Ours and the floor under uvicorn instead of hypercorn (by name only; needs uvicorn and
+#: httptools, which pushserver does not depend on): see bench/uvicornserve.py.
+UVICORN_TARGETS = {"ours-uvicorn": "server.py", "floor-uvicorn": "floor.py"}
 #: Ours on a redis store: one server process, or two sharing one Redis.
 REDIS_TARGETS = {"redis-1": 1, "redis-2": 2}
 #: The soak drives one server process, memory or Redis store.
@@ -216,6 +222,9 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             store = ("--redis-url", redis.url, "--key-prefix", f"b{os.getpid()}x{seq}:", *buffer)
             for k in range(REDIS_TARGETS[target]):
                 servers.append(PythonServer("server.py", args.loop, server_cpus[k], store))
+        elif target in UVICORN_TARGETS:
+            extra = ("--asgi-server", "uvicorn", *buffer)
+            servers.append(PythonServer(UVICORN_TARGETS[target], args.loop, extra=extra))
         else:
             script = "server.py" if target == "ours" else "floor.py"
             servers.append(PythonServer(script, args.loop, extra=buffer))
@@ -359,7 +368,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             continue
         ours = cpu_per_delivery(r)
         entry = {"transport": r["transport"], "scenario": r["scenario"], "ours_cpu_us": ours}
-        for other in ("floor", "nchan"):
+        for other in ("floor", "nchan", "ours-uvicorn", "floor-uvicorn"):
             value = cpu_per_delivery(by_key.get((other, r["transport"], r["scenario"])))
             entry[f"{other}_cpu_us"] = value
             entry[f"ours_over_{other}"] = round(ours / value, 2) if ours and value else None
@@ -629,6 +638,27 @@ def ratio_table(entries: list[dict]) -> str:
     return render(lines)
 
 
+def server_table(rows: list[dict]) -> str:
+    """hypercorn against uvicorn, for ours and the floor: CPU per delivery, memory per idle
+    connection, and uvicorn's share of hypercorn's CPU."""
+    by_key = {(r["target"], r["transport"], r["scenario"]): r for r in rows}
+    lines = [["transport", "scenario", "server", "ours µs", "floor µs", "ours/floor",
+              "ours KiB/conn", "floor KiB/conn"]]  # fmt: skip
+    pairs = {(r["transport"], r["scenario"]) for r in rows if r["target"] in UVICORN_TARGETS}
+    for transport, name in sorted(pairs):
+        for server, suffix in (("hypercorn", ""), ("uvicorn", "-uvicorn")):
+            ours = by_key.get((f"ours{suffix}", transport, name))
+            floor = by_key.get((f"floor{suffix}", transport, name))
+            mem = [(r or {}).get("memory_per_idle_connection_bytes") for r in (ours, floor)]
+            lines.append([
+                transport, name, server,
+                fmt(cpu_per_delivery(ours)), fmt(cpu_per_delivery(floor)),
+                fmt(ratio(cpu_per_delivery(ours), cpu_per_delivery(floor)), 2),
+                *(fmt(m / 1024 if m is not None else None) for m in mem),
+            ])  # fmt: skip
+    return render(lines)
+
+
 def machine() -> dict:
     def version(name: str) -> str | None:
         try:
@@ -665,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help=f"comma-separated, of {', '.join((*TARGETS, *REDIS_TARGETS))}",
+        help=f"comma-separated, of {', '.join((*TARGETS, *UVICORN_TARGETS, *REDIS_TARGETS))}",
     )
     parser.add_argument("--transports", default=",".join(TRANSPORTS))
     parser.add_argument("--scenarios", default="", help="comma-separated names; default all")
@@ -697,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nofile, hard = raise_fd_limit()
     targets = [t for t in args.targets.split(",") if t]
-    unknown = set(targets) - {*TARGETS, *REDIS_TARGETS}
+    unknown = set(targets) - {*TARGETS, *UVICORN_TARGETS, *REDIS_TARGETS}
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     wanted = [t for t in args.transports.split(",") if t]
@@ -709,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     if set(targets) & set(REDIS_TARGETS) and not redisserver.available():
         targets = [t for t in targets if t not in REDIS_TARGETS]
         notes["redis"] = f"not installed ({redisserver.REDIS_SERVER})"
+    if set(targets) & set(UVICORN_TARGETS) and (missing := uvicornserve.available()):
+        targets = [t for t in targets if t not in UVICORN_TARGETS]
+        notes["uvicorn"] = f"{', '.join(UVICORN_TARGETS)} skipped: uvicorn/httptools {missing}"
     names = [name for name in args.scenarios.split(",") if name]
     chosen = [
         s for s in scenarios(args.quick) if (s["name"] in names if names else not s.get("optional"))
@@ -741,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             if scenario["mode"] == "soak":
                 continue
             for target in targets:
-                if target not in ("floor", "nchan") and transport not in ours_ok:
+                if target not in ("floor", "floor-uvicorn", "nchan") and transport not in ours_ok:
                     continue
                 seq += 1
                 print(f"... {target} {transport} {scenario['name']}", file=sys.stderr, flush=True)
@@ -790,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows))
         print()
         print(ratio_table(entries))
+        print()
+    if set(targets) & set(UVICORN_TARGETS):
+        print(server_table(rows))
         print()
     if scale_out:
         print(redis_table(rows))

@@ -52,14 +52,21 @@ def build(
     return PushServer(config)
 
 
-async def main(port: int, redis_url: str | None, key_prefix: str, max_messages: int) -> None:
+async def main(
+    port: int, redis_url: str | None, key_prefix: str, max_messages: int, asgi_server: str
+) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
     app = build(redis_url, key_prefix, max_messages)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    await serve(app, sock, access_log=False)
+    if asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
+        from bench import uvicornserve
+
+        await uvicornserve.serve(app, sock)
+    else:
+        await serve(app, sock, access_log=False)
 
 
 def collect_every(interval: float) -> None:
@@ -241,6 +248,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--asgi-server",
+        choices=["hypercorn", "uvicorn"],
+        default="hypercorn",
+        help="the ASGI server (uvicorn: a comparison, see bench/uvicornserve.py)",
+    )
     parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
     parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
     parser.add_argument(
@@ -278,6 +291,7 @@ if __name__ == "__main__":
         args.redis_url,
         args.key_prefix,
         args.max_messages,
+        args.asgi_server,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

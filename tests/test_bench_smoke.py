@@ -188,3 +188,33 @@ def test_quick_soak_churns_every_transport_without_losing_anything(tmp_path):
     assert memory["flat"] in (True, False)
     assert memory["baseline_median_kib"] > 0 and memory["slope_kib_per_minute"] is not None
     assert "soak (ours)" in stdout and "memory " in stdout
+
+
+@pytest.mark.skipif(
+    not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),
+    reason="SSE and WebSocket are not both implemented",
+)
+def test_quick_bench_under_uvicorn_loses_nothing_or_is_skipped_with_a_note(tmp_path):
+    # uvicorn is not a dependency: without it the targets are left out and the run says so.
+    try:
+        import httptools  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        installed = False
+    else:
+        installed = True
+    report, stdout = run_bench(
+        tmp_path, "longpoll,sse,ws", "fanout-200", "ours,ours-uvicorn,floor-uvicorn", timeout=180
+    )
+    rows = report["results"]
+    if not installed:
+        assert {r["target"] for r in rows} == {"ours"}
+        assert "skipped" in report["notes"]["uvicorn"]
+        return
+    assert {(r["target"], r["transport"]) for r in rows} == {
+        (target, transport)
+        for target in ("ours", "ours-uvicorn", "floor-uvicorn")
+        for transport in ("longpoll", "sse", "ws")
+    }
+    check_rows(rows)
+    assert "uvicorn" in stdout and "hypercorn" in stdout
