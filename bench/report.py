@@ -27,20 +27,25 @@ from bench.run import (
 )
 
 
+def provenance(report: dict) -> str:
+    """When, with which command and at which commit a run was made."""
+    m = report["machine"]
+    dirty = " (with uncommitted changes in pushserver/)" if m.get(
+        "pushserver_uncommitted_changes"
+    ) else ""
+    return (
+        f"{report['date']} with `{report['command'].strip()}` at commit "
+        f"`{m.get('git_commit', '?')}`{dirty}"
+    )
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     setup = report["setup"]
     load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
     load_end = ", ".join(f"{x:.1f}" for x in m.get("load_average_at_end", []))
     lines = [
-        f"Run on {report['date']} with `{report['command'].strip()}` at commit "
-        f"`{m.get('git_commit', '?')}`"
-        + (
-            " (with uncommitted changes in pushserver/)"
-            if m.get("pushserver_uncommitted_changes")
-            else ""
-        )
-        + ".",
+        f"Run on {provenance(report)}.",
         "",
         f"- Machine: {m['cpus']} CPUs ({m['cpu']}), Linux {m['kernel']}, **shared with other "
         f"engineers' test runs** (load average {load} at the start, {load_end} at the end): "
@@ -120,14 +125,8 @@ def soak_markdown(report: dict) -> str:
     load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
     load_end = ", ".join(f"{x:.1f}" for x in m.get("load_average_at_end", []))
     lines = [
-        f"Run finished on {report['date']} with `{report['command'].strip()}` at commit "
-        f"`{m.get('git_commit', '?')}`"
-        + (
-            " (with uncommitted changes in pushserver/)"
-            if m.get("pushserver_uncommitted_changes")
-            else ""
-        )
-        + f"; {m['cpus']} CPUs ({m['cpu']}), shared with other engineers' test runs (load "
+        f"Run finished on {provenance(report)}; {m['cpus']} CPUs ({m['cpu']}), shared with "
+        "other engineers' test runs (load "
         f"average {load} at the start, {load_end} at the end); Python {m['python']}, "
         f"hypercorn {m['hypercorn']}, {report['setup']['loop']}.",
     ]

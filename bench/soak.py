@@ -565,17 +565,23 @@ class Soak:
 
     # -- the load ------------------------------------------------------------------------
 
+    async def ticks(self, period: float, deadline: float, inclusive: bool = False):
+        """Yield 0, 1, 2, ... at ``t0 + k * period`` (a schedule, not a pace: a late tick
+        is not made up for by waiting less after it) until the deadline."""
+        for k in itertools.count():
+            due = self.t0 + k * period
+            if due > deadline or (due == deadline and not inclusive):
+                return
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the schedule itself
+            yield k
+
     async def publishing(self, deadline: float) -> None:
         rate = self.spec["rate"]
         pending: set[asyncio.Task] = set()
         order = itertools.cycle(self.channels)
-        for k in itertools.count():
-            due = self.t0 + k / rate
-            if due >= deadline:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the publish schedule itself
+        async for _ in self.ticks(1 / rate, deadline):
             if len(pending) > 10 * len(self.channels):  # the server fell far behind
                 self.counts.error("publish skipped: too many pending")
                 continue
@@ -588,13 +594,7 @@ class Soak:
     async def churning(self, deadline: float) -> None:
         rate = self.spec["churn"]
         kinds = itertools.cycle(self.spec.get("closes", (ABRUPT, CLEAN)))
-        for k in itertools.count():
-            due = self.t0 + k / rate
-            if due >= deadline:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the churn schedule itself
+        async for _ in self.ticks(1 / rate, deadline):
             slot = self.rng.choice(self.slots)
             if slot.busy or slot.conn is None:
                 continue
@@ -626,13 +626,7 @@ class Soak:
 
     async def creating(self, deadline: float) -> None:
         rate = self.spec["ephemeral"]
-        for k in itertools.count():
-            due = self.t0 + k / rate
-            if due >= deadline:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the creation schedule itself
+        async for k in self.ticks(1 / rate, deadline):
             self.spawn(self.ephemeral(k))
 
     async def ephemeral(self, k: int) -> None:
@@ -755,13 +749,8 @@ class Soak:
 
     async def sampling(self, deadline: float) -> None:
         interval = self.spec.get("sample_interval", 5.0)
-        for k in itertools.count():
-            due = self.t0 + k * interval
-            if due > deadline + 1e-6:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the sampling schedule itself
+        # The last sample is due at the deadline itself.
+        async for _ in self.ticks(interval, deadline + 1e-6, inclusive=True):
             self.samples.append(self.sample())
 
     async def drained(self, timeout: float) -> bool:
