@@ -108,9 +108,6 @@ class LocationAuthorizer:
             inspect.iscoroutinefunction(self.hook)
             or inspect.iscoroutinefunction(getattr(self.hook, "__call__", None))  # noqa: B004
         )
-        #: Whether the authorizing passthrough POST is also the subscribe notification (the
-        #: transports then send none of their own and unsubscribe the tokens it returns).
-        self.notifies = location.passthrough_authorize
 
     async def authorize(
         self, request: Request, channels: list[str], signatures: str | None

@@ -10,9 +10,13 @@ import json
 import re
 from datetime import datetime
 from email.utils import formatdate, mktime_tz, parsedate_tz
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape as xml_escape
 
 from .message import ChannelInfo, Message, MessageId
+
+if TYPE_CHECKING:
+    from .http import Request
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -215,6 +219,12 @@ class OriginHeaders:
         self.by_origin: dict[str, Headers] | None = None
         if len(origins) > 1 and "*" not in origins:
             self.by_origin = {origin: build(origin) for origin in origins}
+
+    def for_request(self, request: Request) -> Headers:
+        """The headers for this request: with several allowed origins, CORS names its own."""
+        if self.by_origin is None:
+            return self.default
+        return self.for_origin(request.header("origin"))
 
     def for_origin(self, origin: str | None) -> Headers:
         by_origin = self.by_origin

@@ -22,6 +22,7 @@ from .http import (
 from .hub import Hub
 from .message import ChannelInfo
 from .protocol import OriginHeaders, negotiate_info_format, render_channel_info
+from .transports.streaming import query_parameter
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
 #: With CORS on (a CORS key on the location), OPTIONS answers the preflight.
@@ -60,6 +61,42 @@ def _client_address(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6A
     return address
 
 
+class Access:
+    """Who may use a publisher-like location (publisher, status): the TCP peer's address in
+    ``allow_from`` (default: loopback and ``internal_ips``) and, when tokens are given, one
+    of them shown as ``Authorization: Bearer <token>`` (or as the query's ``token``). The
+    address is the TCP peer's: behind a proxy it is the proxy's (X-Forwarded-For is not
+    trusted)."""
+
+    def __init__(
+        self,
+        allow_from: Iterable[str] | None,
+        internal_ips: Iterable[str] = (),
+        header_tokens: Iterable[str] = (),
+        query_token: str | None = None,
+    ) -> None:
+        self.networks = _networks((*LOOPBACK, *internal_ips) if allow_from is None else allow_from)
+        self.header_tokens = tuple(token.encode() for token in header_tokens)
+        self.query_token = query_token.encode() if query_token else None
+
+    def address_allowed(self, request: Request) -> bool:
+        address = _client_address(request.client_host)
+        return address is not None and any(address in net for net in self.networks)
+
+    def token_shown(self, request: Request) -> bool:
+        if not self.header_tokens:
+            return True
+        scheme, _, given = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer":
+            shown = given.strip().encode()
+            if any(hmac.compare_digest(shown, token) for token in self.header_tokens):
+                return True
+        if self.query_token is None:
+            return False
+        query = query_parameter(request.scope.get("query_string", b""), "token")
+        return query is not None and hmac.compare_digest(query.encode(), self.query_token)
+
+
 class Publisher:
     """Handles one publisher location (NHPM "Basic HTTP Push Relay Protocol" semantics)."""
 
@@ -88,30 +125,23 @@ class Publisher:
             )
             base_headers = self.cors.default
         self.headers = base_headers
-        allowed = location.allow_from
-        self.allow_from = _networks((*LOOPBACK, *internal_ips) if allowed is None else allowed)
-        self.token = publisher_token(secret) if secret else None
+        self.access = Access(
+            location.allow_from, internal_ips, (publisher_token(secret),) if secret else ()
+        )
 
     def refusal(self, request: Request) -> str | None:
-        """Why this request may not publish, or None. The address is the TCP peer's: behind
-        a proxy it is the proxy's (X-Forwarded-For is not trusted)."""
-        host = request.client_host
-        address = _client_address(host)
-        if address is None or not any(address in net for net in self.allow_from):
-            return f"publishing is not allowed from {host} (see the location's allow_from)"
-        if self.token is not None:
-            scheme, _, given = (request.header("authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self.token.encode()
-            ):
-                return "publishing needs a valid publisher token (Authorization: Bearer ...)"
+        """Why this request may not publish, or None."""
+        if not self.access.address_allowed(request):
+            return (
+                f"publishing is not allowed from {request.client_host} "
+                "(see the location's allow_from)"
+            )
+        if not self.access.token_shown(request):
+            return "publishing needs a valid publisher token (Authorization: Bearer ...)"
         return None
 
     def response_headers(self, request: Request) -> Headers:
-        cors = self.cors
-        if cors is None or cors.by_origin is None:
-            return self.headers
-        return cors.for_origin(request.header("origin"))
+        return self.headers if self.cors is None else self.cors.for_request(request)
 
     async def __call__(
         self, request: Request, channel_id: str, receive: Receive, send: Send
@@ -135,27 +165,28 @@ class Publisher:
                 send,
                 503,
                 "the server is shutting down: send the request again (to another server)",
-                [*self.headers, (b"retry-after", b"1")],
+                [*headers, (b"retry-after", b"1")],
             )
             return
         try:
             if method == "POST":
-                await self.post(request, channel_id, receive, send)
+                await self.post(request, channel_id, receive, send, headers)
             elif method == "PUT":
                 await self.hub.backend.create(channel_id)
-                await self.info_response(request, send, 200, await self.hub.info(channel_id))
+                info = await self.hub.info(channel_id)
+                await self.info_response(request, send, 200, info, headers)
             elif method == "GET":
                 info = await self.hub.info(channel_id)
                 if info is None:
                     await respond_error(send, 404, "no such channel", headers)
                 else:
-                    await self.info_response(request, send, 200, info)
+                    await self.info_response(request, send, 200, info, headers)
             elif method == "DELETE":
                 info = await self.hub.info(channel_id)
                 if info is None or not await self.hub.delete(channel_id):
                     await respond_error(send, 404, "no such channel", headers)
                 else:
-                    await self.info_response(request, send, 200, info)
+                    await self.info_response(request, send, 200, info, headers)
             else:
                 allow = ALLOW if self.cors is None else CORS_ALLOW
                 await respond_error(send, 405, f"{method} is not allowed here", [*headers, allow])
@@ -167,10 +198,11 @@ class Publisher:
                 [*headers, (b"retry-after", b"1")],
             )
 
-    async def post(self, request: Request, channel_id: str, receive: Receive, send: Send) -> None:
+    async def post(
+        self, request: Request, channel_id: str, receive: Receive, send: Send, headers: Headers
+    ) -> None:
         limit = self.location.max_message_size
         declared = request.header("content-length")
-        headers = self.response_headers(request)
         if limit and declared and declared.isdigit() and int(declared) > limit:
             await self.too_large(send, limit, headers)
             return
@@ -194,16 +226,16 @@ class Publisher:
             await respond_error(send, 404, "no such channel (create it with PUT first)", headers)
             return
         info = await self.hub.info(channel_id)
-        await self.info_response(request, send, 201 if result.subscribers else 202, info)
+        status = 201 if result.subscribers else 202
+        await self.info_response(request, send, status, info, headers)
 
     async def too_large(self, send: Send, limit: int, headers: Headers) -> None:
         # The server's body guard (http.guard_body) drains the rest of the upload first.
         await respond_error(send, 413, f"the message is larger than {limit} bytes", headers)
 
     async def info_response(
-        self, request: Request, send: Send, status: int, info: ChannelInfo | None
+        self, request: Request, send: Send, status: int, info: ChannelInfo | None, headers: Headers
     ) -> None:
-        headers = self.response_headers(request)
         if info is None:  # deleted in between: describe an empty channel
             await respond(send, status, headers)
             return

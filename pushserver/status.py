@@ -26,6 +26,7 @@ itself (``pid`` says which).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -45,7 +46,7 @@ from .config import LocationConfig
 from .http import Headers, Receive, Request, Scope, Send, respond, respond_error
 from .hub import Hub
 from .metrics import CONNECTION_TRANSPORTS
-from .publisher import LOOPBACK, _client_address, _networks, publisher_token
+from .publisher import Access, publisher_token
 from .transports.sse import SSETransport
 from .transports.streaming import query_parameter
 
@@ -305,12 +306,17 @@ def render_prometheus(data: dict) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@functools.cache
+def _page_template() -> str:
+    return PAGE.read_text(encoding="utf-8")
+
+
 def render_page(data: dict, events_url: str | None) -> bytes:
     """The status page with ``data`` in it; it follows ``events_url`` when there is one."""
     # Inside <script>, "</" would end the element: JSON allows writing it "\u003c".
     initial = json.dumps(data).replace("<", "\\u003c")
     events = json.dumps(events_url).replace("<", "\\u003c")
-    page = PAGE.read_text(encoding="utf-8")
+    page = _page_template()
     return page.replace("/*SNAPSHOT*/null", initial).replace("/*EVENTS*/null", events).encode()
 
 
@@ -345,13 +351,15 @@ class Status:
         self.location = location
         self.app = app
         self.headers = [*headers, NO_STORE]
-        allowed = location.allow_from
-        self.allow_from = _networks((*LOOPBACK, *internal_ips) if allowed is None else allowed)
-        #: Tokens a request may show: in the Authorization header, in ``?token=``.
-        self.header_tokens = (
-            (publisher_token(secret).encode(), status_token(secret).encode()) if secret else ()
+        #: With a secret: the publisher's or the status token in the Authorization header,
+        #: only the read-only status token in ``?token=`` (URLs end up in logs).
+        token = status_token(secret) if secret else None
+        self.access = Access(
+            location.allow_from,
+            internal_ips,
+            (publisher_token(secret), token) if secret and token else (),
+            token,
         )
-        self.query_token = status_token(secret).encode() if secret else None
         self.started = time.monotonic()
         self.store_types = {name: store.type for name, store in app.config.stores.items()}
         #: The private store of the snapshots (its own hub: not counted in the figures).
@@ -372,25 +380,14 @@ class Status:
 
     def refusal(self, request: Request) -> str | None:
         """Why this request may not read the status, or None (the publisher's rule)."""
-        host = request.client_host
-        address = _client_address(host)
-        if address is None or not any(address in net for net in self.allow_from):
-            return f"the status is not available from {host} (see the location's allow_from)"
-        if not self.header_tokens:
-            return None
-        scheme, _, given = (request.header("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer":
-            shown = given.strip().encode()
-            if any(hmac.compare_digest(shown, token) for token in self.header_tokens):
-                return None
-        query = query_parameter(request.scope.get("query_string", b""), "token")
-        if (
-            query is not None
-            and self.query_token is not None
-            and hmac.compare_digest(query.encode(), self.query_token)
-        ):
-            return None
-        return "the status needs a valid token (Authorization: Bearer ..., or ?token=)"
+        if not self.access.address_allowed(request):
+            return (
+                f"the status is not available from {request.client_host} "
+                "(see the location's allow_from)"
+            )
+        if not self.access.token_shown(request):
+            return "the status needs a valid token (Authorization: Bearer ..., or ?token=)"
+        return None
 
     async def __call__(self, scope: Scope, rest: str, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -47,6 +47,4 @@ class HTTPTransport:
 
     def response_headers(self, request: Request) -> Headers:
         """The headers for this request: with several allowed origins, CORS names its own."""
-        if self.cors.by_origin is None:
-            return self.headers
-        return self.cors.for_origin(request.header("origin"))
+        return self.cors.for_request(request)

@@ -379,10 +379,6 @@ class Stream:
             self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
 
-    def compound_id(self, channel_id: str) -> str:
-        ids = self.ids
-        return format_compound_id(ids.values(), list(ids).index(channel_id))
-
     async def batch(self) -> list[StreamEvent]:
         """The events owed now, in order, waiting until there is at least one.
 

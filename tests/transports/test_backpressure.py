@@ -15,6 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
+from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import event_stream, ws_frame
 
 BUFFER = 8  # retained messages per channel
@@ -170,12 +171,7 @@ async def test_sse_stalled_reader_is_disconnected_after_send_timeout(server, cli
 
                 await publish_while_fast_reader_keeps_up(client, "sse-stuck", next_message)
                 # Only the fast reader remains once the stalled one was dropped.
-                while True:
-                    info = await client.get(
-                        "/publisher/sse-stuck", headers={"accept": "application/json"}
-                    )
-                    if info.json()["subscribers"] == 1:
-                        break
+                await wait_for_subscribers(client, "/publisher/sse-stuck", 1)
             # The line is logged as the stream ends and reaches the test through a pipe: it
             # may arrive just after the subscriber count dropped.
             line = "event-stream subscriber 127.0.0.1 on sse-stuck stopped reading for 1.0s"
@@ -288,12 +284,7 @@ async def test_ws_stalled_reader_is_closed_with_4408(server, client):
                     return int(ws_frame(await fast.recv())[1][:5])
 
                 await publish_while_fast_reader_keeps_up(client, "ws-stuck", next_message)
-                while True:
-                    info = await client.get(
-                        "/publisher/ws-stuck", headers={"accept": "application/json"}
-                    )
-                    if info.json()["subscribers"] == 1:
-                        break
+                await wait_for_subscribers(client, "/publisher/ws-stuck", 1)
             await anyio.to_thread.run_sync(
                 server.wait_for_output,
                 re.escape("WebSocket subscriber 127.0.0.1 stopped reading for 1.0s: disconnected"),
