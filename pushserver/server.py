@@ -218,8 +218,6 @@ async def serve(
     if _running_trio():
         hypercorn_fixes.contain_connection_errors_on_trio()
         hypercorn_fixes.free_closed_connections_on_trio()
-    else:
-        hypercorn_fixes.free_closed_connections_on_asyncio()
     trigger = shutdown_trigger or wait_for_signals
     # The last resort: hypercorn bounds the wait for connections by graceful_timeout, except
     # on Python >= 3.12.1, where its Server.wait_closed() waits for every connection first
@@ -258,7 +256,7 @@ async def serve(
 
                 await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
             else:
-                from hypercorn.asyncio.run import worker_serve as asyncio_serve
+                from .asyncio_worker import worker_serve as asyncio_serve
 
                 await asyncio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
         if bound.cancelled_caught:

@@ -1,0 +1,528 @@
+"""hypercorn's HTTP/1.1, h2c and WebSocket protocols, driven from one asyncio protocol object
+per connection: the asyncio worker of :func:`pushserver.server.serve`.
+
+hypercorn parses and writes every request here as it does under its own worker
+(:class:`hypercorn.protocol.ProtocolWrapper`, h11, h2, wsproto, its streams and the ASGI
+app task per request). What is replaced is its asyncio connection layer, which per
+connection holds a stream reader, writer and their protocol, a reading task (with its
+coroutines, a task group and an idle task behind a lock), an ``asyncio.Queue`` per request
+(four 760-byte deques, empty or not) and an ``asyncio.Event`` (another): about 12 KiB of an
+idle subscriber's 28 (docs/benchmark.md, "Where an idle connection's memory goes"). Here:
+
+* :class:`Connection` is an :class:`asyncio.Protocol`. Bytes are handed to hypercorn from a
+  task that exists only while there is something to handle: an idle connection, or one
+  holding an event stream, has no task of its own besides its application's.
+* The idle timer (``keep_alive_timeout``: the header read timeout and the keep-alive
+  timeout in one) is a loop timer, not a task.
+* Writes go straight to the transport; a writer waits only while the transport's buffer
+  is above its high-water mark (``pause_writing``), as ``StreamWriter.drain`` does.
+* The per-request queue (:class:`AppQueue`) and the events (:class:`LeanEvent`) allocate
+  their waiter lists only when someone waits.
+
+The behaviour hypercorn's worker has and clients see is kept: the idle timer runs from
+the connection's start and from each response's end until a request head is complete;
+pipelined requests wait for the response before (h11 pauses); a peer's end of stream or
+reset is a ``Closed`` for the protocol (the application gets its disconnect); on shutdown
+the listening sockets close, idle connections are closed at once, and the others get
+``graceful_timeout`` seconds before they are cut. A closed connection's objects are freed
+by reference counting alone (tests/test_server_gc.py). TLS and QUIC are not served here
+(pushserver listens on plain TCP: TLS ends at the proxy), nor ``read_timeout`` or
+``max_requests``, which pushserver does not set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from hypercorn.asyncio.lifespan import Lifespan
+from hypercorn.asyncio.task_group import _handle
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config, Sockets
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import parse_socket_addr, repr_socket_addr
+
+logger = logging.getLogger("pushserver")
+
+#: Bytes received while the previous ones are still being handled (a pipelined request
+#: waiting for the response before it) before reading pauses.
+READ_BUFFER_LIMIT = 2**16
+
+
+class LeanEvent:
+    """hypercorn's event interface (``set``, ``clear``, ``wait``, ``is_set``) with its list
+    of waiters allocated only while someone waits (``asyncio.Event`` allocates a 760-byte
+    deque per event, and hypercorn makes one per connection)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    async def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+class LeanWorkerContext(WorkerContext):
+    event_class = LeanEvent  # type: ignore[assignment]
+
+
+class AppQueue:
+    """What hypercorn hands an application as ``receive``: a bounded FIFO (``put`` waits
+    while ``maxsize`` items are queued, 0 = unbounded) and ``get``, cancel-safe as
+    ``asyncio.Queue.get`` is (an item is never lost to a cancelled getter). Empty and
+    unwaited, it holds nothing but its slots."""
+
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self._maxsize = maxsize
+        self._items: list[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._putters: list[asyncio.Future[None]] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    async def put(self, item: Any) -> None:
+        while self._maxsize and self.qsize() >= self._maxsize:
+            if self._putters is None:
+                self._putters = []
+            await _wait_in(self._putters)
+        if self._items is None:
+            self._items = []
+        self._items.append(item)
+        _wake_one(self._getters)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._getters is None:
+                self._getters = []
+            try:
+                await _wait_in(self._getters)
+            except BaseException:
+                if self._items:
+                    _wake_one(self._getters)  # the item this getter was woken for
+                raise
+        item = self._items.pop(0)
+        _wake_one(self._putters)
+        return item
+
+
+async def _wait_in(waiters: list[asyncio.Future[None]]) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+
+def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
+    while waiters:
+        waiter = waiters.pop(0)
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+class Worker:
+    """What every connection of one server shares, and the set of open connections."""
+
+    def __init__(
+        self, app: AppWrapper, config: Config, context: WorkerContext, state: LifespanState
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.context = context
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self._empty: asyncio.Future[None] | None = None
+
+    def connection(self) -> Connection:
+        return Connection(self)
+
+    def finished(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
+    async def wait_empty(self) -> None:
+        if self.connections:
+            self._empty = self.loop.create_future()
+            await self._empty
+
+    def close_idle(self) -> None:
+        for connection in list(self.connections):
+            if connection.idle is not None:
+                connection.idle_expired()
+
+    async def cut(self) -> None:
+        """Abort every connection left and wait for their tasks to end."""
+        tasks: list[asyncio.Task[Any]] = []
+        for connection in list(self.connections):
+            tasks.extend(connection.abort())
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: hands its bytes to hypercorn's protocol and writes what that
+    sends. Also the connection's task group for hypercorn (``spawn_app``, ``spawn``)."""
+
+    __slots__ = (
+        "_drain",
+        "_handler",
+        "_inbox",
+        "_paused_reading",
+        "_tasks",
+        "closed",
+        "ended",
+        "idle",
+        "lost",
+        "protocol",
+        "transport",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.Transport | None = None
+        self.protocol: ProtocolWrapper | None = None
+        #: The idle timer while one runs.
+        self.idle: asyncio.TimerHandle | None = None
+        #: The task handing bytes to hypercorn, while there are any.
+        self._handler: asyncio.Task[None] | None = None
+        #: Received while the handler is busy: bytes, then None for the end of stream.
+        self._inbox: list[bytes | None] | None = None
+        self._paused_reading = False
+        #: Set while the transport's write buffer is above its high-water mark.
+        self._drain: asyncio.Future[None] | None = None
+        #: The application and protocol tasks still running.
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        self.closed = False  # we closed the transport
+        self.ended = False  # the end of stream (or the loss) was handed on
+        self.lost = False  # the transport is gone
+
+    # -- asyncio's side ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        worker = self.worker
+        sock = transport.get_extra_info("socket")
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:  # reset before it was accepted
+            transport.abort()
+            return
+        worker.connections.add(self)
+        self.protocol = ProtocolWrapper(
+            worker.app,
+            worker.config,
+            worker.context,
+            self,  # type: ignore[arg-type]
+            ConnectionState(worker.state),
+            False,
+            client,
+            server,
+            self.send,
+            "http/1.1",
+        )
+        # H11Protocol.initiate() does nothing (h2 without TLS starts from an h11 request).
+        self._start_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        self._feed(None)
+        return True  # the handler closes the transport once hypercorn has seen the end
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self._stop_idle()
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        self._feed(None)
+        self._check_finished()
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = self.worker.loop.create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _feed(self, data: bytes | None) -> None:
+        if self.protocol is None or self.ended:
+            return
+        if data is None:
+            self.ended = True
+        if self._handler is None:
+            self._handler = self._start(self._handle(data))
+            return
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        if data is not None and inbox and inbox[-1] is not None:
+            inbox[-1] += data  # type: ignore[operator]
+        else:
+            inbox.append(data)
+        if (
+            data is not None
+            and not self._paused_reading
+            and sum(len(item) for item in inbox if item) > READ_BUFFER_LIMIT
+            and self.transport is not None
+        ):
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    async def _handle(self, data: bytes | None) -> None:
+        try:
+            while True:
+                if self.protocol is None:
+                    return
+                if data is None:
+                    await self.protocol.handle(Closed())
+                    self._close()
+                    return
+                await self.protocol.handle(RawData(data))
+                if not self._inbox:
+                    return
+                data = self._inbox.pop(0)
+                if self._paused_reading and not self._inbox and not self.lost:
+                    self._paused_reading = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
+        except Exception:
+            # A hypercorn, h11 or h2 bug a client can trigger: this connection ends, the
+            # others go on (hypercorn's own asyncio worker logs it the same way).
+            logger.exception("a connection failed in hypercorn and was closed")
+            self._close(abort=True)
+        finally:
+            self._handler = None
+            self._check_finished()
+
+    # -- hypercorn's side ----------------------------------------------------------------
+
+    async def send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            if self.lost or self.transport is None or self.transport.is_closing():
+                if self.protocol is not None:
+                    await self.protocol.handle(Closed())
+                return
+            self.transport.write(event.data)
+            drain = self._drain
+            if drain is not None:
+                await asyncio.shield(drain)
+                if self.lost and self.protocol is not None:
+                    await self.protocol.handle(Closed())
+        elif isinstance(event, Closed):
+            self._close()
+        elif isinstance(event, Updated):
+            if event.idle:
+                self._start_idle()
+            else:
+                self._stop_idle()
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: Config,
+        scope: Any,
+        send: Callable[[Any], Awaitable[None]],
+    ) -> Callable[[Any], Awaitable[None]]:
+        queue = AppQueue(config.max_app_queue_size)
+        loop = self.worker.loop
+
+        def call_soon(func: Callable[..., Any], *args: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
+
+        self.spawn(
+            _handle,
+            app,
+            config,
+            scope,
+            queue.get,
+            send,
+            partial(loop.run_in_executor, None),
+            call_soon,
+        )
+        return queue.put
+
+    def spawn(self, func: Callable[..., Any], *args: Any) -> None:
+        task = self._start(func(*args))
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a connection's task failed", exc_info=task.exception())
+            self._close(abort=True)
+        self._check_finished()
+
+    def _start(self, coro: Any) -> asyncio.Task[Any]:
+        return self.worker.loop.create_task(coro)
+
+    # -- timers and the end --------------------------------------------------------------
+
+    def _start_idle(self) -> None:
+        self._stop_idle()
+        if self.lost:
+            return
+        if self.worker.context.terminated.is_set():
+            self.idle_expired()
+            return
+        timeout = self.worker.config.keep_alive_timeout
+        self.idle = self.worker.loop.call_later(timeout, self.idle_expired)
+
+    def _stop_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+
+    def idle_expired(self) -> None:
+        """Nothing has arrived for ``keep_alive_timeout`` seconds, or the server is stopping
+        and this connection is idle: close it as hypercorn does."""
+        self.idle = None
+        if self.protocol is not None and not self.closed:
+            self.spawn(self._close_idle)
+
+    async def _close_idle(self) -> None:
+        if self.protocol is not None:
+            await self.protocol.handle(Closed())
+        self._close()
+
+    def _close(self, abort: bool = False) -> None:
+        self._stop_idle()
+        transport = self.transport
+        if transport is None or self.closed:
+            if abort and transport is not None:
+                transport.abort()
+            return
+        self.closed = True
+        if abort:
+            transport.abort()
+            return
+        if not self.lost and transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError):
+                pass
+        transport.close()
+
+    def abort(self) -> list[asyncio.Task[Any]]:
+        """Cut this connection now (the end of the graceful period): its tasks are
+        cancelled and returned."""
+        tasks = list(self._tasks or ())
+        if self._handler is not None:
+            tasks.append(self._handler)
+        for task in tasks:
+            task.cancel()
+        self._close(abort=True)
+        return tasks
+
+    def _check_finished(self) -> None:
+        if self.lost and self._handler is None and not self._tasks and self.protocol is not None:
+            # Over: hypercorn's protocol (which holds our send) and the transport's
+            # protocol (this) refer to each other; let both go by reference counting.
+            # asyncio's own selector transport keeps a bound method of itself (its read
+            # callback; uvloop's has none), no longer registered once it is closed.
+            if self.transport is not None and hasattr(self.transport, "_read_ready_cb"):
+                self.transport._read_ready_cb = None  # type: ignore[attr-defined]
+            self.protocol = None
+            self.transport = None
+            self._inbox = None
+            self.worker.finished(self)
+
+
+async def worker_serve(
+    app: AppWrapper,
+    config: Config,
+    *,
+    sockets: Sockets,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+) -> None:
+    """Serve ``app`` on the plain TCP ``sockets`` until ``shutdown_trigger`` returns, as
+    ``hypercorn.asyncio.run.worker_serve`` does (lifespan, graceful shutdown), with
+    :class:`Connection` in place of its stream-based connection layer."""
+    if sockets.secure_sockets or sockets.quic_sockets:
+        raise ValueError("pushserver's asyncio worker serves plain TCP sockets only")
+    loop = asyncio.get_running_loop()
+    state: LifespanState = {}
+    lifespan = Lifespan(app, config, loop, state)
+    lifespan_task = loop.create_task(lifespan.handle_lifespan())
+    await lifespan.wait_for_startup()
+    if lifespan_task.done():
+        exception = lifespan_task.exception()
+        if exception is not None:
+            raise exception
+
+    context = LeanWorkerContext(None)
+    worker = Worker(app, config, context, state)
+    servers = []
+    try:
+        for sock in sockets.insecure_sockets:
+            servers.append(
+                await loop.create_server(worker.connection, sock=sock, backlog=config.backlog)
+            )
+            bind = repr_socket_addr(sock.family, sock.getsockname())
+            await config.log.info(f"Running on http://{bind} (CTRL + C to quit)")
+        await shutdown_trigger()
+    finally:
+        await context.terminated.set()
+        for server in servers:
+            server.close()
+        worker.close_idle()
+        try:
+            await asyncio.wait_for(worker.wait_empty(), config.graceful_timeout)
+        except asyncio.TimeoutError:
+            await worker.cut()
+        finally:
+            await lifespan.wait_for_shutdown()
+            lifespan_task.cancel()
+            try:
+                await lifespan_task
+            except asyncio.CancelledError:
+                pass
