@@ -42,6 +42,7 @@ from typing import Any
 
 import anyio
 
+from .._async import asyncio_loop
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import ORIGIN, Message, MessageId
@@ -143,9 +144,8 @@ async def run_beside(
     asyncio task beside one cancel scope about 1.5 KiB. On asyncio this is that; on any
     other anyio backend (trio) a task group.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio
+    loop = asyncio_loop()
+    if loop is None:
         await _run_beside_in_task_group(main, beside)
         return
     failure: list[BaseException] = []
@@ -231,11 +231,7 @@ class SendGuard:
         timeout = self.timeout
         clock = time.monotonic
         next_ping = clock() + interval if ping is not None and interval > 0 else math.inf
-        try:
-            asyncio.get_running_loop()
-            on_asyncio = True
-        except RuntimeError:
-            on_asyncio = False
+        on_asyncio = asyncio_loop() is not None
         while True:
             now = clock()
             started = self.started
