@@ -210,6 +210,10 @@ class EventStreamResponse(EventSourceResponse):
         guard = self.guard
         clock = time.monotonic
         multiplexed = len(stream.positions) > 1
+        # Compound ids: every channel of the URL, in its order, at its last delivered id.
+        # The stream forgets deleted channels; these keep them, so ids keep their shape.
+        # (One channel: unused, and not copied.)
+        ids = dict(stream.positions) if multiplexed else stream.positions
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -224,9 +228,6 @@ class EventStreamResponse(EventSourceResponse):
                 guard.started = 0.0
             if done:
                 break
-            # A batch has already moved the stream's positions past all of its events:
-            # compound ids are replayed from a copy taken before it.
-            ids = dict(stream.ids) if multiplexed else stream.ids
             for event in await stream.batch():
                 if type(event) is Delivery:
                     if multiplexed:

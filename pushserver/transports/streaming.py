@@ -328,7 +328,6 @@ class Stream:
         "_resync",
         "_resync_queued",
         "hub",
-        "ids",
         "positions",
         "subscription",
     )
@@ -340,18 +339,11 @@ class Stream:
         self.subscription = subscription
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
         self.positions = positions
-        #: Every channel ever streamed, deleted ones too: compound ids keep their shape.
-        #: The same dict as ``positions`` until a channel leaves (one channel: never).
-        self.ids = positions
         self._gap_told: dict[str, MessageId] | None = None
         #: channel -> next buffered message, while catching up from the buffer.
         self._heads: dict[str, Message] = {}
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
-
-    def _detach_ids(self) -> None:
-        if self.ids is self.positions:
-            self.ids = dict(self.positions)
 
     def resync(self) -> None:
         """Read the buffer again (a channel was added with its own position)."""
@@ -362,15 +354,13 @@ class Stream:
 
     async def add(self, channel_id: str, position: MessageId) -> None:
         """Stream one more channel from ``position`` (WebSocket ``subscribe``)."""
-        self._detach_ids()
-        self.positions[channel_id] = self.ids[channel_id] = position
+        self.positions[channel_id] = position
         await self.hub.add_channel(self.subscription, channel_id)
         self.resync()
 
     async def remove(self, channel_id: str) -> None:
         """Stop streaming a channel; what is queued for it is dropped."""
         if channel_id in self.positions:
-            self._detach_ids()
             del self.positions[channel_id]
             self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
@@ -416,8 +406,6 @@ class Stream:
         """Everything queued, as stream events; the one-channel message path is inline."""
         queue = self.subscription.take()
         positions = self.positions
-        ids = self.ids
-        same = ids is positions
         out: list[StreamEvent] = []
         for event in queue:
             if type(event) is Delivery:
@@ -427,8 +415,6 @@ class Stream:
                 # Older ids were already sent from the buffer; unknown channels were dropped.
                 if position is not None and message_id > position:
                     positions[channel_id] = message_id
-                    if not same:
-                        ids[channel_id] = message_id
                     out.append(event)
                 continue
             item = await self._accept(event)
@@ -450,7 +436,6 @@ class Stream:
         return None
 
     async def _deleted(self, channel_id: str) -> Deleted:
-        self._detach_ids()
         del self.positions[channel_id]
         self._heads.pop(channel_id, None)
         await self.hub.remove_channel(self.subscription, channel_id)
@@ -498,8 +483,6 @@ class Stream:
             if position is None or message.id <= position:
                 continue  # unsubscribed meanwhile
             positions[channel_id] = message.id
-            if self.ids is not positions:
-                self.ids[channel_id] = message.id
             out.append(Item(channel_id, message))
             try:
                 following, gap = await self._read(channel_id, message.id)
