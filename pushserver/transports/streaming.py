@@ -67,32 +67,32 @@ def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNE
         raise ValueError(f"at most {max_channels} channels per subscriber, not {len(parts)}")
     channels = [decode_channel_id(part, max_length) for part in parts]
     for channel_id in channels:
-        check_channel_id(channel_id)
+        _check_streamable(channel_id)  # decode_channel_id checked the rest
     return list(dict.fromkeys(channels))
 
 
-async def full_channel(hub: Hub, channels: list[str], limit: int) -> str | None:
-    """The first channel that already has ``limit`` subscribers (0 = no limit), or None.
-
-    Counted by the store (cluster-wide on Redis) before subscribing: concurrent newcomers
-    can overshoot by a few, which a limit meant against exhaustion tolerates.
-    """
-    if limit:
-        for channel_id in channels:
-            info = await hub.info(channel_id)
-            if info is not None and info.subscribers >= limit:
-                return channel_id
-    return None
-
-
-def full_reason(channel_id: str, limit: int) -> str:
-    return f"channel {channel_id} has its maximum of {limit} subscribers"
+async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
+    """Before subscribing: create the channel if it does not exist and ``create`` (the
+    location's ``create_on_get``), else raise :class:`ChannelNotFound`; then mark it
+    requested now (the publisher's "last requested")."""
+    backend = hub.backend
+    if not await backend.exists(channel_id):
+        if not create:
+            raise ChannelNotFound(channel_id)
+        await backend.create(channel_id)
+    await backend.touch(channel_id)
 
 
 def check_channel_id(channel_id: str, max_length: int = 0) -> None:
+    """Raise :class:`ValueError` for an id a streaming subscriber cannot name (an already
+    decoded one: a WebSocket command's)."""
     if not channel_id:
         raise ValueError("the channel id is empty")
     check_channel_id_length(channel_id, max_length)
+    _check_streamable(channel_id)
+
+
+def _check_streamable(channel_id: str) -> None:
     if any(char in channel_id for char in _LINE_BREAKS):
         raise ValueError("a channel id with a line break cannot be streamed")
 
