@@ -42,8 +42,10 @@ class LongPollTransport(HTTPTransport):
     ) -> None:
         super().__init__(location, hub, base_headers, presence, authorizer)
         self.interval = location.polling == "interval"
-        #: This location's key for ``Message.wire``: its start event includes our headers.
-        self._wire = f"longpoll@{id(self)}"
+        #: This transport's key for ``Message.wire``: its start event includes our headers.
+        #: An object of its own, which each message's cache holds on to: unlike a name made
+        #: from ``id(self)``, no later transport can get it while a cached form remains.
+        self._wire = object()
 
     def _encode_start(self, message: Message) -> dict:
         start = _encode_start(message)

@@ -141,6 +141,10 @@ def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
     return {"type": "websocket.send", "bytes": head.encode() + message.body}
 
 
+def _encode_frame(message: Message, channel_id: str) -> dict[str, Any]:
+    return encode_frame(channel_id, message)  # the order Message.wire calls it in
+
+
 def control(kind: str, **fields: Any) -> dict[str, Any]:
     return {
         "type": "websocket.send",
@@ -384,10 +388,8 @@ class _Connection:
         while True:
             for event in await stream.batch():
                 if type(event) is Delivery:
-                    message = event.message
-                    frame = message.encoded.get("ws")  # encoded once, by the first subscriber
-                    if frame is None:
-                        frame = message.wire("ws", partial(encode_frame, event.channel_id))
+                    # Encoded once, by the first subscriber.
+                    frame = event.message.wire("ws", _encode_frame, event.channel_id)
                 elif isinstance(event, Gap | Deleted):
                     frame = {"type": "websocket.send", "text": event.json()}
                 elif isinstance(event, Closing):
