@@ -12,6 +12,7 @@ from pushserver.config import DEFAULT_LOCATIONS, HostConfig, load, parse
 from pushserver.exceptions import ConfigurationError
 from pushserver.settings import get_config
 from pushserver.testing import PushServerProcess
+from tests.project.helpers import pushserver_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,11 +36,6 @@ DOCUMENTED_EXAMPLE = {
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
     ),
 }
-
-
-def pushserver_messages(push_server):
-    with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
 
 
 def only(messages):

@@ -403,48 +403,43 @@ async def test_without_interval_there_is_no_events_stream(push_server_factory):
 
 
 @pytest.mark.memory_store
-async def test_redis_health_follows_the_redis_server(push_server_factory, tmp_path):
-    from tests.backends.conftest import RedisServer
+async def test_redis_health_follows_the_redis_server(push_server_factory, redis_server_factory):
+    redis = redis_server_factory()
+    server = push_server_factory(
+        {
+            "store": {"shared": redis.store(), "local": {"type": "memory"}},
+            "locations": [
+                {"type": "publisher", "prefix": "/publisher/", "store": "shared"},
+                {"type": "status", "prefix": "/status/"},
+            ],
+        }
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        up = await wait_status(client, lambda d: d["stores"]["shared"]["ok"])
+        shared = up["stores"]["shared"]
+        assert shared["type"] == "redis" and shared["channels"] is None
+        assert shared["backend"]["address"] == f"redis://127.0.0.1:{redis.port}/0"
+        assert up["stores"]["local"] == {**up["stores"]["local"], "ok": True, "type": "memory"}
 
-    redis = RedisServer(tmp_path).start()
-    try:
-        server = push_server_factory(
-            {
-                "store": {"shared": redis.store(), "local": {"type": "memory"}},
-                "locations": [
-                    {"type": "publisher", "prefix": "/publisher/", "store": "shared"},
-                    {"type": "status", "prefix": "/status/"},
-                ],
-            }
-        )
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            up = await wait_status(client, lambda d: d["stores"]["shared"]["ok"])
-            shared = up["stores"]["shared"]
-            assert shared["type"] == "redis" and shared["channels"] is None
-            assert shared["backend"]["address"] == f"redis://127.0.0.1:{redis.port}/0"
-            assert up["stores"]["local"] == {**up["stores"]["local"], "ok": True, "type": "memory"}
-
-            redis.stop()
-            down = await wait_status(client, lambda d: not d["stores"]["shared"]["ok"])
-            assert down["stores"]["shared"]["backend"]["error"]
-            assert down["stores"]["local"]["ok"] is True
-            metrics = parse_prometheus((await client.get("/status/metrics")).text)
-            assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 0
-            assert sample(metrics, "pushserver_backend_up", store="local", type="memory") == 1
-            refused = await client.post("/publisher/news", content=b"x")
-            assert refused.status_code == 503
-            after = await status(client)
-            assert after["stores"]["shared"]["publish_errors"] == 1
-            assert after["publish_errors"] == 1 and after["published"] == 0
-
-            redis.start()  # the same port again
-            back = await wait_status(client, lambda d: d["stores"]["shared"]["ok"], timeout=30)
-            assert back["stores"]["shared"]["backend"]["reconnects"] >= 1
-            metrics = parse_prometheus((await client.get("/status/metrics")).text)
-            assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 1
-            assert sample(metrics, "pushserver_backend_reconnects_total", store="shared") >= 1
-    finally:
         redis.stop()
+        down = await wait_status(client, lambda d: not d["stores"]["shared"]["ok"])
+        assert down["stores"]["shared"]["backend"]["error"]
+        assert down["stores"]["local"]["ok"] is True
+        metrics = parse_prometheus((await client.get("/status/metrics")).text)
+        assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 0
+        assert sample(metrics, "pushserver_backend_up", store="local", type="memory") == 1
+        refused = await client.post("/publisher/news", content=b"x")
+        assert refused.status_code == 503
+        after = await status(client)
+        assert after["stores"]["shared"]["publish_errors"] == 1
+        assert after["publish_errors"] == 1 and after["published"] == 0
+
+        redis.start()  # the same port again
+        back = await wait_status(client, lambda d: d["stores"]["shared"]["ok"], timeout=30)
+        assert back["stores"]["shared"]["backend"]["reconnects"] >= 1
+        metrics = parse_prometheus((await client.get("/status/metrics")).text)
+        assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 1
+        assert sample(metrics, "pushserver_backend_reconnects_total", store="shared") >= 1
 
 
 # -- JSON access logs ------------------------------------------------------------------------
