@@ -63,51 +63,6 @@ FULL_CONFIG = {
 }
 
 
-def push_config(store: dict) -> dict:
-    """A publisher and a subscriber location (no create_on_get) on ``store``."""
-    return {
-        "store": store,
-        "locations": [
-            {"type": "publisher", "prefix": "/publisher/"},
-            {"type": "subscriber", "prefix": "/subscriber/"},
-        ],
-    }
-
-
-def message_position(response: httpx.Response) -> tuple[int, int]:
-    """The message id a long-poll response names, from Last-Modified and Etag."""
-    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
-    return seconds, int(response.headers["etag"])
-
-
-class Follower:
-    """A long-poll client that reads a channel message after message, as updates.js does:
-    each GET names the previous response's Last-Modified / Etag."""
-
-    def __init__(self, base_url: str, channel: str) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=60)
-        self.channel = channel
-        self.headers: dict[str, str] = {}
-        self.received: list[tuple[tuple[int, int], bytes]] = []
-        self.statuses: list[int] = []
-
-    async def next(self) -> httpx.Response:
-        response = await self.client.get(f"/subscriber/{self.channel}", headers=self.headers)
-        self.statuses.append(response.status_code)
-        if response.status_code == 200:
-            self.received.append((message_position(response), response.content))
-            self.headers = position(response)
-        return response
-
-    async def read(self, count: int) -> None:
-        while len(self.received) < count:
-            response = await self.next()
-            assert response.status_code in (200, 304), response.text
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
 #: The CORS set every subscriber response carries (default allow_origin '*').
 DEFAULT_CORS = {
     "access-control-allow-origin": "*",
@@ -156,6 +111,51 @@ async def wait_for_subscribers(
     client: httpx.AsyncClient, publisher_path: str, count: int, timeout: float = 10
 ) -> dict:
     return await wait_for_info(client, publisher_path, "subscribers", count, timeout)
+
+
+def push_config(store: dict) -> dict:
+    """A publisher and a subscriber location (no create_on_get) on ``store``."""
+    return {
+        "store": store,
+        "locations": [
+            {"type": "publisher", "prefix": "/publisher/"},
+            {"type": "subscriber", "prefix": "/subscriber/"},
+        ],
+    }
+
+
+def message_position(response: httpx.Response) -> tuple[int, int]:
+    """The message id a long-poll response names, from Last-Modified and Etag."""
+    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
+    return seconds, int(response.headers["etag"])
+
+
+class Follower:
+    """A long-poll client that reads a channel message after message, as updates.js does:
+    each GET names the previous response's Last-Modified / Etag."""
+
+    def __init__(self, base_url: str, channel: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=60)
+        self.channel = channel
+        self.headers: dict[str, str] = {}
+        self.received: list[tuple[tuple[int, int], bytes]] = []
+        self.statuses: list[int] = []
+
+    async def next(self) -> httpx.Response:
+        response = await self.client.get(f"/subscriber/{self.channel}", headers=self.headers)
+        self.statuses.append(response.status_code)
+        if response.status_code == 200:
+            self.received.append((message_position(response), response.content))
+            self.headers = position(response)
+        return response
+
+    async def read(self, count: int) -> None:
+        while len(self.received) < count:
+            response = await self.next()
+            assert response.status_code in (200, 304), response.text
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 async def assert_still_serving(
