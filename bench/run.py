@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from bench import nchan, redisserver, uvicornserve  # noqa: E402
 from bench.common import cpu_model, raise_fd_limit  # noqa: E402
+from pushserver.testing import free_port  # noqa: E402
 
 TRANSPORTS = ("longpoll", "sse", "ws")
 #: Our config's name for each bench transport.
@@ -180,14 +181,6 @@ class NchanServer:
         self.nginx.stop()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq: int) -> dict:
     row = {
         "target": target,
@@ -213,7 +206,7 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             servers.append(NchanServer(free_port(), nofile))
         elif target in REDIS_TARGETS:
             server_cpus, redis_cpu, loadgen_cpu = PLACEMENT[target]
-            redis = redisserver.RedisServer(pinned(redis_cpu)).start()
+            redis = redisserver.RedisServer(prefix=pinned(redis_cpu)).start()
             row["placement"] = {
                 "servers": server_cpus,
                 "redis": redis_cpu or "any",
@@ -281,7 +274,7 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
         for server in servers:
             server.stop()
         if redis is not None:
-            redis.stop()
+            redis.close()
     return row
 
 

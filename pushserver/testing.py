@@ -5,6 +5,15 @@ loopback port and stops it, so tests speak real HTTP to the real command::
 
     with PushServerProcess(settings_module="mysite.settings") as server:
         httpx.get(server.url + "/subscriber/news")
+
+:class:`RedisServer` runs a private ``redis-server`` for a test run (a project's own CI may
+use it for the redis store): on a free loopback port, never the machine's own Redis on
+127.0.0.1:6379, with nothing saved unless asked::
+
+    with RedisServer() as redis:
+        PUSH_SERVER = {"store": redis.store(), ...}
+
+:func:`free_port` is a loopback TCP port that was free a moment ago.
 """
 
 from __future__ import annotations
@@ -13,12 +22,17 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 _RUNNING_RE = re.compile(r"running at (http://(\S+?))/\s*$")
@@ -149,3 +163,206 @@ class PushServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago (the kernel's pick), for a server
+    that must be told its port up front, or a port where nothing listens."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+#: The ``redis-server`` :class:`RedisServer` runs: the one on ``PATH``.
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+#: The machine's own Redis: a :class:`RedisServer` never takes this port.
+_SYSTEM_REDIS_PORT = 6379
+_READY = "Ready to accept connections"
+
+
+class RedisServer:
+    """A private ``redis-server`` on 127.0.0.1 (a free port) and a unix socket.
+
+    ``directory`` holds its unix socket, append-only file and TLS certificate; without one
+    a temporary directory is made, removed by :meth:`close` (or leaving the ``with``).
+    With ``durable`` every write is fsynced to the append-only file before Redis replies, so
+    a killed and restarted server still has everything it accepted; otherwise nothing is
+    saved. ``password`` sets ``requirepass``; with ``tls`` the port speaks only TLS, with a
+    self-signed certificate (``certificate``; made with ``openssl``). ``prefix`` goes before
+    the command (``["taskset", "-c", "1"]``; it must exec ``redis-server``, so that ``pid``
+    is Redis's own).
+
+    :meth:`start` returns once Redis accepts connections (``TimeoutError`` or
+    ``RuntimeError``, with its log, otherwise); :meth:`stop` ends it (SIGTERM),
+    :meth:`kill` crashes it (SIGKILL); :meth:`start` again brings it back on the same port,
+    and :meth:`restart` is kill and start. ``output`` is its log.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        durable: bool = False,
+        password: str | None = None,
+        tls: bool = False,
+        prefix: Sequence[str] = (),
+        executable: str = REDIS_SERVER,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="pushserver-redis-")
+            directory = self._temporary.name
+        self.directory = Path(directory)
+        port = free_port()
+        while port == _SYSTEM_REDIS_PORT:  # only if the kernel's range includes it
+            port = free_port()
+        self.port = port
+        self.unix_socket = str(self.directory / "redis.sock")
+        self.durable = durable
+        self.password = password
+        #: With ``tls``, the self-signed certificate the TCP port presents.
+        self.certificate = str(self.directory / "cert.pem") if tls else None
+        self.prefix = list(prefix)
+        self.executable = executable
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[str] | None = None
+        #: The process id of the last start (kept after it stops).
+        self.pid = 0
+        self.output: list[str] = []
+        self._drainer: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.certificate else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def store(self, **options: Any) -> dict[str, Any]:
+        """A ``PUSH_SERVER['store']`` for this server, in a ``key_prefix`` of its own;
+        ``options`` are added (or override)."""
+        store: dict[str, Any] = {
+            "type": "redis",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "key_prefix": f"t{uuid.uuid4().hex[:8]}:",
+        }
+        if self.password is not None:
+            store["password"] = self.password
+        return {**store, **options}
+
+    def start(self) -> RedisServer:
+        if self.port == _SYSTEM_REDIS_PORT:
+            raise ValueError("RedisServer never runs on 6379, the machine's own Redis")
+        if self.certificate:
+            self._make_certificate()
+            port = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", self.certificate,
+                "--tls-key-file", self._key,
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        else:
+            port = ["--port", str(self.port)]
+        args = [
+            *self.prefix, self.executable,
+            *port,
+            "--bind", "127.0.0.1",
+            "--unixsocket", self.unix_socket,
+            "--unixsocketperm", "700",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--logfile", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        if self.durable:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.process, self.pid = process, process.pid
+        # A thread reads the log from the start: readiness is a log line, and the pipe must
+        # never fill up.
+        ready = threading.Event()
+        self._drainer = threading.Thread(target=self._drain, args=(process, ready), daemon=True)
+        self._drainer.start()
+        if not ready.wait(self.startup_timeout):
+            self.kill()
+            raise TimeoutError("redis-server did not start:\n" + self.log)
+        if not any(_READY in line for line in self.output):
+            self._end(signal.SIGKILL)  # it exited; reap it
+            raise RuntimeError(f"redis-server exited with {process.returncode}:\n{self.log}")
+        return self
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    @property
+    def _key(self) -> str:
+        return str(self.directory / "key.pem")
+
+    def _make_certificate(self) -> None:
+        if Path(self._key).exists():
+            return
+        assert self.certificate is not None
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-keyout", self._key, "-out", self.certificate, "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def _drain(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.output.append(line)
+            if _READY in line:
+                ready.set()
+        ready.set()  # exited: start() reports it
+
+    def _end(self, sig: int) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._drainer is not None:
+            self._drainer.join(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def stop(self) -> None:
+        """End it (SIGTERM) and wait; :meth:`start` brings it back on the same port."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no shutdown save, clients see their connections drop."""
+        self._end(signal.SIGKILL)
+
+    def restart(self) -> RedisServer:
+        self.kill()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop it and remove the temporary directory it made (if it made one)."""
+        self.stop()
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,4 +1,6 @@
-"""Fixtures every test shares: real push server processes, and the store they run on.
+"""Fixtures every test shares: real push server processes and the store they run on, private
+redis-servers (``redis_server``, ``redis_server_factory``), a Django site database with a
+logged-in user (``site_db``), and the send_update signals a test caused (``recorded``).
 
 ``PUSHSERVER_TEST_STORE=redis`` runs every test server on the redis store instead of the
 memory store: one private ``redis-server`` on a free port is started for the session (on
@@ -9,6 +11,7 @@ it too (the redis store runs on asyncio only).
 """
 
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +28,8 @@ import django  # noqa: E402
 
 django.setup()
 
-from pushserver.testing import PushServerProcess  # noqa: E402
+from pushserver import signals  # noqa: E402
+from pushserver.testing import PushServerProcess, RedisServer  # noqa: E402
 
 STORES = ("memory", "redis")
 #: The store test servers run on (``PUSHSERVER_TEST_STORE``); memory by default.
@@ -72,9 +76,7 @@ class _RedisStores:
         if not set(options) <= _SHARED_STORE_OPTIONS:
             return options  # unknown keys: a check test; the redis store would say the same
         if self.server is None:
-            # Mirrors tests/backends: a private redis-server, never the machine's own Redis.
-            from tests.backends.conftest import RedisServer
-
+            # A private redis-server, never the machine's own Redis.
             self.server = RedisServer(self.tmp_path_factory.mktemp("redis")).start()
         return self.server.store(**{k: v for k, v in options.items() if k != "type"})
 
@@ -178,3 +180,85 @@ async def client(request, server):
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
     async with httpx.AsyncClient(base_url=server.url, timeout=timeout, limits=limits) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of our own for the session (never the machine's); tests keep apart
+    by key prefix (``redis_server.store()``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path_factory):
+    """Start dedicated redis-servers (to stop, kill, restart or configure); stopped after."""
+    started: list[RedisServer] = []
+
+    def start(**kwargs) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def site_db(tmp_path_factory):
+    """A file SQLite DB shared by the server processes, with a user and a logged-in session."""
+    path = tmp_path_factory.mktemp("db") / "db.sqlite3"
+    env = {
+        **os.environ,
+        "PUSHSERVER_TEST_DB": str(path),
+        "DJANGO_SETTINGS_MODULE": "tests.project.settings",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "-v0"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    script = (
+        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from django.contrib.sessions.backends.db import SessionStore\n"
+        "user = get_user_model().objects.create_user('alice', password='pw')\n"
+        "session = SessionStore()\n"
+        "session[SESSION_KEY] = str(user.pk)\n"
+        "session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+        "session[HASH_SESSION_KEY] = user.get_session_auth_hash()\n"
+        "session.create()\n"
+        "print(session.session_key)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "shell", "-c", script],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    return {"PUSHSERVER_TEST_DB": str(path), "session": result.stdout.split()[-1]}
+
+
+@pytest.fixture
+def recorded():
+    """Every pre/post_send_update sent while the test runs, in order."""
+    events = []
+
+    def pre(sender, **kwargs):
+        events.append(("pre", sender, kwargs))
+
+    def post(sender, **kwargs):
+        events.append(("post", sender, kwargs))
+
+    signals.pre_send_update.connect(pre)
+    signals.post_send_update.connect(post)
+    yield events
+    signals.pre_send_update.disconnect(pre)
+    signals.post_send_update.disconnect(post)

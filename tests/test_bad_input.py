@@ -2,37 +2,22 @@
 
 import socket
 import uuid
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from tests.project.helpers import DEFAULT_CORS, FULL_CONFIG, path, wait_for_subscribers
+from tests.project.helpers import (
+    DEFAULT_CORS,
+    FULL_CONFIG,
+    assert_still_serving,
+    path,
+)
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 CONFIG = FULL_CONFIG
-
-
-async def assert_still_serving(client):
-    """A normal publish to a waiting long poll still works."""
-    channel = f"ok-{uuid.uuid4().hex}"
-    got = {}
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-
-            async def subscribe():
-                got["response"] = await client.get(path("/lazy/", channel))
-
-            tg.start_soon(subscribe)
-            await wait_for_subscribers(client, path("/publisher/", channel), 1)
-            response = await client.post(path("/publisher/", channel), content=b"fine")
-            assert response.status_code == 201
-    assert (got["response"].status_code, got["response"].content) == (200, b"fine")
 
 
 def assert_short_error(response, status):
@@ -79,7 +64,7 @@ async def test_garbage_position_headers(client, headers):
         assert_short_error(response, 400)
         for name, value in DEFAULT_CORS.items():
             assert response.headers[name] == value
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 def test_non_latin1_header_bytes(server):
@@ -110,7 +95,7 @@ async def test_malformed_http(server, client, data):
     status = answer.split(b" ", 2)[1]
     assert status in (b"400", b"431")
     assert len(answer) < 500
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 async def test_unknown_accept_falls_back_to_plain_text(client):
@@ -162,7 +147,7 @@ async def test_nothing_was_created_by_invalid_ids(client):
         await client.post("/publisher/" + suffix, content=b"x")
     response = await client.get("/publisher/%25zz")  # the literal id "%zz"
     assert response.status_code == 404
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 async def test_unmatched_path_is_404(client):
@@ -196,7 +181,7 @@ async def test_declared_body_over_the_limit_is_413(client):
     assert "larger than 16 bytes" in response.text
     # Nothing was stored, the channel was not even created.
     assert (await client.get(path("/publisher/", channel))).status_code == 404
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 async def test_streamed_body_over_the_limit_is_413(client):
@@ -209,7 +194,7 @@ async def test_streamed_body_over_the_limit_is_413(client):
     response = await client.post(path("/tiny/", channel), content=chunks())
     assert_short_error(response, 413)
     assert (await client.get(path("/publisher/", channel))).status_code == 404
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 @pytest.mark.anyio
@@ -225,7 +210,7 @@ async def test_oversized_uploads_leave_nothing_stuck(push_server_factory):
         for _ in range(5):
             response = await client.post(path("/tiny/", "big"), content=chunks())
             assert response.status_code == 413
-        await assert_still_serving(client)
+        await assert_still_serving(client, subscriber="/lazy/")
     returncode = await anyio.to_thread.run_sync(server.stop)
     assert returncode == 0
     assert "Traceback" not in server.log
@@ -252,7 +237,7 @@ async def test_unsupported_methods_are_405(client, method, prefix):
     assert_short_error(response, 405)
     assert f"{method} is not allowed here" in response.text
     assert "GET" in response.headers["allow"]
-    await assert_still_serving(client)
+    await assert_still_serving(client, subscriber="/lazy/")
 
 
 def test_early_answer_keeps_a_keep_alive_connection_usable(server):

@@ -1,5 +1,6 @@
 """PUSH_SERVER: the original's whole schema, and a system check error for each mistake."""
 
+import io
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from pushserver.config import DEFAULT_LOCATIONS, HostConfig, load, parse
 from pushserver.exceptions import ConfigurationError
 from pushserver.settings import get_config
 from pushserver.testing import PushServerProcess
+from tests.project.helpers import pushserver_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,11 +37,6 @@ DOCUMENTED_EXAMPLE = {
         {"type": "publisher", "url": r"/send-update/([^/]+)"},
     ),
 }
-
-
-def pushserver_messages(push_server):
-    with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
 
 
 def only(messages):
@@ -394,17 +391,52 @@ def test_other_mistakes(push_server, code, key):
     assert message.hint
 
 
-def test_check_command_fails_on_a_bad_setting():
-    bad = {"locations": [{"type": "subscriber", "url": "/x/(a)(b)"}]}
-    with override_settings(PUSH_SERVER=bad), pytest.raises(SystemCheckError) as info:
-        call_command("check")
-    assert "pushserver.E034" in str(info.value)
-    assert "PUSH_SERVER['locations'][0]['url']" in str(info.value)
+#: A location with a W-level problem: '*' beside other origins changes nothing (W080).
+WARNED_LOCATION = {"type": "subscriber", "prefix": "/w/", "allow_origin": ["*", "http://a.example"]}
+W080_LINE = (
+    "?: (pushserver.W080) PUSH_SERVER['locations'][1]['allow_origin']: '*' allows every "
+    "origin, so the other origins listed with it change nothing"
+)
+
+
+def run_check(push_server, *args):
+    """``manage.py check`` with ``push_server``: (stdout, stderr); raises SystemCheckError."""
+    out, err = io.StringIO(), io.StringIO()
+    with override_settings(PUSH_SERVER=push_server):
+        call_command("check", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_check_command_fails_on_a_bad_setting_and_reports_its_warnings_too():
+    bad = {"locations": [{"type": "subscriber", "url": "/x/(a)(b)"}, WARNED_LOCATION]}
+    with pytest.raises(SystemCheckError) as info:
+        run_check(bad)
+    report = str(info.value)
+    errors, _, warnings = report.partition("\nWARNINGS:\n")
+    assert "ERRORS:\n?: (pushserver.E034) PUSH_SERVER['locations'][0]['url']: " in errors
+    assert "pushserver.W080" not in errors
+    assert warnings.startswith(W080_LINE)
+    assert "System check identified 2 issues (0 silenced)." in report
+
+
+def test_check_command_reports_warnings_and_passes():
+    warned = {"locations": [{"type": "publisher", "prefix": "/p/"}, WARNED_LOCATION]}
+    out, err = run_check(warned)
+    assert out == ""
+    assert err == (
+        "System check identified some issues:\n\nWARNINGS:\n"
+        f"{W080_LINE}\n"
+        "\tHINT: Use '*' alone, or list only the exact origins that may read responses.\n\n"
+        "System check identified 1 issue (0 silenced).\n"
+    )
+    # A deployment that fails on warnings (check --fail-level WARNING) fails on this one.
+    with pytest.raises(SystemCheckError) as info:
+        run_check(warned, "--fail-level", "WARNING")
+    assert W080_LINE in str(info.value)
 
 
 def test_check_command_passes_on_the_default():
-    with override_settings(PUSH_SERVER={}):
-        call_command("check")
+    assert run_check({}) == ("System check identified no issues (0 silenced).\n", "")
 
 
 def test_runpushserver_refuses_to_start_with_a_bad_setting():

@@ -11,8 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from pushserver.config import parse
-from tests.backends.conftest import redis_server  # noqa: F401 (fixture)
-from tests.project.helpers import path, position, wait_for_subscribers
+from tests.project.helpers import assert_still_serving, path, position, wait_for_subscribers
 from tests.transports.streams import closed_with, ws_frame, ws_url
 
 ID_LIMIT = 16
@@ -29,27 +28,6 @@ CONFIG = {
 
 
 CLIENT_TIMEOUT = 30
-
-
-
-
-
-
-async def assert_still_serving(client: httpx.AsyncClient, channel_id: str) -> None:
-    """A long-poll subscriber waits, a publish reaches it."""
-    result: dict[str, httpx.Response] = {}
-
-    async def poll() -> None:
-        result["poll"] = await client.get(path("/subscriber/", channel_id))
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poll)
-            await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
-            published = await client.post(path("/publisher/", channel_id), content=b"still here")
-            assert published.status_code == 201, published.text
-    assert result["poll"].status_code == 200
-    assert result["poll"].content == b"still here"
 
 
 # -- channel id length ---------------------------------------------------------------------
@@ -285,7 +263,7 @@ def test_max_channels_checks():
 
 
 @pytest.mark.anyio
-async def test_max_subscribers_counts_across_servers_on_redis(push_server_factory, redis_server):  # noqa: F811
+async def test_max_subscribers_counts_across_servers_on_redis(push_server_factory, redis_server):
     """With Redis the count is cluster-wide: a subscriber on one server fills the channel
     for another server sharing the store."""
     settings = {

@@ -1,22 +1,18 @@
 """Passthrough: the Django view, the sender's guarantees, and the whole loop with real servers."""
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 from django.test import Client
 
-from pushserver import config, signals, views
+from pushserver import signals, views
 from pushserver.http import Request
 from pushserver.passthrough import PassthroughSender
+from pushserver.testing import free_port
+from tests.project.helpers import PresenceLog, location_for
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The sender is core code: run its tests on both anyio backends.
 both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -150,21 +146,6 @@ async def site():
         tg.cancel_scope.cancel()
 
 
-def location_for(port, path="/passthrough?x=1"):
-    parsed = config.load(
-        {
-            "locations": [
-                {
-                    "type": "subscriber",
-                    "prefix": "/u/",
-                    "passthrough": f"http://127.0.0.1:{port}{path}",
-                }
-            ]
-        }
-    )
-    return parsed.locations[0]
-
-
 def subscriber_request(**headers):
     raw = [(b"host", b"push.example:8001"), (b"connection", b"keep-alive")]
     raw += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
@@ -282,11 +263,8 @@ async def test_queued_notifications_drain_on_exit(site):
 @pytest.mark.anyio
 @both_backends
 async def test_unreachable_site_is_logged_not_raised(caplog):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     sender = PassthroughSender()
-    presence = sender(location_for(port))
+    presence = sender(location_for(free_port()))  # nothing listens there
     with anyio.fail_after(5), caplog.at_level(logging.WARNING, "pushserver.passthrough"):
         async with sender:
             token = presence.subscribed(subscriber_request(), "x")
@@ -295,64 +273,6 @@ async def test_unreachable_site_is_logged_not_raised(caplog):
 
 
 # -- the whole loop: browser-like long poll -> push server -> Django -> signal receiver --------
-
-
-@pytest.fixture(scope="module")
-def site_db(tmp_path_factory):
-    """A file SQLite DB shared by the server processes, with a user and a logged-in session."""
-    path = tmp_path_factory.mktemp("db") / "db.sqlite3"
-    env = {
-        **os.environ,
-        "PUSHSERVER_TEST_DB": str(path),
-        "DJANGO_SETTINGS_MODULE": "tests.project.settings",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "-v0"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        timeout=120,
-    )
-    script = (
-        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY\n"
-        "from django.contrib.auth import get_user_model\n"
-        "from django.contrib.sessions.backends.db import SessionStore\n"
-        "user = get_user_model().objects.create_user('alice', password='pw')\n"
-        "session = SessionStore()\n"
-        "session[SESSION_KEY] = str(user.pk)\n"
-        "session[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
-        "session[HASH_SESSION_KEY] = user.get_session_auth_hash()\n"
-        "session.create()\n"
-        "print(session.session_key)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "django", "shell", "-c", script],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
-    return {"PUSHSERVER_TEST_DB": str(path), "session": result.stdout.split()[-1]}
-
-
-class PresenceLog:
-    """Reads the presence channel the test project's receivers publish to, in order."""
-
-    def __init__(self, client, url):
-        self.client = client
-        self.url = url
-        self.headers = {}
-
-    async def next(self):
-        response = await self.client.get(self.url, headers=self.headers)
-        assert response.status_code == 200, response.text
-        self.headers = {
-            "if-modified-since": response.headers["last-modified"],
-            "if-none-match": response.headers["etag"],
-        }
-        return response.json()
 
 
 def browser_headers(session):

@@ -11,7 +11,7 @@ import json
 import re
 import string
 import xml.etree.ElementTree as ET
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
@@ -237,11 +237,61 @@ def test_parse_resume_id_is_positions_or_value_error(text, count):
         assert all(isinstance(p, MessageId) and p >= ORIGIN for p in value)
 
 
+#: A run of percent escapes: UTF-8 bytes once decoded.
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def form_decoded(text: str) -> str:
+    """One name or value of a form-encoded query: ``+`` is a space, each run of ``%XX``
+    escapes is UTF-8 (a malformed sequence becomes U+FFFD), everything else stays as it is
+    (a ``%`` not followed by two hex digits too)."""
+
+    def escapes(match: re.Match[str]) -> str:
+        return bytes.fromhex(match.group().replace("%", "")).decode("utf-8", "replace")
+
+    return _ESCAPES.sub(escapes, text.replace("+", " "))
+
+
+def expected_query_parameter(query: bytes, name: str) -> str | None:
+    """The value of the first ``&``-separated field whose decoded name (up to the first
+    ``=``; a field without one has an empty value) is ``name``; None when none is."""
+    for field in query.decode("latin-1").split("&"):
+        key, _, value = field.partition("=")
+        if field and form_decoded(key) == name:
+            return form_decoded(value)
+    return None
+
+
+#: Query strings built from what the decoder treats specially.
+query_strings = st.lists(
+    st.sampled_from(
+        [*"&=+%;ax_ ", "\xc4", "last_event_id", "last%5Fevent%5fid", "%26", "%3D", "%2B",
+         "%C4%8D", "%E2%82", "%zz", "%4", "%FF"]
+    )
+).map(lambda parts: "".join(parts).encode("latin-1"))  # fmt: skip
+
+
 @SETTINGS
-@given(st.binary(), st.sampled_from(["last_event_id", "x", ""]))
-def test_query_parameter_never_fails(query, name):
-    value = query_parameter(query, name)
-    assert value is None or isinstance(value, str)
+@given(st.one_of(st.binary(), query_strings), st.sampled_from(["last_event_id", "x", "", "a x"]))
+@example(b"x=1&x=2", "x")
+@example(b"x&x=2", "x")
+@example(b"=empty", "")
+@example(b"a+x=%C4%8D+%2B%E2%82", "a x")
+@example(b"last%5Fevent%5fid=7%zz", "last_event_id")
+@example(b"%C4%8D=1&x=%C4x", "x")
+def test_query_parameter_is_the_first_matching_field_decoded(query, name):
+    assert query_parameter(query, name) == expected_query_parameter(query, name)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(any_text, any_text), max_size=5), any_text)
+def test_query_parameter_reads_back_an_encoded_form(fields, name):
+    query = "&".join(f"{quote_plus(key)}={quote_plus(value)}" for key, value in fields)
+    expected = next((value for key, value in fields if key == name), None)
+    assert query_parameter(query.encode("ascii"), name) == expected
+    # The name of a field that is there, too.
+    for key, value in fields[:1]:
+        assert query_parameter(query.encode("ascii"), key) == value
 
 
 # -- CORS -----------------------------------------------------------------------------------

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from django.core import checks
 from django.test import override_settings
 
 from pushserver.publisher import publisher_token
 from pushserver.utils.updates import SendUpdateError, send_update
+from tests.project.helpers import pushserver_messages
 
 SECRET = "correct horse battery staple"
-
-
-def pushserver_messages(push_server):
-    with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from django.core import checks
-from django.test import override_settings
 
-from tests.backends.conftest import RedisServer, free_port
-from tests.project.helpers import silent_server
+from pushserver.testing import free_port
+from tests.project.helpers import pushserver_messages, silent_server
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-def pushserver_messages(push_server):
-    with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
 
 
 def test_reachable_redis_passes(redis_server):

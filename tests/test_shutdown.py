@@ -23,10 +23,9 @@ from websockets.exceptions import ConnectionClosed
 
 from pushserver.app import PushServer
 from pushserver.config import load
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, RedisServer
 from pushserver.transports.sse import SHUTDOWN_RETRY_MS
-from tests.backends.conftest import RedisServer
-from tests.project.helpers import path, position, wait_for_subscribers
+from tests.project.helpers import path, position, wait_for_subscribers, worker_pids
 from tests.transports.streams import (
     SSEReader,
     closed_with,
@@ -49,13 +48,6 @@ CONFIG = {"locations": LOCATIONS}
 #: and slack for a loaded machine: bounds for fail_after, not timing assertions.
 CLOSE_GRACE = 3.0
 SLACK = 15.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def redis_config(redis_server: RedisServer, prefix: str | None = None) -> dict:
@@ -306,12 +298,6 @@ def test_shutdown_timeout_setting_and_option():
 
 
 # -- workers ----------------------------------------------------------------------------
-
-
-async def worker_pids(server: PushServerProcess, count: int) -> list[int]:
-    from tests.backends.test_workers import worker_pids as pids
-
-    return await pids(server, count)
 
 
 async def test_workers_stop_listening_at_once_and_finish_publishes(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import anyio
 import httpx
@@ -403,48 +404,43 @@ async def test_without_interval_there_is_no_events_stream(push_server_factory):
 
 
 @pytest.mark.memory_store
-async def test_redis_health_follows_the_redis_server(push_server_factory, tmp_path):
-    from tests.backends.conftest import RedisServer
+async def test_redis_health_follows_the_redis_server(push_server_factory, redis_server_factory):
+    redis = redis_server_factory()
+    server = push_server_factory(
+        {
+            "store": {"shared": redis.store(), "local": {"type": "memory"}},
+            "locations": [
+                {"type": "publisher", "prefix": "/publisher/", "store": "shared"},
+                {"type": "status", "prefix": "/status/"},
+            ],
+        }
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        up = await wait_status(client, lambda d: d["stores"]["shared"]["ok"])
+        shared = up["stores"]["shared"]
+        assert shared["type"] == "redis" and shared["channels"] is None
+        assert shared["backend"]["address"] == f"redis://127.0.0.1:{redis.port}/0"
+        assert up["stores"]["local"] == {**up["stores"]["local"], "ok": True, "type": "memory"}
 
-    redis = RedisServer(tmp_path).start()
-    try:
-        server = push_server_factory(
-            {
-                "store": {"shared": redis.store(), "local": {"type": "memory"}},
-                "locations": [
-                    {"type": "publisher", "prefix": "/publisher/", "store": "shared"},
-                    {"type": "status", "prefix": "/status/"},
-                ],
-            }
-        )
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            up = await wait_status(client, lambda d: d["stores"]["shared"]["ok"])
-            shared = up["stores"]["shared"]
-            assert shared["type"] == "redis" and shared["channels"] is None
-            assert shared["backend"]["address"] == f"redis://127.0.0.1:{redis.port}/0"
-            assert up["stores"]["local"] == {**up["stores"]["local"], "ok": True, "type": "memory"}
-
-            redis.stop()
-            down = await wait_status(client, lambda d: not d["stores"]["shared"]["ok"])
-            assert down["stores"]["shared"]["backend"]["error"]
-            assert down["stores"]["local"]["ok"] is True
-            metrics = parse_prometheus((await client.get("/status/metrics")).text)
-            assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 0
-            assert sample(metrics, "pushserver_backend_up", store="local", type="memory") == 1
-            refused = await client.post("/publisher/news", content=b"x")
-            assert refused.status_code == 503
-            after = await status(client)
-            assert after["stores"]["shared"]["publish_errors"] == 1
-            assert after["publish_errors"] == 1 and after["published"] == 0
-
-            redis.start()  # the same port again
-            back = await wait_status(client, lambda d: d["stores"]["shared"]["ok"], timeout=30)
-            assert back["stores"]["shared"]["backend"]["reconnects"] >= 1
-            metrics = parse_prometheus((await client.get("/status/metrics")).text)
-            assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 1
-            assert sample(metrics, "pushserver_backend_reconnects_total", store="shared") >= 1
-    finally:
         redis.stop()
+        down = await wait_status(client, lambda d: not d["stores"]["shared"]["ok"])
+        assert down["stores"]["shared"]["backend"]["error"]
+        assert down["stores"]["local"]["ok"] is True
+        metrics = parse_prometheus((await client.get("/status/metrics")).text)
+        assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 0
+        assert sample(metrics, "pushserver_backend_up", store="local", type="memory") == 1
+        refused = await client.post("/publisher/news", content=b"x")
+        assert refused.status_code == 503
+        after = await status(client)
+        assert after["stores"]["shared"]["publish_errors"] == 1
+        assert after["publish_errors"] == 1 and after["published"] == 0
+
+        redis.start()  # the same port again
+        back = await wait_status(client, lambda d: d["stores"]["shared"]["ok"], timeout=30)
+        assert back["stores"]["shared"]["backend"]["reconnects"] >= 1
+        metrics = parse_prometheus((await client.get("/status/metrics")).text)
+        assert sample(metrics, "pushserver_backend_up", store="shared", type="redis") == 1
+        assert sample(metrics, "pushserver_backend_reconnects_total", store="shared") >= 1
 
 
 # -- JSON access logs ------------------------------------------------------------------------
@@ -452,37 +448,62 @@ async def test_redis_health_follows_the_redis_server(push_server_factory, tmp_pa
 
 async def test_json_logs_are_one_object_per_line(push_server_factory):
     server = push_server_factory(CONFIG, "--log-format", "json")
+    started = time.monotonic()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        await publish(client, "logged", "hi")
+        published = await publish(client, "logged", "hi")
         assert (await client.get("/subscriber/logged")).status_code == 200
         async with event_stream(client, "/subscriber/logged") as sse:
+            opened = time.monotonic()  # the server answered: its request began before this
             await sse.event()
+        held = time.monotonic() - opened  # ...and ends once it sees the stream closed
         async with connect(ws_url(server, "/subscriber/logged,x")) as ws:
             await ws.recv()
-        assert (await client.get("/status/json")).status_code == 200
-        assert (await client.get("/nowhere")).status_code == 404
+        status_page = await client.get("/status/json")
+        assert status_page.status_code == 200
+        nowhere = await client.get("/nowhere")
+        assert nowhere.status_code == 404
     server.wait_for_output(r'"path":"/nowhere"')
+    elapsed = time.monotonic() - started
     lines = server.log.split("Quit the server with CONTROL-C.\n", 1)[1].splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger"} <= set(r) for r in records)
     assert any(r["logger"] == "pushserver.server" and "message" in r for r in records)
     access = [r for r in records if r["logger"] == "pushserver.access"]
+    for record in access:
+        assert record["level"] == "INFO"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
+        assert isinstance(record["duration"], float) and 0 <= record["duration"] <= elapsed
     by = {(r["method"], r["path"], r["transport"]): r for r in access}
-    fields = {
-        "time", "level", "logger", "client", "method", "path", "protocol", "status", "bytes",
-        "duration", "transport", "channel",
+    # Each request's fields exactly (docs/observability.md): a stream the client closed has
+    # no status, and a body size only when the response declared one.
+    expected = {
+        ("POST", "/publisher/logged", "publisher"): {
+            "status": 202, "bytes": len(published.content), "channel": "logged",
+        },
+        ("GET", "/subscriber/logged", "longpoll"): {"status": 200, "bytes": 2, "channel": "logged"},
+        ("GET", "/subscriber/logged", "eventsource"): {
+            "status": None, "bytes": None, "channel": "logged",
+        },
+        ("GET", "/subscriber/logged,x", "websocket"): {
+            "status": 101, "bytes": None, "channel": "logged,x", "protocol": "ws",
+        },
+        ("GET", "/status/json", "status"): {
+            "status": 200, "bytes": len(status_page.content), "channel": None,
+        },
+        ("GET", "/nowhere", None): {"status": 404, "bytes": len(nowhere.content), "channel": None},
     }  # fmt: skip
-    assert all(set(r) == fields for r in access)
-    posted = by["POST", "/publisher/logged", "publisher"]
-    assert posted["status"] == 202 and posted["bytes"] > 0 and posted["channel"] == "logged"
-    assert posted["client"] == "127.0.0.1" and posted["protocol"] == "1.1"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", posted["time"])
-    polled = by["GET", "/subscriber/logged", "longpoll"]
-    assert polled["status"] == 200 and polled["bytes"] == 2
-    streamed = by["GET", "/subscriber/logged", "eventsource"]
-    assert streamed["channel"] == "logged" and streamed["duration"] >= 0
-    socket = by["GET", "/subscriber/logged,x", "websocket"]
-    assert socket["status"] == 101 and socket["channel"] == "logged,x"
-    assert socket["protocol"] == "ws"
-    assert by["GET", "/status/json", "status"]["channel"] is None
-    assert by["GET", "/nowhere", None]["status"] == 404
+    assert len(access) == len(expected) and set(by) == set(expected)
+    for (method, path, transport), fields in expected.items():
+        record = by[method, path, transport]
+        assert {k: v for k, v in record.items() if k not in ("time", "level", "duration")} == {
+            "logger": "pushserver.access",
+            "client": "127.0.0.1",
+            "method": method,
+            "path": path,
+            "protocol": "1.1",
+            "transport": transport,
+            **fields,
+        }
+    # The stream's duration covers the time the client held it open (1% for clock slew:
+    # the server measures wall-clock time).
+    assert by["GET", "/subscriber/logged", "eventsource"]["duration"] >= held * 0.99

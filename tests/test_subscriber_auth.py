@@ -4,7 +4,6 @@ authorizer) on every transport, against real runpushserver processes."""
 from __future__ import annotations
 
 import json
-import socket
 from urllib.parse import quote
 
 import anyio
@@ -15,11 +14,16 @@ from django.test import override_settings
 from websockets.asyncio.client import connect
 
 from pushserver.config import parse
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
 from pushserver.utils.signing import SALT, sign_channel, signed_channel_url, verify_channel
-from tests.project.helpers import position, silent_server
-from tests.test_config_checks import ROOT, pushserver_messages
-from tests.test_passthrough import PresenceLog, site_db  # noqa: F401  (a fixture)
+from tests.conftest import ROOT
+from tests.project.helpers import (
+    PresenceLog,
+    location_for,
+    position,
+    pushserver_messages,
+    silent_server,
+)
 from tests.transports.streams import closed_with, publish, ws_frame, ws_url
 
 TRANSPORTS = ["longpoll", "eventsource", "websocket"]
@@ -380,7 +384,7 @@ async def check_site_decides(server, client, log, session):
 
 
 @pytest.mark.anyio
-async def test_passthrough_authorizer_in_process(push_server_factory, site_db, free_tcp_port):  # noqa: F811
+async def test_passthrough_authorizer_in_process(push_server_factory, site_db, free_tcp_port):
     address = f"127.0.0.1:{free_tcp_port}"
     server = push_server_factory(
         {"locations": auth_locations(f"http://{address}/passthrough")},
@@ -399,7 +403,7 @@ async def test_passthrough_authorizer_in_process(push_server_factory, site_db, f
 
 
 @pytest.mark.anyio
-async def test_passthrough_authorizer_over_http(push_server_factory, site_db):  # noqa: F811
+async def test_passthrough_authorizer_over_http(push_server_factory, site_db):
     site = push_server_factory(
         {"locations": auth_locations("http://127.0.0.1:9/unused")},
         "--allrequests",
@@ -421,9 +425,7 @@ async def test_passthrough_authorizer_over_http(push_server_factory, site_db):  
 @pytest.mark.anyio
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_passthrough_authorizer_timeout_and_unreachable(push_server_factory, transport):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     with silent_server() as (hung_port, _):
         locations = [
             *auth_locations(f"http://127.0.0.1:{hung_port}/passthrough", authorize_timeout=0.5),
@@ -541,7 +543,7 @@ def test_bad_hook_stops_runpushserver():
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_hook_with_the_session_user(push_server_factory, site_db, transport):  # noqa: F811
+async def test_hook_with_the_session_user(push_server_factory, site_db, transport):
     server = push_server_factory(
         {
             "locations": [
@@ -608,7 +610,6 @@ ANSWERS = {
 async def test_authorize_reads_the_answer(kind):
     from pushserver.http import Request
     from pushserver.passthrough import PassthroughSender
-    from tests.test_passthrough import location_for
 
     seen = []
 

@@ -12,9 +12,10 @@ import pytest
 from django.test import override_settings
 from django.utils.translation import gettext_lazy
 
-from pushserver import signals
+from pushserver.testing import free_port
 from pushserver.utils import updates
 from pushserver.utils.updates import SendUpdateError, UpdateResponse
+from tests.project.helpers import wait_for_subscribers
 
 LOCATIONS = [
     {"type": "publisher", "prefix": "/publisher/"},
@@ -30,30 +31,6 @@ def client_settings(host, **extra):
         "subscriber_host": {"location": host},
         **extra,
     }
-
-
-@pytest.fixture
-def recorded():
-    """Every pre/post_send_update sent while the test runs, in order."""
-    events = []
-
-    def pre(sender, **kwargs):
-        events.append(("pre", sender, kwargs))
-
-    def post(sender, **kwargs):
-        events.append(("post", sender, kwargs))
-
-    signals.pre_send_update.connect(pre)
-    signals.post_send_update.connect(post)
-    yield events
-    signals.pre_send_update.disconnect(pre)
-    signals.post_send_update.disconnect(post)
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- URLs ---------------------------------------------------------------------------------------
@@ -186,7 +163,7 @@ def test_send_update_already_serialized(push_server):
 
 
 def test_send_update_server_down(recorded):
-    host = f"127.0.0.1:{closed_port()}"
+    host = f"127.0.0.1:{free_port()}"
     with (
         override_settings(PUSH_SERVER=client_settings(host)),
         pytest.raises(SendUpdateError) as info,
@@ -247,7 +224,7 @@ def test_send_update_times_out():
 
 
 def test_ignore_errors_argument_and_setting(recorded):
-    host = f"127.0.0.1:{closed_port()}"
+    host = f"127.0.0.1:{free_port()}"
     with override_settings(PUSH_SERVER=client_settings(host)):
         assert updates.send_update("x", {"type": "t"}, ignore_errors=True) is None
         with override_settings(PUSH_SERVER_IGNORE_ERRORS=True):
@@ -271,7 +248,7 @@ async def test_asend_update_round_trip_and_error(push_server, recorded):
     assert recorded[-1][2]["response"].status == 202
 
     with (
-        override_settings(PUSH_SERVER=client_settings(f"127.0.0.1:{closed_port()}")),
+        override_settings(PUSH_SERVER=client_settings(f"127.0.0.1:{free_port()}")),
         pytest.raises(SendUpdateError),
     ):
         await updates.asend_update("async", {})
@@ -279,14 +256,6 @@ async def test_asend_update_round_trip_and_error(push_server, recorded):
 
 
 # -- in-process publishing under --allrequests --------------------------------------------------
-
-
-async def wait_for_subscribers(client, publisher_path, count):
-    while True:
-        info = await client.get(publisher_path, headers={"accept": "application/json"})
-        if info.status_code == 200 and info.json()["subscribers"] == count:
-            return
-        await anyio.sleep(0.02)
 
 
 @pytest.mark.anyio

@@ -2,75 +2,13 @@
 
 from __future__ import annotations
 
-from email.utils import parsedate_to_datetime
-
 import anyio
 import httpx
 import pytest
 
+from tests.project.helpers import Follower, channel_info, push_config, wait_for_subscribers
+
 pytestmark = pytest.mark.anyio
-
-JSON = {"accept": "application/json"}
-
-
-def push_config(store: dict) -> dict:
-    return {
-        "store": store,
-        "locations": [
-            {"type": "publisher", "prefix": "/publisher/"},
-            {"type": "subscriber", "prefix": "/subscriber/"},
-        ],
-    }
-
-
-def position(response: httpx.Response) -> tuple[int, int]:
-    """The message id a long-poll response names, from Last-Modified and Etag."""
-    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
-    return seconds, int(response.headers["etag"])
-
-
-class Follower:
-    """A long-poll client that reads a channel message after message, as updates.js does:
-    each GET names the previous response's Last-Modified / Etag."""
-
-    def __init__(self, base_url: str, channel: str) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=60)
-        self.channel = channel
-        self.headers: dict[str, str] = {}
-        self.received: list[tuple[tuple[int, int], bytes]] = []
-        self.statuses: list[int] = []
-
-    async def next(self) -> httpx.Response:
-        response = await self.client.get(f"/subscriber/{self.channel}", headers=self.headers)
-        self.statuses.append(response.status_code)
-        if response.status_code == 200:
-            self.received.append((position(response), response.content))
-            self.headers = {
-                "if-modified-since": response.headers["last-modified"],
-                "if-none-match": response.headers["etag"],
-            }
-        return response
-
-    async def read(self, count: int) -> None:
-        while len(self.received) < count:
-            response = await self.next()
-            assert response.status_code in (200, 304), response.text
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-async def subscribers(client: httpx.AsyncClient, channel: str) -> int:
-    response = await client.get(f"/publisher/{channel}", headers=JSON)
-    assert response.status_code == 200, response.text
-    return response.json()["subscribers"]
-
-
-async def wait_subscribers(client: httpx.AsyncClient, channel: str, count: int) -> None:
-    """Poll channel info (a real signal, bounded) until ``count`` subscribers wait."""
-    with anyio.fail_after(10):
-        while await subscribers(client, channel) != count:
-            await anyio.sleep(0.02)
 
 
 @pytest.fixture
@@ -93,8 +31,8 @@ async def test_message_published_on_one_server_reaches_subscribers_of_both(two_s
                     for follower in followers:
                         tg.start_soon(follower.read, 1)
                     # Both nodes' subscribers are counted in either node's channel info.
-                    await wait_subscribers(pub_a, "news", 3)
-                    assert await subscribers(pub_b, "news") == 3
+                    await wait_for_subscribers(pub_a, "/publisher/news", 3)
+                    assert (await channel_info(pub_b, "/publisher/news"))["subscribers"] == 3
                     response = await pub_b.post(
                         "/publisher/news", content=b"hello", headers={"content-type": "text/plain"}
                     )
@@ -102,7 +40,8 @@ async def test_message_published_on_one_server_reaches_subscribers_of_both(two_s
             first = followers[0].received
             assert [body for _, body in first] == [b"hello"]
             assert all(f.received == first for f in followers)
-            await wait_subscribers(pub_a, "news", 0)  # every node took its count back
+            # Every node took its count back.
+            await wait_for_subscribers(pub_a, "/publisher/news", 0)
         finally:
             for follower in followers:
                 await follower.aclose()
@@ -123,7 +62,7 @@ async def test_client_moves_between_servers_without_loss(two_servers):
                 await on_b.read(1)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(on_b.read, 2)
-                    await wait_subscribers(pub_a, "news", 1)
+                    await wait_for_subscribers(pub_a, "/publisher/news", 1)
                     assert (await pub_a.post("/publisher/news", content=b"m3")).status_code == 201
             bodies = [body for _, body in on_a.received + on_b.received]
             assert bodies == [b"m0", b"m1", b"m2", b"m3"]
@@ -155,7 +94,7 @@ async def test_concurrent_publishers_on_two_servers(two_servers):
                 async with anyio.create_task_group() as tg:
                     for follower in followers:
                         tg.start_soon(follower.read, total)
-                    await wait_subscribers(pub_a, "race", len(followers))
+                    await wait_for_subscribers(pub_a, "/publisher/race", len(followers))
                     async with anyio.create_task_group() as publishers:
                         for w in range(workers):
                             publishers.start_soon(publish, pub_a, f"a{w}")
@@ -213,7 +152,7 @@ async def test_redis_restart_mid_stream(push_server_factory, redis_server_factor
                         response = await publish((pub_a, pub_b)[i % 2], b"before-%d" % i)
                         assert response.status_code in (201, 202)
                     # Everyone has read the first five and waits for more.
-                    await wait_subscribers(pub_a, "live", 2)
+                    await wait_for_subscribers(pub_a, "/publisher/live", 2)
 
                     redis.kill()
                     for client in (pub_a, pub_b, pub_a):
@@ -251,5 +190,5 @@ async def test_redis_restart_mid_stream(push_server_factory, redis_server_factor
         finally:
             await newcomer.aclose()
         assert [body for _, body in newcomer.received] == accepted
-        info = (await pub_a.get("/publisher/live", headers=JSON)).json()
+        info = await channel_info(pub_a, "/publisher/live")
         assert info["messages"] == 10

@@ -11,30 +11,16 @@ import httpx
 import pytest
 from django.test import override_settings
 
-from pushserver import signals
 from pushserver.utils.updates import SendUpdateError, UpdateResponse, asend_update, send_update
-from tests.project.helpers import silent_server
-
-from .test_redis_servers import JSON, Follower, push_config, wait_subscribers
+from tests.project.helpers import (
+    Follower,
+    channel_info,
+    push_config,
+    silent_server,
+    wait_for_subscribers,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def recorded():
-    events: list[tuple[str, dict]] = []
-
-    def pre(sender, **kwargs):
-        events.append(("pre", kwargs))
-
-    def post(sender, **kwargs):
-        events.append(("post", kwargs))
-
-    signals.pre_send_update.connect(pre)
-    signals.post_send_update.connect(post)
-    yield events
-    signals.pre_send_update.disconnect(pre)
-    signals.post_send_update.disconnect(post)
 
 
 def backend_settings(store: dict, **extra) -> dict:
@@ -63,11 +49,11 @@ async def test_subscriber_gets_it_with_the_usual_position(
                 with anyio.fail_after(20):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(follower.read, 2)
-                        await wait_subscribers(client, "news", 1)
+                        await wait_for_subscribers(client, "/publisher/news", 1)
                         await publish("news", {"text": "via redis"})
                     await publish("news", [1, 2])  # nobody waits: stored (202)
                     await follower.read(3)
-            info = (await client.get("/publisher/news", headers=JSON)).json()
+            info = await channel_info(client, "/publisher/news")
     finally:
         await follower.aclose()
     bodies = [body for _, body in follower.received]
@@ -77,13 +63,13 @@ async def test_subscriber_gets_it_with_the_usual_position(
     assert info["messages"] == 3
     assert info["last_message_id"] == "{}:{}".format(*positions[-1])
     # Signals as for HTTP, with no HTTP request; 201 when a subscriber was waiting.
-    kinds = [kind for kind, _ in recorded]
+    kinds = [kind for kind, _, _ in recorded]
     assert kinds == ["pre", "post", "pre", "post"]
-    responses = [kwargs["response"] for kind, kwargs in recorded if kind == "post"]
+    responses = [kwargs["response"] for kind, _, kwargs in recorded if kind == "post"]
     assert all(isinstance(r, UpdateResponse) and r.backend for r in responses)
     assert [r.status for r in responses] == [201, 202]
-    assert all(kwargs["request"] is None for _, kwargs in recorded)
-    assert recorded[0][1]["channel_id"] == "news"
+    assert all(kwargs["request"] is None for _, _, kwargs in recorded)
+    assert recorded[0][2]["channel_id"] == "news"
     # No publisher host configured: the URL reported is the publisher path.
     assert responses[0].url == "/publisher/news"
 
@@ -100,7 +86,7 @@ async def test_asend_update_and_publisher_host_url(push_server_factory, redis_se
     finally:
         await follower.aclose()
     assert follower.received[0][1] == b'"x"'
-    response = recorded[-1][1]["response"]
+    response = recorded[-1][2]["response"]
     assert response.url == "http://push.invalid:9/publisher/a%2Fb%20%C3%A9"
     assert response.status == 202
 
@@ -138,11 +124,11 @@ async def test_redis_down_raises(redis_server_factory, recorded):
             await publish("news", "down")
         assert info.value.status == 503
         assert f"redis at redis://127.0.0.1:{redis.port}/0" in str(info.value)
-        failure = recorded[-1][1]["response"]
+        failure = recorded[-1][2]["response"]
         assert failure is info.value  # post_send_update carries the exception
         # ignore_errors: reported through the signal only.
         await publish("news", "down", ignore_errors=True)
-        assert isinstance(recorded[-1][1]["response"], SendUpdateError)
+        assert isinstance(recorded[-1][2]["response"], SendUpdateError)
         with override_settings(PUSH_SERVER_IGNORE_ERRORS=True):
             await asend_update("news", "down")
         with pytest.raises(SendUpdateError):

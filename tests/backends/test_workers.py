@@ -5,7 +5,6 @@ keeps its own subscriber count there, under a node id carrying its pid)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 from functools import partial
 
@@ -18,19 +17,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from .test_redis_servers import Follower, push_config, wait_subscribers
+from tests.project.helpers import Follower, push_config, wait_for_subscribers, worker_pids
 
 pytestmark = pytest.mark.anyio
-
-STARTED = re.compile(r"worker (\d+) started")
-
-
-async def worker_pids(server, count: int) -> list[int]:
-    """The pids of the first ``count`` "worker <pid> started" lines (bounded wait)."""
-    with anyio.fail_after(30):
-        while len(pids := [int(p) for p in STARTED.findall(server.log)]) < count:
-            await anyio.sleep(0.05)
-    return pids
 
 
 def subscribers_by_pid(redis_server, store: dict, channel: str) -> dict[int, int]:
@@ -69,7 +58,8 @@ async def test_workers_share_port_and_redis(push_server_factory, redis_server):
                 async with anyio.create_task_group() as tg:
                     for follower in followers:
                         tg.start_soon(follower.read, 1)
-                    await wait_subscribers(publisher, "fan", count)  # cluster-wide count
+                    # The count is cluster-wide.
+                    await wait_for_subscribers(publisher, "/publisher/fan", count)
                     # The kernel spread the connections over both workers.
                     by_pid = subscribers_by_pid(redis_server, store, "fan")
                     assert set(by_pid) == set(pids), by_pid
@@ -109,7 +99,7 @@ async def test_dead_worker_is_replaced(push_server_factory, redis_server):
                 async with anyio.create_task_group() as tg:
                     for follower in followers:
                         tg.start_soon(follower.read, 1)
-                    await wait_subscribers(publisher, "again", count)
+                    await wait_for_subscribers(publisher, "/publisher/again", count)
                     by_pid = subscribers_by_pid(redis_server, store, "again")
                     assert set(by_pid) == {second, replacement}, by_pid
                     response = await publisher.post("/publisher/again", content=b"x")

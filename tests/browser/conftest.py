@@ -1,12 +1,11 @@
 """Fixtures for the browser tests: Debian's Chromium through Playwright, push servers that
 also serve the test pages (``runpushserver --allrequests`` with ``tests.browser.settings``),
-a redis-server, and helpers to publish and to wait on the page or the server."""
+and helpers to publish and to wait on the page or the server."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import httpx
 import pytest
 
 from pushserver.testing import PushServerProcess
-from tests.backends.conftest import RedisServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -27,14 +25,6 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parent.parent.parent
 SETTINGS = "tests.browser.settings"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the push server must know its own port up front
-    for passthrough, and a restarted server must come back on the same one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def subscriber(prefix: str = "/subscriber/", **options) -> dict:
@@ -170,12 +160,3 @@ def start_server() -> Iterator:
         server.stop()
         # pytest shows this only when the test failed.
         print(f"--- runpushserver {server.address} ---\n{server.log}")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A redis-server of our own for the module (never the machine's); tests keep apart by
-    key prefix (``redis_server.store()``)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import PUBLISHER, free_port, publish, subscriber
+from pushserver.testing import free_port
+
+from .conftest import PUBLISHER, publish, subscriber
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,9 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import ROOT, free_port
+from pushserver.testing import free_port
+
+from .conftest import ROOT
 
 pytestmark = pytest.mark.browser
 

@@ -18,12 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from pushserver.testing import free_port
+
 from .conftest import (
     PUBLISHER,
     WAIT,
     channel_info,
     flush_events,
-    free_port,
     publish,
     subscriber,
     wait_problem,

@@ -14,13 +14,14 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
+from pushserver.testing import free_port
+
 from .conftest import (
     PUBLISHER,
     ROOT,
     SETTINGS,
     WAIT,
     flush_events,
-    free_port,
     publish,
     subscriber,
     subscribers,

@@ -1,18 +1,26 @@
-"""What the integration tests share: a PUSH_SERVER using every location option, and ways to
-wait on the real server's own signals (channel info) instead of sleeping."""
+"""What the integration tests share: a PUSH_SERVER using every location option, ways to
+wait on the real server's own signals (channel info) instead of sleeping, and checks and
+readers several modules use."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import anyio
 import httpx
+from django.core import checks
+from django.test import override_settings
 
 from pushserver import __version__
+from pushserver.config import LocationConfig, load
+from pushserver.testing import PushServerProcess
 
 SERVER_HEADER = f"pushserver/{__version__}"
 
@@ -53,6 +61,7 @@ FULL_CONFIG = {
         {"type": "subscriber", "prefix": "/expiring-subscriber/", "store": "expiring"},
     ],
 }
+
 
 #: The CORS set every subscriber response carries (default allow_origin '*').
 DEFAULT_CORS = {
@@ -102,6 +111,121 @@ async def wait_for_subscribers(
     client: httpx.AsyncClient, publisher_path: str, count: int, timeout: float = 10
 ) -> dict:
     return await wait_for_info(client, publisher_path, "subscribers", count, timeout)
+
+
+def push_config(store: dict) -> dict:
+    """A publisher and a subscriber location (no create_on_get) on ``store``."""
+    return {
+        "store": store,
+        "locations": [
+            {"type": "publisher", "prefix": "/publisher/"},
+            {"type": "subscriber", "prefix": "/subscriber/"},
+        ],
+    }
+
+
+def message_position(response: httpx.Response) -> tuple[int, int]:
+    """The message id a long-poll response names, from Last-Modified and Etag."""
+    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
+    return seconds, int(response.headers["etag"])
+
+
+class Follower:
+    """A long-poll client that reads a channel message after message, as updates.js does:
+    each GET names the previous response's Last-Modified / Etag."""
+
+    def __init__(self, base_url: str, channel: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=60)
+        self.channel = channel
+        self.headers: dict[str, str] = {}
+        self.received: list[tuple[tuple[int, int], bytes]] = []
+        self.statuses: list[int] = []
+
+    async def next(self) -> httpx.Response:
+        response = await self.client.get(f"/subscriber/{self.channel}", headers=self.headers)
+        self.statuses.append(response.status_code)
+        if response.status_code == 200:
+            self.received.append((message_position(response), response.content))
+            self.headers = position(response)
+        return response
+
+    async def read(self, count: int) -> None:
+        while len(self.received) < count:
+            response = await self.next()
+            assert response.status_code in (200, 304), response.text
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def assert_still_serving(
+    client: httpx.AsyncClient, channel_id: str | None = None, *, subscriber: str = "/subscriber/"
+) -> None:
+    """The server still serves: a long poll waits on ``channel_id`` (a fresh one by default)
+    under ``subscriber`` (a prefix creating channels on GET), and a publish to
+    ``/publisher/`` reaches it."""
+    channel_id = channel_id or f"ok-{uuid.uuid4().hex}"
+    result: dict[str, httpx.Response] = {}
+
+    async def poll() -> None:
+        result["poll"] = await client.get(path(subscriber, channel_id))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll)
+            await wait_for_subscribers(client, path("/publisher/", channel_id), 1)
+            published = await client.post(path("/publisher/", channel_id), content=b"still here")
+            assert published.status_code == 201, published.text
+    assert (result["poll"].status_code, result["poll"].content) == (200, b"still here")
+
+
+def pushserver_messages(push_server: object) -> list[checks.CheckMessage]:
+    """The system check messages (pushserver's only) for the setting ``push_server``."""
+    with override_settings(PUSH_SERVER=push_server):
+        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
+
+
+def location_for(port: int, path: str = "/passthrough?x=1") -> LocationConfig:
+    """A subscriber location (prefix ``/u/``) whose passthrough is ``127.0.0.1:port`` + ``path``."""
+    parsed = load(
+        {
+            "locations": [
+                {
+                    "type": "subscriber",
+                    "prefix": "/u/",
+                    "passthrough": f"http://127.0.0.1:{port}{path}",
+                }
+            ]
+        }
+    )
+    return parsed.locations[0]
+
+
+class PresenceLog:
+    """Reads the presence channel the test project's receivers publish to, in order."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.client = client
+        self.url = url
+        self.headers: dict[str, str] = {}
+
+    async def next(self) -> dict:
+        response = await self.client.get(self.url, headers=self.headers)
+        assert response.status_code == 200, response.text
+        self.headers = position(response)
+        return response.json()
+
+
+#: runpushserver --workers: each worker's line when it is up.
+_WORKER_STARTED = re.compile(r"worker (\d+) started")
+
+
+async def worker_pids(server: PushServerProcess, count: int) -> list[int]:
+    """The pids of the first ``count`` "worker <pid> started" lines (bounded wait)."""
+    with anyio.fail_after(30):
+        while len(pids := [int(p) for p in _WORKER_STARTED.findall(server.log)]) < count:
+            await anyio.sleep(0.05)  # the poll interval on another process's output
+    return pids
 
 
 @contextmanager
