@@ -89,7 +89,6 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
-    run_beside,
     split_channels,
 )
 
@@ -191,9 +190,12 @@ class EventStreamResponse(EventSourceResponse):
 
         # Failures come out bare (SendTimeoutError, BackendUnavailable), as sse-starlette
         # lets them.
-        await run_beside(
+        await guard.run(
             partial(self._stream_response, send),
-            partial(guard.watch, receive, self._disconnected, ping, self.ping_interval),
+            receive,
+            self._disconnected,
+            ping,
+            self.ping_interval,
         )
         if guard.timed_out:
             raise SendTimeoutError

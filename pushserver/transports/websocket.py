@@ -93,7 +93,6 @@ from .streaming import (
     full_reason,
     parse_resume_id,
     query_parameter,
-    run_beside,
     split_channels,
 )
 
@@ -341,8 +340,15 @@ class _Connection:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
         interval = self.location.ping_interval
         try:
-            watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
-            await run_beside(partial(self.guarded, self.deliver), partial(self.guarded, watch))
+            watched = partial(
+                self.guard.run,
+                partial(self.guarded, self.deliver),
+                self.receive,
+                self.received,
+                self.ping,
+                interval,
+            )
+            await self.guarded(watched)
             if self.guard.timed_out:
                 self.too_slow()
             if self.close_code is not None:
