@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -111,7 +113,7 @@ class Subscriber:
             scope["pushserver.transport"] = "eventsource"  # for the JSON access log
             await self.sse(request, raw_channel, receive, send)
             return
-        if "longpoll" not in self.enabled and request.method != "OPTIONS":
+        if "longpoll" not in self.enabled:
             others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
             reason = f"long-poll is not enabled here (this location serves {others})"
             await respond_error(send, 403, reason, self.longpoll.response_headers(request))
@@ -308,15 +310,11 @@ class PushServer:
                 await handler(scope, match.group(1), receive, send)
                 return
             if isinstance(handler, Subscriber):
-                if self.active >= self._limit:
-                    self.log_busy()
-                    await handler.busy(scope, match.group(1), receive, send)
-                    return
-                self.active += 1
-                try:
-                    await handler(scope, match.group(1), receive, send)
-                finally:
-                    self.active -= 1
+                channel = match.group(1)
+                await self.counted(
+                    partial(handler, scope, channel, receive, send),
+                    partial(handler.busy, scope, channel, receive, send),
+                )
                 return
             if kind != "http":
                 await send({"type": "websocket.close", "code": 1003})
@@ -336,25 +334,37 @@ class PushServer:
             if head_size(scope) > self._max_header_size:
                 await self.head_too_large(scope, None, receive, send)
                 return
-            if self.active >= self._limit:
-                self.log_busy()
-                if kind == "http":
-                    headers = [self.server_header, RETRY_AFTER]
-                    await respond_error(send, 503, BUSY_REASON, headers)
-                else:
-                    await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
-                return
-            self.active += 1
-            try:
-                await self.fallback(scope, receive, self.with_server_header(send))
-            finally:
-                self.active -= 1
+            await self.counted(
+                partial(self.fallback, scope, receive, self.with_server_header(send)),
+                partial(self.fallback_busy, scope, send),
+            )
         elif kind == "http":
             await respond_error(
                 send, 404, "no push location matches this path", [self.server_header]
             )
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
+
+    async def counted(
+        self, serve: Callable[[], Awaitable[object]], busy: Callable[[], Awaitable[object]]
+    ) -> None:
+        """``serve()``, counted in ``active``; ``busy()`` instead at ``max_connections``."""
+        if self.active >= self._limit:
+            self.log_busy()
+            await busy()
+            return
+        self.active += 1
+        try:
+            await serve()
+        finally:
+            self.active -= 1
+
+    async def fallback_busy(self, scope: Scope, send: Send) -> None:
+        """The fallback application's answer at ``max_connections``: 503 (close 1013)."""
+        if scope["type"] == "http":
+            await respond_error(send, 503, BUSY_REASON, [self.server_header, RETRY_AFTER])
+        else:
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def head_too_large(
         self, scope: Scope, handler: object, receive: Receive, send: Send

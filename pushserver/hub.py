@@ -14,13 +14,13 @@ silently, and a slow consumer never holds up the others.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import anyio
 
+from ._async import asyncio_loop
 from .backends.base import Backend, PublishResult, ReadResult
 from .exceptions import BackendUnavailable
 from .message import ChannelInfo, Message, MessageId
@@ -92,9 +92,8 @@ class _EventWakeup:
 
 def _wakeup_factory() -> Callable[[], Wakeup]:
     """How the running event loop makes a :class:`Wakeup` (called once per hub)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: anyio's other backend, trio
+    loop = asyncio_loop()
+    if loop is None:  # anyio's other backend, trio
         return _EventWakeup
     # Awaiting a bare future is what asyncio's own Event.wait() does; cancellation (anyio
     # cancel scopes cancel the task) cancels the future and raises in the waiter as usual.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -67,14 +67,18 @@ class Message:
     content_type: str = "application/octet-stream"
     event: str | None = None
     published_at: float = field(default_factory=_time.time)
-    encoded: dict[str, Any] = field(default_factory=dict, repr=False)
+    encoded: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
-    def wire(self, name: str, encode: Callable[[Message], Any]) -> Any:
-        """Return ``encode(self)``, computed once per ``name`` for this message."""
+    def wire(self, name: Hashable, encode: Callable[..., Any], *args: Any) -> Any:
+        """Return ``encode(self, *args)``, computed once per ``name`` for this message.
+
+        ``name`` is a format's name, or an object of its own where the encoded form
+        depends on who encodes it (a location's headers).
+        """
         try:
             return self.encoded[name]
         except KeyError:
-            value = self.encoded[name] = encode(self)
+            value = self.encoded[name] = encode(self, *args)
             return value
 
 

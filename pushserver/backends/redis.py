@@ -66,6 +66,7 @@ try:  # redis-py >= 7
 except ImportError:  # pragma: no cover - older redis-py has no such thing
     MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
+from .._async import asyncio_loop
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
@@ -501,15 +502,11 @@ class RedisBackend(Backend):
     async def open(self, *, listen: bool = True) -> None:
         """Connect. With ``listen=False`` the backend can only run commands (``send_update``
         publishing from Django): no pub/sub reader, no subscriber counts, nothing logged."""
-        import asyncio
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if asyncio_loop() is None:
             raise RuntimeError(
                 "the redis store needs asyncio (redis-py's client runs on asyncio only): "
                 "run the push server with --loop asyncio or --loop uvloop, not trio"
-            ) from None
+            )
         if self._redis is not None:
             return
         self._stopping = False

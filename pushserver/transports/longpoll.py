@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import anyio
 
-from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
+from ..authorize import LocationAuthorizer
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Send, respond, respond_error
@@ -23,7 +23,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport, Presence
-from .streaming import full_channel, full_reason, query_parameter, run_beside
+from .streaming import open_channel, run_beside
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -42,8 +42,10 @@ class LongPollTransport(HTTPTransport):
     ) -> None:
         super().__init__(location, hub, base_headers, presence, authorizer)
         self.interval = location.polling == "interval"
-        #: This location's key for ``Message.wire``: its start event includes our headers.
-        self._wire = f"longpoll@{id(self)}"
+        #: This transport's key for ``Message.wire``: its start event includes our headers.
+        #: An object of its own, which each message's cache holds on to: unlike a name made
+        #: from ``id(self)``, no later transport can get it while a cached form remains.
+        self._wire = object()
 
     def _encode_start(self, message: Message) -> dict:
         start = _encode_start(message)
@@ -53,10 +55,8 @@ class LongPollTransport(HTTPTransport):
     async def __call__(
         self, request: Request, channel_id: str, receive: Receive, send: Send
     ) -> None:
+        # OPTIONS (the preflight) never gets here: the Subscriber answers it first.
         headers = self.response_headers(request)
-        if request.method == "OPTIONS":
-            await self.preflight(request, send)
-            return
         if request.method != "GET":
             await respond_error(
                 send, 405, f"{request.method} is not allowed here", [*headers, ALLOW]
@@ -69,14 +69,11 @@ class LongPollTransport(HTTPTransport):
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)
             return
-        tokens: list[object] = []
-        if self.authorizer is not None:
-            signatures = query_parameter(request.scope["query_string"], SIGNATURE_PARAMETER)
-            try:
-                tokens = await self.authorizer.authorize(request, [channel_id], signatures)
-            except Refused as exc:
-                await respond_error(send, exc.status, exc.reason, headers)
-                return
+        tokens = await self.authorize(
+            request, [channel_id], lambda exc: respond_error(send, exc.status, exc.reason, headers)
+        )
+        if tokens is None:
+            return
         try:
             await self.serve(request, channel_id, position, receive, send, headers)
         except ChannelNotFound:
@@ -84,8 +81,7 @@ class LongPollTransport(HTTPTransport):
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
         finally:
-            if tokens and self.authorizer is not None:
-                self.authorizer.release(tokens)
+            self.release(tokens)
 
     async def preflight(self, request: Request, send: Send) -> None:
         """OPTIONS, the CORS preflight: 200 and an empty body, as the original answered."""
@@ -101,12 +97,7 @@ class LongPollTransport(HTTPTransport):
         headers: Headers,
     ) -> None:
         hub = self.hub
-        backend = hub.backend
-        if not await backend.exists(channel_id):
-            if not self.location.create_on_get:
-                raise ChannelNotFound(channel_id)
-            await backend.create(channel_id)
-        await backend.touch(channel_id)
+        await open_channel(hub, channel_id, self.location.create_on_get)
         read = await hub.read_after(channel_id, position)
         if read.message is not None:
             await self.send_message(send, read.message, headers)
@@ -114,9 +105,9 @@ class LongPollTransport(HTTPTransport):
         if self.interval:
             await respond(send, 304, [*headers, *position_headers(position)])
             return
-        limit = self.location.max_subscribers
-        if await full_channel(hub, [channel_id], limit):
-            await respond_error(send, 403, full_reason(channel_id, limit), headers)
+        full = await self.full([channel_id])
+        if full is not None:
+            await respond_error(send, 403, full, headers)
             return
         presence = self.presence if self.notify else None
         token = None

@@ -72,7 +72,6 @@ from functools import partial
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
-from ..authorize import SIGNATURE_PARAMETER, Refused
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send, respond_error
 from ..http import Message as ASGIMessage
@@ -85,8 +84,7 @@ from .streaming import (
     SendGuard,
     Stream,
     format_compound_id,
-    full_channel,
-    full_reason,
+    open_channel,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -212,6 +210,10 @@ class EventStreamResponse(EventSourceResponse):
         guard = self.guard
         clock = time.monotonic
         multiplexed = len(stream.positions) > 1
+        # Compound ids: every channel of the URL, in its order, at its last delivered id.
+        # The stream forgets deleted channels; these keep them, so ids keep their shape.
+        # (One channel: unused, and not copied.)
+        ids = dict(stream.positions) if multiplexed else stream.positions
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -226,9 +228,6 @@ class EventStreamResponse(EventSourceResponse):
                 guard.started = 0.0
             if done:
                 break
-            # A batch has already moved the stream's positions past all of its events:
-            # compound ids are replayed from a copy taken before it.
-            ids = dict(stream.ids) if multiplexed else stream.ids
             for event in await stream.batch():
                 if type(event) is Delivery:
                     if multiplexed:
@@ -269,25 +268,17 @@ class SSETransport(HTTPTransport):
         except ValueError as exc:
             await respond_error(send, 400, str(exc), headers)
             return
-        tokens: list[object] = []
-        if self.authorizer is not None:
-            signatures = query_parameter(request.scope["query_string"], SIGNATURE_PARAMETER)
-            try:
-                tokens = await self.authorizer.authorize(request, channels, signatures)
-            except Refused as exc:
-                await respond_error(send, exc.status, exc.reason, headers)
-                return
+        tokens = await self.authorize(
+            request, channels, lambda exc: respond_error(send, exc.status, exc.reason, headers)
+        )
+        if tokens is None:
+            return
         try:
             for channel_id in channels:
-                if not await self.hub.backend.exists(channel_id):
-                    if not self.location.create_on_get:
-                        raise ChannelNotFound(channel_id)
-                    await self.hub.backend.create(channel_id)
-                await self.hub.backend.touch(channel_id)
-            limit = self.location.max_subscribers
-            full = await full_channel(self.hub, channels, limit)
+                await open_channel(self.hub, channel_id, location.create_on_get)
+            full = await self.full(channels)
             if full is not None:
-                await respond_error(send, 403, full_reason(full, limit), headers)
+                await respond_error(send, 403, full, headers)
                 return
             await self.serve(request, positions, receive, send, headers)
         except ChannelNotFound as exc:
@@ -295,8 +286,7 @@ class SSETransport(HTTPTransport):
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
         finally:
-            if tokens and self.authorizer is not None:
-                self.authorizer.release(tokens)
+            self.release(tokens)
 
     async def serve(
         self,

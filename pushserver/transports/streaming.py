@@ -43,6 +43,7 @@ from typing import Any
 
 import anyio
 
+from .._async import asyncio_loop
 from ..asyncio_worker import AppQueue
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
@@ -68,32 +69,32 @@ def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNE
         raise ValueError(f"at most {max_channels} channels per subscriber, not {len(parts)}")
     channels = [decode_channel_id(part, max_length) for part in parts]
     for channel_id in channels:
-        check_channel_id(channel_id)
+        _check_streamable(channel_id)  # decode_channel_id checked the rest
     return list(dict.fromkeys(channels))
 
 
-async def full_channel(hub: Hub, channels: list[str], limit: int) -> str | None:
-    """The first channel that already has ``limit`` subscribers (0 = no limit), or None.
-
-    Counted by the store (cluster-wide on Redis) before subscribing: concurrent newcomers
-    can overshoot by a few, which a limit meant against exhaustion tolerates.
-    """
-    if limit:
-        for channel_id in channels:
-            info = await hub.info(channel_id)
-            if info is not None and info.subscribers >= limit:
-                return channel_id
-    return None
-
-
-def full_reason(channel_id: str, limit: int) -> str:
-    return f"channel {channel_id} has its maximum of {limit} subscribers"
+async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
+    """Before subscribing: create the channel if it does not exist and ``create`` (the
+    location's ``create_on_get``), else raise :class:`ChannelNotFound`; then mark it
+    requested now (the publisher's "last requested")."""
+    backend = hub.backend
+    if not await backend.exists(channel_id):
+        if not create:
+            raise ChannelNotFound(channel_id)
+        await backend.create(channel_id)
+    await backend.touch(channel_id)
 
 
 def check_channel_id(channel_id: str, max_length: int = 0) -> None:
+    """Raise :class:`ValueError` for an id a streaming subscriber cannot name (an already
+    decoded one: a WebSocket command's)."""
     if not channel_id:
         raise ValueError("the channel id is empty")
     check_channel_id_length(channel_id, max_length)
+    _check_streamable(channel_id)
+
+
+def _check_streamable(channel_id: str) -> None:
     if any(char in channel_id for char in _LINE_BREAKS):
         raise ValueError("a channel id with a line break cannot be streamed")
 
@@ -145,9 +146,8 @@ async def run_beside(
     asyncio task beside one cancel scope about 1.5 KiB. On asyncio this is that; on any
     other anyio backend (trio) a task group.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio
+    loop = asyncio_loop()
+    if loop is None:
         await _run_beside_in_task_group(main, beside)
         return
     failure: list[BaseException] = []
@@ -266,11 +266,7 @@ class SendGuard:
         timeout = self.timeout
         clock = time.monotonic
         next_ping = clock() + interval if ping is not None and interval > 0 else math.inf
-        try:
-            asyncio.get_running_loop()
-            on_asyncio = True
-        except RuntimeError:
-            on_asyncio = False
+        on_asyncio = asyncio_loop() is not None
         while True:
             now = clock()
             started = self.started
@@ -506,7 +502,6 @@ class Stream:
         "_resync",
         "_resync_queued",
         "hub",
-        "ids",
         "positions",
         "subscription",
     )
@@ -518,18 +513,11 @@ class Stream:
         self.subscription = subscription
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
         self.positions = positions
-        #: Every channel ever streamed, deleted ones too: compound ids keep their shape.
-        #: The same dict as ``positions`` until a channel leaves (one channel: never).
-        self.ids = positions
         self._gap_told: dict[str, MessageId] | None = None
         #: channel -> next buffered message, while catching up from the buffer.
         self._heads: dict[str, Message] = {}
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
-
-    def _detach_ids(self) -> None:
-        if self.ids is self.positions:
-            self.ids = dict(self.positions)
 
     def resync(self) -> None:
         """Read the buffer again (a channel was added with its own position)."""
@@ -540,15 +528,13 @@ class Stream:
 
     async def add(self, channel_id: str, position: MessageId) -> None:
         """Stream one more channel from ``position`` (WebSocket ``subscribe``)."""
-        self._detach_ids()
-        self.positions[channel_id] = self.ids[channel_id] = position
+        self.positions[channel_id] = position
         await self.hub.add_channel(self.subscription, channel_id)
         self.resync()
 
     async def remove(self, channel_id: str) -> None:
         """Stop streaming a channel; what is queued for it is dropped."""
         if channel_id in self.positions:
-            self._detach_ids()
             del self.positions[channel_id]
             self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
@@ -594,8 +580,6 @@ class Stream:
         """Everything queued, as stream events; the one-channel message path is inline."""
         queue = self.subscription.take()
         positions = self.positions
-        ids = self.ids
-        same = ids is positions
         out: list[StreamEvent] = []
         for event in queue:
             if type(event) is Delivery:
@@ -605,8 +589,6 @@ class Stream:
                 # Older ids were already sent from the buffer; unknown channels were dropped.
                 if position is not None and message_id > position:
                     positions[channel_id] = message_id
-                    if not same:
-                        ids[channel_id] = message_id
                     out.append(event)
                 continue
             item = await self._accept(event)
@@ -628,7 +610,6 @@ class Stream:
         return None
 
     async def _deleted(self, channel_id: str) -> Deleted:
-        self._detach_ids()
         del self.positions[channel_id]
         self._heads.pop(channel_id, None)
         await self.hub.remove_channel(self.subscription, channel_id)
@@ -676,8 +657,6 @@ class Stream:
             if position is None or message.id <= position:
                 continue  # unsubscribed meanwhile
             positions[channel_id] = message.id
-            if self.ids is not positions:
-                self.ids[channel_id] = message.id
             out.append(Item(channel_id, message))
             try:
                 following, gap = await self._read(channel_id, message.id)

@@ -82,15 +82,14 @@ from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Scope, Send
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
-from .base import Presence
+from .base import Presence, SubscriberTransport
 from .streaming import (
     Deleted,
     Gap,
     SendGuard,
     Stream,
     check_channel_id,
-    full_channel,
-    full_reason,
+    open_channel,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -139,6 +138,10 @@ def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
         except UnicodeDecodeError:
             pass  # declared textual but is not UTF-8: a binary frame carries it intact
     return {"type": "websocket.send", "bytes": head.encode() + message.body}
+
+
+def _encode_frame(message: Message, channel_id: str) -> dict[str, Any]:
+    return encode_frame(channel_id, message)  # the order Message.wire calls it in
 
 
 def control(kind: str, **fields: Any) -> dict[str, Any]:
@@ -195,7 +198,7 @@ class _TooSlow(Exception):
     pass
 
 
-class WebSocketTransport:
+class WebSocketTransport(SubscriberTransport):
     """Serves one subscriber location's WebSocket connections."""
 
     def __init__(
@@ -208,14 +211,9 @@ class WebSocketTransport:
         enabled: bool = True,
         authorizer: LocationAuthorizer | None = None,
     ) -> None:
-        self.location = location
-        self.hub = hub
+        super().__init__(location, hub, presence, authorizer)
         self.headers: Headers = [server_header]
-        self.presence = presence
         self.enabled = enabled
-        self.authorizer = authorizer
-        #: Subscribe notifications sent here (not by the authorizing passthrough).
-        self.notify = presence is not None and not location.passthrough_authorize
         origins = location.allow_origin.split()
         self.origins = None if "*" in origins else frozenset(origins)
 
@@ -240,28 +238,25 @@ class WebSocketTransport:
         except ValueError as exc:
             await self.refuse(send, CLOSE_BAD_REQUEST, str(exc))
             return
-        tokens: dict[str, object] = {}
-        if self.authorizer is not None:
-            signatures = query_parameter(scope.get("query_string", b""), SIGNATURE_PARAMETER)
-            try:
-                allowed = await self.authorizer.authorize(request, channels, signatures)
-            except Refused as exc:
-                await self.refuse(send, refusal_code(exc), exc.reason)
-                return
-            tokens = dict(zip(channels, allowed, strict=False))
+        tokens = await self.authorize(
+            request, channels, lambda exc: self.refuse(send, refusal_code(exc), exc.reason)
+        )
+        if tokens is None:
+            return
         try:
             for channel_id in channels:
-                await self.open_channel(channel_id)
-            limit = self.location.max_subscribers
-            full = await full_channel(self.hub, channels, limit)
+                await open_channel(self.hub, channel_id, location.create_on_get)
+            full = await self.full(channels)
             if full is not None:
-                await self.refuse(send, CLOSE_NOT_ALLOWED, full_reason(full, limit))
+                await self.refuse(send, CLOSE_NOT_ALLOWED, full)
                 return
             await send({"type": "websocket.accept", "headers": self.headers})
             async with self.hub.subscription(channels) as subscription:
                 stream = Stream(self.hub, subscription, positions)
                 connection = _Connection(self, request, stream, receive, send)
-                connection.tokens, tokens = tokens, {}  # the connection unsubscribes them
+                # From here the connection unsubscribes them, channel by channel.
+                connection.tokens = dict(zip(channels, tokens, strict=False))
+                tokens = []
                 metrics = self.hub.metrics
                 metrics.websocket += 1
                 try:
@@ -273,16 +268,7 @@ class WebSocketTransport:
         except BackendUnavailable:
             await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
         finally:
-            if tokens and self.authorizer is not None:
-                self.authorizer.release(list(tokens.values()))
-
-    async def open_channel(self, channel_id: str) -> None:
-        backend = self.hub.backend
-        if not await backend.exists(channel_id):
-            if not self.location.create_on_get:
-                raise ChannelNotFound(channel_id)
-            await backend.create(channel_id)
-        await backend.touch(channel_id)
+            self.release(tokens)
 
     async def refuse(self, send: Send, code: int, reason: str) -> None:
         """Close with ``code``, accepting first if the handshake is still open."""
@@ -408,10 +394,8 @@ class _Connection:
         while True:
             for event in await stream.batch():
                 if type(event) is Delivery:
-                    message = event.message
-                    frame = message.encoded.get("ws")  # encoded once, by the first subscriber
-                    if frame is None:
-                        frame = message.wire("ws", partial(encode_frame, event.channel_id))
+                    # Encoded once, by the first subscriber.
+                    frame = event.message.wire("ws", _encode_frame, event.channel_id)
                 elif isinstance(event, Gap | Deleted):
                     frame = {"type": "websocket.send", "text": event.json()}
                 elif isinstance(event, Closing):
@@ -484,16 +468,15 @@ class _Connection:
                 if tokens:  # unsubscribed by forget(), whatever happens next
                     self.tokens[channel_id] = tokens[0]
             try:
-                await self.transport.open_channel(channel_id)
+                await open_channel(self.transport.hub, channel_id, self.location.create_on_get)
             except ChannelNotFound:
                 self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
                 return
-            limit = self.transport.location.max_subscribers
-            if await full_channel(self.transport.hub, [channel_id], limit):
+            full = await self.transport.full([channel_id])
+            if full is not None:
                 self.forget(channel_id)
-                error = full_reason(channel_id, limit)
-                await self.send(control("error", error=error, channel=channel_id))
+                await self.send(control("error", error=full, channel=channel_id))
                 return
             # Acknowledged before the channel is added, so its messages follow the ack.
             await self.send(control("subscribed", channel=channel_id))

@@ -347,49 +347,45 @@ def send_update(
     built raises :class:`ValueError` before any signal. Returns None.
     """
     config = push_settings.get_config()
-    via_backend = config.publish_via == "backend"
+    channel = str(channel_id)
     request: urllib.request.Request | None = None
-    if via_backend:
+    if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
+        body = _encode(data, already_serialized)
+        # Inside runpushserver its own hub is connected to the same store already.
+        running = getattr(sys.modules.get("pushserver.server"), "current", None)
+        if running is None and _on_a_loop():
+            raise RuntimeError(
+                "send_update() was called on a running event loop, where blocking would stall "
+                "it; use 'await asend_update(...)' in async code"
+            )
+        publish = partial(_run_on_store, config, location, url, channel, body)
     else:
         url, location = _url("publisher", channel_id)
-    body = _encode(data, already_serialized)
-    if not via_backend:
+        body = _encode(data, already_serialized)
         headers = {"Content-Type": CONTENT_TYPE}
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        running = _running_here(url)
+        publish = partial(_post, request, config.publish_timeout or None)
+    if running is not None:
+        if _on_loop_of(running):
+            raise RuntimeError(
+                "send_update() was called on the push server's event loop, where blocking "
+                "would stall it; use 'await asend_update(...)' in async code"
+            )
+        publish = partial(_run_in_process, running, location, url, channel, body)
     kwargs = {
         "channel_id": channel_id,
         "data": data,
         "already_serialized": already_serialized,
         "request": request,
     }
-    if via_backend:
-        # Inside runpushserver its own hub is connected to the same store already.
-        running = getattr(sys.modules.get("pushserver.server"), "current", None)
-    else:
-        running = _running_here(url)
-    if running is not None and _on_loop_of(running):
-        raise RuntimeError(
-            "send_update() was called on the push server's event loop, where blocking would "
-            "stall it; use 'await asend_update(...)' in async code"
-        )
-    if via_backend and running is None and _on_a_loop():
-        raise RuntimeError(
-            "send_update() was called on a running event loop, where blocking would stall "
-            "it; use 'await asend_update(...)' in async code"
-        )
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
     try:
-        if running is not None:
-            response = _run_in_process(running, location, url, str(channel_id), body)
-        elif via_backend:
-            response = _run_on_store(config, location, url, str(channel_id), body)
-        else:
-            assert request is not None
-            response = _post(request, config.publish_timeout or None)
+        response = publish()
     except Exception as exc:
         signals.post_send_update.send(sender=sender, response=exc, **kwargs)
         if ignore_errors or push_settings.ignore_errors():
