@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
@@ -97,15 +100,72 @@ class LeanWorkerContext(WorkerContext):
     event_class = LeanEvent
 
 
+class Deadlines:
+    """Deadlines of many objects on one loop timer: a heap of ``(due, n, target)`` where
+    ``due`` is a ``time.monotonic()`` time and ``target`` has a ``due`` attribute and an
+    ``expire()`` method. An entry whose ``due`` no longer matches its target's is stale and
+    skipped; ``expire()`` is called with the target's ``due`` reset to infinity.
+
+    A loop timer costs about 580 bytes while pending (uvloop's handle and its libuv timer);
+    a heap entry about 100. The watchers of held streams (pushserver.transports.streaming)
+    each have a deadline at all times (the next keepalive, or the write timeout), so they
+    share this one timer. Entries due within :data:`SLACK` of the earliest expire together.
+    """
+
+    __slots__ = ("_count", "_heap", "_timer", "_timer_due")
+
+    SLACK = 0.002
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def at(self, due: float, target: Any) -> None:
+        self._count += 1
+        heapq.heappush(self._heap, (due, self._count, target))
+        if due < self._timer_due:
+            self._set_timer(due)
+
+    def _set_timer(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        delay = max(due - time.monotonic(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_due = math.inf
+        heap = self._heap
+        horizon = time.monotonic() + self.SLACK
+        while heap and heap[0][0] <= horizon:
+            due, _, target = heapq.heappop(heap)
+            if target.due == due:
+                target.due = math.inf
+                try:
+                    target.expire()
+                except Exception:
+                    logger.exception("a deadline's callback failed")
+        if heap:
+            self._set_timer(heap[0][0])
+
+
 class AppQueue:
     """What hypercorn hands an application as ``receive``: a bounded FIFO (``put`` waits
     while ``maxsize`` items are queued, 0 = unbounded) and ``get``, cancel-safe as
     ``asyncio.Queue.get`` is (an item is never lost to a cancelled getter). Empty and
     unwaited, it holds nothing but its slots."""
 
-    __slots__ = ("_getters", "_items", "_maxsize", "_putters", "listener")
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters", "deadlines", "listener")
 
-    def __init__(self, maxsize: int = 0) -> None:
+    def __init__(self, maxsize: int = 0, deadlines: Deadlines | None = None) -> None:
+        #: The worker's shared timer, for a reader that also keeps deadlines.
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
         #: Called (with no argument) after each put: a reader that waits on something else
         #: as well learns of new items without a task waiting in :meth:`get`.
         self.listener: Callable[[], object] | None = None
@@ -184,6 +244,7 @@ class Worker:
         # What hypercorn hands each application for its sync and thread helpers; the same
         # for every request, so made once.
         self.run_in_executor = partial(self.loop.run_in_executor, None)
+        self.deadlines = Deadlines()
 
     def call_soon(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on the loop from another thread and wait for its result."""
@@ -388,7 +449,7 @@ class Connection(asyncio.Protocol):
         scope: Any,
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
-        queue = AppQueue(config.max_app_queue_size)
+        queue = AppQueue(config.max_app_queue_size, self.worker.deadlines)
         worker = self.worker
         self.spawn(
             _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon

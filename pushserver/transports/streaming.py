@@ -300,6 +300,10 @@ class SendGuard:
                 return
 
 
+async def _ended(message: MutableMapping[str, Any]) -> bool:
+    return True
+
+
 class _Watcher:
     """:meth:`SendGuard.run`'s watching without a task of its own: a listener on the
     request's :class:`~pushserver.asyncio_worker.AppQueue`, one loop timer for the write
@@ -312,6 +316,7 @@ class _Watcher:
     __slots__ = (
         "cancelled_main",
         "done",
+        "due",
         "failure",
         "guard",
         "handle",
@@ -323,7 +328,6 @@ class _Watcher:
         "queue",
         "side",
         "task",
-        "timer",
     )
 
     def __init__(
@@ -344,7 +348,8 @@ class _Watcher:
         assert task is not None
         self.task = task
         self.side: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: When :meth:`expire` is next due (on the worker's shared timer); inf for never.
+        self.due = math.inf
         self.failure: Exception | None = None
         self.cancelled_main = False
         self.done = False
@@ -357,21 +362,19 @@ class _Watcher:
         self.schedule()
 
     def schedule(self) -> None:
-        """Set the timer for what is due next (as :meth:`SendGuard.watch` computes it)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Set the deadline for what is due next (as :meth:`SendGuard.watch` computes it)."""
         if self.done:
             return
-        now = time.monotonic()
         guard = self.guard
         started = guard.started
+        now = time.monotonic()
         due = min(started + guard.timeout if started else now + guard.timeout, self.next_ping)
-        if due != math.inf:
-            self.timer = self.loop.call_later(max(due - now, 0.0), self.expire)
+        if due != self.due:
+            self.due = due
+            if due != math.inf:
+                self.queue.deadlines.at(due, self)
 
     def expire(self) -> None:
-        self.timer = None
         if self.done:
             return
         now = time.monotonic()
@@ -418,18 +421,14 @@ class _Watcher:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.due = math.inf
         self.cancelled_main = True
         self.task.cancel()
 
     async def stop(self) -> None:
         self.done = True
+        self.due = math.inf  # its entry in the shared timer's heap is stale from now on
         self.queue.listener = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         side = self.side
         if side is not None and not side.done():
             side.cancel()
@@ -437,6 +436,10 @@ class _Watcher:
             # (WebSocket commands), which the caller closes next.
             with anyio.CancelScope(shield=True):
                 await asyncio.wait((side,))
+        # The shared timer's heap may hold this watcher until its last deadline: let go of
+        # the connection's objects now.
+        self.handle = _ended
+        self.ping = None
 
 
 # -- what a stream yields -------------------------------------------------------------------
