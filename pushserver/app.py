@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -311,10 +309,15 @@ class PushServer:
                 return
             if isinstance(handler, Subscriber):
                 channel = match.group(1)
-                await self.counted(
-                    partial(handler, scope, channel, receive, send),
-                    partial(handler.busy, scope, channel, receive, send),
-                )
+                # No helper coroutine or partials here: each would be held for as long as
+                # the subscriber stays connected (about 750 bytes per connection).
+                if not self.admit():
+                    await handler.busy(scope, channel, receive, send)
+                    return
+                try:
+                    await handler(scope, channel, receive, send)
+                finally:
+                    self.active -= 1
                 return
             if kind != "http":
                 await send({"type": "websocket.close", "code": 1003})
@@ -334,10 +337,13 @@ class PushServer:
             if head_size(scope) > self._max_header_size:
                 await self.head_too_large(scope, None, receive, send)
                 return
-            await self.counted(
-                partial(self.fallback, scope, receive, self.with_server_header(send)),
-                partial(self.fallback_busy, scope, send),
-            )
+            if not self.admit():
+                await self.fallback_busy(scope, send)
+                return
+            try:
+                await self.fallback(scope, receive, self.with_server_header(send))
+            finally:
+                self.active -= 1
         elif kind == "http":
             await respond_error(
                 send, 404, "no push location matches this path", [self.server_header]
@@ -345,19 +351,14 @@ class PushServer:
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
 
-    async def counted(
-        self, serve: Callable[[], Awaitable[object]], busy: Callable[[], Awaitable[object]]
-    ) -> None:
-        """``serve()``, counted in ``active``; ``busy()`` instead at ``max_connections``."""
+    def admit(self) -> bool:
+        """Count one more connection in ``active`` (the caller takes it off when done), or
+        False at ``max_connections``."""
         if self.active >= self._limit:
             self.log_busy()
-            await busy()
-            return
+            return False
         self.active += 1
-        try:
-            await serve()
-        finally:
-            self.active -= 1
+        return True
 
     async def fallback_busy(self, scope: Scope, send: Send) -> None:
         """The fallback application's answer at ``max_connections``: 503 (close 1013)."""

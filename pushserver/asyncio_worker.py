@@ -33,10 +33,14 @@ by reference counting alone (tests/test_server_gc.py). TLS and QUIC are not serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from hypercorn.asyncio.lifespan import Lifespan
 from hypercorn.asyncio.task_group import _handle
@@ -93,7 +97,62 @@ class LeanEvent:
 
 
 class LeanWorkerContext(WorkerContext):
-    event_class = LeanEvent  # type: ignore[assignment]
+    event_class = LeanEvent
+
+
+class Deadlines:
+    """Deadlines of many objects on one loop timer: a heap of ``(due, n, target)`` where
+    ``due`` is a ``time.monotonic()`` time and ``target`` has a ``due`` attribute and an
+    ``expire()`` method. An entry whose ``due`` no longer matches its target's is stale and
+    skipped; ``expire()`` is called with the target's ``due`` reset to infinity.
+
+    A loop timer costs about 580 bytes while pending (uvloop's handle and its libuv timer);
+    a heap entry about 100. The watchers of held streams (pushserver.transports.streaming)
+    each have a deadline at all times (the next keepalive, or the write timeout), so they
+    share this one timer. Entries due within :data:`SLACK` of the earliest expire together.
+    """
+
+    __slots__ = ("_count", "_heap", "_timer", "_timer_due")
+
+    SLACK = 0.002
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def at(self, due: float, target: Any) -> None:
+        self._count += 1
+        heapq.heappush(self._heap, (due, self._count, target))
+        if due < self._timer_due:
+            self._set_timer(due)
+
+    def _set_timer(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        delay = max(due - time.monotonic(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_due = math.inf
+        heap = self._heap
+        horizon = time.monotonic() + self.SLACK
+        while heap and heap[0][0] <= horizon:
+            due, _, target = heapq.heappop(heap)
+            if target.due == due:
+                target.due = math.inf
+                try:
+                    target.expire()
+                except Exception:
+                    logger.exception("a deadline's callback failed")
+        if heap:
+            self._set_timer(heap[0][0])
 
 
 class AppQueue:
@@ -102,9 +161,14 @@ class AppQueue:
     ``asyncio.Queue.get`` is (an item is never lost to a cancelled getter). Empty and
     unwaited, it holds nothing but its slots."""
 
-    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters", "deadlines", "listener")
 
-    def __init__(self, maxsize: int = 0) -> None:
+    def __init__(self, maxsize: int = 0, deadlines: Deadlines | None = None) -> None:
+        #: The worker's shared timer, for a reader that also keeps deadlines.
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        #: Called (with no argument) after each put: a reader that waits on something else
+        #: as well learns of new items without a task waiting in :meth:`get`.
+        self.listener: Callable[[], object] | None = None
         self._maxsize = maxsize
         self._items: list[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
@@ -121,7 +185,17 @@ class AppQueue:
         if self._items is None:
             self._items = []
         self._items.append(item)
+        if self.listener is not None:
+            self.listener()
         _wake_one(self._getters)
+
+    def get_nowait(self) -> Any:
+        """The first item; :class:`IndexError` when there is none."""
+        if not self._items:
+            raise IndexError("the queue is empty")
+        item = self._items.pop(0)
+        _wake_one(self._putters)
+        return item
 
     async def get(self) -> Any:
         while not self._items:
@@ -133,9 +207,7 @@ class AppQueue:
                 if self._items:
                     _wake_one(self._getters)  # the item this getter was woken for
                 raise
-        item = self._items.pop(0)
-        _wake_one(self._putters)
-        return item
+        return self.get_nowait()
 
 
 async def _wait_in(waiters: list[asyncio.Future[None]]) -> None:
@@ -169,6 +241,14 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self._empty: asyncio.Future[None] | None = None
+        # What hypercorn hands each application for its sync and thread helpers; the same
+        # for every request, so made once.
+        self.run_in_executor = partial(self.loop.run_in_executor, None)
+        self.deadlines = Deadlines()
+
+    def call_soon(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` on the loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(func(*args), self.loop).result()
 
     def connection(self) -> Connection:
         return Connection(self)
@@ -230,7 +310,7 @@ class Connection(asyncio.Protocol):
         #: Set while the transport's write buffer is above its high-water mark.
         self._drain: asyncio.Future[None] | None = None
         #: The application and protocol tasks still running.
-        self._tasks: set[asyncio.Task[Any]] | None = None
+        self._tasks: list[asyncio.Task[Any]] | None = None
         self.closed = False  # we closed the transport
         self.ended = False  # the end of stream (or the loss) was handed on
         self.lost = False  # the transport is gone
@@ -238,7 +318,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio's side ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         worker = self.worker
         sock = transport.get_extra_info("socket")
         try:
@@ -302,7 +382,7 @@ class Connection(asyncio.Protocol):
         if inbox is None:
             inbox = self._inbox = []
         if data is not None and inbox and inbox[-1] is not None:
-            inbox[-1] += data  # type: ignore[operator]
+            inbox[-1] += data
         else:
             inbox.append(data)
         if (
@@ -369,34 +449,23 @@ class Connection(asyncio.Protocol):
         scope: Any,
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
-        queue = AppQueue(config.max_app_queue_size)
-        loop = self.worker.loop
-
-        def call_soon(func: Callable[..., Any], *args: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
-
+        queue = AppQueue(config.max_app_queue_size, self.worker.deadlines)
+        worker = self.worker
         self.spawn(
-            _handle,
-            app,
-            config,
-            scope,
-            queue.get,
-            send,
-            partial(loop.run_in_executor, None),
-            call_soon,
+            _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon
         )
         return queue.put
 
     def spawn(self, func: Callable[..., Any], *args: Any) -> None:
         task = self._start(func(*args))
         if self._tasks is None:
-            self._tasks = set()
-        self._tasks.add(task)
+            self._tasks = []  # one task at a time, nearly always: a list is smaller than a set
+        self._tasks.append(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if self._tasks is not None:
-            self._tasks.discard(task)
+        if self._tasks is not None and task in self._tasks:
+            self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("a connection's task failed", exc_info=task.exception())
             self._close(abort=True)
@@ -446,10 +515,8 @@ class Connection(asyncio.Protocol):
             transport.abort()
             return
         if not self.lost and transport.can_write_eof():
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
-            except (OSError, RuntimeError):
-                pass
         transport.close()
 
     def abort(self) -> list[asyncio.Task[Any]]:
@@ -470,7 +537,7 @@ class Connection(asyncio.Protocol):
             # asyncio's own selector transport keeps a bound method of itself (its read
             # callback; uvloop's has none), no longer registered once it is closed.
             if self.transport is not None and hasattr(self.transport, "_read_ready_cb"):
-                self.transport._read_ready_cb = None  # type: ignore[attr-defined]
+                self.transport._read_ready_cb = None
             self.protocol = None
             self.transport = None
             self._inbox = None
@@ -517,12 +584,10 @@ async def worker_serve(
         worker.close_idle()
         try:
             await asyncio.wait_for(worker.wait_empty(), config.graceful_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await worker.cut()
         finally:
             await lifespan.wait_for_shutdown()
             lifespan_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await lifespan_task
-            except asyncio.CancelledError:
-                pass

@@ -18,9 +18,9 @@ from typing import Any, cast
 import anyio
 import anyio.lowlevel
 from hypercorn.config import Config, Sockets
-from hypercorn.utils import wrap_app
 
 from . import hypercorn_fixes
+from ._async import asyncio_loop
 from .app import PushServer
 from .config import DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
 
@@ -130,13 +130,24 @@ async def wait_for_signals() -> None:
 
 
 def _running_trio() -> bool:
-    import asyncio
+    return asyncio_loop() is None  # anyio runs only asyncio and trio
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True  # anyio runs only asyncio and trio
-    return False
+
+class _ASGI:
+    """The app as hypercorn calls it (with its sync-spawn and call-soon helpers, which
+    pushserver does not use). Not ``hypercorn.utils.wrap_app``: its wrapper awaits the app
+    in a coroutine of its own, one more frame held by every open connection (368 bytes);
+    this returns the app's coroutine for hypercorn to await directly."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> Awaitable[None]:
+        return cast(Awaitable[None], self.app(scope, receive, send))
 
 
 _detached: set[Any] = set()
@@ -215,6 +226,7 @@ async def serve(
     )
     hypercorn_fixes.end_refused_websockets()
     hypercorn_fixes.decline_bad_h2c_upgrades()
+    hypercorn_fixes.lighter_websocket_connections()
     if _running_trio():
         hypercorn_fixes.contain_connection_errors_on_trio()
         hypercorn_fixes.free_closed_connections_on_trio()
@@ -248,8 +260,7 @@ async def serve(
     current = Running(app, anyio.lowlevel.current_token(), format_host(address, port))
     try:
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-        # PushServer speaks ASGI 3 with plain dicts; hypercorn's types are TypedDicts.
-        wrapped = wrap_app(cast(Any, app), config.wsgi_max_body_size, "asgi")
+        wrapped = cast(Any, _ASGI(app))  # hypercorn types the app with its TypedDicts
         with bound:
             if _running_trio():
                 from hypercorn.trio.run import worker_serve as trio_serve

@@ -87,7 +87,6 @@ from .streaming import (
     open_channel,
     parse_resume_id,
     query_parameter,
-    run_beside,
     split_channels,
 )
 
@@ -189,9 +188,12 @@ class EventStreamResponse(EventSourceResponse):
 
         # Failures come out bare (SendTimeoutError, BackendUnavailable), as sse-starlette
         # lets them.
-        await run_beside(
+        await guard.run(
             partial(self._stream_response, send),
-            partial(guard.watch, receive, self._disconnected, ping, self.ping_interval),
+            receive,
+            self._disconnected,
+            ping,
+            self.ping_interval,
         )
         if guard.timed_out:
             raise SendTimeoutError

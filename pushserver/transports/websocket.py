@@ -71,7 +71,6 @@ import logging
 import time
 from collections.abc import MutableMapping
 from contextlib import suppress
-from functools import partial
 from typing import Any
 
 import anyio
@@ -92,7 +91,6 @@ from .streaming import (
     open_channel,
     parse_resume_id,
     query_parameter,
-    run_beside,
     split_channels,
 )
 
@@ -327,8 +325,14 @@ class _Connection:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
         interval = self.location.ping_interval
         try:
-            watch = partial(self.guard.watch, self.receive, self.received, self.ping, interval)
-            await run_beside(partial(self.guarded, self.deliver), partial(self.guarded, watch))
+            # How either side ends decides the close: the writer (deliver) and the watcher
+            # (commands, disconnect, send timeout, keepalive) raise here as they are.
+            try:
+                await self.guard.run(self.deliver, self.receive, self.received, self.ping, interval)
+            except _TooSlow:
+                self.too_slow()
+            except BackendUnavailable:
+                self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
             if self.guard.timed_out:
                 self.too_slow()
             if self.close_code is not None:
@@ -344,16 +348,6 @@ class _Connection:
             if presence is not None:
                 for token in self.tokens.values():
                     presence.unsubscribed(token)
-
-    async def guarded(self, task: Any) -> None:
-        """Run one of the two tasks; how it ends decides the close (the other is then
-        cancelled by :func:`run_beside`)."""
-        try:
-            await task()
-        except _TooSlow:
-            self.too_slow()
-        except BackendUnavailable:
-            self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
 
     def too_slow(self) -> None:
         if self.close_code is None:
