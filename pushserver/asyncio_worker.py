@@ -101,15 +101,18 @@ class LeanWorkerContext(WorkerContext):
 
 
 class Deadlines:
-    """Deadlines of many objects on one loop timer: a heap of ``(due, n, target)`` where
-    ``due`` is a ``time.monotonic()`` time and ``target`` has a ``due`` attribute and an
-    ``expire()`` method. An entry whose ``due`` no longer matches its target's is stale and
-    skipped; ``expire()`` is called with the target's ``due`` reset to infinity.
+    """Deadlines of many objects on one loop timer.
+
+    :meth:`at` files ``target.expire(now)`` to be called at ``due`` (a ``time.monotonic()``
+    time) and returns the heap entry; :meth:`cancel` empties an entry, so the heap holds
+    nothing of a target it will no longer call. Entries due within :data:`SLACK` of the
+    first expire together, each told ``now`` = the fire time plus the slack, so a target
+    acts on a deadline that close as reached (and does not re-file it).
 
     A loop timer costs about 580 bytes while pending (uvloop's handle and its libuv timer);
     a heap entry about 100. The watchers of held streams (pushserver.transports.streaming)
     each have a deadline at all times (the next keepalive, or the write timeout), so they
-    share this one timer. Entries due within :data:`SLACK` of the earliest expire together.
+    share this one timer.
     """
 
     __slots__ = ("_count", "_heap", "_timer", "_timer_due")
@@ -117,19 +120,27 @@ class Deadlines:
     SLACK = 0.002
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Any]] = []
+        self._heap: list[list[Any]] = []
         self._count = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = math.inf
 
     def __len__(self) -> int:
+        """Entries in the heap, emptied ones included until their time comes."""
         return len(self._heap)
 
-    def at(self, due: float, target: Any) -> None:
+    def at(self, due: float, target: Any) -> list[Any]:
         self._count += 1
-        heapq.heappush(self._heap, (due, self._count, target))
+        entry = [due, self._count, target]
+        heapq.heappush(self._heap, entry)
         if due < self._timer_due:
             self._set_timer(due)
+        return entry
+
+    @staticmethod
+    def cancel(entry: list[Any] | None) -> None:
+        if entry is not None:
+            entry[2] = None
 
     def _set_timer(self, due: float) -> None:
         if self._timer is not None:
@@ -142,13 +153,13 @@ class Deadlines:
         self._timer = None
         self._timer_due = math.inf
         heap = self._heap
-        horizon = time.monotonic() + self.SLACK
-        while heap and heap[0][0] <= horizon:
-            due, _, target = heapq.heappop(heap)
-            if target.due == due:
-                target.due = math.inf
+        now = time.monotonic() + self.SLACK
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            target, entry[2] = entry[2], None
+            if target is not None:
                 try:
-                    target.expire()
+                    target.expire(now)
                 except Exception:
                     logger.exception("a deadline's callback failed")
         if heap:
@@ -181,7 +192,12 @@ class AppQueue:
         while self._maxsize and self.qsize() >= self._maxsize:
             if self._putters is None:
                 self._putters = []
-            await _wait_in(self._putters)
+            try:
+                await _wait_in(self._putters)
+            except BaseException:
+                if self.qsize() < self._maxsize:
+                    _wake_one(self._putters)  # the slot this putter was woken for
+                raise
         if self._items is None:
             self._items = []
         self._items.append(item)
@@ -347,6 +363,9 @@ class Connection(asyncio.Protocol):
         self._feed(data)
 
     def eof_received(self) -> bool:
+        # As hypercorn does: the end of stream is first handed to h11 as empty data (a
+        # request cut short is then answered 400), then the connection is Closed.
+        self._feed(b"")
         self._feed(None)
         return True  # the handler closes the transport once hypercorn has seen the end
 
@@ -381,7 +400,7 @@ class Connection(asyncio.Protocol):
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = []
-        if data is not None and inbox and inbox[-1] is not None:
+        if data and inbox and inbox[-1]:
             inbox[-1] += data
         else:
             inbox.append(data)
@@ -411,6 +430,10 @@ class Connection(asyncio.Protocol):
                     self._paused_reading = False
                     if self.transport is not None:
                         self.transport.resume_reading()
+        except asyncio.CancelledError:
+            if not self.lost:
+                raise
+            # Cancelled by _check_finished: nothing is left to hand the rest to.
         except Exception:
             # A hypercorn, h11 or h2 bug a client can trigger: this connection ends, the
             # others go on (hypercorn's own asyncio worker logs it the same way).
@@ -418,6 +441,8 @@ class Connection(asyncio.Protocol):
             self._close(abort=True)
         finally:
             self._handler = None
+            if self.lost:
+                self._inbox = None
             self._check_finished()
 
     # -- hypercorn's side ----------------------------------------------------------------
@@ -494,7 +519,7 @@ class Connection(asyncio.Protocol):
     def idle_expired(self) -> None:
         """Nothing has arrived for ``keep_alive_timeout`` seconds, or the server is stopping
         and this connection is idle: close it as hypercorn does."""
-        self.idle = None
+        self._stop_idle()  # called by the server at shutdown, the timer is still set
         if self.protocol is not None and not self.closed:
             self.spawn(self._close_idle)
 
@@ -511,7 +536,9 @@ class Connection(asyncio.Protocol):
                 transport.abort()
             return
         self.closed = True
-        if abort:
+        if abort or self._drain is not None:
+            # Writes are held up: the client stopped reading (a send timeout). A graceful
+            # close would wait for it for as long as it keeps the socket open.
             transport.abort()
             return
         if not self.lost and transport.can_write_eof():
@@ -527,10 +554,17 @@ class Connection(asyncio.Protocol):
             tasks.append(self._handler)
         for task in tasks:
             task.cancel()
+        self.ended = True  # connection_lost, which follows, has nothing left to hand on
         self._close(abort=True)
         return tasks
 
     def _check_finished(self) -> None:
+        if self.lost and self._handler is not None and not self._tasks and self._inbox:
+            # The handler is held by h11 (a pipelined request waits for a response) or by
+            # a full queue to the application, and neither will ever move: the client is
+            # gone and no application task is left. What it still holds is dropped.
+            self._handler.cancel()
+            return
         if self.lost and self._handler is None and not self._tasks and self.protocol is not None:
             # Over: hypercorn's protocol (which holds our send) and the transport's
             # protocol (this) refer to each other; let both go by reference counting.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 
@@ -96,38 +97,90 @@ async def test_lean_event_wakes_every_waiter_and_clears():
 
 
 class Target:
-    def __init__(self, name: str, fired: list[str], done: asyncio.Event, last: bool = False):
-        self.name, self.fired, self.done, self.last = name, fired, done, last
-        self.due = float("inf")
+    def __init__(self, name: str, fired: list[tuple[str, float]], done: asyncio.Event):
+        self.name, self.fired, self.done = name, fired, done
 
-    def expire(self) -> None:
-        self.fired.append(self.name)
+    def expire(self, now: float) -> None:
+        self.fired.append((self.name, now))
         if self.name == "boom":
             raise RuntimeError("a callback failing must not stop the others")
-        if self.last:
+        if self.name == "last":
             self.done.set()
 
 
-async def test_deadlines_expire_in_order_and_skip_stale_entries():
+async def test_deadlines_expire_in_order_and_skip_cancelled_entries():
     deadlines = Deadlines()
-    fired: list[str] = []
+    fired: list[tuple[str, float]] = []
     done = asyncio.Event()
-    now = time.monotonic()
-    targets = {
-        name: Target(name, fired, done, last=name == "c")
-        for name in ("a", "boom", "b", "moved", "c")
-    }
-    for offset, name in [(0.03, "a"), (0.04, "boom"), (0.05, "b"), (0.06, "moved"), (0.09, "c")]:
-        targets[name].due = now + offset
-        deadlines.at(now + offset, targets[name])
-    # "moved" is rescheduled later: its first entry is stale, only the second fires.
-    targets["moved"].due = now + 0.07
-    deadlines.at(now + 0.07, targets["moved"])
+    start = time.monotonic()
+    entries = {}
+    for offset, name in [(0.03, "a"), (0.04, "boom"), (0.05, "b"), (0.06, "moved"),
+                         (0.09, "last"), (0.07, "dropped")]:
+        entries[name] = deadlines.at(start + offset, Target(name, fired, done))
+    # "moved" is filed again later (its first entry cancelled); "dropped" is cancelled.
+    Deadlines.cancel(entries["moved"])
+    deadlines.at(start + 0.08, Target("moved", fired, done))
+    Deadlines.cancel(entries["dropped"])
+    assert entries["dropped"][2] is None  # the heap no longer holds its target
     with anyio.fail_after(5):
         await done.wait()
-    assert fired == ["a", "boom", "b", "moved", "c"]
-    assert all(t.due == float("inf") for t in targets.values())
+    assert [name for name, _ in fired] == ["a", "boom", "b", "moved", "last"]
+    # Each is told a time at or after its deadline (the timer's slack included).
+    deadline = {"a": 0.03, "boom": 0.04, "b": 0.05, "moved": 0.08, "last": 0.09}
+    assert all(now >= start + deadline[name] for name, now in fired)
     assert len(deadlines) == 0
+
+
+async def test_watchers_with_close_deadlines_wake_once_per_ping(monkeypatch):
+    """Many streams' keepalives fall within the shared timer's slack of each other: each is
+    one wake per ping, not a spin until the clock reaches it."""
+    from pushserver.transports import streaming
+
+    expired = 0
+    expire = streaming._Watcher.expire
+
+    def counting_expire(self, now: float) -> None:
+        nonlocal expired
+        expired += 1
+        expire(self, now)
+
+    monkeypatch.setattr(streaming._Watcher, "expire", counting_expire)
+    deadlines = Deadlines()
+    pings = 0
+    enough = asyncio.Event()
+    watchers, rounds, interval = 40, 4, 0.05
+
+    async def one(index: int) -> None:
+        queue = AppQueue(0, deadlines)
+        release = asyncio.Event()
+
+        async def ping() -> None:
+            nonlocal pings
+            pings += 1
+            if pings >= watchers * rounds:
+                enough.set()
+
+        async def handle(message) -> bool:
+            return True  # the "disconnect" put below ends the connection
+
+        async def main() -> None:
+            await release.wait()
+
+        async def leave() -> None:
+            await enough.wait()
+            await queue.put({"type": "http.disconnect"})
+
+        leaving = asyncio.get_running_loop().create_task(leave())
+        # Intervals half a millisecond apart: keepalives fall due within the slack of
+        # each other, some already reached and some just ahead when the timer fires.
+        every = interval + index * 0.0005
+        await streaming.SendGuard(None).run(main, queue.get, handle, ping, every)
+        await leaving
+
+    with anyio.fail_after(20):
+        await asyncio.gather(*(one(index) for index in range(watchers)))
+    assert pings >= watchers * rounds
+    assert expired <= pings + watchers, (expired, pings)
 
 
 # -- wsproto ------------------------------------------------------------------------------
@@ -184,22 +237,28 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]
     return head, rest[:length]
 
 
-async def serving(client) -> None:
-    """Serve SETTINGS in this process while ``client(port)`` runs in a thread."""
+async def serving(client, settings=SETTINGS, until=None, graceful_timeout: float = 5.0) -> None:
+    """Serve ``settings`` in this process while ``client(port)`` runs in a thread, then
+    (when given) until ``until(app)`` is true, then shut down; the whole within 30 s."""
     sock = server.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = PushServer(config.load(SETTINGS))
+    app = PushServer(config.load(settings))
     failure: list[BaseException] = []
 
     async def stop() -> None:
         try:
             await anyio.to_thread.run_sync(client, port)
+            while until is not None and not until(app):
+                await anyio.sleep(0.01)
         except BaseException as exc:
             failure.append(exc)
 
     try:
-        with anyio.fail_after(60):
-            await server.serve(app, sock, access_log=False, shutdown_trigger=stop)
+        with anyio.fail_after(30):
+            await server.serve(
+                app, sock, access_log=False, shutdown_trigger=stop,
+                graceful_timeout=graceful_timeout,
+            )
     finally:
         sock.close()
     if failure:
@@ -312,3 +371,156 @@ async def test_a_client_that_stops_reading_does_not_stop_the_others():
                 stalled.close()
 
     await serving(client)
+
+
+async def test_a_request_cut_short_by_the_client_closing_its_side_is_answered_400():
+    def client(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /publisher/cut HTTP/1.1\r\nHost: t\r\nContent-Le")
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 400"), data
+
+    await serving(client)
+
+
+STREAMING = {
+    **SETTINGS,
+    "locations": [
+        {"type": "publisher", "prefix": "/publisher/"},
+        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True,
+         "transports": ["eventsource"], "ping_interval": 0.1, "send_timeout": 0.5},
+    ],
+}
+
+
+async def test_a_request_pipelined_behind_a_stream_whose_client_left_is_let_go():
+    """The second request waits (h11) for the stream's end, which comes only once the
+    stream finds its client gone: the connection must then end, not wait forever (the
+    server's shutdown, waiting up to a minute for its connections, would show it)."""
+
+    def client(port: int) -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        stream = b"GET /subscriber/piped HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
+        sock.sendall(stream + b"GET /publisher/piped HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200"), data
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+
+    await serving(
+        client, STREAMING, until=lambda app: app.hubs["default"].metrics.eventsource == 0,
+        graceful_timeout=60,
+    )
+
+
+async def test_a_stream_cut_for_a_stalled_reader_is_closed_at_once():
+    """After the send timeout a client that stopped reading is cut (reset), not closed
+    gracefully: that would wait for it to read everything, for as long as it likes."""
+    body = b"y" * 60_000
+
+    def client(port: int) -> None:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(
+            b"GET /subscriber/stalled HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port)) as pub:
+            buffer = bytearray()
+            for _ in range(160):  # 9.6 MB: far more than the socket buffers hold
+                pub.sendall(
+                    f"POST /publisher/stalled HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                    f"{len(body)}\r\n\r\n".encode() + body
+                )
+                assert read_response(pub, buffer)[0].startswith(b"HTTP/1.1 20")
+        client.stalled = stalled  # never read; closed once the server has let go
+
+    try:
+        await serving(
+            client, STREAMING,
+            until=lambda app: app.hubs["default"].metrics.slow_eventsource == 1
+            and app.hubs["default"].metrics.eventsource == 0,
+            graceful_timeout=60,
+        )
+    finally:
+        stalled = getattr(client, "stalled", None)
+        if stalled is not None:
+            stalled.close()
+
+
+async def test_app_queue_put_passes_on_a_slot_its_cancelled_putter_was_woken_for():
+    queue = AppQueue(1)
+    await queue.put("full")
+    loop = asyncio.get_running_loop()
+    first = loop.create_task(queue.put("first"))
+    second = loop.create_task(queue.put("second"))
+    await asyncio.sleep(0)  # both wait for a slot
+    assert queue.get_nowait() == "full"  # wakes the first putter ...
+    first.cancel()  # ... which is cancelled before it runs: the second must get the slot
+    with anyio.fail_after(5):
+        await second
+    assert queue.get_nowait() == "second"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_watching_failure_is_raised_and_leaves_no_reference_cycle():
+    import gc
+
+    from pushserver.transports import streaming
+
+    class TooSlow(Exception):
+        pass
+
+    async def one() -> str:
+        async def ping() -> None:
+            raise TooSlow("the keepalive could not be written")
+
+        async def handle(message) -> bool:
+            return False
+
+        try:
+            await streaming.SendGuard(None).run(
+                lambda: asyncio.sleep(10), AppQueue(0, Deadlines()).get, handle, ping, 0.01
+            )
+        except TooSlow as exc:
+            return str(exc)
+        return ""
+
+    gc.collect()
+    gc.disable()
+    try:
+        with anyio.fail_after(5):
+            assert await one() == "the keepalive could not be written"
+        await asyncio.sleep(0)  # one loop turn: the side task's done callbacks let it go
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_run_shielded_work_survives_a_native_cancel_of_its_caller():
+    from pushserver._async import run_shielded
+
+    finished = asyncio.Event()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        await release.wait()
+        finished.set()
+        return "done"
+
+    caller = asyncio.get_running_loop().create_task(run_shielded(work))
+    await started.wait()
+    caller.cancel()  # asyncio's own cancel, which an anyio shield alone does not stop
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    with anyio.fail_after(5):
+        await finished.wait()

@@ -53,6 +53,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -66,7 +67,7 @@ try:  # redis-py >= 7
 except ImportError:  # pragma: no cover - older redis-py has no such thing
     MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
-from .._async import asyncio_loop
+from .._async import asyncio_loop, run_shielded
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
@@ -718,32 +719,36 @@ class RedisBackend(Backend):
             self._writing[channel_id] = True
             return
         self._writing[channel_id] = False
-        keys = self._keys(channel_id)
         # Shielded: this writer also carries the counts other subscribers queued behind it
         # (they returned at once). Cancelled midway, because its own client went away, it
         # would drop them and leave a stale count; each command is bounded by command_timeout.
-        with anyio.CancelScope(shield=True):
-            try:
-                while True:
-                    try:
-                        last = await self._run(
-                            "subscribers",
-                            [keys[0], keys[2]],
-                            [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
-                        )
-                    except BackendUnavailable as exc:
-                        # Never fails a subscriber: the reader writes every count again on
-                        # reconnecting.
-                        logger.debug("redis: subscriber count not stored: %s", exc)
-                        return
-                    listening = self._listening.get(channel_id)
-                    if listening is not None and last:
-                        listening.known = _optional_id(*last)
-                    if not self._writing[channel_id]:
-                        return
-                    self._writing[channel_id] = False
-            finally:
-                del self._writing[channel_id]
+        # (run_shielded: a subscriber's task may be cancelled by asyncio itself, which an
+        # anyio shield does not stop.)
+        await run_shielded(partial(self._write_count, channel_id))
+
+    async def _write_count(self, channel_id: str) -> None:
+        keys = self._keys(channel_id)
+        try:
+            while True:
+                try:
+                    last = await self._run(
+                        "subscribers",
+                        [keys[0], keys[2]],
+                        [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
+                    )
+                except BackendUnavailable as exc:
+                    # Never fails a subscriber: the reader writes every count again on
+                    # reconnecting.
+                    logger.debug("redis: subscriber count not stored: %s", exc)
+                    return
+                listening = self._listening.get(channel_id)
+                if listening is not None and last:
+                    listening.known = _optional_id(*last)
+                if not self._writing[channel_id]:
+                    return
+                self._writing[channel_id] = False
+        finally:
+            del self._writing[channel_id]
 
     # -- the pub/sub reader -----------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from typing import Any
 import anyio
 
 from .._async import asyncio_loop
-from ..asyncio_worker import AppQueue
+from ..asyncio_worker import AppQueue, Deadlines
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import ORIGIN, Message, MessageId
@@ -171,7 +171,11 @@ async def run_beside(
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait((task,))
     if failure:
-        raise failure[0]
+        exc = failure.pop()
+        try:
+            raise exc
+        finally:
+            del exc  # its traceback holds side()'s frame, which holds the list: no cycle
 
 
 async def _run_beside_in_task_group(
@@ -247,8 +251,14 @@ class SendGuard:
                 raise
         finally:
             await watcher.stop()
-        if watcher.failure is not None:
-            raise watcher.failure
+        failure, watcher.failure = watcher.failure, None
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                # Its traceback holds the side task's frame, which holds the watcher: no
+                # cycle may outlive the connection (the collector rarely runs here).
+                del failure
 
     async def watch(
         self,
@@ -300,10 +310,6 @@ class SendGuard:
                 return
 
 
-async def _ended(message: MutableMapping[str, Any]) -> bool:
-    return True
-
-
 class _Watcher:
     """:meth:`SendGuard.run`'s watching without a task of its own: a listener on the
     request's :class:`~pushserver.asyncio_worker.AppQueue`, one loop timer for the write
@@ -316,7 +322,7 @@ class _Watcher:
     __slots__ = (
         "cancelled_main",
         "done",
-        "due",
+        "entry",
         "failure",
         "guard",
         "handle",
@@ -348,8 +354,8 @@ class _Watcher:
         assert task is not None
         self.task = task
         self.side: asyncio.Task[None] | None = None
-        #: When :meth:`expire` is next due (on the worker's shared timer); inf for never.
-        self.due = math.inf
+        #: Its entry on the worker's shared timer, while it has a deadline.
+        self.entry: list[Any] | None = None
         self.failure: Exception | None = None
         self.cancelled_main = False
         self.done = False
@@ -361,23 +367,26 @@ class _Watcher:
             self.kick()
         self.schedule()
 
-    def schedule(self) -> None:
+    def schedule(self, now: float | None = None) -> None:
         """Set the deadline for what is due next (as :meth:`SendGuard.watch` computes it)."""
         if self.done:
             return
+        if now is None:
+            now = time.monotonic()
         guard = self.guard
         started = guard.started
-        now = time.monotonic()
         due = min(started + guard.timeout if started else now + guard.timeout, self.next_ping)
-        if due != self.due:
-            self.due = due
-            if due != math.inf:
-                self.queue.deadlines.at(due, self)
+        entry = self.entry
+        if entry is not None and entry[2] is self:
+            if entry[0] == due:
+                return
+            Deadlines.cancel(entry)
+        self.entry = self.queue.deadlines.at(due, self) if due != math.inf else None
 
-    def expire(self) -> None:
+    def expire(self, now: float) -> None:
+        """Called by the shared timer; ``now`` includes its slack."""
         if self.done:
             return
-        now = time.monotonic()
         started = self.guard.started
         if started and now - started >= self.guard.timeout:
             self.guard.timed_out = True
@@ -387,7 +396,7 @@ class _Watcher:
             self.next_ping = math.inf  # until this ping is written
             self.ping_due = True
             self.kick()
-        self.schedule()
+        self.schedule(now)
 
     def kick(self) -> None:
         if self.side is None and not self.done:
@@ -421,13 +430,14 @@ class _Watcher:
         if self.done:
             return
         self.done = True
-        self.due = math.inf
+        Deadlines.cancel(self.entry)
         self.cancelled_main = True
         self.task.cancel()
 
     async def stop(self) -> None:
         self.done = True
-        self.due = math.inf  # its entry in the shared timer's heap is stale from now on
+        Deadlines.cancel(self.entry)  # the heap holds nothing of this watcher from now on
+        self.entry = None
         self.queue.listener = None
         side = self.side
         if side is not None and not side.done():
@@ -436,10 +446,6 @@ class _Watcher:
             # (WebSocket commands), which the caller closes next.
             with anyio.CancelScope(shield=True):
                 await asyncio.wait((side,))
-        # The shared timer's heap may hold this watcher until its last deadline: let go of
-        # the connection's objects now.
-        self.handle = _ended
-        self.ping = None
 
 
 # -- what a stream yields -------------------------------------------------------------------
