@@ -281,7 +281,7 @@ class Worker:
 
     def close_idle(self) -> None:
         for connection in list(self.connections):
-            if connection.idle is not None:
+            if connection.idle is not None and not connection.closed:
                 connection.idle_expired()
 
     async def cut(self) -> None:
@@ -502,6 +502,8 @@ class Connection(asyncio.Protocol):
     # -- timers and the end --------------------------------------------------------------
 
     def _start_idle(self) -> None:
+        if self.closed:
+            return  # its timer, if any, bounds the close (see _close)
         self._stop_idle()
         if self.lost:
             return
@@ -536,11 +538,16 @@ class Connection(asyncio.Protocol):
                 transport.abort()
             return
         self.closed = True
-        if abort or self._drain is not None:
-            # Writes are held up: the client stopped reading (a send timeout). A graceful
-            # close would wait for it for as long as it keeps the socket open.
+        if abort:
             transport.abort()
             return
+        if self._drain is not None:
+            # Writes are held up: the client stopped reading (a send timeout). What is
+            # queued (a WebSocket close frame behind the data, the end of an event stream)
+            # is left for it to read, for at most keep_alive_timeout, as an idle client is;
+            # without a bound the close would wait for as long as it keeps the socket open.
+            timeout = self.worker.config.keep_alive_timeout
+            self.idle = self.worker.loop.call_later(timeout, transport.abort)
         if not self.lost and transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
