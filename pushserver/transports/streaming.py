@@ -130,7 +130,7 @@ def query_parameter(query_string: bytes, name: str) -> str | None:
     return None
 
 
-# -- two tasks per connection ---------------------------------------------------------------
+# -- a second task per connection, where watching needs one -----------------------------
 
 
 async def run_beside(
@@ -202,15 +202,16 @@ async def _run_beside_in_task_group(
 
 
 class SendGuard:
-    """Watches one connection from a single task: what the client sends (its disconnect,
-    WebSocket commands), the deadline of the write under way, and the keepalive.
+    """Watches one connection: what the client sends (its disconnect, WebSocket commands),
+    the deadline of the write under way, and the keepalive (:meth:`run`).
 
     A cancel scope per write costs about as much as the write itself under fan-out, so the
     writer only stamps each write (``started = time.monotonic()`` before, ``0.0`` after).
     :meth:`watch` receives from the client, with a deadline only when something is due: the
     deadline of the write under way, the next keepalive, or one ``timeout`` from now while
     no write is under way. A write still blocked at its deadline ends the connection.
-    Idle, a connection costs one task and one wake per ``timeout`` or ping interval.
+    Idle, a connection costs one wake per ``timeout`` or ping interval, and on pushserver's
+    asyncio worker no task of its own (:meth:`run`); elsewhere a second task (:meth:`watch`).
     """
 
     __slots__ = ("started", "timed_out", "timeout")

@@ -278,9 +278,10 @@ class WebSocketTransport(SubscriberTransport):
 
 
 class _Connection:
-    """One open connection: the sender in the request's task, and one watching task
-    (:class:`SendGuard`: commands, disconnect, send timeout, keepalive); the first to
-    finish decides how the connection ends and cancels the other."""
+    """One open connection: the sender in the request's task, and the watching
+    (:meth:`SendGuard.run`: commands, disconnect, send timeout, keepalive; a task of its own
+    only off pushserver's asyncio worker); the first to finish decides how the connection
+    ends and cancels the other."""
 
     __slots__ = (
         "_send",
