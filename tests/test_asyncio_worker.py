@@ -237,6 +237,16 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]
     return head, rest[:length]
 
 
+def half_close_and_read(sock: socket.socket, request: bytes) -> bytes:
+    """Send ``request``, close the sending side, and read until the server closes."""
+    sock.sendall(request)
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 async def serving(client, settings=SETTINGS, until=None, graceful_timeout: float = 5.0) -> None:
     """Serve ``settings`` in this process while ``client(port)`` runs in a thread, then
     (when given) until ``until(app)`` is true, then shut down; the whole within 30 s."""
@@ -327,11 +337,9 @@ async def test_a_large_body_pauses_and_resumes_reading_and_arrives_whole():
 async def test_a_half_closed_client_still_gets_its_response_or_a_clean_close():
     def client(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /publisher/half HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
-            sock.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+            data = half_close_and_read(
+                sock, b"POST /publisher/half HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+            )
             # hypercorn hands the end of stream to the request: it may be answered first or
             # not, but the connection ends cleanly either way (no reset, no hang).
             assert data == b"" or data.startswith(b"HTTP/1.1 20"), data
@@ -376,11 +384,8 @@ async def test_a_client_that_stops_reading_does_not_stop_the_others():
 async def test_a_request_cut_short_by_the_client_closing_its_side_is_answered_400():
     def client(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /publisher/cut HTTP/1.1\r\nHost: t\r\nContent-Le")
-            sock.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+            cut = b"POST /publisher/cut HTTP/1.1\r\nHost: t\r\nContent-Le"
+            data = half_close_and_read(sock, cut)
             assert data.startswith(b"HTTP/1.1 400"), data
 
     await serving(client)
