@@ -73,6 +73,24 @@ def test_quick_bench_longpoll_loses_nothing(tmp_path):
     assert "| ours" in stdout and "ours/floor" in stdout
 
 
+def test_repeated_rounds_report_the_median_of_per_round_ratios(tmp_path):
+    report, stdout = run_bench(tmp_path, "longpoll", "fanout-200", extra=("--repeat", "3"))
+    rows = report["results"]
+    assert report["repeat"] == 3
+    assert sorted((r["target"], r["round"]) for r in rows) == [
+        ("floor", 0), ("floor", 1), ("floor", 2), ("ours", 0), ("ours", 1), ("ours", 2),
+    ]  # fmt: skip
+    check_rows(rows)
+    cpu = {(r["target"], r["round"]): r["cpu_us_per_delivery"] for r in rows}
+    per_round = [round(cpu[("ours", n)] / cpu[("floor", n)], 2) for n in range(3)]
+    (entry,) = report["ratios"]
+    assert entry["floor_ratios"] == per_round
+    assert entry["ours_over_floor"] == sorted(per_round)[1]
+    assert entry["ours_cpu_us"] == round(sorted(cpu[("ours", n)] for n in range(3))[1], 2)
+    # The table shows the median and each round's ratio.
+    assert f"{sorted(per_round)[1]:.2f} (" + ", ".join(f"{v:.2f}" for v in per_round) in stdout
+
+
 @pytest.mark.skipif(
     not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),
     reason="SSE and WebSocket are not both implemented",
