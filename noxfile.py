@@ -91,7 +91,7 @@ def tests_matrix(session: nox.Session, django: str, store: str) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the package, tests, example and bench."""
     session.install("ruff")
-    session.run("ruff", "check", "pushserver", "tests", "example", "noxfile.py")
+    session.run("ruff", "check", "pushserver", "tests", "example", "bench", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
