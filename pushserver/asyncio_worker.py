@@ -213,6 +213,12 @@ class AppQueue:
         _wake_one(self._putters)
         return item
 
+    def drop_leading(self, kind: str) -> None:
+        """Take off the items at the front whose ASGI ``type`` is ``kind``."""
+        items = self._items
+        while items and items[0]["type"] == kind:
+            self.get_nowait()
+
     async def get(self) -> Any:
         while not self._items:
             if self._getters is None:

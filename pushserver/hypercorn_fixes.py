@@ -76,10 +76,24 @@ def decline_bad_h2c_upgrades() -> None:
         return
 
     async def check_protocol(self: Any, event: Any) -> None:
-        # The last Upgrade header decides, as in hypercorn.
-        upgrade = [v.strip().lower() for n, v in event.headers if n.lower() == b"upgrade"]
-        settings = [v for n, v in event.headers if n.lower() == b"http2-settings"]
-        if upgrade[-1:] == [b"h2c"] and not _h2c_settings_valid(settings):
+        # Once per request: one pass, over h11's own list where it has one (iterating its
+        # Headers goes through Sequence.__iter__, an index at a time). h11 lowercases the
+        # names. The last Upgrade header decides, as in hypercorn.
+        items = getattr(event.headers, "_full_items", None)
+        if items is None:
+            items = [(n, n, v) for n, v in event.headers]
+        upgrade = None
+        settings = []
+        for _, name, value in items:
+            if name == b"upgrade":
+                upgrade = value
+            elif name == b"http2-settings":
+                settings.append(value)
+        if (
+            upgrade is not None
+            and upgrade.strip().lower() == b"h2c"
+            and not _h2c_settings_valid(settings)
+        ):
             return
         await check(self, event)
 

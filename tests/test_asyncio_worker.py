@@ -183,6 +183,42 @@ async def test_watchers_with_close_deadlines_wake_once_per_ping(monkeypatch):
     assert expired <= pings + watchers, (expired, pings)
 
 
+
+async def test_a_queued_request_body_is_dropped_without_a_task_and_a_disconnect_ends_the_wait():
+    """A GET's empty body is queued before the app runs: watching a long-poll or a stream
+    takes it off without starting a task or calling ``handle``; the disconnect that
+    follows reaches ``handle`` and ends the wait."""
+    from pushserver.transports import streaming
+
+    queue = AppQueue(0, Deadlines())
+    await queue.put({"type": "http.request", "body": b"", "more_body": False})
+    seen: list[str] = []
+    waiting = asyncio.Event()
+    tasks_while_waiting = 0
+
+    async def handle(message) -> bool:
+        seen.append(message["type"])
+        return message["type"] == "http.disconnect"
+
+    async def main() -> None:
+        nonlocal tasks_while_waiting
+        tasks_while_waiting = len(asyncio.all_tasks())
+        waiting.set()
+        await asyncio.sleep(30)  # a long-poll's wait: ended by the watcher
+
+    async def leave() -> None:
+        await waiting.wait()
+        await queue.put({"type": "http.disconnect"})
+
+    before = len(asyncio.all_tasks())
+    leaving = asyncio.get_running_loop().create_task(leave())
+    with anyio.fail_after(5):
+        await streaming.SendGuard(None).run(main, queue.get, handle)
+        await leaving
+    assert tasks_while_waiting == before + 1  # this task and leave(): no watching task
+    assert seen == ["http.disconnect"]
+    assert queue.qsize() == 0
+
 # -- wsproto ------------------------------------------------------------------------------
 
 

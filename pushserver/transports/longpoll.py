@@ -15,6 +15,7 @@ from ..authorize import LocationAuthorizer
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Send, respond, respond_error
+from ..http import Message as ASGIMessage
 from ..hub import Deletion, Delivery, Event, Hub, Subscription
 from ..message import Message, MessageId
 from ..protocol import (
@@ -23,7 +24,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport, Presence
-from .streaming import open_channel, run_beside
+from .streaming import SendGuard, open_channel
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -126,11 +127,10 @@ class LongPollTransport(HTTPTransport):
                     waited = True
                     disconnected = False
 
-                    async def watch_disconnect() -> None:
+                    async def handle(message: ASGIMessage) -> bool:
                         nonlocal disconnected
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        disconnected = True  # run_beside then cancels the wait
+                        disconnected = message["type"] == "http.disconnect"
+                        return disconnected  # the guard then cancels the wait
 
                     async def wait() -> None:
                         nonlocal outcome
@@ -142,7 +142,9 @@ class LongPollTransport(HTTPTransport):
                         else:
                             outcome = await self.wait(subscription, channel_id, position)
 
-                    await run_beside(wait, watch_disconnect)
+                    # Watching for the client leaving needs no task of its own on
+                    # pushserver's asyncio worker (SendGuard.run; no write deadline here).
+                    await SendGuard(None).run(wait, receive, handle)
                     if disconnected:
                         return
             # The subscription is given back before the answer goes out: a client polling

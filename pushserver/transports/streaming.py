@@ -233,6 +233,9 @@ class SendGuard:
         """Run ``main()`` (the writer) while watching the client as :meth:`watch` does, until
         either is done; an exception from either is raised here as it is.
 
+        ``handle`` never sees ``http.request`` messages: a request's body is not read
+        while it is answered by a stream or a wait.
+
         Served by pushserver's asyncio worker, the watching needs no task of its own:
         ``receive`` is then an :class:`~pushserver.asyncio_worker.AppQueue`'s, which calls
         back when something arrives, the deadlines are one loop timer, and ``handle`` and
@@ -307,7 +310,7 @@ class SendGuard:
                     message = await receive()
                 if message is None:
                     continue
-            if await handle(message):
+            if message["type"] != "http.request" and await handle(message):
                 return
 
 
@@ -400,6 +403,12 @@ class _Watcher:
         self.schedule(now)
 
     def kick(self) -> None:
+        # The request's body (a GET's one empty ``http.request``, queued before the app
+        # runs), which no ``handle`` reads, is taken off here: no task for it.
+        queue = self.queue
+        queue.drop_leading("http.request")
+        if not queue.qsize() and not self.ping_due:
+            return
         if self.side is None and not self.done:
             self.side = self.loop.create_task(self.work())
 
