@@ -10,6 +10,7 @@ import json
 import re
 from datetime import datetime
 from email.utils import formatdate, mktime_tz, parsedate_tz
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape as xml_escape
 
@@ -52,6 +53,13 @@ def parse_if_modified_since(value: str | None) -> int:
     """
     if value is None or value.strip() == "":
         return 0
+    return _http_date_seconds(value)
+
+
+@lru_cache(maxsize=1024)
+def _http_date_seconds(value: str) -> int:
+    # Cached: the pollers of a channel all send the same date, and parsing one costs more
+    # than the rest of reading a position. A value that raises is not cached.
     parsed = parsedate_tz(value)
     if parsed is None:
         raise ValueError(f"If-Modified-Since is not an HTTP date: {value!r}")
@@ -77,11 +85,13 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
+@lru_cache(maxsize=4096)
 def decode_channel_id(raw: str, max_length: int = 0) -> str:
     """Percent-decode a channel id taken from the raw URL path, strictly.
 
     Raises :class:`ValueError` for a malformed escape, bytes that are not UTF-8 or an id
-    longer than *max_length* characters (0 = no limit).
+    longer than *max_length* characters (0 = no limit). Cached (every request names its
+    channel; a raised error is not cached).
     """
     if _BAD_PERCENT.search(raw):
         raise ValueError("malformed percent-encoding in the channel id")

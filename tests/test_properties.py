@@ -110,6 +110,8 @@ def test_if_none_match_is_a_number_or_value_error(text):
 @example("Thu, 01 Jan 1970 00:00:60 GMT")
 def test_if_modified_since_is_a_time_or_value_error(text):
     value = expect_value_or_value_error(parse_if_modified_since, text)
+    # Parsed dates are cached: asking again gives the same answer (an error again).
+    assert expect_value_or_value_error(parse_if_modified_since, text) == value
     if value is not None:
         assert 0 <= value <= MAX_HTTP_DATE
         # Whatever was accepted can be echoed back as Last-Modified and read again.
@@ -184,6 +186,8 @@ def test_unquoted_utf8_channel_id_decodes_to_itself(channel_id):
 @example("%ED%A0%80")  # a surrogate
 def test_decode_channel_id_is_an_id_or_value_error(raw):
     value = expect_value_or_value_error(decode_channel_id, raw, 1024)
+    # Decoded ids are cached: asking again gives the same answer (an error again).
+    assert expect_value_or_value_error(decode_channel_id, raw, 1024) == value
     if value is not None:
         assert 0 < len(value) <= 1024
         assert decode_channel_id(quote(value, safe="")) == value

@@ -285,3 +285,21 @@ def test_yaml_channel_info():
         "last_message_id": "1795472455:4",
     }
     assert yaml.safe_load(render_channel_info(NEVER, "yaml"))["last_message_id"] == ""
+
+
+def test_a_date_and_a_channel_id_sent_again_are_not_parsed_again():
+    from pushserver import protocol
+
+    date = "Wed, 25 Nov 2026 10:00:00 GMT"
+    protocol.parse_if_modified_since(date)
+    hits = protocol._http_date_seconds.cache_info().hits
+    assert protocol.parse_if_modified_since(date) == 1795600800
+    assert protocol._http_date_seconds.cache_info().hits == hits + 1
+    protocol.decode_channel_id("caf%C3%A9", 64)
+    hits = protocol.decode_channel_id.cache_info().hits
+    assert protocol.decode_channel_id("caf%C3%A9", 64) == "café"
+    assert protocol.decode_channel_id.cache_info().hits == hits + 1
+    # An error is not remembered as an answer: it is raised each time.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not an HTTP date"):
+            protocol.parse_if_modified_since("yesterday")
