@@ -41,7 +41,8 @@ from .hub import Hub
 from .protocol import decode_channel_id
 from .publisher import Publisher
 from .status import Status
-from .transports.longpoll import LongPollTransport, Presence
+from .transports.base import Presence
+from .transports.longpoll import LongPollTransport
 from .transports.sse import SSETransport
 from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport
 

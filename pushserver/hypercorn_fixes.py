@@ -8,7 +8,6 @@ reporting upstream; each docstring says what goes wrong without it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -136,63 +135,6 @@ def contain_connection_errors_on_trio() -> None:
 
     run_contained.contains_errors = True  # type: ignore[attr-defined]
     TCPServer.run = run_contained  # type: ignore[method-assign]
-
-
-def free_closed_connections_on_asyncio() -> None:
-    """Let a closed connection's objects go by reference counting (idempotent).
-
-    When a client resets or drops a connection, asyncio hands the error to the stream's
-    reader and to its close waiter; hypercorn's ``TCPServer._close`` then awaits
-    ``StreamWriter.wait_closed()``, which raises that error again, and its traceback keeps
-    the frames of ``_close`` and ``wait_closed``, whose locals keep the ``TCPServer``, its
-    protocol, stream reader and writer, transport and socket: a reference cycle of about
-    50 objects per connection that only the cyclic collector frees (the soak in
-    docs/benchmark.md saw them pile up). Dropping the error's traceback once the
-    connection is closed breaks the cycle.
-    """
-    from hypercorn.asyncio.tcp_server import TCPServer
-
-    close = TCPServer._close
-    if getattr(close, "frees_connections", False):
-        return
-
-    async def close_and_free(self: Any) -> None:
-        try:
-            await close(self)
-        finally:
-            _drop_traceback(getattr(self.reader, "_exception", None))
-            protocol = getattr(self.writer, "_protocol", None)
-            waiter = getattr(protocol, "_closed", None)
-            if waiter is not None and waiter.done() and not waiter.cancelled():
-                _drop_traceback(waiter.exception())
-
-    close_and_free.frees_connections = True  # type: ignore[attr-defined]
-    TCPServer._close = close_and_free  # type: ignore[method-assign]
-
-    run = TCPServer.run
-
-    async def run_and_free(self: Any) -> None:
-        try:
-            await run(self)
-        finally:
-            # The connection is over: its protocol, which calls back into this object,
-            # and its task group, which holds the tasks that refer to both, are let go.
-            transport = getattr(getattr(self, "writer", None), "transport", None)
-            if transport is not None and transport.is_closing():
-                # asyncio's own selector transport keeps a bound method of itself (its read
-                # callback); it is no longer registered once the transport is closed.
-                with contextlib.suppress(AttributeError):
-                    transport._read_ready_cb = None
-            self.__dict__.clear()
-
-    run_and_free.frees_connections = True  # type: ignore[attr-defined]
-    TCPServer.run = run_and_free  # type: ignore[method-assign]
-
-
-def _drop_traceback(exc: BaseException | None) -> None:
-    while exc is not None:
-        exc.__traceback__ = None
-        exc = exc.__context__
 
 
 def free_closed_connections_on_trio() -> None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import anyio
 
-from ..authorize import LocationAuthorizer
-from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound
 from ..http import Headers, Receive, Request, Send, respond, respond_error
 from ..http import Message as ASGIMessage
-from ..hub import Deletion, Delivery, Event, Hub, Subscription
+from ..hub import Deletion, Delivery, Event, Subscription
 from ..message import Message, MessageId
 from ..protocol import (
     longpoll_response_headers,
     position_from_headers,
     position_headers,
 )
-from .base import HTTPTransport, Presence
+from .base import HTTPTransport
 from .streaming import SendGuard, open_channel
 
 ALLOW = (b"allow", b"GET, OPTIONS")
@@ -32,21 +30,6 @@ ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
 
 class LongPollTransport(HTTPTransport):
     """Serves one subscriber location's long-poll (or interval-poll) requests."""
-
-    def __init__(
-        self,
-        location: LocationConfig,
-        hub: Hub,
-        base_headers: Headers,
-        presence: Presence | None = None,
-        authorizer: LocationAuthorizer | None = None,
-    ) -> None:
-        super().__init__(location, hub, base_headers, presence, authorizer)
-        self.interval = location.polling == "interval"
-        #: This transport's key for ``Message.wire``: its start event includes our headers.
-        #: An object of its own, which each message's cache holds on to: unlike a name made
-        #: from ``id(self)``, no later transport can get it while a cached form remains.
-        self._wire = object()
 
     def _encode_start(self, message: Message) -> dict:
         start = _encode_start(message)
@@ -103,7 +86,7 @@ class LongPollTransport(HTTPTransport):
         if read.message is not None:
             await self.send_message(send, read.message, headers)
             return
-        if self.interval:
+        if self.location.polling == "interval":
             await respond(send, 304, [*headers, *position_headers(position)])
             return
         full = await self.full([channel_id])
@@ -181,7 +164,9 @@ class LongPollTransport(HTTPTransport):
     async def send_message(self, send: Send, message: Message, headers: Headers) -> None:
         if headers is self.headers:
             # The location's own headers: the whole start event is shared by every poller.
-            start = message.wire(self._wire, self._encode_start)
+            # Keyed by this transport, which each message's cache then holds on to (a name
+            # made from id(self) could be reused by a later transport).
+            start = message.wire(self, self._encode_start)
         else:
             start = message.wire("longpoll", _encode_start)
             start = {**start, "headers": headers + start["headers"]}

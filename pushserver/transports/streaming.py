@@ -367,8 +367,7 @@ class _Watcher:
         has_ping = ping is not None and interval > 0
         self.next_ping = time.monotonic() + interval if has_ping else math.inf
         queue.listener = self.kick
-        if queue.qsize():
-            self.kick()
+        self.kick()
         self.schedule()
 
     def schedule(self, now: float | None = None) -> None:
@@ -402,14 +401,16 @@ class _Watcher:
             self.kick()
         self.schedule(now)
 
-    def kick(self) -> None:
-        # The request's body (a GET's one empty ``http.request``, queued before the app
-        # runs), which no ``handle`` reads, is taken off here: no task for it.
+    def received(self) -> bool:
+        """Whether the client sent something for ``handle``. The request's body (a GET's
+        one empty ``http.request``, queued before the app runs), which no ``handle`` reads,
+        is taken off here: no task is started for it."""
         queue = self.queue
         queue.drop_leading("http.request")
-        if not queue.qsize() and not self.ping_due:
-            return
-        if self.side is None and not self.done:
+        return queue.qsize() > 0
+
+    def kick(self) -> None:
+        if (self.received() or self.ping_due) and self.side is None and not self.done:
             self.side = self.loop.create_task(self.work())
 
     async def work(self) -> None:
@@ -417,7 +418,7 @@ class _Watcher:
         queue = self.queue
         try:
             while not self.done:
-                if queue.qsize():
+                if self.received():
                     if await self.handle(queue.get_nowait()):
                         self.end()
                         return
