@@ -118,6 +118,13 @@ def test_repeated_rounds_give_one_goal_line_per_scenario():
     rows[1]["connected"] = 9999
     (memory,) = [g for g in goals_met(rows, []) if "held" in g["target"]]
     assert not memory["met"] and memory["measured"].startswith("9,999 held")
+    # A round that measured nothing is not left out of the verdict, nor read as 0.
+    rows[1]["connected"] = 10000
+    rows[0]["memory_per_idle_connection_bytes"] = None
+    rows[4] = {**rows[4], "latency_ms_p99": None, "error": "timed out"}
+    rows[5]["latency_ms_p99"] = 3.0  # the two rounds left would meet the target
+    memory, latency = sorted(goals_met(rows, []), key=lambda g: g["target"])
+    assert not memory["met"] and not latency["met"]
 
 @pytest.mark.skipif(
     not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),

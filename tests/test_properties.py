@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from pushserver import protocol
 from pushserver.hub import Delivery
 from pushserver.message import ORIGIN, ChannelInfo, Message, MessageId
 from pushserver.protocol import (
@@ -110,8 +111,9 @@ def test_if_none_match_is_a_number_or_value_error(text):
 @example("Thu, 01 Jan 1970 00:00:60 GMT")
 def test_if_modified_since_is_a_time_or_value_error(text):
     value = expect_value_or_value_error(parse_if_modified_since, text)
-    # Parsed dates are cached: asking again gives the same answer (an error again).
-    assert expect_value_or_value_error(parse_if_modified_since, text) == value
+    if text.strip():  # parsed dates are cached: the cached answer is the parser's own
+        parse = protocol._http_date_seconds.__wrapped__
+        assert expect_value_or_value_error(parse, text) == value
     if value is not None:
         assert 0 <= value <= MAX_HTTP_DATE
         # Whatever was accepted can be echoed back as Last-Modified and read again.
@@ -186,8 +188,11 @@ def test_unquoted_utf8_channel_id_decodes_to_itself(channel_id):
 @example("%ED%A0%80")  # a surrogate
 def test_decode_channel_id_is_an_id_or_value_error(raw):
     value = expect_value_or_value_error(decode_channel_id, raw, 1024)
-    # Decoded ids are cached: asking again gives the same answer (an error again).
-    assert expect_value_or_value_error(decode_channel_id, raw, 1024) == value
+    # Decoded ids are cached: the cached answer is the decoder's own, for this max_length.
+    assert expect_value_or_value_error(decode_channel_id.__wrapped__, raw, 1024) == value
+    assert expect_value_or_value_error(decode_channel_id, raw, 1) == (
+        expect_value_or_value_error(decode_channel_id.__wrapped__, raw, 1)
+    )
     if value is not None:
         assert 0 < len(value) <= 1024
         assert decode_channel_id(quote(value, safe="")) == value

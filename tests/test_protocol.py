@@ -299,7 +299,9 @@ def test_a_date_and_a_channel_id_sent_again_are_not_parsed_again():
     hits = protocol.decode_channel_id.cache_info().hits
     assert protocol.decode_channel_id("caf%C3%A9", 64) == "café"
     assert protocol.decode_channel_id.cache_info().hits == hits + 1
-    # An error is not remembered as an answer: it is raised each time.
+    # An error is not remembered as an answer: the value is parsed again each time.
+    misses = protocol._http_date_seconds.cache_info().misses
     for _ in range(2):
         with pytest.raises(ValueError, match="not an HTTP date"):
             protocol.parse_if_modified_since("yesterday")
+    assert protocol._http_date_seconds.cache_info().misses == misses + 2

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 import httpx
+
+from tests.project.helpers import message_position
 
 
 @dataclass
@@ -90,8 +91,7 @@ async def event_stream(client: httpx.AsyncClient, path: str, **headers: str):
 
 def longpoll_id(response: httpx.Response) -> str:
     """The message id a long-poll response names with Last-Modified / Etag."""
-    seconds = int(parsedate_to_datetime(response.headers["last-modified"]).timestamp())
-    return f"{seconds}:{response.headers['etag']}"
+    return "{}:{}".format(*message_position(response))
 
 
 def ws_frame(data: str | bytes) -> tuple[dict[str, str], str | bytes]:
