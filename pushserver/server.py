@@ -33,8 +33,9 @@ BACKLOG = 4096
 #: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log). With these the
 #: interpreter almost never runs a full collection, so nothing a connection leaves behind
 #: may depend on one: a closed connection's objects must be freed by reference counting
-#: alone (tests/test_server_gc.py; pushserver.hypercorn_fixes breaks the cycles hypercorn
-#: and asyncio leave, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute).
+#: alone (tests/test_server_gc.py; on trio pushserver.hypercorn_fixes breaks the cycles
+#: hypercorn leaves, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute; on
+#: asyncio pushserver's own connection layer leaves none).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 

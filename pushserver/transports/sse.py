@@ -53,7 +53,8 @@ that cost per event or per connection under fan-out:
   of a one-channel stream), with the send timeout around the whole write;
 * the task layout (``__call__``): sse-starlette runs four tasks per connection (body loop,
   ping, disconnect listener, exit signal). Ours runs the body loop in the request's own
-  task and one more (:class:`~pushserver.transports.streaming.SendGuard`) that listens for
+  task and a :class:`~pushserver.transports.streaming.SendGuard` (on pushserver's asyncio
+  worker a listener and a shared timer, a second task elsewhere) that listens for
   the disconnect as sse-starlette's listener does, sends its ping (same bytes, under its
   send timeout) and enforces the send timeout. The exit-signal task is left out: it
   watches uvicorn's signal handler, and under our hypercorn the server ends streams itself

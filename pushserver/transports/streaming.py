@@ -140,10 +140,11 @@ async def run_beside(
     the other is then cancelled and waited for. An exception from either ends both and is
     raised here as it is (not in an exception group).
 
-    A streaming connection is two tasks: the writer, and a :class:`SendGuard` watching the
-    client. An anyio task group costs about 4.3 KiB per connection on asyncio (the group,
-    its cancel scope, the child's task handle with its own Event and deque); a bare
-    asyncio task beside one cancel scope about 1.5 KiB. On asyncio this is that; on any
+    Off pushserver's asyncio worker (see :meth:`SendGuard.run`), a watched connection is two
+    tasks: the writer, and a :class:`SendGuard` watching the client. An anyio task group
+    costs about 4.3 KiB per connection on asyncio (the group, its cancel scope, the child's
+    task handle with its own Event and deque); a bare asyncio task beside one cancel scope
+    about 1.5 KiB. On asyncio this is that; on any
     other anyio backend (trio) a task group.
     """
     loop = asyncio_loop()
