@@ -55,12 +55,25 @@ def server(request):
         yield process
 
 
+#: Each test over WebSocket, and over the event stream the client falls back to.
+BOTH_TRANSPORTS = pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])
+
+
+async def two_channels(client, prefix: str, tag: str) -> tuple[str, str]:
+    """Two channels of this test and transport, with a retained ``a0`` and ``b0``."""
+    name = prefix.strip("/")
+    a, b = f"{tag}-a-{name}", f"{tag}-b-{name}"
+    await publish(client, a, "a0")
+    await publish(client, b, "b0")
+    return a, b
+
+
 async def take(items, count: int) -> list:
     with anyio.fail_after(20):
         return [await anext(items) for _ in range(count)]
 
 
-@pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])  # WebSocket, the fallback
+@BOTH_TRANSPORTS
 async def test_delivery_in_order(server, client, prefix):
     channel = f"order{prefix.strip('/')}"
     await publish(client, channel, '{"n": 0}', content_type="application/json")
@@ -84,12 +97,9 @@ async def test_delivery_in_order(server, client, prefix):
         assert first[0].content_type is None and first[1].data == "\x00\ufffd".encode()
 
 
-@pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])
+@BOTH_TRANSPORTS
 async def test_several_channels_resume_from_the_compound_id(server, client, prefix):
-    name = prefix.strip("/")
-    a, b = f"multi-a-{name}", f"multi-b-{name}"
-    await publish(client, a, "a0")
-    await publish(client, b, "b0")
+    a, b = await two_channels(client, prefix, "multi")
     url = f"{server.url}{prefix}{a},{b}"
     async with aclosing(subscribe(url, **FAST)) as items:
         got = await take(items, 2)
@@ -118,7 +128,7 @@ async def test_fallback_only_when_websocket_is_refused(server):
     assert (missing.value.code, missing.value.reason) == (4404, "no such channel: missing")
 
 
-@pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])
+@BOTH_TRANSPORTS
 async def test_gap_after_falling_behind_the_buffer(server, client, prefix):
     channel = f"gap-{prefix.strip('/')}"
     await publish(client, channel, "m0")
@@ -132,12 +142,9 @@ async def test_gap_after_falling_behind_the_buffer(server, client, prefix):
     assert [m.text for m in messages] == ["m3", "m4", "m5", "m6"]
 
 
-@pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])
+@BOTH_TRANSPORTS
 async def test_deleted_channels_end_the_subscription(server, client, prefix):
-    name = prefix.strip("/")
-    a, b = f"del-a-{name}", f"del-b-{name}"
-    await publish(client, a, "a0")
-    await publish(client, b, "b0")
+    a, b = await two_channels(client, prefix, "del")
     async with aclosing(subscribe(f"{server.url}{prefix}{a},{b}", **FAST)) as items:
         await take(items, 2)
         await client.delete(f"/publisher/{a}")
@@ -151,7 +158,7 @@ async def test_deleted_channels_end_the_subscription(server, client, prefix):
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
-@pytest.mark.parametrize("prefix", ["/subscriber/", "/nows/"])
+@BOTH_TRANSPORTS
 async def test_resume_after_the_server_restarts(push_server_factory, request, store, prefix):
     push_server = config(store_for(store, request))
     address = f"127.0.0.1:{free_port()}"
