@@ -201,3 +201,15 @@ def test_subscribe_sync_in_a_script(push_server):
     items.close()  # what leaving a for loop does once the generator is collected
     assert got == ["s0", "s1", "s2"]
     assert threading.active_count() == threads  # the portal's thread is gone
+
+
+async def test_without_retry_a_shutdown_raises_with_its_close_code(push_server):
+    async with httpx.AsyncClient(base_url=push_server.url, timeout=10) as client:
+        await publish(client, "once", "m0")
+    url = push_server.url + "/subscriber/once"
+    async with aclosing(subscribe(url, retry=False)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        push_server.stop()
+        with anyio.fail_after(20), pytest.raises(SubscriptionError) as ended:
+            await anext(items)
+    assert (ended.value.code, ended.value.reason) == (1001, "the server is shutting down")
