@@ -178,6 +178,16 @@ class _Subscription:
             zip(self.channels, parse_resume_id(last_event_id, len(self.channels)), strict=True)
         )
         self.query = [(k, v) for k, v in parse_qsl(parts.query) if k != "last_event_id"]
+        #: channel -> the position a gap was told after (a reconnect before the next
+        #: message would be told the same gap again).
+        self.gaps: dict[str, str] = {}
+
+    def new_gap(self, gap: Gap) -> bool:
+        """Whether this gap was not told yet (positions only grow: one per channel)."""
+        if self.gaps.get(gap.channel) == gap.after:
+            return False
+        self.gaps[gap.channel] = gap.after
+        return True
 
     def resume_id(self) -> str | None:
         positions = list(self.positions.values())
@@ -205,6 +215,7 @@ class _Subscription:
         if channel in self.positions:
             del self.positions[channel]
             self.channels.remove(channel)
+            self.gaps.pop(channel, None)
 
 
 async def subscribe(
@@ -244,6 +255,8 @@ async def subscribe(
                 items = _event_stream(state, extra, open_timeout, idle_timeout, ssl)
             async with aclosing(items) as stream:
                 async for item in stream:
+                    if type(item) is Gap and not state.new_gap(item):
+                        continue
                     delivered = True
                     yield item
             if not state.channels:
