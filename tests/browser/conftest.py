@@ -15,6 +15,9 @@ import pytest
 
 from pushserver.testing import PushServerProcess
 
+from .npm import install as install_npm_packages
+from .npm import route_npm
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -108,7 +111,8 @@ def new_page(browser):
     errors are collected in ``page.errors``.
 
     ``PUSHSERVER_TEST_JQUERY=/path/to/jquery.js`` serves that file in place of the vendored
-    jQuery, to run the suite against another jQuery version.
+    jQuery, to run the suite against another jQuery version. ``/npm/...`` URLs are answered
+    from the npm cache (see ``tests/browser/npm.py``; use the ``npm`` fixture to install it).
     """
     contexts = []
     jquery = os.environ.get("PUSHSERVER_TEST_JQUERY")
@@ -116,6 +120,7 @@ def new_page(browser):
     def open_page():
         context = browser.new_context()
         contexts.append(context)
+        route_npm(context)
         if jquery:
             context.route("**/static/live/jquery.min.js", lambda route: route.fulfill(path=jquery))
         page = context.new_page()
@@ -129,16 +134,22 @@ def new_page(browser):
         context.close()
 
 
+@pytest.fixture(scope="session")
+def npm():
+    """The ``node_modules`` directory of the browser libraries (``tests/browser/npm.py``),
+    installed once per session; skips the test when npm cannot install them."""
+    return install_npm_packages()
+
+
 @pytest.fixture
 def page(new_page):
     return new_page()
 
 
-@pytest.fixture
-def start_server() -> Iterator:
-    """``start_server(push_server, port=None, allrequests=True, settings=..., env=...,
-    args=())``: a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments);
-    stopped after the test."""
+def _server_starter() -> Iterator:
+    """``start(push_server, port=None, allrequests=True, settings=..., env=..., args=())``:
+    a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments); every server
+    it started is stopped when the generator ends."""
     started: list[PushServerProcess] = []
 
     def start(
@@ -160,3 +171,17 @@ def start_server() -> Iterator:
         server.stop()
         # pytest shows this only when the test failed.
         print(f"--- runpushserver {server.address} ---\n{server.log}")
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """``start_server(push_server, ...)``: see :func:`_server_starter`; stopped after the
+    test."""
+    yield from _server_starter()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator:
+    """The same, stopped after the module: for a module that shares one server between its
+    tests (each test on channels of its own)."""
+    yield from _server_starter()

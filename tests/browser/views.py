@@ -10,14 +10,22 @@ from django.shortcuts import render
 
 from pushserver import signals
 
+from .npm import npm_url
+
 _lock = threading.Lock()
 _seen: list[dict] = []
 
 
 def page(request):
     """A page with jQuery and updates.js; ``?channel=<id>`` also subscribes it as ``main``
-    through ``{% channel_url %}``, as a real page would (``&signed=1``: a signed one)."""
-    context = {"channel": request.GET.get("channel"), "signed": bool(request.GET.get("signed"))}
+    through ``{% channel_url %}``, as a real page would (``&signed=1``: a signed one).
+    ``&jquery=3.7`` loads that jQuery from npm (``tests/browser/npm.py``) instead of the demo's."""
+    jquery = request.GET.get("jquery")
+    context = {
+        "channel": request.GET.get("channel"),
+        "signed": bool(request.GET.get("signed")),
+        "jquery": npm_url("jquery", "dist/jquery.min.js", jquery) if jquery else None,
+    }
     return render(request, "browser/page.html", context)
 
 
