@@ -38,11 +38,12 @@ PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
 WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
 
 
-def publish(server, channel, data, content_type="application/json"):
+def publish(server, channel, data, content_type="application/json", event=None):
     body = data if isinstance(data, (bytes, str)) else json.dumps(data)
-    response = httpx.post(
-        f"{server.url}/publisher/{channel}", content=body, headers={"content-type": content_type}
-    )
+    headers = {"content-type": content_type}
+    if event is not None:
+        headers["x-eventsource-event"] = event
+    response = httpx.post(f"{server.url}/publisher/{channel}", content=body, headers=headers)
     assert response.status_code in (201, 202), response.text
     return response
 

@@ -29,6 +29,19 @@ def page(request):
     return render(request, "browser/page.html", context)
 
 
+def library_page(request, name):
+    """``browser/lib/<name>``: the page ``templates/browser/<name>.html`` (htmx, Turbo,
+    plain WebSocket / EventSource, nchan's client, pushserver's client), which loads its
+    library from ``/npm/`` (``tests/browser/npm.py``); the query string is its context
+    ``q`` (``?url=`` the subscriber URL, ...)."""
+    return render(request, f"browser/{name}.html", {"q": request.GET})
+
+
+def fragment(request):
+    """An HTML fragment, as a view an htmx page fetches would answer: ``<p>?text</p>``."""
+    return render(request, "browser/fragment.html", {"text": request.GET.get("text", "")})
+
+
 def login(request):
     """Log ``?name=`` in as a Django user (created on first use)."""
     user, _ = get_user_model().objects.get_or_create(username=request.GET["name"])

@@ -1,0 +1,95 @@
+"""htmx 4 and Turbo 8, installed from npm by the tests, against a real push server with no
+adapter code: what docs/htmx.md and docs/turbo.md show.
+
+- htmx's SSE extension (``hx-sse:connect``) swaps unnamed HTML messages into its element,
+  out-of-band fragments by id, and turns a named event (``X-EventSource-Event``) into a DOM
+  event that triggers a request (htmx 4 swaps no named event itself). htmx 4 fetches
+  same-origin only by default, so its pages are served by the push server's own origin.
+- Turbo's ``<turbo-stream-source>`` applies ``<turbo-stream>`` elements from an event stream
+  on another origin (an ``EventSource``, so CORS without credentials).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pushserver.testing import free_port
+
+from .conftest import PUBLISHER, WAIT, publish, subscriber, wait_subscribers
+
+pytestmark = pytest.mark.browser
+
+HTML = "text/html; charset=utf-8"
+TURBO = "text/vnd.turbo-stream.html; charset=utf-8"
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server):
+    port = free_port()
+    site = f"http://localhost:{port}"
+    push = start_module_server(
+        {
+            "locations": [
+                PUBLISHER,
+                subscriber(),
+                subscriber("/cors/", allow_origin=[site], allow_credentials=True),
+            ]
+        },
+        port=port,
+    )
+    return push, site
+
+
+def texts(page, selector):
+    return page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.textContent)")
+
+
+def wait_count(page, selector, count):
+    page.wait_for_function(
+        "([s, n]) => document.querySelectorAll(s).length >= n", arg=[selector, count], timeout=WAIT
+    )
+
+
+def test_htmx_sse_swaps_fragments_and_reacts_to_named_events(npm, page, server):
+    push, _ = server
+    page.goto(f"{push.url}/browser/lib/htmx?sse=/subscriber/htmx-sse")
+    wait_subscribers(push, "htmx-sse", 1)
+    for n in range(3):
+        publish(push, "htmx-sse", f"<li>item {n}</li>", HTML)
+    # Out of band: replaces #score elsewhere on the page, nothing appended to the feed.
+    publish(push, "htmx-sse", '<p id="score" hx-swap-oob="true">42</p>', HTML)
+    # A named event: a DOM event on the element, which triggers #fresh's hx-get.
+    publish(push, "htmx-sse", "", "text/plain", event="refresh")
+    publish(push, "htmx-sse", "<li>item 3</li>", HTML)
+    wait_count(page, "#feed li", 4)
+    page.wait_for_selector("#fresh .fragment", timeout=WAIT)
+
+    assert texts(page, "#feed li") == ["item 0", "item 1", "item 2", "item 3"]
+    assert page.text_content("#score") == "42"
+    assert page.text_content("#fresh .fragment") == "fetched"
+    assert page.errors == []
+
+
+def test_turbo_stream_source_over_an_event_stream_cross_origin(npm, page, server):
+    push, site = server
+    page.goto(f"{site}/browser/lib/turbo?src={push.url}/cors/turbo-sse")
+    wait_subscribers(push, "turbo-sse", 1)
+    for n in range(3):
+        publish(
+            push,
+            "turbo-sse",
+            f'<turbo-stream action="append" target="log"><template><li>row {n}</li>'
+            "</template></turbo-stream>",
+            TURBO,
+        )
+    publish(
+        push,
+        "turbo-sse",
+        '<turbo-stream action="update" target="status"><template>done</template></turbo-stream>',
+        TURBO,
+    )
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'done'", timeout=WAIT
+    )
+    assert texts(page, "#log li") == ["row 0", "row 1", "row 2"]
+    assert page.errors == []
