@@ -5,8 +5,11 @@ adapter code: what docs/htmx.md and docs/turbo.md show.
   out-of-band fragments by id, and turns a named event (``X-EventSource-Event``) into a DOM
   event that triggers a request (htmx 4 swaps no named event itself). htmx 4 fetches
   same-origin only by default, so its pages are served by the push server's own origin.
+- htmx's WS extension (``hx-ws:connect``, no subprotocol: plain frames, the body alone)
+  swaps HTML bodies, and JSON bodies with ``content`` / ``target``.
 - Turbo's ``<turbo-stream-source>`` applies ``<turbo-stream>`` elements from an event stream
-  on another origin (an ``EventSource``, so CORS without credentials).
+  on another origin (an ``EventSource``, so CORS without credentials) and from a WebSocket
+  (plain frames).
 """
 
 from __future__ import annotations
@@ -91,5 +94,41 @@ def test_turbo_stream_source_over_an_event_stream_cross_origin(npm, page, server
     page.wait_for_function(
         "() => document.getElementById('status').textContent === 'done'", timeout=WAIT
     )
+    assert texts(page, "#log li") == ["row 0", "row 1", "row 2"]
+    assert page.errors == []
+
+
+def test_htmx_ws_swaps_plain_frames_cross_origin(npm, page, server):
+    """htmx's WS extension, no subprotocol: each frame is the published body alone, which
+    htmx swaps as HTML; a JSON body with ``content`` (and ``target``) is swapped as well."""
+    push, site = server
+    url = f"{push.url}/cors/htmx-ws".replace("http", "ws")
+    page.goto(f"{site}/browser/lib/htmx?ws={url}")
+    wait_subscribers(push, "htmx-ws", 1)
+    for n in range(3):
+        publish(push, "htmx-ws", f"<li>item {n}</li>", HTML)
+    publish(push, "htmx-ws", {"content": "<span>7</span>", "target": "#score", "swap": "innerHTML"})
+    wait_count(page, "#feed li", 3)
+    page.wait_for_function(
+        "() => document.getElementById('score').textContent === '7'", timeout=WAIT
+    )
+    assert texts(page, "#feed li") == ["item 0", "item 1", "item 2"]
+    assert page.errors == []
+
+
+def test_turbo_stream_source_over_a_websocket(npm, page, server):
+    push, site = server
+    src = f"{push.url}/cors/turbo-ws".replace("http", "ws")
+    page.goto(f"{site}/browser/lib/turbo?src={src}")
+    wait_subscribers(push, "turbo-ws", 1)
+    for n in range(3):
+        publish(
+            push,
+            "turbo-ws",
+            f'<turbo-stream action="append" target="log"><template><li>row {n}</li>'
+            "</template></turbo-stream>",
+            TURBO,
+        )
+    wait_count(page, "#log li", 3)
     assert texts(page, "#log li") == ["row 0", "row 1", "row 2"]
     assert page.errors == []
