@@ -34,6 +34,7 @@ PACKAGES = {
     "jquery-3.7": "npm:jquery@3.7.1",
     "jquery-4.0": "npm:jquery@4.0.0",
     "nchan": "1.0.10",  # NchanSubscriber.js, from slact/nchan.js
+    "typescript": "5.9.3",  # checks pushserver.d.ts (tests/test_client_types.py)
 }
 #: The URL path prefix test pages load npm files from.
 PREFIX = "/npm/"

@@ -95,9 +95,15 @@ def test_delivery_in_order_several_channels_subscribe_unsubscribe_delete(
     received = wait_for(page, "window.received", 5)
     assert [(m["channel"], m["text"]) for m in received[3:]] == [(c, '{"n": 4}'), (b, '{"n": 6}')]
 
+    # Subscribed again, a channel goes on after the last message it got: n=5 once.
+    assert page.evaluate(f"window.subscription.subscribe('{a}')") is True
+    received = wait_for(page, "window.received", 6)
+    assert [(m["channel"], m["text"]) for m in received[5:]] == [(a, '{"n": 5}')]
+
     assert httpx.delete(f"{push.url}/publisher/{b}").status_code == 200
     assert wait_for(page, "window.deletions", 1) == [b]
-    assert page.evaluate("window.subscription.channels") == [c]
+    assert page.evaluate("window.subscription.channels") == [c, a]
+    assert len(page.evaluate("window.received")) == 6
     assert page.evaluate("window.transports") == [transport]
     assert page.evaluate("window.problems") == []
     assert page.errors == []
@@ -180,3 +186,32 @@ def test_fallback_when_the_server_refuses_a_transport(page, start_server, served
     assert [p["kind"] for p in page.evaluate("window.problems")] == ["transport"] * (
         len(expected) - 1
     )
+
+
+def test_server_back_without_streaming_goes_on_by_long_poll_from_the_same_position(
+    page, start_server, redis_server
+):
+    """Received over WebSocket; the server comes back as ``runpushserver --transport
+    longpoll``: WebSocket is refused (4403), the event stream is answered as a long poll
+    (never opens), and long-poll goes on exactly after the last message."""
+    port = free_port()
+    site = f"http://localhost:{port}"
+    settings = config(site, redis_server.store(), transport="websocket")
+    push = start_server(settings, port=port)
+    other = start_server(settings)
+    channel = "switching"
+    page.goto(f"{site}/browser/lib/client")
+    start(page, f"{push.url}/cors/{channel}")
+    wait_subscribers(push, channel, 1)
+    publish(other, channel, {"n": 1})
+    wait_for(page, "window.received", 1)
+
+    push.stop()
+    publish(other, channel, {"n": 2})
+    push = start_server(settings, port=port, args=["--transport", "longpoll"])
+    received = wait_for(page, "window.received", 2)
+    publish(other, channel, {"n": 3})
+    received = wait_for(page, "window.received", 3)
+    assert [m["text"] for m in received] == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+    assert page.evaluate("window.transports") == ["websocket", "eventsource", "longpoll"]
+    assert page.errors == []
