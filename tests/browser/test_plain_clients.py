@@ -1,8 +1,10 @@
 """Clients with no pushserver code, cross-origin, in Chromium: a plain ``new WebSocket(url)``
 and ``new EventSource(url)`` get the published JSON body alone, and nchan's own JavaScript
 client, NchanSubscriber (npm ``nchan``), receives over its websocket (``ws+meta.nchan``) and
-eventsource transports, in order, resuming after the server restarts. A plain WebSocket
-that resumes from a position the buffer no longer holds is closed with 4416 (the gap)."""
+eventsource transports, in order, resuming after the server restarts (as a plain
+EventSource does by itself). A plain WebSocket that resumes from a position the buffer no
+longer holds is closed with 4416 (the gap). (NchanSubscriber keeps the first transport the
+browser has; it does not fall back when the server refuses one, so there is no such test.)"""
 
 from __future__ import annotations
 
@@ -72,20 +74,23 @@ def test_plain_websocket_resuming_past_the_buffer_is_closed_4416(page, server):
     assert page.evaluate("window.received") == []
 
 
-@pytest.mark.parametrize("transport", ["websocket", "eventsource"])
-def test_nchan_subscriber_in_order_and_after_a_restart(
-    npm, page, start_server, redis_server, transport
-):
+@pytest.mark.parametrize(
+    ("client", "transport"),
+    [("nchan", "websocket"), ("nchan", "eventsource"), ("plainEventSource", None)],
+)
+def test_in_order_and_after_a_restart(npm, page, start_server, redis_server, client, transport):
+    """nchan's client over each of its transports, and a plain EventSource (which resumes
+    by itself with Last-Event-ID); a plain WebSocket has no id to resume from."""
     port = free_port()
     site = f"http://localhost:{port}"
     settings = config(site, redis_server.store())
     push = start_server(settings, port=port)
     other = start_server(settings)  # same store: publishes while the page's server is down
-    channel = f"nchan-{transport}"
+    channel = f"restart-{client}-{transport}"
     page.goto(f"{site}/browser/lib/plain?nchan=1")
     page.evaluate(
-        "([url, transport]) => window.nchan(url, transport)",
-        [f"{push.url}/cors/{channel}", transport],
+        "([client, url, transport]) => window[client](url, transport)",
+        [client, f"{push.url}/cors/{channel}", transport],
     )
     wait_subscribers(push, channel, 1)
     for n in range(3):
