@@ -426,3 +426,57 @@ def test_plain_websocket_in_chromium(server):
     assert body == "hi" and head["channel"] == "browser-ws"
     assert json.loads(got["got"][1]) == {"type": "pong"}
     assert closed == [4404, "no such channel: no-such-channel"]
+
+
+# -- against nchan itself: Debian's nginx with libnginx-mod-nchan, on a free loopback port ----
+
+
+@pytest.mark.anyio
+async def test_frames_match_nchans_own(server, client):
+    """The same messages through nchan and through pushserver, read in the plain and the
+    ``ws+meta.nchan`` modes: the same frames (text or binary alike), ids aside."""
+    import re
+
+    from bench.nchan import Nchan, available
+    from pushserver.testing import free_port
+
+    if not available():
+        pytest.skip("nginx with libnginx-mod-nchan is not installed")
+    published = [
+        (b'{"a": 1}', "application/json"),
+        (b"line one\nline two", "text/plain"),
+        (b"\x00\x01\xff", "application/octet-stream"),
+    ]
+    nchan = Nchan(free_port(), cpu=0, nofile=1024).start()
+    try:
+        base = f"http://127.0.0.1:{nchan.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as theirs:
+            for body, content_type in published:
+                headers = {"content-type": content_type}
+                response = await theirs.post("/pub/same", content=body, headers=headers)
+                assert response.status_code in (201, 202), response.text
+        for body, content_type in published:
+            await publish(client, "same", body, content_type=content_type)
+        got = {}
+        for name, url in (
+            ("nchan", f"ws://127.0.0.1:{nchan.port}/sub/same"),
+            ("pushserver", ws_url(server, "/subscriber/same")),
+        ):
+            for offered in (None, [NCHAN_META]):
+                with anyio.fail_after(10):
+                    async with connect(url, subprotocols=offered) as ws:
+                        frames = [await ws.recv() for _ in published]
+                        got[name, ws.subprotocol] = frames
+    finally:
+        nchan.stop()
+
+    def without_ids(frame):
+        if isinstance(frame, bytes):
+            return re.sub(rb"\Aid: [0-9]+:[0-9]+\n", b"id: *\n", frame)
+        return re.sub(r"\Aid: [0-9]+:[0-9]+\n", "id: *\n", frame)
+
+    assert got["pushserver", None] == got["nchan", None]
+    assert got["pushserver", None] == ['{"a": 1}', "line one\nline two", b"\x00\x01\xff"]
+    ours = [without_ids(frame) for frame in got["pushserver", NCHAN_META]]
+    assert ours == [without_ids(frame) for frame in got["nchan", NCHAN_META]]
+    assert ours[0] == 'id: *\ncontent-type: application/json\n\n{"a": 1}'
