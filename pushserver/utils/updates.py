@@ -25,7 +25,7 @@ import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -217,19 +217,17 @@ def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
 
 
 async def _publish_on(
-    target: Any,
-    location: LocationConfig,
-    url: str,
-    channel_id: str,
-    body: bytes,
-    content_type: str = CONTENT_TYPE,
-    event: str | None = None,
+    target: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> int:
     """What the publisher location does with a POST, without the HTTP: publish on
     ``target`` (a hub or a backend); the status a POST would have got."""
     try:
         result = await target.publish(
-            channel_id, body, content_type, event=event, create=location.create_on_post
+            channel_id,
+            payload.body,
+            payload.content_type,
+            event=payload.event,
+            create=location.create_on_post,
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
@@ -239,17 +237,11 @@ async def _publish_on(
 
 
 async def _publish_in_process(
-    running: Any,
-    location: LocationConfig,
-    url: str,
-    channel_id: str,
-    body: bytes,
-    content_type: str = CONTENT_TYPE,
-    event: str | None = None,
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
-    _check_size(location, url, body)
+    _check_size(location, url, payload.body)
     hub = running.app.hub_for(location)
-    status = await _publish_on(hub, location, url, channel_id, body, content_type, event)
+    status = await _publish_on(hub, location, url, channel_id, payload)
     return UpdateResponse(url, status, in_process=True)
 
 
@@ -258,23 +250,19 @@ async def _publish_to_store(
     location: LocationConfig,
     url: str,
     channel_id: str,
-    body: bytes,
+    payload: Payload,
     timeout: float | None,
-    content_type: str = CONTENT_TYPE,
-    event: str | None = None,
 ) -> UpdateResponse:
     """``publish_via='backend'``: open the store for commands only (no pub/sub reader),
     publish, close. The push servers hear the message from Redis as if it had been POSTed
     to one of them: same script, same ids, same delivery."""
-    _check_size(location, url, body)
+    _check_size(location, url, payload.body)
     backend: Any = create_backend(store.type, store.options)
     try:
         with anyio.fail_after(timeout) if timeout else nullcontext():
             await backend.open(listen=False)
             try:
-                status = await _publish_on(
-                    backend, location, url, channel_id, body, content_type, event
-                )
+                status = await _publish_on(backend, location, url, channel_id, payload)
             finally:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
@@ -284,13 +272,7 @@ async def _publish_to_store(
 
 
 def _run_on_store(
-    config: ServerConfig,
-    location: LocationConfig,
-    url: str,
-    channel_id: str,
-    body: bytes,
-    content_type: str = CONTENT_TYPE,
-    event: str | None = None,
+    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     # A short-lived event loop per call, not a background loop thread: nothing to clean up
     # at exit, nothing to break when a Celery or gunicorn parent forks, and one connection
@@ -301,10 +283,8 @@ def _run_on_store(
         location,
         url,
         channel_id,
-        body,
+        payload,
         config.publish_timeout or None,
-        content_type,
-        event,
         backend="asyncio",
     )
 
@@ -330,25 +310,11 @@ def _on_a_loop() -> bool:
 
 
 def _run_in_process(
-    running: Any,
-    location: LocationConfig,
-    url: str,
-    channel_id: str,
-    body: bytes,
-    content_type: str = CONTENT_TYPE,
-    event: str | None = None,
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     try:
         return anyio.from_thread.run(
-            _publish_in_process,
-            running,
-            location,
-            url,
-            channel_id,
-            body,
-            content_type,
-            event,
-            token=running.token,
+            _publish_in_process, running, location, url, channel_id, payload, token=running.token
         )
     except anyio.RunFinishedError as exc:
         raise SendUpdateError(url, None, "the push server in this process has stopped") from exc
@@ -376,18 +342,26 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
         raise SendUpdateError(url, None, str(exc)) from exc
 
 
+class Payload(NamedTuple):
+    """What one update publishes."""
+
+    body: bytes
+    content_type: str = CONTENT_TYPE
+    event: str | None = None
+
+
 def _payload(
     data: Any, already_serialized: bool, content_type: str | None, event: str | None
-) -> tuple[bytes, str, str | None]:
-    """(body, content type, event) of an update; TypeError / ValueError on bad arguments."""
+) -> Payload:
+    """The update's payload; TypeError / ValueError on bad arguments."""
     if event is not None:
         check_event_name(event)
     if content_type is None:
-        return _encode(data, already_serialized), CONTENT_TYPE, event
+        return Payload(_encode(data, already_serialized), CONTENT_TYPE, event)
     if not content_type.strip() or any(c in content_type for c in "\r\n\0"):
         raise ValueError(f"bad content_type {content_type!r}")
     if isinstance(data, bytes):
-        return data, content_type, event
+        return Payload(data, content_type, event)
     if not isinstance(data, str):
         raise TypeError(
             f"send_update(content_type={content_type!r}) publishes str or bytes as they are, "
@@ -396,7 +370,7 @@ def _payload(
         )
     if content_type.lower().startswith("text/") and "charset" not in content_type.lower():
         content_type += "; charset=utf-8"
-    return data.encode("utf-8"), content_type, event
+    return Payload(data.encode("utf-8"), content_type, event)
 
 
 def send_update(
@@ -426,7 +400,7 @@ def send_update(
     config = push_settings.get_config()
     channel = str(channel_id)
     request: urllib.request.Request | None = None
-    body, content_type, event = _payload(data, already_serialized, content_type, event)
+    payload = _payload(data, already_serialized, content_type, event)
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
         # Inside runpushserver its own hub is connected to the same store already.
@@ -436,16 +410,16 @@ def send_update(
                 "send_update() was called on a running event loop, where blocking would stall "
                 "it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_on_store, config, location, url, channel, body, content_type, event)
+        publish = partial(_run_on_store, config, location, url, channel, payload)
     else:
         url, location = _url("publisher", channel_id)
-        headers = {"Content-Type": content_type}
-        if event is not None:
+        headers = {"Content-Type": payload.content_type}
+        if payload.event is not None:
             # Header values are Latin-1 on the wire: UTF-8 bytes, as the server reads them.
-            headers["X-EventSource-Event"] = event.encode("utf-8").decode("latin-1")
+            headers["X-EventSource-Event"] = payload.event.encode("utf-8").decode("latin-1")
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(url, data=payload.body, headers=headers, method="POST")
         running = _running_here(url)
         publish = partial(_post, request, config.publish_timeout or None)
     if running is not None:
@@ -454,16 +428,14 @@ def send_update(
                 "send_update() was called on the push server's event loop, where blocking "
                 "would stall it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(
-            _run_in_process, running, location, url, channel, body, content_type, event
-        )
+        publish = partial(_run_in_process, running, location, url, channel, payload)
     kwargs = {
         "channel_id": channel_id,
         "data": data,
         "already_serialized": already_serialized,
         "request": request,
-        "content_type": content_type,
-        "event": event,
+        "content_type": payload.content_type,
+        "event": payload.event,
     }
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
