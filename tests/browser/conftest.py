@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
 
 from .npm import install as install_npm_packages
 from .npm import route_npm
@@ -35,6 +35,36 @@ def subscriber(prefix: str = "/subscriber/", **options) -> dict:
 
 
 PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
+
+
+def cors_config(site, store=None, transport="longpoll", **location) -> dict:
+    """Settings with a publisher, ``/subscriber/`` and ``/cors/``, which allows ``site``
+    with credentials (``location``: more keys of it)."""
+    settings = {
+        "transport": transport,
+        "locations": [
+            PUBLISHER,
+            subscriber(),
+            subscriber("/cors/", allow_origin=[site], allow_credentials=True, **location),
+        ],
+    }
+    if store is not None:
+        settings["store"] = store
+    return settings
+
+
+def start_cross_origin(start, store=None, **kwargs):
+    """``(server, site)``: a server started by ``start`` (``start_server`` or
+    ``start_module_server``) with :func:`cors_config`; its pages are served from ``site``,
+    ``http://localhost:<port>``, another origin to the browser than its ``url``
+    ``http://127.0.0.1:<port>``. ``kwargs``: :func:`cors_config`'s, and ``args`` for the
+    server."""
+    port = free_port()
+    site = f"http://localhost:{port}"
+    args = kwargs.pop("args", ())
+    return start(cors_config(site, store, **kwargs), port=port, args=args), site
+
+
 WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
 
 

@@ -12,32 +12,16 @@ import pytest
 
 from pushserver.testing import free_port
 
-from .conftest import PUBLISHER, WAIT, publish, subscriber, wait_subscribers
+from .conftest import WAIT, cors_config, publish, start_cross_origin, wait_subscribers
 
 pytestmark = pytest.mark.browser
 
 TRANSPORTS = ["websocket", "eventsource", "longpoll"]
 
 
-def config(site, store=None, transport="longpoll", **location):
-    settings = {
-        "transport": transport,
-        "locations": [
-            PUBLISHER,
-            subscriber("/cors/", allow_origin=[site], allow_credentials=True, **location),
-        ]
-    }
-    if store is not None:
-        settings["store"] = store
-    return settings
-
-
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    port = free_port()
-    site = f"http://localhost:{port}"
-    push = start_module_server(config(site, {"type": "memory", "max_messages": 3}), port=port)
-    return push, site
+    return start_cross_origin(start_module_server, {"type": "memory", "max_messages": 3})
 
 
 def wait_for(page, expression, count):
@@ -140,7 +124,7 @@ def test_gap_after_falling_behind_and_resume_across_a_reload(page, server, trans
 def test_resume_after_the_server_restarts(page, start_server, redis_server, transport):
     port = free_port()
     site = f"http://localhost:{port}"
-    settings = config(site, redis_server.store())
+    settings = cors_config(site, redis_server.store())
     push = start_server(settings, port=port)
     other = start_server(settings)  # same store: publishes while the page's server is down
     channel = f"restart-{transport}"
@@ -172,7 +156,7 @@ def test_resume_after_the_server_restarts(page, start_server, redis_server, tran
 def test_fallback_when_the_server_refuses_a_transport(page, start_server, served, expected):
     port = free_port()
     site = f"http://localhost:{port}"
-    push = start_server(config(site, transport="websocket", transports=served), port=port)
+    push = start_server(cors_config(site, transport="websocket", transports=served), port=port)
     channel = "fallback-" + "-".join(served)
     publish(push, channel, {"n": 1})  # retained: read by whichever transport serves
     page.goto(f"{site}/browser/lib/client")
@@ -196,7 +180,7 @@ def test_server_back_without_streaming_goes_on_by_long_poll_from_the_same_positi
     (never opens), and long-poll goes on exactly after the last message."""
     port = free_port()
     site = f"http://localhost:{port}"
-    settings = config(site, redis_server.store(), transport="websocket")
+    settings = cors_config(site, redis_server.store(), transport="websocket")
     push = start_server(settings, port=port)
     other = start_server(settings)
     channel = "switching"

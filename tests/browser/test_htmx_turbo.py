@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from pushserver.testing import free_port
-
-from .conftest import PUBLISHER, WAIT, publish, subscriber, wait_subscribers
+from .conftest import WAIT, publish, start_cross_origin, wait_subscribers
 
 pytestmark = pytest.mark.browser
 
@@ -28,19 +26,8 @@ TURBO = "text/vnd.turbo-stream.html; charset=utf-8"
 
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    port = free_port()
-    site = f"http://localhost:{port}"
-    push = start_module_server(
-        {
-            "locations": [
-                PUBLISHER,
-                subscriber(),
-                subscriber("/cors/", allow_origin=[site], allow_credentials=True),
-            ]
-        },
-        port=port,
-    )
-    return push, site
+    """One server for the module; pages from its other origin (``start_cross_origin``)."""
+    return start_cross_origin(start_module_server)
 
 
 def texts(page, selector):

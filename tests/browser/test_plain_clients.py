@@ -14,24 +14,21 @@ import pytest
 
 from pushserver.testing import free_port
 
-from .conftest import PUBLISHER, WAIT, channel_info, publish, subscriber, wait_subscribers
+from .conftest import (
+    WAIT,
+    channel_info,
+    cors_config,
+    publish,
+    start_cross_origin,
+    wait_subscribers,
+)
 
 pytestmark = pytest.mark.browser
 
 
-def config(site, store):
-    return {
-        "store": store,
-        "locations": [PUBLISHER, subscriber("/cors/", allow_origin=[site])],
-    }
-
-
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    port = free_port()
-    site = f"http://localhost:{port}"
-    push = start_module_server(config(site, {"type": "memory", "max_messages": 3}), port=port)
-    return push, site
+    return start_cross_origin(start_module_server, {"type": "memory", "max_messages": 3})
 
 
 def wait_received(page, count):
@@ -83,7 +80,7 @@ def test_in_order_and_after_a_restart(npm, page, start_server, redis_server, cli
     by itself with Last-Event-ID); a plain WebSocket has no id to resume from."""
     port = free_port()
     site = f"http://localhost:{port}"
-    settings = config(site, redis_server.store())
+    settings = cors_config(site, redis_server.store())
     push = start_server(settings, port=port)
     other = start_server(settings)  # same store: publishes while the page's server is down
     channel = f"restart-{client}-{transport}"

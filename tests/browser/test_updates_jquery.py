@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from pushserver.testing import free_port
-
-from .conftest import PUBLISHER, publish, subscriber, wait_received, wait_subscribers
+from .conftest import publish, start_cross_origin, wait_received, wait_subscribers
 
 pytestmark = pytest.mark.browser
 
@@ -22,21 +20,8 @@ MODES = ["longpoll", "eventsource", "websocket"]
 
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    """One server for the module: pages from ``http://localhost:<port>``, channels from
-    ``http://127.0.0.1:<port>/cors/``, another origin to the browser."""
-    port = free_port()
-    site = f"http://localhost:{port}"
-    push = start_module_server(
-        {
-            "locations": [
-                PUBLISHER,
-                subscriber(),
-                subscriber("/cors/", allow_origin=[site], allow_credentials=True),
-            ]
-        },
-        port=port,
-    )
-    return push, site
+    """One server for the module; pages from its other origin (``start_cross_origin``)."""
+    return start_cross_origin(start_module_server)
 
 
 @pytest.mark.parametrize("mode", MODES)
