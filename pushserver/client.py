@@ -23,7 +23,9 @@ What it does
       ``last_event_id`` (the compound id for several channels), so nothing is lost or
       repeated while the server still has the messages. Reconnects back off
       exponentially from ``min_delay`` to ``max_delay`` seconds with full jitter (half to
-      all of the delay), and start again from ``min_delay`` once a connection opened.
+      all of the delay), and start again from ``min_delay`` after a connection that
+      delivered something or lasted ``max_delay`` (a server that accepts and closes at once,
+      e.g. with 1013 "try again later", is not retried in a tight loop).
 
 What it yields, in order
     * :class:`Message`: a published message (``data`` is the body as bytes; ``text`` and
@@ -147,11 +149,13 @@ _DROPPED = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.Incompl
 
 
 class _Retry(Exception):
-    """The connection ended; reconnect after a delay (``fast``: the server asked for it)."""
+    """The connection ended; reconnect after a delay (``fast``: the server asked for it).
+    ``code``: the close code or HTTP status, if there was one."""
 
-    def __init__(self, why: str = "", fast: bool = False) -> None:
+    def __init__(self, why: str = "", fast: bool = False, code: int = 0) -> None:
         super().__init__(why)
         self.fast = fast
+        self.code = code
 
 
 class _FallBack(Exception):
@@ -174,6 +178,16 @@ class _Subscription:
             zip(self.channels, parse_resume_id(last_event_id, len(self.channels)), strict=True)
         )
         self.query = [(k, v) for k, v in parse_qsl(parts.query) if k != "last_event_id"]
+        #: channel -> the position a gap was told after (a reconnect before the next
+        #: message would be told the same gap again).
+        self.gaps: dict[str, str] = {}
+
+    def new_gap(self, gap: Gap) -> bool:
+        """Whether this gap was not told yet (positions only grow: one per channel)."""
+        if self.gaps.get(gap.channel) == gap.after:
+            return False
+        self.gaps[gap.channel] = gap.after
+        return True
 
     def resume_id(self) -> str | None:
         positions = list(self.positions.values())
@@ -201,6 +215,7 @@ class _Subscription:
         if channel in self.positions:
             del self.positions[channel]
             self.channels.remove(channel)
+            self.gaps.pop(channel, None)
 
 
 async def subscribe(
@@ -231,14 +246,18 @@ async def subscribe(
     extra = dict(headers or {})
     failures = 0
     while state.channels:
-        opened = [False]
+        began = anyio.current_time()
+        delivered = False
         try:
             if use_websocket:
-                items = _websocket(state, extra, opened, open_timeout, ssl)
+                items = _websocket(state, extra, open_timeout, ssl)
             else:
-                items = _event_stream(state, extra, opened, open_timeout, idle_timeout, ssl)
+                items = _event_stream(state, extra, open_timeout, idle_timeout, ssl)
             async with aclosing(items) as stream:
                 async for item in stream:
+                    if type(item) is Gap and not state.new_gap(item):
+                        continue
+                    delivered = True
                     yield item
             if not state.channels:
                 return
@@ -251,10 +270,10 @@ async def subscribe(
         except (_Retry, *_DROPPED) as exc:
             if not retry:
                 if isinstance(exc, _Retry):
-                    raise SubscriptionError(0, str(exc)) from None
+                    raise SubscriptionError(exc.code, str(exc)) from None
                 raise
             fast = isinstance(exc, _Retry) and exc.fast
-        if opened[0]:
+        if delivered or anyio.current_time() - began >= max_delay:
             failures = 0
         delay = min(max_delay, min_delay * 2 ** (0 if fast else failures))
         failures += 1
@@ -287,7 +306,6 @@ def subscribe_sync(url: str, **options: Any) -> Iterator[Item]:
 async def _websocket(
     state: _Subscription,
     headers: dict[str, str],
-    opened: list[bool],
     open_timeout: float,
     ssl: ssl_module.SSLContext | None,
 ) -> AsyncIterator[Item]:
@@ -321,7 +339,6 @@ async def _websocket(
     async with ws:
         if ws.subprotocol != PUSHSERVER_V1:
             raise _FallBack("the server does not speak pushserver.v1")
-        opened[0] = True
         received = False
         while True:
             try:
@@ -349,7 +366,7 @@ def _closed(code: int, close: Any, received: bool, state: _Subscription) -> None
         raise _FallBack(reason or "WebSocket refused")
     if code in FINAL:
         raise SubscriptionError(code, reason)
-    raise _Retry(f"closed {code} {reason}", fast=code == 1001)
+    raise _Retry(reason or f"closed {code}", fast=code == 1001, code=code)
 
 
 def _v1_item(frame: str | bytes) -> Item | None:
@@ -380,7 +397,6 @@ def _v1_item(frame: str | bytes) -> Item | None:
 async def _event_stream(
     state: _Subscription,
     headers: dict[str, str],
-    opened: list[bool],
     open_timeout: float,
     idle_timeout: float | None,
     ssl: ssl_module.SSLContext | None,
@@ -419,8 +435,7 @@ async def _event_stream(
             reason = (await _short_body(reader, response)).strip()
             if status in FINAL:
                 raise SubscriptionError(status, reason)
-            raise _Retry(f"HTTP {status} {reason}")
-        opened[0] = True
+            raise _Retry(reason or f"HTTP {status}", code=status)
         channels = list(state.channels)  # the compound ids name these, in this order
         chunked = "chunked" in response.get("transfer-encoding", "").lower()
         body = _body(reader, chunked, idle_timeout)

@@ -15,6 +15,7 @@ import pytest
 from pushserver.client import Deleted, Gap, Message, SubscriptionError, subscribe, subscribe_sync
 from pushserver.testing import PushServerProcess, free_port
 from tests.conftest import ROOT
+from tests.project.helpers import wait_for_info
 from tests.transports.streams import last_id, publish
 
 pytestmark = pytest.mark.anyio
@@ -201,3 +202,39 @@ def test_subscribe_sync_in_a_script(push_server):
     items.close()  # what leaving a for loop does once the generator is collected
     assert got == ["s0", "s1", "s2"]
     assert threading.active_count() == threads  # the portal's thread is gone
+
+
+async def test_without_retry_a_shutdown_raises_with_its_close_code(push_server):
+    async with httpx.AsyncClient(base_url=push_server.url, timeout=10) as client:
+        await publish(client, "once", "m0")
+    url = push_server.url + "/subscriber/once"
+    async with aclosing(subscribe(url, retry=False)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        push_server.stop()
+        with anyio.fail_after(20), pytest.raises(SubscriptionError) as ended:
+            await anext(items)
+    assert (ended.value.code, ended.value.reason) == (1001, "the server is shutting down")
+
+
+@BOTH_TRANSPORTS
+async def test_a_gap_is_told_once_across_reconnects(push_server_factory, redis_server, prefix):
+    """Everything after the position expired: the gap has no next message, so the client
+    still holds that position when the server restarts, and is told the same gap again;
+    it passes it on once."""
+    push_server = config(redis_server.store(message_timeout=1))
+    address = f"127.0.0.1:{free_port()}"
+    server = push_server_factory(push_server, address=address)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        await publish(client, "expired", "m0")
+        first = await last_id(client, "expired")
+        await publish(client, "expired", "m1")
+        await wait_for_info(client, "/publisher/expired", "messages", 0, timeout=20)
+    url = server.url + prefix + "expired"
+    async with aclosing(subscribe(url, last_event_id=first, **FAST)) as items:
+        assert await take(items, 1) == [Gap("expired", first, None)]
+        server.stop()
+        again = push_server_factory(push_server, address=address)
+        async with httpx.AsyncClient(base_url=again.url, timeout=10) as client:
+            await publish(client, "expired", "m2")
+        (item,) = await take(items, 1)
+    assert (type(item), item.text) == (Message, "m2")

@@ -507,7 +507,9 @@ class _Connection:
                         frame = None  # no control frames: the close code tells the last one
                     elif mode is None:
                         # The client has no ids to resume from: the close tells it.
-                        self.finish(CLOSE_GAP, f"messages on {event.channel_id} are gone")
+                        # (A reason without the channel id: a close reason is at most
+                        # 123 bytes, an id up to max_channel_id_length characters.)
+                        self.finish(CLOSE_GAP, "messages after the position are gone")
                         return
                     else:
                         continue  # nchan goes on with the oldest retained message

@@ -299,7 +299,7 @@ async def test_plain_mode_closes_on_delete_and_on_gap(server, client):
             assert await closed_with(ws) == (4410, "the channel was deleted")
         url = ws_url(server, f"/subscriber/plain-gap?last_event_id={first}")
         async with connect(url, subprotocols=None) as ws:
-            assert await closed_with(ws) == (4416, "messages on plain-gap are gone")
+            assert await closed_with(ws) == (4416, "messages after the position are gone")
 
 
 @pytest.mark.anyio

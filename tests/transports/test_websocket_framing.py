@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pushserver.message import Message, MessageId
 from pushserver.transports.websocket import (
@@ -93,3 +97,26 @@ def test_v1_frame_has_the_channel_and_event():
     assert encode_frame("news", message)["text"] == (
         "id: 1700000000:2\nchannel: news\ncontent-type: text/plain\nevent: tick\n\nhi"
     )
+
+
+#: How NchanSubscriber.js splits a ws+meta.nchan frame (its own regular expression).
+NCHAN_SPLIT = re.compile(r"^id: (.*)\n(content-type: (.*)\n)?\n", re.MULTILINE)
+
+
+@settings(max_examples=100, deadline=None, database=None)  # no example database in the repo
+@given(
+    st.binary(max_size=64) | st.text(max_size=64).map(str.encode),
+    st.sampled_from(["text/plain", "application/json", "image/png", "application/octet-stream"]),
+)
+def test_every_body_survives_plain_and_nchan_framing(body, content_type):
+    message = Message(ID, body, content_type)
+    plain = encode_plain(message)
+    assert plain.get("bytes", plain.get("text", "").encode()) == body
+    nchan = encode_nchan(message)
+    data = nchan.get("bytes") or nchan["text"].encode()
+    head = NCHAN_SPLIT.match(data.decode("latin-1"))
+    assert head is not None
+    assert (head.group(1), head.group(3)) == (str(ID), content_type)
+    assert data[head.end() :] == body
+    # The same kind of frame in both modes: text only for textual UTF-8.
+    assert ("text" in plain) == ("text" in nchan)
