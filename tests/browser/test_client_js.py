@@ -7,6 +7,8 @@ refuses a transport."""
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 
@@ -199,3 +201,31 @@ def test_server_back_without_streaming_goes_on_by_long_poll_from_the_same_positi
     assert [m["text"] for m in received] == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
     assert page.evaluate("window.transports") == ["websocket", "eventsource", "longpoll"]
     assert page.errors == []
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap(page, server):
+    """Long polls to a port where nothing listens: failure n waits min(400, 100 * 2**(n-1))
+    shortened by up to half; the outage is reported once."""
+    _, site = server
+    page.goto(f"{site}/browser/lib/client")
+    starts = page.evaluate(
+        """async (url) => {
+        const starts = [];
+        const fetch = window.fetch;
+        window.fetch = (...args) => { starts.push(performance.now()); return fetch(...args); };
+        window.start(url, {transport: 'longpoll', retryDelay: 100, maxRetryDelay: 400,
+                           jitter: 0.5});
+        await new Promise((resolve) => {
+            (function check() { starts.length >= 8 ? resolve() : setTimeout(check, 20); })();
+        });
+        window.subscription.close();
+        return starts;
+    }""",
+        f"http://127.0.0.1:{free_port()}/cors/nobody",
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    for n, gap in enumerate(gaps, start=1):
+        assert gap >= min(400, 100 * 2 ** (n - 1)) * 0.5 - 2, (n, gaps)  # timers never early
+    assert max(gaps) < 400 + 1000, gaps  # a loaded machine may be late, not this late
+    assert any(gap < 395 for gap in gaps[2:]), gaps  # jitter: not all the full cap
+    assert [p["kind"] for p in page.evaluate("window.problems")] == ["request"]
