@@ -179,10 +179,24 @@ async def assert_still_serving(
     assert (result["poll"].status_code, result["poll"].content) == (200, b"still here")
 
 
-def pushserver_messages(push_server: object) -> list[checks.CheckMessage]:
-    """The system check messages (pushserver's only) for the setting ``push_server``."""
+#: The first-use warnings (no publisher/subscriber location or host): most configurations
+#: under test set no hosts, so :func:`pushserver_messages` leaves these out unless asked.
+FIRST_USE_CHECKS = ("pushserver.W120", "pushserver.W121", "pushserver.W122", "pushserver.W123")
+
+
+def pushserver_messages(
+    push_server: object, *, first_use: bool = False, deploy: bool = False
+) -> list[checks.CheckMessage]:
+    """The system check messages (pushserver's only) for the setting ``push_server``;
+    ``first_use`` keeps :data:`FIRST_USE_CHECKS`, ``deploy`` runs the deployment checks
+    too (as ``check --deploy`` and ``runpushserver`` do: the Redis ping)."""
     with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
+        found = checks.run_checks(include_deployment_checks=deploy)
+    return [
+        m
+        for m in found
+        if m.id and m.id.startswith("pushserver.") and (first_use or m.id not in FIRST_USE_CHECKS)
+    ]
 
 
 def location_for(port: int, path: str = "/passthrough?x=1") -> LocationConfig:
