@@ -43,8 +43,8 @@ class PushServerProcess:
 
     ``push_server`` is handed to the child as JSON in ``PUSHSERVER_TEST_CONFIG`` (a test
     settings module can read it into ``PUSH_SERVER``); ``args`` are extra command arguments.
-    The server does not reload on code changes (``--noreload``) unless ``args`` has
-    ``--reload``: the process under test is the one serving.
+    ``reload`` is False by default (``--noreload``: the process under test is the one
+    serving); True passes ``--reload``, None leaves it to the command (``DEBUG`` decides).
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class PushServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         startup_timeout: float = 30.0,
+        reload: bool | None = False,
     ) -> None:
         self.settings_module = settings_module
         self.push_server = push_server
@@ -65,6 +66,7 @@ class PushServerProcess:
         self.env = dict(env or {})
         self.cwd = cwd
         self.startup_timeout = startup_timeout
+        self.reload = reload
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.host = ""
@@ -78,8 +80,8 @@ class PushServerProcess:
         if self.push_server is not None:
             env["PUSHSERVER_TEST_CONFIG"] = json.dumps(self.push_server)
         command = [sys.executable, "-m", "django", "runpushserver", self.address, *self.args]
-        if not {"--reload", "--noreload"} & set(self.args):
-            command.append("--noreload")
+        if self.reload is not None and not {"--reload", "--noreload"} & set(self.args):
+            command.append("--reload" if self.reload else "--noreload")
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
