@@ -4,7 +4,6 @@ without a redis store an error."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from django.core import checks
 
 from pushserver.testing import PushServerProcess, free_port
-from tests.project.helpers import pushserver_messages, silent_server
+from tests.project.helpers import manage, pushserver_messages, silent_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,25 +145,6 @@ def test_publish_via_backend_needs_a_publisher_location(redis_server):
 # -- which commands ping -----------------------------------------------------------------
 
 
-def manage(push_server: dict, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m django *args`` in a child process with the test project and
-    ``push_server``; output merged."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.project.settings",
-        "PUSHSERVER_TEST_CONFIG": json.dumps(push_server),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "django", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
-
-
 #: Commands that must never touch the network, and the text each prints when it ran.
 OFFLINE_COMMANDS = [
     (("migrate", "--noinput"), "Apply all migrations"),
@@ -175,7 +155,7 @@ OFFLINE_COMMANDS = [
 
 @pytest.mark.parametrize(("args", "ran"), OFFLINE_COMMANDS)
 def test_other_commands_do_not_ping_an_unreachable_redis(args, ran):
-    result = manage({"store": {"type": "redis", "port": free_port()}}, *args)
+    result = manage(*args, push_server={"store": {"type": "redis", "port": free_port()}})
     assert result.returncode == 0, result.stdout
     assert ran in result.stdout
     assert "W052" not in result.stdout
@@ -183,7 +163,7 @@ def test_other_commands_do_not_ping_an_unreachable_redis(args, ran):
 
 def test_check_deploy_pings_an_unreachable_redis():
     port = free_port()
-    result = manage({"store": {"type": "redis", "port": port}}, "check", "--deploy")
+    result = manage("check", "--deploy", push_server={"store": {"type": "redis", "port": port}})
     assert "pushserver.W052" in result.stdout
     assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in result.stdout
 
@@ -201,10 +181,10 @@ def test_only_runpushserver_and_check_deploy_connect_to_a_real_redis(redis_serve
     try:
         before = connections()
         for args, ran in OFFLINE_COMMANDS:
-            result = manage(push_server, *args)
+            result = manage(*args, push_server=push_server)
             assert ran in result.stdout, result.stdout
         assert connections() == before  # migrate, shell and check never connected
-        result = manage(push_server, "check", "--deploy")
+        result = manage("check", "--deploy", push_server=push_server)
         assert "W052" not in result.stdout, result.stdout
         after_deploy = connections()
         assert after_deploy > before  # the ping

@@ -4,13 +4,18 @@ readers several modules use."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import anyio
@@ -23,6 +28,7 @@ from pushserver.config import LocationConfig, load
 from pushserver.testing import PushServerProcess
 
 SERVER_HEADER = f"pushserver/{__version__}"
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 CORS_ORIGIN = "http://127.0.0.1:8000"
 
@@ -270,3 +276,36 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def manage(
+    *args: str,
+    settings: str = "tests.project.settings",
+    push_server: object = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m django *args`` in a child process (from the repository root), with
+    ``push_server`` handed to the test settings as ``PUSHSERVER_TEST_CONFIG``; stdout and
+    stderr merged into ``stdout``."""
+    child_env = {**os.environ, **(env or {}), "DJANGO_SETTINGS_MODULE": settings}
+    if push_server is not None:
+        child_env["PUSHSERVER_TEST_CONFIG"] = json.dumps(push_server)
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+#: The demo's settings as the tests run it (example/ on the path, any port).
+DEMO_SETTINGS = "tests.browser.demo_settings"
+
+
+def demo_env(port: int) -> dict[str, str]:
+    """The environment that runs the demo (``example/``) on ``port``."""
+    path = os.pathsep.join([str(ROOT / "example"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {"PUSHSERVER_DEMO_PORT": str(port), "PYTHONPATH": path}
