@@ -5,6 +5,7 @@ naming the pid that serves."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import anyio
@@ -33,10 +34,30 @@ def serving_pid(server: PushServerProcess) -> int:
     return httpx.get(server.url + "/status/", timeout=10).json()["pid"]
 
 
-def touch(module: Path) -> None:
-    # Ahead of any mtime the reloader has seen, whatever the file system's granularity.
-    stat = module.stat()
-    os.utime(module, (stat.st_atime, stat.st_mtime + 10))
+def touch(module: Path, text: str | None = None) -> None:
+    """Change ``module`` (to ``text``, if given) with an mtime ahead of any the reloader
+    has seen, whatever the file system's granularity."""
+    seen = module.stat().st_mtime
+    if text is not None:
+        module.write_text(text)
+    later = max(seen, module.stat().st_mtime) + 10
+    os.utime(module, (later, later))
+
+
+def change(server: PushServerProcess, module: Path, text: str | None = None) -> int:
+    """Change ``module`` until the reloader says it saw it; the index of that line. The
+    reloader's first look at the files may come after the banner, and a change before it
+    is not one it can see: nothing tells when it has looked, so change again."""
+    seen = len(server.output)
+    deadline = time.monotonic() + 30
+    while True:
+        touch(module, text)
+        try:
+            server.wait_for_output(rf"{module.name} changed, reloading", 2, after=seen)
+        except TimeoutError:
+            assert time.monotonic() < deadline, server.log
+            continue
+        return seen
 
 
 def test_reloads_by_default_under_debug(debug_settings):
@@ -53,13 +74,32 @@ def test_reloads_by_default_under_debug(debug_settings):
         assert "Watching for file changes with" in server.log
         first = serving_pid(server)
         assert first != server.process.pid  # a child serves, the command watches
-        seen = len(server.output)
-        touch(module)
-        server.wait_for_output(r"reload_settings\.py changed, reloading", 30, after=seen)
+        seen = change(server, module)
         server.wait_for_output(r"running at http://", 30, after=seen)
         second = serving_pid(server)
         assert second not in (first, server.process.pid)
     assert server.process.returncode == 0
+
+
+def test_a_check_error_waits_for_the_fix(debug_settings):
+    """As runserver: a reload into a broken setting reports the check error (no traceback)
+    and keeps watching; the fix brings the server back."""
+    module, env = debug_settings
+    good = module.read_text()
+    with PushServerProcess(
+        "reload_settings",
+        push_server=STATUS,
+        address=f"127.0.0.1:{free_port()}",
+        env=env,
+        cwd=str(ROOT),
+        reload=True,
+    ) as server:
+        seen = change(server, module, good + 'PUSH_SERVER = {"port": "x"}\n')
+        server.wait_for_output(r"pushserver\.E003", 30, after=seen)
+        assert "Traceback" not in server.log
+        seen = change(server, module, good)
+        server.wait_for_output(r"running at http://", 30, after=seen)
+        assert serving_pid(server) != server.process.pid
 
 
 def test_noreload_serves_in_the_process_itself(debug_settings):

@@ -293,13 +293,13 @@ class Command(BaseCommand):
         workers: int,
         options: dict[str, Any],
     ) -> None:
-        """:meth:`inner_run` in the autoreloader's child. As runserver: a wrong setting is
+        """:meth:`inner_run` in the autoreloader's child. As runserver: a check error is
         reported and the reloader keeps watching for the fix; a port that cannot be bound
         ends the process."""
         try:
             self.inner_run(address, port, transports, workers, options)
-        except SystemCheckError:
-            raise
+        except SystemCheckError as exc:
+            self.stderr.write(str(exc))  # no traceback; the reloader waits for the fix
         except CommandError as exc:
             self.stderr.write(str(exc))
             sys.stderr.flush()
