@@ -285,19 +285,12 @@ class Command(BaseCommand):
         else:
             self.inner_run(address, port, transports, workers, options)
 
-    def run_reloaded(
-        self,
-        address: str,
-        port: int,
-        transports: tuple[str, ...],
-        workers: int,
-        options: dict[str, Any],
-    ) -> None:
+    def run_reloaded(self, *args: Any) -> None:
         """:meth:`inner_run` in the autoreloader's child. As runserver: a check error is
         reported and the reloader keeps watching for the fix; a port that cannot be bound
         ends the process."""
         try:
-            self.inner_run(address, port, transports, workers, options)
+            self.inner_run(*args)
         except SystemCheckError as exc:
             self.stderr.write(str(exc))  # no traceback; the reloader waits for the fix
         except CommandError as exc:
