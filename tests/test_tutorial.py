@@ -11,7 +11,8 @@ added at its end), ``<!-- tutorial: servers -->`` (one long-running command a li
 path for ``/path/to/pushserver`` and free ports for 8000 and 8001 (the machine is shared).
 
 It needs the package index (pip installs Django and the other dependencies, from its cache
-when it can) and takes a minute or two.
+when it can) and takes a minute or two: marked ``tutorial``, so that a test matrix can run it
+once (``-m tutorial``) rather than in every cell (``-m "not tutorial"``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import httpx
 import pytest
 
 from pushserver.testing import free_port
+from tests.browser.conftest import browser, new_page  # noqa: F401 -- fixtures
 from tests.project.helpers import wait_for_subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,41 +98,45 @@ def test_the_tutorial_is_marked_up():
     } <= written
 
 
-@pytest.mark.anyio
-async def test_the_tutorial_works_as_written(tmp_path):
-    if shutil.which("bash") is None:
-        pytest.skip("the tutorial's commands are for a POSIX shell")
-    django_port, push_port = free_port(), free_port()
+class Tutorial:
+    """The tutorial's project, followed up to its servers, which are running."""
 
-    def as_here(text: str) -> str:
+    def __init__(self, root: Path) -> None:
+        self.django_port, self.push_port = free_port(), free_port()
+        self.django_url = f"http://127.0.0.1:{self.django_port}"
+        self.project = root / "tutorial"
+        self.project.mkdir()
+        # A newcomer's shell: python3 is the interpreter running this test, no venv active,
+        # no settings module or Python path of ours.
+        bin_dir = root / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "python3").symlink_to(sys._base_executable)
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("VIRTUAL_ENV", "PYTHONPATH", "DJANGO_SETTINGS_MODULE", "PYTHONHOME")
+            and not key.startswith("PUSHSERVER_")
+        }
+        self.env["PATH"] = os.pathsep.join([str(bin_dir), self.env.get("PATH", "")])
+        self.env["PYTHONUNBUFFERED"] = "1"  # the receivers' prints reach the log at once
+        self.env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        self.activate = ""  # after the first block the reader's terminal has the venv active
+        self.publish_command = ""
+        self.servers: list[Background] = []
+        self.root = root
+
+    def as_here(self, text: str) -> str:
         return (
             text.replace("/path/to/pushserver", str(ROOT))
-            .replace("127.0.0.1:8000", f"127.0.0.1:{django_port}")
-            .replace("127.0.0.1:8001", f"127.0.0.1:{push_port}")
+            .replace("127.0.0.1:8000", f"127.0.0.1:{self.django_port}")
+            .replace("127.0.0.1:8001", f"127.0.0.1:{self.push_port}")
         )
 
-    project = tmp_path / "tutorial"
-    project.mkdir()
-    # A newcomer's shell: python3 is the interpreter running this test, no venv active,
-    # no settings module or Python path of ours.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys._base_executable)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("VIRTUAL_ENV", "PYTHONPATH", "DJANGO_SETTINGS_MODULE", "PYTHONHOME")
-        and not key.startswith("PUSHSERVER_")
-    }
-    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"  # the receivers' prints reach the log as they happen
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-
-    def shell(commands: str, timeout: float = 600) -> str:
+    def shell(self, commands: str, timeout: float = 600) -> str:
         result = subprocess.run(
-            ["bash", "-e", "-c", commands],
-            cwd=project,
-            env=env,
+            ["bash", "-e", "-c", self.activate + commands],
+            cwd=self.project,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -139,73 +145,109 @@ async def test_the_tutorial_works_as_written(tmp_path):
         assert result.returncode == 0, f"{commands}\n{result.stdout}"
         return result.stdout
 
-    servers: list[str] = []
-    publish = ""
-    activate = ""  # after the first block the reader's terminal has the venv active
-    for kind, path, text in steps():
-        text = as_here(text)
-        if kind == "run":
-            shell(activate + text)
-            activate = "source .venv/bin/activate\n"
-        elif kind == "file":
-            target = project / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        elif kind == "append":
-            target = project / path
-            assert target.exists(), f"{path} should exist by now (startproject writes it)"
-            target.write_text(target.read_text() + "\n" + text)
-        elif kind == "servers":
-            servers = [line for line in text.splitlines() if line.strip()]
-        elif kind == "publish":
-            publish = text
-        else:
-            pytest.fail(f"unknown tutorial step {kind!r}")
-    check = shell(activate + "python manage.py check")
-    assert "no issues" in check, check  # nor the first-use warnings: the hosts are set
+    def follow(self) -> None:
+        """Every marked step, in order, up to the running servers."""
+        servers: list[str] = []
+        for kind, path, text in steps():
+            text = self.as_here(text)
+            if kind == "run":
+                self.shell(text)
+                self.activate = "source .venv/bin/activate\n"
+            elif kind == "file":
+                target = self.project / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            elif kind == "append":
+                target = self.project / path
+                assert target.exists(), f"{path} should exist by now (startproject writes it)"
+                target.write_text(target.read_text() + "\n" + text)
+            elif kind == "servers":
+                servers = [line for line in text.splitlines() if line.strip()]
+            elif kind == "publish":
+                self.publish_command = text
+            else:
+                pytest.fail(f"unknown tutorial step {kind!r}")
+        check = self.shell("python manage.py check")
+        assert "no issues" in check, check  # nor the first-use warnings: the hosts are set
+        for i, command in enumerate(servers):
+            self.servers.append(Background(command, self.project, self.env, self.root / f"{i}.log"))
+        django, push = self.servers
+        django.wait_for(
+            rf"Starting .*development server at http://127\.0\.0\.1:{self.django_port}/"
+        )
+        push.wait_for(rf"running at http://127\.0\.0\.1:{self.push_port}/")
 
-    started = [
-        Background(command, project, env, tmp_path / f"server{i}.log")
-        for i, command in enumerate(servers)
-    ]
-    try:
-        django, push = started
-        django.wait_for(rf"Starting .*development server at http://127\.0\.0\.1:{django_port}/")
-        push.wait_for(rf"running at http://127\.0\.0\.1:{push_port}/")
-        django_url = f"http://127.0.0.1:{django_port}"
-        async with httpx.AsyncClient(timeout=30) as client:
-            page = (await client.get(f"{django_url}/")).text
-            subscribe = re.search(r"'news': '([^']+)'", page)
-            assert subscribe, page
-            channel_url = subscribe.group(1).encode().decode("unicode_escape")
-            assert channel_url == f"http://127.0.0.1:{push_port}/updates/news"
-            script = re.search(r'<script src="([^"]+)" data-pushserver-transport="longpoll">', page)
-            assert script, page
-            client_js = await client.get(django_url + script.group(1))
-            assert client_js.status_code == 200 and "$.updates" in client_js.text
+    def publish(self, text: str = "pushserver works") -> None:
+        """The tutorial's publish command, with ``text`` for its headline."""
+        self.shell(self.publish_command.replace("pushserver works", text), 120)
 
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{push_port}", timeout=30
-            ) as push_client:
-                received: list[httpx.Response] = []
-
-                async def long_poll() -> None:
-                    received.append(
-                        await push_client.get("/updates/news", headers={"origin": django_url})
-                    )
-
-                async with anyio.create_task_group() as group:
-                    group.start_soon(long_poll)
-                    await wait_for_subscribers(push_client, "/send-update/news", 1, timeout=30)
-                    # The passthrough reached Django, and ready() connected the receiver.
-                    await anyio.to_thread.run_sync(
-                        django.wait_for, r"Subscribed: AnonymousUser news"
-                    )
-                    await anyio.to_thread.run_sync(shell, activate + publish, 120)
-        (response,) = received
-        assert response.status_code == 200, response.text
-        assert json.loads(response.text) == {"type": "headline", "text": "pushserver works"}
-        assert response.headers["access-control-allow-origin"] == django_url
-    finally:
-        for server in started:
+    def stop(self) -> None:
+        for server in self.servers:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def tutorial(tmp_path_factory):
+    if shutil.which("bash") is None:
+        pytest.skip("the tutorial's commands are for a POSIX shell")
+    followed = Tutorial(tmp_path_factory.mktemp("tutorial"))
+    try:
+        followed.follow()
+        yield followed
+    finally:
+        followed.stop()
+
+
+@pytest.mark.tutorial
+@pytest.mark.anyio
+async def test_the_tutorial_works_as_written(tutorial):
+    django = tutorial.servers[0]
+    django_url = tutorial.django_url
+    async with httpx.AsyncClient(timeout=30) as client:
+        page = (await client.get(f"{django_url}/")).text
+        subscribe = re.search(r"'news': '([^']+)'", page)
+        assert subscribe, page
+        channel_url = subscribe.group(1).encode().decode("unicode_escape")
+        assert channel_url == f"http://127.0.0.1:{tutorial.push_port}/updates/news"
+        script = re.search(r'<script src="([^"]+)" data-pushserver-transport="longpoll">', page)
+        assert script, page
+        client_js = await client.get(django_url + script.group(1))
+        assert client_js.status_code == 200 and "$.updates" in client_js.text
+
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{tutorial.push_port}", timeout=30
+    ) as push_client:
+        received: list[httpx.Response] = []
+
+        async def long_poll() -> None:
+            received.append(await push_client.get("/updates/news", headers={"origin": django_url}))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(long_poll)
+            await wait_for_subscribers(push_client, "/send-update/news", 1, timeout=30)
+            # The passthrough reached Django, and ready() connected the receiver.
+            await anyio.to_thread.run_sync(django.wait_for, r"Subscribed: AnonymousUser news")
+            await anyio.to_thread.run_sync(tutorial.publish)
+    (response,) = received
+    assert response.status_code == 200, response.text
+    assert json.loads(response.text) == {"type": "headline", "text": "pushserver works"}
+    assert response.headers["access-control-allow-origin"] == django_url
+
+
+#: What the page's jQuery <script> gets instead of the CDN (the tests reach loopback only).
+JQUERY = ROOT / "example" / "live" / "static" / "live" / "jquery.min.js"
+
+
+@pytest.mark.tutorial
+@pytest.mark.browser
+def test_the_tutorial_page_in_a_browser(tutorial, request):
+    """Last in this module: sync Playwright keeps a loop running while its browser is open."""
+    from playwright.sync_api import expect
+
+    page = request.getfixturevalue("new_page")()
+    page.context.route("https://code.jquery.com/**", lambda route: route.fulfill(path=JQUERY))
+    page.goto(tutorial.django_url + "/")
+    expect(page.locator("#headlines li").first).to_have_text("pushserver works")  # replayed
+    tutorial.publish("seen in Chromium")
+    expect(page.locator("#headlines li").last).to_have_text("seen in Chromium")
+    assert page.errors == []
