@@ -172,7 +172,7 @@ def check_redis_reachable(app_configs: Any = None, **kwargs: Any) -> list[checks
 
 @checks.register("pushserver")
 def check_first_use(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Warnings (W120-W123) for settings that are valid but make ``send_update`` or
+    """Warnings (W120-W124) for settings that are valid but make ``send_update`` or
     ``{% channel_url %}`` fail the first time they are used in this process: no location
     to build the URL from, or no host. The host conditions are the ones
     :mod:`pushserver.utils.updates` itself applies, so inside ``runpushserver`` (which
@@ -217,6 +217,23 @@ def check_first_use(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                 id="pushserver.W121",
             )
         )
+    for kind, user in (("publisher", "send_update()"), ("subscriber", "{% channel_url %}")):
+        location = config.first(kind)
+        if location is None or location.url is None:
+            continue
+        try:
+            updates._reversed(location.url, location.index)
+        except ValueError:
+            messages.append(
+                checks.Warning(
+                    f"PUSH_SERVER['locations'][{location.index}]['url']: {location.url!r} "
+                    f"cannot be reversed into a URL, so {user} raises ValueError (it builds "
+                    f"URLs from the first {kind} location)",
+                    hint="Use one path with the channel id's group and no alternation or "
+                    "optional part outside it, e.g. r'/updates/([^/]+)', or a 'prefix'.",
+                    id="pushserver.W124",
+                )
+            )
     if config.first("subscriber") is None:
         messages.append(
             checks.Warning(

@@ -521,6 +521,31 @@ def test_no_subscriber_location():
     assert "{'type': 'subscriber', 'prefix': '/subscriber/'}" in hint
 
 
+def test_a_url_that_cannot_be_reversed():
+    """One capturing group (valid for matching), but an alternation outside it: Django's
+    reversal gives no path, and the URL builders would raise at first use."""
+    locations = [
+        {"type": "subscriber", "url": r"/u/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/p/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/ignored/(?:a|b)/([^/]+)"},  # not the first one
+    ]
+    found = first_use({"locations": locations, **HOSTS})
+    assert [i for i, _, _ in found] == ["pushserver.W124", "pushserver.W124"]
+    assert found[0][1].startswith(
+        "PUSH_SERVER['locations'][1]['url']: '/p/(?:a|b)/([^/]+)' cannot be reversed"
+    )
+    assert "send_update()" in found[0][1] and "{% channel_url %}" in found[1][1]
+    assert "r'/updates/([^/]+)'" in found[0][2]
+    with (
+        override_settings(PUSH_SERVER={"locations": locations, **HOSTS}),
+        pytest.raises(ValueError, match="Non-reversible"),
+    ):
+        subscriber_url("news")
+    # An alternation inside the channel id's group reverses fine.
+    inside = [{"type": "subscriber", "url": r"/u/(a|b)"}, {"type": "publisher", "prefix": "/p/"}]
+    assert first_use({"locations": inside, **HOSTS}) == []
+
+
 def test_publishing_via_the_backend_needs_no_publisher_host():
     push_server = {
         "publish_via": "backend",

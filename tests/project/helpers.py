@@ -187,7 +187,7 @@ async def assert_still_serving(
 
 #: The first-use warnings (no publisher/subscriber location or host): most configurations
 #: under test set no hosts, so :func:`pushserver_messages` leaves these out unless asked.
-FIRST_USE_CHECKS = ("pushserver.W120", "pushserver.W121", "pushserver.W122", "pushserver.W123")
+FIRST_USE_CHECKS = tuple(f"pushserver.W12{n}" for n in range(5))
 
 
 def pushserver_messages(
