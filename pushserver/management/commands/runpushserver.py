@@ -543,9 +543,6 @@ class Command(BaseCommand):
         from pushserver.server import serve
 
         who = f"worker {os.getpid()}: " if worker else ""
-        # The receiver stays open until serving is over, so that later signals are absorbed
-        # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
-        # shutdown is bounded anyway, and cutting it short would skip closing the stores.
         if threading.current_thread() is not threading.main_thread():
             # Under the autoreloader: its main thread handles the signals and ends the
             # process (a reload, Ctrl-C, SIGTERM), this server with it.
@@ -558,6 +555,9 @@ class Command(BaseCommand):
                 log_format=log_format,
             )
             return
+        # The receiver stays open until serving is over, so that later signals are absorbed
+        # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
+        # shutdown is bounded anyway, and cutting it short would skip closing the stores.
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
             if hasattr(signal, "pthread_sigmask"):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
