@@ -43,6 +43,8 @@ class PushServerProcess:
 
     ``push_server`` is handed to the child as JSON in ``PUSHSERVER_TEST_CONFIG`` (a test
     settings module can read it into ``PUSH_SERVER``); ``args`` are extra command arguments.
+    ``reload`` is False by default (``--noreload``: the process under test is the one
+    serving); True passes ``--reload``, None leaves it to the command (``DEBUG`` decides).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class PushServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         startup_timeout: float = 30.0,
+        reload: bool | None = False,
     ) -> None:
         self.settings_module = settings_module
         self.push_server = push_server
@@ -63,6 +66,7 @@ class PushServerProcess:
         self.env = dict(env or {})
         self.cwd = cwd
         self.startup_timeout = startup_timeout
+        self.reload = reload
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.host = ""
@@ -76,6 +80,8 @@ class PushServerProcess:
         if self.push_server is not None:
             env["PUSHSERVER_TEST_CONFIG"] = json.dumps(self.push_server)
         command = [sys.executable, "-m", "django", "runpushserver", self.address, *self.args]
+        if self.reload is not None and not {"--reload", "--noreload"} & set(self.args):
+            command.append("--reload" if self.reload else "--noreload")
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -114,15 +120,17 @@ class PushServerProcess:
         with self._output_changed:
             self._output_changed.notify_all()
 
-    def wait_for_output(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Block until a line of the server's output matches the regex ``pattern``.
+    def wait_for_output(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
+        """Block until a line of the server's output matches the regex ``pattern``; with
+        ``after``, a line past the first ``after`` lines (``len(server.output)`` taken
+        before an action waits for what the action causes).
 
         Raises :class:`TimeoutError` (with the output so far) when none does in time or the
         server exits first.
         """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        checked = 0
+        checked = after
         with self._output_changed:
             while True:
                 for line in self.output[checked:]:

@@ -12,7 +12,8 @@ from django.test import override_settings
 from pushserver.config import DEFAULT_LOCATIONS, HostConfig, load, parse
 from pushserver.exceptions import ConfigurationError
 from pushserver.settings import get_config
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
+from pushserver.utils.updates import publisher_url, subscriber_url
 from tests.project.helpers import pushserver_messages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,8 +420,15 @@ def test_check_command_fails_on_a_bad_setting_and_reports_its_warnings_too():
     assert "System check identified 2 issues (0 silenced)." in report
 
 
+#: Where send_update and {% channel_url %} find the push server (else W121, W123).
+HOSTS = {
+    "publisher_host": {"location": "127.0.0.1:8001"},
+    "subscriber_host": {"location": "127.0.0.1:8001"},
+}
+
+
 def test_check_command_reports_warnings_and_passes():
-    warned = {"locations": [{"type": "publisher", "prefix": "/p/"}, WARNED_LOCATION]}
+    warned = {"locations": [{"type": "publisher", "prefix": "/p/"}, WARNED_LOCATION], **HOSTS}
     out, err = run_check(warned)
     assert out == ""
     assert err == (
@@ -435,8 +443,8 @@ def test_check_command_reports_warnings_and_passes():
     assert W080_LINE in str(info.value)
 
 
-def test_check_command_passes_on_the_default():
-    assert run_check({}) == ("System check identified no issues (0 silenced).\n", "")
+def test_check_command_passes_on_the_default_with_hosts():
+    assert run_check(HOSTS) == ("System check identified no issues (0 silenced).\n", "")
 
 
 def test_runpushserver_refuses_to_start_with_a_bad_setting():
@@ -456,3 +464,105 @@ def test_runpushserver_refuses_to_start_with_a_bad_setting():
     assert "pushserver.E042" in output
     assert "PUSH_SERVER['locations'][0]['allow_origin']" in output
     assert "running at" not in output
+
+
+# -- first use: send_update and {% channel_url %} need a location and a host -----------------
+
+
+def first_use(push_server):
+    """The first-use warnings (W120-W123) for ``push_server``, as (id, message, hint)."""
+    return [(m.id, m.msg, m.hint) for m in pushserver_messages(push_server, first_use=True)]
+
+
+def test_the_default_warns_that_send_update_and_channel_url_have_no_host():
+    found = first_use({})
+    assert [i for i, _, _ in found] == ["pushserver.W121", "pushserver.W123"]
+    (_, message, hint), (_, sub_message, sub_hint) = found
+    assert message.startswith("PUSH_SERVER['publisher_host']: not set, so send_update()")
+    assert "'publisher_host': {'location': '127.0.0.1:8001', 'secure': False}" in hint
+    assert sub_message.startswith("PUSH_SERVER['subscriber_host']: not set, so {% channel_url")
+    assert "'subscriber_host': {'location': '127.0.0.1:8001'" in sub_hint
+    # The warnings describe what really happens: both URL builders fail without a host...
+    with override_settings(PUSH_SERVER={}):
+        with pytest.raises(ValueError, match="publisher_host"):
+            publisher_url("news")
+        with pytest.raises(ValueError, match="subscriber_host"):
+            subscriber_url("news")
+    # ...and work once the hints are followed.
+    assert first_use(HOSTS) == []
+    with override_settings(PUSH_SERVER=HOSTS):
+        assert publisher_url("news") == "http://127.0.0.1:8001/publisher/news"
+        assert subscriber_url("news") == "http://127.0.0.1:8001/subscriber/news"
+
+
+def test_the_legacy_port_is_a_host():
+    """django-pushserver <= 0.2.2 built URLs from 'port' (and 'address'): no warning."""
+    assert first_use({"port": 8005}) == []
+
+
+def test_no_publisher_location():
+    locations = [{"type": "subscriber", "prefix": "/s/"}]
+    ((check_id, message, hint),) = first_use({"locations": locations, **HOSTS})
+    assert check_id == "pushserver.W120"
+    assert "no publisher location, so send_update() has nowhere to publish" in message
+    assert "{'type': 'publisher', 'prefix': '/publisher/'}" in hint
+    with (
+        override_settings(PUSH_SERVER={"locations": locations, **HOSTS}),
+        pytest.raises(ValueError, match="no publisher location"),
+    ):
+        publisher_url("news")
+
+
+def test_no_subscriber_location():
+    locations = [{"type": "publisher", "prefix": "/p/"}]
+    ((check_id, message, hint),) = first_use({"locations": locations, **HOSTS})
+    assert check_id == "pushserver.W122"
+    assert "no subscriber location, so {% channel_url %} fails" in message
+    assert "{'type': 'subscriber', 'prefix': '/subscriber/'}" in hint
+
+
+def test_a_url_that_cannot_be_reversed():
+    """One capturing group (valid for matching), but an alternation outside it: Django's
+    reversal gives no path, and the URL builders would raise at first use."""
+    locations = [
+        {"type": "subscriber", "url": r"/u/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/p/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/ignored/(?:a|b)/([^/]+)"},  # not the first one
+    ]
+    found = first_use({"locations": locations, **HOSTS})
+    assert [i for i, _, _ in found] == ["pushserver.W124", "pushserver.W124"]
+    assert found[0][1].startswith(
+        "PUSH_SERVER['locations'][1]['url']: '/p/(?:a|b)/([^/]+)' cannot be reversed"
+    )
+    assert "send_update()" in found[0][1] and "{% channel_url %}" in found[1][1]
+    assert "r'/updates/([^/]+)'" in found[0][2]
+    with (
+        override_settings(PUSH_SERVER={"locations": locations, **HOSTS}),
+        pytest.raises(ValueError, match="Non-reversible"),
+    ):
+        subscriber_url("news")
+    # An alternation inside the channel id's group reverses fine.
+    inside = [{"type": "subscriber", "url": r"/u/(a|b)"}, {"type": "publisher", "prefix": "/p/"}]
+    assert first_use({"locations": inside, **HOSTS}) == []
+
+
+def test_publishing_via_the_backend_needs_no_publisher_host():
+    push_server = {
+        "publish_via": "backend",
+        "store": {"type": "redis", "port": free_port()},  # not reached: no deploy checks
+        "subscriber_host": {"location": "push.example.com", "secure": True},
+    }
+    assert first_use(push_server) == []
+
+
+def test_no_first_use_warnings_while_the_settings_have_errors():
+    assert [m.id for m in pushserver_messages({"port": "x"}, first_use=True)] == ["pushserver.E003"]
+
+
+def test_runpushserver_knows_its_own_host():
+    """Inside runpushserver send_update and {% channel_url %} use the address it listens on,
+    so it does not warn; `manage.py check`, for the Django site, does."""
+    _out, err = run_check({})
+    assert "pushserver.W121" in err and "pushserver.W123" in err
+    with PushServerProcess("tests.project.settings", push_server={}, cwd=str(ROOT)) as server:
+        assert "pushserver.W12" not in server.log

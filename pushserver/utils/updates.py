@@ -122,16 +122,24 @@ def _host(config: ServerConfig, host: HostConfig | None, name: str) -> tuple[str
     return ("https" if secure else "http"), _reachable(location)
 
 
+def _reversed(url: str, index: int) -> tuple[str, str]:
+    """(template, group name) of a location's ``url`` regex, as Django reverses it;
+    ValueError when it does not reverse to one path with one group (an alternation
+    outside the group, an optional group)."""
+    forms = normalize(url)
+    if len(forms) != 1 or len(forms[0][1]) != 1:
+        raise ValueError(
+            f"Non-reversible reg-exp: {url!r} (PUSH_SERVER['locations'][{index}]['url'] must "
+            "reverse with exactly one group, the channel id)."
+        )
+    template, (name,) = forms[0]
+    return template, name
+
+
 def _path(location: LocationConfig, channel_id: str) -> str:
     quoted = quote(str(channel_id), safe="")
     if location.url is not None:
-        forms = normalize(location.url)
-        if len(forms) != 1 or len(forms[0][1]) != 1:
-            raise ValueError(
-                f"Non-reversible reg-exp: {location.url!r} (PUSH_SERVER['locations']"
-                f"[{location.index}]['url'] must reverse with exactly one group, the channel id)."
-            )
-        template, (name,) = forms[0]
+        template, name = _reversed(location.url, location.index)
         # Substitute by hand: the pattern may hold a literal '%'.
         path = template.replace(f"%({name})s", quoted)
     else:

@@ -4,13 +4,18 @@ readers several modules use."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import anyio
@@ -23,6 +28,7 @@ from pushserver.config import LocationConfig, load
 from pushserver.testing import PushServerProcess
 
 SERVER_HEADER = f"pushserver/{__version__}"
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 CORS_ORIGIN = "http://127.0.0.1:8000"
 
@@ -181,10 +187,24 @@ async def assert_still_serving(
     assert (result["poll"].status_code, result["poll"].content) == (200, b"still here")
 
 
-def pushserver_messages(push_server: object) -> list[checks.CheckMessage]:
-    """The system check messages (pushserver's only) for the setting ``push_server``."""
+#: The first-use warnings (no publisher/subscriber location or host): most configurations
+#: under test set no hosts, so :func:`pushserver_messages` leaves these out unless asked.
+FIRST_USE_CHECKS = tuple(f"pushserver.W12{n}" for n in range(5))
+
+
+def pushserver_messages(
+    push_server: object, *, first_use: bool = False, deploy: bool = False
+) -> list[checks.CheckMessage]:
+    """The system check messages (pushserver's only) for the setting ``push_server``;
+    ``first_use`` keeps :data:`FIRST_USE_CHECKS`, ``deploy`` runs the deployment checks
+    too (as ``check --deploy`` and ``runpushserver`` do: the Redis ping)."""
     with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
+        found = checks.run_checks(include_deployment_checks=deploy)
+    return [
+        m
+        for m in found
+        if m.id and m.id.startswith("pushserver.") and (first_use or m.id not in FIRST_USE_CHECKS)
+    ]
 
 
 def location_for(port: int, path: str = "/passthrough?x=1") -> LocationConfig:
@@ -258,3 +278,36 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def manage(
+    *args: str,
+    settings: str = "tests.project.settings",
+    push_server: object = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m django *args`` in a child process (from the repository root), with
+    ``push_server`` handed to the test settings as ``PUSHSERVER_TEST_CONFIG``; stdout and
+    stderr merged into ``stdout``."""
+    child_env = {**os.environ, **(env or {}), "DJANGO_SETTINGS_MODULE": settings}
+    if push_server is not None:
+        child_env["PUSHSERVER_TEST_CONFIG"] = json.dumps(push_server)
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+#: The demo's settings as the tests run it (example/ on the path, any port).
+DEMO_SETTINGS = "tests.browser.demo_settings"
+
+
+def demo_env(port: int) -> dict[str, str]:
+    """The environment that runs the demo (``example/``) on ``port``."""
+    path = os.pathsep.join([str(ROOT / "example"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {"PUSHSERVER_DEMO_PORT": str(port), "PYTHONPATH": path}

@@ -1,5 +1,11 @@
 """``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
-[--transport NAME] [--workers N] [--shutdown-timeout SECONDS]``
+[--transport NAME] [--workers N] [--shutdown-timeout SECONDS] [--reload|--noreload]``
+
+With ``DEBUG = True`` (or ``--reload``) it restarts itself when a Python module changes, as
+``runserver`` does, through Django's autoreloader: this process watches and a child serves
+(in a thread, the reloader keeping the main one); a change ends the child and a new one
+starts, so channels in a memory store are lost. ``--noreload``, ``DEBUG = False`` or
+``--workers N`` (N > 1) serve in this process without it.
 
 With ``--workers N`` (N > 1) this process binds the port, forks N workers that each serve
 it (on Linux each has its own socket on the port, ``SO_REUSEPORT``, so the kernel spreads
@@ -22,6 +28,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -31,7 +38,7 @@ import anyio
 import django
 import hypercorn
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, SystemCheckError
 from django.core.management.commands.runserver import naiveip_re
 from django.utils.regex_helper import _lazy_re_compile
 
@@ -63,7 +70,9 @@ def _hypercorn_version() -> str:
 
 class Command(BaseCommand):
     help = "Starts a push server."
-    requires_system_checks = "__all__"
+    # As runserver: the checks run where the server runs (once per reload, in the child), and
+    # after the port is bound, so that send_update's host is known (pushserver.W121).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", help="[optional port number, or ipaddr:port]")
@@ -114,6 +123,20 @@ class Command(BaseCommand):
             dest="access_log",
             help="Do not log each request.",
         )
+        parser.add_argument(
+            "--noreload",
+            action="store_false",
+            dest="use_reloader",
+            default=None,
+            help="Do not restart when code changes (the default with DEBUG = False).",
+        )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            dest="use_reloader",
+            help="Restart when code changes (the default with DEBUG = True).",
+        )
+        parser.add_argument("--skip-checks", action="store_true", help="Skip system checks.")
         parser.add_argument(
             "--log-format",
             choices=("text", "json"),
@@ -248,34 +271,85 @@ class Command(BaseCommand):
         self.check_workers(workers)
         options["shutdown_timeout"] = self.resolve_shutdown_timeout(options.get("shutdown_timeout"))
         self.configure_logging(options["log_format"])
+        use_reloader = options.get("use_reloader")
+        if use_reloader is None:
+            use_reloader = settings.DEBUG
+        if use_reloader and workers == 1:
+            from django.utils import autoreload
 
+            # The supervisor of --workers needs the main thread (signals), so only a single
+            # server reloads. In the reloader's child the server runs in a thread.
+            autoreload.run_with_reloader(
+                self.run_reloaded, address, port, transports, workers, options
+            )
+        else:
+            self.inner_run(address, port, transports, workers, options)
+
+    def run_reloaded(self, *args: Any) -> None:
+        """:meth:`inner_run` in the autoreloader's child. As runserver: a check error is
+        reported and the reloader keeps watching for the fix; a port that cannot be bound
+        ends the process."""
+        try:
+            self.inner_run(*args)
+        except SystemCheckError as exc:
+            self.stderr.write(str(exc))  # no traceback; the reloader waits for the fix
+        except CommandError as exc:
+            self.stderr.write(str(exc))
+            sys.stderr.flush()
+            os._exit(1)
+
+    def run_checks(self) -> None:
+        """Django's checks, then the ones that touch the network (the Redis ping, a
+        deployment check so that other commands never connect)."""
+        from pushserver.checks import NETWORK_TAG
+
+        self.check()
+        self.check(tags=[NETWORK_TAG], include_deployment_checks=True)
+
+    def inner_run(
+        self,
+        address: str,
+        port: int,
+        transports: tuple[str, ...],
+        workers: int,
+        options: dict[str, Any],
+    ) -> None:
         from pushserver.server import format_host
         from pushserver.utils import updates
 
-        app = self.build_app(options, transports) if workers == 1 else None
         sockets = self.bind_sockets(address, port, workers)
         host = format_host(address, sockets[0].getsockname()[1])
         updates.current_host = host
-
-        # A stop signal arriving from the banner on (a client may act on it at once) waits
-        # until the server listens for it, instead of killing the process mid-start.
-        block_signals = app is not None and hasattr(signal, "pthread_sigmask")
-        if block_signals:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        loop = options["loop"]
-        quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
-        processes = f", {workers} workers" if workers > 1 else ""
-        self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
-        self.stdout.write(
-            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on hypercorn version {_hypercorn_version()} "
-            f"({loop}{processes}), "
-            f"transports: {', '.join(transports)}\n"
-            f"Development push server is running at http://{host}/\n"
-            f"Quit the server with {quit_command}."
-        )
-        self.stdout.flush()
+        block_signals = False
         try:
+            if not options.get("skip_checks"):
+                self.run_checks()
+            app = self.build_app(options, transports) if workers == 1 else None
+
+            # A stop signal arriving from the banner on (a client may act on it at once) waits
+            # until the server listens for it, instead of killing the process mid-start. Only
+            # the main thread receives signals (under the reloader it does not serve).
+            block_signals = (
+                app is not None
+                and hasattr(signal, "pthread_sigmask")
+                and threading.current_thread() is threading.main_thread()
+            )
+            if block_signals:
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            loop = options["loop"]
+            quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
+            processes = f", {workers} workers" if workers > 1 else ""
+            self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
+            self.stdout.write(
+                f"Django version {django.get_version()}, using settings "
+                f"{settings.SETTINGS_MODULE!r}\n"
+                f"Push server version {__version__} on hypercorn version "
+                f"{_hypercorn_version()} ({loop}{processes}), "
+                f"transports: {', '.join(transports)}\n"
+                f"Development push server is running at http://{host}/\n"
+                f"Quit the server with {quit_command}."
+            )
+            self.stdout.flush()
             if app is not None:
                 self.run_server(app, sockets[0], options)
             else:
@@ -469,6 +543,18 @@ class Command(BaseCommand):
         from pushserver.server import serve
 
         who = f"worker {os.getpid()}: " if worker else ""
+        if threading.current_thread() is not threading.main_thread():
+            # Under the autoreloader: its main thread handles the signals and ends the
+            # process (a reload, Ctrl-C, SIGTERM), this server with it.
+            await serve(
+                app,
+                sock,
+                access_log=access_log,
+                shutdown_trigger=anyio.sleep_forever,
+                graceful_timeout=shutdown_timeout,
+                log_format=log_format,
+            )
+            return
         # The receiver stays open until serving is over, so that later signals are absorbed
         # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
         # shutdown is bounded anyway, and cutting it short would skip closing the stores.
