@@ -22,7 +22,7 @@ import anyio
 
 from ._async import asyncio_loop
 from .backends.base import Backend, PublishResult, ReadResult
-from .exceptions import BackendUnavailable
+from .exceptions import BackendUnavailable, StoreFull
 from .message import ChannelInfo, Message, MessageId
 from .metrics import Metrics
 
@@ -329,6 +329,9 @@ class Hub:
             result = await self.backend.publish(
                 channel_id, body, content_type, event=event, create=create
             )
+        except StoreFull:
+            self.metrics.publishes_refused += 1
+            raise
         except BackendUnavailable:
             self.metrics.publish_errors += 1
             raise

@@ -581,7 +581,7 @@ class RedisBackend(Backend):
         detail = str(exc).strip() or type(exc).__name__
         return f"redis at {self.address}: {detail}"
 
-    async def create(self, channel_id: str) -> bool:
+    async def create(self, channel_id: str, *, publisher: bool = True) -> bool:
         if self._redis is None:
             raise BackendUnavailable("the redis store is not open")
         try:

@@ -55,6 +55,8 @@ Close codes
     4404      no such channel (the location has no ``create_on_get``)
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
+    4507      the channel store is full: creating the channel (``create_on_get``) would
+              pass its ``memory_limit`` or ``max_channels``
     1013      the channel store is unavailable, the authorizer did not answer, or the
               process is at ``max_connections``: try again later
     ========  =============================================================================
@@ -77,7 +79,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
@@ -103,6 +105,7 @@ CLOSE_NOT_ALLOWED = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 CLOSE_DELETED = 4410
+CLOSE_STORE_FULL = 4507
 
 #: Longest client command accepted (a channel id and an id fit easily).
 MAX_COMMAND = 8192
@@ -264,6 +267,8 @@ class WebSocketTransport(SubscriberTransport):
                     metrics.websocket -= 1
         except ChannelNotFound as exc:
             await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
+        except StoreFull:
+            await self.refuse(send, CLOSE_STORE_FULL, "the channel store is full")
         except BackendUnavailable:
             await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
         finally:
@@ -461,6 +466,13 @@ class _Connection:
             except ChannelNotFound:
                 self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
+                return
+            except StoreFull:
+                self.forget(channel_id)
+                reply = control(
+                    "error", error="the channel store is full", channel=channel_id, status=507
+                )
+                await self.send(reply)
                 return
             full = await self.transport.full([channel_id])
             if full is not None:
