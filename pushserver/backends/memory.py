@@ -257,8 +257,7 @@ class MemoryBackend(Backend):
             self.refusals["memory_limit"] += 1
             raise StoreFull(
                 "memory_limit",
-                f"{adding} more bytes would pass {self.memory_limit} "
-                f"({self.memory_used} in use)",
+                f"{adding} more bytes would pass {self.memory_limit} ({self.memory_used} in use)",
             )
 
     def _add_channel(self, channel_id: str, now: float, published: bool) -> _Channel:
