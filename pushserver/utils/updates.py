@@ -69,13 +69,20 @@ class SendUpdateStoreFull(SendUpdateError, StoreFull):
     or as :class:`SendUpdateError`."""
 
     def __init__(self, url: str, reason: str, limit: str = "") -> None:
-        SendUpdateError.__init__(self, url, 507, reason)
+        # Not SendUpdateError.__init__: through super() it would reach StoreFull's.
+        Exception.__init__(self, f"send_update to {url} answered 507: {reason}")
+        self.url = url
+        self.status = 507
+        self.reason = reason
+        #: The budget that refused it, when known ('memory_limit', 'max_channels', ...).
         self.limit = limit
 
 
 def _error(url: str, status: int | None, reason: str) -> SendUpdateError:
     if status == 507:
-        return SendUpdateStoreFull(url, reason)
+        # The push server's body names the budget: "... store is full (max_channels): ..."
+        limit = reason.partition("full (")[2].partition(")")[0]
+        return SendUpdateStoreFull(url, reason, limit)
     return SendUpdateError(url, status, reason)
 
 
