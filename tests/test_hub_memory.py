@@ -427,3 +427,26 @@ async def test_an_idle_channel_holds_no_message_list():
     async with make_hub() as hub:
         await hub.backend.create("c")
         assert hub.backend._channels["c"].messages == ()
+
+
+async def test_one_subscriber_then_two_then_one_again():
+    """The hub keeps a lone subscriber without a dict of its own (224 bytes an idle channel
+    saves); the second one, and the way back, must change nothing anyone sees."""
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        first = await hub.subscribe(["c"])
+        assert type(hub._subscriptions["c"]) is not dict
+        assert (await hub.publish("c", b"1", "text/plain")).subscribers == 1
+        second = await hub.subscribe(["c", "d"])
+        assert hub.local_subscribers("c") == 2 and hub.local_totals() == (2, 3)
+        await hub.publish("c", b"2", "text/plain")
+        await hub.unsubscribe(first)
+        assert type(hub._subscriptions["c"]) is not dict
+        await hub.publish("c", b"3", "text/plain")
+        assert [e.message.body for e in first.take()] == [b"1", b"2"]
+        assert [e.message.body for e in second.take()] == [b"2", b"3"]
+        await hub.delete("c")
+        assert [e.kind for e in second.take()] == ["deleted"]
+        await hub.unsubscribe(second)
+        await hub.unsubscribe(second)
+        assert hub.local_totals() == (0, 0)
