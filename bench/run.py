@@ -116,7 +116,7 @@ def soak_scenario(quick: bool, duration: float | None = None) -> dict:
         # channel_timeout (60 s) removes their channels, so memory is flat after a minute.
         load = {"subscribers": 1200, "channels": 40, "rate": 40.0, "churn": 10.0,
                 "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0,
-                "flood": 50.0}  # fmt: skip
+                "flood": 20.0}  # fmt: skip
         default = 600.0
     n, channels = load.pop("subscribers"), load.pop("channels")
     return scenario("soak", n, channels, "soak", duration or default, optional=True,

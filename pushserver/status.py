@@ -249,6 +249,15 @@ def render_prometheus(data: dict) -> bytes:
             lines.append(f"{name}{_labels(**labels)} {_number(value)}")
 
     stores = data["stores"]
+
+    def reported(key: str) -> list[tuple[dict, float | int]]:
+        """One sample per store whose figure ``key`` is known (not None)."""
+        return [
+            ({"store": name}, store[key])
+            for name, store in stores.items()
+            if store[key] is not None
+        ]
+
     family(
         "pushserver_info",
         "gauge",
@@ -287,11 +296,7 @@ def render_prometheus(data: dict) -> bytes:
         "pushserver_channels",
         "gauge",
         "Channels stored (memory stores only).",
-        [
-            ({"store": name}, store["channels"])
-            for name, store in stores.items()
-            if store["channels"] is not None
-        ],
+        reported("channels"),
     )
     memory = [(name, store["memory"]) for name, store in stores.items() if store["memory"]]
     family(
@@ -311,21 +316,13 @@ def render_prometheus(data: dict) -> bytes:
         "pushserver_store_max_channels",
         "gauge",
         "Channels the store may hold (max_channels; 0: no limit).",
-        [
-            ({"store": name}, store["max_channels"])
-            for name, store in stores.items()
-            if store["max_channels"] is not None
-        ],
+        reported("max_channels"),
     )
     family(
         "pushserver_channels_expired_total",
         "counter",
         "Empty channels removed after channel_timeout.",
-        [
-            ({"store": name}, store["expired_channels"])
-            for name, store in stores.items()
-            if store["expired_channels"] is not None
-        ],
+        reported("expired_channels"),
     )
     for key, metric, help_text in COUNTERS:
         family(

@@ -286,20 +286,21 @@ async def test_unsubscribe_twice_counts_once():
 # -- bounds: channel_timeout, memory_limit, max_channels ---------------------------------------
 
 
+async def exists_after(clock, backend, seconds: float, channel_id: str) -> bool:
+    """Let ``seconds`` pass, run the sweeper as its task would, and look."""
+    clock.now += seconds
+    backend.sweep(clock.now)
+    return await backend.exists(channel_id)
+
+
 async def test_an_empty_channel_a_subscriber_made_goes_after_channel_timeout(clock):
     async with make_hub(channel_timeout=60) as hub:
         backend = hub.backend
         await backend.create("anon", publisher=False)
-        clock.now += 59
-        backend.sweep(clock.now)
-        assert await backend.exists("anon")
+        assert await exists_after(clock, backend, 59, "anon")
         await backend.touch("anon")  # a subscriber asked for it again: the clock restarts
-        clock.now += 59
-        backend.sweep(clock.now)
-        assert await backend.exists("anon")
-        clock.now += 1
-        backend.sweep(clock.now)
-        assert not await backend.exists("anon")
+        assert await exists_after(clock, backend, 59, "anon")
+        assert not await exists_after(clock, backend, 1, "anon")
         assert backend.memory_used == 0
         assert backend.status()["expired_channels"] == 1
 
@@ -322,16 +323,10 @@ async def test_a_subscribed_channel_stays_and_goes_once_left(clock):
         backend = hub.backend
         await backend.create("anon", publisher=False)
         subscription = await hub.subscribe(["anon"])
-        clock.now += 100
-        backend.sweep(clock.now)
-        assert await backend.exists("anon")
+        assert await exists_after(clock, backend, 100, "anon")
         await hub.unsubscribe(subscription)
-        clock.now += 9
-        backend.sweep(clock.now)
-        assert await backend.exists("anon")
-        clock.now += 1
-        backend.sweep(clock.now)
-        assert not await backend.exists("anon")
+        assert await exists_after(clock, backend, 9, "anon")
+        assert not await exists_after(clock, backend, 1, "anon")
 
 
 async def test_expired_messages_are_freed_and_then_the_channel(clock):
@@ -344,9 +339,7 @@ async def test_expired_messages_are_freed_and_then_the_channel(clock):
         backend.sweep(clock.now)  # the message expired: freed without a read
         assert await backend.exists("c")
         assert backend.memory_used == memory_module.channel_cost("c")
-        clock.now += 10
-        backend.sweep(clock.now)
-        assert not await backend.exists("c")
+        assert not await exists_after(clock, backend, 10, "c")
         assert backend.memory_used == 0
 
 
