@@ -44,7 +44,7 @@ from .status import Status
 from .transports.base import Presence
 from .transports.longpoll import LongPollTransport
 from .transports.sse import SSETransport
-from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport
+from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport, choose_subprotocol
 
 logger = logging.getLogger("pushserver")
 
@@ -130,7 +130,8 @@ class Subscriber:
         refused one would show the browser a CORS failure instead of the readable 503."""
         if scope["type"] == "websocket":
             if (await receive())["type"] == "websocket.connect":
-                await self.websocket.refuse(send, CLOSE_TRY_AGAIN_LATER, BUSY_REASON)
+                mode = choose_subprotocol(scope.get("subprotocols"))
+                await self.websocket.refuse(send, CLOSE_TRY_AGAIN_LATER, BUSY_REASON, mode)
             return
         request = Request(scope)
         if request.method == "OPTIONS":

@@ -195,3 +195,46 @@ def lighter_websocket_connections() -> None:
 
     lighter_init.lighter = True  # type: ignore[attr-defined]
     Connection.__init__ = lighter_init  # type: ignore[method-assign]
+
+
+# -- an extension -----------------------------------------------------------------------------
+
+
+def send_websocket_pings() -> None:
+    """Let the application send a WebSocket ping frame (idempotent).
+
+    Not a fix: ASGI has no event for a ping frame, and hypercorn (0.18) only pings every
+    connection of the server on one interval, from a task of each connection's own. The
+    plain and ``ws+meta.nchan`` modes of :mod:`pushserver.transports.websocket` have nothing
+    in-band to keep a connection alive with, so each WebSocket scope gets the
+    ``pushserver.websocket.ping`` extension, and a ``{"type": "websocket.ping"}`` event from
+    the application sends a ping frame on an open connection (the client's pong is
+    swallowed by wsproto; any other state ignores it).
+    """
+    from hypercorn.protocol.events import Request
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+    from wsproto.events import Ping
+
+    from .transports.websocket import PING_EXTENSION
+
+    handle, app_send = WSStream.handle, WSStream.app_send
+    if getattr(app_send, "sends_pings", False):
+        return
+
+    async def handle_and_offer_pings(self: Any, event: Any) -> None:
+        await handle(self, event)
+        scope = getattr(self, "scope", None)
+        if isinstance(event, Request) and scope is not None:
+            # The application reads it at its first keepalive, long after it started.
+            scope["extensions"][PING_EXTENSION] = {}
+
+    async def app_send_with_pings(self: Any, message: Any) -> None:
+        if message is not None and message["type"] == "websocket.ping":
+            if not self.closed and self.state == ASGIWebsocketState.CONNECTED:
+                await self._send_wsproto_event(Ping())
+            return
+        await app_send(self, message)
+
+    app_send_with_pings.sends_pings = True  # type: ignore[attr-defined]
+    WSStream.handle = handle_and_offer_pings  # type: ignore[method-assign]
+    WSStream.app_send = app_send_with_pings  # type: ignore[method-assign]

@@ -20,7 +20,7 @@ from .http import (
     respond_error,
 )
 from .hub import Hub
-from .message import ChannelInfo
+from .message import ChannelInfo, event_name_from_header
 from .protocol import OriginHeaders, negotiate_info_format, render_channel_info
 from .transports.streaming import query_parameter
 
@@ -223,11 +223,16 @@ class Publisher:
             return
         content_type = request.header("content-type") or "application/octet-stream"
         try:
+            event = event_name_from_header(request.header("x-eventsource-event"))
+        except ValueError as exc:
+            await respond_error(send, 400, f"X-EventSource-Event: {exc}", headers)
+            return
+        try:
             result = await self.hub.publish(
                 channel_id,
                 body,
                 content_type,
-                event=request.header("x-eventsource-event") or None,
+                event=event,
                 create=self.location.create_on_post,
             )
         except ChannelNotFound:

@@ -22,10 +22,10 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import ByteStream
-from websockets.asyncio.client import connect as ws_connect
 
 from pushserver.testing import PushServerProcess
 from tests.project.helpers import assert_still_serving, path, wait_for_subscribers
+from tests.transports.streams import connect as ws_connect
 
 pytestmark = pytest.mark.anyio
 

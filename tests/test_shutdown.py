@@ -18,7 +18,6 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
 
 from pushserver.app import PushServer
@@ -29,6 +28,7 @@ from tests.project.helpers import path, position, wait_for_subscribers, worker_p
 from tests.transports.streams import (
     SSEReader,
     closed_with,
+    connect,
     event_stream,
     longpoll_id,
     ws_frame,
@@ -149,7 +149,7 @@ async def test_every_transport_is_told_to_reconnect(push_server_factory, loop):
 
         async def websocket() -> None:
             url = ws_url(server, f"{subscriber}?last_event_id={message_id}")
-            async with websockets.connect(url) as ws:
+            async with connect(url) as ws:
                 closes.append(await closed_with(ws))
 
         with anyio.fail_after(30):
@@ -451,7 +451,7 @@ class Subscriber:
         while until not in self.received:
             url = f"{base}?last_event_id={self.last_id}" if self.last_id else base
             try:
-                async with websockets.connect(url) as ws:
+                async with connect(url) as ws:
                     while True:
                         fields, body = ws_frame(await ws.recv())
                         self.received.append(body.encode() if isinstance(body, str) else body)

@@ -25,7 +25,7 @@ import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -40,6 +40,7 @@ from .. import signals
 from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
+from ..message import check_event_name
 from ..publisher import publisher_token
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
@@ -239,13 +240,17 @@ def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
 
 
 async def _publish_on(
-    target: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    target: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> int:
     """What the publisher location does with a POST, without the HTTP: publish on
     ``target`` (a hub or a backend); the status a POST would have got."""
     try:
         result = await target.publish(
-            channel_id, body, CONTENT_TYPE, create=location.create_on_post
+            channel_id,
+            payload.body,
+            payload.content_type,
+            event=payload.event,
+            create=location.create_on_post,
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
@@ -257,10 +262,11 @@ async def _publish_on(
 
 
 async def _publish_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
-    _check_size(location, url, body)
-    status = await _publish_on(running.app.hub_for(location), location, url, channel_id, body)
+    _check_size(location, url, payload.body)
+    hub = running.app.hub_for(location)
+    status = await _publish_on(hub, location, url, channel_id, payload)
     return UpdateResponse(url, status, in_process=True)
 
 
@@ -269,19 +275,19 @@ async def _publish_to_store(
     location: LocationConfig,
     url: str,
     channel_id: str,
-    body: bytes,
+    payload: Payload,
     timeout: float | None,
 ) -> UpdateResponse:
     """``publish_via='backend'``: open the store for commands only (no pub/sub reader),
     publish, close. The push servers hear the message from Redis as if it had been POSTed
     to one of them: same script, same ids, same delivery."""
-    _check_size(location, url, body)
+    _check_size(location, url, payload.body)
     backend: Any = create_backend(store.type, store.options)
     try:
         with anyio.fail_after(timeout) if timeout else nullcontext():
             await backend.open(listen=False)
             try:
-                status = await _publish_on(backend, location, url, channel_id, body)
+                status = await _publish_on(backend, location, url, channel_id, payload)
             finally:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
@@ -291,7 +297,7 @@ async def _publish_to_store(
 
 
 def _run_on_store(
-    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, body: bytes
+    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     # A short-lived event loop per call, not a background loop thread: nothing to clean up
     # at exit, nothing to break when a Celery or gunicorn parent forks, and one connection
@@ -302,7 +308,7 @@ def _run_on_store(
         location,
         url,
         channel_id,
-        body,
+        payload,
         config.publish_timeout or None,
         backend="asyncio",
     )
@@ -329,11 +335,11 @@ def _on_a_loop() -> bool:
 
 
 def _run_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     try:
         return anyio.from_thread.run(
-            _publish_in_process, running, location, url, channel_id, body, token=running.token
+            _publish_in_process, running, location, url, channel_id, payload, token=running.token
         )
     except anyio.RunFinishedError as exc:
         raise SendUpdateError(url, None, "the push server in this process has stopped") from exc
@@ -361,22 +367,67 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
         raise SendUpdateError(url, None, str(exc)) from exc
 
 
+class Payload(NamedTuple):
+    """What one update publishes."""
+
+    body: bytes
+    content_type: str = CONTENT_TYPE
+    event: str | None = None
+
+
+def _payload(
+    data: Any, already_serialized: bool, content_type: str | None, event: str | None
+) -> Payload:
+    """The update's payload; TypeError / ValueError on bad arguments."""
+    if event is not None:
+        check_event_name(event)
+    if content_type is None:
+        return Payload(_encode(data, already_serialized), CONTENT_TYPE, event)
+    if not content_type.strip() or any(c in content_type for c in "\r\n\0"):
+        raise ValueError(f"bad content_type {content_type!r}")
+    if isinstance(data, bytes):
+        return Payload(data, content_type, event)
+    if not isinstance(data, str):
+        raise TypeError(
+            f"send_update(content_type={content_type!r}) publishes str or bytes as they are, "
+            f"not {type(data).__name__}: render it first (render_to_string), or leave "
+            "content_type out to send JSON"
+        )
+    if content_type.lower().startswith("text/") and "charset" not in content_type.lower():
+        content_type += "; charset=utf-8"
+    return Payload(data.encode("utf-8"), content_type, event)
+
+
 def send_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    content_type: str | None = None,
+    event: str | None = None,
 ) -> None:
     """Publish ``data`` (JSON-encoded unless ``already_serialized``) to ``channel_id``.
+
+    ``content_type`` (e.g. ``"text/html"``, ``"text/vnd.turbo-stream.html"``) publishes
+    ``data``, a str (a ``render_to_string`` result) or bytes, as it is, with that content
+    type (``; charset=utf-8`` added to a ``text/`` type given a str); without it the body is
+    JSON (``application/json; charset=utf-8``). ``event`` names the message's event
+    (``X-EventSource-Event``): event streams send it as ``event: <name>``.
 
     Sends ``pre_send_update`` before and ``post_send_update`` after (with ``response`` an
     :class:`UpdateResponse`, or the exception on failure). Raises :class:`SendUpdateError`
     unless ``ignore_errors`` or ``PUSH_SERVER_IGNORE_ERRORS`` is set. A URL that cannot be
-    built raises :class:`ValueError` before any signal. Returns None.
+    built, a bad ``event`` name or ``content_type`` raise :class:`ValueError` (data that is
+    not str or bytes with a ``content_type``: :class:`TypeError`) before any signal, whatever
+    ``ignore_errors`` says. Returns None.
     """
     config = push_settings.get_config()
     channel = str(channel_id)
     request: urllib.request.Request | None = None
+    payload = _payload(data, already_serialized, content_type, event)
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
-        body = _encode(data, already_serialized)
         # Inside runpushserver its own hub is connected to the same store already.
         running = getattr(sys.modules.get("pushserver.server"), "current", None)
         if running is None and _on_a_loop():
@@ -384,14 +435,16 @@ def send_update(
                 "send_update() was called on a running event loop, where blocking would stall "
                 "it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_on_store, config, location, url, channel, body)
+        publish = partial(_run_on_store, config, location, url, channel, payload)
     else:
         url, location = _url("publisher", channel_id)
-        body = _encode(data, already_serialized)
-        headers = {"Content-Type": CONTENT_TYPE}
+        headers = {"Content-Type": payload.content_type}
+        if payload.event is not None:
+            # Header values are Latin-1 on the wire: UTF-8 bytes, as the server reads them.
+            headers["X-EventSource-Event"] = payload.event.encode("utf-8").decode("latin-1")
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(url, data=payload.body, headers=headers, method="POST")
         running = _running_here(url)
         publish = partial(_post, request, config.publish_timeout or None)
     if running is not None:
@@ -400,12 +453,14 @@ def send_update(
                 "send_update() was called on the push server's event loop, where blocking "
                 "would stall it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_in_process, running, location, url, channel, body)
+        publish = partial(_run_in_process, running, location, url, channel, payload)
     kwargs = {
         "channel_id": channel_id,
         "data": data,
         "already_serialized": already_serialized,
         "request": request,
+        "content_type": payload.content_type,
+        "event": payload.event,
     }
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
@@ -421,7 +476,13 @@ def send_update(
 
 
 async def asend_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    content_type: str | None = None,
+    event: str | None = None,
 ) -> None:
     """The async twin of :func:`send_update`, for async views and consumers.
 
@@ -430,5 +491,13 @@ async def asend_update(
     hands the publish back to the server's loop.
     """
     await anyio.to_thread.run_sync(
-        partial(send_update, channel_id, data, already_serialized, ignore_errors)
+        partial(
+            send_update,
+            channel_id,
+            data,
+            already_serialized,
+            ignore_errors,
+            content_type=content_type,
+            event=event,
+        )
     )

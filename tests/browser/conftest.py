@@ -13,7 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
+
+from .npm import install as install_npm_packages
+from .npm import route_npm
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,14 +35,45 @@ def subscriber(prefix: str = "/subscriber/", **options) -> dict:
 
 
 PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
+
+
+def cors_config(site, store=None, transport="longpoll", **location) -> dict:
+    """Settings with a publisher, ``/subscriber/`` and ``/cors/``, which allows ``site``
+    with credentials (``location``: more keys of it)."""
+    settings = {
+        "transport": transport,
+        "locations": [
+            PUBLISHER,
+            subscriber(),
+            subscriber("/cors/", allow_origin=[site], allow_credentials=True, **location),
+        ],
+    }
+    if store is not None:
+        settings["store"] = store
+    return settings
+
+
+def start_cross_origin(start, store=None, **kwargs):
+    """``(server, site)``: a server started by ``start`` (``start_server`` or
+    ``start_module_server``) with :func:`cors_config`; its pages are served from ``site``,
+    ``http://localhost:<port>``, another origin to the browser than its ``url``
+    ``http://127.0.0.1:<port>``. ``kwargs``: :func:`cors_config`'s, and ``args`` for the
+    server."""
+    port = free_port()
+    site = f"http://localhost:{port}"
+    args = kwargs.pop("args", ())
+    return start(cors_config(site, store, **kwargs), port=port, args=args), site
+
+
 WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
 
 
-def publish(server, channel, data, content_type="application/json"):
+def publish(server, channel, data, content_type="application/json", event=None):
     body = data if isinstance(data, (bytes, str)) else json.dumps(data)
-    response = httpx.post(
-        f"{server.url}/publisher/{channel}", content=body, headers={"content-type": content_type}
-    )
+    headers = {"content-type": content_type}
+    if event is not None:
+        headers["x-eventsource-event"] = event
+    response = httpx.post(f"{server.url}/publisher/{channel}", content=body, headers=headers)
     assert response.status_code in (201, 202), response.text
     return response
 
@@ -108,7 +142,8 @@ def new_page(browser):
     errors are collected in ``page.errors``.
 
     ``PUSHSERVER_TEST_JQUERY=/path/to/jquery.js`` serves that file in place of the vendored
-    jQuery, to run the suite against another jQuery version.
+    jQuery, to run the suite against another jQuery version. ``/npm/...`` URLs are answered
+    from the npm cache (see ``tests/browser/npm.py``; use the ``npm`` fixture to install it).
     """
     contexts = []
     jquery = os.environ.get("PUSHSERVER_TEST_JQUERY")
@@ -116,6 +151,7 @@ def new_page(browser):
     def open_page():
         context = browser.new_context()
         contexts.append(context)
+        route_npm(context)
         if jquery:
             context.route("**/static/live/jquery.min.js", lambda route: route.fulfill(path=jquery))
         page = context.new_page()
@@ -129,16 +165,22 @@ def new_page(browser):
         context.close()
 
 
+@pytest.fixture(scope="session")
+def npm():
+    """The ``node_modules`` directory of the browser libraries (``tests/browser/npm.py``),
+    installed once per session; skips the test when npm cannot install them."""
+    return install_npm_packages()
+
+
 @pytest.fixture
 def page(new_page):
     return new_page()
 
 
-@pytest.fixture
-def start_server() -> Iterator:
-    """``start_server(push_server, port=None, allrequests=True, settings=..., env=...,
-    args=())``: a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments);
-    stopped after the test."""
+def _server_starter() -> Iterator:
+    """``start(push_server, port=None, allrequests=True, settings=..., env=..., args=())``:
+    a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments); every server
+    it started is stopped when the generator ends."""
     started: list[PushServerProcess] = []
 
     def start(
@@ -160,3 +202,17 @@ def start_server() -> Iterator:
         server.stop()
         # pytest shows this only when the test failed.
         print(f"--- runpushserver {server.address} ---\n{server.log}")
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """``start_server(push_server, ...)``: see :func:`_server_starter`; stopped after the
+    test."""
+    yield from _server_starter()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator:
+    """The same, stopped after the module: for a module that shares one server between its
+    tests (each test on channels of its own)."""
+    yield from _server_starter()

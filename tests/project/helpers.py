@@ -69,7 +69,9 @@ DEFAULT_CORS = {
     "access-control-allow-headers": (
         "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
     ),
-    "access-control-expose-headers": "Last-Modified, Etag, Cache-Control, Content-Type",
+    "access-control-expose-headers": (
+        "Last-Modified, Etag, Cache-Control, Content-Type, X-EventSource-Event"
+    ),
     "access-control-allow-credentials": "false",
     "access-control-max-age": "864000",
 }

@@ -10,13 +10,13 @@ import socket
 
 import anyio
 import pytest
-from websockets.asyncio.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
+from pushserver.transports.websocket import PUSHSERVER_V1
 from tests.project.helpers import wait_for_subscribers
-from tests.transports.streams import event_stream, ws_frame
+from tests.transports.streams import connect, event_stream, ws_frame
 
 BUFFER = 8  # retained messages per channel
 QUEUE = 64  # the hub's per-subscriber queue (PushServer's default queue_size)
@@ -190,10 +190,14 @@ class RawWebSocket:
     """A WebSocket client on a plain socket (wsproto does the framing): it reads nothing
     until asked, so the server's writes block, unlike a library that reads ahead."""
 
-    def __init__(self, sock: socket.socket, path: str) -> None:
+    def __init__(
+        self, sock: socket.socket, path: str, subprotocols: tuple[str, ...] = (PUSHSERVER_V1,)
+    ) -> None:
         self.sock = sock
         self.ws = WSConnection(ConnectionType.CLIENT)
-        sock.sendall(self.ws.send(WSRequest(host="t", target=path)))
+        # pushserver.v1 unless told: the tests read its header lines and control frames.
+        request = WSRequest(host="t", target=path, subprotocols=list(subprotocols))
+        sock.sendall(self.ws.send(request))
         self.pending: list = []
         self.close: CloseConnection | None = None
         self._parts: list = []
