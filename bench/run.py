@@ -106,13 +106,17 @@ def soak_scenario(quick: bool, duration: float | None = None) -> dict:
     """
     if quick:
         load = {"subscribers": 150, "channels": 15, "rate": 30.0, "churn": 10.0,
-                "ephemeral": 4.0, "lifetime": (0.5, 1.5), "sample_interval": 0.5}  # fmt: skip
+                "ephemeral": 4.0, "lifetime": (0.5, 1.5), "sample_interval": 0.5,
+                "flood": 20.0}  # fmt: skip
         default = 6.0
     else:
         # Sized to need a fraction of a core: on a shared machine the server must keep up
         # with a share of CPU 0, or the soak measures its backlog, not its memory.
+        # The flood: anonymous channel-creating long polls, hung up at once; the store's
+        # channel_timeout (60 s) removes their channels, so memory is flat after a minute.
         load = {"subscribers": 1200, "channels": 40, "rate": 40.0, "churn": 10.0,
-                "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0}  # fmt: skip
+                "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0,
+                "flood": 20.0}  # fmt: skip
         default = 600.0
     n, channels = load.pop("subscribers"), load.pop("channels")
     return scenario("soak", n, channels, "soak", duration or default, optional=True,
@@ -240,7 +244,7 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
         }
         if soak:
             keys = ("rate", "churn", "ephemeral", "lifetime", "sample_interval", "buffer",
-                    "transports")  # fmt: skip
+                    "transports", "flood")  # fmt: skip
             spec.update({key: scenario[key] for key in keys})
             spec["drain"] = max(spec["drain"], 60)
             row["duration"] = scenario["duration"]
@@ -664,6 +668,8 @@ def soak_summary(row: dict) -> str:
         f"{row['resumed']:,} resumed, {row['fresh']:,} fresh; short-lived channels "
         f"{eph['created']:,} created, {eph['deleted']:,} deleted, "
         f"{eph['deletion_seen']:,}/{eph['with_subscriber']:,} subscribers saw the deletion; "
+        f"abandoned-channel flood {row.get('flood', {}).get('sent', 0):,} long polls hung up "
+        f"({row.get('flood', {}).get('closed', 0):,} closed by the server); "
         f"errors {row['errors'] or 'none'}",
     ])  # fmt: skip
 

@@ -35,6 +35,11 @@ def build(
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
     else:
         store = {"type": "memory"}
+    if not redis_url:
+        # No budget: a throughput round over 10,000 channels keeping 1,000 messages each
+        # would reach the default 64 MiB and measure 507s. channel_timeout keeps its default
+        # (the soak's abandoned-channel flood relies on it).
+        store.update(memory_limit=0, max_channels=0)
     config = load(
         {
             "store": {**store, "max_messages": max_messages},

@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from .config import LocationConfig
-from .exceptions import BackendUnavailable, ChannelNotFound
+from .exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from .http import (
     BodyTooLarge,
     Headers,
@@ -172,7 +172,11 @@ class Publisher:
             if method == "POST":
                 await self.post(request, channel_id, receive, send, headers)
             elif method == "PUT":
-                await self.hub.backend.create(channel_id)
+                try:
+                    await self.hub.backend.create(channel_id)
+                except StoreFull:
+                    self.hub.metrics.publishes_refused += 1
+                    raise
                 info = await self.hub.info(channel_id)
                 await self.info_response(request, send, 200, info, headers)
             elif method == "GET":
@@ -190,6 +194,10 @@ class Publisher:
             else:
                 allow = ALLOW if self.cors is None else CORS_ALLOW
                 await respond_error(send, 405, f"{method} is not allowed here", [*headers, allow])
+        except StoreFull as exc:
+            # Nothing was stored, nothing held was dropped; retrying soon will not help
+            # unless messages expire or channels are deleted: no Retry-After.
+            await respond_error(send, 507, str(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(
                 send,

@@ -231,6 +231,8 @@ def test_quick_soak_churns_every_transport_without_losing_anything(tmp_path):
     eph = row["ephemeral"]
     assert eph["created"] == eph["deleted"] > 0
     assert eph["deletion_seen"] == eph["with_subscriber"] > 0
+    # The abandoned-channel flood ran, and the server closed every hung-up long poll.
+    assert row["flood"]["sent"] == row["flood"]["closed"] > 0
     # The server was sampled throughout.
     samples = row["samples"]
     assert len(samples) >= 8

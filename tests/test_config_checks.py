@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from pushserver.config import DEFAULT_LOCATIONS, HostConfig, load, parse
+from pushserver.config import DEFAULT_LOCATIONS, STORE_DEFAULTS, HostConfig, load, parse
 from pushserver.exceptions import ConfigurationError
 from pushserver.settings import get_config
 from pushserver.testing import PushServerProcess, free_port
@@ -58,6 +58,11 @@ def test_defaults():
         "min_messages": 0,
         "max_messages": 0,
         "message_timeout": 0,
+        # Bounded by default (docs/topics.md#bounded-memory).
+        "channel_timeout": 60.0,
+        "keep_publisher_channels": True,
+        "memory_limit": 64 * 1024 * 1024,
+        "max_channels": 100_000,
     }
     publisher, subscriber = config.locations
     assert (publisher.type, publisher.pattern) == ("publisher", "/publisher/(.+)")
@@ -81,6 +86,10 @@ def test_documented_example_is_accepted_as_is():
         "min_messages": 0,
         "max_messages": 100,
         "message_timeout": 10,
+        "channel_timeout": 60.0,
+        "keep_publisher_channels": True,
+        "memory_limit": 64 * 1024 * 1024,
+        "max_channels": 100_000,
     }
     subscriber, publisher = config.locations
     assert subscriber.regex.match("/updates/abc").group(1) == "abc"
@@ -566,3 +575,75 @@ def test_runpushserver_knows_its_own_host():
     assert "pushserver.W121" in err and "pushserver.W123" in err
     with PushServerProcess("tests.project.settings", push_server={}, cwd=str(ROOT)) as server:
         assert "pushserver.W12" not in server.log
+
+
+# -- store bounds (channel_timeout, budgets) -----------------------------------------------------
+
+STORE = "PUSH_SERVER['store']"
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "key"),
+    [
+        ({"channel_timeout": -1}, "E100", "channel_timeout"),
+        ({"channel_timeout": "60"}, "E100", "channel_timeout"),
+        ({"keep_publisher_channels": "yes"}, "E101", "keep_publisher_channels"),
+        ({"memory_limit": -1}, "E102", "memory_limit"),
+        ({"memory_limit": "64M"}, "E102", "memory_limit"),
+        ({"memory_limit": 1.5e6}, "E102", "memory_limit"),
+        ({"memory_limit": True}, "E102", "memory_limit"),
+        ({"memory_limit": 1000}, "E103", "memory_limit"),
+        ({"max_channels": -5}, "E104", "max_channels"),
+        ({"max_channels": None}, "E104", "max_channels"),
+    ],
+)
+def test_bad_store_bounds_name_the_key(options, code, key):
+    message = only(pushserver_messages({"store": {"type": "memory", **options}}))
+    assert message.id == f"pushserver.{code}"
+    assert message.msg.startswith(f"{STORE}[{key!r}]: ")
+    assert message.hint
+
+
+def test_a_budget_below_one_message_counts_the_largest_publisher_location():
+    store = {"type": "memory", "memory_limit": 200_000}
+    publisher = {"type": "publisher", "prefix": "/p/", "max_message_size": 100_000}
+    assert pushserver_messages({"store": store, "locations": [publisher]}) == []
+    bigger = {**publisher, "prefix": "/q/", "max_message_size": 300_000}
+    message = only(pushserver_messages({"store": store, "locations": [publisher, bigger]}))
+    assert message.id == "pushserver.E103"
+    assert "300000" in message.msg
+    assert "at least" in message.hint
+
+
+def test_redis_store_bounds_are_checked_too():
+    message = only(pushserver_messages({"store": {"type": "redis", "channel_timeout": -1}}))
+    assert message.id == "pushserver.E100"
+    assert "memory_limit" not in STORE_DEFAULTS["redis"]  # Redis has its own: maxmemory
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"memory_limit": 0},
+        {"memory_limit": 0, "max_messages": 0, "message_timeout": 0, "min_messages": 3},
+    ],
+)
+def test_unbounded_retention_is_a_warning_naming_the_settings(options):
+    message = only(pushserver_messages({"store": {"type": "memory", **options}}))
+    assert isinstance(message, checks.Warning)
+    assert message.id == "pushserver.W100"
+    assert message.msg.startswith(f"{STORE}: retention is unbounded")
+    for name in ("max_messages", "message_timeout", "memory_limit"):
+        assert name in message.hint
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # the default budget
+        {"memory_limit": 0, "max_messages": 10},
+        {"memory_limit": 0, "message_timeout": 30},
+    ],
+)
+def test_any_bound_silences_the_warning(options):
+    assert pushserver_messages({"store": {"type": "memory", **options}}) == []

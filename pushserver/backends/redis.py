@@ -60,7 +60,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 try:  # redis-py >= 7
     from redis.maint_notifications import MaintNotificationsConfig
@@ -68,9 +68,10 @@ except ImportError:  # pragma: no cover - older redis-py has no such thing
     MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
 from .._async import asyncio_loop, run_shielded
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
+from .memory import DEFAULT_CHANNEL_TIMEOUT
 
 logger = logging.getLogger("pushserver.backends.redis")
 
@@ -122,6 +123,31 @@ local function clock()
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- channel_timeout (docs/redis.md#memory-and-expiry): a channel a subscriber created, or with
+-- keep_publisher_channels off any channel, lives while its meta key has a TTL, which every
+-- use only extends ('at least ms from now'): nothing here ever shortens a channel's life.
+local function extend(ms, ...)
+  for _, key in ipairs({...}) do
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 and ttl < ms then redis.call('PEXPIRE', key, ms) end
+  end
+end
+
+-- After a publish: a publisher's channel is kept (PERSIST), unless keep_publisher_channels is
+-- off, when it goes channel_timeout after its newest message expires (never, if messages
+-- never expire). timeout_ms and keep are the script's last two arguments.
+local function settle(meta, msgs, subs, message_timeout, min_messages, timeout_ms, keep)
+  if keep == '1' or tonumber(timeout_ms) == 0 or message_timeout <= 0 or min_messages > 0 then
+    redis.call('PERSIST', meta)
+    redis.call('PERSIST', msgs)
+    redis.call('PERSIST', subs)
+  else
+    local ms = math.floor(message_timeout * 1000) + tonumber(timeout_ms)
+    redis.call('PEXPIRE', meta, ms)
+    redis.call('PEXPIRE', msgs, ms)
+  end
+end
+
 -- Each node's field is '<count> <expires at>': a node that died without cleaning up stops
 -- counting once its entry expires (live nodes keep extending theirs).
 local function subscribers(subs, now)
@@ -170,6 +196,7 @@ else
 end
 redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
 trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[#ARGV - 1], ARGV[#ARGV])
 local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
 redis.call('PUBLISH', ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
@@ -218,14 +245,40 @@ redis.call('PUBLISH', ARGV[1], 'd')
 return 1
 """
 
-# KEYS: meta. ARGV: now. Touching a missing channel must not create it.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'req', ARGV[1]) end
+# KEYS: meta. ARGV: now, channel_timeout in ms. Touching a missing channel must not create it;
+# touching an expiring one gives it channel_timeout from now at least.
+_TOUCH = (
+    _TRIM
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'req', ARGV[1])
+  extend(tonumber(ARGV[2]), KEYS[1])
+end
 return 0
 """
+)
+
+# KEYS: meta. ARGV: created at, '1' when a publisher creates it, channel_timeout in ms, '1' for
+# keep_publisher_channels. Returns 1 when it was created. A channel made by a subscriber (or by
+# anyone, without keep_publisher_channels) expires channel_timeout after its last use; a
+# publisher creating one a subscriber made takes it over (it is kept).
+_CREATE = (
+    _TRIM
+    + """
+local created = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
+local timeout = tonumber(ARGV[3])
+if ARGV[2] == '1' and ARGV[4] == '1' then
+  redis.call('PERSIST', KEYS[1])
+elseif created == 1 and timeout > 0 then
+  redis.call('PEXPIRE', KEYS[1], timeout)
+end
+return created
+"""
+)
 
 # KEYS: meta, subs. ARGV: node, count, seconds to live, '1' to only extend the entry's life
-# (the periodic refresh: it must not overwrite a newer count). Returns the channel's last id.
+# (the periodic refresh: it must not overwrite a newer count), channel_timeout in ms. Returns
+# the channel's last id.
 _SUBSCRIBERS = (
     _TRIM
     + """
@@ -241,6 +294,23 @@ if tonumber(count) > 0 then
   redis.call('HSET', KEYS[2], ARGV[1], count .. ' ' .. expires)
 else
   redis.call('HDEL', KEYS[2], ARGV[1])
+end
+-- An expiring channel outlives its subscribers: by node_ttl + channel_timeout while this node
+-- has some (refreshed every node_ttl / 3), by channel_timeout once the last one anywhere
+-- left (exactly, for a channel never published to: nothing retained can be cut short).
+local timeout = tonumber(ARGV[5])
+if timeout > 0 then
+  if tonumber(count) > 0 then
+    extend(timeout + math.floor(tonumber(ARGV[3]) * 1000), KEYS[1])
+  elseif redis.call('PTTL', KEYS[1]) > 0 and redis.call('HEXISTS', KEYS[1], 'lt') == 0
+      and subscribers(KEYS[2], now) == 0 then
+    redis.call('PEXPIRE', KEYS[1], timeout)
+  else
+    extend(timeout, KEYS[1])
+  end
+  if redis.call('PTTL', KEYS[1]) > 0 then
+    redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+  end
 end
 return redis.call('HMGET', KEYS[1], 'lt', 'lg')
 """
@@ -354,6 +424,8 @@ class RedisBackend(Backend):
         max_messages: int = 0,
         message_timeout: float = 0,
         node_ttl: float | None = None,
+        channel_timeout: float = DEFAULT_CHANNEL_TIMEOUT,
+        keep_publisher_channels: bool = True,
         **options: Any,
     ) -> None:
         if node_ttl is not None:
@@ -369,6 +441,8 @@ class RedisBackend(Backend):
             min_messages=min_messages,
             max_messages=max_messages,
             message_timeout=message_timeout,
+            channel_timeout=channel_timeout,
+            keep_publisher_channels=keep_publisher_channels,
             **options,
         )
         self.host = host
@@ -383,6 +457,19 @@ class RedisBackend(Backend):
         self.max_messages = max_messages
         self.message_timeout = message_timeout
         self._limits = (max_messages, message_timeout, min_messages)
+        # -- bounds (docs/redis.md#memory-and-expiry) -------------------------------------
+        self.channel_timeout = channel_timeout
+        self.keep_publisher_channels = keep_publisher_channels
+        self._timeout_ms = int(channel_timeout * 1000)
+        #: The last two arguments of the publish script (its settle()).
+        self._expiry = (self._timeout_ms, int(keep_publisher_channels))
+        #: Redis's used_memory and maxmemory (0: none) as last read, None before.
+        self.memory_used: int | None = None
+        self.memory_limit: int | None = None
+        self.memory_policy: str | None = None
+        #: Writes Redis refused with OOM (at its maxmemory).
+        self.refusals = {"maxmemory": 0}
+        # ----------------------------------------------------------------------------------
         #: Identifies this process's field in every channel's ``:subs`` hash.
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._control = self._prefix + b"{pushserver}:ctl"
@@ -519,6 +606,7 @@ class RedisBackend(Backend):
             ("delete", _DELETE),
             ("touch", _TOUCH),
             ("subscribers", _SUBSCRIBERS),
+            ("create", _CREATE),
         ):
             self._scripts[name] = self._redis.register_script(source)
         if not listen:
@@ -530,6 +618,7 @@ class RedisBackend(Backend):
         self._attempted = anyio.Event()
         self._task_group.start_soon(self._read_forever)
         self._task_group.start_soon(self._refresh_counts)
+        self._task_group.start_soon(self._watch_memory)
         with anyio.move_on_after(self.connect_timeout + self.command_timeout):
             await self._attempted.wait()
 
@@ -565,6 +654,10 @@ class RedisBackend(Backend):
             "listening": len(self._listening),
             "reconnects": self.reconnects,
             "error": self.last_error,
+            "memory_used": self.memory_used,
+            "memory_limit": self.memory_limit,
+            "maxmemory_policy": self.memory_policy,
+            "refusals": dict(self.refusals),
         }
 
     # -- commands ---------------------------------------------------------------------------
@@ -574,6 +667,10 @@ class RedisBackend(Backend):
             raise BackendUnavailable("the redis store is not open")
         try:
             return await self._scripts[script](keys=keys, args=args, client=self._redis)
+        except OutOfMemoryError as exc:
+            # Refused before writing anything: a script's first write is where Redis checks.
+            self.refusals["maxmemory"] += 1
+            raise StoreFull("maxmemory", f"Redis at {self.address} is at its maxmemory") from exc
         except RedisError as exc:
             raise BackendUnavailable(self._reason(exc)) from exc
 
@@ -581,15 +678,12 @@ class RedisBackend(Backend):
         detail = str(exc).strip() or type(exc).__name__
         return f"redis at {self.address}: {detail}"
 
-    async def create(self, channel_id: str) -> bool:
-        if self._redis is None:
-            raise BackendUnavailable("the redis store is not open")
-        try:
-            created = await self._redis.hsetnx(
-                self._key(channel_id, b":meta"), "created", f"{time.time():.6f}"
-            )
-        except RedisError as exc:
-            raise BackendUnavailable(self._reason(exc)) from exc
+    async def create(self, channel_id: str, *, publisher: bool = True) -> bool:
+        created = await self._run(
+            "create",
+            self._keys(channel_id)[:1],
+            [f"{time.time():.6f}", int(publisher), *self._expiry],
+        )
         return bool(created)
 
     async def exists(self, channel_id: str) -> bool:
@@ -620,6 +714,7 @@ class RedisBackend(Backend):
                 body,
                 *self._limits,
                 self._live(channel_id),
+                *self._expiry,  # the script's last two arguments, whatever comes before
             ],
         )
         if not result[0]:
@@ -663,7 +758,9 @@ class RedisBackend(Backend):
         return bool(deleted)
 
     async def touch(self, channel_id: str) -> None:
-        await self._run("touch", self._keys(channel_id)[:1], [f"{time.time():.6f}"])
+        await self._run(
+            "touch", self._keys(channel_id)[:1], [f"{time.time():.6f}", self._timeout_ms]
+        )
 
     # -- live delivery ----------------------------------------------------------------------
 
@@ -734,7 +831,13 @@ class RedisBackend(Backend):
                     last = await self._run(
                         "subscribers",
                         [keys[0], keys[2]],
-                        [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
+                        [
+                            self.node_id,
+                            self._local.get(channel_id, 0),
+                            self.node_ttl,
+                            0,
+                            self._timeout_ms,
+                        ],
                     )
                 except BackendUnavailable as exc:
                     # Never fails a subscriber: the reader writes every count again on
@@ -833,7 +936,7 @@ class RedisBackend(Backend):
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel_id, count in self._local.items():
                 keys = self._keys(channel_id)
-                args = [self.node_id, count, self.node_ttl, int(refresh)]
+                args = [self.node_id, count, self.node_ttl, int(refresh), self._timeout_ms]
                 await script(keys=[keys[0], keys[2]], args=args, client=pipe)
             await pipe.execute()
 
@@ -845,6 +948,46 @@ class RedisBackend(Backend):
                     await self._write_counts(refresh=True)
                 except RedisError as exc:
                     logger.debug("redis: subscriber counts not refreshed: %s", exc)
+
+    #: Seconds between reads of Redis's memory figures (status, warnings).
+    memory_interval = 5.0
+
+    async def _watch_memory(self) -> None:
+        warned: set[str] = set()
+        while True:
+            if self.connected and self._redis is not None:
+                try:
+                    info = await self._redis.info("memory")
+                except RedisError as exc:
+                    logger.debug("redis: memory figures not read: %s", exc)
+                else:
+                    self._memory_read(info, warned)
+            await anyio.sleep(self.memory_interval)
+
+    def _memory_read(self, info: dict[str, Any], warned: set[str]) -> None:
+        self.memory_used = int(info.get("used_memory", 0))
+        self.memory_limit = int(info.get("maxmemory", 0))
+        self.memory_policy = str(info.get("maxmemory_policy", "")) or None
+        # Said once per process: a Redis with no budget keeps whatever unbounded retention
+        # sends it, and one that evicts drops accepted messages and channels silently.
+        unbounded = not self.memory_limit and not (self.max_messages or self.message_timeout)
+        evicts = bool(self.memory_limit) and self.memory_policy not in (None, "noeviction")
+        if unbounded and "unbounded" not in warned:
+            warned.add("unbounded")
+            logger.warning(
+                "redis: %s has no maxmemory and the store has neither max_messages nor "
+                "message_timeout: nothing bounds what it retains",
+                self.address,
+            )
+        if evicts and "evicts" not in warned:
+            warned.add("evicts")
+            logger.warning(
+                "redis: %s evicts keys at its maxmemory (maxmemory-policy %s): accepted "
+                "messages and channels may vanish; use noeviction to have publishes refused "
+                "(507) instead",
+                self.address,
+                self.memory_policy,
+            )
 
     async def _on_subscribed(self, connection: Any, live: bytes) -> None:
         # Counted per channel, not per listen: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE only

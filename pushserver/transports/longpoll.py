@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import anyio
 
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Send, respond, respond_error
 from ..http import Message as ASGIMessage
 from ..hub import Deletion, Delivery, Event, Subscription
@@ -62,6 +62,8 @@ class LongPollTransport(HTTPTransport):
             await self.serve(request, channel_id, position, receive, send, headers)
         except ChannelNotFound:
             await respond_error(send, 404, "no such channel", headers)
+        except StoreFull as exc:  # create_on_get with the store at a budget
+            await respond_error(send, 507, str(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
         finally:

@@ -85,6 +85,8 @@ Close codes
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
     4416      plain mode only: messages after the position are gone (a gap)
+    4507      the channel store is full: creating the channel (``create_on_get``) would
+              pass its ``memory_limit`` or ``max_channels``
     1013      the channel store is unavailable, the authorizer did not answer, or the
               process is at ``max_connections``: try again later
     ========  =============================================================================
@@ -108,7 +110,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
@@ -136,6 +138,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 CLOSE_DELETED = 4410
 CLOSE_GAP = 4416
+CLOSE_STORE_FULL = 4507
 
 #: pushserver's own subprotocol: the full protocol (channel headers, control frames, commands).
 PUSHSERVER_V1 = "pushserver.v1"
@@ -352,6 +355,8 @@ class WebSocketTransport(SubscriberTransport):
                     metrics.websocket -= 1
         except ChannelNotFound as exc:
             await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}", mode)
+        except StoreFull:
+            await self.refuse(send, CLOSE_STORE_FULL, "the channel store is full", mode)
         except BackendUnavailable:
             await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable", mode)
         finally:
@@ -588,6 +593,13 @@ class _Connection:
             except ChannelNotFound:
                 self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
+                return
+            except StoreFull:
+                self.forget(channel_id)
+                reply = control(
+                    "error", error="the channel store is full", channel=channel_id, status=507
+                )
+                await self.send(reply)
                 return
             full = await self.transport.full([channel_id])
             if full is not None:

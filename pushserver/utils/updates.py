@@ -39,7 +39,7 @@ from .. import settings as push_settings
 from .. import signals
 from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
-from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
+from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
 from ..message import check_event_name
 from ..publisher import publisher_token
 
@@ -62,6 +62,29 @@ class SendUpdateError(PushServerError):
         self.url = url
         self.status = status
         self.reason = reason
+
+
+class SendUpdateStoreFull(SendUpdateError, StoreFull):
+    """Publishing was refused because the store is at a budget (``507 Insufficient
+    Storage``): nothing was stored. Catch it as :class:`~pushserver.exceptions.StoreFull`
+    or as :class:`SendUpdateError`."""
+
+    def __init__(self, url: str, reason: str, limit: str = "") -> None:
+        # Not SendUpdateError.__init__: through super() it would reach StoreFull's.
+        Exception.__init__(self, f"send_update to {url} answered 507: {reason}")
+        self.url = url
+        self.status = 507
+        self.reason = reason
+        #: The budget that refused it, when known ('memory_limit', 'max_channels', ...).
+        self.limit = limit
+
+
+def _error(url: str, status: int | None, reason: str) -> SendUpdateError:
+    if status == 507:
+        # The push server's body names the budget: "... store is full (max_channels): ..."
+        limit = reason.partition("full (")[2].partition(")")[0]
+        return SendUpdateStoreFull(url, reason, limit)
+    return SendUpdateError(url, status, reason)
 
 
 @dataclass(frozen=True)
@@ -239,6 +262,8 @@ async def _publish_on(
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
+    except StoreFull as exc:
+        raise SendUpdateStoreFull(url, str(exc), exc.limit) from exc
     except BackendUnavailable as exc:
         raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
     return 201 if result.subscribers else 202
@@ -339,7 +364,7 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location")
             text = f"redirected to {where}; point publisher_host at the push server itself"
-        raise SendUpdateError(url, exc.code, text or str(exc.reason)) from exc
+        raise _error(url, exc.code, text or str(exc.reason)) from exc
     except TimeoutError as exc:
         raise SendUpdateError(url, None, f"no answer within {timeout} s") from exc
     except urllib.error.URLError as exc:
