@@ -621,6 +621,16 @@ def test_redis_store_bounds_are_checked_too():
     assert "memory_limit" not in STORE_DEFAULTS["redis"]  # Redis has its own: maxmemory
 
 
+@pytest.mark.parametrize("name", ["memory_limit", "max_channels"])
+def test_a_memory_budget_on_a_redis_store_is_refused_not_ignored(name):
+    # Redis's budget is its own maxmemory (docs/redis.md#memory-and-expiry): a memory-store
+    # budget written on a redis store would bound nothing, so it stops the server.
+    message = only(pushserver_messages({"store": {"type": "redis", name: 1000}}))
+    assert isinstance(message, checks.Error)
+    assert message.id == "pushserver.E013"
+    assert message.msg.startswith(f"{STORE}[{name!r}]: unknown key")
+
+
 @pytest.mark.parametrize(
     "options",
     [
