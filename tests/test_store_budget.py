@@ -13,6 +13,7 @@ import pytest
 from django.test import override_settings
 
 from bench.common import rss_bytes
+from pushserver.backends import MemoryBackend
 from pushserver.exceptions import StoreFull
 from pushserver.utils import updates
 from pushserver.utils.updates import SendUpdateError
@@ -67,11 +68,11 @@ def anyio_backend():
     return "asyncio"
 
 
-async def hang_up(port: int, channel: str) -> None:
+async def hang_up(port: int, channel: str, prefix: str = "/anon/") -> None:
     """A long poll on a fresh channel (created: create_on_get) that hangs up at once: the
     request, then the end of stream; returns when the server has closed its side."""
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(f"GET /anon/{channel} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        await stream.send(f"GET {prefix}{channel} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         await stream.send_eof()
         with anyio.fail_after(30):
             try:
@@ -81,12 +82,12 @@ async def hang_up(port: int, channel: str) -> None:
                 pass
 
 
-async def flood(port: int, count: int) -> None:
+async def flood(port: int, count: int, prefix: str = "/anon/") -> None:
     limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     async def one() -> None:
         async with limiter:
-            await hang_up(port, f"anon-{uuid.uuid4().hex}")
+            await hang_up(port, f"anon-{uuid.uuid4().hex}", prefix)
 
     async with anyio.create_task_group() as tg:
         for _ in range(count):
@@ -207,6 +208,43 @@ async def test_send_update_raises_store_full(server, client):
     # An existing channel still takes it.
     with override_settings(PUSH_SERVER=settings):
         await anyio.to_thread.run_sync(updates.send_update, "a", {"x": 2})
+
+
+#: Anonymous long polls against the store with no limits written.
+DEFAULTS_FLOOD = 3_000
+
+
+async def test_with_no_limits_written_an_anonymous_flood_leaves_nothing(server, client):
+    """The issue's attack on the original documentation's settings: a memory store with no
+    limits written and a create_on_get subscriber location (here the 'default' store and
+    /subscriber/). Every channel the flood creates counts against the default budget and is
+    gone after the default channel_timeout (60 s): the test waits for that, up to 150 s."""
+    port = int(server.url.rsplit(":", 1)[1])
+    pid = server.process.pid
+    defaults = MemoryBackend()
+    before = (await status(client))["stores"]["default"]
+    assert before["memory"]["limit"] == defaults.memory_limit > 0
+    assert before["max_channels"] == defaults.max_channels > 0
+    rss_before = rss_bytes(pid)
+    await flood(port, DEFAULTS_FLOOD, "/subscriber/")
+    during = (await status(client))["stores"]["default"]
+    assert during["channels"] == before["channels"] + DEFAULTS_FLOOD
+    assert during["memory"]["used"] > before["memory"]["used"]
+    assert rss_bytes(pid) - rss_before < FIRST_FLOOD_RSS
+    await assert_still_serving(client)
+    timeout = defaults.channel_timeout + 90  # a loaded machine: the sweeper may lag
+    after = (
+        await wait_status(
+            client,
+            lambda d: d["stores"]["default"]["expired_channels"]
+            >= before["expired_channels"] + DEFAULTS_FLOOD,
+            timeout=timeout,
+        )
+    )["stores"]["default"]
+    # What the publisher made (assert_still_serving's channels) stays; the flood's is gone.
+    assert after["channels"] <= before["channels"] + 1
+    assert after["memory"]["used"] <= before["memory"]["used"] + 1024
+    await assert_still_serving(client)
 
 
 async def test_the_flood_figures_are_bounded_by_default():
