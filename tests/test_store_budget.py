@@ -6,6 +6,7 @@ RSS is read from /proc: these are bounds the server must stay within, not timing
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import anyio
@@ -19,6 +20,7 @@ from pushserver.utils import updates
 from pushserver.utils.updates import SendUpdateError
 from tests.project.helpers import assert_still_serving, path
 from tests.test_status import parse_prometheus, sample, status, wait_status
+from tests.transports.streams import closed_with, connect, ws_frame, ws_url
 
 ORIGIN = "https://site.example"
 #: The budget the publish flood runs into, and the size of its messages.
@@ -190,6 +192,37 @@ async def test_a_channel_creating_subscribe_past_max_channels_is_refused(server,
     store = (await status(client))["stores"]["few"]
     assert (store["subscribes_refused"], store["publishes_refused"]) == (2, 1)
     assert store["max_channels"] == 3 and store["channels"] == 3
+
+
+async def test_a_channel_creating_websocket_past_max_channels_is_refused(server, client):
+    """docs/transports.md: close 4507 for a WebSocket whose channel would pass the budget, an
+    error reply with status 507 for a subscribe command; the connection on an existing
+    channel goes on."""
+    for channel in ("a", "b", "c"):
+        await client.put(path("/few-publisher/", channel))  # 200, or 507 past the cap
+    with anyio.fail_after(20):
+        async with connect(ws_url(server, "/few/ws-new")) as ws:
+            assert await closed_with(ws) == (4507, "the channel store is full")
+        async with connect(ws_url(server, "/few/a")) as ws:
+            await ws.send(json.dumps({"subscribe": "ws-new"}))
+            # The channel's retained messages (earlier tests) may come first: binary
+            # message frames; control frames are JSON text.
+            while isinstance(frame := await ws.recv(), bytes):
+                pass
+            assert json.loads(frame) == {
+                "type": "error",
+                "error": "the channel store is full",
+                "channel": "ws-new",
+                "status": 507,
+            }
+            response = await client.post(path("/few-publisher/", "a"), content=b"still here")
+            assert response.status_code == 201  # the WebSocket still waits on 'a'
+            while (frame := await ws.recv()) == '{"type":"ping"}' or (
+                ws_frame(frame)[1] != b"still here"
+            ):
+                pass
+    store = (await status(client))["stores"]["few"]
+    assert store["channels"] == 3 and store["backend"]["refusals"]["max_channels"] >= 2
 
 
 async def test_send_update_raises_store_full(server, client):
