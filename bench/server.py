@@ -29,7 +29,10 @@ BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind c
 
 
 def build(
-    redis_url: str | None = None, key_prefix: str = "", max_messages: int = BUFFER
+    redis_url: str | None = None,
+    key_prefix: str = "",
+    max_messages: int = BUFFER,
+    channel_timeout: float | None = None,
 ) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
@@ -40,6 +43,8 @@ def build(
         # would reach the default 64 MiB and measure 507s. channel_timeout keeps its default
         # (the soak's abandoned-channel flood relies on it).
         store.update(memory_limit=0, max_channels=0)
+    if channel_timeout is not None:  # bench/hangups.py --flood: channels that go in seconds
+        store["channel_timeout"] = channel_timeout
     config = load(
         {
             "store": {**store, "max_messages": max_messages},
@@ -51,6 +56,8 @@ def build(
                     "create_on_get": True,
                     "transports": list(AVAILABLE_TRANSPORTS),
                 },
+                # Loopback only (the default allow_from): what bench/hangups.py watches.
+                {"type": "status", "prefix": "/status/"},
             ],
         }
     )
@@ -58,10 +65,15 @@ def build(
 
 
 async def main(
-    port: int, redis_url: str | None, key_prefix: str, max_messages: int, asgi_server: str
+    port: int,
+    redis_url: str | None,
+    key_prefix: str,
+    max_messages: int,
+    asgi_server: str,
+    channel_timeout: float | None = None,
 ) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix, max_messages)
+    app = build(redis_url, key_prefix, max_messages, channel_timeout)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
@@ -265,6 +277,11 @@ if __name__ == "__main__":
         "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
     )
     parser.add_argument(
+        "--channel-timeout",
+        type=float,
+        help="the store's channel_timeout in seconds (default: the store's, 60)",
+    )
+    parser.add_argument(
         "--gc-every",
         type=float,
         default=0,
@@ -297,6 +314,7 @@ if __name__ == "__main__":
         args.key_prefix,
         args.max_messages,
         args.asgi_server,
+        args.channel_timeout,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )
