@@ -62,7 +62,9 @@ CONCURRENCY = 48
 FIRST_FLOOD_RSS = 24 * 1024 * 1024
 SECOND_FLOOD_RSS = 2 * 1024 * 1024
 
-pytestmark = pytest.mark.anyio
+# The memory store's own budget and sweeper are under test: its servers keep it under
+# PUSHSERVER_TEST_STORE=redis (where 'default' would otherwise become a redis store).
+pytestmark = [pytest.mark.anyio, pytest.mark.memory_store]
 
 
 @pytest.fixture
