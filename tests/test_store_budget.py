@@ -271,8 +271,10 @@ async def test_with_no_limits_written_an_anonymous_flood_leaves_nothing(server, 
     after = (
         await wait_status(
             client,
-            lambda d: d["stores"]["default"]["expired_channels"]
-            >= before["expired_channels"] + DEFAULTS_FLOOD,
+            lambda d: (
+                d["stores"]["default"]["expired_channels"]
+                >= before["expired_channels"] + DEFAULTS_FLOOD
+            ),
             timeout=timeout,
         )
     )["stores"]["default"]
