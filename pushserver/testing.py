@@ -192,11 +192,11 @@ class RedisServer:
     With ``durable`` every write is fsynced to the append-only file before Redis replies, so
     a killed and restarted server still has everything it accepted; otherwise nothing is
     saved. ``config`` is a configuration file put before the options, ``ready`` the log
-    line that means it is ready. ``args`` are added to the command line; ``port`` picks the port (default: a free
-    one). ``password`` sets ``requirepass``; with ``tls`` the port speaks only TLS, with a
-    self-signed certificate (``certificate``; made with ``openssl``). ``prefix`` goes before
-    the command (``["taskset", "-c", "1"]``; it must exec ``redis-server``, so that ``pid``
-    is Redis's own).
+    line that means it is ready. ``args`` are added to the command line; ``port`` picks the
+    port (default: a free one). ``password`` sets ``requirepass``; with ``tls`` the port
+    speaks only TLS, with a self-signed certificate (``certificate``; made with
+    ``openssl``). ``prefix`` goes before the command (``["taskset", "-c", "1"]``; it must
+    exec ``redis-server``, so that ``pid`` is Redis's own).
 
     :meth:`start` returns once Redis accepts connections (``TimeoutError`` or
     ``RuntimeError``, with its log, otherwise); :meth:`stop` ends it (SIGTERM),
@@ -514,7 +514,8 @@ class RedisClusterServers(_ServerGroup):
                 timeout=self.startup_timeout,
             )  # fmt: skip
             if done.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+                output = done.stdout + done.stderr
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{output}")
             _wait_until("the cluster to be ready", self._ready, self.startup_timeout)
         except BaseException:
             self.close()
@@ -551,17 +552,10 @@ class RedisClusterServers(_ServerGroup):
 
     def primary_for(self, key: str | bytes) -> RedisServer:
         """The live primary serving ``key``'s slot."""
-        slot = self.slot(key)
-        for node in self.nodes():
-            if node["primary"] and not node["failed"]:
-                if any(first <= slot <= last for first, last in node["slots"]):
-                    return self._server(node["port"])
-        raise LookupError(f"no live primary serves slot {slot}")
+        return self.primary_for_slot(self.slot(key))
 
     def primaries(self) -> list[RedisServer]:
-        return [
-            self._server(n["port"]) for n in self.nodes() if n["primary"] and not n["failed"]
-        ]
+        return [self._server(n["port"]) for n in self.nodes() if n["primary"] and not n["failed"]]
 
     def _server(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
@@ -573,23 +567,22 @@ class RedisClusterServers(_ServerGroup):
         first = slots[0][0] if slots else 0
 
         def promoted() -> bool:
-            for node in self.nodes():
-                if node["primary"] and not node["failed"] and node["port"] != killed.port:
-                    if any(a <= first <= b for a, b in node["slots"]):
-                        return all(
-                            "cluster_state:ok" in _redis_cli(p, "cluster", "info")
-                            for p in self._live_ports()
-                        )
-            return False
+            try:
+                primary = self.primary_for_slot(first)
+            except LookupError:
+                return False
+            return primary is not killed and all(
+                "cluster_state:ok" in _redis_cli(p, "cluster", "info") for p in self._live_ports()
+            )
 
         _wait_until(f"a replica of 127.0.0.1:{killed.port} to take over", promoted, timeout)
         return self.primary_for_slot(first)
 
     def primary_for_slot(self, slot: int) -> RedisServer:
         for node in self.nodes():
-            if node["primary"] and not node["failed"]:
-                if any(a <= slot <= b for a, b in node["slots"]):
-                    return self._server(node["port"])
+            serves = any(a <= slot <= b for a, b in node["slots"])
+            if node["primary"] and not node["failed"] and serves:
+                return self._server(node["port"])
         raise LookupError(f"no live primary serves slot {slot}")
 
     def __enter__(self) -> RedisClusterServers:
