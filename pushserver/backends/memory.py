@@ -18,7 +18,14 @@ from .base import Backend, PublishResult, ReadResult
 
 
 class _Channel:
-    __slots__ = ("evicted_upto", "last_id", "last_requested", "messages", "subscribers")
+    __slots__ = (
+        "evicted_upto",
+        "idempotency",
+        "last_id",
+        "last_requested",
+        "messages",
+        "subscribers",
+    )
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -27,6 +34,13 @@ class _Channel:
         self.evicted_upto: MessageId | None = None
         self.last_requested: float | None = None
         self.subscribers = 0
+        #: Idempotency key -> (forgotten at, the first publish's result), oldest first.
+        self.idempotency: dict[str, tuple[float, PublishResult]] | None = None
+
+
+#: Keys remembered per channel at most: past it the oldest is forgotten early, so a
+#: publisher sending a new key per message cannot make a channel grow without bound.
+MAX_IDEMPOTENCY_KEYS = 10_000
 
 
 def _message_id(message: Message) -> MessageId:
@@ -44,14 +58,18 @@ class MemoryBackend(Backend):
         min_messages: int = 0,
         max_messages: int = 0,
         message_timeout: float = 0,
+        idempotency_window: float = 300,
         **options: Any,
     ) -> None:
         super().__init__(
             min_messages=min_messages,
             max_messages=max_messages,
             message_timeout=message_timeout,
+            idempotency_window=idempotency_window,
             **options,
         )
+        #: Seconds an ``Idempotency-Key`` is remembered (0: keys are ignored).
+        self.idempotency_window = idempotency_window
         self.min_messages = min_messages
         self.max_messages = max_messages
         self.message_timeout = message_timeout
@@ -97,13 +115,18 @@ class MemoryBackend(Backend):
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
         channel = self._channels.get(channel_id)
+        now = time.time()
+        if channel is not None and idempotency_key is not None:
+            first = self._seen(channel, idempotency_key, now)
+            if first is not None:
+                return first
         if channel is None:
             if not create:
                 raise ChannelNotFound(channel_id)
             channel = self._channels[channel_id] = _Channel()
-        now = time.time()
         seconds = int(now)
         message_id = channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
         message = Message(message_id, body, content_type, event, now)
@@ -111,8 +134,33 @@ class MemoryBackend(Backend):
         channel.last_id = message_id
         self._trim(channel, now)
         subscribers = channel.subscribers
+        result = PublishResult(message, subscribers)
+        if idempotency_key is not None and self.idempotency_window > 0:
+            if channel.idempotency is None:
+                channel.idempotency = {}
+            channel.idempotency[idempotency_key] = (
+                now + self.idempotency_window,
+                PublishResult(message, subscribers, replayed=True),
+            )
+            if len(channel.idempotency) > MAX_IDEMPOTENCY_KEYS:
+                del channel.idempotency[next(iter(channel.idempotency))]
         self.listener.on_message(channel_id, message)
-        return PublishResult(message, subscribers)
+        return result
+
+    @staticmethod
+    def _seen(channel: _Channel, key: str, now: float) -> PublishResult | None:
+        """The first result for ``key`` if it is still remembered; forgets expired keys."""
+        keys = channel.idempotency
+        if not keys:
+            return None
+        # Oldest first, all with one window: expired keys are at the front.
+        while keys:
+            oldest = next(iter(keys))
+            if keys[oldest][0] > now:
+                break
+            del keys[oldest]
+        first = keys.get(key)
+        return first[1] if first is not None else None
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         channel = self._get(channel_id)
