@@ -57,6 +57,7 @@ def test_defaults():
         "min_messages": 0,
         "max_messages": 0,
         "message_timeout": 0,
+        "idempotency_window": 300,
     }
     publisher, subscriber = config.locations
     assert (publisher.type, publisher.pattern) == ("publisher", "/publisher/(.+)")
@@ -80,6 +81,7 @@ def test_documented_example_is_accepted_as_is():
         "min_messages": 0,
         "max_messages": 100,
         "message_timeout": 10,
+        "idempotency_window": 300,
     }
     subscriber, publisher = config.locations
     assert subscriber.regex.match("/updates/abc").group(1) == "abc"

@@ -449,6 +449,9 @@ class RedisBackend(Backend):
         self._pubsub: Any = None  # the reader's current connection, when connected
         self._task_group: anyio.abc.TaskGroup | None = None
         self.connected = False
+        #: Set by :meth:`ping`: Redis answered, but is not what the options say (a cluster
+        #: node for a plain store, or the other way round).
+        self.misconfigured = False
         self.last_error: str | None = None
         self.reconnects = 0
         self._stopping = False
@@ -621,11 +624,21 @@ class RedisBackend(Backend):
                 client = syncredis.Redis.from_url(self.url, **options)
             else:
                 client = syncredis.Redis(**options)
+            self.misconfigured = False
             client.ping()
             if not self.cluster and client.info("cluster").get("cluster_enabled"):
-                return "it is a Redis Cluster node: set 'cluster': True"
+                self.misconfigured = True
+                return "it is a Redis Cluster node, and the store has no 'cluster': True"
         except (ValueError, RedisError, RedisClusterException) as exc:
-            return str(exc).strip() or type(exc).__name__
+            detail = str(exc).strip() or type(exc).__name__
+            if "Cluster mode is not enabled" in detail:
+                self.misconfigured = True
+                return "it is not a Redis Cluster node, and the store has 'cluster': True"
+            if self.sentinels and "No master found" in detail:
+                # redis-py's message repeats every connection's settings; keep the cause.
+                cause = detail.rpartition(" - ")[2] if " - " in detail else "no answer"
+                return f"no sentinel named a primary for {self.service!r} ({cause})"
+            return detail
         finally:
             if client is not None:
                 client.close()

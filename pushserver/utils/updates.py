@@ -40,7 +40,7 @@ from .. import signals
 from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
-from ..publisher import publisher_token
+from ..publisher import IDEMPOTENCY_KEY, publisher_token
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
 current_host: str | None = None
@@ -76,6 +76,9 @@ class UpdateResponse:
     in_process: bool = False
     #: True when written straight to the store (``publish_via='backend'``), without HTTP.
     backend: bool = False
+    #: True when the ``idempotency_key`` had been seen: the first publish's answer, nothing
+    #: stored again.
+    replayed: bool = False
 
     def getcode(self) -> int:  # the urllib response's name, for old receivers
         return self.status
@@ -216,27 +219,35 @@ def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
 
 
 async def _publish_on(
-    target: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
-) -> int:
+    target: Any, location: LocationConfig, url: str, channel_id: str, body: bytes, key: str | None
+) -> tuple[int, bool]:
     """What the publisher location does with a POST, without the HTTP: publish on
-    ``target`` (a hub or a backend); the status a POST would have got."""
+    ``target`` (a hub or a backend); the status a POST would have got, and whether the
+    idempotency ``key`` made it a replay."""
+    keyed = {} if key is None else {"idempotency_key": key}
     try:
         result = await target.publish(
-            channel_id, body, CONTENT_TYPE, create=location.create_on_post
+            channel_id, body, CONTENT_TYPE, create=location.create_on_post, **keyed
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
     except BackendUnavailable as exc:
         raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
-    return 201 if result.subscribers else 202
+    return (201 if result.subscribers else 202), result.replayed
 
 
 async def _publish_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any,
+    location: LocationConfig,
+    url: str,
+    channel_id: str,
+    body: bytes,
+    key: str | None = None,
 ) -> UpdateResponse:
     _check_size(location, url, body)
-    status = await _publish_on(running.app.hub_for(location), location, url, channel_id, body)
-    return UpdateResponse(url, status, in_process=True)
+    hub = running.app.hub_for(location)
+    status, replayed = await _publish_on(hub, location, url, channel_id, body, key)
+    return UpdateResponse(url, status, in_process=True, replayed=replayed)
 
 
 async def _publish_to_store(
@@ -246,6 +257,7 @@ async def _publish_to_store(
     channel_id: str,
     body: bytes,
     timeout: float | None,
+    key: str | None = None,
 ) -> UpdateResponse:
     """``publish_via='backend'``: open the store for commands only (no pub/sub reader),
     publish, close. The push servers hear the message from Redis as if it had been POSTed
@@ -256,17 +268,22 @@ async def _publish_to_store(
         with anyio.fail_after(timeout) if timeout else nullcontext():
             await backend.open(listen=False)
             try:
-                status = await _publish_on(backend, location, url, channel_id, body)
+                status, replayed = await _publish_on(backend, location, url, channel_id, body, key)
             finally:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
     except TimeoutError as exc:
         raise SendUpdateError(url, None, f"no answer from the store within {timeout} s") from exc
-    return UpdateResponse(url, status, backend=True)
+    return UpdateResponse(url, status, backend=True, replayed=replayed)
 
 
 def _run_on_store(
-    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, body: bytes
+    config: ServerConfig,
+    location: LocationConfig,
+    url: str,
+    channel_id: str,
+    body: bytes,
+    key: str | None = None,
 ) -> UpdateResponse:
     # A short-lived event loop per call, not a background loop thread: nothing to clean up
     # at exit, nothing to break when a Celery or gunicorn parent forks, and one connection
@@ -279,6 +296,7 @@ def _run_on_store(
         channel_id,
         body,
         config.publish_timeout or None,
+        key,
         backend="asyncio",
     )
 
@@ -304,11 +322,16 @@ def _on_a_loop() -> bool:
 
 
 def _run_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any,
+    location: LocationConfig,
+    url: str,
+    channel_id: str,
+    body: bytes,
+    key: str | None = None,
 ) -> UpdateResponse:
     try:
         return anyio.from_thread.run(
-            _publish_in_process, running, location, url, channel_id, body, token=running.token
+            _publish_in_process, running, location, url, channel_id, body, key, token=running.token
         )
     except anyio.RunFinishedError as exc:
         raise SendUpdateError(url, None, "the push server in this process has stopped") from exc
@@ -318,7 +341,9 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
     url = request.full_url
     try:
         with _opener.open(request, timeout=timeout) as response:
-            return UpdateResponse(url, response.status, response.read(), dict(response.headers))
+            headers = dict(response.headers)
+            replayed = response.headers.get("Idempotent-Replayed") == "true"
+            return UpdateResponse(url, response.status, response.read(), headers, replayed=replayed)
     except urllib.error.HTTPError as exc:
         with exc:
             text = exc.read(200).decode("utf-8", "replace").strip()
@@ -337,9 +362,20 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
 
 
 def send_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    idempotency_key: str | None = None,
 ) -> None:
     """Publish ``data`` (JSON-encoded unless ``already_serialized``) to ``channel_id``.
+
+    With ``idempotency_key`` (1 to 255 visible ASCII characters, else :class:`ValueError`),
+    sending the same update again with the same key within the store's
+    ``idempotency_window`` (5 minutes by default) stores it once: retry a failed call (a
+    ``SendUpdateError`` with status 503 or None) with the same key and no subscriber gets
+    it twice. The response's ``replayed`` says the key had been seen.
 
     Sends ``pre_send_update`` before and ``post_send_update`` after (with ``response`` an
     :class:`UpdateResponse`, or the exception on failure). Raises :class:`SendUpdateError`
@@ -348,6 +384,9 @@ def send_update(
     """
     config = push_settings.get_config()
     channel = str(channel_id)
+    key = idempotency_key
+    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValueError(f"idempotency_key must be 1 to 255 visible ASCII characters, not {key!r}")
     request: urllib.request.Request | None = None
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
@@ -359,13 +398,15 @@ def send_update(
                 "send_update() was called on a running event loop, where blocking would stall "
                 "it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_on_store, config, location, url, channel, body)
+        publish = partial(_run_on_store, config, location, url, channel, body, key)
     else:
         url, location = _url("publisher", channel_id)
         body = _encode(data, already_serialized)
         headers = {"Content-Type": CONTENT_TYPE}
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
+        if key is not None:
+            headers["Idempotency-Key"] = key
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         running = _running_here(url)
         publish = partial(_post, request, config.publish_timeout or None)
@@ -375,7 +416,7 @@ def send_update(
                 "send_update() was called on the push server's event loop, where blocking "
                 "would stall it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_in_process, running, location, url, channel, body)
+        publish = partial(_run_in_process, running, location, url, channel, body, key)
     kwargs = {
         "channel_id": channel_id,
         "data": data,
@@ -396,7 +437,12 @@ def send_update(
 
 
 async def asend_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    idempotency_key: str | None = None,
 ) -> None:
     """The async twin of :func:`send_update`, for async views and consumers.
 
@@ -405,5 +451,12 @@ async def asend_update(
     hands the publish back to the server's loop.
     """
     await anyio.to_thread.run_sync(
-        partial(send_update, channel_id, data, already_serialized, ignore_errors)
+        partial(
+            send_update,
+            channel_id,
+            data,
+            already_serialized,
+            ignore_errors,
+            idempotency_key=idempotency_key,
+        )
     )

@@ -1,0 +1,193 @@
+"""Two real ``runpushserver`` processes on a real Redis Cluster (three primaries, three
+replicas; the session's ``redis_cluster``): every transport delivers and resumes across
+processes, with channels on every shard; ``Idempotency-Key`` stores a retried publish once
+across processes; the startup checks name a cluster option that does not fit the server.
+(Failover is in test_redis_failover.py, on clusters of its own.)"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import httpx
+import pytest
+from django.core import checks
+
+from pushserver.testing import free_port
+from tests.project.helpers import pushserver_messages, wait_for_subscribers
+from tests.transports.test_shared_behaviour import ADAPTERS
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 30
+
+
+def bodies(received) -> list[str]:
+    """Message bodies as text (WebSocket binary frames arrive as bytes)."""
+    return [r.body.decode() if isinstance(r.body, bytes) else r.body for r in received]
+
+
+def cluster_config(store: dict) -> dict:
+    return {
+        "store": store,
+        "locations": [
+            {"type": "publisher", "prefix": "/publisher/"},
+            {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+        ],
+    }
+
+
+def one_channel_per_shard(cluster, store: dict) -> list[str]:
+    """Channel ids whose keys live on three different primaries."""
+    by_primary: dict[int, str] = {}
+    while len(by_primary) < 3:
+        channel = f"c{uuid.uuid4().hex[:8]}"
+        primary = cluster.primary_for(f"{store['key_prefix']}{{{channel}}}:meta")
+        by_primary.setdefault(primary.port, channel)
+    return list(by_primary.values())
+
+
+@pytest.fixture
+def two_servers(push_server_factory, redis_cluster):
+    store = redis_cluster.store()
+    config = cluster_config(store)
+    return store, push_server_factory(config), push_server_factory(config)
+
+
+async def test_every_transport_delivers_and_resumes_across_processes(two_servers, redis_cluster):
+    store, a, b = two_servers
+    channels = one_channel_per_shard(redis_cluster, store)
+    received: dict[tuple[str, str], list] = {}
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=TIMEOUT) as on_b,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            # Subscribed on b to a channel on each shard, over each transport.
+            positions: dict[tuple[str, str], str] = {}
+            async with anyio.create_task_group() as group:
+
+                async def follow(transport: str, channel: str) -> None:
+                    async with ADAPTERS[transport](b, on_b, [channel]) as subscriber:
+                        got = await subscriber.read(2)
+                        received[transport, channel] = bodies(got)
+                        positions[transport, channel] = subscriber.position
+
+                for transport in ADAPTERS:
+                    for channel in channels:
+                        group.start_soon(follow, transport, channel)
+                for channel in channels:
+                    await wait_for_subscribers(on_a, f"/publisher/{channel}", len(ADAPTERS))
+                for channel in channels:
+                    for body in ("one", "two"):
+                        response = await on_a.post(f"/publisher/{channel}", content=body)
+                        assert response.status_code == 201, response.text
+            assert all(got == ["one", "two"] for got in received.values()), received
+
+            # Away meanwhile; back on the other process, from where each left off.
+            for channel in channels:
+                for body in ("three", "four"):
+                    response = await on_b.post(f"/publisher/{channel}", content=body)
+                    assert response.status_code == 202, response.text
+            for (transport, channel), after in positions.items():
+                async with ADAPTERS[transport](a, on_a, [channel], after=after) as subscriber:
+                    got = await subscriber.read(2)
+                    assert bodies(got) == ["three", "four"], (transport, channel)
+
+
+async def test_a_retried_publish_is_stored_once_across_processes(two_servers):
+    _, a, b = two_servers
+    key = uuid.uuid4().hex
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=TIMEOUT) as on_b,
+    ):
+        first = await on_a.post("/publisher/orders", content=b"x", headers={"idempotency-key": key})
+        assert first.status_code == 202, first.text
+        assert "idempotent-replayed" not in first.headers
+        # The retry reaches the other process: same answer, same id, nothing stored again.
+        again = await on_b.post("/publisher/orders", content=b"x", headers={"idempotency-key": key})
+        assert again.status_code == 202
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.headers["x-message-id"] == first.headers["x-message-id"]
+        info = (await on_b.get("/publisher/orders", headers={"accept": "application/json"})).json()
+        assert info["messages"] == 1
+        assert info["last_message_id"] == first.headers["x-message-id"]
+        # A malformed key is refused before anything is stored.
+        for bad in ("", "has space", "x" * 256, "caf\u00e9"):
+            response = await on_a.post(
+                "/publisher/orders", content=b"y", headers={"idempotency-key": bad.encode()}
+            )
+            assert response.status_code == 400, bad
+            assert "Idempotency-Key" in response.text
+        info = (await on_a.get("/publisher/orders", headers={"accept": "application/json"})).json()
+        assert info["messages"] == 1
+
+
+# -- startup checks ---------------------------------------------------------------------------
+
+
+def test_a_cluster_passes_the_checks(redis_cluster):
+    assert pushserver_messages({"store": redis_cluster.store()}) == []
+
+
+def test_the_cluster_option_on_one_redis_is_a_warning_naming_it(redis_server):
+    (message,) = pushserver_messages({"store": redis_server.store(cluster=True)})
+    assert message.id == "pushserver.W053" and message.level == checks.WARNING
+    assert f"cluster redis://127.0.0.1:{redis_server.port}/0" in message.msg
+    assert "not a Redis Cluster node" in message.msg
+    assert "'cluster'" in message.hint
+
+
+def test_a_cluster_node_without_the_option_is_a_warning(redis_cluster):
+    store = redis_cluster.store()
+    del store["cluster"]
+    (message,) = pushserver_messages({"store": store})
+    assert message.id == "pushserver.W053"
+    assert f"redis://127.0.0.1:{redis_cluster.servers[0].port}/0" in message.msg
+    assert "is a Redis Cluster node" in message.msg
+
+
+def test_an_unreachable_cluster_is_a_warning_naming_it():
+    port = free_port()
+    (message,) = pushserver_messages({"store": {"type": "redis", "port": port, "cluster": True}})
+    assert message.id == "pushserver.W052"
+    assert f"cannot reach Redis at cluster redis://127.0.0.1:{port}/0" in message.msg
+
+
+def test_unreachable_sentinels_are_a_warning_naming_them():
+    ports = [free_port(), free_port()]
+    sentinels = [f"127.0.0.1:{port}" for port in ports]
+    store = {"type": "redis", "sentinels": sentinels, "service": "main"}
+    (message,) = pushserver_messages({"store": store})
+    assert message.id == "pushserver.W052"
+    assert f"sentinel://{','.join(sentinels)}/main" in message.msg
+    assert "no sentinel named a primary for 'main'" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "key"),
+    [
+        ({"cluster": "yes"}, "E170", "cluster"),
+        ({"cluster": True, "sentinels": ["127.0.0.1:26379"], "service": "m"}, "E170", "cluster"),
+        ({"sentinels": "127.0.0.1:26379", "service": "m"}, "E171", "sentinels"),
+        ({"sentinels": ["127.0.0.1:26379"]}, "E171", "service"),
+        ({"wait_replicas": -1}, "E172", "wait_replicas"),
+        ({"wait_replicas": 1, "wait_timeout": 0}, "E172", "wait_timeout"),
+        ({"idempotency_window": "5m"}, "E173", "idempotency_window"),
+    ],
+)
+def test_bad_cluster_sentinel_and_durability_options(options, code, key):
+    from pushserver.config import parse
+
+    _, problems = parse({"store": {"type": "redis", **options}})
+    assert [(p.id, p.key) for p in problems] == [
+        (f"pushserver.{code}", f"PUSH_SERVER['store'][{key!r}]")
+    ], problems
+
+
+def test_memory_store_idempotency_window_is_checked():
+    from pushserver.config import parse
+
+    _, problems = parse({"store": {"type": "memory", "idempotency_window": -1}})
+    assert [p.id for p in problems] == ["pushserver.E173"]
