@@ -32,7 +32,12 @@ def cluster_config(store: dict) -> dict:
         "store": store,
         "locations": [
             {"type": "publisher", "prefix": "/publisher/"},
-            {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+            {
+                "type": "subscriber",
+                "prefix": "/subscriber/",
+                "create_on_get": True,
+                "ping_interval": 0,
+            },
         ],
     }
 

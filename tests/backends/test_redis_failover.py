@@ -41,7 +41,12 @@ def failover_config(store: dict) -> dict:
         "store": {**store, **DURABLE},
         "locations": [
             {"type": "publisher", "prefix": "/publisher/"},
-            {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+            {
+                "type": "subscriber",
+                "prefix": "/subscriber/",
+                "create_on_get": True,
+                "ping_interval": 0,
+            },
         ],
     }
 
