@@ -7,14 +7,18 @@ across processes; the startup checks name a cluster option that does not fit the
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from django.core import checks
+from django.test import override_settings
 
 from pushserver.testing import free_port
-from tests.project.helpers import pushserver_messages, wait_for_subscribers
+from pushserver.utils.updates import asend_update, send_update
+from tests.project.helpers import Follower, pushserver_messages, wait_for_subscribers
 from tests.transports.test_shared_behaviour import ADAPTERS
 
 pytestmark = pytest.mark.anyio
@@ -127,6 +131,37 @@ async def test_a_retried_publish_is_stored_once_across_processes(two_servers):
             assert "Idempotency-Key" in response.text
         info = (await on_a.get("/publisher/orders", headers={"accept": "application/json"})).json()
         assert info["messages"] == 1
+
+
+async def test_send_update_to_the_cluster_with_a_key_over_http_and_straight(two_servers, recorded):
+    """``send_update(..., idempotency_key=...)`` through a push server (HTTP) and straight
+    to the cluster (``publish_via='backend'``): a retry with the same key, either way, is
+    answered as the first and stored once."""
+    store, a, _ = two_servers
+    host = {"location": a.host, "secure": False}
+    over_http = {**cluster_config(store), "publisher_host": host}
+    straight = {**cluster_config(store), "publish_via": "backend"}
+    for settings in (over_http, straight, over_http):
+        with override_settings(PUSH_SERVER=settings):
+            await anyio.to_thread.run_sync(
+                partial(send_update, "keyed", {"n": 1}, idempotency_key="same-key")
+            )
+            await asend_update("keyed", {"n": 2}, idempotency_key="other-key")
+    responses = [kwargs["response"] for kind, _, kwargs in recorded if kind == "post"]
+    assert [r.replayed for r in responses] == [False, False, True, True, True, True]
+    assert [r.backend for r in responses] == [False, False, True, True, False, False]
+    async with httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a:
+        info = (await on_a.get("/publisher/keyed", headers={"accept": "application/json"})).json()
+        assert info["messages"] == 2
+        follower = Follower(a.url, "keyed")
+        try:
+            with anyio.fail_after(TIMEOUT):
+                await follower.read(2)
+        finally:
+            await follower.aclose()
+    assert [body for _, body in follower.received] == [b'{"n": 1}', b'{"n": 2}']
+    with pytest.raises(ValueError, match="idempotency_key"):
+        send_update("keyed", 1, idempotency_key="with space")
 
 
 # -- startup checks ---------------------------------------------------------------------------
