@@ -36,8 +36,20 @@ published while pub/sub was down. Messages accepted before a Redis restart survi
 if Redis persists them (``appendonly yes`` with ``appendfsync always``); this backend cannot
 do better than Redis's own durability.
 
+Past one Redis: with ``cluster`` the client is redis-py's ``RedisCluster``; a channel's keys
+share a hash tag, so they live in one slot and its scripts run on that slot's primary;
+live messages go over sharded pub/sub (``SPUBLISH`` in the scripts, ``SSUBSCRIBE`` on one
+connection per primary, see :meth:`RedisBackend._read_shards`), so a message crosses only
+its shard. With ``sentinels`` each new connection asks the sentinels for ``service``'s
+primary, so reconnecting follows a failover. With ``wait_replicas`` a publish runs
+``WAIT`` on the connection that ran its script and fails (503) unless enough replicas have
+it. An idempotency key is a fourth key of the publish script,
+``<key_prefix>{<channel id>}:idem:<key>`` (in the channel's slot), holding the first
+publish's answer for ``idempotency_window`` seconds.
+
 Limits: a publish whose reply is lost (the connection dropped after Redis ran the script)
-is reported as 503 although it was stored; a client that retries publishes it twice.
+is reported as 503 although it was stored; a client that retries publishes it twice,
+unless it sends an idempotency key.
 Subscriber counts of a process that died without closing its backend still count until
 they expire, ``node_ttl`` (30) seconds later; they only affect 201/202 and channel info.
 
