@@ -58,10 +58,13 @@ class Figures:
     slowest: float = 0.0
     killed_at: float = 0.0
     recovered_after: float | None = None
+    #: Seconds from the kill until Redis reported a new primary.
+    failover: float | None = None
 
     def report(self, name: str, lost: int) -> str:
         return (
-            f"{name}: recovered {self.recovered_after:.2f} s after the kill, "
+            f"{name}: new primary {self.failover:.2f} s and publishing "
+            f"recovered {self.recovered_after:.2f} s after the kill, "
             f"{self.refused} publish(es) refused (503), lost {lost}, "
             f"slowest answer {self.slowest:.2f} s"
         )
@@ -89,8 +92,8 @@ SUBSCRIBERS = {**ADAPTERS, "longpoll": PatientLongPoll}
 async def publish_through_a_failover(a, b, channel: str, fail) -> Figures:
     """Publish COUNT messages on ``a`` (retrying 503s with the same key) while subscribers
     of every transport read them on ``b``; ``fail()`` (run in a thread once a third was
-    acknowledged) kills the primary and brings the store back. Checks nothing acknowledged
-    is missing; returns the figures."""
+    acknowledged) kills the primary, brings the store back and returns how long the
+    failover took. Checks nothing acknowledged is missing; returns the figures."""
     figures = Figures()
     received: dict[str, list[str]] = {}
     async with (
@@ -131,7 +134,7 @@ async def publish_through_a_failover(a, b, channel: str, fail) -> Figures:
                         figures.recovered_after = time.monotonic() - figures.killed_at
                     if index == COUNT // 3:
                         figures.killed_at = time.monotonic()
-                        group.start_soon(anyio.to_thread.run_sync, fail)
+                        group.start_soon(failing, figures, fail)
     lost = {t: [m for m in figures.acknowledged if m not in got] for t, got in received.items()}
     for transport, got in received.items():
         # Every acknowledged message, each once, in order.
@@ -140,6 +143,10 @@ async def publish_through_a_failover(a, b, channel: str, fail) -> Figures:
     assert figures.slowest < PUBLISH_BOUND
     print("\n" + figures.report(channel, max(len(v) for v in lost.values())))
     return figures
+
+
+async def failing(figures: Figures, fail) -> None:
+    figures.failover = await anyio.to_thread.run_sync(fail)
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +170,15 @@ async def test_cluster_primary_killed_mid_stream_loses_nothing_acknowledged(
     channel = f"f{uuid.uuid4().hex[:8]}"
     primary = cluster.primary_for(f"{store['key_prefix']}{{{channel}}}:meta")
 
-    def fail() -> None:
+    def fail() -> float:
+        started = time.monotonic()
         primary.kill()
         cluster.wait_for_failover(primary)
+        failover = time.monotonic() - started
         # The promoted replica has no replica of its own, so durable publishes on its
         # shard are refused until the old primary is back, as its replica.
         primary.start()
+        return failover
 
     figures = await publish_through_a_failover(a, b, channel, fail)
     assert figures.recovered_after is not None
@@ -182,9 +192,11 @@ async def test_sentinel_primary_killed_mid_stream_loses_nothing_acknowledged(
     a, b = push_server_factory(config), push_server_factory(config)
     primary: RedisServer = sentinel_set.primary
 
-    def fail() -> None:
+    def fail() -> float:
+        started = time.monotonic()
         primary.kill()
         sentinel_set.wait_for_failover(primary)
+        return time.monotonic() - started
 
     figures = await publish_through_a_failover(a, b, f"s{uuid.uuid4().hex[:8]}", fail)
     assert figures.recovered_after is not None
