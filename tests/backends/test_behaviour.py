@@ -277,3 +277,16 @@ async def test_without_a_key_every_publish_is_stored(backend):
         result = await backend.publish("news", b"a", "text/plain")
         assert not result.replayed
     assert (await backend.info("news")).messages == 2
+
+
+async def test_the_memory_store_remembers_a_bounded_number_of_keys():
+    from pushserver.backends.memory import MAX_IDEMPOTENCY_KEYS, MemoryBackend
+    from tests.backends.conftest import RecordingListener
+
+    backend = MemoryBackend()
+    backend.bind(RecordingListener())
+    for index in range(MAX_IDEMPOTENCY_KEYS + 1):
+        await backend.publish("news", b"x", "text/plain", idempotency_key=f"k{index}")
+    # The oldest key was forgotten to make room; the newest are remembered.
+    assert not (await backend.publish("news", b"x", "text/plain", idempotency_key="k0")).replayed
+    assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k2")).replayed
