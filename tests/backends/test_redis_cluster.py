@@ -32,6 +32,8 @@ def bodies(received) -> list[str]:
 
 
 def cluster_config(store: dict) -> dict:
+    """A publisher and a subscriber location (channels made on first GET, no pings, which
+    the WebSocket test client would read as a message) on ``store``."""
     return {
         "store": store,
         "locations": [

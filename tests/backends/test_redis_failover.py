@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from pushserver.testing import RedisClusterServers, RedisSentinelServers, RedisServer
+from tests.backends.test_redis_cluster import cluster_config
 from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import longpoll_id
 from tests.transports.test_shared_behaviour import ADAPTERS, LongPoll, Received
@@ -37,18 +38,7 @@ DURABLE = {"wait_replicas": 1, "wait_timeout": 1}
 
 
 def failover_config(store: dict) -> dict:
-    return {
-        "store": {**store, **DURABLE},
-        "locations": [
-            {"type": "publisher", "prefix": "/publisher/"},
-            {
-                "type": "subscriber",
-                "prefix": "/subscriber/",
-                "create_on_get": True,
-                "ping_interval": 0,
-            },
-        ],
-    }
+    return cluster_config({**store, **DURABLE})
 
 
 @dataclass
