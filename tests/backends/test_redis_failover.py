@@ -90,41 +90,15 @@ async def publish_through_a_failover(a, b, channel: str, fail) -> Figures:
         httpx.AsyncClient(base_url=a.url, timeout=PUBLISH_BOUND) as on_a,
         httpx.AsyncClient(base_url=b.url, timeout=TIMEOUT) as on_b,
     ):
-        with anyio.fail_after(TIMEOUT):
-            async with anyio.create_task_group() as group:
-
-                async def follow(transport: str) -> None:
-                    async with SUBSCRIBERS[transport](b, on_b, [channel]) as subscriber:
-                        got = await subscriber.read(COUNT)
-                        received[transport] = [
-                            r.body.decode() if isinstance(r.body, bytes) else r.body for r in got
-                        ]
-
-                for transport in SUBSCRIBERS:
-                    group.start_soon(follow, transport)
-                await wait_for_subscribers(on_a, f"/publisher/{channel}", len(SUBSCRIBERS))
-
-                for index in range(COUNT):
-                    key = f"{channel}-{index}"
-                    while True:
-                        started = time.monotonic()
-                        response = await on_a.post(
-                            f"/publisher/{channel}",
-                            content=f"m{index}",
-                            headers={"idempotency-key": key},
-                        )
-                        figures.slowest = max(figures.slowest, time.monotonic() - started)
-                        if response.status_code in (201, 202):
-                            break
-                        assert response.status_code == 503, response.text
-                        figures.refused += 1
-                        await anyio.sleep(0.05)  # the publisher's back-off
-                    figures.acknowledged.append(f"m{index}")
-                    if figures.killed_at and figures.recovered_after is None:
-                        figures.recovered_after = time.monotonic() - figures.killed_at
-                    if index == COUNT // 3:
-                        figures.killed_at = time.monotonic()
-                        group.start_soon(failing, figures, fail)
+        try:
+            await publish_and_follow(a, b, on_a, on_b, channel, fail, figures, received)
+        except TimeoutError:
+            progress = {t: len(got) for t, got in received.items()}
+            pytest.fail(
+                f"no progress for {TIMEOUT} s: {len(figures.acknowledged)} acknowledged, "
+                f"{figures.refused} refused, received {progress}, failover {figures.failover}"
+                f"\n--- a:\n{''.join(a.output[-15:])}--- b:\n{''.join(b.output[-15:])}"
+            )
     lost = {t: [m for m in figures.acknowledged if m not in got] for t, got in received.items()}
     for transport, got in received.items():
         # Every acknowledged message, each once, in order.
@@ -133,6 +107,45 @@ async def publish_through_a_failover(a, b, channel: str, fail) -> Figures:
     assert figures.slowest < PUBLISH_BOUND
     print("\n" + figures.report(channel, max(len(v) for v in lost.values())))
     return figures
+
+
+async def publish_and_follow(a, b, on_a, on_b, channel, fail, figures, received) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+
+            async def follow(transport: str) -> None:
+                got = received[transport] = []
+                async with SUBSCRIBERS[transport](b, on_b, [channel]) as subscriber:
+                    while len(got) < COUNT:
+                        (message,) = await subscriber.read(1)
+                        body = message.body
+                        got.append(body.decode() if isinstance(body, bytes) else body)
+
+            for transport in SUBSCRIBERS:
+                group.start_soon(follow, transport)
+            await wait_for_subscribers(on_a, f"/publisher/{channel}", len(SUBSCRIBERS))
+
+            for index in range(COUNT):
+                key = f"{channel}-{index}"
+                while True:
+                    started = time.monotonic()
+                    response = await on_a.post(
+                        f"/publisher/{channel}",
+                        content=f"m{index}",
+                        headers={"idempotency-key": key},
+                    )
+                    figures.slowest = max(figures.slowest, time.monotonic() - started)
+                    if response.status_code in (201, 202):
+                        break
+                    assert response.status_code == 503, response.text
+                    figures.refused += 1
+                    await anyio.sleep(0.05)  # the publisher's back-off
+                figures.acknowledged.append(f"m{index}")
+                if figures.killed_at and figures.recovered_after is None:
+                    figures.recovered_after = time.monotonic() - figures.killed_at
+                if index == COUNT // 3:
+                    figures.killed_at = time.monotonic()
+                    group.start_soon(failing, figures, fail)
 
 
 async def failing(figures: Figures, fail) -> None:
