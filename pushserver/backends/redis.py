@@ -1070,9 +1070,10 @@ class RedisBackend(Backend):
             try:
                 response = await connection.read_response(timeout=self.heartbeat, push_request=True)
             except MovedError as exc:
-                # A SSUBSCRIBE sent to a node that no longer has the slot.
-                if self._redis is not None:
-                    await self._notice_topology(self._control)
+                # A SSUBSCRIBE sent to a node that no longer has the slot (a primary that
+                # came back as a replica, before the slot map said so): have the cluster
+                # client follow the MOVED for that slot, then reconnect to the right node.
+                await self._notice_moved(exc.slot_id)
                 raise ConnectionError(f"slot moved: {exc}") from exc
             if response is None:
                 if silent:
@@ -1093,6 +1094,14 @@ class RedisBackend(Backend):
                 # Redis unsubscribes a shard channel whose slot left the node (failover,
                 # resharding): resubscribe everything where it now lives.
                 raise ConnectionError("a channel's slot moved to another node")
+
+    async def _notice_moved(self, slot: int) -> None:
+        assert self._redis is not None
+        for channel_id in list(self._listening):
+            live = self._live(channel_id)
+            if self._redis.keyslot(live) == slot:
+                await self._notice_topology(live)
+                return
 
     def _lost_slot(self, live: bytes) -> bool:
         """A SUNSUBSCRIBE we did not ask for: the channel is still listened to (and no
