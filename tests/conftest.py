@@ -35,7 +35,13 @@ STORES = ("memory", "redis")
 #: The store test servers run on (``PUSHSERVER_TEST_STORE``); memory by default.
 TEST_STORE = os.environ.get("PUSHSERVER_TEST_STORE", "memory")
 #: Memory store options that mean the same on the redis store.
-_SHARED_STORE_OPTIONS = {"type", "min_messages", "max_messages", "message_timeout"}
+_SHARED_STORE_OPTIONS = {
+    "type",
+    "min_messages",
+    "max_messages",
+    "message_timeout",
+    "idempotency_window",
+}
 
 
 def pytest_configure(config):
