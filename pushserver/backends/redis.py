@@ -1129,6 +1129,10 @@ class RedisBackend(Backend):
         if not self._local or self._redis is None:
             return
         script = self._scripts["subscribers"]
+        if self.cluster:
+            # A cluster pipeline does not load a script a node lacks (as a promoted replica
+            # does: the script cache is not replicated); load it on every primary first.
+            await self._redis.script_load(_SUBSCRIBERS)
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel_id, count in self._local.items():
                 keys = self._keys(channel_id)

@@ -233,3 +233,38 @@ def test_memory_store_idempotency_window_is_checked():
 
     _, problems = parse({"store": {"type": "memory", "idempotency_window": -1}})
     assert [p.id for p in problems] == ["pushserver.E173"]
+
+
+# -- the store on a cluster, below HTTP ---------------------------------------------------------
+
+
+async def test_the_reader_comes_back_on_nodes_without_its_scripts(redis_cluster):
+    """A promoted replica has an empty script cache (it is not replicated): after the
+    reader reconnects to such a node, subscriber counts are written and messages delivered
+    again. Emptied here with SCRIPT FLUSH, the reader's connections cut with CLIENT KILL."""
+    import redis
+
+    from pushserver.backends.redis import RedisBackend
+    from tests.backends.conftest import RecordingListener
+
+    options = redis_cluster.store()
+    del options["type"]
+    listening, publishing = RedisBackend(**options), RedisBackend(**options)
+    listening.bind(recorder := RecordingListener())
+    publishing.bind(RecordingListener())
+    async with listening, publishing:
+        await listening.listen("news")
+        await listening.subscribers_changed("news", 1)
+        await publishing.publish("news", b"before", "text/plain")
+        await recorder.wait_messages("news", 1)
+        reconnects = listening.reconnects
+        for port in redis_cluster.ports:
+            with redis.Redis(host="127.0.0.1", port=port) as node:
+                node.script_flush()
+                node.client_kill_filter(_type="pubsub")
+        with anyio.fail_after(TIMEOUT):
+            while listening.reconnects == reconnects or not listening.connected:
+                await anyio.sleep(0.05)  # polls the backend's own state
+        assert (await publishing.publish("news", b"after", "text/plain")).subscribers == 1
+        messages = await recorder.wait_messages("news", 2, timeout=TIMEOUT)
+        assert [m.body for m in messages] == [b"before", b"after"]
