@@ -29,10 +29,15 @@ BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind c
 
 
 def build(
-    redis_url: str | None = None, key_prefix: str = "", max_messages: int = BUFFER
+    redis_url: str | None = None,
+    key_prefix: str = "",
+    max_messages: int = BUFFER,
+    cluster: bool = False,
 ) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+        if cluster:
+            store["cluster"] = True
     else:
         store = {"type": "memory"}
     if not redis_url:
@@ -58,10 +63,15 @@ def build(
 
 
 async def main(
-    port: int, redis_url: str | None, key_prefix: str, max_messages: int, asgi_server: str
+    port: int,
+    redis_url: str | None,
+    key_prefix: str,
+    max_messages: int,
+    asgi_server: str,
+    cluster: bool = False,
 ) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix, max_messages)
+    app = build(redis_url, key_prefix, max_messages, cluster)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
@@ -262,6 +272,9 @@ if __name__ == "__main__":
     parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
     parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
     parser.add_argument(
+        "--redis-cluster", action="store_true", help="--redis-url names a Redis Cluster node"
+    )
+    parser.add_argument(
         "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
     )
     parser.add_argument(
@@ -297,6 +310,7 @@ if __name__ == "__main__":
         args.key_prefix,
         args.max_messages,
         args.asgi_server,
+        args.redis_cluster,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

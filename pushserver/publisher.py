@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from .config import LocationConfig
@@ -28,7 +29,12 @@ ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
 #: With CORS on (a CORS key on the location), OPTIONS answers the preflight.
 CORS_ALLOW = (b"allow", b"GET, POST, PUT, DELETE, OPTIONS")
 CORS_ALLOW_METHODS = (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS")
-PUBLISHER_ALLOW_HEADERS = "Content-Type, Accept, Authorization, X-EventSource-Event"
+PUBLISHER_ALLOW_HEADERS = (
+    "Content-Type, Accept, Authorization, X-EventSource-Event, Idempotency-Key"
+)
+#: An ``Idempotency-Key``: 1 to 255 visible ASCII characters (a UUID, a base64 or hex
+#: digest, an order number); anything else is refused with 400.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -222,6 +228,15 @@ class Publisher:
         if body is None:  # the publisher went away before sending the whole body
             return
         content_type = request.header("content-type") or "application/octet-stream"
+        key = request.header("idempotency-key")
+        if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
+            await respond_error(
+                send,
+                400,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)",
+                headers,
+            )
+            return
         try:
             event = event_name_from_header(request.header("x-eventsource-event"))
         except ValueError as exc:
@@ -234,12 +249,18 @@ class Publisher:
                 content_type,
                 event=event,
                 create=self.location.create_on_post,
+                idempotency_key=key,
             )
         except ChannelNotFound:
             await respond_error(send, 404, "no such channel (create it with PUT first)", headers)
             return
         info = await self.hub.info(channel_id)
         status = 201 if result.subscribers else 202
+        if key is not None:
+            # Which message the publish (or the first attempt, when replayed) stored.
+            headers = [*headers, (b"x-message-id", str(result.message.id).encode())]
+            if result.replayed:
+                headers.append((b"idempotent-replayed", b"true"))
         await self.info_response(request, send, status, info, headers)
 
     async def too_large(self, send: Send, limit: int, headers: Headers) -> None:
