@@ -225,19 +225,12 @@ class Command(BaseCommand):
         return sockets
 
     def build_app(self, options: dict[str, Any], transports: tuple[str, ...]) -> Any:
-        from pushserver.app import PushServer
-        from pushserver.passthrough import presence_factory
-        from pushserver.utils.signing import verify_channel
+        """The application ``pushserver.asgi`` builds, Django as its fallback under
+        ``--allrequests`` (its registration for in-process publishing is serve()'s)."""
+        from pushserver.asgi import build_application
 
         fallback = self.django_application() if options["allrequests"] else None
-        return PushServer(
-            get_config(),
-            fallback=fallback,
-            forcehost=options["forcehost"],
-            presence_factory=presence_factory(fallback),
-            transports=transports,
-            channel_verifier=verify_channel,
-        )
+        return build_application(fallback, forcehost=options["forcehost"], transports=transports)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["forcehost"] and not options["allrequests"]:
