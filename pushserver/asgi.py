@@ -232,3 +232,40 @@ def chain_stop_signals(app: PushServer) -> None:
             signal.signal(signum, handler)
         except (ValueError, OSError):  # pragma: no cover - not the main thread after all
             return
+
+
+def django_site() -> ASGIApp:
+    """Django's ASGI application, serving static files in DEBUG as ``runserver`` does
+    (``runpushserver --allrequests``)."""
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application as django_asgi_application
+
+    application: ASGIApp = django_asgi_application()
+    if settings.DEBUG and "django.contrib.staticfiles" in settings.INSTALLED_APPS:
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+        application = ASGIStaticFilesHandler(application)
+    return application
+
+
+def command_application() -> PushServer:
+    """What ``runpushserver --server granian`` has granian load (a factory): the
+    application ``runpushserver`` would serve with the options it passed on."""
+    import json
+    import os
+
+    import django
+
+    from .servers import OPTIONS_ENV
+
+    django.setup(set_prefix=False)
+    options = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
+    fallback = django_site() if options.get("allrequests") else None
+    transports = options.get("transports")
+    app = build_application(
+        fallback,
+        forcehost=options.get("forcehost"),
+        transports=tuple(transports) if transports else None,
+    )
+    app.first_request = _FirstRequest(app)
+    return app

@@ -103,7 +103,27 @@ class PushServerProcess:
                 ) from None
             raise TimeoutError(f"{name} did not start:\n{self.log}") from None
         self.started(match)
+        self.wait_listening()
         return self
+
+    def wait_listening(self) -> None:
+        """Some servers say they started before they listen (daphne's runserver, granian
+        under ``runpushserver --server granian``): wait until the port accepts a
+        connection (polling another process, bounded by ``startup_timeout``)."""
+        host, _, port = self.host.rpartition(":")
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+                return
+            except OSError:
+                if self.process is None or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"the server exited:\n{self.log}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"nothing listens on {self.host}:\n{self.log}") from None
+                time.sleep(0.05)
 
     #: The output line that says the server is up (its groups: :meth:`started`).
     ready_pattern = _RUNNING_RE.pattern
@@ -207,21 +227,6 @@ class ASGIServerProcess(PushServerProcess):
         host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
         self.host = f"{host}:{self.port}"
         self.url = f"http://{self.host}"
-        # Some servers say they start before they listen (daphne's runserver): wait until
-        # the port accepts a connection (polling another process, bounded).
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                socket.create_connection((self.bind_host, self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process is None or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"the server exited:\n{self.log}") from None
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"nothing listens on {self.host}:\n{self.log}") from None
-                time.sleep(0.05)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -37,6 +37,7 @@ from django.utils.regex_helper import _lazy_re_compile
 
 from pushserver import __version__
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
+from pushserver.servers import SERVERS
 from pushserver.settings import get_config
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
@@ -93,6 +94,14 @@ class Command(BaseCommand):
             choices=("asyncio", "uvloop", "trio"),
             default="asyncio",
             help="Event loop to run on (default asyncio; uvloop needs the uvloop package).",
+        )
+        # -- --server (issue 14): another ASGI server for pushserver.asgi's application --
+        parser.add_argument(
+            "--server",
+            choices=SERVERS,
+            default="hypercorn",
+            help="The HTTP server: hypercorn (embedded, default), or uvicorn or granian "
+            "(extras: pip install 'django-pushserver[uvicorn]').",
         )
         parser.add_argument(
             "--workers",
@@ -238,9 +247,15 @@ class Command(BaseCommand):
         address, port = self.resolve_address(options)
         transports = self.resolve_transports(options["transports"])
         workers = options["workers"]
+        server = options.get("server") or "hypercorn"
+        self.check_server(server, options)
+        self.server_choice = server
         self.check_workers(workers)
         options["shutdown_timeout"] = self.resolve_shutdown_timeout(options.get("shutdown_timeout"))
         self.configure_logging(options["log_format"])
+        if server == "granian":
+            self.exec_granian(address, port, options, transports)
+            return
 
         from pushserver.server import format_host
         from pushserver.utils import updates
@@ -261,7 +276,7 @@ class Command(BaseCommand):
         self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
         self.stdout.write(
             f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on hypercorn version {_hypercorn_version()} "
+            f"Push server version {__version__} on {self.server_version(server)} "
             f"({loop}{processes}), "
             f"transports: {', '.join(transports)}\n"
             f"Development push server is running at http://{host}/\n"
@@ -279,6 +294,46 @@ class Command(BaseCommand):
             for sock in sockets:
                 sock.close()
             updates.current_host = None
+
+    # -- --server uvicorn|granian ----------------------------------------------------------
+
+    def check_server(self, server: str, options: dict[str, Any]) -> None:
+        from pushserver import servers
+
+        found = servers.problems(server, getattr(settings, "PUSH_SERVER", None), options)
+        if found:
+            raise CommandError("\n".join(found))
+
+    def server_version(self, server: str) -> str:
+        if server == "hypercorn":
+            return f"hypercorn version {_hypercorn_version()}"
+        from pushserver.servers import version
+
+        return f"{server} version {version(server)}"
+
+    def exec_granian(
+        self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
+    ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
+        """Check the port is free, say where it will listen, and become granian."""
+        from pushserver.server import format_host
+        from pushserver.servers import granian_command
+
+        (sock,) = self.bind_sockets(address, port, 1)
+        port = sock.getsockname()[1]
+        sock.close()  # granian binds it itself
+        command, env = granian_command(address, port, options, transports, get_config())
+        host = format_host(address, port)
+        self.stdout.write(
+            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Push server version {__version__} on {self.server_version('granian')}, "
+            f"transports: {', '.join(transports)}\n"
+            f"Development push server is running at http://{host}/\n"
+            f"Quit the server with CONTROL-C."
+        )
+        self.stdout.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], command, env)
 
     def run_server(self, app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
         loop = options["loop"]
@@ -461,6 +516,9 @@ class Command(BaseCommand):
         arriving during startup stops the server as soon as it has started."""
         from pushserver.server import serve
 
+        if self.server_choice == "uvicorn":
+            await self.serve_uvicorn(app, sock, access_log, shutdown_timeout)
+            return
         who = f"worker {os.getpid()}: " if worker else ""
         # The receiver stays open until serving is over, so that later signals are absorbed
         # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
@@ -484,16 +542,44 @@ class Command(BaseCommand):
                 log_format=log_format,
             )
 
+    #: The --server of this run (serve_until_stopped reads it, in workers too).
+    server_choice = "hypercorn"
+
+    async def serve_uvicorn(
+        self, app: Any, sock: socket.socket, access_log: bool, shutdown_timeout: float
+    ) -> None:
+        """uvicorn handles the stop signals itself; pushserver.asgi's first request
+        registers the app for in-process publishing and releases subscribers on a stop."""
+        from pushserver.asgi import _FirstRequest
+        from pushserver.servers import serve_uvicorn
+
+        # uvicorn raises the stop signal again once it has shut down, under the handler it
+        # found: let that be a no-op, so the command returns (exit status 0) as it does
+        # under hypercorn.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: None)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        ours = logging.getLogger("pushserver")
+        for name in ("uvicorn.error", "uvicorn.access"):
+            other = logging.getLogger(name)
+            if not other.handlers and ours.handlers:
+                other.handlers = list(ours.handlers)
+                other.propagate = False
+                other.setLevel(logging.INFO)
+        app.first_request = _FirstRequest(app)
+        await serve_uvicorn(
+            app,
+            sock,
+            access_log=access_log,
+            shutdown_timeout=shutdown_timeout,
+            config=get_config(),
+        )
+
     def django_application(self) -> Any:
-        from django.core.asgi import get_asgi_application
+        from pushserver.asgi import django_site
 
-        application = get_asgi_application()
-        if settings.DEBUG and "django.contrib.staticfiles" in settings.INSTALLED_APPS:
-            # Unlike the original, serve static files like runserver does, in DEBUG only.
-            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-            application = ASGIStaticFilesHandler(application)
-        return application
+        return django_site()
 
     def configure_logging(self, log_format: str = "text") -> None:
         logger = logging.getLogger("pushserver")
