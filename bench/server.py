@@ -61,10 +61,10 @@ async def main(
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    if asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
-        from bench import uvicornserve
+    if asgi_server == "uvicorn":  # as runpushserver --server uvicorn runs it
+        from pushserver.servers import serve_uvicorn
 
-        await uvicornserve.serve(app, sock)
+        await serve_uvicorn(app, sock, access_log=False, shutdown_timeout=1, config=app.config)
     else:
         await serve(app, sock, access_log=False)
 

@@ -1,0 +1,379 @@
+"""The request path, server by server, against nchan in the same run (issue 14).
+
+``python -m bench.requestpath --servers hypercorn,uvicorn --rounds 3`` runs, per round and
+per target (ours under each server, then nginx + nchan; the order turns each round):
+
+- **publish**: 16 keep-alive connections each POSTing one message after another (16 in
+  flight) to channels without subscribers, for ``--duration`` seconds: the server's CPU
+  per publish;
+- **long-poll fan-out**: 500 long-poll subscribers on one channel, the closed loop of
+  ``bench/loadgen.py`` (each delivery is a response and a new request): the server's CPU
+  per delivery, and per connect (the 500 connecting, each with its first request).
+
+Servers run on CPU 0 and the load on CPU 1 as in ``python -m bench``; ours is
+``bench/server.py`` (``--asgi-server`` picks the server; uvicorn runs as
+``runpushserver --server uvicorn`` configures it). Each ratio to nchan is taken within a
+round; the table gives the median of the rounds' ratios and each round's in brackets.
+JSON goes to ``bench/results/requestpath.json`` (``--out``).
+
+``python -m bench.requestpath publish '<json spec>'`` is the publish load on its own (what
+the runner starts, pinned to CPU 1); it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.clients import Publisher  # noqa: E402
+from bench.common import cpu_seconds, raise_fd_limit  # noqa: E402
+
+IN_FLIGHT = 16
+SUBSCRIBERS = 500
+#: New connections of the connect measure, each with a held long-poll request.
+CONNECTIONS = 3000
+#: ours-<server> targets; nchan is always run when installed.
+SERVERS = ("hypercorn", "uvicorn", "granian")
+MEASURES = ("publish", "longpoll", "connect")
+#: The goals: ours / nchan, CPU per unit (issue 14).
+GOALS = {"publish": 6.0, "longpoll": 6.0, "connect": 3.0}
+
+
+# -- the publish load -----------------------------------------------------------------------
+
+
+async def publish_load(spec: dict) -> dict:
+    host, port, pid = spec["host"], spec["port"], spec["server_pid"]
+    loop = asyncio.get_running_loop()
+    publishers: list[Publisher] = []
+    for _ in range(spec.get("in_flight", IN_FLIGHT)):
+        _, publisher = await loop.create_connection(lambda: Publisher(host.encode()), host, port)
+        publishers.append(publisher)
+    statuses: dict[int, int] = {}
+    count = 0
+    stop = False
+    size = spec.get("message_size", 64)
+
+    async def post(k: int, seq: int) -> int:
+        if publishers[k].dead:
+            _, publishers[k] = await loop.create_connection(
+                lambda: Publisher(host.encode()), host, port
+            )
+        return await publishers[k].post(f"/pub/{spec['prefix']}-{k}".encode(), seq, size)
+
+    async def warm(k: int) -> None:
+        # A few publishes per connection create the channels and warm the caches.
+        for seq in range(20):
+            await post(k, seq)
+
+    async def run(k: int) -> None:
+        nonlocal count
+        seq = 20
+        while not stop:
+            status = await post(k, seq)
+            seq += 1
+            statuses[status] = statuses.get(status, 0) + 1
+            count += 1
+
+    await asyncio.gather(*(warm(k) for k in range(len(publishers))))
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    tasks = [asyncio.ensure_future(run(k)) for k in range(len(publishers))]
+    await asyncio.sleep(spec["duration"])  # the measured phase's length, not synchronisation
+    stop = True
+    await asyncio.gather(*tasks)
+    wall, cpu = time.monotonic() - started, cpu_seconds(pid) - cpu_before
+    for publisher in publishers:
+        if publisher.transport is not None:
+            publisher.transport.close()
+    return {
+        "publishes": count,
+        "publishes_per_second": round(count / wall),
+        "server_cpu_seconds": round(cpu, 3),
+        "cpu_us_per_publish": round(cpu * 1e6 / count, 2) if count else None,
+        "statuses": {str(k): v for k, v in statuses.items()},
+    }
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` in nanoseconds (``/proc/<pid>/task/*/schedstat``):
+    a connect costs nchan a few tens of µs, under the 10 ms tick of ``/proc/<pid>/stat``."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+class Held(asyncio.Protocol):
+    """A connection that sends one long-poll request and waits (the server holds it)."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.transport: asyncio.Transport | None = None
+        self.answered = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+
+
+async def quiet(pid: int, interval: float = 0.2, threshold_ns: int = 2_000_000) -> None:
+    """Until the server spends under ``threshold_ns`` of CPU in ``interval`` (it has
+    processed what it was sent); bounded by 30 s."""
+    deadline = time.monotonic() + 30
+    before = cpu_ns(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)  # sampling another process's CPU clock
+        after = cpu_ns(pid)
+        if after - before < threshold_ns:
+            return
+        before = after
+
+
+async def connect_load(spec: dict) -> dict:
+    """``connections`` new connections, each with one long-poll request the server holds:
+    the server's CPU per connect (accept, parse, subscribe), ``quiet`` periods excluded."""
+    host, port, pid, n = spec["host"], spec["port"], spec["server_pid"], spec["connections"]
+    loop = asyncio.get_running_loop()
+    channels = 10
+    requests = [
+        f"GET /sub/{spec['prefix']}-{c} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for c in range(channels)
+    ]
+    held: list[Held] = []
+    errors = 0
+    await quiet(pid)
+    before = cpu_ns(pid)
+    idle_started = time.monotonic()
+    for start in range(0, n, 100):  # 100 connecting at a time
+        batch = range(start, min(n, start + 100))
+        results = await asyncio.gather(
+            *(loop.create_connection(lambda i=i: Held(requests[i % channels]), host, port)
+              for i in batch),
+            return_exceptions=True,
+        )  # fmt: skip
+        for result in results:
+            if isinstance(result, BaseException):
+                errors += 1
+            else:
+                held.append(result[1])
+    await quiet(pid)
+    used = cpu_ns(pid) - before
+    # What an idle server spends meanwhile (timers): measured over as long, then taken off.
+    wall = time.monotonic() - idle_started
+    idle_before = cpu_ns(pid)
+    await asyncio.sleep(min(wall, 2.0))  # measuring idle CPU over a span, not synchronising
+    idle = (cpu_ns(pid) - idle_before) * wall / min(wall, 2.0)
+    answered = sum(h.answered for h in held)
+    for h in held:
+        if h.transport is not None:
+            h.transport.close()
+    connected = len(held)
+    return {
+        "connections": connected,
+        "connect_errors": errors,
+        "answered_early": answered,
+        "server_cpu_ms": round(used / 1e6, 2),
+        "idle_cpu_ms": round(idle / 1e6, 2),
+        "cpu_us_per_connect": round(max(0.0, used - idle) / 1e3 / connected, 2)
+        if connected
+        else None,
+    }
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+
+def start_target(target: str, args: argparse.Namespace):
+    from bench import run
+
+    if target == "nchan":
+        return run.NchanServer(run.free_port(), args.nofile)
+    server = target.removeprefix("ours-")
+    return run.PythonServer("server.py", args.loop, extra=("--asgi-server", server))
+
+
+def load(script: list[str], spec: dict, timeout: float) -> dict:
+    from bench import run
+
+    done = subprocess.run(
+        [*run.pinned(run.LOADGEN_CPU), sys.executable, *script, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(lines[-1])
+
+
+def measure(target: str, args: argparse.Namespace, seq: int) -> dict:
+    """One target's three figures (a fresh server for each load)."""
+    row: dict = {"target": target}
+    server = start_target(target, args)
+    try:
+        spec = {"host": "127.0.0.1", "port": server.port, "server_pid": server.pid,
+                "prefix": f"p{seq}", "duration": args.duration}  # fmt: skip
+        result = load(["-m", "bench.requestpath", "publish"], spec, 120)
+        row["publish"] = result
+    finally:
+        server.stop()
+    server = start_target(target, args)
+    try:
+        spec = {"host": "127.0.0.1", "port": server.port, "server_pid": server.pid,
+                "prefix": f"c{seq}", "connections": args.connections}  # fmt: skip
+        row["connect"] = load(["-m", "bench.requestpath", "connect"], spec, 120)
+    finally:
+        server.stop()
+    server = start_target(target, args)
+    try:
+        spec = {
+            "host": "127.0.0.1", "ports": [server.port], "server_pids": [server.pid],
+            "redis_pid": None, "transport": "longpoll", "prefix": f"l{seq}",
+            "subscribers": args.subscribers, "channels": 1, "mode": "throughput",
+            "rate": None, "duration": args.duration, "drain": 20, "window": 2,
+            "publishers": 1, "message_size": 64,
+        }  # fmt: skip
+        row["longpoll"] = load([str(ROOT / "bench" / "loadgen.py")], spec, 180)
+    finally:
+        server.stop()
+    return row
+
+
+def figures(row: dict) -> dict[str, float | None]:
+    longpoll = row.get("longpoll") or {}
+    lost = longpoll.get("lost") or longpoll.get("error")
+    connect = row.get("connect") or {}
+    return {
+        "publish": (row.get("publish") or {}).get("cpu_us_per_publish"),
+        "longpoll": None if lost else longpoll.get("cpu_us_per_delivery"),
+        "connect": None if connect.get("connect_errors") else connect.get("cpu_us_per_connect"),
+    }
+
+
+def summarise(rounds: list[list[dict]], targets: list[str]) -> list[dict]:
+    """Per target and measure: each round's figure and ratio to nchan, and the medians."""
+    entries = []
+    for target in targets:
+        for name in MEASURES:
+            values, ratios = [], []
+            for rows in rounds:
+                by = {r["target"]: figures(r) for r in rows}
+                value, base = by.get(target, {}).get(name), by.get("nchan", {}).get(name)
+                values.append(value)
+                ratios.append(round(value / base, 2) if value and base else None)
+            known = [r for r in ratios if r is not None]
+            entries.append({
+                "target": target, "measure": name, "values": values, "ratios": ratios,
+                "median_value": statistics.median([v for v in values if v]) if any(values)
+                else None,
+                "median_ratio": statistics.median(known) if known else None,
+            })  # fmt: skip
+    return entries
+
+
+def table(entries: list[dict]) -> str:
+    units = {"publish": "µs/publish", "longpoll": "µs/delivery", "connect": "µs/connect"}
+    lines = ["| target | measure | CPU (median) | ratio to nchan (median) [rounds] | goal |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for e in entries:
+        value = (
+            "-" if e["median_value"] is None else f"{e['median_value']:.3g} {units[e['measure']]}"
+        )
+        if e["target"] == "nchan":
+            ratio, goal = "1", ""
+        else:
+            rounds = ", ".join("-" if r is None else f"{r:.2f}" for r in e["ratios"])
+            ratio = "-" if e["median_ratio"] is None else f"{e['median_ratio']:.2f}x [{rounds}]"
+            limit = GOALS[e["measure"]]
+            met = e["median_ratio"] is not None and e["median_ratio"] <= limit
+            goal = f"≤ {limit:g}x: {'met' if met else 'missed'}"
+        lines.append(f"| {e['target']} | {e['measure']} | {value} | {ratio} | {goal} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["publish"], ["connect"]):
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        raise_fd_limit()
+        run = publish_load if argv[0] == "publish" else connect_load
+        print(json.dumps(asyncio.run(run(json.loads(argv[1])))))
+        return 0
+    from bench import nchan
+
+    parser = argparse.ArgumentParser(prog="python -m bench.requestpath", description=__doc__)
+    parser.add_argument("--servers", default="hypercorn,uvicorn",
+                        help=f"comma-separated, of {', '.join(SERVERS)}")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--loop", default="uvloop")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 s, 100 subscribers")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "requestpath.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.subscribers, args.connections = 1, 1.0, 100, 500
+    args.nofile = raise_fd_limit()[0]
+    targets = [f"ours-{name}" for name in args.servers.split(",") if name]
+    unknown = [t for t in targets if t.removeprefix("ours-") not in SERVERS]
+    if unknown or args.rounds < 1:
+        parser.error(f"unknown server(s) {unknown} or --rounds below 1")
+    if nchan.available():
+        targets.append("nchan")
+    rounds: list[list[dict]] = []
+    for number in range(args.rounds):
+        order = targets[number % len(targets) :] + targets[: number % len(targets)]
+        rows = []
+        for target in order:
+            row = measure(target, args, number * 10 + len(rows))
+            print(json.dumps({"round": number + 1, **figures(row), "target": target}),
+                  flush=True)  # fmt: skip
+            rows.append(row)
+        rounds.append(rows)
+    entries = summarise(rounds, targets)
+    print(table(entries))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": {k: v for k, v in vars(args).items()},
+        "rounds": rounds,
+        "summary": entries,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    failed = any(
+        "error" in (row.get(m) or {})
+        for rows in rounds
+        for row in rows
+        for m in ("publish", "connect", "longpoll")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
