@@ -8,7 +8,12 @@ per target (ours under each server, then nginx + nchan; the order turns each rou
   per publish;
 - **long-poll fan-out**: 500 long-poll subscribers on one channel, the closed loop of
   ``bench/loadgen.py`` (each delivery is a response and a new request): the server's CPU
-  per delivery, and per connect (the 500 connecting, each with its first request).
+  per delivery;
+- **connect**: 3,000 new connections, each with one long-poll request the server holds:
+  the server's CPU per connect (accept, parse, subscribe), read per thread in nanoseconds;
+- **stream fan-out** (``--fanout sse,ws``): 1,000 subscribers per transport, the same
+  closed loop: CPU per delivery, compared with ours under hypercorn (the goal: no
+  transport costs more per delivery under another server).
 
 Servers run on CPU 0 and the load on CPU 1 as in ``python -m bench``; ours is
 ``bench/server.py`` (``--asgi-server`` picks the server; uvicorn runs as
@@ -45,7 +50,9 @@ SUBSCRIBERS = 500
 CONNECTIONS = 3000
 #: ours-<server> targets; nchan is always run when installed.
 SERVERS = ("hypercorn", "uvicorn", "granian")
-MEASURES = ("publish", "longpoll", "connect")
+#: A fan-out figure from less server CPU than this (25 clock ticks) is left out (--quick:
+#: every figure is kept, for the smoke test).
+MIN_CPU_SECONDS = 0.25
 #: The goals: ours / nchan, CPU per unit (issue 14).
 GOALS = {"publish": 6.0, "longpoll": 6.0, "connect": 3.0}
 
@@ -246,88 +253,137 @@ def load(script: list[str], spec: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def fanout_spec(server, transport: str, subscribers: int, prefix: str, args) -> dict:
+    return {
+        "host": "127.0.0.1", "ports": [server.port], "server_pids": [server.pid],
+        "redis_pid": None, "transport": transport, "prefix": prefix,
+        "subscribers": subscribers, "channels": 1, "mode": "throughput",
+        "rate": None, "duration": args.duration, "drain": 20, "window": 2,
+        "publishers": 1, "message_size": 64,
+    }  # fmt: skip
+
+
 def measure(target: str, args: argparse.Namespace, seq: int) -> dict:
-    """One target's three figures (a fresh server for each load)."""
+    """One target's figures (a fresh server for each load)."""
     row: dict = {"target": target}
-    server = start_target(target, args)
-    try:
-        spec = {"host": "127.0.0.1", "port": server.port, "server_pid": server.pid,
-                "prefix": f"p{seq}", "duration": args.duration}  # fmt: skip
-        result = load(["-m", "bench.requestpath", "publish"], spec, 120)
-        row["publish"] = result
-    finally:
-        server.stop()
-    server = start_target(target, args)
-    try:
-        spec = {"host": "127.0.0.1", "port": server.port, "server_pid": server.pid,
-                "prefix": f"c{seq}", "connections": args.connections}  # fmt: skip
-        row["connect"] = load(["-m", "bench.requestpath", "connect"], spec, 120)
-    finally:
-        server.stop()
-    server = start_target(target, args)
-    try:
-        spec = {
-            "host": "127.0.0.1", "ports": [server.port], "server_pids": [server.pid],
-            "redis_pid": None, "transport": "longpoll", "prefix": f"l{seq}",
-            "subscribers": args.subscribers, "channels": 1, "mode": "throughput",
-            "rate": None, "duration": args.duration, "drain": 20, "window": 2,
-            "publishers": 1, "message_size": 64,
-        }  # fmt: skip
-        row["longpoll"] = load([str(ROOT / "bench" / "loadgen.py")], spec, 180)
-    finally:
-        server.stop()
+    phases: list[tuple[str, list[str], object]] = [
+        ("publish", ["-m", "bench.requestpath", "publish"],
+         lambda s: {"host": "127.0.0.1", "port": s.port, "server_pid": s.pid,
+                    "prefix": f"p{seq}", "duration": args.duration}),
+        ("connect", ["-m", "bench.requestpath", "connect"],
+         lambda s: {"host": "127.0.0.1", "port": s.port, "server_pid": s.pid,
+                    "prefix": f"c{seq}", "connections": args.connections}),
+        ("longpoll", [str(ROOT / "bench" / "loadgen.py")],
+         lambda s: fanout_spec(s, "longpoll", args.subscribers, f"l{seq}", args)),
+    ]  # fmt: skip
+    if "request" not in args.sets:
+        phases = []
+    for transport in args.fanout if "fanout" in args.sets else ():
+        phases.append((
+            f"fanout-{transport}", [str(ROOT / "bench" / "loadgen.py")],
+            lambda s, t=transport: fanout_spec(s, t, args.fanout_subscribers, f"f{seq}", args),
+        ))  # fmt: skip
+    for name, script, spec in phases:
+        server = start_target(target, args)
+        try:
+            row[name] = load(script, spec(server), 180)  # type: ignore[operator]
+        finally:
+            server.stop()
     return row
 
 
+def _delivery(result: dict | None) -> float | None:
+    result = result or {}
+    if result.get("error") or result.get("lost") or result.get("duplicated"):
+        return None
+    if (result.get("server_cpu_seconds") or 0) < MIN_CPU_SECONDS:  # too few clock ticks
+        return None
+    return result.get("cpu_us_per_delivery")
+
+
 def figures(row: dict) -> dict[str, float | None]:
-    longpoll = row.get("longpoll") or {}
-    lost = longpoll.get("lost") or longpoll.get("error")
     connect = row.get("connect") or {}
-    return {
+    found = {
         "publish": (row.get("publish") or {}).get("cpu_us_per_publish"),
-        "longpoll": None if lost else longpoll.get("cpu_us_per_delivery"),
+        "longpoll": _delivery(row.get("longpoll")),
         "connect": None if connect.get("connect_errors") else connect.get("cpu_us_per_connect"),
     }
+    for key, value in row.items():
+        if key.startswith("fanout-"):
+            found[key] = _delivery(value)
+    return found
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 2) if value and base else None
 
 
 def summarise(rounds: list[list[dict]], targets: list[str]) -> list[dict]:
-    """Per target and measure: each round's figure and ratio to nchan, and the medians."""
+    """Per target and measure: each round's figure and its ratios to nchan and to ours
+    under hypercorn (taken within the round), and the medians of the rounds."""
     entries = []
+    names = list(dict.fromkeys(n for rows in rounds for r in rows for n in figures(r)))
     for target in targets:
-        for name in MEASURES:
-            values, ratios = [], []
+        for name in names:
+            values, to_nchan, to_hypercorn = [], [], []
             for rows in rounds:
                 by = {r["target"]: figures(r) for r in rows}
-                value, base = by.get(target, {}).get(name), by.get("nchan", {}).get(name)
+                value = by.get(target, {}).get(name)
                 values.append(value)
-                ratios.append(round(value / base, 2) if value and base else None)
-            known = [r for r in ratios if r is not None]
+                to_nchan.append(_ratio(value, by.get("nchan", {}).get(name)))
+                to_hypercorn.append(_ratio(value, by.get("ours-hypercorn", {}).get(name)))
             entries.append({
-                "target": target, "measure": name, "values": values, "ratios": ratios,
-                "median_value": statistics.median([v for v in values if v]) if any(values)
-                else None,
-                "median_ratio": statistics.median(known) if known else None,
+                "target": target, "measure": name, "values": values,
+                "ratios": to_nchan, "ratios_to_hypercorn": to_hypercorn,
+                "median_value": _median(values),
+                "median_ratio": _median(to_nchan),
+                "median_ratio_to_hypercorn": _median(to_hypercorn),
             })  # fmt: skip
     return entries
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _with_rounds(median: float | None, rounds: list[float | None]) -> str:
+    if median is None:
+        return "-"
+    return f"{median:.2f}x [" + ", ".join("-" if r is None else f"{r:.2f}" for r in rounds) + "]"
+
+
 def table(entries: list[dict]) -> str:
-    units = {"publish": "µs/publish", "longpoll": "µs/delivery", "connect": "µs/connect"}
-    lines = ["| target | measure | CPU (median) | ratio to nchan (median) [rounds] | goal |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    units = {"publish": "µs/publish", "connect": "µs/connect"}
+    lines = ["| target | measure | CPU (median) | ours / nchan [rounds] | "
+             "ours / ours under hypercorn [rounds] | goal |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for e in entries:
-        value = (
-            "-" if e["median_value"] is None else f"{e['median_value']:.3g} {units[e['measure']]}"
-        )
+        unit = units.get(e["measure"], "µs/delivery")
+        value = "-" if e["median_value"] is None else f"{e['median_value']:.3g} {unit}"
+        to_nchan = _with_rounds(e["median_ratio"], e["ratios"])
+        to_hypercorn = _with_rounds(e["median_ratio_to_hypercorn"], e["ratios_to_hypercorn"])
+        goal = ""
         if e["target"] == "nchan":
-            ratio, goal = "1", ""
-        else:
-            rounds = ", ".join("-" if r is None else f"{r:.2f}" for r in e["ratios"])
-            ratio = "-" if e["median_ratio"] is None else f"{e['median_ratio']:.2f}x [{rounds}]"
+            to_nchan = to_hypercorn = ""
+        elif e["measure"] in GOALS:
             limit = GOALS[e["measure"]]
-            met = e["median_ratio"] is not None and e["median_ratio"] <= limit
-            goal = f"≤ {limit:g}x: {'met' if met else 'missed'}"
-        lines.append(f"| {e['target']} | {e['measure']} | {value} | {ratio} | {goal} |")
+            if e["median_ratio"] is None:
+                verdict = "not measured"
+            else:
+                verdict = "met" if e["median_ratio"] <= limit else "missed"
+            goal = f"≤ {limit:g}x nchan: {verdict}"
+        if e["target"] != "nchan" and e["measure"].startswith(("fanout-", "longpoll")):
+            ratio = e["median_ratio_to_hypercorn"]
+            if e["target"] != "ours-hypercorn" and ratio is not None:
+                verdict = "met" if ratio <= 1.0 else "missed"
+                goal = f"{goal}; " if goal else ""
+                goal += f"≤ hypercorn: {verdict}"
+        if e["target"] == "ours-hypercorn":
+            to_hypercorn = "1"
+        lines.append(
+            f"| {e['target']} | {e['measure']} | {value} | {to_nchan} | {to_hypercorn} | {goal} |"
+        )
     return "\n".join(lines)
 
 
@@ -353,13 +409,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument(
+        "--fanout",
+        default="sse,ws",
+        help="stream transports to fan out to --fanout-subscribers too (sse, ws; '' for none)",
+    )
+    parser.add_argument("--fanout-subscribers", type=int, default=1000)
+    parser.add_argument(
+        "--sets",
+        default="request,fanout",
+        help="request (publish, connect, long-poll) and/or fanout (--fanout)",
+    )
     parser.add_argument("--loop", default="uvloop")
     parser.add_argument("--quick", action="store_true", help="1 round, 1 s, 100 subscribers")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "requestpath.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.subscribers, args.connections = 1, 1.0, 100, 500
+        args.fanout_subscribers = 200
+        global MIN_CPU_SECONDS
+        MIN_CPU_SECONDS = 0.0
     args.nofile = raise_fd_limit()[0]
+    args.fanout = [t for t in args.fanout.split(",") if t]
+    args.sets = sorted(set(args.sets.split(",")))
     targets = [f"ours-{name}" for name in args.servers.split(",") if name]
     unknown = [t for t in targets if t.removeprefix("ours-") not in SERVERS]
     if unknown or args.rounds < 1:
@@ -388,10 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
     failed = any(
-        "error" in (row.get(m) or {})
+        "error" in value or value.get("lost")
         for rows in rounds
         for row in rows
-        for m in ("publish", "connect", "longpoll")
+        for value in row.values()
+        if isinstance(value, dict)
     )
     return 1 if failed else 0
 

@@ -297,8 +297,13 @@ def test_quick_request_path_set_measures_every_figure(tmp_path, server):
     longpoll = ours["longpoll"]
     assert longpoll["lost"] == longpoll["duplicated"] == longpoll["out_of_order"] == 0
     assert longpoll["cpu_us_per_delivery"] > 0
+    for transport in ("sse", "ws"):
+        fanout = ours[f"fanout-{transport}"]
+        assert fanout["lost"] == fanout["duplicated"] == fanout["out_of_order"] == 0
+        assert fanout["cpu_us_per_delivery"] > 0
     measures = {(e["target"], e["measure"]) for e in report["summary"]}
-    assert {(f"ours-{server}", m) for m in ("publish", "longpoll", "connect")} <= measures
+    names = ("publish", "longpoll", "connect", "fanout-sse", "fanout-ws")
+    assert {(f"ours-{server}", m) for m in names} <= measures
     if "nchan" in by:
         assert all(e["median_ratio"] for e in report["summary"] if e["target"] != "nchan")
     assert "| ours-" in done.stdout
