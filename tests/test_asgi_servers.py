@@ -204,14 +204,21 @@ MALFORMED = b"GET /publisher/a b c HTTP/1.1\r\nHost: t\r\n\r\n"
 OVERSIZED = b"GET /publisher/a HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
 
 
-async def test_malformed_request_is_refused_and_serving_goes_on(server, client):
+async def answer_head(server, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; what comes back up to the end of the first
+    response head, or until the server closes (b"": closed without an answer)."""
+    received = b""
     with anyio.fail_after(10):
         connection = await connect(server)
         async with connection.stream:
-            await connection.send(MALFORMED)
-            data = b""
-            while chunk := await connection.read_some():
-                data += chunk
+            await connection.send(data)
+            while b"\r\n\r\n" not in received and (chunk := await connection.read_some()):
+                received += chunk
+    return received
+
+
+async def test_malformed_request_is_refused_and_serving_goes_on(server, client):
+    data = await answer_head(server, MALFORMED)
     # Every server refuses it (400) or, daphne, just closes the connection.
     if data:
         assert data.startswith(b"HTTP/1.1 400"), data[:200]
@@ -221,15 +228,7 @@ async def test_malformed_request_is_refused_and_serving_goes_on(server, client):
 
 
 async def test_oversized_head_is_refused_and_serving_goes_on(server, client):
-    with anyio.fail_after(10):
-        connection = await connect(server)
-        async with connection.stream:
-            await connection.send(OVERSIZED)
-            data = b""
-            while chunk := await connection.read_some():
-                data += chunk
-                if b"\r\n\r\n" in data:
-                    break
+    data = await answer_head(server, OVERSIZED)
     status = data.split(b" ", 2)[1] if data else b"closed"
     # 431, the push server's (uvicorn, granian) or the server's own (hypercorn: h11's
     # 16 KiB); daphne (Twisted's line limit) closes the connection without an answer.
