@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from tests.project.helpers import path, position, wait_for_subscribers
+from tests.project.helpers import path, position, wait_for_subscribers, worker_pids
 
 LOCATIONS = [
     {"type": "publisher", "prefix": "/publisher/"},
@@ -101,3 +101,23 @@ def test_missing_extra_names_the_fix(monkeypatch, name, module):
 def test_unknown_server_is_refused():
     with pytest.raises(CommandError, match="invalid choice: 'gunicorn'"):
         run("--server", "gunicorn")
+
+
+@pytest.mark.anyio
+async def test_uvicorn_workers_share_a_redis_store_and_stop_together(
+    push_server_factory, redis_server
+):
+    pytest.importorskip("uvicorn")
+    config = {"store": redis_server.store(), "locations": LOCATIONS}
+    server = push_server_factory(config, "--workers", "2", "--server", "uvicorn")
+    pids = await worker_pids(server, 2)
+    channel = f"workers-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        published = await client.post(path("/publisher/", channel), content=b"shared")
+        polled = await client.get(path("/subscriber/", channel))
+    assert (published.status_code, polled.content) == (202, b"shared")
+    server.process.send_signal(signal.SIGTERM)
+    with anyio.fail_after(30):
+        code = await anyio.to_thread.run_sync(server.process.wait)
+    assert code == 0, server.log
+    assert server.log.count("Application shutdown complete") == len(pids) == 2

@@ -1,5 +1,9 @@
 """``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
-[--transport NAME] [--workers N] [--shutdown-timeout SECONDS]``
+[--transport NAME] [--server hypercorn|uvicorn|granian] [--workers N]
+[--shutdown-timeout SECONDS]``
+
+``--server`` picks the HTTP server for the application :mod:`pushserver.asgi` builds
+(:mod:`pushserver.servers`: what each does with the settings that shape hypercorn).
 
 With ``--workers N`` (N > 1) this process binds the port, forks N workers that each serve
 it (on Linux each has its own socket on the port, ``SO_REUSEPORT``, so the kernel spreads
