@@ -220,7 +220,9 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
 
     def received(done: asyncio.Future[Any]) -> None:
         nonlocal gone
-        if done.cancelled():
+        # Done callbacks run later: one may come after main() has returned, when cancelling
+        # the task would hit whatever the request does next.
+        if done.cancelled() or finished:
             return
         if done.exception() is None and done.result()["type"] == "http.request":
             read()  # more of a request body nobody reads: keep listening
@@ -228,6 +230,7 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
         gone = True  # http.disconnect, or the server failed the read: the client is gone
         task.cancel()
 
+    finished = False
     read()
     try:
         await main()
@@ -235,6 +238,7 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
         if not gone or task.uncancel() > 0:
             raise
     finally:
+        finished = True
         if reader is not None and not reader.done():
             reader.remove_done_callback(received)
             reader.cancel()
