@@ -16,7 +16,14 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from tests.project.helpers import path, position, wait_for_subscribers, worker_pids
+from tests.project.helpers import (
+    assert_still_serving,
+    path,
+    position,
+    wait_for_subscribers,
+    worker_pids,
+)
+from tests.test_slowloris import read_until_closed
 
 LOCATIONS = [
     {"type": "publisher", "prefix": "/publisher/"},
@@ -121,3 +128,24 @@ async def test_uvicorn_workers_share_a_redis_store_and_stop_together(
         code = await anyio.to_thread.run_sync(server.process.wait)
     assert code == 0, server.log
     assert server.log.count("Application shutdown complete") == len(pids) == 2
+
+
+@pytest.mark.anyio
+async def test_granian_closes_a_half_sent_head_after_client_header_timeout(push_server_factory):
+    """client_header_timeout reaches granian (--http1-header-read-timeout): a slowloris
+    connection is closed, and serving goes on meanwhile."""
+    pytest.importorskip("granian")
+    server = push_server_factory(
+        {"locations": LOCATIONS, "client_header_timeout": 1}, "--server", "granian"
+    )
+    host, port = server.host.rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        with anyio.fail_after(15):
+            stream = await anyio.connect_tcp(host, int(port))
+            async with stream:
+                await stream.send(b"GET /subscriber/slow HTTP/1.1\r\nHost: t\r\nX-A: ")
+                await assert_still_serving(client)
+                received = await read_until_closed(stream)
+    # Closed by granian without a response to a request it never finished reading (or
+    # with its 408): either way the connection is gone within the bound.
+    assert received == b"" or received.startswith(b"HTTP/1.1 408"), received[:200]
