@@ -83,11 +83,8 @@ class PushServerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         if self.push_server is not None:
             env["PUSHSERVER_TEST_CONFIG"] = json.dumps(self.push_server)
-        command = [sys.executable, "-m", "django", "runpushserver", self.address, *self.args]
-        if self.reload is not None and not {"--reload", "--noreload"} & set(self.args):
-            command.append("--reload" if self.reload else "--noreload")
         self.process = subprocess.Popen(
-            command,
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -99,7 +96,7 @@ class PushServerProcess:
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
         try:
-            match = self.wait_for_output(_RUNNING_RE.pattern, timeout=self.startup_timeout)
+            match = self.wait_for_output(self.ready_pattern, timeout=self.startup_timeout)
         except TimeoutError:
             if self._drainer is not None and not self._drainer.is_alive():
                 # Its output ended: it is exiting, maybe not yet reaped; don't race that.
@@ -107,13 +104,46 @@ class PushServerProcess:
                     self.process.wait(10)
             exited = self.process.poll() is not None
             self.stop()
+            name = " ".join(self.command()[2:4])
             if exited:
                 raise RuntimeError(
-                    f"runpushserver exited with {self.process.returncode}:\n{self.log}"
+                    f"{name} exited with {self.process.returncode}:\n{self.log}"
                 ) from None
-            raise TimeoutError(f"runpushserver did not start:\n{self.log}") from None
-        self.url, self.host = match.group(1), match.group(2)
+            raise TimeoutError(f"{name} did not start:\n{self.log}") from None
+        self.started(match)
+        self.wait_listening()
         return self
+
+    def wait_listening(self) -> None:
+        """Some servers say they started before they listen (daphne's runserver, granian
+        under ``runpushserver --server granian``): wait until the port accepts a
+        connection (polling another process, bounded by ``startup_timeout``)."""
+        host, _, port = self.host.rpartition(":")
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+                return
+            except OSError:
+                if self.process is None or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"the server exited:\n{self.log}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"nothing listens on {self.host}:\n{self.log}") from None
+                time.sleep(0.05)
+
+    #: The output line that says the server is up (its groups: :meth:`started`).
+    ready_pattern = _RUNNING_RE.pattern
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "django", "runpushserver", self.address, *self.args]
+        if self.reload is not None and not {"--reload", "--noreload"} & set(self.args):
+            command.append("--reload" if self.reload else "--noreload")
+        return command
+
+    def started(self, match: re.Match[str]) -> None:
+        self.url, self.host = match.group(1), match.group(2)
 
     def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -175,6 +205,41 @@ class PushServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class ASGIServerProcess(PushServerProcess):
+    """Another ASGI server's command line in a child process, serving the project's ASGI
+    application (``pushserver.asgi``) on ``address`` (``host:port``; port 0: a free one)::
+
+        server = ASGIServerProcess(
+            "mysite.settings",
+            ["uvicorn", "mysite.asgi:application", "--host", "{host}", "--port", "{port}"],
+            ready=r"Uvicorn running on",
+        )
+
+    ``{host}`` and ``{port}`` in ``command`` are replaced; ``command[0]`` is run as
+    ``python -m command[0]`` with this interpreter. The server is up once a line of its
+    output matches ``ready``. Other arguments are :class:`PushServerProcess`'s.
+    """
+
+    def __init__(
+        self, settings_module: str, command: Sequence[str], *, ready: str, **kwargs: Any
+    ) -> None:
+        super().__init__(settings_module, **kwargs)
+        host, _, port = self.address.rpartition(":")
+        self.bind_host = host.strip("[]") or "127.0.0.1"
+        self.port = int(port) or free_port(self.bind_host)
+        self.template = list(command)
+        self.ready_pattern = ready
+
+    def command(self) -> list[str]:
+        values = {"host": self.bind_host, "port": str(self.port)}
+        return [sys.executable, "-m", *(part.format(**values) for part in self.template)]
+
+    def started(self, match: re.Match[str]) -> None:
+        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+        self.host = f"{host}:{self.port}"
+        self.url = f"http://{self.host}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
