@@ -480,3 +480,19 @@ async def test_frames_match_nchans_own(server, client):
     ours = [without_ids(frame) for frame in got["pushserver", NCHAN_META]]
     assert ours == [without_ids(frame) for frame in got["nchan", NCHAN_META]]
     assert ours[0] == 'id: *\ncontent-type: application/json\n\n{"a": 1}'
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offered", [None, [NCHAN_META], [PUSHSERVER_V1]])
+async def test_a_close_reason_is_cut_to_123_bytes_of_utf8(server, offered):
+    """A refusal naming a long non-ASCII channel id: RFC 6455 allows a close reason of 123
+    bytes, so it is cut there, on a character boundary, and the client gets the code."""
+    from urllib.parse import quote
+
+    channel = "é" * 80  # 160 bytes in UTF-8, 80 characters
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, f"/strict/{quote(channel)}"), subprotocols=offered) as ws:
+            code, reason = await closed_with(ws)
+    assert code == 4404
+    assert len(reason.encode()) in (122, 123)  # a two-byte character does not fit in the 123rd
+    assert f"no such channel: {channel}".startswith(reason)
