@@ -489,7 +489,7 @@ class _Connection:
     async def ping(self) -> None:
         if self.mode == PUSHSERVER_V1:
             await self.send(_PING)
-        elif PING_EXTENSION in self.request.scope.get("extensions", ()):
+        elif PING_EXTENSION in (self.request.scope.get("extensions") or ()):
             await self.send(_PROTOCOL_PING)  # nothing in-band: a WebSocket ping frame
 
     async def deliver(self) -> None:

@@ -303,7 +303,10 @@ async def test_plain_mode_closes_on_delete_and_on_gap(server, client):
 
 
 @pytest.mark.anyio
-async def test_plain_mode_keepalive_is_ping_frames(server):
+@pytest.mark.parametrize("offered", [(), (NCHAN_META,)])
+async def test_plain_mode_keepalive_is_ping_frames(server, offered):
+    """Plain and ws+meta.nchan: through hypercorn_fixes.send_websocket_pings, which this
+    fails without (tests/test_websocket_pings.py: how it fails safe)."""
     from wsproto.events import Ping
 
     from tests.transports.test_backpressure import RawWebSocket
@@ -312,7 +315,7 @@ async def test_plain_mode_keepalive_is_ping_frames(server):
 
     def read() -> list:
         with socket.create_connection((host, int(port)), timeout=20) as sock:
-            ws = RawWebSocket(sock, "/pings/plain-k", subprotocols=())
+            ws = RawWebSocket(sock, f"/pings/plain-k{len(offered)}", subprotocols=offered)
             return ws.frames(lambda frame: isinstance(frame, Ping))
 
     with anyio.fail_after(15):
