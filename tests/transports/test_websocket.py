@@ -217,12 +217,14 @@ async def test_websocket_restricted_by_transport_option(push_server_factory):
 
 
 @pytest.mark.anyio
-async def test_server_shutdown_closes_with_1001(push_server_factory):
+@pytest.mark.parametrize("offered", [[PUSHSERVER_V1], None, [NCHAN_META]])
+async def test_server_shutdown_closes_with_1001(push_server_factory, offered):
     server = push_server_factory({"locations": CONFIG["locations"][:2]})
     with anyio.fail_after(10):
-        async with connect(ws_url(server, "/subscriber/bye")) as ws:
-            await ws.send('{"ping": 1}')
-            assert json.loads(await ws.recv()) == {"type": "pong"}
+        async with connect(ws_url(server, "/subscriber/bye"), subprotocols=offered) as ws:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                await publish(client, "bye", "subscribed")  # once received, it is
+            assert (await ws.recv()).endswith("subscribed")
             server.process.send_signal(signal.SIGTERM)
             assert await closed_with(ws) == (1001, "the server is shutting down")
     assert await anyio.to_thread.run_sync(server.process.wait, 10) == 0
