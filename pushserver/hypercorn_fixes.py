@@ -58,6 +58,36 @@ def end_refused_websockets() -> None:
     WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
 
 
+def refuse_non_ascii_websocket_handshakes() -> None:
+    """Answer ``400`` to a WebSocket handshake whose header lists are not ASCII (idempotent).
+
+    hypercorn (0.18) splits ``Sec-WebSocket-Protocol``, ``Sec-WebSocket-Extensions`` and
+    ``Connection`` of a WebSocket request with wsproto's ``split_comma_header``, which
+    decodes them as ASCII: a client that sends any other byte there (``Sec-WebSocket-
+    Protocol: é``) gets its connection dropped without an answer and a traceback in the
+    log. RFC 6455 makes these lists of tokens, so such a handshake is a bad one, and is now
+    answered as hypercorn answers other bad handshakes: ``400`` and ``connection: close``.
+    """
+    from hypercorn.protocol.ws_stream import Handshake
+
+    init = Handshake.__init__
+    if getattr(init, "refuses_non_ascii", False):
+        return
+
+    def init_or_invalid(self: Any, headers: Any, http_version: str) -> None:
+        try:
+            init(self, headers, http_version)
+        except UnicodeDecodeError:
+            self.accepted = False
+            self.http_version = http_version
+            self.connection_tokens = self.extensions = self.subprotocols = None
+            self.key = self.upgrade = None
+            self.version = None  # is_valid() is then False, whatever the HTTP version
+
+    init_or_invalid.refuses_non_ascii = True  # type: ignore[attr-defined]
+    Handshake.__init__ = init_or_invalid  # type: ignore[method-assign]
+
+
 def decline_bad_h2c_upgrades() -> None:
     """Serve over HTTP/1.1 a request asking for an ``h2c`` upgrade with bad settings
     (idempotent).
