@@ -267,6 +267,8 @@ async def test_plain_mode_sends_the_bodies_alone(server, client, offered):
             # A command is ignored: no reply, no close; the next frame is the next message.
             await ws.send('{"ping": 1}')
             await ws.send('{"subscribe": "other"}')
+            await ws.send(b'\xff{"ping": 1}')  # binary, not UTF-8: ignored all the same
+            await ws.send("x" * 100_000)  # nor is a long frame read as anything
             await publish(client, channel, "<p>live</p>", content_type="text/html")
             live = await ws.recv()
     assert frames == ['{"a": 1}', b"\x00\x01\xff", b"not utf-8 \xff"]
