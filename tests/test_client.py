@@ -238,3 +238,35 @@ async def test_a_gap_is_told_once_across_reconnects(push_server_factory, redis_s
             await publish(client, "expired", "m2")
         (item,) = await take(items, 1)
     assert (type(item), item.text) == (Message, "m2")
+
+
+async def test_fallback_where_the_websocket_handshake_fails_against_nchan():
+    """nchan itself (Debian's nginx with libnginx-mod-nchan) answers the offer of
+    ``pushserver.v1`` with an empty Sec-WebSocket-Protocol, which ``websockets`` refuses:
+    the client goes on over nchan's event stream, from the same position. (The other way
+    to fall back, a 4403 close, is test_fallback_only_when_websocket_is_refused.)"""
+    from bench.nchan import Nchan, available
+
+    if not available():
+        pytest.skip("nginx with libnginx-mod-nchan is not installed")
+    nchan = Nchan(free_port(), cpu=0, nofile=1024).start()
+    try:
+        base = f"http://127.0.0.1:{nchan.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for body in ("n0", "n1"):
+                response = await client.post("/pub/theirs", content=body)
+                assert response.status_code in (201, 202), response.text
+            url = base + "/sub/theirs"
+            with anyio.fail_after(20), pytest.raises(SubscriptionError) as refused:
+                async with aclosing(subscribe(url, transport="websocket", **FAST)) as items:
+                    await anext(items)
+            assert refused.value.code == 4403
+            assert refused.value.reason.startswith("WebSocket handshake failed")
+            async with aclosing(subscribe(url, **FAST)) as items:
+                got = await take(items, 2)
+                await client.post("/pub/theirs", content="n2")
+                got += await take(items, 1)
+    finally:
+        nchan.stop()
+    assert [(m.channel, m.text) for m in got] == [("theirs", f"n{n}") for n in range(3)]
+    assert len({m.id for m in got}) == 3
