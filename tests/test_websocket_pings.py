@@ -19,6 +19,7 @@ from pushserver import hypercorn_fixes
 from pushserver.app import PushServer
 from pushserver.config import load
 from pushserver.transports.websocket import NCHAN_META, PING_EXTENSION
+from tests.project.helpers import asgi_request
 
 pytestmark = pytest.mark.anyio
 
@@ -97,28 +98,8 @@ class Connection:
 
 
 async def publish(app: PushServer, channel: str, body: bytes) -> None:
-    events = [{"type": "http.request", "body": body, "more_body": False}]
-    sent = []
-
-    async def receive():
-        return events.pop(0) if events else {"type": "http.disconnect"}
-
-    async def send(event):
-        sent.append(event)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": f"/publisher/{channel}",
-        "raw_path": f"/publisher/{channel}".encode(),
-        "query_string": b"",
-        "headers": [
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", b"text/plain"),
-        ],
-        "client": ("127.0.0.1", 5001),
-    }
-    await app(scope, receive, send)
+    headers = [(b"content-type", b"text/plain")]
+    sent = await asgi_request(app, "POST", f"/publisher/{channel}", body, headers)
     assert sent[0]["status"] in (201, 202), sent
 
 
