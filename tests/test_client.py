@@ -37,6 +37,7 @@ def config(store: dict) -> dict:
                 "create_on_get": True,
                 "transports": ["longpoll", "eventsource"],
             },
+            {"type": "subscriber", "prefix": "/quiet/", "create_on_get": True, "ping_interval": 0},
         ],
     }
 
@@ -270,3 +271,26 @@ async def test_fallback_where_the_websocket_handshake_fails_against_nchan():
         nchan.stop()
     assert [(m.channel, m.text) for m in got] == [("theirs", f"n{n}") for n in range(3)]
     assert len({m.id for m in got}) == 3
+
+
+async def test_an_event_stream_silent_past_idle_timeout_is_dropped(server, client):
+    """An event stream that sends nothing, not even a keepalive comment (this location
+    sends none), for ``idle_timeout`` seconds counts as dropped: with ``retry=False`` it
+    raises the network's TimeoutError; ``idle_timeout=None`` waits on."""
+    await publish(client, "idle", "m0")
+    url = server.url + "/quiet/idle"
+    options = {"transport": "eventsource", "retry": False}
+    async with aclosing(subscribe(url, idle_timeout=0.3, **options)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        with anyio.fail_after(20), pytest.raises(TimeoutError):
+            await anext(items)
+
+    async def after_a_silence() -> None:
+        await anyio.sleep(0.6)  # the silence under test (twice the timeout above), no sync
+        await publish(client, "idle", "m1")
+
+    async with aclosing(subscribe(url, idle_timeout=None, **options)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        async with anyio.create_task_group() as group:
+            group.start_soon(after_a_silence)
+            assert [m.text for m in await take(items, 1)] == ["m1"]
