@@ -15,8 +15,8 @@ from pushserver.testing import free_port
 from .conftest import (
     cors_config,
     publish,
+    restart_missing_two,
     start_cross_origin,
-    wait_problem,
     wait_received,
     wait_subscribers,
 )
@@ -98,13 +98,7 @@ def test_cross_origin_resume_after_a_restart_and_gap(page, start_server, redis_s
     publish(other, channel, {"type": "test", "n": 1})
     wait_received(page, 1)
 
-    push.stop()
-    wait_problem(page, "request")
-    publish(other, channel, {"type": "test", "n": 2})
-    publish(other, channel, {"type": "test", "n": 3})
-    push = start_server(settings, port=port)
-    received = wait_received(page, 3)
-    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+    push = restart_missing_two(page, start_server, push, other, settings, channel)
 
     assert page.evaluate("$.updates.unsubscribe('c')") is True
     wait_subscribers(push, channel, 0)
