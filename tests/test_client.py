@@ -38,6 +38,12 @@ def config(store: dict) -> dict:
                 "transports": ["longpoll", "eventsource"],
             },
             {"type": "subscriber", "prefix": "/quiet/", "create_on_get": True, "ping_interval": 0},
+            {
+                "type": "subscriber",
+                "prefix": "/hook/",
+                "create_on_get": True,
+                "can_subscribe": "tests.project.authz.async_hook",  # agent*: User-Agent friend
+            },
         ],
     }
 
@@ -294,3 +300,21 @@ async def test_an_event_stream_silent_past_idle_timeout_is_dropped(server, clien
         async with anyio.create_task_group() as group:
             group.start_soon(after_a_silence)
             assert [m.text for m in await take(items, 1)] == ["m1"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "eventsource"])
+async def test_headers_go_with_every_connection(server, client, transport):
+    """``headers`` reach the server on each transport: a ``can_subscribe`` hook that lets
+    only the User-Agent 'friend' in (tests/project/authz.py) accepts the client that sends
+    it, and refuses (403 / 4403) the one that does not."""
+    channel = f"agent-{transport}"
+    await publish(client, channel, "for friends")
+    url = server.url + "/hook/" + channel
+    friend = {"transport": transport, "headers": {"User-Agent": "friend"}}
+    async with aclosing(subscribe(url, **friend, **FAST)) as items:
+        assert [m.text for m in await take(items, 1)] == ["for friends"]
+    stranger = {"transport": transport, "headers": {"User-Agent": "stranger"}}
+    with anyio.fail_after(20), pytest.raises(SubscriptionError) as refused:
+        async with aclosing(subscribe(url, **stranger, **FAST)) as items:
+            await anext(items)
+    assert refused.value.code == (4403 if transport == "websocket" else 403)
