@@ -170,11 +170,11 @@ async def test_send_update_to_the_cluster_with_a_key_over_http_and_straight(two_
 
 
 def test_a_cluster_passes_the_checks(redis_cluster):
-    assert pushserver_messages({"store": redis_cluster.store()}) == []
+    assert pushserver_messages({"store": redis_cluster.store()}, deploy=True) == []
 
 
 def test_the_cluster_option_on_one_redis_is_a_warning_naming_it(redis_server):
-    (message,) = pushserver_messages({"store": redis_server.store(cluster=True)})
+    (message,) = pushserver_messages({"store": redis_server.store(cluster=True)}, deploy=True)
     assert message.id == "pushserver.W053" and message.level == checks.WARNING
     assert f"cluster redis://127.0.0.1:{redis_server.port}/0" in message.msg
     assert "not a Redis Cluster node" in message.msg
@@ -184,7 +184,7 @@ def test_the_cluster_option_on_one_redis_is_a_warning_naming_it(redis_server):
 def test_a_cluster_node_without_the_option_is_a_warning(redis_cluster):
     store = redis_cluster.store()
     del store["cluster"]
-    (message,) = pushserver_messages({"store": store})
+    (message,) = pushserver_messages({"store": store}, deploy=True)
     assert message.id == "pushserver.W053"
     assert f"redis://127.0.0.1:{redis_cluster.servers[0].port}/0" in message.msg
     assert "is a Redis Cluster node" in message.msg
@@ -192,7 +192,9 @@ def test_a_cluster_node_without_the_option_is_a_warning(redis_cluster):
 
 def test_an_unreachable_cluster_is_a_warning_naming_it():
     port = free_port()
-    (message,) = pushserver_messages({"store": {"type": "redis", "port": port, "cluster": True}})
+    (message,) = pushserver_messages(
+        {"store": {"type": "redis", "port": port, "cluster": True}}, deploy=True
+    )
     assert message.id == "pushserver.W052"
     assert f"cannot reach Redis at cluster redis://127.0.0.1:{port}/0" in message.msg
 
@@ -201,7 +203,7 @@ def test_unreachable_sentinels_are_a_warning_naming_them():
     ports = [free_port(), free_port()]
     sentinels = [f"127.0.0.1:{port}" for port in ports]
     store = {"type": "redis", "sentinels": sentinels, "service": "main"}
-    (message,) = pushserver_messages({"store": store})
+    (message,) = pushserver_messages({"store": store}, deploy=True)
     assert message.id == "pushserver.W052"
     assert f"sentinel://{','.join(sentinels)}/main" in message.msg
     assert "no sentinel named a primary for 'main'" in message.msg
