@@ -18,7 +18,6 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from websockets.asyncio.client import connect as ws_connect
 
 from pushserver import __version__
 from pushserver.testing import ASGIServerProcess, free_port
@@ -32,6 +31,7 @@ from tests.project.helpers import (
 )
 from tests.test_hostile_http import connect, exchange
 from tests.test_passthrough import check_presence_loop, site_locations
+from tests.transports.streams import connect as ws_connect
 from tests.transports.streams import event_stream, longpoll_id, ws_frame, ws_url
 
 pytestmark = pytest.mark.anyio
