@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
@@ -212,6 +213,10 @@ class PushServer:
         self._busy_logged = -BUSY_LOG_INTERVAL
         self._max_header_size = config.max_header_size
         self._stack: AsyncExitStack | None = None
+        #: Set by :func:`pushserver.asgi.get_asgi_application` (any ASGI server): the first
+        #: request opens the stores when no lifespan did, and registers the app for
+        #: in-process publishing; then it is cleared (one attribute test per request).
+        self.first_request: Callable[[Scope], Awaitable[None]] | None = None
         # An async-context presence factory (passthrough) lives as long as the server.
         self._presence_context = (
             presence_factory if hasattr(presence_factory, "__aenter__") else None
@@ -286,6 +291,8 @@ class PushServer:
         if kind == "lifespan":
             await self.lifespan(receive, send)
             return
+        if self.first_request is not None:
+            await self.first_request(scope)
         receive, send = guard_body(scope, receive, send)
         if kind == "http" and framed_twice(scope):
             reason = "Content-Length and Transfer-Encoding together"

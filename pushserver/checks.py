@@ -142,6 +142,7 @@ def check_redis_reachable(app_configs: Any = None, **kwargs: Any) -> list[checks
         return []  # pushserver.E016 says so
     messages: list[checks.CheckMessage] = []
     pinged: dict[str, str | None] = {}
+    misconfigured: set[str] = set()
     for store in stores:
         try:
             cls = backend_class(store.type)
@@ -152,13 +153,27 @@ def check_redis_reachable(app_configs: Any = None, **kwargs: Any) -> list[checks
             continue
         if backend.address not in pinged:
             pinged[backend.address] = backend.ping(REDIS_CHECK_TIMEOUT)
+            if backend.misconfigured:
+                misconfigured.add(backend.address)
         reason = pinged[backend.address]
-        if reason is not None:
+        if reason is not None and backend.address in misconfigured:
+            messages.append(
+                checks.Warning(
+                    f"PUSH_SERVER['store'] {store.name!r}: Redis at {backend.address}: {reason}",
+                    hint="Set the store's 'cluster' to match the server: True for a Redis "
+                    "Cluster (any node's address will do), False for one Redis. Until then "
+                    "commands fail (MOVED or 'cluster support disabled') and publishing gets "
+                    "503.",
+                    id="pushserver.W053",
+                )
+            )
+        elif reason is not None:
             messages.append(
                 checks.Warning(
                     f"PUSH_SERVER['store'] {store.name!r}: cannot reach Redis at "
                     f"{backend.address} ({reason})",
-                    hint="Start Redis or fix the store's host, port, url or password. The "
+                    hint="Start Redis or fix the store's host, port, url, password or "
+                    "sentinels. The "
                     "push server starts anyway and connects once Redis answers; until then "
                     "publishing fails with 503.",
                     id="pushserver.W052",

@@ -51,6 +51,7 @@ STORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "message_timeout": 0,
         **CHANNEL_BOUND_DEFAULTS,
         **MEMORY_BUDGET_DEFAULTS,
+        "idempotency_window": 300,
     },
     "redis": {
         **CHANNEL_BOUND_DEFAULTS,
@@ -64,6 +65,13 @@ STORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "min_messages": 0,
         "max_messages": 0,
         "message_timeout": 0,
+        # Past one Redis (docs/redis.md): Cluster, Sentinel, durable acks, idempotency.
+        "cluster": False,
+        "sentinels": None,
+        "service": None,
+        "wait_replicas": 0,
+        "wait_timeout": 1.0,
+        "idempotency_window": 300,
     },
 }
 
@@ -361,6 +369,7 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
                     c, f"{skey}['message_timeout']", merged["message_timeout"], 14, integer=False
                 )
             _check_store_bounds(c, skey, store_type, merged)
+            _check_store_durability(c, skey, merged)
         elif "." in store_type:
             merged = {k: v for k, v in options.items() if k != "type"}
         else:
@@ -468,6 +477,59 @@ def _check_budgets(
                 f"{limit} bytes cannot hold one message of max_message_size ({largest} bytes)",
                 f"Raise memory_limit to at least {needed}, or lower max_message_size.",
                 103,
+            )
+
+
+def _check_store_durability(c: _Collector, skey: str, options: Mapping[str, Any]) -> None:
+    """The redis store's Cluster, Sentinel, ``wait_replicas`` and idempotency options (and
+    the memory store's ``idempotency_window``): E170-E173."""
+    if "idempotency_window" in options:
+        _check_non_negative(
+            c, f"{skey}['idempotency_window']", options["idempotency_window"], 173, integer=False
+        )
+    if "cluster" not in options:
+        return  # a memory store
+    cluster, sentinels, service = options["cluster"], options["sentinels"], options["service"]
+    if not isinstance(cluster, bool):
+        c.error(f"{skey}['cluster']", f"must be True or False, not {cluster!r}", "Use True.", 170)
+    elif cluster and sentinels:
+        c.error(
+            f"{skey}['cluster']",
+            "a store is either a Redis Cluster or watched by Sentinel, not both",
+            "Remove 'sentinels' (Cluster fails over by itself) or set 'cluster': False.",
+            170,
+        )
+    if sentinels is not None:
+        fine = (
+            isinstance(sentinels, list | tuple)
+            and sentinels
+            and all(
+                isinstance(entry, str) and entry.rpartition(":")[2].isdigit() for entry in sentinels
+            )
+        )
+        if not fine:
+            c.error(
+                f"{skey}['sentinels']",
+                f"must be a list of 'host:port' strings, not {sentinels!r}",
+                "Write ['10.0.0.1:26379', '10.0.0.2:26379', '10.0.0.3:26379'].",
+                171,
+            )
+        if not isinstance(service, str) or not service:
+            c.error(
+                f"{skey}['service']",
+                f"names the primary the sentinels watch; it is {service!r}",
+                "Set 'service' to the name in the sentinels' 'sentinel monitor <name> ...'.",
+                171,
+            )
+    replicas = options["wait_replicas"]
+    if _check_non_negative(c, f"{skey}['wait_replicas']", replicas, 172, integer=True):
+        timeout = options["wait_timeout"]
+        if not _is_number(timeout) or not 0 < timeout < float("inf"):
+            c.error(
+                f"{skey}['wait_timeout']",
+                f"must be a number of seconds > 0, not {timeout!r}",
+                "Set it a little above your replicas' usual lag, e.g. 1.",
+                172,
             )
 
 

@@ -351,10 +351,13 @@ class Hub:
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
+        # The key only when there is one: a backend of an older signature keeps working.
+        keyed = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         try:
             result = await self.backend.publish(
-                channel_id, body, content_type, event=event, create=create
+                channel_id, body, content_type, event=event, create=create, **keyed
             )
         except StoreFull:
             self.metrics.publishes_refused += 1

@@ -255,6 +255,7 @@ _INFO_FORMATS = {
 }
 
 
+@lru_cache(maxsize=64)  # publishers send the same Accept every time (bounded: any header)
 def negotiate_info_format(accept: str | None) -> tuple[str, str]:
     """``(format, content_type)`` for an ``Accept`` header, as NHPM negotiates it.
 

@@ -37,6 +37,13 @@ def config(store: dict) -> dict:
                 "create_on_get": True,
                 "transports": ["longpoll", "eventsource"],
             },
+            {"type": "subscriber", "prefix": "/quiet/", "create_on_get": True, "ping_interval": 0},
+            {
+                "type": "subscriber",
+                "prefix": "/hook/",
+                "create_on_get": True,
+                "can_subscribe": "tests.project.authz.async_hook",  # agent*: User-Agent friend
+            },
         ],
     }
 
@@ -238,3 +245,76 @@ async def test_a_gap_is_told_once_across_reconnects(push_server_factory, redis_s
             await publish(client, "expired", "m2")
         (item,) = await take(items, 1)
     assert (type(item), item.text) == (Message, "m2")
+
+
+async def test_fallback_where_the_websocket_handshake_fails_against_nchan():
+    """nchan itself (Debian's nginx with libnginx-mod-nchan) answers the offer of
+    ``pushserver.v1`` with an empty Sec-WebSocket-Protocol, which ``websockets`` refuses:
+    the client goes on over nchan's event stream, from the same position. (The other way
+    to fall back, a 4403 close, is test_fallback_only_when_websocket_is_refused.)"""
+    from bench.nchan import Nchan, available
+
+    if not available():
+        pytest.skip("nginx with libnginx-mod-nchan is not installed")
+    nchan = Nchan(free_port(), cpu=0, nofile=1024).start()
+    try:
+        base = f"http://127.0.0.1:{nchan.port}"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for body in ("n0", "n1"):
+                response = await client.post("/pub/theirs", content=body)
+                assert response.status_code in (201, 202), response.text
+            url = base + "/sub/theirs"
+            with anyio.fail_after(20), pytest.raises(SubscriptionError) as refused:
+                async with aclosing(subscribe(url, transport="websocket", **FAST)) as items:
+                    await anext(items)
+            assert refused.value.code == 4403
+            assert refused.value.reason.startswith("WebSocket handshake failed")
+            async with aclosing(subscribe(url, **FAST)) as items:
+                got = await take(items, 2)
+                await client.post("/pub/theirs", content="n2")
+                got += await take(items, 1)
+    finally:
+        nchan.stop()
+    assert [(m.channel, m.text) for m in got] == [("theirs", f"n{n}") for n in range(3)]
+    assert len({m.id for m in got}) == 3
+
+
+async def test_an_event_stream_silent_past_idle_timeout_is_dropped(server, client):
+    """An event stream that sends nothing, not even a keepalive comment (this location
+    sends none), for ``idle_timeout`` seconds counts as dropped: with ``retry=False`` it
+    raises the network's TimeoutError; ``idle_timeout=None`` waits on."""
+    await publish(client, "idle", "m0")
+    url = server.url + "/quiet/idle"
+    options = {"transport": "eventsource", "retry": False}
+    async with aclosing(subscribe(url, idle_timeout=0.3, **options)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        with anyio.fail_after(20), pytest.raises(TimeoutError):
+            await anext(items)
+
+    async def after_a_silence() -> None:
+        await anyio.sleep(0.6)  # the silence under test (twice the timeout above), no sync
+        await publish(client, "idle", "m1")
+
+    async with aclosing(subscribe(url, idle_timeout=None, **options)) as items:
+        assert [m.text for m in await take(items, 1)] == ["m0"]
+        async with anyio.create_task_group() as group:
+            group.start_soon(after_a_silence)
+            assert [m.text for m in await take(items, 1)] == ["m1"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "eventsource"])
+async def test_headers_go_with_every_connection(server, client, transport):
+    """``headers`` reach the server on each transport: a ``can_subscribe`` hook that lets
+    only the User-Agent 'friend' in (tests/project/authz.py) accepts the client that sends
+    it, and refuses (403 / 4403) the one that does not."""
+    channel = f"agent-{transport}"
+    await publish(client, channel, "for friends")
+    url = server.url + "/hook/" + channel
+    friend = {"transport": transport, "headers": {"User-Agent": "friend"}}
+    async with aclosing(subscribe(url, **friend, **FAST)) as items:
+        assert [m.text for m in await take(items, 1)] == ["for friends"]
+    stranger = {"transport": transport, "headers": {"User-Agent": "stranger"}}
+    with anyio.fail_after(20), pytest.raises(SubscriptionError) as refused:
+        async with aclosing(subscribe(url, **stranger, **FAST)) as items:
+            await anext(items)
+    assert refused.value.code == (4403 if transport == "websocket" else 403)

@@ -63,6 +63,7 @@ def test_defaults():
         "keep_publisher_channels": True,
         "memory_limit": 64 * 1024 * 1024,
         "max_channels": 100_000,
+        "idempotency_window": 300,
     }
     publisher, subscriber = config.locations
     assert (publisher.type, publisher.pattern) == ("publisher", "/publisher/(.+)")
@@ -90,6 +91,7 @@ def test_documented_example_is_accepted_as_is():
         "keep_publisher_channels": True,
         "memory_limit": 64 * 1024 * 1024,
         "max_channels": 100_000,
+        "idempotency_window": 300,
     }
     subscriber, publisher = config.locations
     assert subscriber.regex.match("/updates/abc").group(1) == "abc"

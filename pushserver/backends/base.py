@@ -36,6 +36,9 @@ class PublishResult:
     message: Message
     #: Subscribers that were waiting for this channel when it was published (201 vs 202).
     subscribers: int
+    #: True when an idempotency key had been seen: this is the first publish's result (its
+    #: id, time and subscribers), and nothing was stored this time.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +151,14 @@ class Backend(ABC):
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
         """Store a message and have it delivered to every subscriber of the channel.
+
+        With an ``idempotency_key`` seen on the channel within the backend's
+        ``idempotency_window``, nothing is stored: the result is the first publish's, with
+        ``replayed`` set. (The hub passes the key only when there is one, so a backend
+        without idempotency support keeps working without it.)
 
         Raises :class:`~pushserver.exceptions.ChannelNotFound` when the channel is missing
         and ``create`` is false, :class:`~pushserver.exceptions.StoreFull` when the store is

@@ -61,6 +61,7 @@ class _Channel:
     __slots__ = (
         "due",
         "evicted_upto",
+        "idempotency",
         "idle_since",
         "last_id",
         "last_requested",
@@ -86,6 +87,13 @@ class _Channel:
         self.size = 0
         #: When its sweeper entry is due (0: none in the heap).
         self.due = 0.0
+        #: Idempotency key -> (forgotten at, the first publish's result), oldest first.
+        self.idempotency: dict[str, tuple[float, PublishResult]] | None = None
+
+
+#: Keys remembered per channel at most: past it the oldest is forgotten early, so a
+#: publisher sending a new key per message cannot make a channel grow without bound.
+MAX_IDEMPOTENCY_KEYS = 10_000
 
 
 def _message_id(message: Message) -> MessageId:
@@ -119,6 +127,7 @@ class MemoryBackend(Backend):
         keep_publisher_channels: bool = True,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        idempotency_window: float = 300,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -129,8 +138,11 @@ class MemoryBackend(Backend):
             keep_publisher_channels=keep_publisher_channels,
             memory_limit=memory_limit,
             max_channels=max_channels,
+            idempotency_window=idempotency_window,
             **options,
         )
+        #: Seconds an ``Idempotency-Key`` is remembered (0: keys are ignored).
+        self.idempotency_window = idempotency_window
         self.min_messages = min_messages
         self.max_messages = max_messages
         self.message_timeout = message_timeout
@@ -302,9 +314,14 @@ class MemoryBackend(Backend):
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
         channel = self._channels.get(channel_id)
         now = time.time()
+        if channel is not None and idempotency_key is not None:
+            first = self._seen(channel, idempotency_key, now)
+            if first is not None:
+                return first
         cost = MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
         if channel is None:
             if not create:
@@ -334,8 +351,33 @@ class MemoryBackend(Backend):
         if self.message_timeout:
             self._next_due(channel_id, channel)
         subscribers = channel.subscribers
+        result = PublishResult(message, subscribers)
+        if idempotency_key is not None and self.idempotency_window > 0:
+            if channel.idempotency is None:
+                channel.idempotency = {}
+            channel.idempotency[idempotency_key] = (
+                now + self.idempotency_window,
+                PublishResult(message, subscribers, replayed=True),
+            )
+            if len(channel.idempotency) > MAX_IDEMPOTENCY_KEYS:
+                del channel.idempotency[next(iter(channel.idempotency))]
         self.listener.on_message(channel_id, message)
-        return PublishResult(message, subscribers)
+        return result
+
+    @staticmethod
+    def _seen(channel: _Channel, key: str, now: float) -> PublishResult | None:
+        """The first result for ``key`` if it is still remembered; forgets expired keys."""
+        keys = channel.idempotency
+        if not keys:
+            return None
+        # Oldest first, all with one window: expired keys are at the front.
+        while keys:
+            oldest = next(iter(keys))
+            if keys[oldest][0] > now:
+                break
+            del keys[oldest]
+        first = keys.get(key)
+        return first[1] if first is not None else None
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         channel = self._get(channel_id)

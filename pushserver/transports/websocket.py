@@ -227,6 +227,23 @@ def encode_nchan(message: Message, message_id: str | None = None) -> dict[str, A
     return {"type": "websocket.send", "bytes": head.encode() + plain["bytes"]}
 
 
+#: Longest close reason in bytes: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_CLOSE_REASON = 123
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to :data:`MAX_CLOSE_REASON` bytes of UTF-8, on a character boundary.
+
+    A refusal names what it refuses (a channel id, an authorizer's reason), which may be
+    longer, and not ASCII: cutting by characters could still overflow the frame. wsproto
+    cuts too, but the ASGI event is the application's to get right for any server.
+    """
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return text
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore")  # drops a cut character
+
+
 def control(kind: str, **fields: Any) -> dict[str, Any]:
     return {
         "type": "websocket.send",
@@ -372,7 +389,7 @@ class WebSocketTransport(SubscriberTransport):
         with anyio.move_on_after(CLOSE_TIMEOUT):
             with suppress(Exception):  # already accepted: hypercorn refuses a second accept
                 await send(accept)
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            await send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
 
 
 class _Connection:
@@ -477,7 +494,7 @@ class _Connection:
     async def ping(self) -> None:
         if self.mode == PUSHSERVER_V1:
             await self.send(_PING)
-        elif PING_EXTENSION in self.request.scope.get("extensions", ()):
+        elif PING_EXTENSION in (self.request.scope.get("extensions") or ()):
             await self.send(_PROTOCOL_PING)  # nothing in-band: a WebSocket ping frame
 
     async def deliver(self) -> None:

@@ -41,7 +41,7 @@ from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
 from ..message import check_event_name
-from ..publisher import publisher_token
+from ..publisher import IDEMPOTENCY_KEY, publisher_token
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
 current_host: str | None = None
@@ -100,6 +100,9 @@ class UpdateResponse:
     in_process: bool = False
     #: True when written straight to the store (``publish_via='backend'``), without HTTP.
     backend: bool = False
+    #: True when the ``idempotency_key`` had been seen: the first publish's answer, nothing
+    #: stored again.
+    replayed: bool = False
 
     def getcode(self) -> int:  # the urllib response's name, for old receivers
         return self.status
@@ -249,9 +252,12 @@ def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
 
 async def _publish_on(
     target: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
-) -> int:
+) -> tuple[int, bool]:
     """What the publisher location does with a POST, without the HTTP: publish on
-    ``target`` (a hub or a backend); the status a POST would have got."""
+    ``target`` (a hub or a backend); the status a POST would have got, and whether the
+    idempotency ``key`` made it a replay."""
+    key = payload.idempotency_key
+    keyed = {} if key is None else {"idempotency_key": key}
     try:
         result = await target.publish(
             channel_id,
@@ -259,6 +265,7 @@ async def _publish_on(
             payload.content_type,
             event=payload.event,
             create=location.create_on_post,
+            **keyed,
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
@@ -266,7 +273,7 @@ async def _publish_on(
         raise SendUpdateStoreFull(url, str(exc), exc.limit) from exc
     except BackendUnavailable as exc:
         raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
-    return 201 if result.subscribers else 202
+    return (201 if result.subscribers else 202), result.replayed
 
 
 async def _publish_in_process(
@@ -274,8 +281,8 @@ async def _publish_in_process(
 ) -> UpdateResponse:
     _check_size(location, url, payload.body)
     hub = running.app.hub_for(location)
-    status = await _publish_on(hub, location, url, channel_id, payload)
-    return UpdateResponse(url, status, in_process=True)
+    status, replayed = await _publish_on(hub, location, url, channel_id, payload)
+    return UpdateResponse(url, status, in_process=True, replayed=replayed)
 
 
 async def _publish_to_store(
@@ -295,13 +302,13 @@ async def _publish_to_store(
         with anyio.fail_after(timeout) if timeout else nullcontext():
             await backend.open(listen=False)
             try:
-                status = await _publish_on(backend, location, url, channel_id, payload)
+                status, replayed = await _publish_on(backend, location, url, channel_id, payload)
             finally:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
     except TimeoutError as exc:
         raise SendUpdateError(url, None, f"no answer from the store within {timeout} s") from exc
-    return UpdateResponse(url, status, backend=True)
+    return UpdateResponse(url, status, backend=True, replayed=replayed)
 
 
 def _run_on_store(
@@ -357,7 +364,9 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
     url = request.full_url
     try:
         with _opener.open(request, timeout=timeout) as response:
-            return UpdateResponse(url, response.status, response.read(), dict(response.headers))
+            headers = dict(response.headers)
+            replayed = response.headers.get("Idempotent-Replayed") == "true"
+            return UpdateResponse(url, response.status, response.read(), headers, replayed=replayed)
     except urllib.error.HTTPError as exc:
         with exc:
             text = exc.read(200).decode("utf-8", "replace").strip()
@@ -381,20 +390,27 @@ class Payload(NamedTuple):
     body: bytes
     content_type: str = CONTENT_TYPE
     event: str | None = None
+    #: Stores the update once within the store's ``idempotency_window`` (send_update's
+    #: ``idempotency_key``).
+    idempotency_key: str | None = None
 
 
 def _payload(
-    data: Any, already_serialized: bool, content_type: str | None, event: str | None
+    data: Any,
+    already_serialized: bool,
+    content_type: str | None,
+    event: str | None,
+    idempotency_key: str | None = None,
 ) -> Payload:
     """The update's payload; TypeError / ValueError on bad arguments."""
     if event is not None:
         check_event_name(event)
     if content_type is None:
-        return Payload(_encode(data, already_serialized), CONTENT_TYPE, event)
+        return Payload(_encode(data, already_serialized), CONTENT_TYPE, event, idempotency_key)
     if not content_type.strip() or any(c in content_type for c in "\r\n\0"):
         raise ValueError(f"bad content_type {content_type!r}")
     if isinstance(data, bytes):
-        return Payload(data, content_type, event)
+        return Payload(data, content_type, event, idempotency_key)
     if not isinstance(data, str):
         raise TypeError(
             f"send_update(content_type={content_type!r}) publishes str or bytes as they are, "
@@ -403,7 +419,7 @@ def _payload(
         )
     if content_type.lower().startswith("text/") and "charset" not in content_type.lower():
         content_type += "; charset=utf-8"
-    return Payload(data.encode("utf-8"), content_type, event)
+    return Payload(data.encode("utf-8"), content_type, event, idempotency_key)
 
 
 def send_update(
@@ -414,6 +430,7 @@ def send_update(
     *,
     content_type: str | None = None,
     event: str | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """Publish ``data`` (JSON-encoded unless ``already_serialized``) to ``channel_id``.
 
@@ -422,6 +439,12 @@ def send_update(
     type (``; charset=utf-8`` added to a ``text/`` type given a str); without it the body is
     JSON (``application/json; charset=utf-8``). ``event`` names the message's event
     (``X-EventSource-Event``): event streams send it as ``event: <name>``.
+
+    With ``idempotency_key`` (1 to 255 visible ASCII characters, else :class:`ValueError`),
+    sending the same update again with the same key within the store's
+    ``idempotency_window`` (5 minutes by default) stores it once: retry a failed call (a
+    ``SendUpdateError`` with status 503 or None) with the same key and no subscriber gets
+    it twice. The response's ``replayed`` says the key had been seen.
 
     Sends ``pre_send_update`` before and ``post_send_update`` after (with ``response`` an
     :class:`UpdateResponse`, or the exception on failure). Raises :class:`SendUpdateError`
@@ -432,8 +455,11 @@ def send_update(
     """
     config = push_settings.get_config()
     channel = str(channel_id)
+    key = idempotency_key
+    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValueError(f"idempotency_key must be 1 to 255 visible ASCII characters, not {key!r}")
     request: urllib.request.Request | None = None
-    payload = _payload(data, already_serialized, content_type, event)
+    payload = _payload(data, already_serialized, content_type, event, key)
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
         # Inside runpushserver its own hub is connected to the same store already.
@@ -450,6 +476,8 @@ def send_update(
         if payload.event is not None:
             # Header values are Latin-1 on the wire: UTF-8 bytes, as the server reads them.
             headers["X-EventSource-Event"] = payload.event.encode("utf-8").decode("latin-1")
+        if key is not None:
+            headers["Idempotency-Key"] = key
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
         request = urllib.request.Request(url, data=payload.body, headers=headers, method="POST")
@@ -491,6 +519,7 @@ async def asend_update(
     *,
     content_type: str | None = None,
     event: str | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """The async twin of :func:`send_update`, for async views and consumers.
 
@@ -507,5 +536,6 @@ async def asend_update(
             ignore_errors,
             content_type=content_type,
             event=event,
+            idempotency_key=idempotency_key,
         )
     )

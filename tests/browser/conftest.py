@@ -104,6 +104,22 @@ def flush_events(page):
     page.evaluate("0")
 
 
+def restart_missing_two(page, start_server, server, other, settings, channel):
+    """The restart step of the resume tests (the page got ``{"type": "test", "n": 1}``):
+    stop the page's ``server`` (its clients report a ``request`` problem), publish n 2 and 3
+    through ``other`` (same store) while it is down, start it again on its port; the page
+    must then have exactly 1, 2, 3. Returns the server started again."""
+    server.stop()
+    wait_problem(page, "request")
+    publish(other, channel, {"type": "test", "n": 2})
+    publish(other, channel, {"type": "test", "n": 3})
+    port = int(server.url.rsplit(":", 1)[1])
+    server = start_server(settings, port=port)
+    received = wait_received(page, 3)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+    return server
+
+
 def subscribers(server, channel):
     info = httpx.get(f"{server.url}/publisher/{channel}", headers={"accept": "application/json"})
     if info.status_code == 404:  # not created yet

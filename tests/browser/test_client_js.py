@@ -229,3 +229,21 @@ def test_backoff_grows_with_jitter_up_to_the_cap(page, server):
     assert max(gaps) < 400 + 1000, gaps  # a loaded machine may be late, not this late
     assert any(gap < 395 for gap in gaps[2:]), gaps  # jitter: not all the full cap
     assert [p["kind"] for p in page.evaluate("window.problems")] == ["request"]
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["script", "module"])
+def test_the_tag_carries_the_transport_from_settings(page, start_server, module):
+    """``{% pushserver_client %}`` with ``PUSH_SERVER['transport']`` and no ``transport``
+    option: the client starts with the setting's, read from its own script tag or, loaded
+    as a module (``document.currentScript`` is null there), from the tag in the page."""
+    push, site = start_cross_origin(start_server, transport="eventsource")
+    channel = f"tag-{'module' if module else 'script'}"
+    publish(push, channel, {"n": 1})
+    page.goto(f"{site}/browser/lib/client" + ("?module=1" if module else ""))
+    if module:
+        page.wait_for_function("() => window.esm !== undefined", timeout=WAIT)
+    start(page, f"{push.url}/cors/{channel}")
+    received = wait_for(page, "window.received", 1)
+    assert [m["text"] for m in received] == ['{"n": 1}']
+    assert page.evaluate("window.transports") == ["eventsource"]
+    assert page.errors == []

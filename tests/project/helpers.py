@@ -166,6 +166,34 @@ class Follower:
         await self.client.aclose()
 
 
+async def asgi_request(
+    app, method: str, target: str, body: bytes = b"", headers: list | None = None
+) -> list[dict]:
+    """One HTTP request to an ASGI ``app`` on the interface a server calls it through
+    (no server, no socket): the events it sent back. ``headers``: (bytes, bytes) pairs
+    besides the body's ``content-length``."""
+    events = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": target,
+        "raw_path": target.encode(),
+        "query_string": b"",
+        "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
+        "client": ("127.0.0.1", 5000),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
 async def assert_still_serving(
     client: httpx.AsyncClient, channel_id: str | None = None, *, subscriber: str = "/subscriber/"
 ) -> None:

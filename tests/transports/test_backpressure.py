@@ -276,19 +276,22 @@ async def test_ws_stalled_reader_is_caught_up_through_the_buffer(server, client)
 
 
 @pytest.mark.anyio
-async def test_ws_stalled_reader_is_closed_with_4408(server, client):
+@pytest.mark.parametrize("offered", [(PUSHSERVER_V1,), ()], ids=["pushserver.v1", "plain"])
+async def test_ws_stalled_reader_is_closed_with_4408(server, client, offered):
+    """In the plain mode too (the body alone, no control frames): the same close code."""
     url = server.url.replace("http://", "ws://")
     sock = stalled_socket(server)
+    channel = f"ws-stuck-{len(offered)}"
     try:
-        slow = RawWebSocket(sock, "/impatient/ws-stuck")
+        slow = RawWebSocket(sock, f"/impatient/{channel}", subprotocols=offered)
         with anyio.fail_after(60):
-            async with connect(url + "/impatient/ws-stuck", max_size=None) as fast:
+            async with connect(url + f"/impatient/{channel}", max_size=None) as fast:
 
                 async def next_message() -> int:
                     return int(ws_frame(await fast.recv())[1][:5])
 
-                await publish_while_fast_reader_keeps_up(client, "ws-stuck", next_message)
-                await wait_for_subscribers(client, "/publisher/ws-stuck", 1)
+                await publish_while_fast_reader_keeps_up(client, channel, next_message)
+                await wait_for_subscribers(client, f"/publisher/{channel}", 1)
             await anyio.to_thread.run_sync(
                 server.wait_for_output,
                 re.escape("WebSocket subscriber 127.0.0.1 stopped reading for 1.0s: disconnected"),
@@ -296,7 +299,11 @@ async def test_ws_stalled_reader_is_closed_with_4408(server, client):
             frames = await anyio.to_thread.run_sync(slow.frames, lambda frame: False)
     finally:
         sock.close()
-    numbers = [entry[1] for entry in ws_sequence(frames)]
+    if offered:
+        numbers = [entry[1] for entry in ws_sequence(frames)]
+    else:  # each frame the published body, byte for byte
+        assert all(frame == numbered(int(frame[:5])) for frame in frames)
+        numbers = [int(frame[:5]) for frame in frames]
     assert numbers == list(range(len(numbers))) and len(numbers) < COUNT
     assert slow.close is not None  # the close frame was queued behind the data
     assert (slow.close.code, slow.close.reason) == (4408, "too slow: stopped reading")

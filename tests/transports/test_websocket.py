@@ -217,12 +217,14 @@ async def test_websocket_restricted_by_transport_option(push_server_factory):
 
 
 @pytest.mark.anyio
-async def test_server_shutdown_closes_with_1001(push_server_factory):
+@pytest.mark.parametrize("offered", [[PUSHSERVER_V1], None, [NCHAN_META]])
+async def test_server_shutdown_closes_with_1001(push_server_factory, offered):
     server = push_server_factory({"locations": CONFIG["locations"][:2]})
     with anyio.fail_after(10):
-        async with connect(ws_url(server, "/subscriber/bye")) as ws:
-            await ws.send('{"ping": 1}')
-            assert json.loads(await ws.recv()) == {"type": "pong"}
+        async with connect(ws_url(server, "/subscriber/bye"), subprotocols=offered) as ws:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                await publish(client, "bye", "subscribed")  # once received, it is
+            assert (await ws.recv()).endswith("subscribed")
             server.process.send_signal(signal.SIGTERM)
             assert await closed_with(ws) == (1001, "the server is shutting down")
     assert await anyio.to_thread.run_sync(server.process.wait, 10) == 0
@@ -265,6 +267,8 @@ async def test_plain_mode_sends_the_bodies_alone(server, client, offered):
             # A command is ignored: no reply, no close; the next frame is the next message.
             await ws.send('{"ping": 1}')
             await ws.send('{"subscribe": "other"}')
+            await ws.send(b'\xff{"ping": 1}')  # binary, not UTF-8: ignored all the same
+            await ws.send("x" * 100_000)  # nor is a long frame read as anything
             await publish(client, channel, "<p>live</p>", content_type="text/html")
             live = await ws.recv()
     assert frames == ['{"a": 1}', b"\x00\x01\xff", b"not utf-8 \xff"]
@@ -303,7 +307,10 @@ async def test_plain_mode_closes_on_delete_and_on_gap(server, client):
 
 
 @pytest.mark.anyio
-async def test_plain_mode_keepalive_is_ping_frames(server):
+@pytest.mark.parametrize("offered", [(), (NCHAN_META,)])
+async def test_plain_mode_keepalive_is_ping_frames(server, offered):
+    """Plain and ws+meta.nchan: through hypercorn_fixes.send_websocket_pings, which this
+    fails without (tests/test_websocket_pings.py: how it fails safe)."""
     from wsproto.events import Ping
 
     from tests.transports.test_backpressure import RawWebSocket
@@ -312,7 +319,7 @@ async def test_plain_mode_keepalive_is_ping_frames(server):
 
     def read() -> list:
         with socket.create_connection((host, int(port)), timeout=20) as sock:
-            ws = RawWebSocket(sock, "/pings/plain-k", subprotocols=())
+            ws = RawWebSocket(sock, f"/pings/plain-k{len(offered)}", subprotocols=offered)
             return ws.frames(lambda frame: isinstance(frame, Ping))
 
     with anyio.fail_after(15):
@@ -480,3 +487,19 @@ async def test_frames_match_nchans_own(server, client):
     ours = [without_ids(frame) for frame in got["pushserver", NCHAN_META]]
     assert ours == [without_ids(frame) for frame in got["nchan", NCHAN_META]]
     assert ours[0] == 'id: *\ncontent-type: application/json\n\n{"a": 1}'
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offered", [None, [NCHAN_META], [PUSHSERVER_V1]])
+async def test_a_close_reason_is_cut_to_123_bytes_of_utf8(server, offered):
+    """A refusal naming a long non-ASCII channel id: RFC 6455 allows a close reason of 123
+    bytes, so it is cut there, on a character boundary, and the client gets the code."""
+    from urllib.parse import quote
+
+    channel = "é" * 80  # 160 bytes in UTF-8, 80 characters
+    with anyio.fail_after(10):
+        async with connect(ws_url(server, f"/strict/{quote(channel)}"), subprotocols=offered) as ws:
+            code, reason = await closed_with(ws)
+    assert code == 4404
+    assert len(reason.encode()) in (122, 123)  # a two-byte character does not fit in the 123rd
+    assert f"no such channel: {channel}".startswith(reason)

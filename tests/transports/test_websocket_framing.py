@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from pushserver.message import Message, MessageId
 from pushserver.transports.websocket import (
+    MAX_CLOSE_REASON,
     NCHAN_META,
     PUSHSERVER_V1,
     choose_subprotocol,
+    close_reason,
     encode_frame,
     encode_nchan,
     encode_plain,
@@ -120,3 +122,30 @@ def test_every_body_survives_plain_and_nchan_framing(body, content_type):
     assert data[head.end() :] == body
     # The same kind of frame in both modes: text only for textual UTF-8.
     assert ("text" in plain) == ("text" in nchan)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("short", "short"),
+        ("x" * 123, "x" * 123),
+        ("x" * 200, "x" * 123),
+        ("é" * 61 + "x", "é" * 61 + "x"),  # 123 bytes exactly, 62 characters
+        ("é" * 62, "é" * 61),  # 124 bytes: the character that would cross 123 is dropped
+        ("x" + "€" * 50, "x" + "€" * 40),  # three-byte characters: 121 bytes, not 123
+        ("😀" * 40, "😀" * 30),  # four-byte characters: 120 bytes
+    ],
+)
+def test_close_reason_is_cut_by_bytes_on_a_character_boundary(text, expected):
+    assert MAX_CLOSE_REASON == 123  # RFC 6455: a 125-byte payload, 2 of them the code
+    assert close_reason(text) == expected
+    assert len(close_reason(text).encode()) <= MAX_CLOSE_REASON
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_every_close_reason_fits_and_is_a_prefix(text):
+    reason = close_reason(text)
+    assert len(reason.encode()) <= MAX_CLOSE_REASON
+    assert text.startswith(reason)
+    assert len(reason.encode()) > MAX_CLOSE_REASON - 4 or reason == text  # cut no further
