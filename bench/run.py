@@ -681,6 +681,11 @@ def soak_summary(row: dict) -> str:
             f"{m['slope_limit_kib_per_minute']} KiB/min, i.e. a leak of "
             f"{m['detectable_bytes_per_cycle']} bytes per connection cycle)"
         )
+        if m.get("fill_covered") is False:  # too short a run: the baseline is still filling
+            memory += (
+                f"; the warm-up ({m['warmup_seconds']:.0f} s) is shorter than the "
+                f"{m['fill_seconds']:.0f} s the buffers and the flood's channels take to fill"
+            )
     return "\n".join([
         memory,
         f"deliveries {row['deliveries']:,} ({row['publishes']:,} publishes), lost/dup/ooo "

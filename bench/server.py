@@ -33,6 +33,7 @@ def build(
     key_prefix: str = "",
     max_messages: int = BUFFER,
     cluster: bool = False,
+    channel_timeout: float | None = None,
 ) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
@@ -45,6 +46,8 @@ def build(
         # would reach the default 64 MiB and measure 507s. channel_timeout keeps its default
         # (the soak's abandoned-channel flood relies on it).
         store.update(memory_limit=0, max_channels=0)
+    if channel_timeout is not None:  # bench/hangups.py --flood: channels that go in seconds
+        store["channel_timeout"] = channel_timeout
     config = load(
         {
             "store": {**store, "max_messages": max_messages},
@@ -56,6 +59,8 @@ def build(
                     "create_on_get": True,
                     "transports": list(AVAILABLE_TRANSPORTS),
                 },
+                # Loopback only (the default allow_from): what bench/hangups.py watches.
+                {"type": "status", "prefix": "/status/"},
             ],
         }
     )
@@ -69,9 +74,10 @@ async def main(
     max_messages: int,
     asgi_server: str,
     cluster: bool = False,
+    channel_timeout: float | None = None,
 ) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix, max_messages, cluster)
+    app = build(redis_url, key_prefix, max_messages, cluster, channel_timeout)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
@@ -301,6 +307,11 @@ if __name__ == "__main__":
         "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
     )
     parser.add_argument(
+        "--channel-timeout",
+        type=float,
+        help="the store's channel_timeout in seconds (default: the store's, 60)",
+    )
+    parser.add_argument(
         "--gc-every",
         type=float,
         default=0,
@@ -336,6 +347,7 @@ if __name__ == "__main__":
         args.max_messages,
         args.asgi_server,
         args.redis_cluster,
+        args.channel_timeout,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

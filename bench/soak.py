@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.clients import CRLF2, HttpClient, encode_body, parse_head
 from bench.common import cpu_seconds, raise_fd_limit, rss_bytes
 from bench.wire import Dechunker, field, take_event, take_frame
+from pushserver.backends.memory import DEFAULT_CHANNEL_TIMEOUT
 
 TRANSPORTS = ("longpoll", "sse", "ws")
 #: Messages a subscriber may trail its channel by before a sample counts it as behind.
@@ -738,6 +739,21 @@ class Soak:
 
     # -- measurement ---------------------------------------------------------------------
 
+    def fill_seconds(self) -> float:
+        """Seconds until the server holds its steady-state data: every long-lived channel's
+        buffer full (``buffer`` messages at ``rate`` over the channels) and, with a flood,
+        the first flood channels removed by the store's ``channel_timeout`` (before that
+        their number only grows). RSS measured earlier is still filling, not leaking."""
+        spec = self.spec
+        fill = 0.0
+        if spec.get("buffer") and spec.get("rate"):
+            fill = spec["buffer"] * len(self.channels) / spec["rate"]
+        if spec.get("flood"):
+            timeout = spec.get("channel_timeout", DEFAULT_CHANNEL_TIMEOUT)
+            # The sweeper looks every second at most; one sample interval of margin.
+            fill = max(fill, timeout + 1 + spec.get("sample_interval", 5.0))
+        return fill
+
     def sample(self) -> dict:
         fds, inodes = socket_inodes(self.pid)
         by_inode = tcp_table(self.port)
@@ -897,7 +913,7 @@ class Soak:
             loadgen_cpu_utilisation=round(own_cpu / wall, 3),
             samples=self.samples,
         )
-        result["memory"] = verdict(self.samples, duration, result)
+        result["memory"] = verdict(self.samples, duration, result, self.fill_seconds())
         for slot in self.slots:
             if slot.conn is not None:
                 slot.conn.close(ABRUPT)
@@ -925,22 +941,29 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
     return cov / var * 60
 
 
-def verdict(samples: list[dict], duration: float, result: dict) -> dict:
+def verdict(samples: list[dict], duration: float, result: dict, fill: float = 0.0) -> dict:
     """Flat or not, judged after the warm-up.
 
-    The windows scale with the duration; for 10 minutes they are minutes 2-4 (the baseline,
-    after a 2-minute warm-up in which buffers fill and the allocator settles) and the last 2
-    minutes. Flat means: the median RSS of the last window exceeds the baseline's by less
-    than GROWTH_LIMIT_KIB, *and* the least-squares slope over everything after the warm-up
-    is under SLOPE_LIMIT_KIB_PER_MIN.
+    The warm-up is a fifth of the duration, or longer when the server needs longer to hold
+    its steady-state data (``fill`` seconds: buffers filling, the flood's channels not yet
+    timing out), up to two fifths; the baseline is the fifth of the duration after it, the
+    final window the last fifth. For 10 minutes: minutes 2-4 and 8-10; for 280 s with a
+    100 s fill: 100-156 s and 224-280 s. Flat means: the median RSS of the last window
+    exceeds the baseline's by less than GROWTH_LIMIT_KIB, *and* the least-squares slope
+    over everything after the warm-up is under SLOPE_LIMIT_KIB_PER_MIN. ``fill_covered``
+    is False when the run was too short for a warm-up covering ``fill`` (then growth may
+    be filling, not leaking).
     """
-    warmup = 0.2 * duration
-    base = [s["rss_kib"] for s in samples if warmup <= s["t"] <= 0.4 * duration]
+    warmup = min(max(0.2 * duration, fill), 0.4 * duration)
+    base_end = warmup + 0.2 * duration
+    base = [s["rss_kib"] for s in samples if warmup <= s["t"] <= base_end]
     last = [s["rss_kib"] for s in samples if s["t"] >= 0.8 * duration]
     steady = [(s["t"], s["rss_kib"]) for s in samples if s["t"] >= warmup]
     entry: dict = {
         "warmup_seconds": warmup,
-        "baseline_window_seconds": [warmup, 0.4 * duration],
+        "fill_seconds": round(fill, 1),
+        "fill_covered": warmup >= fill,
+        "baseline_window_seconds": [warmup, base_end],
         "final_window_seconds": [0.8 * duration, duration],
         "growth_limit_kib": GROWTH_LIMIT_KIB,
         "slope_limit_kib_per_minute": SLOPE_LIMIT_KIB_PER_MIN,

@@ -39,6 +39,9 @@ MEMORY_BUDGET_DEFAULTS: dict[str, Any] = {
     "memory_limit": memory_backend.DEFAULT_MEMORY_LIMIT,
     "max_channels": memory_backend.DEFAULT_MAX_CHANNELS,
 }
+#: The largest channel_timeout (seconds, about 31 years): finite, and within what Redis's
+#: PEXPIRE takes in milliseconds.
+MAX_CHANNEL_TIMEOUT = 1e9
 # --------------------------------------------------------------------------------------------
 
 STORE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -388,9 +391,19 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
 def _check_store_bounds(c: _Collector, skey: str, store_type: str, options: dict) -> None:
     """channel_timeout, keep_publisher_channels, memory_limit, max_channels; and a warning
     when nothing bounds what the store retains."""
-    _check_non_negative(
-        c, f"{skey}['channel_timeout']", options["channel_timeout"], 100, integer=False
-    )
+    timeout = options["channel_timeout"]
+    if _check_non_negative(c, f"{skey}['channel_timeout']", timeout, 100, integer=False) and not (
+        timeout <= MAX_CHANNEL_TIMEOUT  # False for NaN too
+    ):
+        # NaN would have the sweeper reschedule every channel forever and keep them all;
+        # infinity or more than Redis's expiry can hold would fail every subscribe there.
+        c.error(
+            f"{skey}['channel_timeout']",
+            f"must be a finite number of seconds, at most {MAX_CHANNEL_TIMEOUT:.0f}, "
+            f"not {timeout!r}",
+            "Use e.g. 60 (NHPM's push_channel_timeout); 0 means channels never time out.",
+            100,
+        )
     keep = options["keep_publisher_channels"]
     if not isinstance(keep, bool):
         c.error(

@@ -590,6 +590,9 @@ STORE = "PUSH_SERVER['store']"
         ({"channel_timeout": -1}, "E100", "channel_timeout"),
         ({"channel_timeout": "60"}, "E100", "channel_timeout"),
         ({"keep_publisher_channels": "yes"}, "E101", "keep_publisher_channels"),
+        ({"channel_timeout": float("nan")}, "E100", "channel_timeout"),
+        ({"channel_timeout": float("inf")}, "E100", "channel_timeout"),
+        ({"channel_timeout": 1e30}, "E100", "channel_timeout"),
         ({"memory_limit": -1}, "E102", "memory_limit"),
         ({"memory_limit": "64M"}, "E102", "memory_limit"),
         ({"memory_limit": 1.5e6}, "E102", "memory_limit"),
@@ -620,7 +623,22 @@ def test_a_budget_below_one_message_counts_the_largest_publisher_location():
 def test_redis_store_bounds_are_checked_too():
     message = only(pushserver_messages({"store": {"type": "redis", "channel_timeout": -1}}))
     assert message.id == "pushserver.E100"
+    message = only(
+        pushserver_messages({"store": {"type": "redis", "channel_timeout": float("inf")}})
+    )
+    assert message.id == "pushserver.E100"
+    assert "finite" in message.msg
     assert "memory_limit" not in STORE_DEFAULTS["redis"]  # Redis has its own: maxmemory
+
+
+@pytest.mark.parametrize("name", ["memory_limit", "max_channels"])
+def test_a_memory_budget_on_a_redis_store_is_refused_not_ignored(name):
+    # Redis's budget is its own maxmemory (docs/redis.md#memory-and-expiry): a memory-store
+    # budget written on a redis store would bound nothing, so it stops the server.
+    message = only(pushserver_messages({"store": {"type": "redis", name: 1000}}))
+    assert isinstance(message, checks.Error)
+    assert message.id == "pushserver.E013"
+    assert message.msg.startswith(f"{STORE}[{name!r}]: unknown key")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ RSS is read from /proc: these are bounds the server must stay within, not timing
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import anyio
@@ -13,11 +14,13 @@ import pytest
 from django.test import override_settings
 
 from bench.common import rss_bytes
+from pushserver.backends import MemoryBackend
 from pushserver.exceptions import StoreFull
 from pushserver.utils import updates
 from pushserver.utils.updates import SendUpdateError
 from tests.project.helpers import assert_still_serving, path
 from tests.test_status import parse_prometheus, sample, status, wait_status
+from tests.transports.streams import closed_with, connect, ws_frame, ws_url
 
 ORIGIN = "https://site.example"
 #: The budget the publish flood runs into, and the size of its messages.
@@ -59,7 +62,9 @@ CONCURRENCY = 48
 FIRST_FLOOD_RSS = 24 * 1024 * 1024
 SECOND_FLOOD_RSS = 2 * 1024 * 1024
 
-pytestmark = pytest.mark.anyio
+# The memory store's own budget and sweeper are under test: its servers keep it under
+# PUSHSERVER_TEST_STORE=redis (where 'default' would otherwise become a redis store).
+pytestmark = [pytest.mark.anyio, pytest.mark.memory_store]
 
 
 @pytest.fixture
@@ -67,11 +72,11 @@ def anyio_backend():
     return "asyncio"
 
 
-async def hang_up(port: int, channel: str) -> None:
+async def hang_up(port: int, channel: str, prefix: str = "/anon/") -> None:
     """A long poll on a fresh channel (created: create_on_get) that hangs up at once: the
     request, then the end of stream; returns when the server has closed its side."""
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(f"GET /anon/{channel} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        await stream.send(f"GET {prefix}{channel} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         await stream.send_eof()
         with anyio.fail_after(30):
             try:
@@ -81,12 +86,12 @@ async def hang_up(port: int, channel: str) -> None:
                 pass
 
 
-async def flood(port: int, count: int) -> None:
+async def flood(port: int, count: int, prefix: str = "/anon/") -> None:
     limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     async def one() -> None:
         async with limiter:
-            await hang_up(port, f"anon-{uuid.uuid4().hex}")
+            await hang_up(port, f"anon-{uuid.uuid4().hex}", prefix)
 
     async with anyio.create_task_group() as tg:
         for _ in range(count):
@@ -191,6 +196,37 @@ async def test_a_channel_creating_subscribe_past_max_channels_is_refused(server,
     assert store["max_channels"] == 3 and store["channels"] == 3
 
 
+async def test_a_channel_creating_websocket_past_max_channels_is_refused(server, client):
+    """docs/transports.md: close 4507 for a WebSocket whose channel would pass the budget, an
+    error reply with status 507 for a subscribe command; the connection on an existing
+    channel goes on."""
+    for channel in ("a", "b", "c"):
+        await client.put(path("/few-publisher/", channel))  # 200, or 507 past the cap
+    with anyio.fail_after(20):
+        async with connect(ws_url(server, "/few/ws-new")) as ws:
+            assert await closed_with(ws) == (4507, "the channel store is full")
+        async with connect(ws_url(server, "/few/a")) as ws:
+            await ws.send(json.dumps({"subscribe": "ws-new"}))
+            # The channel's retained messages (earlier tests) may come first: binary
+            # message frames; control frames are JSON text.
+            while isinstance(frame := await ws.recv(), bytes):
+                pass
+            assert json.loads(frame) == {
+                "type": "error",
+                "error": "the channel store is full",
+                "channel": "ws-new",
+                "status": 507,
+            }
+            response = await client.post(path("/few-publisher/", "a"), content=b"still here")
+            assert response.status_code == 201  # the WebSocket still waits on 'a'
+            while (frame := await ws.recv()) == '{"type":"ping"}' or (
+                ws_frame(frame)[1] != b"still here"
+            ):
+                pass
+    store = (await status(client))["stores"]["few"]
+    assert store["channels"] == 3 and store["backend"]["refusals"]["max_channels"] >= 2
+
+
 async def test_send_update_raises_store_full(server, client):
     for channel in ("a", "b", "c"):
         await client.put(path("/few-publisher/", channel))
@@ -207,6 +243,45 @@ async def test_send_update_raises_store_full(server, client):
     # An existing channel still takes it.
     with override_settings(PUSH_SERVER=settings):
         await anyio.to_thread.run_sync(updates.send_update, "a", {"x": 2})
+
+
+#: Anonymous long polls against the store with no limits written.
+DEFAULTS_FLOOD = 3_000
+
+
+async def test_with_no_limits_written_an_anonymous_flood_leaves_nothing(server, client):
+    """The issue's attack on the original documentation's settings: a memory store with no
+    limits written and a create_on_get subscriber location (here the 'default' store and
+    /subscriber/). Every channel the flood creates counts against the default budget and is
+    gone after the default channel_timeout (60 s): the test waits for that, up to 150 s."""
+    port = int(server.url.rsplit(":", 1)[1])
+    pid = server.process.pid
+    defaults = MemoryBackend()
+    before = (await status(client))["stores"]["default"]
+    assert before["memory"]["limit"] == defaults.memory_limit > 0
+    assert before["max_channels"] == defaults.max_channels > 0
+    rss_before = rss_bytes(pid)
+    await flood(port, DEFAULTS_FLOOD, "/subscriber/")
+    during = (await status(client))["stores"]["default"]
+    assert during["channels"] == before["channels"] + DEFAULTS_FLOOD
+    assert during["memory"]["used"] > before["memory"]["used"]
+    assert rss_bytes(pid) - rss_before < FIRST_FLOOD_RSS
+    await assert_still_serving(client)
+    timeout = defaults.channel_timeout + 90  # a loaded machine: the sweeper may lag
+    after = (
+        await wait_status(
+            client,
+            lambda d: (
+                d["stores"]["default"]["expired_channels"]
+                >= before["expired_channels"] + DEFAULTS_FLOOD
+            ),
+            timeout=timeout,
+        )
+    )["stores"]["default"]
+    # What the publisher made (assert_still_serving's channels) stays; the flood's is gone.
+    assert after["channels"] <= before["channels"] + 1
+    assert after["memory"]["used"] <= before["memory"]["used"] + 1024
+    await assert_still_serving(client)
 
 
 async def test_the_flood_figures_are_bounded_by_default():

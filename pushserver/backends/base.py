@@ -11,6 +11,9 @@ hub) before it is opened.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,6 +59,38 @@ class Backend(ABC):
     def __init__(self, **options: Any) -> None:
         self.options = options
         self._listener: Listener | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass written before ``create`` took ``publisher`` (``create(self,
+        channel_id)``) keeps working: its ``create`` is wrapped to drop the keyword, and a
+        :class:`DeprecationWarning` says so. Such a store cannot tell a subscriber's channel
+        from a publisher's, so ``channel_timeout`` is its own business."""
+        super().__init_subclass__(**kwargs)
+        create = cls.__dict__.get("create")
+        if create is None or getattr(create, "__isabstractmethod__", False):
+            return
+        try:
+            parameters = inspect.signature(create).parameters
+        except (TypeError, ValueError):  # pragma: no cover - not introspectable: trust it
+            return
+        kinds = {p.kind for p in parameters.values()}
+        if "publisher" in parameters or inspect.Parameter.VAR_KEYWORD in kinds:
+            return
+        warnings.warn(
+            f"{cls.__module__}.{cls.__qualname__}.create() takes no 'publisher' keyword: "
+            "it is called without it. Add '*, publisher: bool = True' (False when a "
+            "subscriber creates the channel, see docs/topics.md#stores).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
+        @functools.wraps(create)
+        async def create_without_publisher(
+            self: Backend, channel_id: str, *, publisher: bool = True
+        ) -> bool:
+            return await create(self, channel_id)
+
+        cls.create = create_without_publisher  # type: ignore[method-assign]
 
     # -- lifecycle -------------------------------------------------------------------------
 

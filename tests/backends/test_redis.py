@@ -381,3 +381,42 @@ async def test_maxmemory_refuses_with_store_full_and_keeps_what_was_stored(
 
 async def _value(function):
     return function()
+
+
+async def test_a_redis_with_no_budget_or_an_evicting_one_is_logged_once(
+    redis_server_factory, prefix, caplog
+):
+    """docs/redis.md#memory-and-expiry: no maxmemory while the store keeps everything is a
+    warning, and so is a maxmemory-policy that evicts (accepted messages would vanish)."""
+    server = redis_server_factory()
+    client = await raw(server)
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    async def logged(text: str) -> bool:
+        return sum(text in m for m in messages()) == 1
+
+    caplog.set_level("WARNING", logger="pushserver.backends.redis")
+    try:
+        await client.config_set("maxmemory", 0)
+        async with node(server, key_prefix=prefix) as backend:
+            backend.memory_interval = 0.05
+            await wait_until(lambda: logged("has no maxmemory"), timeout=20)
+            await client.config_set("maxmemory", 512 * 1024 * 1024)
+            await client.config_set("maxmemory-policy", "allkeys-lru")
+            await wait_until(lambda: logged("evicts keys at its maxmemory"), timeout=20)
+            assert backend.memory_limit == 512 * 1024 * 1024
+            assert backend.memory_policy == "allkeys-lru"
+        # Each said once, however many reads followed.
+        assert sum("has no maxmemory" in m for m in messages()) == 1
+        # With retention bounded by the store there is nothing to say about maxmemory.
+        caplog.clear()
+        await client.config_set("maxmemory", 0)
+        await client.config_set("maxmemory-policy", "noeviction")
+        async with node(server, key_prefix=prefix, max_messages=10) as backend:
+            backend.memory_interval = 0.05
+            await wait_until(lambda: _eq(_value(lambda: backend.memory_limit), 0))
+            assert messages() == []
+    finally:
+        await client.aclose()
