@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.project.helpers import copy_tracked
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted(page.name for page in (ROOT / "docs").glob("*.md") if page.name != "tutorial.md")
 PAGES = ["README.md", "example/README.md", *(f"docs/{name}" for name in DOCS)]
@@ -86,17 +88,7 @@ def test_the_docs_have_install_commands_and_none_installs_from_pypi_by_name():
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
     """The tracked files, as a clone has them."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs a git checkout (git ls-files) of the project")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
-    ).stdout.decode().split("\0")
-    copy = tmp_path_factory.mktemp("clone")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    return copy
+    return copy_tracked(ROOT, tmp_path_factory.mktemp("clone"))
 
 
 @pytest.mark.skipif(

@@ -11,7 +11,6 @@ built). The server-level tests run against an installed wheel in ``nox -s tests_
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,17 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.project.helpers import copy_tracked, tracked_files
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tracked_files(under: str = ".") -> list[str]:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs a git checkout (git ls-files) of the project")
-    result = subprocess.run(
-        ["git", "ls-files", "-z", "--", under],
-        cwd=ROOT, capture_output=True, check=True, timeout=60,
-    )  # fmt: skip
-    return [name for name in result.stdout.decode().split("\0") if name]
 
 
 def present(name: str) -> bool:
@@ -41,11 +32,7 @@ def wheel(tmp_path_factory) -> Path:
     given = os.environ.get("PUSHSERVER_TEST_WHEEL")
     if given:
         return Path(given)
-    source = tmp_path_factory.mktemp("clean-clone")
-    for name in tracked_files():
-        if present(name):
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
+    source = copy_tracked(ROOT, tmp_path_factory.mktemp("clean-clone"))
     out = tmp_path_factory.mktemp("dist")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
@@ -59,7 +46,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_every_tracked_package_file(wheel):
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name for name in archive.namelist() if name.startswith("pushserver/")}
-    tracked = {name for name in tracked_files("pushserver") if present(name)}
+    tracked = {name for name in tracked_files(ROOT, "pushserver") if present(name)}
     assert tracked - shipped == set(), "tracked but missing from the wheel"
     assert shipped - tracked == set(), "in the wheel but not tracked by git"
     # What made the installed status page fail, and PEP 561's marker.

@@ -5,12 +5,15 @@ readers several modules use."""
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import anyio
@@ -256,3 +259,26 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def tracked_files(root: Path, under: str = ".") -> list[str]:
+    """``git ls-files`` of the checkout at ``root`` (skips the test outside a git checkout)."""
+    import pytest
+
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs a git checkout (git ls-files) of the project")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", under], cwd=root, capture_output=True, check=True,
+        timeout=60,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name]
+
+
+def copy_tracked(root: Path, destination: Path) -> Path:
+    """The tracked files of ``root`` (present in its work tree) copied to ``destination``:
+    what a clean clone has."""
+    for name in tracked_files(root):
+        if (root / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, destination / name)
+    return destination
