@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports
 
 from .conftest import (
     PUBLISHER,
@@ -193,6 +194,7 @@ def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server):
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_backoff_after_errors_grows_with_jitter_up_to_the_cap(page, start_server):
     server = start_server(CONFIG)
     nobody = f"http://127.0.0.1:{free_port()}/subscriber/gone"  # refused: nothing listens there
@@ -205,8 +207,13 @@ def test_backoff_after_errors_grows_with_jitter_up_to_the_cap(page, start_server
         });
         $.extend($.updates.options, {retryDelay: 100, maxRetryDelay: 400, jitter: 0.5});
         $.updates.subscribe({'gone': url});
-        await new Promise(function (resolve) {
-            (function check() { starts.length >= 8 ? resolve() : setTimeout(check, 20); })();
+        var deadline = performance.now() + 30000;  // fail, not hang, if no poll starts
+        await new Promise(function (resolve, reject) {
+            (function check() {
+                if (starts.length >= 8) { resolve(); }
+                else if (performance.now() > deadline) { reject(new Error(starts.length)); }
+                else { setTimeout(check, 20); }
+            })();
         });
         $.updates.unsubscribe('gone');
         return starts;
@@ -371,6 +378,7 @@ def test_passthrough_signals_see_the_logged_in_user(new_page, start_server, tmp_
     assert anonymous.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_server):
     server = start_server({"locations": [PUBLISHER, subscriber(timeout=0.3)]})
     page.goto(f"{server.url}/browser/page")
@@ -402,6 +410,7 @@ def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
     server = start_server(CONFIG)
     page.goto(f"{server.url}/browser/page")
@@ -433,6 +442,7 @@ def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
         "$.updates.transport = 'eventsource'; window.EventSource = undefined;",
     ],
 )
+@about_transports("longpoll")
 def test_an_unavailable_transport_falls_back_to_long_polling(page, start_server, setup):
     server = start_server(CONFIG)
     page.goto(f"{server.url}/browser/page")

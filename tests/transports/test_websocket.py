@@ -10,7 +10,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.conftest import about_transports
 from tests.transports.streams import closed_with, last_id, longpoll_id, publish, ws_frame, ws_url
+
+pytestmark = about_transports("websocket")
 
 BUFFER = 4
 
@@ -44,6 +47,7 @@ CONFIG = {
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_text_and_binary_frames(server, client):
     await publish(client, "frames", "hello", x_eventsource_event="greeting")
     await publish(client, "frames", '{"a": 1}', content_type="application/json; charset=utf-8")
@@ -220,6 +224,7 @@ async def test_server_shutdown_closes_with_1001(push_server_factory):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource", "websocket")
 async def test_event_streams_and_websockets_on_trio(push_server_factory):
     from tests.transports.streams import event_stream
 
