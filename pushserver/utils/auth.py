@@ -19,10 +19,9 @@ from importlib import import_module
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import aget_user as _aget_user
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
-
-from django.contrib.auth import aget_user as _aget_user
 
 
 async def aget_user(request: Any) -> Any:
