@@ -35,6 +35,7 @@ pytestmark = pytest.mark.browser
 CONFIG = {"locations": [PUBLISHER, subscriber()]}
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_receives_published_updates_in_order(page, start_server):
     server = start_server(CONFIG)
     polls = []
@@ -138,6 +139,7 @@ def test_a_processor_error_reaches_window_onerror_without_on_error(page, start_s
     assert len(wait_received(page, 1)) == 1
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_messages_that_are_not_json_objects_are_reported_once_and_skipped(page, start_server):
     server = start_server(CONFIG)
     polls = []
@@ -259,6 +261,7 @@ def test_the_page_recovers_after_the_push_server_restarts(page, start_server):
     assert page.errors == []
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_cross_origin_page_and_push_server_with_credentials(page, start_server):
     """The documented production shape: pages from Django on one port, the push server on
     another, ``allow_origin`` = the pages' origin and ``allow_credentials``."""
@@ -292,6 +295,7 @@ def test_cross_origin_page_and_push_server_with_credentials(page, start_server):
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # the problem long-poll reports
 def test_cross_origin_is_refused_for_an_origin_not_allowed(page, start_server):
     push = start_server(
         {
