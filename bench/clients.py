@@ -275,7 +275,8 @@ class WebSocketSubscriber(Subscriber):
         key = base64.b64encode(os.urandom(16))
         return (
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: pushserver.v1\r\n\r\n"  # the framing updates.js asks for
             % (self.path, self.host, key)
         )
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from pushserver.testing import REDIS_SERVER, RedisServer
+from pushserver.testing import REDIS_SERVER, RedisClusterServers, RedisServer
 
-__all__ = ["REDIS_SERVER", "RedisServer", "available", "version"]
+__all__ = ["REDIS_SERVER", "RedisClusterServers", "RedisServer", "available", "version"]
 
 
 def available() -> bool:

@@ -11,7 +11,9 @@ The Redis targets (``--targets ours,redis-1,redis-2``) run ours on a redis store
 fresh private ``redis-server`` per row: ``redis-1`` is one server process (CPU 0; Redis and
 the load generator on CPU 1), ``redis-2`` two server processes on two ports sharing that
 Redis (CPU 0 and CPU 1; Redis and the load generator left to the scheduler), subscribers
-split evenly between them and publishes taking turns.
+split evenly between them and publishes taking turns; ``redis-4`` four. ``cluster-2`` and
+``cluster-4`` run two and four on a Redis Cluster of three primaries (no replicas), whose
+CPU is summed as "Redis".
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ TARGETS = ("ours", "floor", "nchan")
 #: Ours and the floor under uvicorn instead of hypercorn (by name only; needs uvicorn and
 #: httptools, which pushserver does not depend on): see bench/uvicornserve.py.
 UVICORN_TARGETS = {"ours-uvicorn": "server.py", "floor-uvicorn": "floor.py"}
-#: Ours on a redis store: one server process, or two sharing one Redis.
-REDIS_TARGETS = {"redis-1": 1, "redis-2": 2}
+#: Ours on a redis store: one server process, or two (four) sharing one Redis; and two
+#: (four) on a Redis Cluster of three primaries (no replicas: the sharding is measured).
+REDIS_TARGETS = {"redis-1": 1, "redis-2": 2, "redis-4": 4, "cluster-2": 2, "cluster-4": 4}
+CLUSTER_TARGETS = ("cluster-2", "cluster-4")
 #: The soak drives one server process, memory or Redis store.
 SOAK_TARGETS = ("ours", "redis-1")
 SERVER_CPU, LOADGEN_CPU = "0", "1"
@@ -54,6 +58,9 @@ SERVER_CPU, LOADGEN_CPU = "0", "1"
 PLACEMENT: dict[str, tuple[list[str], str | None, str | None]] = {
     "redis-1": ([SERVER_CPU], LOADGEN_CPU, LOADGEN_CPU),
     "redis-2": ([SERVER_CPU, LOADGEN_CPU], None, None),
+    "redis-4": ([SERVER_CPU, LOADGEN_CPU] * 2, None, None),
+    "cluster-2": ([SERVER_CPU, LOADGEN_CPU], None, None),
+    "cluster-4": ([SERVER_CPU, LOADGEN_CPU] * 2, None, None),
 }
 
 
@@ -106,13 +113,17 @@ def soak_scenario(quick: bool, duration: float | None = None) -> dict:
     """
     if quick:
         load = {"subscribers": 150, "channels": 15, "rate": 30.0, "churn": 10.0,
-                "ephemeral": 4.0, "lifetime": (0.5, 1.5), "sample_interval": 0.5}  # fmt: skip
+                "ephemeral": 4.0, "lifetime": (0.5, 1.5), "sample_interval": 0.5,
+                "flood": 20.0}  # fmt: skip
         default = 6.0
     else:
         # Sized to need a fraction of a core: on a shared machine the server must keep up
         # with a share of CPU 0, or the soak measures its backlog, not its memory.
+        # The flood: anonymous channel-creating long polls, hung up at once; the store's
+        # channel_timeout (60 s) removes their channels, so memory is flat after a minute.
         load = {"subscribers": 1200, "channels": 40, "rate": 40.0, "churn": 10.0,
-                "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0}  # fmt: skip
+                "ephemeral": 2.0, "lifetime": (5.0, 20.0), "sample_interval": 5.0,
+                "flood": 20.0}  # fmt: skip
         default = 600.0
     n, channels = load.pop("subscribers"), load.pop("channels")
     return scenario("soak", n, channels, "soak", duration or default, optional=True,
@@ -206,13 +217,18 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             servers.append(NchanServer(free_port(), nofile))
         elif target in REDIS_TARGETS:
             server_cpus, redis_cpu, loadgen_cpu = PLACEMENT[target]
-            redis = redisserver.RedisServer(prefix=pinned(redis_cpu)).start()
+            if target in CLUSTER_TARGETS:
+                redis = redisserver.RedisClusterServers(replicas=0).start()
+            else:
+                redis = redisserver.RedisServer(prefix=pinned(redis_cpu)).start()
             row["placement"] = {
                 "servers": server_cpus,
                 "redis": redis_cpu or "any",
                 "loadgen": loadgen_cpu or "any",
             }
             store = ("--redis-url", redis.url, "--key-prefix", f"b{os.getpid()}x{seq}:", *buffer)
+            if target in CLUSTER_TARGETS:
+                store += ("--redis-cluster",)
             for k in range(REDIS_TARGETS[target]):
                 servers.append(PythonServer("server.py", args.loop, server_cpus[k], store))
         elif target in UVICORN_TARGETS:
@@ -225,7 +241,9 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             "host": "127.0.0.1",
             "ports": [server.port for server in servers],
             "server_pids": [server.pid for server in servers],
-            "redis_pid": redis.pid if redis else None,
+            # The soak reads one Redis's memory; the load generator sums every Redis's CPU.
+            "redis_pid": getattr(redis, "pid", None),
+            "redis_pids": [s.pid for s in getattr(redis, "servers", [redis])] if redis else [],
             "transport": transport,
             "prefix": f"b{os.getpid()}x{seq}",
             "subscribers": scenario["subscribers"],
@@ -240,7 +258,7 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
         }
         if soak:
             keys = ("rate", "churn", "ephemeral", "lifetime", "sample_interval", "buffer",
-                    "transports")  # fmt: skip
+                    "transports", "flood")  # fmt: skip
             spec.update({key: scenario[key] for key in keys})
             spec["drain"] = max(spec["drain"], 60)
             row["duration"] = scenario["duration"]
@@ -465,7 +483,14 @@ def goals_met(rows: list[dict], entries: list[dict]) -> list[dict]:
 
 
 #: How the Redis tables name each target: store x server processes.
-SETUPS = {"ours": "memory x1", "redis-1": "redis x1", "redis-2": "redis x2"}
+SETUPS = {
+    "ours": "memory x1",
+    "redis-1": "redis x1",
+    "redis-2": "redis x2",
+    "redis-4": "redis x4",
+    "cluster-2": "cluster(3) x2",
+    "cluster-4": "cluster(3) x4",
+}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -664,6 +689,8 @@ def soak_summary(row: dict) -> str:
         f"{row['resumed']:,} resumed, {row['fresh']:,} fresh; short-lived channels "
         f"{eph['created']:,} created, {eph['deleted']:,} deleted, "
         f"{eph['deletion_seen']:,}/{eph['with_subscriber']:,} subscribers saw the deletion; "
+        f"abandoned-channel flood {row.get('flood', {}).get('sent', 0):,} long polls hung up "
+        f"({row.get('flood', {}).get('closed', 0):,} closed by the server); "
         f"errors {row['errors'] or 'none'}",
     ])  # fmt: skip
 

@@ -29,12 +29,22 @@ BUFFER = 1000  # messages kept per channel: long-poll clients that fall behind c
 
 
 def build(
-    redis_url: str | None = None, key_prefix: str = "", max_messages: int = BUFFER
+    redis_url: str | None = None,
+    key_prefix: str = "",
+    max_messages: int = BUFFER,
+    cluster: bool = False,
 ) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+        if cluster:
+            store["cluster"] = True
     else:
         store = {"type": "memory"}
+    if not redis_url:
+        # No budget: a throughput round over 10,000 channels keeping 1,000 messages each
+        # would reach the default 64 MiB and measure 507s. channel_timeout keeps its default
+        # (the soak's abandoned-channel flood relies on it).
+        store.update(memory_limit=0, max_channels=0)
     config = load(
         {
             "store": {**store, "max_messages": max_messages},
@@ -53,20 +63,48 @@ def build(
 
 
 async def main(
-    port: int, redis_url: str | None, key_prefix: str, max_messages: int, asgi_server: str
+    port: int,
+    redis_url: str | None,
+    key_prefix: str,
+    max_messages: int,
+    asgi_server: str,
+    cluster: bool = False,
 ) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix, max_messages)
+    app = build(redis_url, key_prefix, max_messages, cluster)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    if asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
-        from bench import uvicornserve
+    if asgi_server == "uvicorn":  # as runpushserver --server uvicorn runs it
+        from pushserver.servers import serve_uvicorn
 
-        await uvicornserve.serve(app, sock)
+        await serve_uvicorn(app, sock, access_log=False, shutdown_timeout=1, config=app.config)
     else:
         await serve(app, sock, access_log=False)
+
+
+def granian_app() -> PushServer:
+    """The app granian loads (a factory): :func:`build` with the options in the environment."""
+    return build(max_messages=int(os.environ.get("BENCH_MAX_MESSAGES", BUFFER)))
+
+
+def exec_granian(port: int, loop: str, max_messages: int) -> None:
+    """Become granian serving :func:`granian_app`, with the options ``runpushserver
+    --server granian`` gives it, after printing ``LISTENING <port>``: granian binds the port
+    itself a moment later, and its worker (a child process) serves it."""
+    sock = bind("127.0.0.1", port)
+    port = sock.getsockname()[1]
+    sock.close()
+    print(f"LISTENING {port}", flush=True)
+    command = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+        "--port", str(port), "--backlog", "4096", "--loop", loop, "--log-level", "warning",
+        "--factory", "bench.server:granian_app",
+    ]  # fmt: skip
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "BENCH_MAX_MESSAGES": str(max_messages), "PYTHONPATH": root}
+    os.execve(command[0], command, env)
 
 
 def collect_every(interval: float) -> None:
@@ -250,12 +288,15 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
         "--asgi-server",
-        choices=["hypercorn", "uvicorn"],
+        choices=["hypercorn", "uvicorn", "granian"],
         default="hypercorn",
-        help="the ASGI server (uvicorn: a comparison, see bench/uvicornserve.py)",
+        help="the ASGI server (uvicorn and granian as runpushserver --server runs them)",
     )
     parser.add_argument("--redis-url", help="redis://host:port/db: a redis store, not memory")
     parser.add_argument("--key-prefix", default="", help="the redis store's key_prefix")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="--redis-url names a Redis Cluster node"
+    )
     parser.add_argument(
         "--max-messages", type=int, default=BUFFER, help="messages kept per channel"
     )
@@ -267,6 +308,8 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     raise_fd_limit()
+    if args.asgi_server == "granian":
+        exec_granian(args.port, args.loop, args.max_messages)
     if os.environ.get("BENCH_PROFILE_DIR"):  # where the CPU goes: cProfile, dumped at exit
         import cProfile
 
@@ -292,6 +335,7 @@ if __name__ == "__main__":
         args.key_prefix,
         args.max_messages,
         args.asgi_server,
+        args.redis_cluster,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

@@ -15,6 +15,10 @@ to the load generator's CPU) drives one server and prints one JSON result line:
   messages, then ``DELETE``\\ d; their subscriber must see the deletion (410, the
   ``pushserver.deleted`` event, the ``deleted`` frame and close 4410). The channel count
   therefore stays bounded, as it would in a deployment that deletes what it is done with;
+- the abandoned-channel flood, ``flood`` a second: an anonymous long poll on a new random
+  channel (created by ``create_on_get``) that hangs up at once (the request, then FIN) and
+  waits for the server to close its side. Nobody deletes these: the store's
+  ``channel_timeout`` must, or memory grows with every one (docs/topics.md#bounded-memory);
 - every ``sample_interval`` seconds the server process's resident memory (``VmRSS``), open
   file descriptors, established connections and CPU time, read from ``/proc``.
 
@@ -69,6 +73,7 @@ class Counts:
         self.publishes = 0
         self.publish_status: dict[int, int] = {}
         self.ephemeral = {"created": 0, "deleted": 0, "with_subscriber": 0, "deletion_seen": 0}
+        self.flood = {"sent": 0, "closed": 0}
         self.progress = asyncio.Event()
 
     def error(self, what: str) -> None:
@@ -387,7 +392,8 @@ class WebSocket(Conn):
         key = base64.b64encode(os.urandom(16))
         return (
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: pushserver.v1\r\n\r\n"  # its id: lines resume it
             % (path, slot.run.hostname, key)
         )
 
@@ -694,6 +700,42 @@ class Soak:
         finally:
             self.ephemeral_alive -= 1
 
+    async def flooding(self, deadline: float) -> None:
+        rate = self.spec.get("flood", 0)
+        if not rate:
+            return
+        pending: set[asyncio.Task] = set()
+        async for k in self.ticks(1 / rate, deadline):
+            if len(pending) > 10 * rate:  # the server fell far behind: not measured
+                self.counts.error("flood skipped: too many pending")
+                continue
+            task = self.spawn(self.hang_up(k))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def hang_up(self, k: int) -> None:
+        """One anonymous long poll on a channel of its own, abandoned at once."""
+        path = f"/sub/{self.spec['prefix']}-f{k}-{self.rng.getrandbits(32):08x}".encode()
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError as exc:
+            self.counts.error(f"flood connect: {type(exc).__name__}")
+            return
+        try:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, self.hostname))
+            writer.write_eof()
+            self.counts.flood["sent"] += 1
+            # The server answers a long poll whose client left with nothing: it closes.
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            if data:
+                self.counts.error(f"flood: answered {data[:12]!r}")
+            else:
+                self.counts.flood["closed"] += 1
+        except (OSError, TimeoutError) as exc:
+            self.counts.error(f"flood: {type(exc).__name__}")
+        finally:
+            writer.close()
+
     # -- measurement ---------------------------------------------------------------------
 
     def sample(self) -> dict:
@@ -802,6 +844,7 @@ class Soak:
             self.publishing(deadline),
             self.churning(deadline),
             self.creating(deadline),
+            self.flooding(deadline),
         )
         # Let reconnects and short-lived channels finish, then every subscriber catch up.
         busy = [t for t in self.tasks if not t.done()]
@@ -846,6 +889,7 @@ class Soak:
             fresh=counts.fresh,
             server_closes=counts.server_closes,
             ephemeral=counts.ephemeral,
+            flood=counts.flood,
             errors=counts.errors,
             anomalies=counts.anomalies,
             server_cpu_seconds=round(server_cpu, 2),
@@ -907,7 +951,7 @@ def verdict(samples: list[dict], duration: float, result: dict) -> dict:
     baseline, final = statistics.median(base), statistics.median(last)
     slope = slope_per_minute(steady)
     minutes = duration / 60
-    cycles = result["reconnects"] + result["ephemeral"]["created"]
+    cycles = result["reconnects"] + result["ephemeral"]["created"] + result["flood"]["sent"]
     entry.update(
         baseline_median_kib=baseline,
         final_median_kib=final,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
@@ -44,7 +45,7 @@ from .status import Status
 from .transports.base import Presence
 from .transports.longpoll import LongPollTransport
 from .transports.sse import SSETransport
-from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport
+from .transports.websocket import CLOSE_TRY_AGAIN_LATER, WebSocketTransport, choose_subprotocol
 
 logger = logging.getLogger("pushserver")
 
@@ -130,7 +131,8 @@ class Subscriber:
         refused one would show the browser a CORS failure instead of the readable 503."""
         if scope["type"] == "websocket":
             if (await receive())["type"] == "websocket.connect":
-                await self.websocket.refuse(send, CLOSE_TRY_AGAIN_LATER, BUSY_REASON)
+                mode = choose_subprotocol(scope.get("subprotocols"))
+                await self.websocket.refuse(send, CLOSE_TRY_AGAIN_LATER, BUSY_REASON, mode)
             return
         request = Request(scope)
         if request.method == "OPTIONS":
@@ -211,6 +213,10 @@ class PushServer:
         self._busy_logged = -BUSY_LOG_INTERVAL
         self._max_header_size = config.max_header_size
         self._stack: AsyncExitStack | None = None
+        #: Set by :func:`pushserver.asgi.get_asgi_application` (any ASGI server): the first
+        #: request opens the stores when no lifespan did, and registers the app for
+        #: in-process publishing; then it is cleared (one attribute test per request).
+        self.first_request: Callable[[Scope], Awaitable[None]] | None = None
         # An async-context presence factory (passthrough) lives as long as the server.
         self._presence_context = (
             presence_factory if hasattr(presence_factory, "__aenter__") else None
@@ -285,6 +291,8 @@ class PushServer:
         if kind == "lifespan":
             await self.lifespan(receive, send)
             return
+        if self.first_request is not None:
+            await self.first_request(scope)
         receive, send = guard_body(scope, receive, send)
         if kind == "http" and framed_twice(scope):
             reason = "Content-Length and Transfer-Encoding together"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends import memory as memory_backend
 from .exceptions import ConfigurationError
 
 TRANSPORTS = ("longpoll", "eventsource", "websocket")
@@ -26,9 +27,31 @@ DEFAULT_LOCATIONS = (
     {"type": "subscriber", "prefix": "/subscriber/"},
 )
 
+# -- store bounds (docs/topics.md#bounded-memory) -------------------------------------------
+#: Options both built-in stores take: empty channels a subscriber made are removed after
+#: channel_timeout seconds; keep_publisher_channels spares the ones a publisher made.
+CHANNEL_BOUND_DEFAULTS: dict[str, Any] = {
+    "channel_timeout": memory_backend.DEFAULT_CHANNEL_TIMEOUT,
+    "keep_publisher_channels": True,
+}
+#: The memory store's budget (Redis has its own: maxmemory).
+MEMORY_BUDGET_DEFAULTS: dict[str, Any] = {
+    "memory_limit": memory_backend.DEFAULT_MEMORY_LIMIT,
+    "max_channels": memory_backend.DEFAULT_MAX_CHANNELS,
+}
+# --------------------------------------------------------------------------------------------
+
 STORE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "memory": {"min_messages": 0, "max_messages": 0, "message_timeout": 0},
+    "memory": {
+        "min_messages": 0,
+        "max_messages": 0,
+        "message_timeout": 0,
+        **CHANNEL_BOUND_DEFAULTS,
+        **MEMORY_BUDGET_DEFAULTS,
+        "idempotency_window": 300,
+    },
     "redis": {
+        **CHANNEL_BOUND_DEFAULTS,
         "host": "127.0.0.1",
         "port": 6379,
         "database": 0,
@@ -39,6 +62,13 @@ STORE_DEFAULTS: dict[str, dict[str, Any]] = {
         "min_messages": 0,
         "max_messages": 0,
         "message_timeout": 0,
+        # Past one Redis (docs/redis.md): Cluster, Sentinel, durable acks, idempotency.
+        "cluster": False,
+        "sentinels": None,
+        "service": None,
+        "wait_replicas": 0,
+        "wait_timeout": 1.0,
+        "idempotency_window": 300,
     },
 }
 
@@ -335,6 +365,8 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
                 _check_non_negative(
                     c, f"{skey}['message_timeout']", merged["message_timeout"], 14, integer=False
                 )
+            _check_store_bounds(c, skey, store_type, merged)
+            _check_store_durability(c, skey, merged)
         elif "." in store_type:
             merged = {k: v for k, v in options.items() if k != "type"}
         else:
@@ -351,6 +383,141 @@ def _parse_stores(c: _Collector, raw: Any) -> dict[str, StoreConfig]:
         c.error(key, "no store is configured", "Use {'type': 'memory'}.", 10)
         c.no_stores = True
     return stores
+
+
+def _check_store_bounds(c: _Collector, skey: str, store_type: str, options: dict) -> None:
+    """channel_timeout, keep_publisher_channels, memory_limit, max_channels; and a warning
+    when nothing bounds what the store retains."""
+    _check_non_negative(
+        c, f"{skey}['channel_timeout']", options["channel_timeout"], 100, integer=False
+    )
+    keep = options["keep_publisher_channels"]
+    if not isinstance(keep, bool):
+        c.error(
+            f"{skey}['keep_publisher_channels']",
+            f"must be True or False, not {keep!r}",
+            "True keeps empty channels a publisher made (the original's behaviour); False "
+            "removes them after channel_timeout too, as NHPM does.",
+            101,
+        )
+    # Redis has its own budget (maxmemory), known only once connected: the store logs a
+    # warning then if it has none (docs/redis.md#memory).
+    bounded_by = "memory_limit" if store_type == "memory" else ""
+    if store_type == "memory":
+        for name, code, example in (
+            ("memory_limit", 102, f"{memory_backend.DEFAULT_MEMORY_LIMIT} (64 MiB)"),
+            ("max_channels", 104, f"{memory_backend.DEFAULT_MAX_CHANNELS}"),
+        ):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                c.error(
+                    f"{skey}[{name!r}]",
+                    f"must be a whole number >= 0, not {value!r}",
+                    f"Use e.g. {example}; 0 means no limit.",
+                    code,
+                )
+                bounded_by = ""  # reported: no second message about it
+            elif name == "memory_limit" and value > 0:
+                bounded_by = ""
+    if (
+        not options.get("max_messages")
+        and not options.get("message_timeout")
+        and bounded_by
+        and _is_number(options.get("max_messages"))
+        and _is_number(options.get("message_timeout"))
+    ):
+        c.warning(
+            skey,
+            "retention is unbounded: max_messages, message_timeout and memory_limit are 0, "
+            "so the store grows for as long as messages come",
+            "Set 'max_messages' (messages kept per channel), 'message_timeout' (seconds a "
+            "message is kept) or 'memory_limit' (bytes the store may hold).",
+            100,
+        )
+
+
+def _check_budgets(
+    c: _Collector, stores: dict[str, StoreConfig], locations: list[LocationConfig]
+) -> None:
+    """A memory store's memory_limit must hold at least one channel with one message of the
+    largest size its publisher locations accept."""
+    for store in stores.values():
+        limit = store.options.get("memory_limit")
+        if store.type != "memory" or not isinstance(limit, int) or isinstance(limit, bool):
+            continue
+        sizes = [
+            location.max_message_size
+            for location in locations
+            if location.type == "publisher" and location.store == store.name
+        ]
+        largest = max(sizes, default=0)
+        needed = (
+            largest
+            + memory_backend.MESSAGE_OVERHEAD
+            + memory_backend.CHANNEL_OVERHEAD
+            + 1024  # a long channel id and content type
+        )
+        if limit > 0 and largest and limit < needed:
+            key = "PUSH_SERVER['store']" + (f"[{store.name!r}]" if store.name != "default" else "")
+            c.error(
+                f"{key}['memory_limit']",
+                f"{limit} bytes cannot hold one message of max_message_size ({largest} bytes)",
+                f"Raise memory_limit to at least {needed}, or lower max_message_size.",
+                103,
+            )
+
+
+def _check_store_durability(c: _Collector, skey: str, options: Mapping[str, Any]) -> None:
+    """The redis store's Cluster, Sentinel, ``wait_replicas`` and idempotency options (and
+    the memory store's ``idempotency_window``): E170-E173."""
+    if "idempotency_window" in options:
+        _check_non_negative(
+            c, f"{skey}['idempotency_window']", options["idempotency_window"], 173, integer=False
+        )
+    if "cluster" not in options:
+        return  # a memory store
+    cluster, sentinels, service = options["cluster"], options["sentinels"], options["service"]
+    if not isinstance(cluster, bool):
+        c.error(f"{skey}['cluster']", f"must be True or False, not {cluster!r}", "Use True.", 170)
+    elif cluster and sentinels:
+        c.error(
+            f"{skey}['cluster']",
+            "a store is either a Redis Cluster or watched by Sentinel, not both",
+            "Remove 'sentinels' (Cluster fails over by itself) or set 'cluster': False.",
+            170,
+        )
+    if sentinels is not None:
+        fine = (
+            isinstance(sentinels, list | tuple)
+            and sentinels
+            and all(
+                isinstance(entry, str) and entry.rpartition(":")[2].isdigit() for entry in sentinels
+            )
+        )
+        if not fine:
+            c.error(
+                f"{skey}['sentinels']",
+                f"must be a list of 'host:port' strings, not {sentinels!r}",
+                "Write ['10.0.0.1:26379', '10.0.0.2:26379', '10.0.0.3:26379'].",
+                171,
+            )
+        if not isinstance(service, str) or not service:
+            c.error(
+                f"{skey}['service']",
+                f"names the primary the sentinels watch; it is {service!r}",
+                "Set 'service' to the name in the sentinels' 'sentinel monitor <name> ...'.",
+                171,
+            )
+    replicas = options["wait_replicas"]
+    if _check_non_negative(c, f"{skey}['wait_replicas']", replicas, 172, integer=True):
+        timeout = options["wait_timeout"]
+        if not _is_number(timeout) or not 0 < timeout < float("inf"):
+            c.error(
+                f"{skey}['wait_timeout']",
+                f"must be a number of seconds > 0, not {timeout!r}",
+                "Set it a little above your replicas' usual lag, e.g. 1.",
+                172,
+            )
 
 
 def _parse_host(c: _Collector, name: str, raw: Any) -> HostConfig | None:
@@ -902,6 +1069,7 @@ def parse(raw: Mapping[str, Any] | None) -> tuple[ServerConfig, list[Problem]]:
             locations.append(location)
     if publish_via == "backend":
         _check_backend_publishing(c, stores, locations)
+    _check_budgets(c, stores, locations)
 
     config = ServerConfig(
         port=port,

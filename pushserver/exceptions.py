@@ -5,6 +5,8 @@ Hierarchy::
     PushServerError
     ├── ChannelNotFound        the channel does not exist (HTTP 404)
     ├── BackendUnavailable     the backend cannot store or deliver right now (HTTP 503)
+    │   └── StoreFull          the store is at a budget (memory_limit, max_channels,
+    │                          Redis maxmemory): nothing was stored (HTTP 507)
     └── ConfigurationError     PUSH_SERVER is invalid (a system check error in Django)
 """
 
@@ -23,6 +25,18 @@ class ChannelNotFound(PushServerError):
 
 class BackendUnavailable(PushServerError):
     """The backend could not complete the operation; nothing was stored."""
+
+
+class StoreFull(BackendUnavailable):
+    """The store is at one of its budgets; nothing was stored and nothing it already held
+    was dropped to make room. ``limit`` names the budget: ``'memory_limit'``,
+    ``'max_channels'`` or ``'maxmemory'`` (Redis's own). It is a
+    :class:`BackendUnavailable`, so code that handles that one keeps working; publishers
+    get ``507 Insufficient Storage``."""
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(f"the channel store is full ({limit}): {detail}")
+        self.limit = limit
 
 
 class ConfigurationError(PushServerError):

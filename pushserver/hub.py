@@ -22,7 +22,7 @@ import anyio
 
 from ._async import asyncio_loop
 from .backends.base import Backend, PublishResult, ReadResult
-from .exceptions import BackendUnavailable
+from .exceptions import BackendUnavailable, StoreFull
 from .message import ChannelInfo, Message, MessageId
 from .metrics import Metrics
 
@@ -190,7 +190,10 @@ class Hub:
     def __init__(self, backend: Backend, *, queue_size: int = 64) -> None:
         self.backend = backend
         self.queue_size = queue_size
-        self._subscriptions: dict[str, dict[Subscription, None]] = {}
+        #: Local subscriptions per channel: the subscription itself while it is the only one
+        #: (most channels: a one-entry dict is 224 bytes per idle channel), a dict from the
+        #: second on.
+        self._subscriptions: dict[str, Subscription | dict[Subscription, None]] = {}
         self.published = 0
         self.delivered = 0
         self.overflows = 0
@@ -221,9 +224,15 @@ class Hub:
     def on_message(self, channel_id: str, message: Message) -> int:
         subscriptions = self._subscriptions.get(channel_id)
         self.published += 1
-        if not subscriptions:
+        if subscriptions is None:
             return 0
         delivery = Delivery(channel_id, message)
+        if type(subscriptions) is not dict:
+            if subscriptions.offer(delivery):
+                self.delivered += 1
+                return 1
+            self.overflows += 1
+            return 0
         reached = 0
         for subscription in subscriptions:
             if subscription.offer(delivery):
@@ -235,9 +244,9 @@ class Hub:
 
     def on_delete(self, channel_id: str) -> None:
         subscriptions = self._subscriptions.get(channel_id)
-        if subscriptions:
+        if subscriptions is not None:
             deletion = Deletion(channel_id)
-            for subscription in subscriptions:
+            for subscription in _each(subscriptions):
                 subscription.offer(deletion)
 
     def shutdown(self) -> None:
@@ -245,7 +254,7 @@ class Hub:
         self.shutting_down = True
         closing = Closing()
         for subscriptions in self._subscriptions.values():
-            for subscription in subscriptions:
+            for subscription in _each(subscriptions):
                 subscription.offer(closing)
 
     # -- subscriptions ----------------------------------------------------------------------
@@ -255,11 +264,8 @@ class Hub:
     ) -> Subscription:
         subscription = Subscription(self, channels, maxlen or self.queue_size)
         for channel_id in subscription.channels:
-            local = self._subscriptions.get(channel_id)
-            if local is None:
-                local = self._subscriptions[channel_id] = {}
+            if self._add(channel_id, subscription):
                 await self.backend.listen(channel_id)
-            local[subscription] = None
             await self.backend.subscribers_changed(channel_id, 1)
         if self.shutting_down:
             subscription.offer(Closing())
@@ -272,11 +278,30 @@ class Hub:
         for channel_id in subscription.channels:
             await self._remove(subscription, channel_id)
 
+    def _add(self, channel_id: str, subscription: Subscription) -> bool:
+        """Count ``subscription`` on the channel; True when it is the first local one."""
+        local = self._subscriptions.get(channel_id)
+        if local is None:
+            self._subscriptions[channel_id] = subscription
+            return True
+        if type(local) is dict:
+            local[subscription] = None
+        else:
+            self._subscriptions[channel_id] = {local: None, subscription: None}
+        return False
+
     async def _remove(self, subscription: Subscription, channel_id: str) -> None:
         local = self._subscriptions.get(channel_id)
-        if local is None or local.pop(subscription, 0) is not None:
+        if local is None:
             return
-        if not local:
+        if type(local) is dict:
+            if local.pop(subscription, 0) is not None:
+                return  # not subscribed there
+            if len(local) == 1:  # back to the one-subscriber form
+                self._subscriptions[channel_id] = next(iter(local))
+        else:
+            if local is not subscription:
+                return
             del self._subscriptions[channel_id]
             await self.backend.unlisten(channel_id)
         await self.backend.subscribers_changed(channel_id, -1)
@@ -286,11 +311,8 @@ class Hub:
         if channel_id in subscription.channels:
             return
         subscription.channels.append(channel_id)
-        local = self._subscriptions.get(channel_id)
-        if local is None:
-            local = self._subscriptions[channel_id] = {}
+        if self._add(channel_id, subscription):
             await self.backend.listen(channel_id)
-        local[subscription] = None
         await self.backend.subscribers_changed(channel_id, 1)
 
     async def remove_channel(self, subscription: Subscription, channel_id: str) -> None:
@@ -307,12 +329,17 @@ class Hub:
         return _SubscriptionContext(self, channels, maxlen)
 
     def local_subscribers(self, channel_id: str) -> int:
-        return len(self._subscriptions.get(channel_id, ()))
+        local = self._subscriptions.get(channel_id)
+        if local is None:
+            return 0
+        return len(local) if type(local) is dict else 1
 
     def local_totals(self) -> tuple[int, int]:
         """Channels with local subscribers, and their subscriptions summed (status)."""
         subscriptions = self._subscriptions
-        return len(subscriptions), sum(map(len, subscriptions.values()))
+        return len(subscriptions), sum(
+            len(local) if type(local) is dict else 1 for local in subscriptions.values()
+        )
 
     # -- pass-throughs to the backend -------------------------------------------------------
 
@@ -324,11 +351,17 @@ class Hub:
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
+        # The key only when there is one: a backend of an older signature keeps working.
+        keyed = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
         try:
             result = await self.backend.publish(
-                channel_id, body, content_type, event=event, create=create
+                channel_id, body, content_type, event=event, create=create, **keyed
             )
+        except StoreFull:
+            self.metrics.publishes_refused += 1
+            raise
         except BackendUnavailable:
             self.metrics.publish_errors += 1
             raise
@@ -343,6 +376,11 @@ class Hub:
 
     async def delete(self, channel_id: str) -> bool:
         return await self.backend.delete(channel_id)
+
+
+def _each(local: Subscription | dict[Subscription, None]) -> Iterable[Subscription]:
+    """The subscriptions of one channel, whichever form the hub keeps them in."""
+    return local if type(local) is dict else (local,)  # type: ignore[return-value]
 
 
 class _SubscriptionContext:

@@ -58,6 +58,36 @@ def end_refused_websockets() -> None:
     WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
 
 
+def refuse_non_ascii_websocket_handshakes() -> None:
+    """Answer ``400`` to a WebSocket handshake whose header lists are not ASCII (idempotent).
+
+    hypercorn (0.18) splits ``Sec-WebSocket-Protocol``, ``Sec-WebSocket-Extensions`` and
+    ``Connection`` of a WebSocket request with wsproto's ``split_comma_header``, which
+    decodes them as ASCII: a client that sends any other byte there (``Sec-WebSocket-
+    Protocol: é``) gets its connection dropped without an answer and a traceback in the
+    log. RFC 6455 makes these lists of tokens, so such a handshake is a bad one, and is now
+    answered as hypercorn answers other bad handshakes: ``400`` and ``connection: close``.
+    """
+    from hypercorn.protocol.ws_stream import Handshake
+
+    init = Handshake.__init__
+    if getattr(init, "refuses_non_ascii", False):
+        return
+
+    def init_or_invalid(self: Any, headers: Any, http_version: str) -> None:
+        try:
+            init(self, headers, http_version)
+        except UnicodeDecodeError:
+            self.accepted = False
+            self.http_version = http_version
+            self.connection_tokens = self.extensions = self.subprotocols = None
+            self.key = self.upgrade = None
+            self.version = None  # is_valid() is then False, whatever the HTTP version
+
+    init_or_invalid.refuses_non_ascii = True  # type: ignore[attr-defined]
+    Handshake.__init__ = init_or_invalid  # type: ignore[method-assign]
+
+
 def decline_bad_h2c_upgrades() -> None:
     """Serve over HTTP/1.1 a request asking for an ``h2c`` upgrade with bad settings
     (idempotent).
@@ -195,3 +225,65 @@ def lighter_websocket_connections() -> None:
 
     lighter_init.lighter = True  # type: ignore[attr-defined]
     Connection.__init__ = lighter_init  # type: ignore[method-assign]
+
+
+# -- an extension -----------------------------------------------------------------------------
+
+
+def send_websocket_pings() -> bool:
+    """Let the application send a WebSocket ping frame (idempotent); True once it can.
+
+    Not a fix: ASGI has no event for a ping frame, and hypercorn (0.18) only pings every
+    connection of the server on one interval, from a task of each connection's own. The
+    plain and ``ws+meta.nchan`` modes of :mod:`pushserver.transports.websocket` have nothing
+    in-band to keep a connection alive with, so each WebSocket scope gets the
+    ``pushserver.websocket.ping`` extension, and a ``{"type": "websocket.ping"}`` event from
+    the application sends a ping frame on an open connection (the client's pong is
+    swallowed by wsproto; any other state ignores it).
+
+    It leans on hypercorn internals, so it fails safe: on a hypercorn without them it
+    changes nothing, logs a warning and returns False. Scopes then have no extension, and
+    the application never sends the event (it would send it to no other server either):
+    those modes just have no keepalive of their own (tests/test_websocket_pings.py).
+    """
+    try:
+        from hypercorn.protocol.events import Request
+        from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+        from wsproto.events import Ping
+
+        handle, app_send = WSStream.handle, WSStream.app_send
+        WSStream._send_wsproto_event  # noqa: B018 (what a ping is sent with)
+        connected = ASGIWebsocketState.CONNECTED
+    except (ImportError, AttributeError) as exc:
+        logger.warning(
+            "this hypercorn cannot send WebSocket pings for the application (%s): plain and "
+            "ws+meta.nchan WebSocket connections get no keepalive pings",
+            exc,
+        )
+        return False
+
+    from .transports.websocket import PING_EXTENSION
+
+    if getattr(app_send, "sends_pings", False):
+        return True
+
+    async def handle_and_offer_pings(self: Any, event: Any) -> None:
+        await handle(self, event)
+        scope = getattr(self, "scope", None)
+        if isinstance(event, Request) and isinstance(scope, dict):
+            # The application reads it at its first keepalive, long after it started.
+            extensions = scope.setdefault("extensions", {})
+            if isinstance(extensions, dict):
+                extensions[PING_EXTENSION] = {}
+
+    async def app_send_with_pings(self: Any, message: Any) -> None:
+        if message is not None and message["type"] == "websocket.ping":
+            if not self.closed and self.state == connected:
+                await self._send_wsproto_event(Ping())
+            return
+        await app_send(self, message)
+
+    app_send_with_pings.sends_pings = True  # type: ignore[attr-defined]
+    WSStream.handle = handle_and_offer_pings  # type: ignore[method-assign]
+    WSStream.app_send = app_send_with_pings  # type: ignore[method-assign]
+    return True

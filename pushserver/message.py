@@ -9,6 +9,7 @@ move between transports without losing its place.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time as _time
 from collections.abc import Callable, Hashable
@@ -44,6 +45,35 @@ class MessageId(NamedTuple):
         if now > self.time:
             return MessageId(now, 0)
         return MessageId(self.time, self.tag + 1)
+
+
+_BAD_EVENT_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_event_name(name: str) -> str:
+    """``name`` if it can be a message's event name (the ``event:`` line of server-sent
+    events, ``X-EventSource-Event``): not empty, no control characters (a line break would
+    end the ``event:`` line and forge the rest of the event). ValueError otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"an event name is a str, not {type(name).__name__}")
+    if not name or _BAD_EVENT_NAME.search(name):
+        raise ValueError(
+            f"bad event name {name!r}: it must be a non-empty string without control "
+            "characters (no line breaks)"
+        )
+    return name
+
+
+def event_name_from_header(value: str | None) -> str | None:
+    """The event name an ``X-EventSource-Event`` header value (decoded as Latin-1, as every
+    header is) carries: its bytes read as UTF-8 when they are UTF-8, so a name published
+    as UTF-8 reaches event streams as the same bytes, as with nchan. None when absent or
+    empty; ValueError when it cannot be an event name."""
+    if not value:
+        return None
+    with contextlib.suppress(UnicodeError):  # not UTF-8: keep the Latin-1 reading
+        value = value.encode("latin-1").decode("utf-8")
+    return check_event_name(value)
 
 
 #: Before every message: what a client with no position asks to read after.

@@ -23,8 +23,10 @@ class Metrics:
         "longpoll",
         "publish_errors",
         "published",
+        "publishes_refused",
         "slow_eventsource",
         "slow_websocket",
+        "subscribes_refused",
         "websocket",
     )
 
@@ -33,6 +35,10 @@ class Metrics:
         self.published = 0
         #: Publishes that failed because the store was unavailable (503).
         self.publish_errors = 0
+        #: Publishes refused because the store was at a budget (507), and subscribes that
+        #: would have created a channel then (memory_limit, max_channels, maxmemory).
+        self.publishes_refused = 0
+        self.subscribes_refused = 0
         #: Gauges: long polls waiting, event streams and WebSockets open.
         self.longpoll = 0
         self.eventsource = 0

@@ -136,17 +136,20 @@ def position_headers(position: MessageId) -> Headers:
 
 def longpoll_response_headers(message: Message) -> Headers:
     """Headers of a 200 carrying ``message``; shared by every subscriber it reaches."""
-    return [
+    headers = [
         *position_headers(message.id),
         (b"content-type", message.content_type.encode("latin-1")),
         (b"content-length", str(len(message.body)).encode()),
     ]
+    if message.event is not None:  # the name published with X-EventSource-Event, as sent
+        headers.append((b"x-eventsource-event", message.event.encode("utf-8", "surrogateescape")))
+    return headers
 
 
 SUBSCRIBER_ALLOW_HEADERS = (
     "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
 )
-SUBSCRIBER_EXPOSE_HEADERS = "Last-Modified, Etag, Cache-Control, Content-Type"
+SUBSCRIBER_EXPOSE_HEADERS = "Last-Modified, Etag, Cache-Control, Content-Type, X-EventSource-Event"
 #: The original's Access-Control-Max-Age (browsers cap it: Chromium at 2 h, Firefox at 24 h).
 DEFAULT_MAX_AGE = 864000
 
@@ -252,6 +255,7 @@ _INFO_FORMATS = {
 }
 
 
+@lru_cache(maxsize=64)  # publishers send the same Accept every time (bounded: any header)
 def negotiate_info_format(accept: str | None) -> tuple[str, str]:
     """``(format, content_type)`` for an ``Accept`` header, as NHPM negotiates it.
 

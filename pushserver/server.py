@@ -226,8 +226,10 @@ async def serve(
         access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format, **limits
     )
     hypercorn_fixes.end_refused_websockets()
+    hypercorn_fixes.refuse_non_ascii_websocket_handshakes()
     hypercorn_fixes.decline_bad_h2c_upgrades()
     hypercorn_fixes.lighter_websocket_connections()
+    hypercorn_fixes.send_websocket_pings()
     if _running_trio():
         hypercorn_fixes.contain_connection_errors_on_trio()
         hypercorn_fixes.free_closed_connections_on_trio()

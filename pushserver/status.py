@@ -87,6 +87,18 @@ COUNTERS = (
         "Publishes that failed because the store was unavailable (503).",
     ),
     (
+        "publishes_refused",
+        "pushserver_publishes_refused_total",
+        "Publishes and channel creations (PUT) refused because the store was at a budget: "
+        "memory_limit, max_channels or Redis's maxmemory (507).",
+    ),
+    (
+        "subscribes_refused",
+        "pushserver_subscribes_refused_total",
+        "Subscribes refused because creating their channel (create_on_get) would pass the "
+        "store's budget (507).",
+    ),
+    (
         "received",
         "pushserver_messages_received_total",
         "Messages the store handed to this process for fan-out to local subscribers.",
@@ -142,6 +154,8 @@ def snapshot(hubs: dict[str, Hub], store_types: dict[str, str], started: float) 
         values = {
             "published": metrics.published,
             "publish_errors": metrics.publish_errors,
+            "publishes_refused": metrics.publishes_refused,
+            "subscribes_refused": metrics.subscribes_refused,
             "received": hub.published,
             "delivered": hub.delivered,
             "queue_overflows": hub.overflows,
@@ -168,6 +182,7 @@ def snapshot(hubs: dict[str, Hub], store_types: dict[str, str], started: float) 
             "ok": ok,
             # Channels stored: known for a memory store; a shared store would need a scan.
             "channels": backend.pop("channels", None),
+            **_budget(backend),
             "active_channels": active,
             "subscribers": local,
             "connections": store_connections,
@@ -186,6 +201,19 @@ def snapshot(hubs: dict[str, Hub], store_types: dict[str, str], started: float) 
         **totals,
         "slow_disconnects": slow,
         "stores": stores,
+    }
+
+
+def _budget(backend: dict) -> dict:
+    """Use against the store's budget, taken out of its ``status()``: ``memory`` (bytes
+    used and the limit, 0 = none; None when the store does not say), ``max_channels``
+    (0 = none) and ``expired_channels`` (removed by ``channel_timeout``)."""
+    used = backend.pop("memory_used", None)
+    limit = backend.pop("memory_limit", None)
+    return {
+        "memory": None if used is None else {"used": used, "limit": limit or 0},
+        "max_channels": backend.pop("max_channels", None),
+        "expired_channels": backend.pop("expired_channels", None),
     }
 
 
@@ -221,6 +249,15 @@ def render_prometheus(data: dict) -> bytes:
             lines.append(f"{name}{_labels(**labels)} {_number(value)}")
 
     stores = data["stores"]
+
+    def reported(key: str) -> list[tuple[dict, float | int]]:
+        """One sample per store whose figure ``key`` is known (not None)."""
+        return [
+            ({"store": name}, store[key])
+            for name, store in stores.items()
+            if store[key] is not None
+        ]
+
     family(
         "pushserver_info",
         "gauge",
@@ -259,11 +296,33 @@ def render_prometheus(data: dict) -> bytes:
         "pushserver_channels",
         "gauge",
         "Channels stored (memory stores only).",
-        [
-            ({"store": name}, store["channels"])
-            for name, store in stores.items()
-            if store["channels"] is not None
-        ],
+        reported("channels"),
+    )
+    memory = [(name, store["memory"]) for name, store in stores.items() if store["memory"]]
+    family(
+        "pushserver_store_memory_bytes",
+        "gauge",
+        "Bytes the store holds: retained messages and channels (memory store, estimated), "
+        "or Redis's used_memory.",
+        [({"store": name}, used["used"]) for name, used in memory],
+    )
+    family(
+        "pushserver_store_memory_limit_bytes",
+        "gauge",
+        "The store's budget in bytes: memory_limit, or Redis's maxmemory (0: none).",
+        [({"store": name}, used["limit"]) for name, used in memory],
+    )
+    family(
+        "pushserver_store_max_channels",
+        "gauge",
+        "Channels the store may hold (max_channels; 0: no limit).",
+        reported("max_channels"),
+    )
+    family(
+        "pushserver_channels_expired_total",
+        "counter",
+        "Empty channels removed after channel_timeout.",
+        reported("expired_channels"),
     )
     for key, metric, help_text in COUNTERS:
         family(

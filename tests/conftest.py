@@ -36,13 +36,19 @@ django.setup()
 
 import pushserver  # noqa: E402
 from pushserver import signals  # noqa: E402
-from pushserver.testing import PushServerProcess, RedisServer  # noqa: E402
+from pushserver.testing import PushServerProcess, RedisClusterServers, RedisServer  # noqa: E402
 
 STORES = ("memory", "redis")
 #: The store test servers run on (``PUSHSERVER_TEST_STORE``); memory by default.
 TEST_STORE = os.environ.get("PUSHSERVER_TEST_STORE", "memory")
 #: Memory store options that mean the same on the redis store.
-_SHARED_STORE_OPTIONS = {"type", "min_messages", "max_messages", "message_timeout"}
+_SHARED_STORE_OPTIONS = {
+    "type",
+    "min_messages",
+    "max_messages",
+    "message_timeout",
+    "idempotency_window",
+}
 
 
 def pytest_configure(config):
@@ -277,6 +283,15 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of our own (3 primaries, 3 replicas) for the session, for tests that
+    kill none of its nodes; tests keep apart by key prefix (``redis_cluster.store()``)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture

@@ -231,6 +231,8 @@ def test_quick_soak_churns_every_transport_without_losing_anything(tmp_path):
     eph = row["ephemeral"]
     assert eph["created"] == eph["deleted"] > 0
     assert eph["deletion_seen"] == eph["with_subscriber"] > 0
+    # The abandoned-channel flood ran, and the server closed every hung-up long poll.
+    assert row["flood"]["sent"] == row["flood"]["closed"] > 0
     # The server was sampled throughout.
     samples = row["samples"]
     assert len(samples) >= 8
@@ -271,3 +273,39 @@ def test_quick_bench_under_uvicorn_loses_nothing_or_is_skipped_with_a_note(tmp_p
     }
     check_rows(rows)
     assert "uvicorn" in stdout and "hypercorn" in stdout
+
+
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn", "granian"])
+def test_quick_request_path_set_measures_every_figure(tmp_path, server):
+    """bench/requestpath.py in quick mode: each figure measured for ours under the server
+    (and nchan's where installed), long-poll without loss, every publish answered 202."""
+    if server != "hypercorn":
+        pytest.importorskip(server)
+    out = tmp_path / "requestpath.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.requestpath", "--quick", "--servers", server,
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    (rows,) = report["rounds"]
+    by = {row["target"]: row for row in rows}
+    ours = by[f"ours-{server}"]
+    assert set(ours["publish"]["statuses"]) == {"202"}, ours["publish"]
+    assert ours["publish"]["cpu_us_per_publish"] > 0
+    assert ours["connect"]["connections"] == 500 and ours["connect"]["connect_errors"] == 0
+    assert ours["connect"]["cpu_us_per_connect"] > 0
+    longpoll = ours["longpoll"]
+    assert longpoll["lost"] == longpoll["duplicated"] == longpoll["out_of_order"] == 0
+    assert longpoll["cpu_us_per_delivery"] > 0
+    for transport in ("sse", "ws"):
+        fanout = ours[f"fanout-{transport}"]
+        assert fanout["lost"] == fanout["duplicated"] == fanout["out_of_order"] == 0
+        assert fanout["cpu_us_per_delivery"] > 0
+    measures = {(e["target"], e["measure"]) for e in report["summary"]}
+    names = ("publish", "longpoll", "connect", "fanout-sse", "fanout-ws")
+    assert {(f"ours-{server}", m) for m in names} <= measures
+    if "nchan" in by:
+        assert all(e["median_ratio"] for e in report["summary"] if e["target"] != "nchan")
+    assert "| ours-" in done.stdout

@@ -9,10 +9,11 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from pushserver.config import DEFAULT_LOCATIONS, HostConfig, load, parse
+from pushserver.config import DEFAULT_LOCATIONS, STORE_DEFAULTS, HostConfig, load, parse
 from pushserver.exceptions import ConfigurationError
 from pushserver.settings import get_config
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
+from pushserver.utils.updates import publisher_url, subscriber_url
 from tests.project.helpers import pushserver_messages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,12 @@ def test_defaults():
         "min_messages": 0,
         "max_messages": 0,
         "message_timeout": 0,
+        # Bounded by default (docs/topics.md#bounded-memory).
+        "channel_timeout": 60.0,
+        "keep_publisher_channels": True,
+        "memory_limit": 64 * 1024 * 1024,
+        "max_channels": 100_000,
+        "idempotency_window": 300,
     }
     publisher, subscriber = config.locations
     assert (publisher.type, publisher.pattern) == ("publisher", "/publisher/(.+)")
@@ -80,6 +87,11 @@ def test_documented_example_is_accepted_as_is():
         "min_messages": 0,
         "max_messages": 100,
         "message_timeout": 10,
+        "channel_timeout": 60.0,
+        "keep_publisher_channels": True,
+        "memory_limit": 64 * 1024 * 1024,
+        "max_channels": 100_000,
+        "idempotency_window": 300,
     }
     subscriber, publisher = config.locations
     assert subscriber.regex.match("/updates/abc").group(1) == "abc"
@@ -419,8 +431,15 @@ def test_check_command_fails_on_a_bad_setting_and_reports_its_warnings_too():
     assert "System check identified 2 issues (0 silenced)." in report
 
 
+#: Where send_update and {% channel_url %} find the push server (else W121, W123).
+HOSTS = {
+    "publisher_host": {"location": "127.0.0.1:8001"},
+    "subscriber_host": {"location": "127.0.0.1:8001"},
+}
+
+
 def test_check_command_reports_warnings_and_passes():
-    warned = {"locations": [{"type": "publisher", "prefix": "/p/"}, WARNED_LOCATION]}
+    warned = {"locations": [{"type": "publisher", "prefix": "/p/"}, WARNED_LOCATION], **HOSTS}
     out, err = run_check(warned)
     assert out == ""
     assert err == (
@@ -435,8 +454,8 @@ def test_check_command_reports_warnings_and_passes():
     assert W080_LINE in str(info.value)
 
 
-def test_check_command_passes_on_the_default():
-    assert run_check({}) == ("System check identified no issues (0 silenced).\n", "")
+def test_check_command_passes_on_the_default_with_hosts():
+    assert run_check(HOSTS) == ("System check identified no issues (0 silenced).\n", "")
 
 
 def test_runpushserver_refuses_to_start_with_a_bad_setting():
@@ -456,3 +475,177 @@ def test_runpushserver_refuses_to_start_with_a_bad_setting():
     assert "pushserver.E042" in output
     assert "PUSH_SERVER['locations'][0]['allow_origin']" in output
     assert "running at" not in output
+
+
+# -- first use: send_update and {% channel_url %} need a location and a host -----------------
+
+
+def first_use(push_server):
+    """The first-use warnings (W120-W123) for ``push_server``, as (id, message, hint)."""
+    return [(m.id, m.msg, m.hint) for m in pushserver_messages(push_server, first_use=True)]
+
+
+def test_the_default_warns_that_send_update_and_channel_url_have_no_host():
+    found = first_use({})
+    assert [i for i, _, _ in found] == ["pushserver.W121", "pushserver.W123"]
+    (_, message, hint), (_, sub_message, sub_hint) = found
+    assert message.startswith("PUSH_SERVER['publisher_host']: not set, so send_update()")
+    assert "'publisher_host': {'location': '127.0.0.1:8001', 'secure': False}" in hint
+    assert sub_message.startswith("PUSH_SERVER['subscriber_host']: not set, so {% channel_url")
+    assert "'subscriber_host': {'location': '127.0.0.1:8001'" in sub_hint
+    # The warnings describe what really happens: both URL builders fail without a host...
+    with override_settings(PUSH_SERVER={}):
+        with pytest.raises(ValueError, match="publisher_host"):
+            publisher_url("news")
+        with pytest.raises(ValueError, match="subscriber_host"):
+            subscriber_url("news")
+    # ...and work once the hints are followed.
+    assert first_use(HOSTS) == []
+    with override_settings(PUSH_SERVER=HOSTS):
+        assert publisher_url("news") == "http://127.0.0.1:8001/publisher/news"
+        assert subscriber_url("news") == "http://127.0.0.1:8001/subscriber/news"
+
+
+def test_the_legacy_port_is_a_host():
+    """django-pushserver <= 0.2.2 built URLs from 'port' (and 'address'): no warning."""
+    assert first_use({"port": 8005}) == []
+
+
+def test_no_publisher_location():
+    locations = [{"type": "subscriber", "prefix": "/s/"}]
+    ((check_id, message, hint),) = first_use({"locations": locations, **HOSTS})
+    assert check_id == "pushserver.W120"
+    assert "no publisher location, so send_update() has nowhere to publish" in message
+    assert "{'type': 'publisher', 'prefix': '/publisher/'}" in hint
+    with (
+        override_settings(PUSH_SERVER={"locations": locations, **HOSTS}),
+        pytest.raises(ValueError, match="no publisher location"),
+    ):
+        publisher_url("news")
+
+
+def test_no_subscriber_location():
+    locations = [{"type": "publisher", "prefix": "/p/"}]
+    ((check_id, message, hint),) = first_use({"locations": locations, **HOSTS})
+    assert check_id == "pushserver.W122"
+    assert "no subscriber location, so {% channel_url %} fails" in message
+    assert "{'type': 'subscriber', 'prefix': '/subscriber/'}" in hint
+
+
+def test_a_url_that_cannot_be_reversed():
+    """One capturing group (valid for matching), but an alternation outside it: Django's
+    reversal gives no path, and the URL builders would raise at first use."""
+    locations = [
+        {"type": "subscriber", "url": r"/u/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/p/(?:a|b)/([^/]+)"},
+        {"type": "publisher", "url": r"/ignored/(?:a|b)/([^/]+)"},  # not the first one
+    ]
+    found = first_use({"locations": locations, **HOSTS})
+    assert [i for i, _, _ in found] == ["pushserver.W124", "pushserver.W124"]
+    assert found[0][1].startswith(
+        "PUSH_SERVER['locations'][1]['url']: '/p/(?:a|b)/([^/]+)' cannot be reversed"
+    )
+    assert "send_update()" in found[0][1] and "{% channel_url %}" in found[1][1]
+    assert "r'/updates/([^/]+)'" in found[0][2]
+    with (
+        override_settings(PUSH_SERVER={"locations": locations, **HOSTS}),
+        pytest.raises(ValueError, match="Non-reversible"),
+    ):
+        subscriber_url("news")
+    # An alternation inside the channel id's group reverses fine.
+    inside = [{"type": "subscriber", "url": r"/u/(a|b)"}, {"type": "publisher", "prefix": "/p/"}]
+    assert first_use({"locations": inside, **HOSTS}) == []
+
+
+def test_publishing_via_the_backend_needs_no_publisher_host():
+    push_server = {
+        "publish_via": "backend",
+        "store": {"type": "redis", "port": free_port()},  # not reached: no deploy checks
+        "subscriber_host": {"location": "push.example.com", "secure": True},
+    }
+    assert first_use(push_server) == []
+
+
+def test_no_first_use_warnings_while_the_settings_have_errors():
+    assert [m.id for m in pushserver_messages({"port": "x"}, first_use=True)] == ["pushserver.E003"]
+
+
+def test_runpushserver_knows_its_own_host():
+    """Inside runpushserver send_update and {% channel_url %} use the address it listens on,
+    so it does not warn; `manage.py check`, for the Django site, does."""
+    _out, err = run_check({})
+    assert "pushserver.W121" in err and "pushserver.W123" in err
+    with PushServerProcess("tests.project.settings", push_server={}, cwd=str(ROOT)) as server:
+        assert "pushserver.W12" not in server.log
+
+
+# -- store bounds (channel_timeout, budgets) -----------------------------------------------------
+
+STORE = "PUSH_SERVER['store']"
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "key"),
+    [
+        ({"channel_timeout": -1}, "E100", "channel_timeout"),
+        ({"channel_timeout": "60"}, "E100", "channel_timeout"),
+        ({"keep_publisher_channels": "yes"}, "E101", "keep_publisher_channels"),
+        ({"memory_limit": -1}, "E102", "memory_limit"),
+        ({"memory_limit": "64M"}, "E102", "memory_limit"),
+        ({"memory_limit": 1.5e6}, "E102", "memory_limit"),
+        ({"memory_limit": True}, "E102", "memory_limit"),
+        ({"memory_limit": 1000}, "E103", "memory_limit"),
+        ({"max_channels": -5}, "E104", "max_channels"),
+        ({"max_channels": None}, "E104", "max_channels"),
+    ],
+)
+def test_bad_store_bounds_name_the_key(options, code, key):
+    message = only(pushserver_messages({"store": {"type": "memory", **options}}))
+    assert message.id == f"pushserver.{code}"
+    assert message.msg.startswith(f"{STORE}[{key!r}]: ")
+    assert message.hint
+
+
+def test_a_budget_below_one_message_counts_the_largest_publisher_location():
+    store = {"type": "memory", "memory_limit": 200_000}
+    publisher = {"type": "publisher", "prefix": "/p/", "max_message_size": 100_000}
+    assert pushserver_messages({"store": store, "locations": [publisher]}) == []
+    bigger = {**publisher, "prefix": "/q/", "max_message_size": 300_000}
+    message = only(pushserver_messages({"store": store, "locations": [publisher, bigger]}))
+    assert message.id == "pushserver.E103"
+    assert "300000" in message.msg
+    assert "at least" in message.hint
+
+
+def test_redis_store_bounds_are_checked_too():
+    message = only(pushserver_messages({"store": {"type": "redis", "channel_timeout": -1}}))
+    assert message.id == "pushserver.E100"
+    assert "memory_limit" not in STORE_DEFAULTS["redis"]  # Redis has its own: maxmemory
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"memory_limit": 0},
+        {"memory_limit": 0, "max_messages": 0, "message_timeout": 0, "min_messages": 3},
+    ],
+)
+def test_unbounded_retention_is_a_warning_naming_the_settings(options):
+    message = only(pushserver_messages({"store": {"type": "memory", **options}}))
+    assert isinstance(message, checks.Warning)
+    assert message.id == "pushserver.W100"
+    assert message.msg.startswith(f"{STORE}: retention is unbounded")
+    for name in ("max_messages", "message_timeout", "memory_limit"):
+        assert name in message.hint
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # the default budget
+        {"memory_limit": 0, "max_messages": 10},
+        {"memory_limit": 0, "message_timeout": 30},
+    ],
+)
+def test_any_bound_silences_the_warning(options):
+    assert pushserver_messages({"store": {"type": "memory", **options}}) == []

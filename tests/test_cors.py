@@ -7,11 +7,10 @@ from __future__ import annotations
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from pushserver.config import parse
 from tests.project.helpers import path, wait_for_subscribers
-from tests.transports.streams import closed_with, event_stream, publish, ws_url
+from tests.transports.streams import closed_with, connect, event_stream, publish, ws_url
 
 A = "http://a.example"
 B = "http://b.example"

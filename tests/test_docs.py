@@ -145,6 +145,12 @@ def test_stream_examples_are_real_output():
                 "news", Message(MessageId(1795486753, 0), b"\x89PNG\r\n", "image/png")
             )["bytes"]
         ),
+        "WebSocket plain frame": websocket.encode_plain(
+            Message(MessageId(1795486753, 0), b'{"type":"score","home":2}', "application/json")
+        )["text"],
+        "WebSocket ws+meta.nchan frame": websocket.encode_nchan(
+            Message(MessageId(1795486753, 0), b'{"type":"score","home":2}', "application/json")
+        )["text"],
         "pong": websocket._PONG["text"],
         "ping": websocket._PING["text"],
     }

@@ -22,10 +22,10 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import ByteStream
-from websockets.asyncio.client import connect as ws_connect
 
 from pushserver.testing import PushServerProcess
 from tests.project.helpers import assert_still_serving, path, wait_for_subscribers
+from tests.transports.streams import connect as ws_connect
 
 pytestmark = pytest.mark.anyio
 
@@ -806,3 +806,62 @@ async def test_hostile_commands_get_error_frames_and_the_connection_stays(server
             assert response.status_code == 201
             frame = await ws.recv()
     assert frame.endswith("\n\nafter all that")
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        (b"", None),
+        (b" , ,, ", None),
+        (b"chat, superchat", None),  # none the server speaks: the plain mode, no refusal
+        (b"PUSHSERVER.V1", None),  # names are exact
+        (b"pushserver.v1;q=1", None),
+        (b"x" * 8000, None),
+        (b",".join(b"p%d" % n for n in range(2000)), None),
+        (b"  chat ,  ws+meta.nchan  , pushserver.v1", "ws+meta.nchan"),  # the first it speaks
+        (b"pushserver.v1, pushserver.v1", "pushserver.v1"),
+    ],
+)
+async def test_any_subprotocol_list_gets_the_documented_choice(server, client, offered, chosen):
+    """Sec-WebSocket-Protocol as a client may send it: the first name the server speaks is
+    echoed, anything else is the plain mode with no Sec-WebSocket-Protocol in the 101
+    (docs/transports.md, Subprotocols): never a refusal, never a crash."""
+    channel = channel_name()
+    body = b"the body alone" if chosen is None else b"framed"
+    headers = {"content-type": "text/plain"}
+    await client.post(path("/publisher/", channel), content=body, headers=headers)
+    head = upgrade(path("/subscriber/", channel)).removesuffix(b"\r\n")
+    with anyio.fail_after(TIMEOUT):
+        connection = await connect(server)
+        async with connection.stream:
+            await connection.send(head + b"Sec-WebSocket-Protocol: " + offered + b"\r\n\r\n")
+            response = await connection.response(head_only=True)
+            assert response.status == 101, response
+            assert response.header("sec-websocket-protocol") == chosen
+            data = b""
+            while not data.endswith(body):
+                data += await connection.read_some()
+    [(opcode, payload)] = unmask_server_frames(data)
+    assert opcode == 1  # text
+    if chosen is None:
+        assert payload == body
+    else:
+        assert payload.startswith(b"id: ") and payload.endswith(b"\n\n" + body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Sec-WebSocket-Protocol: \xc3\xa9",
+        b"Sec-WebSocket-Protocol: pushserver.v1, \xff",
+        b"Sec-WebSocket-Extensions: permessage-deflate; \xe9",
+    ],
+)
+async def test_a_websocket_header_list_that_is_not_ascii_is_400(server, header):
+    """RFC 6455 makes these lists of tokens: a bad handshake, refused as hypercorn refuses
+    others (it used to drop the connection unanswered, with a traceback in the log;
+    hypercorn_fixes.refuse_non_ascii_websocket_handshakes)."""
+    data = upgrade("/subscriber/ws").removesuffix(b"\r\n")
+    [response], closed = await exchange(server, data + header + b"\r\n\r\n")
+    assert_hypercorn_400(response)
+    assert closed

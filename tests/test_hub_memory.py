@@ -7,7 +7,7 @@ import pytest
 
 from pushserver.backends import MemoryBackend
 from pushserver.backends import memory as memory_module
-from pushserver.exceptions import ChannelNotFound
+from pushserver.exceptions import ChannelNotFound, StoreFull
 from pushserver.hub import Closing, Deletion, Delivery, Hub
 from pushserver.message import ORIGIN, MessageId
 
@@ -281,3 +281,165 @@ async def test_unsubscribe_twice_counts_once():
         assert (await hub.info("c")).subscribers == 1
         await hub.unsubscribe(two)
         assert (await hub.info("c")).subscribers == 0
+
+
+# -- bounds: channel_timeout, memory_limit, max_channels ---------------------------------------
+
+
+async def exists_after(clock, backend, seconds: float, channel_id: str) -> bool:
+    """Let ``seconds`` pass, run the sweeper as its task would, and look."""
+    clock.now += seconds
+    backend.sweep(clock.now)
+    return await backend.exists(channel_id)
+
+
+async def test_an_empty_channel_a_subscriber_made_goes_after_channel_timeout(clock):
+    async with make_hub(channel_timeout=60) as hub:
+        backend = hub.backend
+        await backend.create("anon", publisher=False)
+        assert await exists_after(clock, backend, 59, "anon")
+        await backend.touch("anon")  # a subscriber asked for it again: the clock restarts
+        assert await exists_after(clock, backend, 59, "anon")
+        assert not await exists_after(clock, backend, 1, "anon")
+        assert backend.memory_used == 0
+        assert backend.status()["expired_channels"] == 1
+
+
+async def test_a_channel_a_publisher_made_stays_unless_told(clock):
+    for keep in (True, False):
+        async with make_hub(channel_timeout=10, keep_publisher_channels=keep) as hub:
+            backend = hub.backend
+            await backend.create("put")
+            await backend.create("anon", publisher=False)
+            await hub.publish("anon", b"x", "text/plain")  # a publisher used it: its now
+            clock.now += 3600
+            backend.sweep(clock.now)
+            assert await backend.exists("put") is keep
+            assert await backend.exists("anon")  # it holds a message
+
+
+async def test_a_subscribed_channel_stays_and_goes_once_left(clock):
+    async with make_hub(channel_timeout=10) as hub:
+        backend = hub.backend
+        await backend.create("anon", publisher=False)
+        subscription = await hub.subscribe(["anon"])
+        assert await exists_after(clock, backend, 100, "anon")
+        await hub.unsubscribe(subscription)
+        assert await exists_after(clock, backend, 9, "anon")
+        assert not await exists_after(clock, backend, 1, "anon")
+
+
+async def test_expired_messages_are_freed_and_then_the_channel(clock):
+    options = {"message_timeout": 5, "channel_timeout": 10, "keep_publisher_channels": False}
+    async with make_hub(**options) as hub:
+        backend = hub.backend
+        await hub.publish("c", b"x" * 1000, "text/plain")
+        assert backend.memory_used > 1000
+        clock.now += 5
+        backend.sweep(clock.now)  # the message expired: freed without a read
+        assert await backend.exists("c")
+        assert backend.memory_used == memory_module.channel_cost("c")
+        assert not await exists_after(clock, backend, 10, "c")
+        assert backend.memory_used == 0
+
+
+async def test_sweeping_a_backlog_is_bounded_per_step(clock):
+    async with make_hub(channel_timeout=1) as hub:
+        backend = hub.backend
+        for i in range(1200):
+            await backend.create(f"c{i}", publisher=False)
+        clock.now += 1
+        assert backend.sweep(clock.now, limit=500) is True
+        assert len(backend.channel_ids()) == 700
+        assert backend.sweep(clock.now, limit=500) is True
+        assert backend.sweep(clock.now, limit=500) is False
+        assert backend.channel_ids() == []
+
+
+async def test_the_sweeper_runs_on_its_own():
+    async with make_hub(channel_timeout=0.05) as hub:
+        await hub.backend.create("anon", publisher=False)
+        with anyio.fail_after(5):
+            while await hub.backend.exists("anon"):
+                await anyio.sleep(0.01)
+
+
+async def test_max_channels_refuses_new_channels_only():
+    async with make_hub(max_channels=2) as hub:
+        backend = hub.backend
+        await backend.create("a")
+        await hub.publish("b", b"1", "text/plain")
+        with pytest.raises(StoreFull) as refused:
+            await backend.create("c", publisher=False)
+        assert refused.value.limit == "max_channels"
+        with pytest.raises(StoreFull):
+            await hub.publish("c", b"1", "text/plain")
+        assert not await backend.exists("c")
+        await hub.publish("b", b"2", "text/plain")  # existing channels still take messages
+        assert await walk(hub, "b") == [b"1", b"2"]
+        assert hub.metrics.publishes_refused == 1
+        assert backend.status()["refusals"] == {"memory_limit": 0, "max_channels": 2}
+
+
+async def test_memory_limit_refuses_and_keeps_what_was_accepted():
+    body = b"x" * 10_000
+    limit = 5 * (len(body) + memory_module.MESSAGE_OVERHEAD + 10) + 5000
+    async with make_hub(memory_limit=limit) as hub:
+        backend = hub.backend
+        accepted = refused = 0
+        for i in range(10):
+            try:
+                await hub.publish(f"c{i % 3}", body + b"%d" % i, "text/plain")
+                accepted += 1
+            except StoreFull as exc:
+                assert exc.limit == "memory_limit"
+                refused += 1
+        assert (accepted, refused) == (5, 5)
+        assert backend.memory_used <= limit
+        bodies = [b for c in ("c0", "c1", "c2") for b in await walk(hub, c)]
+        assert sorted(bodies) == sorted(body + b"%d" % i for i in range(5))
+        await hub.delete("c0")
+        await hub.publish("c0", body, "text/plain")  # room again
+        assert hub.metrics.publishes_refused == 5
+
+
+async def test_memory_limit_lets_max_messages_rotate():
+    body = b"x" * 1000
+    cost = len(body) + len("text/plain") + memory_module.MESSAGE_OVERHEAD
+    limit = memory_module.channel_cost("c") + 3 * cost
+    async with make_hub(memory_limit=limit, max_messages=3) as hub:
+        for _ in range(10):  # full at three, and each new one replaces the oldest
+            await hub.publish("c", body, "text/plain")
+        assert hub.backend.memory_used == limit
+        with pytest.raises(StoreFull):
+            await hub.publish("c", body + b"more", "text/plain")
+        assert len(await walk(hub, "c")) == 3
+
+
+async def test_an_idle_channel_holds_no_message_list():
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        assert hub.backend._channels["c"].messages == ()
+
+
+async def test_one_subscriber_then_two_then_one_again():
+    """The hub keeps a lone subscriber without a dict of its own (224 bytes an idle channel
+    saves); the second one, and the way back, must change nothing anyone sees."""
+    async with make_hub() as hub:
+        await hub.backend.create("c")
+        first = await hub.subscribe(["c"])
+        assert type(hub._subscriptions["c"]) is not dict
+        assert (await hub.publish("c", b"1", "text/plain")).subscribers == 1
+        second = await hub.subscribe(["c", "d"])
+        assert hub.local_subscribers("c") == 2 and hub.local_totals() == (2, 3)
+        await hub.publish("c", b"2", "text/plain")
+        await hub.unsubscribe(first)
+        assert type(hub._subscriptions["c"]) is not dict
+        await hub.publish("c", b"3", "text/plain")
+        assert [e.message.body for e in first.take()] == [b"1", b"2"]
+        assert [e.message.body for e in second.take()] == [b"2", b"3"]
+        await hub.delete("c")
+        assert [e.kind for e in second.take()] == ["deleted"]
+        await hub.unsubscribe(second)
+        await hub.unsubscribe(second)
+        assert hub.local_totals() == (0, 0)

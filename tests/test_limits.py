@@ -8,11 +8,10 @@ import json
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from pushserver.config import parse
 from tests.project.helpers import assert_still_serving, path, position, wait_for_subscribers
-from tests.transports.streams import closed_with, ws_frame, ws_url
+from tests.transports.streams import closed_with, connect, ws_frame, ws_url
 
 ID_LIMIT = 16
 

@@ -10,12 +10,11 @@ from contextlib import AsyncExitStack
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from pushserver.app import BUSY_RETRY_AFTER, PushServer, default_max_connections
 from pushserver.config import load, parse
 from tests.project.helpers import path, wait_for_subscribers
-from tests.transports.streams import closed_with, event_stream, ws_frame, ws_url
+from tests.transports.streams import closed_with, connect, event_stream, ws_frame, ws_url
 
 LIMIT = 6
 ORIGIN = "http://a.example"

@@ -151,7 +151,9 @@ def test_cors_headers_default():
         b"access-control-allow-headers": (
             b"If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
         ),
-        b"access-control-expose-headers": b"Last-Modified, Etag, Cache-Control, Content-Type",
+        b"access-control-expose-headers": (
+            b"Last-Modified, Etag, Cache-Control, Content-Type, X-EventSource-Event"
+        ),
         b"access-control-allow-credentials": b"false",
         b"access-control-max-age": b"864000",
     }

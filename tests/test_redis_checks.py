@@ -10,22 +10,26 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from django.core import checks
 
-from pushserver.testing import free_port
-from tests.project.helpers import pushserver_messages, silent_server
+from pushserver.testing import PushServerProcess, free_port
+from tests.project.helpers import manage, pushserver_messages, silent_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_reachable_redis_passes(redis_server):
-    assert pushserver_messages({"store": redis_server.store()}) == []
-    assert pushserver_messages({"store": {"type": "redis", "url": redis_server.url}}) == []
+    assert pushserver_messages({"store": redis_server.store()}, deploy=True) == []
+    assert (
+        pushserver_messages({"store": {"type": "redis", "url": redis_server.url}}, deploy=True)
+        == []
+    )
 
 
 def test_refused_connection_is_a_warning_naming_the_url():
     port = free_port()  # nothing listens there
-    (message,) = pushserver_messages({"store": {"type": "redis", "port": port}})
+    (message,) = pushserver_messages({"store": {"type": "redis", "port": port}}, deploy=True)
     assert message.id == "pushserver.W052"
     assert message.level == checks.WARNING
     assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in message.msg
@@ -43,7 +47,8 @@ def test_url_and_named_stores_each_warned_once_per_address():
                 "other": {"type": "redis", "url": url, "key_prefix": "o:"},
                 "mem": {"type": "memory"},
             }
-        }
+        },
+        deploy=True,
     )
     assert [m.id for m in messages] == ["pushserver.W052", "pushserver.W052"]
     for message in messages:
@@ -56,7 +61,7 @@ def test_silent_server_times_out_in_about_a_second():
     its 1 s timeout, not the default socket timeout."""
     with silent_server() as (port, accepted):
         started = time.monotonic()
-        (message,) = pushserver_messages({"store": {"type": "redis", "port": port}})
+        (message,) = pushserver_messages({"store": {"type": "redis", "port": port}}, deploy=True)
         elapsed = time.monotonic() - started
     assert message.id == "pushserver.W052"
     assert accepted  # it did connect: this was the reply timeout
@@ -135,3 +140,58 @@ def test_publish_via_backend_needs_a_publisher_location(redis_server):
     (message,) = pushserver_messages(config)
     assert message.id == "pushserver.E051"
     assert "there is none" in message.msg
+
+
+# -- which commands ping -----------------------------------------------------------------
+
+
+#: Commands that must never touch the network, and the text each prints when it ran.
+OFFLINE_COMMANDS = [
+    (("migrate", "--noinput"), "Apply all migrations"),
+    (("shell", "-c", "print('shell ran')"), "shell ran"),
+    (("check",), "System check identified"),
+]
+
+
+@pytest.mark.parametrize(("args", "ran"), OFFLINE_COMMANDS)
+def test_other_commands_do_not_ping_an_unreachable_redis(args, ran):
+    result = manage(*args, push_server={"store": {"type": "redis", "port": free_port()}})
+    assert result.returncode == 0, result.stdout
+    assert ran in result.stdout
+    assert "W052" not in result.stdout
+
+
+def test_check_deploy_pings_an_unreachable_redis():
+    port = free_port()
+    result = manage("check", "--deploy", push_server={"store": {"type": "redis", "port": port}})
+    assert "pushserver.W052" in result.stdout
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in result.stdout
+
+
+def test_only_runpushserver_and_check_deploy_connect_to_a_real_redis(redis_server):
+    """Counted by the Redis itself: the connections it accepted."""
+    import redis
+
+    push_server = {"store": redis_server.store()}
+    client = redis.Redis.from_url(redis_server.url)
+
+    def connections() -> int:
+        return int(client.info("stats")["total_connections_received"])
+
+    try:
+        before = connections()
+        for args, ran in OFFLINE_COMMANDS:
+            result = manage(*args, push_server=push_server)
+            assert ran in result.stdout, result.stdout
+        assert connections() == before  # migrate, shell and check never connected
+        result = manage("check", "--deploy", push_server=push_server)
+        assert "W052" not in result.stdout, result.stdout
+        after_deploy = connections()
+        assert after_deploy > before  # the ping
+        with PushServerProcess(
+            "tests.project.settings", push_server=push_server, cwd=str(ROOT)
+        ) as server:
+            assert "W052" not in server.log
+            assert connections() > after_deploy
+    finally:
+        client.close()

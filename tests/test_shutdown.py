@@ -18,17 +18,23 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
 
 from pushserver.app import PushServer
 from pushserver.config import load
 from pushserver.testing import PushServerProcess, RedisServer
 from pushserver.transports.sse import SHUTDOWN_RETRY_MS
-from tests.project.helpers import path, position, wait_for_subscribers, worker_pids
+from tests.project.helpers import (
+    asgi_request,
+    path,
+    position,
+    wait_for_subscribers,
+    worker_pids,
+)
 from tests.transports.streams import (
     SSEReader,
     closed_with,
+    connect,
     event_stream,
     longpoll_id,
     ws_frame,
@@ -149,7 +155,7 @@ async def test_every_transport_is_told_to_reconnect(push_server_factory, loop):
 
         async def websocket() -> None:
             url = ws_url(server, f"{subscriber}?last_event_id={message_id}")
-            async with websockets.connect(url) as ws:
+            async with connect(url) as ws:
                 closes.append(await closed_with(ws))
 
         with anyio.fail_after(30):
@@ -209,25 +215,7 @@ async def test_publish_arriving_during_shutdown_gets_503():
     the ASGI interface hypercorn calls it through."""
     async with PushServer(load(CONFIG)) as app:
         app.begin_shutdown()
-        sent = []
-        body = [{"type": "http.request", "body": b"late", "more_body": False}]
-
-        async def receive():
-            return body.pop(0) if body else {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/publisher/late",
-            "raw_path": b"/publisher/late",
-            "query_string": b"",
-            "headers": [(b"content-length", b"4")],
-            "client": ("127.0.0.1", 5000),
-        }
-        await app(scope, receive, send)
+        sent = await asgi_request(app, "POST", "/publisher/late", b"late")
         assert sent[0]["status"] == 503
         assert (b"retry-after", b"1") in sent[0]["headers"]
         assert b"shutting down" in sent[1]["body"]
@@ -451,7 +439,7 @@ class Subscriber:
         while until not in self.received:
             url = f"{base}?last_event_id={self.last_id}" if self.last_id else base
             try:
-                async with websockets.connect(url) as ws:
+                async with connect(url) as ws:
                     while True:
                         fields, body = ws_frame(await ws.recv())
                         self.received.append(body.encode() if isinstance(body, str) else body)

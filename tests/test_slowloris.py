@@ -9,13 +9,12 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from pushserver.testing import PushServerProcess
 from tests.conftest import ROOT
 from tests.project.helpers import path, wait_for_subscribers
-from tests.transports.streams import event_stream, ws_frame, ws_url
+from tests.transports.streams import connect, event_stream, ws_frame, ws_url
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,10 @@ import time
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from pushserver.publisher import publisher_token
 from pushserver.status import status_token
-from tests.transports.streams import event_stream, publish, ws_frame, ws_url
+from tests.transports.streams import connect, event_stream, publish, ws_frame, ws_url
 
 BUFFER = 4
 BODY = b"x" * 65536

@@ -6,21 +6,18 @@ import re
 from pathlib import Path
 
 import pytest
-from django.core import checks
-from django.test import override_settings
 
 from pushserver import status
 from pushserver.config import STATUS_INTERVAL, parse
 from pushserver.status import COUNTERS
+from tests.project.helpers import pushserver_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def problems(location: dict) -> list[tuple[str, str]]:
     push_server = {"locations": [{"type": "publisher", "prefix": "/publisher/"}, location]}
-    with override_settings(PUSH_SERVER=push_server):
-        messages = checks.run_checks()
-    return [(m.id, m.msg) for m in messages if m.id and m.id.startswith("pushserver.")]
+    return [(m.id, m.msg) for m in pushserver_messages(push_server)]
 
 
 def test_a_status_location_and_its_defaults():

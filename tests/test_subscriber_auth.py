@@ -11,7 +11,6 @@ import httpx
 import pytest
 from django.core import signing
 from django.test import override_settings
-from websockets.asyncio.client import connect
 
 from pushserver.config import parse
 from pushserver.testing import PushServerProcess, free_port
@@ -24,7 +23,7 @@ from tests.project.helpers import (
     pushserver_messages,
     silent_server,
 )
-from tests.transports.streams import closed_with, publish, ws_frame, ws_url
+from tests.transports.streams import closed_with, connect, publish, ws_frame, ws_url
 
 TRANSPORTS = ["longpoll", "eventsource", "websocket"]
 HOOK = "tests.project.authz.async_hook"

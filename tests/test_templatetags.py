@@ -115,3 +115,27 @@ def test_updates_js_knows_every_transport_the_setting_accepts():
     source = script.read_text()
     for transport in AVAILABLE_TRANSPORTS:
         assert f"transports.{transport} = " in source
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "eventsource", "websocket"])
+def test_client_tag_carries_each_transport_to_pushserver_js(transport):
+    with override_settings(PUSH_SERVER={"transport": transport}):
+        assert render("{% pushserver_client %}") == (
+            '<script src="/static/pushserver/pushserver.js" '
+            f'data-pushserver-transport="{transport}"></script>'
+        )
+        assert render("{% pushserver_client module=True %}") == (
+            '<script type="module" src="/static/pushserver/pushserver.mjs" '
+            f'data-pushserver-transport="{transport}"></script>'
+        )
+
+
+def test_pushserver_js_knows_every_transport_the_setting_accepts():
+    from pathlib import Path
+
+    from pushserver.config import AVAILABLE_TRANSPORTS
+
+    script = Path(updates.__file__).resolve().parent.parent / "static/pushserver/pushserver.js"
+    source = script.read_text()
+    for transport in AVAILABLE_TRANSPORTS:
+        assert f"\n        {transport}: " in source

@@ -1,6 +1,8 @@
 """Settings of the demo project: one process, memory backend, `runpushserver --allrequests`."""
 
+import os
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,9 +53,30 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 STATIC_URL = "/static/"
 USE_TZ = True
 
+
+def _local_time_zone() -> str:
+    """This machine's time zone (``TZ``, else where ``/etc/localtime`` points), else UTC.
+    Django's default, America/Chicago, would put the server's log lines hours away from the
+    times the browser on this machine shows (the status page's "updated" time)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name:
+        target = str(Path("/etc/localtime").resolve())
+        name = target.partition("zoneinfo/")[2]
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return "UTC"
+    return name
+
+
+TIME_ZONE = _local_time_zone()
+
 # Same origin: the page and the push locations are both served by
 # `./manage.py runpushserver --allrequests` on 127.0.0.1:8000.
 PUSH_SERVER = {
+    # Where send_update reaches the push server from other processes, such as
+    # `./manage.py shell` (the views, running inside runpushserver, need no host).
+    "publisher_host": {"location": "127.0.0.1:8000", "secure": False},
     "store": {"type": "memory", "max_messages": 100, "message_timeout": 3600},
     "locations": (
         {
@@ -68,3 +91,6 @@ PUSH_SERVER = {
         {"type": "status", "prefix": "/status/"},
     ),
 }
+# {% channel_url %} is only used by pages runpushserver serves, and there it builds URLs from
+# the address it listens on (and the browser's own cookies reach it): no subscriber_host.
+SILENCED_SYSTEM_CHECKS = ["pushserver.W123"]

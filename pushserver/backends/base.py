@@ -33,6 +33,9 @@ class PublishResult:
     message: Message
     #: Subscribers that were waiting for this channel when it was published (201 vs 202).
     subscribers: int
+    #: True when an idempotency key had been seen: this is the first publish's result (its
+    #: id, time and subscribers), and nothing was stored this time.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,12 @@ class Backend(ABC):
 
     def status(self) -> dict[str, Any]:
         """The backend's health for server info and logs; ``ok`` is False while it cannot
-        store or deliver (a distributed backend that lost its server)."""
+        store or deliver (a distributed backend that lost its server).
+
+        Optional keys the status location shows against the store's budget:
+        ``memory_used`` and ``memory_limit`` (bytes; limit 0 = none), ``channels`` and
+        ``max_channels``, ``refusals`` (a dict: budget name -> refusals counted by the
+        backend itself)."""
         return {"type": self.name, "ok": True}
 
     async def __aenter__(self) -> Backend:
@@ -88,8 +96,13 @@ class Backend(ABC):
     # -- channels ---------------------------------------------------------------------------
 
     @abstractmethod
-    async def create(self, channel_id: str) -> bool:
-        """Create the channel if missing; return True if it was created."""
+    async def create(self, channel_id: str, *, publisher: bool = True) -> bool:
+        """Create the channel if missing; return True if it was created.
+
+        ``publisher=False`` when a subscriber creates it (``create_on_get``): the store's
+        ``channel_timeout`` then removes it while it stays empty and unsubscribed. Raises
+        :class:`~pushserver.exceptions.StoreFull` when the store is at a budget.
+        """
 
     @abstractmethod
     async def exists(self, channel_id: str) -> bool: ...
@@ -103,12 +116,19 @@ class Backend(ABC):
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
         """Store a message and have it delivered to every subscriber of the channel.
 
+        With an ``idempotency_key`` seen on the channel within the backend's
+        ``idempotency_window``, nothing is stored: the result is the first publish's, with
+        ``replayed`` set. (The hub passes the key only when there is one, so a backend
+        without idempotency support keeps working without it.)
+
         Raises :class:`~pushserver.exceptions.ChannelNotFound` when the channel is missing
-        and ``create`` is false, :class:`~pushserver.exceptions.BackendUnavailable` when
-        it could not be stored (then nothing was published).
+        and ``create`` is false, :class:`~pushserver.exceptions.StoreFull` when the store is
+        at a budget, :class:`~pushserver.exceptions.BackendUnavailable` when it could not be
+        stored otherwise (in every case nothing was published).
         """
 
     @abstractmethod

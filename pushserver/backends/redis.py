@@ -36,8 +36,20 @@ published while pub/sub was down. Messages accepted before a Redis restart survi
 if Redis persists them (``appendonly yes`` with ``appendfsync always``); this backend cannot
 do better than Redis's own durability.
 
+Past one Redis: with ``cluster`` the client is redis-py's ``RedisCluster``; a channel's keys
+share a hash tag, so they live in one slot and its scripts run on that slot's primary;
+live messages go over sharded pub/sub (``SPUBLISH`` in the scripts, ``SSUBSCRIBE`` on one
+connection per primary, see :meth:`RedisBackend._read_shards`), so a message crosses only
+its shard. With ``sentinels`` each new connection asks the sentinels for ``service``'s
+primary, so reconnecting follows a failover. With ``wait_replicas`` a publish runs
+``WAIT`` on the connection that ran its script and fails (503) unless enough replicas have
+it. An idempotency key is a fourth key of the publish script,
+``<key_prefix>{<channel id>}:idem:<key>`` (in the channel's slot), holding the first
+publish's answer for ``idempotency_window`` seconds.
+
 Limits: a publish whose reply is lost (the connection dropped after Redis ran the script)
-is reported as 503 although it was stored; a client that retries publishes it twice.
+is reported as 503 although it was stored; a client that retries publishes it twice,
+unless it sends an idempotency key.
 Subscriber counts of a process that died without closing its backend still count until
 they expire, ``node_ttl`` (30) seconds later; they only affect 201/202 and channel info.
 
@@ -47,6 +59,7 @@ open under trio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -60,7 +73,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, OutOfMemoryError, RedisClusterException, RedisError
 
 try:  # redis-py >= 7
     from redis.maint_notifications import MaintNotificationsConfig
@@ -68,13 +81,16 @@ except ImportError:  # pragma: no cover - older redis-py has no such thing
     MaintNotificationsConfig = None  # type: ignore[misc,assignment]
 
 from .._async import asyncio_loop, run_shielded
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
+from .memory import DEFAULT_CHANNEL_TIMEOUT
 
 logger = logging.getLogger("pushserver.backends.redis")
 
 _MAX_ID_PART = 2**64 - 1  # a stream id is two unsigned 64-bit numbers
+#: What a command can raise when Redis (or the cluster's topology) fails it.
+_ERRORS = (RedisError, RedisClusterException)
 
 # Shared by the scripts that trim: drop what max_messages and message_timeout say, keeping
 # min_messages against the timeout (not against max_messages), as the memory backend does;
@@ -122,6 +138,31 @@ local function clock()
   return tonumber(t[1]), tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- channel_timeout (docs/redis.md#memory-and-expiry): a channel a subscriber created, or with
+-- keep_publisher_channels off any channel, lives while its meta key has a TTL, which every
+-- use only extends ('at least ms from now'): nothing here ever shortens a channel's life.
+local function extend(ms, ...)
+  for _, key in ipairs({...}) do
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 and ttl < ms then redis.call('PEXPIRE', key, ms) end
+  end
+end
+
+-- After a publish: a publisher's channel is kept (PERSIST), unless keep_publisher_channels is
+-- off, when it goes channel_timeout after its newest message expires (never, if messages
+-- never expire). timeout_ms and keep are the script's last two arguments.
+local function settle(meta, msgs, subs, message_timeout, min_messages, timeout_ms, keep)
+  if keep == '1' or tonumber(timeout_ms) == 0 or message_timeout <= 0 or min_messages > 0 then
+    redis.call('PERSIST', meta)
+    redis.call('PERSIST', msgs)
+    redis.call('PERSIST', subs)
+  else
+    local ms = math.floor(message_timeout * 1000) + tonumber(timeout_ms)
+    redis.call('PEXPIRE', meta, ms)
+    redis.call('PEXPIRE', msgs, ms)
+  end
+end
+
 -- Each node's field is '<count> <expires at>': a node that died without cleaning up stops
 -- counting once its entry expires (live nodes keep extending theirs).
 local function subscribers(subs, now)
@@ -140,13 +181,24 @@ local function subscribers(subs, now)
 end
 """
 
-# KEYS: meta, msgs, subs. ARGV: create, content type, has event, event, body,
-# max_messages, message_timeout, min_messages, live channel.
-# Returns {0} (no channel) or {1, time, tag, published_at, subscribers}.
+# KEYS: meta, msgs, subs[, idempotency key]. ARGV: create, content type, has event, event,
+# body, max_messages, message_timeout, min_messages, live channel, PUBLISH or SPUBLISH,
+# milliseconds the idempotency key is kept, then settle()'s channel_timeout in milliseconds
+# and keep_publisher_channels (always the last two). Returns {0} (no channel) or
+# {1, time, tag, published_at, subscribers}; {2, ...the same} when the idempotency key was
+# seen: the first publish's answer, nothing stored.
 _PUBLISH = (
     _TRIM
     + """
-local meta, msgs, subs = KEYS[1], KEYS[2], KEYS[3]
+local meta, msgs, subs, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if seen then
+  local first = redis.call('GET', seen)
+  if first then
+    local answer = {2}
+    for part in string.gmatch(first, '%S+') do answer[#answer + 1] = part end
+    return answer
+  end
+end
 local seconds, now = clock()
 local now_text = string.format('%.6f', now)
 if redis.call('EXISTS', meta) == 0 then
@@ -170,11 +222,17 @@ else
 end
 redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
 trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[#ARGV - 1], ARGV[#ARGV])
 local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
-redis.call('PUBLISH', ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
+redis.call(ARGV[10], ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
            event_length}, ' ') .. '\\n' .. content_type .. event .. body)
-return {1, id_time, id_tag, now_text, subscribers(subs, now)}
+local count = subscribers(subs, now)
+if seen then
+  redis.call('SET', seen, table.concat({id_time, id_tag, now_text, count}, ' '),
+             'PX', ARGV[11])
+end
+return {1, id_time, id_tag, now_text, count}
 """
 )
 
@@ -210,22 +268,49 @@ return {1, count, fields[1], fields[2], fields[3], subscribers(subs, now)}
 """
 )
 
-# KEYS: meta, msgs, subs. ARGV: live channel. Returns 1 if the channel existed.
+# KEYS: meta, msgs, subs. ARGV: live channel, PUBLISH or SPUBLISH. Returns 1 if the
+# channel existed.
 _DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], 'd')
+redis.call(ARGV[2], ARGV[1], 'd')
 return 1
 """
 
-# KEYS: meta. ARGV: now. Touching a missing channel must not create it.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'req', ARGV[1]) end
+# KEYS: meta. ARGV: now, channel_timeout in ms. Touching a missing channel must not create it;
+# touching an expiring one gives it channel_timeout from now at least.
+_TOUCH = (
+    _TRIM
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'req', ARGV[1])
+  extend(tonumber(ARGV[2]), KEYS[1])
+end
 return 0
 """
+)
+
+# KEYS: meta. ARGV: created at, '1' when a publisher creates it, channel_timeout in ms, '1' for
+# keep_publisher_channels. Returns 1 when it was created. A channel made by a subscriber (or by
+# anyone, without keep_publisher_channels) expires channel_timeout after its last use; a
+# publisher creating one a subscriber made takes it over (it is kept).
+_CREATE = (
+    _TRIM
+    + """
+local created = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
+local timeout = tonumber(ARGV[3])
+if ARGV[2] == '1' and ARGV[4] == '1' then
+  redis.call('PERSIST', KEYS[1])
+elseif created == 1 and timeout > 0 then
+  redis.call('PEXPIRE', KEYS[1], timeout)
+end
+return created
+"""
+)
 
 # KEYS: meta, subs. ARGV: node, count, seconds to live, '1' to only extend the entry's life
-# (the periodic refresh: it must not overwrite a newer count). Returns the channel's last id.
+# (the periodic refresh: it must not overwrite a newer count), channel_timeout in ms. Returns
+# the channel's last id.
 _SUBSCRIBERS = (
     _TRIM
     + """
@@ -241,6 +326,23 @@ if tonumber(count) > 0 then
   redis.call('HSET', KEYS[2], ARGV[1], count .. ' ' .. expires)
 else
   redis.call('HDEL', KEYS[2], ARGV[1])
+end
+-- An expiring channel outlives its subscribers: by node_ttl + channel_timeout while this node
+-- has some (refreshed every node_ttl / 3), by channel_timeout once the last one anywhere
+-- left (exactly, for a channel never published to: nothing retained can be cut short).
+local timeout = tonumber(ARGV[5])
+if timeout > 0 then
+  if tonumber(count) > 0 then
+    extend(timeout + math.floor(tonumber(ARGV[3]) * 1000), KEYS[1])
+  elseif redis.call('PTTL', KEYS[1]) > 0 and redis.call('HEXISTS', KEYS[1], 'lt') == 0
+      and subscribers(KEYS[2], now) == 0 then
+    redis.call('PEXPIRE', KEYS[1], timeout)
+  else
+    extend(timeout, KEYS[1])
+  end
+  if redis.call('PTTL', KEYS[1]) > 0 then
+    redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+  end
 end
 return redis.call('HMGET', KEYS[1], 'lt', 'lg')
 """
@@ -354,6 +456,14 @@ class RedisBackend(Backend):
         max_messages: int = 0,
         message_timeout: float = 0,
         node_ttl: float | None = None,
+        channel_timeout: float = DEFAULT_CHANNEL_TIMEOUT,
+        keep_publisher_channels: bool = True,
+        cluster: bool = False,
+        sentinels: list[str] | None = None,
+        service: str | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        idempotency_window: float = 300,
         **options: Any,
     ) -> None:
         if node_ttl is not None:
@@ -369,8 +479,37 @@ class RedisBackend(Backend):
             min_messages=min_messages,
             max_messages=max_messages,
             message_timeout=message_timeout,
+            channel_timeout=channel_timeout,
+            keep_publisher_channels=keep_publisher_channels,
+            cluster=cluster,
+            sentinels=sentinels,
+            service=service,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+            idempotency_window=idempotency_window,
             **options,
         )
+        #: Redis Cluster: channels spread over its shards by slot, live delivery on sharded
+        #: pub/sub (SSUBSCRIBE/SPUBLISH), so a message crosses only its own shard.
+        self.cluster = bool(cluster)
+        #: Sentinel: ``["host:port", ...]`` of the sentinels and the ``service`` they watch;
+        #: commands follow the primary they name.
+        self.sentinels = list(sentinels or ())
+        self.service = service
+        #: Durable acknowledgement: a publish succeeds only once this many replicas have it
+        #: (``WAIT``), within ``wait_timeout`` seconds.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        #: Seconds an ``Idempotency-Key`` is remembered (0: keys are ignored).
+        self.idempotency_window = idempotency_window
+        self._publish_command = b"SPUBLISH" if self.cluster else b"PUBLISH"
+        self._subscribe_command = "SSUBSCRIBE" if self.cluster else "SUBSCRIBE"
+        self._unsubscribe_command = "SUNSUBSCRIBE" if self.cluster else "UNSUBSCRIBE"
+        #: Cluster: a plain client per primary (name -> client) for the pub/sub connections
+        #: and for publishing with WAIT, which must follow the write on its connection.
+        self._nodes: dict[str, aioredis.Redis] = {}
+        #: Cluster: set when a channel's slot is on a node the reader has no connection to.
+        self._resync = anyio.Event()
         self.host = host
         self.port = port
         self.database = database
@@ -383,6 +522,19 @@ class RedisBackend(Backend):
         self.max_messages = max_messages
         self.message_timeout = message_timeout
         self._limits = (max_messages, message_timeout, min_messages)
+        # -- bounds (docs/redis.md#memory-and-expiry) -------------------------------------
+        self.channel_timeout = channel_timeout
+        self.keep_publisher_channels = keep_publisher_channels
+        self._timeout_ms = int(channel_timeout * 1000)
+        #: The last two arguments of the publish script (its settle()).
+        self._expiry = (self._timeout_ms, int(keep_publisher_channels))
+        #: Redis's used_memory and maxmemory (0: none) as last read, None before.
+        self.memory_used: int | None = None
+        self.memory_limit: int | None = None
+        self.memory_policy: str | None = None
+        #: Writes Redis refused with OOM (at its maxmemory).
+        self.refusals = {"maxmemory": 0}
+        # ----------------------------------------------------------------------------------
         #: Identifies this process's field in every channel's ``:subs`` hash.
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._control = self._prefix + b"{pushserver}:ctl"
@@ -397,6 +549,9 @@ class RedisBackend(Backend):
         self._pubsub: Any = None  # the reader's current connection, when connected
         self._task_group: anyio.abc.TaskGroup | None = None
         self.connected = False
+        #: Set by :meth:`ping`: Redis answered, but is not what the options say (a cluster
+        #: node for a plain store, or the other way round).
+        self.misconfigured = False
         self.last_error: str | None = None
         self.reconnects = 0
         self._stopping = False
@@ -423,6 +578,13 @@ class RedisBackend(Backend):
     @property
     def address(self) -> str:
         """Where Redis is, for logs and errors (never with the password)."""
+        if self.sentinels:
+            return f"sentinel://{','.join(self.sentinels)}/{self.service}"
+        if self.cluster:
+            return "cluster " + self._single_address()
+        return self._single_address()
+
+    def _single_address(self) -> str:
         if self.url:
             scheme, _, rest = self.url.partition("://")
             return f"{scheme}://{rest.rpartition('@')[2]}"
@@ -454,11 +616,23 @@ class RedisBackend(Backend):
             common.update(ssl_options)
         return {"host": self.host, "port": self.port, "db": self.database, **common}
 
-    def _client(self) -> aioredis.Redis:
+    def _sentinel_addresses(self) -> list[tuple[str, int]]:
+        addresses = []
+        for entry in self.sentinels:
+            host, _, port = str(entry).rpartition(":")
+            addresses.append((host.strip("[]") or "127.0.0.1", int(port)))
+        return addresses
+
+    def _client(self) -> Any:
+        """The command client: a plain, cluster or sentinel-managed one."""
         options = self._client_options(
             timeout=self.command_timeout, connect_timeout=self.connect_timeout
         )
         options["retry"] = Retry(NoBackoff(), 0)
+        if self.sentinels:
+            return self._sentinel_client(options)
+        if self.cluster:
+            return self._cluster_client(options)
         if self.url:
             client = aioredis.Redis.from_url(self.url, **options)
         else:
@@ -477,27 +651,97 @@ class RedisBackend(Backend):
         )
         return aioredis.Redis.from_pool(pool)
 
+    def _cluster_client(self, options: dict[str, Any]) -> Any:
+        from redis.asyncio.cluster import RedisCluster
+
+        options.pop("db", None)  # a cluster has database 0 only
+        if self.url:
+            return RedisCluster.from_url(self.url, **options)
+        return RedisCluster(**options)
+
+    def _sentinel_client(self, options: dict[str, Any]) -> aioredis.Redis:
+        from redis.asyncio.sentinel import Sentinel
+
+        for name in ("host", "port"):
+            options.pop(name, None)
+        sentinel = Sentinel(
+            self._sentinel_addresses(),
+            sentinel_kwargs={
+                "socket_timeout": self.connect_timeout,
+                "socket_connect_timeout": self.connect_timeout,
+            },
+            **options,
+        )
+        # Each new connection asks the sentinels where the primary is: after a failover the
+        # reconnecting pub/sub reader and the pool's fresh connections find the new one.
+        return sentinel.master_for(self.service)
+
+    def _node_client(self, node: Any) -> aioredis.Redis:
+        """Cluster: a plain client of one primary (cached by its name)."""
+        client = self._nodes.get(node.name)
+        if client is None:
+            options = self._client_options(
+                timeout=self.command_timeout, connect_timeout=self.connect_timeout
+            )
+            options["retry"] = Retry(NoBackoff(), 0)
+            if self.url:
+                client = aioredis.Redis.from_url(self.url, **options)
+            else:
+                client = aioredis.Redis(**options)
+            client.connection_pool.connection_kwargs.update(host=node.host, port=node.port, db=0)
+            self._nodes[node.name] = client
+        return client
+
     def ping(self, timeout: float = 1.0) -> str | None:
         """Connect and PING synchronously (the startup system check, outside any event
-        loop); None when Redis answered, else why not."""
+        loop); None when Redis answered as configured (a cluster for ``cluster``, a primary
+        named by the sentinels for ``sentinels``), else why not."""
         import redis as syncredis
         from redis.retry import Retry as SyncRetry
 
+        client: Any = None
         try:
             options = self._client_options(timeout=timeout, connect_timeout=timeout)
             options["retry"] = SyncRetry(NoBackoff(), 0)
-            if self.url:
+            if self.sentinels:
+                from redis.sentinel import Sentinel as SyncSentinel
+
+                for name in ("host", "port"):
+                    options.pop(name, None)
+                sentinel = SyncSentinel(
+                    self._sentinel_addresses(),
+                    sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+                    **options,
+                )
+                client = sentinel.master_for(self.service)
+            elif self.cluster:
+                options.pop("db", None)
+                if self.url:
+                    client = syncredis.RedisCluster.from_url(self.url, **options)
+                else:
+                    client = syncredis.RedisCluster(**options)
+            elif self.url:
                 client = syncredis.Redis.from_url(self.url, **options)
             else:
                 client = syncredis.Redis(**options)
-        except ValueError as exc:
-            return str(exc)
-        try:
+            self.misconfigured = False
             client.ping()
-        except RedisError as exc:
-            return str(exc).strip() or type(exc).__name__
+            if not self.cluster and client.info("cluster").get("cluster_enabled"):
+                self.misconfigured = True
+                return "it is a Redis Cluster node, and the store has no 'cluster': True"
+        except (ValueError, RedisError, RedisClusterException) as exc:
+            detail = str(exc).strip() or type(exc).__name__
+            if "Cluster mode is not enabled" in detail:
+                self.misconfigured = True
+                return "it is not a Redis Cluster node, and the store has 'cluster': True"
+            if self.sentinels and "No master found" in detail:
+                # redis-py's message repeats every connection's settings; keep the cause.
+                cause = detail.rpartition(" - ")[2] if " - " in detail else "no answer"
+                return f"no sentinel named a primary for {self.service!r} ({cause})"
+            return detail
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         return None
 
     async def open(self, *, listen: bool = True) -> None:
@@ -519,8 +763,14 @@ class RedisBackend(Backend):
             ("delete", _DELETE),
             ("touch", _TOUCH),
             ("subscribers", _SUBSCRIBERS),
+            ("create", _CREATE),
         ):
             self._scripts[name] = self._redis.register_script(source)
+        if self.cluster:
+            try:
+                await self._redis.initialize()  # learn the slots now; else on first use
+            except _ERRORS as exc:
+                logger.debug("redis: cluster not reachable yet: %s", exc)
         if not listen:
             return
         self._task_group = anyio.create_task_group()
@@ -530,6 +780,7 @@ class RedisBackend(Backend):
         self._attempted = anyio.Event()
         self._task_group.start_soon(self._read_forever)
         self._task_group.start_soon(self._refresh_counts)
+        self._task_group.start_soon(self._watch_memory)
         with anyio.move_on_after(self.connect_timeout + self.command_timeout):
             await self._attempted.wait()
 
@@ -550,10 +801,13 @@ class RedisBackend(Backend):
                         if count > 0:
                             pipe.hdel(self._key(channel_id, b":subs"), self.node_id)
                     await pipe.execute()
-            except RedisError as exc:
+            except _ERRORS as exc:
                 logger.warning("redis: could not remove subscriber counts on close: %s", exc)
         self._local.clear()
         self._listening.clear()
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            await node.aclose()
         await client.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -565,6 +819,10 @@ class RedisBackend(Backend):
             "listening": len(self._listening),
             "reconnects": self.reconnects,
             "error": self.last_error,
+            "memory_used": self.memory_used,
+            "memory_limit": self.memory_limit,
+            "maxmemory_policy": self.memory_policy,
+            "refusals": dict(self.refusals),
         }
 
     # -- commands ---------------------------------------------------------------------------
@@ -574,22 +832,29 @@ class RedisBackend(Backend):
             raise BackendUnavailable("the redis store is not open")
         try:
             return await self._scripts[script](keys=keys, args=args, client=self._redis)
-        except RedisError as exc:
+        except _ERRORS as exc:
+            raise self._failure(exc) from exc
             raise BackendUnavailable(self._reason(exc)) from exc
 
-    def _reason(self, exc: BaseException) -> str:
+    def _failure(self, exc: BaseException) -> StoreFull | BackendUnavailable:
+        """What a failed command means to the caller: Redis at its maxmemory refuses a
+        script before its first write (:class:`StoreFull`, nothing written); anything else
+        is the store being unavailable."""
+        if isinstance(exc, OutOfMemoryError):
+            self.refusals["maxmemory"] += 1
+            return StoreFull("maxmemory", f"Redis at {self.address} is at its maxmemory")
+        return BackendUnavailable(self._reason(exc))
+
+    def _reason(self, exc: BaseException | str) -> str:
         detail = str(exc).strip() or type(exc).__name__
         return f"redis at {self.address}: {detail}"
 
-    async def create(self, channel_id: str) -> bool:
-        if self._redis is None:
-            raise BackendUnavailable("the redis store is not open")
-        try:
-            created = await self._redis.hsetnx(
-                self._key(channel_id, b":meta"), "created", f"{time.time():.6f}"
-            )
-        except RedisError as exc:
-            raise BackendUnavailable(self._reason(exc)) from exc
+    async def create(self, channel_id: str, *, publisher: bool = True) -> bool:
+        created = await self._run(
+            "create",
+            self._keys(channel_id)[:1],
+            [f"{time.time():.6f}", int(publisher), *self._expiry],
+        )
         return bool(created)
 
     async def exists(self, channel_id: str) -> bool:
@@ -597,7 +862,7 @@ class RedisBackend(Backend):
             raise BackendUnavailable("the redis store is not open")
         try:
             return bool(await self._redis.exists(self._key(channel_id, b":meta")))
-        except RedisError as exc:
+        except _ERRORS as exc:
             raise BackendUnavailable(self._reason(exc)) from exc
 
     async def publish(
@@ -608,27 +873,71 @@ class RedisBackend(Backend):
         *,
         event: str | None = None,
         create: bool = True,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
-        result = await self._run(
-            "publish",
-            self._keys(channel_id),
-            [
-                int(create),
-                content_type.encode("latin-1", "replace"),
-                0 if event is None else 1,
-                b"" if event is None else event.encode("utf-8", "surrogateescape"),
-                body,
-                *self._limits,
-                self._live(channel_id),
-            ],
-        )
+        keys = self._keys(channel_id)
+        if idempotency_key is not None and self.idempotency_window > 0:
+            # In the channel's slot, so the script may read and write it.
+            keys.append(self._key(channel_id, b":idem:" + idempotency_key.encode()))
+        args = [
+            int(create),
+            content_type.encode("latin-1", "replace"),
+            0 if event is None else 1,
+            b"" if event is None else event.encode("utf-8", "surrogateescape"),
+            body,
+            *self._limits,
+            self._live(channel_id),
+            self._publish_command,
+            max(1, round(self.idempotency_window * 1000)),
+            *self._expiry,  # the script's last two arguments, whatever comes before
+        ]
+        if self.wait_replicas > 0:
+            result = await self._run_durably("publish", keys, args)
+        else:
+            result = await self._run("publish", keys, args)
         if not result[0]:
             raise ChannelNotFound(channel_id)
-        _, id_time, id_tag, published_at, subscribers = result
+        state, id_time, id_tag, published_at, subscribers = result
         message = Message(
             MessageId(int(id_time), int(id_tag)), body, content_type, event, float(published_at)
         )
-        return PublishResult(message, int(subscribers))
+        return PublishResult(message, int(subscribers), replayed=int(state) == 2)
+
+    async def _run_durably(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a writing script and ``WAIT`` for ``wait_replicas`` replicas on the same
+        connection (WAIT counts the writes of its own connection): its result once they
+        have it, else :class:`BackendUnavailable` (the write stays on the primary, and
+        reaches the replicas, and subscribers, later if the primary lives)."""
+        if self._redis is None:
+            raise BackendUnavailable("the redis store is not open")
+        client = self._redis
+        try:
+            if self.cluster:
+                await self._redis.initialize()  # a refresh an earlier error asked for
+                client = self._node_client(self._redis.get_node_from_key(keys[0]))
+            async with client.pipeline(transaction=False) as pipe:
+                await self._scripts[script](keys=keys, args=args, client=pipe)
+                pipe.wait(self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+                result, replicas = await pipe.execute()
+        except _ERRORS as exc:
+            if self.cluster:
+                await self._notice_topology(keys[0])
+            raise self._failure(exc) from exc
+        if replicas < self.wait_replicas:
+            raise BackendUnavailable(
+                self._reason(
+                    f"stored, but {replicas} of {self.wait_replicas} replica(s) acknowledged "
+                    f"it within {self.wait_timeout:g} s"
+                )
+            )
+        return result
+
+    async def _notice_topology(self, key: bytes) -> None:
+        """Cluster: after a failure on a node's own client, have the cluster client look at
+        the key's node itself: a dead node or a MOVED makes it refresh its slot map."""
+        assert self._redis is not None
+        with contextlib.suppress(*_ERRORS):
+            await self._redis.exists(key)
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         result = await self._run(
@@ -659,11 +968,15 @@ class RedisBackend(Backend):
 
     async def delete(self, channel_id: str) -> bool:
         # Subscribers everywhere (this process too) hear of it on pub/sub.
-        deleted = await self._run("delete", self._keys(channel_id), [self._live(channel_id)])
+        deleted = await self._run(
+            "delete", self._keys(channel_id), [self._live(channel_id), self._publish_command]
+        )
         return bool(deleted)
 
     async def touch(self, channel_id: str) -> None:
-        await self._run("touch", self._keys(channel_id)[:1], [f"{time.time():.6f}"])
+        await self._run(
+            "touch", self._keys(channel_id)[:1], [f"{time.time():.6f}", self._timeout_ms]
+        )
 
     # -- live delivery ----------------------------------------------------------------------
 
@@ -677,22 +990,38 @@ class RedisBackend(Backend):
     async def unlisten(self, channel_id: str) -> None:
         if self._listening.pop(channel_id, None) is None:
             return
-        connection = self._pubsub
+        connection = self._connection_for(self._live(channel_id))
         if connection is not None:
             try:
-                await connection.send_command("UNSUBSCRIBE", self._live(channel_id))
+                await connection.send_command(self._unsubscribe_command, self._live(channel_id))
             except (RedisError, OSError) as exc:
                 # The reader reconnects, and then subscribes only what is still listened to.
                 logger.debug("redis: UNSUBSCRIBE failed: %s", exc)
 
+    def _connection_for(self, live: bytes) -> Any:
+        """The reader's connection that carries ``live`` (None while not connected): the
+        one connection, or in a cluster the one to the primary of its slot."""
+        if not self.cluster or self._pubsub is None:
+            return self._pubsub
+        try:
+            node = self._redis.get_node_from_key(live)  # type: ignore[union-attr]
+        except _ERRORS:
+            node = None
+        connection = self._pubsub.get(node.name) if node is not None else None
+        if connection is None:
+            # The slot map changed since the reader connected: it reconnects (and then
+            # subscribes this channel too, on its new node).
+            self._resync.set()
+        return connection
+
     async def _send_subscribe(self, channel_id: str, listening: _Listening) -> None:
-        connection = self._pubsub
+        live = self._live(channel_id)
+        connection = self._connection_for(live)
         if connection is None:
             return  # the reader subscribes it on (re)connecting
-        live = self._live(channel_id)
         self._pending[live] = self._pending.get(live, 0) + 1
         try:
-            await connection.send_command("SUBSCRIBE", live)
+            await connection.send_command(self._subscribe_command, live)
         except (RedisError, OSError) as exc:
             logger.debug("redis: SUBSCRIBE failed: %s", exc)
 
@@ -734,7 +1063,13 @@ class RedisBackend(Backend):
                     last = await self._run(
                         "subscribers",
                         [keys[0], keys[2]],
-                        [self.node_id, self._local.get(channel_id, 0), self.node_ttl, 0],
+                        [
+                            self.node_id,
+                            self._local.get(channel_id, 0),
+                            self.node_ttl,
+                            0,
+                            self._timeout_ms,
+                        ],
                     )
                 except BackendUnavailable as exc:
                     # Never fails a subscriber: the reader writes every count again on
@@ -756,15 +1091,20 @@ class RedisBackend(Backend):
         delay = self.reconnect_min
         while not self._stopping:
             assert self._redis is not None
-            connection = self._redis.connection_pool.make_connection()
+            connections: list[Any] = []
             try:
-                await self._read_connection(connection)
-            except (RedisError, OSError) as exc:
+                if self.cluster:
+                    await self._read_shards(connections)
+                else:
+                    connections.append(self._redis.connection_pool.make_connection())
+                    await self._read_connection(connections[0])
+            except (*_ERRORS, OSError) as exc:
                 reason = self._reason(exc)
             finally:
                 was_up, self._pubsub, self.connected = self.connected, None, False
                 with anyio.CancelScope(shield=True):
-                    await connection.disconnect(nowait=True)
+                    for connection in connections:
+                        await connection.disconnect(nowait=True)
             if was_up:
                 delay = self.reconnect_min
                 logger.warning("redis: connection lost (%s); reconnecting", reason)
@@ -777,22 +1117,74 @@ class RedisBackend(Backend):
             await anyio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max)
 
-    async def _read_connection(self, connection: Any) -> None:
-        await connection.connect()
-        # Whatever was published while this process was not subscribed is delivered once
-        # each channel's SUBSCRIBE is confirmed (see _on_subscribed).
+    def _start_subscribing(self) -> None:
+        """On a new connection: every listened channel waits for its confirmation, then
+        catches up on what was stored while it was not subscribed (see _on_subscribed)."""
         self._pending = {self._live(channel_id): 1 for channel_id in self._listening}
         for listening in self._listening.values():
             listening.ready = anyio.Event()
             listening.catch_up = True
+
+    async def _read_connection(self, connection: Any) -> None:
+        await connection.connect()
+        self._start_subscribing()
         await connection.send_command(
             "SUBSCRIBE", self._control, *(self._live(c) for c in self._listening)
         )
         # From here listen() and unlisten() send on this connection themselves.
         self._pubsub = connection
+        await self._pump(connection)
+
+    async def _read_shards(self, connections: list[Any]) -> None:
+        """Cluster: one connection per primary, each channel ``SSUBSCRIBE``d on its slot's
+        primary; any of them failing, or a slot moving, reconnects them all."""
+        cluster = self._redis
+        assert cluster is not None
+        # The cluster client notices a dead primary only when a command of its own fails
+        # there: ask every primary, so that a failover is seen before reconnecting.
+        with contextlib.suppress(*_ERRORS):
+            await cluster.execute_command("PING", target_nodes=cluster.PRIMARIES)
+        await cluster.initialize()
+        shards: dict[str, Any] = {}
+        for node in cluster.get_primaries():
+            connection = self._node_client(node).connection_pool.make_connection()
+            connections.append(connection)
+            await connection.connect()
+            shards[node.name] = connection
+        self._start_subscribing()
+        self._resync = anyio.Event()
+        by_node: dict[str, list[bytes]] = {}
+        for channel_id in self._listening:
+            live = self._live(channel_id)
+            by_node.setdefault(cluster.get_node_from_key(live).name, []).append(live)
+        for name, lives in by_node.items():
+            await shards[name].send_command("SSUBSCRIBE", *lives)
+        self._pubsub = shards
+        await self._on_connected()
+        try:
+            async with anyio.create_task_group() as group:
+                for connection in shards.values():
+                    group.start_soon(self._pump, connection)
+                await self._resync.wait()
+                raise ConnectionError("a channel's slot moved to another node")
+        except ExceptionGroup as errors:
+            first: BaseException = errors
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+
+    async def _pump(self, connection: Any) -> None:
+        """Read one pub/sub connection until it fails, pinging it when it is silent."""
         silent = False
         while True:
-            response = await connection.read_response(timeout=self.heartbeat, push_request=True)
+            try:
+                response = await connection.read_response(timeout=self.heartbeat, push_request=True)
+            except MovedError as exc:
+                # A SSUBSCRIBE sent to a node that no longer has the slot (a primary that
+                # came back as a replica, before the slot map said so): have the cluster
+                # client follow the MOVED for that slot, then reconnect to the right node.
+                await self._notice_moved(exc.slot_id)
+                raise ConnectionError(f"slot moved: {exc}") from exc
             if response is None:
                 if silent:
                     raise ConnectionError(f"no reply for {2 * self.heartbeat:g} s")
@@ -801,13 +1193,30 @@ class RedisBackend(Backend):
                 continue
             silent = False
             kind = response[0]
-            if kind == b"message":
+            if kind in (b"message", b"smessage"):
                 self._on_live(response[1], response[2])
-            elif kind == b"subscribe":
+            elif kind in (b"subscribe", b"ssubscribe"):
                 if response[1] == self._control:
                     await self._on_connected()
                 else:
                     await self._on_subscribed(connection, response[1])
+            elif kind == b"sunsubscribe" and self._lost_slot(response[1]):
+                # Redis unsubscribes a shard channel whose slot left the node (failover,
+                # resharding): resubscribe everything where it now lives.
+                raise ConnectionError("a channel's slot moved to another node")
+
+    async def _notice_moved(self, slot: int) -> None:
+        assert self._redis is not None
+        for channel_id in list(self._listening):
+            live = self._live(channel_id)
+            if self._redis.keyslot(live) == slot:
+                await self._notice_topology(live)
+                return
+
+    def _lost_slot(self, live: bytes) -> bool:
+        """A SUNSUBSCRIBE we did not ask for: the channel is still listened to (and no
+        SSUBSCRIBE of it is on its way, as after a quick unlisten and listen)."""
+        return self._channel_of(live) in self._listening and not self._pending.get(live)
 
     async def _on_connected(self) -> None:
         self.connected = True
@@ -830,10 +1239,14 @@ class RedisBackend(Backend):
         if not self._local or self._redis is None:
             return
         script = self._scripts["subscribers"]
+        if self.cluster:
+            # A cluster pipeline does not load a script a node lacks (as a promoted replica
+            # does: the script cache is not replicated); load it on every primary first.
+            await self._redis.script_load(_SUBSCRIBERS)
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel_id, count in self._local.items():
                 keys = self._keys(channel_id)
-                args = [self.node_id, count, self.node_ttl, int(refresh)]
+                args = [self.node_id, count, self.node_ttl, int(refresh), self._timeout_ms]
                 await script(keys=[keys[0], keys[2]], args=args, client=pipe)
             await pipe.execute()
 
@@ -843,8 +1256,48 @@ class RedisBackend(Backend):
             if self.connected:
                 try:
                     await self._write_counts(refresh=True)
-                except RedisError as exc:
+                except _ERRORS as exc:
                     logger.debug("redis: subscriber counts not refreshed: %s", exc)
+
+    #: Seconds between reads of Redis's memory figures (status, warnings).
+    memory_interval = 5.0
+
+    async def _watch_memory(self) -> None:
+        warned: set[str] = set()
+        while True:
+            if self.connected and self._redis is not None:
+                try:
+                    info = await self._redis.info("memory")
+                except _ERRORS as exc:
+                    logger.debug("redis: memory figures not read: %s", exc)
+                else:
+                    self._memory_read(info, warned)
+            await anyio.sleep(self.memory_interval)
+
+    def _memory_read(self, info: dict[str, Any], warned: set[str]) -> None:
+        self.memory_used = int(info.get("used_memory", 0))
+        self.memory_limit = int(info.get("maxmemory", 0))
+        self.memory_policy = str(info.get("maxmemory_policy", "")) or None
+        # Said once per process: a Redis with no budget keeps whatever unbounded retention
+        # sends it, and one that evicts drops accepted messages and channels silently.
+        unbounded = not self.memory_limit and not (self.max_messages or self.message_timeout)
+        evicts = bool(self.memory_limit) and self.memory_policy not in (None, "noeviction")
+        if unbounded and "unbounded" not in warned:
+            warned.add("unbounded")
+            logger.warning(
+                "redis: %s has no maxmemory and the store has neither max_messages nor "
+                "message_timeout: nothing bounds what it retains",
+                self.address,
+            )
+        if evicts and "evicts" not in warned:
+            warned.add("evicts")
+            logger.warning(
+                "redis: %s evicts keys at its maxmemory (maxmemory-policy %s): accepted "
+                "messages and channels may vanish; use noeviction to have publishes refused "
+                "(507) instead",
+                self.address,
+                self.memory_policy,
+            )
 
     async def _on_subscribed(self, connection: Any, live: bytes) -> None:
         # Counted per channel, not per listen: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE only
@@ -856,7 +1309,7 @@ class RedisBackend(Backend):
         listening = self._listening.get(self._channel_of(live))
         if listening is None:
             # Unlistened while this connection was being set up.
-            await connection.send_command("UNSUBSCRIBE", live)
+            await connection.send_command(self._unsubscribe_command, live)
             return
         if listening.catch_up:
             # Still in the reader: no live message of this channel is handed over before

@@ -11,6 +11,11 @@
     The client script with the transport in an attribute, e.g.
     ``<script src="/static/pushserver/updates.js" data-pushserver-transport="longpoll"></script>``;
     ``updates.js`` reads it, so changing the setting needs no JS change.
+``{% pushserver_client %}``
+    The same for the dependency-free client, ``pushserver/pushserver.js`` (defines the
+    global ``PushServer``); ``{% pushserver_client module=True %}`` loads its ES module,
+    ``pushserver/pushserver.mjs``, as ``<script type="module">`` instead. The client starts
+    with the transport of the attribute and falls back from there.
 """
 
 from __future__ import annotations
@@ -44,5 +49,20 @@ def pushserver_script() -> SafeString:
     return format_html(
         '<script src="{}" data-pushserver-transport="{}"></script>',
         static("pushserver/updates.js"),
+        get_config().transport,
+    )
+
+
+@register.simple_tag
+def pushserver_client(module: bool = False) -> SafeString:
+    if module:
+        return format_html(
+            '<script type="module" src="{}" data-pushserver-transport="{}"></script>',
+            static("pushserver/pushserver.mjs"),
+            get_config().transport,
+        )
+    return format_html(
+        '<script src="{}" data-pushserver-transport="{}"></script>',
+        static("pushserver/pushserver.js"),
         get_config().transport,
     )

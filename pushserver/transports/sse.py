@@ -73,7 +73,7 @@ from functools import partial
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, respond_error
 from ..http import Message as ASGIMessage
 from ..hub import Closing, Delivery
@@ -284,6 +284,8 @@ class SSETransport(HTTPTransport):
             await self.serve(request, positions, receive, send, headers)
         except ChannelNotFound as exc:
             await respond_error(send, 404, f"no such channel: {exc.channel_id}", headers)
+        except StoreFull as exc:  # create_on_get with the store at a budget
+            await respond_error(send, 507, str(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
         finally:

@@ -3,9 +3,39 @@
 Connect to the subscriber URL, e.g. ``ws://host/subscriber/news`` or, multiplexed,
 ``ws://host/subscriber/news,sport`` (see :mod:`pushserver.transports.streaming`). Resume
 with ``?last_event_id=<id>`` (a compound id for several channels) exactly as for server-sent
-events; without it the retained messages come first.
+events; without it the retained messages come first. This holds in every mode below.
 
-Server to client
+Modes
+    The client picks the framing with the subprotocols it offers
+    (``Sec-WebSocket-Protocol``; ``new WebSocket(url, ['pushserver.v1'])`` in a browser).
+    The server takes the first offered one it speaks and echoes it; when it speaks none of
+    them (or none is offered) it answers without a subprotocol, in the plain mode:
+
+    ================  =======================================================================
+    (none)            **plain**: each message is one frame holding exactly the published
+                      body, nothing else in-band; commands from the client are ignored
+    ``ws+meta.nchan`` **nchan's**: ``id: <id>``, ``content-type: <type>``, an empty line,
+                      the body (nchan's own client, NchanSubscriber, reads it); commands
+                      from the client are ignored
+    ``pushserver.v1`` **pushserver's own**: message frames with the channel, control frames
+                      (gap, deleted, subscribed, errors, pings) and JSON commands, below
+    ================  =======================================================================
+
+    In every mode a frame is a text frame when the content type is textual (``text/*``,
+    JSON, XML, JavaScript, form data; :func:`is_textual`) and the body is UTF-8, otherwise a
+    binary frame (the header lines, where the mode has them, in UTF-8 before the raw body):
+    a body is never re-encoded. Each frame is encoded once per mode and shared by every
+    subscriber (a multiplexed ``ws+meta.nchan`` connection: the body part; its compound id
+    is its own).
+
+    Without control frames, the plain and ``ws+meta.nchan`` modes tell what ``pushserver.v1``
+    sends as a frame by other means: the last channel of the connection deleted closes with
+    4410 (another one deleted is left out silently); messages lost after the position (a
+    gap) close a plain connection with 4416, since its client has no id to resume from,
+    while ``ws+meta.nchan`` goes on with the oldest retained message as nchan does (the
+    ``id:`` lines say where it is). Keepalive is by WebSocket ping frames (below).
+
+``pushserver.v1``: server to client
     **Message frames** start with header lines, then an empty line, then the body::
 
         id: 1700000000:0
@@ -15,10 +45,7 @@ Server to client
 
         <body>
 
-    A text frame when the content type is textual (``text/*``, JSON, XML, JavaScript,
-    form data) and the body is UTF-8; otherwise a binary frame with the same header lines
-    (UTF-8) before the raw body. ``id`` is the message id, as long-poll's Last-Modified /
-    Etag and SSE's ``id:``. Each frame is encoded once and shared by every subscriber.
+    ``id`` is the message id, as long-poll's Last-Modified / Etag and SSE's ``id:``.
 
     **Control frames** are text frames holding one JSON object (they start with ``{``,
     message frames with ``id:``): ``{"type":"gap","channel":C,"after":ID,"next":ID|null}``
@@ -27,7 +54,7 @@ Server to client
     ``{"type":"pong"}``, ``{"type":"ping"}`` and ``{"type":"error","error":TEXT}`` (plus
     ``"channel"`` when it concerns one). A client ignores types it does not know.
 
-Client to server
+``pushserver.v1``: client to server
     Text frames holding one JSON command; a bad command gets an error frame, never a close:
 
     * ``{"subscribe": "sport"}`` or ``{"subscribe": "sport", "last_event_id": "1700000000:3"}``
@@ -40,10 +67,12 @@ Client to server
     * ``{"ping": 1}``: answered with ``pong`` (a heartbeat browsers can send).
 
 Keepalive
-    Every ``ping_interval`` seconds of the location (0 = never) the server sends a
-    ``{"type":"ping"}`` control frame: browsers cannot see protocol pings, and this keeps
-    proxies from closing idle connections. Protocol-level pings from clients are answered
-    by hypercorn with pongs.
+    Every ``ping_interval`` seconds of the location (0 = never) the server sends, with
+    ``pushserver.v1``, a ``{"type":"ping"}`` control frame (browsers cannot see protocol
+    pings), and in the other modes a WebSocket ping frame (where the server can send one:
+    pushserver's own server can; another ASGI server pings on its own settings). Either
+    keeps proxies from closing idle connections. Protocol-level pings from clients are
+    answered by hypercorn with pongs.
 
 Close codes
     ========  =============================================================================
@@ -55,13 +84,17 @@ Close codes
     4404      no such channel (the location has no ``create_on_get``)
     4408      too slow: one write blocked longer than the location's ``send_timeout``
     4410      the channel was deleted (the last one of the connection)
+    4416      plain mode only: messages after the position are gone (a gap)
+    4507      the channel store is full: creating the channel (``create_on_get``) would
+              pass its ``memory_limit`` or ``max_channels``
     1013      the channel store is unavailable, the authorizer did not answer, or the
               process is at ``max_connections``: try again later
     ========  =============================================================================
 
-    Refusals are sent after accepting the handshake, so a browser sees the code and reason.
-    A subscriber that falls behind its bounded queue is caught up from the buffer (with a
-    gap frame where the messages are gone); only a blocked write disconnects it.
+    Refusals are sent after accepting the handshake (with the subprotocol chosen), so a
+    browser sees the code and reason. A subscriber that falls behind its bounded queue is
+    caught up from the buffer (with a gap frame where the messages are gone); only a
+    blocked write disconnects it.
 """
 
 from __future__ import annotations
@@ -69,7 +102,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from contextlib import suppress
 from typing import Any
 
@@ -77,7 +110,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
-from ..exceptions import BackendUnavailable, ChannelNotFound
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
@@ -88,6 +121,7 @@ from .streaming import (
     SendGuard,
     Stream,
     check_channel_id,
+    format_compound_id,
     open_channel,
     parse_resume_id,
     query_parameter,
@@ -103,6 +137,15 @@ CLOSE_NOT_ALLOWED = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 CLOSE_DELETED = 4410
+CLOSE_GAP = 4416
+CLOSE_STORE_FULL = 4507
+
+#: pushserver's own subprotocol: the full protocol (channel headers, control frames, commands).
+PUSHSERVER_V1 = "pushserver.v1"
+#: nchan's subprotocol: ``id:`` and ``content-type:`` lines before each body.
+NCHAN_META = "ws+meta.nchan"
+#: The subprotocols the server speaks; anything else (or nothing) is the plain mode, None.
+SUBPROTOCOLS = frozenset({PUSHSERVER_V1, NCHAN_META})
 
 #: Longest client command accepted (a channel id and an id fit easily).
 MAX_COMMAND = 8192
@@ -125,12 +168,17 @@ def is_textual(content_type: str) -> bool:
     return media.startswith("text/") or media in _TEXT_TYPES or media.endswith(("+json", "+xml"))
 
 
-def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
-    """The ASGI send event of a message frame (see the module docstring)."""
-    event = f"event: {message.event}\n" if message.event else ""
-    head = (
-        f"id: {message.id}\nchannel: {channel_id}\ncontent-type: {message.content_type}\n{event}\n"
-    )
+def choose_subprotocol(offered: Iterable[str] | None) -> str | None:
+    """The mode of a connection: the first of the client's ``offered`` subprotocols the
+    server speaks, or None (the plain mode) when it speaks none of them."""
+    for name in offered or ():
+        if name in SUBPROTOCOLS:
+            return name
+    return None
+
+
+def _data_event(head: str, message: Message) -> dict[str, Any]:
+    """``head`` then the body: a text frame when it is textual UTF-8, else a binary one."""
     if is_textual(message.content_type):
         try:
             return {"type": "websocket.send", "text": head + message.body.decode("utf-8")}
@@ -139,8 +187,61 @@ def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
     return {"type": "websocket.send", "bytes": head.encode() + message.body}
 
 
+def encode_frame(channel_id: str, message: Message) -> dict[str, Any]:
+    """The ASGI send event of a ``pushserver.v1`` message frame (see the module docstring)."""
+    event = f"event: {message.event}\n" if message.event else ""
+    return _data_event(
+        f"id: {message.id}\nchannel: {channel_id}\ncontent-type: {message.content_type}\n{event}\n",
+        message,
+    )
+
+
 def _encode_frame(message: Message, channel_id: str) -> dict[str, Any]:
     return encode_frame(channel_id, message)  # the order Message.wire calls it in
+
+
+def encode_plain(message: Message) -> dict[str, Any]:
+    """The ASGI send event of a plain-mode frame: the published body and nothing else."""
+    return _data_event("", message)
+
+
+def nchan_head(message_id: str, content_type: str) -> str:
+    """The header lines of a ``ws+meta.nchan`` frame, as nchan writes them (``content-type``
+    left out when the message has none)."""
+    if content_type:
+        return f"id: {message_id}\ncontent-type: {content_type}\n\n"
+    return f"id: {message_id}\n\n"
+
+
+def encode_nchan(message: Message, message_id: str | None = None) -> dict[str, Any]:
+    """The ASGI send event of a ``ws+meta.nchan`` frame; ``message_id`` is the compound id
+    of a multiplexed connection (the message's own id otherwise)."""
+    head = nchan_head(str(message.id) if message_id is None else message_id, message.content_type)
+    if message_id is None:
+        return _data_event(head, message)
+    # Multiplexed: the id is the subscriber's own; the body part is shared.
+    plain = message.wire("ws-plain", encode_plain)
+    text = plain.get("text")
+    if text is not None:
+        return {"type": "websocket.send", "text": head + text}
+    return {"type": "websocket.send", "bytes": head.encode() + plain["bytes"]}
+
+
+#: Longest close reason in bytes: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_CLOSE_REASON = 123
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to :data:`MAX_CLOSE_REASON` bytes of UTF-8, on a character boundary.
+
+    A refusal names what it refuses (a channel id, an authorizer's reason), which may be
+    longer, and not ASCII: cutting by characters could still overflow the frame. wsproto
+    cuts too, but the ASGI event is the application's to get right for any server.
+    """
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return text
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore")  # drops a cut character
 
 
 def control(kind: str, **fields: Any) -> dict[str, Any]:
@@ -152,6 +253,12 @@ def control(kind: str, **fields: Any) -> dict[str, Any]:
 
 _PING = control("ping")
 _PONG = control("pong")
+
+#: The ASGI extension (in the scope's ``extensions``) of a server that sends a WebSocket
+#: ping frame for a ``{"type": "websocket.ping"}`` event: pushserver's own server
+#: (:func:`pushserver.hypercorn_fixes.send_websocket_pings`). ASGI itself has no such event.
+PING_EXTENSION = "pushserver.websocket.ping"
+_PROTOCOL_PING = {"type": "websocket.ping"}
 
 
 def parse_command(text: str, max_length: int = 0) -> tuple[str, str | None, MessageId]:
@@ -220,12 +327,13 @@ class WebSocketTransport(SubscriberTransport):
         if (await receive())["type"] != "websocket.connect":
             return
         request = Request(scope, "GET")
+        mode = choose_subprotocol(scope.get("subprotocols"))
         if not self.enabled:
-            await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here")
+            await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here", mode)
             return
         origin = request.header("origin")
         if self.origins is not None and origin is not None and origin not in self.origins:
-            await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed")
+            await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed", mode)
             return
         try:
             location = self.location
@@ -235,10 +343,10 @@ class WebSocketTransport(SubscriberTransport):
             resume = query_parameter(scope.get("query_string", b""), "last_event_id")
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
-            await self.refuse(send, CLOSE_BAD_REQUEST, str(exc))
+            await self.refuse(send, CLOSE_BAD_REQUEST, str(exc), mode)
             return
         tokens = await self.authorize(
-            request, channels, lambda exc: self.refuse(send, refusal_code(exc), exc.reason)
+            request, channels, lambda exc: self.refuse(send, refusal_code(exc), exc.reason, mode)
         )
         if tokens is None:
             return
@@ -247,12 +355,12 @@ class WebSocketTransport(SubscriberTransport):
                 await open_channel(self.hub, channel_id, location.create_on_get)
             full = await self.full(channels)
             if full is not None:
-                await self.refuse(send, CLOSE_NOT_ALLOWED, full)
+                await self.refuse(send, CLOSE_NOT_ALLOWED, full, mode)
                 return
-            await send({"type": "websocket.accept", "headers": self.headers})
+            await send({"type": "websocket.accept", "headers": self.headers, "subprotocol": mode})
             async with self.hub.subscription(channels) as subscription:
                 stream = Stream(self.hub, subscription, positions)
-                connection = _Connection(self, request, stream, receive, send)
+                connection = _Connection(self, request, stream, receive, send, mode)
                 # From here the connection unsubscribes them, channel by channel.
                 connection.tokens = dict(zip(channels, tokens, strict=False))
                 tokens = []
@@ -263,18 +371,25 @@ class WebSocketTransport(SubscriberTransport):
                 finally:
                     metrics.websocket -= 1
         except ChannelNotFound as exc:
-            await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}")
+            await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}", mode)
+        except StoreFull:
+            await self.refuse(send, CLOSE_STORE_FULL, "the channel store is full", mode)
         except BackendUnavailable:
-            await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
+            await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable", mode)
         finally:
             self.release(tokens)
 
-    async def refuse(self, send: Send, code: int, reason: str) -> None:
-        """Close with ``code``, accepting first if the handshake is still open."""
+    async def refuse(
+        self, send: Send, code: int, reason: str, subprotocol: str | None = None
+    ) -> None:
+        """Close with ``code``, accepting first if the handshake is still open (with the
+        ``subprotocol`` chosen: a browser that asked for one fails a connection without
+        it, and would not see the code)."""
+        accept = {"type": "websocket.accept", "headers": self.headers, "subprotocol": subprotocol}
         with anyio.move_on_after(CLOSE_TIMEOUT):
             with suppress(Exception):  # already accepted: hypercorn refuses a second accept
-                await send({"type": "websocket.accept", "headers": self.headers})
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+                await send(accept)
+            await send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
 
 
 class _Connection:
@@ -289,6 +404,7 @@ class _Connection:
         "close_reason",
         "guard",
         "location",
+        "mode",
         "receive",
         "request",
         "stream",
@@ -303,8 +419,11 @@ class _Connection:
         stream: Stream,
         receive: Receive,
         send: Send,
+        mode: str | None = PUSHSERVER_V1,
     ) -> None:
         self.transport = transport
+        #: The subprotocol (None: the plain mode).
+        self.mode = mode
         self.location = transport.location
         self.request = request
         self.stream = stream
@@ -373,28 +492,58 @@ class _Connection:
             raise _TooSlow
 
     async def ping(self) -> None:
-        await self.send(_PING)
+        if self.mode == PUSHSERVER_V1:
+            await self.send(_PING)
+        elif PING_EXTENSION in (self.request.scope.get("extensions") or ()):
+            await self.send(_PROTOCOL_PING)  # nothing in-band: a WebSocket ping frame
 
     async def deliver(self) -> None:
         stream = self.stream
         send = self._send
         guard = self.guard
         clock = time.monotonic
+        mode = self.mode
+        v1 = mode == PUSHSERVER_V1
+        # A multiplexed ws+meta.nchan connection sends compound ids: every channel of the
+        # URL at its last delivered id, deleted ones included so ids keep their shape.
+        ids = dict(stream.positions) if mode == NCHAN_META and len(stream.positions) > 1 else None
         while True:
             for event in await stream.batch():
                 if type(event) is Delivery:
-                    # Encoded once, by the first subscriber.
-                    frame = event.message.wire("ws", _encode_frame, event.channel_id)
+                    # Encoded once per mode, by the first subscriber.
+                    message = event.message
+                    if v1:
+                        frame = message.wire("ws", _encode_frame, event.channel_id)
+                    elif mode is None:
+                        frame = message.wire("ws-plain", encode_plain)
+                    elif ids is None:
+                        frame = message.wire("ws-nchan", encode_nchan)
+                    else:
+                        ids[event.channel_id] = message.id
+                        marked = list(ids).index(event.channel_id)
+                        frame = encode_nchan(message, format_compound_id(ids.values(), marked))
                 elif isinstance(event, Gap | Deleted):
-                    frame = {"type": "websocket.send", "text": event.json()}
+                    if v1:
+                        frame = {"type": "websocket.send", "text": event.json()}
+                    elif type(event) is Deleted:
+                        frame = None  # no control frames: the close code tells the last one
+                    elif mode is None:
+                        # The client has no ids to resume from: the close tells it.
+                        # (A reason without the channel id: a close reason is at most
+                        # 123 bytes, an id up to max_channel_id_length characters.)
+                        self.finish(CLOSE_GAP, "messages after the position are gone")
+                        return
+                    else:
+                        continue  # nchan goes on with the oldest retained message
                 elif isinstance(event, Closing):
                     self.finish(CLOSE_GOING_AWAY, "the server is shutting down")
                     return
                 else:
                     continue
-                guard.started = clock()
-                await send(frame)
-                guard.started = 0.0
+                if frame is not None:
+                    guard.started = clock()
+                    await send(frame)
+                    guard.started = 0.0
                 if type(event) is Deleted:
                     self.forget(event.channel_id)
                     if not stream.positions:
@@ -405,8 +554,8 @@ class _Connection:
         """Handle one message from the client; True once it went away."""
         if message["type"] == "websocket.disconnect":
             return True
-        if message["type"] != "websocket.receive":
-            return False
+        if message["type"] != "websocket.receive" or self.mode != PUSHSERVER_V1:
+            return False  # without pushserver.v1, what the client sends is ignored
         text = message.get("text")
         if text is None:
             try:
@@ -461,6 +610,13 @@ class _Connection:
             except ChannelNotFound:
                 self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
+                return
+            except StoreFull:
+                self.forget(channel_id)
+                reply = control(
+                    "error", error="the channel store is full", channel=channel_id, status=507
+                )
+                await self.send(reply)
                 return
             full = await self.transport.full([channel_id])
             if full is not None:

@@ -25,7 +25,7 @@ import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -39,8 +39,9 @@ from .. import settings as push_settings
 from .. import signals
 from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
-from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError
-from ..publisher import publisher_token
+from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
+from ..message import check_event_name
+from ..publisher import IDEMPOTENCY_KEY, publisher_token
 
 #: "host:port" of the push server running in this process (set by ``runpushserver``).
 current_host: str | None = None
@@ -63,6 +64,29 @@ class SendUpdateError(PushServerError):
         self.reason = reason
 
 
+class SendUpdateStoreFull(SendUpdateError, StoreFull):
+    """Publishing was refused because the store is at a budget (``507 Insufficient
+    Storage``): nothing was stored. Catch it as :class:`~pushserver.exceptions.StoreFull`
+    or as :class:`SendUpdateError`."""
+
+    def __init__(self, url: str, reason: str, limit: str = "") -> None:
+        # Not SendUpdateError.__init__: through super() it would reach StoreFull's.
+        Exception.__init__(self, f"send_update to {url} answered 507: {reason}")
+        self.url = url
+        self.status = 507
+        self.reason = reason
+        #: The budget that refused it, when known ('memory_limit', 'max_channels', ...).
+        self.limit = limit
+
+
+def _error(url: str, status: int | None, reason: str) -> SendUpdateError:
+    if status == 507:
+        # The push server's body names the budget: "... store is full (max_channels): ..."
+        limit = reason.partition("full (")[2].partition(")")[0]
+        return SendUpdateStoreFull(url, reason, limit)
+    return SendUpdateError(url, status, reason)
+
+
 @dataclass(frozen=True)
 class UpdateResponse:
     """What ``post_send_update`` gets as ``response`` when publishing succeeded."""
@@ -76,6 +100,9 @@ class UpdateResponse:
     in_process: bool = False
     #: True when written straight to the store (``publish_via='backend'``), without HTTP.
     backend: bool = False
+    #: True when the ``idempotency_key`` had been seen: the first publish's answer, nothing
+    #: stored again.
+    replayed: bool = False
 
     def getcode(self) -> int:  # the urllib response's name, for old receivers
         return self.status
@@ -121,16 +148,24 @@ def _host(config: ServerConfig, host: HostConfig | None, name: str) -> tuple[str
     return ("https" if secure else "http"), _reachable(location)
 
 
+def _reversed(url: str, index: int) -> tuple[str, str]:
+    """(template, group name) of a location's ``url`` regex, as Django reverses it;
+    ValueError when it does not reverse to one path with one group (an alternation
+    outside the group, an optional group)."""
+    forms = normalize(url)
+    if len(forms) != 1 or len(forms[0][1]) != 1:
+        raise ValueError(
+            f"Non-reversible reg-exp: {url!r} (PUSH_SERVER['locations'][{index}]['url'] must "
+            "reverse with exactly one group, the channel id)."
+        )
+    template, (name,) = forms[0]
+    return template, name
+
+
 def _path(location: LocationConfig, channel_id: str) -> str:
     quoted = quote(str(channel_id), safe="")
     if location.url is not None:
-        forms = normalize(location.url)
-        if len(forms) != 1 or len(forms[0][1]) != 1:
-            raise ValueError(
-                f"Non-reversible reg-exp: {location.url!r} (PUSH_SERVER['locations']"
-                f"[{location.index}]['url'] must reverse with exactly one group, the channel id)."
-            )
-        template, (name,) = forms[0]
+        template, name = _reversed(location.url, location.index)
         # Substitute by hand: the pattern may hold a literal '%'.
         path = template.replace(f"%({name})s", quoted)
     else:
@@ -216,27 +251,38 @@ def _check_size(location: LocationConfig, url: str, body: bytes) -> None:
 
 
 async def _publish_on(
-    target: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
-) -> int:
+    target: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
+) -> tuple[int, bool]:
     """What the publisher location does with a POST, without the HTTP: publish on
-    ``target`` (a hub or a backend); the status a POST would have got."""
+    ``target`` (a hub or a backend); the status a POST would have got, and whether the
+    idempotency ``key`` made it a replay."""
+    key = payload.idempotency_key
+    keyed = {} if key is None else {"idempotency_key": key}
     try:
         result = await target.publish(
-            channel_id, body, CONTENT_TYPE, create=location.create_on_post
+            channel_id,
+            payload.body,
+            payload.content_type,
+            event=payload.event,
+            create=location.create_on_post,
+            **keyed,
         )
     except ChannelNotFound:
         raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
+    except StoreFull as exc:
+        raise SendUpdateStoreFull(url, str(exc), exc.limit) from exc
     except BackendUnavailable as exc:
         raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
-    return 201 if result.subscribers else 202
+    return (201 if result.subscribers else 202), result.replayed
 
 
 async def _publish_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
-    _check_size(location, url, body)
-    status = await _publish_on(running.app.hub_for(location), location, url, channel_id, body)
-    return UpdateResponse(url, status, in_process=True)
+    _check_size(location, url, payload.body)
+    hub = running.app.hub_for(location)
+    status, replayed = await _publish_on(hub, location, url, channel_id, payload)
+    return UpdateResponse(url, status, in_process=True, replayed=replayed)
 
 
 async def _publish_to_store(
@@ -244,29 +290,29 @@ async def _publish_to_store(
     location: LocationConfig,
     url: str,
     channel_id: str,
-    body: bytes,
+    payload: Payload,
     timeout: float | None,
 ) -> UpdateResponse:
     """``publish_via='backend'``: open the store for commands only (no pub/sub reader),
     publish, close. The push servers hear the message from Redis as if it had been POSTed
     to one of them: same script, same ids, same delivery."""
-    _check_size(location, url, body)
+    _check_size(location, url, payload.body)
     backend: Any = create_backend(store.type, store.options)
     try:
         with anyio.fail_after(timeout) if timeout else nullcontext():
             await backend.open(listen=False)
             try:
-                status = await _publish_on(backend, location, url, channel_id, body)
+                status, replayed = await _publish_on(backend, location, url, channel_id, payload)
             finally:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
     except TimeoutError as exc:
         raise SendUpdateError(url, None, f"no answer from the store within {timeout} s") from exc
-    return UpdateResponse(url, status, backend=True)
+    return UpdateResponse(url, status, backend=True, replayed=replayed)
 
 
 def _run_on_store(
-    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, body: bytes
+    config: ServerConfig, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     # A short-lived event loop per call, not a background loop thread: nothing to clean up
     # at exit, nothing to break when a Celery or gunicorn parent forks, and one connection
@@ -277,7 +323,7 @@ def _run_on_store(
         location,
         url,
         channel_id,
-        body,
+        payload,
         config.publish_timeout or None,
         backend="asyncio",
     )
@@ -304,11 +350,11 @@ def _on_a_loop() -> bool:
 
 
 def _run_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, body: bytes
+    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     try:
         return anyio.from_thread.run(
-            _publish_in_process, running, location, url, channel_id, body, token=running.token
+            _publish_in_process, running, location, url, channel_id, payload, token=running.token
         )
     except anyio.RunFinishedError as exc:
         raise SendUpdateError(url, None, "the push server in this process has stopped") from exc
@@ -318,14 +364,16 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
     url = request.full_url
     try:
         with _opener.open(request, timeout=timeout) as response:
-            return UpdateResponse(url, response.status, response.read(), dict(response.headers))
+            headers = dict(response.headers)
+            replayed = response.headers.get("Idempotent-Replayed") == "true"
+            return UpdateResponse(url, response.status, response.read(), headers, replayed=replayed)
     except urllib.error.HTTPError as exc:
         with exc:
             text = exc.read(200).decode("utf-8", "replace").strip()
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location")
             text = f"redirected to {where}; point publisher_host at the push server itself"
-        raise SendUpdateError(url, exc.code, text or str(exc.reason)) from exc
+        raise _error(url, exc.code, text or str(exc.reason)) from exc
     except TimeoutError as exc:
         raise SendUpdateError(url, None, f"no answer within {timeout} s") from exc
     except urllib.error.URLError as exc:
@@ -336,22 +384,84 @@ def _post(request: urllib.request.Request, timeout: float | None) -> UpdateRespo
         raise SendUpdateError(url, None, str(exc)) from exc
 
 
+class Payload(NamedTuple):
+    """What one update publishes."""
+
+    body: bytes
+    content_type: str = CONTENT_TYPE
+    event: str | None = None
+    #: Stores the update once within the store's ``idempotency_window`` (send_update's
+    #: ``idempotency_key``).
+    idempotency_key: str | None = None
+
+
+def _payload(
+    data: Any,
+    already_serialized: bool,
+    content_type: str | None,
+    event: str | None,
+    idempotency_key: str | None = None,
+) -> Payload:
+    """The update's payload; TypeError / ValueError on bad arguments."""
+    if event is not None:
+        check_event_name(event)
+    if content_type is None:
+        return Payload(_encode(data, already_serialized), CONTENT_TYPE, event, idempotency_key)
+    if not content_type.strip() or any(c in content_type for c in "\r\n\0"):
+        raise ValueError(f"bad content_type {content_type!r}")
+    if isinstance(data, bytes):
+        return Payload(data, content_type, event, idempotency_key)
+    if not isinstance(data, str):
+        raise TypeError(
+            f"send_update(content_type={content_type!r}) publishes str or bytes as they are, "
+            f"not {type(data).__name__}: render it first (render_to_string), or leave "
+            "content_type out to send JSON"
+        )
+    if content_type.lower().startswith("text/") and "charset" not in content_type.lower():
+        content_type += "; charset=utf-8"
+    return Payload(data.encode("utf-8"), content_type, event, idempotency_key)
+
+
 def send_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    content_type: str | None = None,
+    event: str | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """Publish ``data`` (JSON-encoded unless ``already_serialized``) to ``channel_id``.
+
+    ``content_type`` (e.g. ``"text/html"``, ``"text/vnd.turbo-stream.html"``) publishes
+    ``data``, a str (a ``render_to_string`` result) or bytes, as it is, with that content
+    type (``; charset=utf-8`` added to a ``text/`` type given a str); without it the body is
+    JSON (``application/json; charset=utf-8``). ``event`` names the message's event
+    (``X-EventSource-Event``): event streams send it as ``event: <name>``.
+
+    With ``idempotency_key`` (1 to 255 visible ASCII characters, else :class:`ValueError`),
+    sending the same update again with the same key within the store's
+    ``idempotency_window`` (5 minutes by default) stores it once: retry a failed call (a
+    ``SendUpdateError`` with status 503 or None) with the same key and no subscriber gets
+    it twice. The response's ``replayed`` says the key had been seen.
 
     Sends ``pre_send_update`` before and ``post_send_update`` after (with ``response`` an
     :class:`UpdateResponse`, or the exception on failure). Raises :class:`SendUpdateError`
     unless ``ignore_errors`` or ``PUSH_SERVER_IGNORE_ERRORS`` is set. A URL that cannot be
-    built raises :class:`ValueError` before any signal. Returns None.
+    built, a bad ``event`` name or ``content_type`` raise :class:`ValueError` (data that is
+    not str or bytes with a ``content_type``: :class:`TypeError`) before any signal, whatever
+    ``ignore_errors`` says. Returns None.
     """
     config = push_settings.get_config()
     channel = str(channel_id)
+    key = idempotency_key
+    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValueError(f"idempotency_key must be 1 to 255 visible ASCII characters, not {key!r}")
     request: urllib.request.Request | None = None
+    payload = _payload(data, already_serialized, content_type, event, key)
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
-        body = _encode(data, already_serialized)
         # Inside runpushserver its own hub is connected to the same store already.
         running = getattr(sys.modules.get("pushserver.server"), "current", None)
         if running is None and _on_a_loop():
@@ -359,14 +469,18 @@ def send_update(
                 "send_update() was called on a running event loop, where blocking would stall "
                 "it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_on_store, config, location, url, channel, body)
+        publish = partial(_run_on_store, config, location, url, channel, payload)
     else:
         url, location = _url("publisher", channel_id)
-        body = _encode(data, already_serialized)
-        headers = {"Content-Type": CONTENT_TYPE}
+        headers = {"Content-Type": payload.content_type}
+        if payload.event is not None:
+            # Header values are Latin-1 on the wire: UTF-8 bytes, as the server reads them.
+            headers["X-EventSource-Event"] = payload.event.encode("utf-8").decode("latin-1")
+        if key is not None:
+            headers["Idempotency-Key"] = key
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(url, data=payload.body, headers=headers, method="POST")
         running = _running_here(url)
         publish = partial(_post, request, config.publish_timeout or None)
     if running is not None:
@@ -375,12 +489,14 @@ def send_update(
                 "send_update() was called on the push server's event loop, where blocking "
                 "would stall it; use 'await asend_update(...)' in async code"
             )
-        publish = partial(_run_in_process, running, location, url, channel, body)
+        publish = partial(_run_in_process, running, location, url, channel, payload)
     kwargs = {
         "channel_id": channel_id,
         "data": data,
         "already_serialized": already_serialized,
         "request": request,
+        "content_type": payload.content_type,
+        "event": payload.event,
     }
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
@@ -396,7 +512,14 @@ def send_update(
 
 
 async def asend_update(
-    channel_id: str, data: Any, already_serialized: bool = False, ignore_errors: bool = False
+    channel_id: str,
+    data: Any,
+    already_serialized: bool = False,
+    ignore_errors: bool = False,
+    *,
+    content_type: str | None = None,
+    event: str | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
     """The async twin of :func:`send_update`, for async views and consumers.
 
@@ -405,5 +528,14 @@ async def asend_update(
     hands the publish back to the server's loop.
     """
     await anyio.to_thread.run_sync(
-        partial(send_update, channel_id, data, already_serialized, ignore_errors)
+        partial(
+            send_update,
+            channel_id,
+            data,
+            already_serialized,
+            ignore_errors,
+            content_type=content_type,
+            event=event,
+            idempotency_key=idempotency_key,
+        )
     )

@@ -1,5 +1,6 @@
 """Fixtures for backend tests: a ``backend`` fixture that runs the shared behaviour suite
-against every backend (the ``redis_server`` fixtures are in tests/conftest.py)."""
+against every backend: memory, redis, and redis on a Redis Cluster (the ``redis_server``
+and ``redis_cluster`` fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from pushserver.backends import MemoryBackend
 from pushserver.message import Message
-from pushserver.testing import RedisServer
+from pushserver.testing import RedisClusterServers, RedisServer
 
 
 class RecordingListener:
@@ -42,7 +43,7 @@ class RecordingListener:
         return self.messages[channel_id]
 
 
-def make_backend(kind: str, redis_server: RedisServer | None, **limits):
+def make_backend(kind: str, redis_server: RedisServer | RedisClusterServers | None, **limits):
     if kind == "memory":
         return MemoryBackend(**limits)
     from pushserver.backends.redis import RedisBackend
@@ -53,7 +54,7 @@ def make_backend(kind: str, redis_server: RedisServer | None, **limits):
     return RedisBackend(**options)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend_kind(request):
     return request.param
 
@@ -62,7 +63,11 @@ def backend_kind(request):
 def backend_factory(backend_kind, request):
     """Open backends of the parametrised kind (closed after the test), each with a
     :class:`RecordingListener` as ``backend.recorder``."""
-    redis = request.getfixturevalue("redis_server") if backend_kind == "redis" else None
+    redis = None
+    if backend_kind == "redis":
+        redis = request.getfixturevalue("redis_server")
+    elif backend_kind == "cluster":
+        redis = request.getfixturevalue("redis_cluster")
 
     def create(**limits):
         backend = make_backend(backend_kind, redis, **limits)

@@ -1,5 +1,6 @@
-"""The backend behaviour suite: every test runs against MemoryBackend and RedisBackend
-(the ``backend`` and ``backend_factory`` fixtures are parametrised over both)."""
+"""The backend behaviour suite: every test runs against MemoryBackend, RedisBackend and
+RedisBackend on a Redis Cluster (the ``backend`` and ``backend_factory`` fixtures are
+parametrised over the three)."""
 
 from __future__ import annotations
 
@@ -232,3 +233,60 @@ async def test_channel_ids_are_kept_apart(backend, channel_id):
     assert [m.body for m in await read_all(backend, "a")] == [b"other"]
     assert await backend.delete(channel_id)
     assert await backend.exists("a")
+
+
+async def test_a_retried_publish_with_the_same_key_is_stored_once(backend):
+    await backend.listen("news")
+    first = await backend.publish("news", b"a", "text/plain", idempotency_key="order-1")
+    assert not first.replayed
+    again = await backend.publish("news", b"a", "text/plain", idempotency_key="order-1")
+    assert again.replayed
+    assert again.message.id == first.message.id
+    assert again.message.published_at == first.message.published_at
+    assert again.subscribers == first.subscribers
+    other = await backend.publish("news", b"b", "text/plain", idempotency_key="order-2")
+    assert not other.replayed and other.message.id > first.message.id
+    assert [m.body for m in await read_all(backend, "news")] == [b"a", b"b"]
+    # Delivered once each.
+    messages = await backend.recorder.wait_messages("news", 2)
+    assert [m.body for m in messages] == [b"a", b"b"]
+    # A key is the channel's own: the same key elsewhere is a new publish.
+    elsewhere = await backend.publish("sport", b"a", "text/plain", idempotency_key="order-1")
+    assert not elsewhere.replayed
+    info = await backend.info("news")
+    assert info.messages == 2
+
+
+async def test_an_idempotency_key_is_forgotten_after_its_window(backend_factory):
+    async with backend_factory(idempotency_window=0.2) as backend:
+        first = await backend.publish("news", b"a", "text/plain", idempotency_key="k")
+        assert (await backend.publish("news", b"a", "text/plain", idempotency_key="k")).replayed
+        deadline = time.monotonic() + 10
+        while True:  # the key lives in the store's own clock: wait for it to lapse there
+            again = await backend.publish("news", b"a", "text/plain", idempotency_key="k")
+            if not again.replayed:
+                break
+            assert time.monotonic() < deadline, "the key was never forgotten"
+            await anyio.sleep(0.05)
+        assert again.message.id > first.message.id
+        assert (await backend.info("news")).messages == 2
+
+
+async def test_without_a_key_every_publish_is_stored(backend):
+    for _ in range(2):
+        result = await backend.publish("news", b"a", "text/plain")
+        assert not result.replayed
+    assert (await backend.info("news")).messages == 2
+
+
+async def test_the_memory_store_remembers_a_bounded_number_of_keys():
+    from pushserver.backends.memory import MAX_IDEMPOTENCY_KEYS, MemoryBackend
+    from tests.backends.conftest import RecordingListener
+
+    backend = MemoryBackend()
+    backend.bind(RecordingListener())
+    for index in range(MAX_IDEMPOTENCY_KEYS + 1):
+        await backend.publish("news", b"x", "text/plain", idempotency_key=f"k{index}")
+    # The oldest key was forgotten to make room; the newest are remembered.
+    assert not (await backend.publish("news", b"x", "text/plain", idempotency_key="k0")).replayed
+    assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k2")).replayed

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from pushserver.backends.redis import RedisBackend
-from pushserver.exceptions import BackendUnavailable
+from pushserver.exceptions import BackendUnavailable, StoreFull
 from pushserver.hub import Hub
 from pushserver.message import ORIGIN
 
@@ -289,3 +289,95 @@ async def _subscribers(backend) -> int:
 
 async def _differs(awaitable, value) -> bool:
     return await awaitable != value
+
+
+# -- channel_timeout and Redis's maxmemory (docs/redis.md#memory-and-expiry) --------------------
+
+
+@pytest.fixture
+async def client(redis_server):
+    """A plain client of the session's Redis, to look at TTLs."""
+    client = await raw(redis_server)
+    yield client
+    await client.aclose()
+
+
+async def test_a_channel_a_subscriber_made_expires_unless_a_publisher_takes_it(
+    redis_server, client, prefix
+):
+    meta = f"{prefix}{{anon}}:meta"
+    async with node(redis_server, key_prefix=prefix, channel_timeout=30) as backend:
+        assert await backend.create("anon", publisher=False)
+        assert 0 < await client.pttl(meta) <= 30_000
+        await client.pexpire(meta, 1000)
+        await backend.touch("anon")  # a subscriber asked again: 30 s from now
+        assert await client.pttl(meta) > 1000
+        await backend.create("put")  # a publisher's channel never expires
+        assert await client.pttl(f"{prefix}{{put}}:meta") == -1
+        await backend.publish("anon", b"x", "text/plain")  # now the publisher's
+        assert await client.pttl(meta) == -1
+        assert await client.pttl(f"{prefix}{{anon}}:msgs") == -1
+        await backend.create("short", publisher=False)
+        await client.pexpire(f"{prefix}{{short}}:meta", 1)  # as if 30 s had passed
+        await wait_until(lambda: _eq(backend.exists("short"), False))
+
+
+async def test_subscribers_keep_an_expiring_channel_and_it_goes_once_they_left(
+    redis_server, client, prefix
+):
+    meta = f"{prefix}{{anon}}:meta"
+    async with node(redis_server, key_prefix=prefix, channel_timeout=1, node_ttl=30) as a:
+        async with node(redis_server, key_prefix=prefix, channel_timeout=1) as b:
+            await a.create("anon", publisher=False)
+            await a.subscribers_changed("anon", 1)
+            await b.subscribers_changed("anon", 1)
+            assert await client.pttl(meta) > 30_000  # node_ttl + channel_timeout
+            await a.subscribers_changed("anon", -1)
+            assert await client.pttl(meta) > 30_000  # b's subscriber is still there
+        # b closed: its count is gone, but nothing told the channel; a's next change does.
+        await a.subscribers_changed("anon", 1)
+        await a.subscribers_changed("anon", -1)
+        assert 0 < await client.pttl(meta) <= 1000
+        await wait_until(lambda: _eq(a.exists("anon"), False))
+
+
+async def test_without_keep_publisher_channels_a_channel_goes_after_its_messages(
+    redis_server, client, prefix
+):
+    options = {"channel_timeout": 2, "keep_publisher_channels": False, "message_timeout": 5}
+    async with node(redis_server, key_prefix=prefix, **options) as backend:
+        await backend.create("put")
+        assert 0 < await client.pttl(f"{prefix}{{put}}:meta") <= 2000
+        await backend.publish("put", b"x", "text/plain")
+        for part in ("meta", "msgs"):  # message_timeout + channel_timeout
+            assert 5000 < await client.pttl(f"{prefix}{{put}}:{part}") <= 7000
+
+
+async def test_maxmemory_refuses_with_store_full_and_keeps_what_was_stored(
+    redis_server_factory, prefix
+):
+    server = redis_server_factory()
+    client = await raw(server)
+    try:
+        async with node(server, key_prefix=prefix) as backend:
+            backend.memory_interval = 0.05
+            await backend.publish("kept", b"first", "text/plain")
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory", used + 256 * 1024)
+            body = b"x" * 64 * 1024
+            with pytest.raises(StoreFull) as refused:
+                for _ in range(100):
+                    await backend.publish("big", body, "text/plain")
+            assert refused.value.limit == "maxmemory"
+            assert isinstance(refused.value, BackendUnavailable)
+            assert (await backend.read_after("kept", ORIGIN)).message.body == b"first"
+            await wait_until(lambda: _eq(_value(lambda: backend.memory_limit), used + 256 * 1024))
+            status = backend.status()
+            assert status["refusals"]["maxmemory"] == 1
+            assert status["memory_used"] > 0 and status["maxmemory_policy"] == "noeviction"
+    finally:
+        await client.aclose()
+
+
+async def _value(function):
+    return function()

@@ -13,7 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pushserver.testing import PushServerProcess
+from pushserver.testing import PushServerProcess, free_port
+
+from .npm import install as install_npm_packages
+from .npm import route_npm
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,14 +35,45 @@ def subscriber(prefix: str = "/subscriber/", **options) -> dict:
 
 
 PUBLISHER = {"type": "publisher", "prefix": "/publisher/"}
+
+
+def cors_config(site, store=None, transport="longpoll", **location) -> dict:
+    """Settings with a publisher, ``/subscriber/`` and ``/cors/``, which allows ``site``
+    with credentials (``location``: more keys of it)."""
+    settings = {
+        "transport": transport,
+        "locations": [
+            PUBLISHER,
+            subscriber(),
+            subscriber("/cors/", allow_origin=[site], allow_credentials=True, **location),
+        ],
+    }
+    if store is not None:
+        settings["store"] = store
+    return settings
+
+
+def start_cross_origin(start, store=None, **kwargs):
+    """``(server, site)``: a server started by ``start`` (``start_server`` or
+    ``start_module_server``) with :func:`cors_config`; its pages are served from ``site``,
+    ``http://localhost:<port>``, another origin to the browser than its ``url``
+    ``http://127.0.0.1:<port>``. ``kwargs``: :func:`cors_config`'s, and ``args`` for the
+    server."""
+    port = free_port()
+    site = f"http://localhost:{port}"
+    args = kwargs.pop("args", ())
+    return start(cors_config(site, store, **kwargs), port=port, args=args), site
+
+
 WAIT = 10_000  # ms: a bound on every wait for the page, never a sleep
 
 
-def publish(server, channel, data, content_type="application/json"):
+def publish(server, channel, data, content_type="application/json", event=None):
     body = data if isinstance(data, (bytes, str)) else json.dumps(data)
-    response = httpx.post(
-        f"{server.url}/publisher/{channel}", content=body, headers={"content-type": content_type}
-    )
+    headers = {"content-type": content_type}
+    if event is not None:
+        headers["x-eventsource-event"] = event
+    response = httpx.post(f"{server.url}/publisher/{channel}", content=body, headers=headers)
     assert response.status_code in (201, 202), response.text
     return response
 
@@ -68,6 +102,22 @@ def flush_events(page):
     """Let Playwright's sync API deliver the page's events (it only does during its own
     calls): a round trip to the page comes back after every event the page sent before."""
     page.evaluate("0")
+
+
+def restart_missing_two(page, start_server, server, other, settings, channel):
+    """The restart step of the resume tests (the page got ``{"type": "test", "n": 1}``):
+    stop the page's ``server`` (its clients report a ``request`` problem), publish n 2 and 3
+    through ``other`` (same store) while it is down, start it again on its port; the page
+    must then have exactly 1, 2, 3. Returns the server started again."""
+    server.stop()
+    wait_problem(page, "request")
+    publish(other, channel, {"type": "test", "n": 2})
+    publish(other, channel, {"type": "test", "n": 3})
+    port = int(server.url.rsplit(":", 1)[1])
+    server = start_server(settings, port=port)
+    received = wait_received(page, 3)
+    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+    return server
 
 
 def subscribers(server, channel):
@@ -108,7 +158,8 @@ def new_page(browser):
     errors are collected in ``page.errors``.
 
     ``PUSHSERVER_TEST_JQUERY=/path/to/jquery.js`` serves that file in place of the vendored
-    jQuery, to run the suite against another jQuery version.
+    jQuery, to run the suite against another jQuery version. ``/npm/...`` URLs are answered
+    from the npm cache (see ``tests/browser/npm.py``; use the ``npm`` fixture to install it).
     """
     contexts = []
     jquery = os.environ.get("PUSHSERVER_TEST_JQUERY")
@@ -116,6 +167,7 @@ def new_page(browser):
     def open_page():
         context = browser.new_context()
         contexts.append(context)
+        route_npm(context)
         if jquery:
             context.route("**/static/live/jquery.min.js", lambda route: route.fulfill(path=jquery))
         page = context.new_page()
@@ -129,16 +181,22 @@ def new_page(browser):
         context.close()
 
 
+@pytest.fixture(scope="session")
+def npm():
+    """The ``node_modules`` directory of the browser libraries (``tests/browser/npm.py``),
+    installed once per session; skips the test when npm cannot install them."""
+    return install_npm_packages()
+
+
 @pytest.fixture
 def page(new_page):
     return new_page()
 
 
-@pytest.fixture
-def start_server() -> Iterator:
-    """``start_server(push_server, port=None, allrequests=True, settings=..., env=...,
-    args=())``: a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments);
-    stopped after the test."""
+def _server_starter() -> Iterator:
+    """``start(push_server, port=None, allrequests=True, settings=..., env=..., args=())``:
+    a real ``runpushserver`` on 127.0.0.1 (``args``: more command arguments); every server
+    it started is stopped when the generator ends."""
     started: list[PushServerProcess] = []
 
     def start(
@@ -160,3 +218,17 @@ def start_server() -> Iterator:
         server.stop()
         # pytest shows this only when the test failed.
         print(f"--- runpushserver {server.address} ---\n{server.log}")
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """``start_server(push_server, ...)``: see :func:`_server_starter`; stopped after the
+    test."""
+    yield from _server_starter()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator:
+    """The same, stopped after the module: for a module that shares one server between its
+    tests (each test on channels of its own)."""
+    yield from _server_starter()

@@ -32,7 +32,7 @@ async ([url, headers]) => {
 
 WEBSOCKET = """
 (url) => new Promise((resolve) => {
-    const socket = new WebSocket(url);
+    const socket = new WebSocket(url, ["pushserver.v1"]);
     socket.onmessage = (event) => { resolve('answered ' + event.data); socket.close(); };
     socket.onclose = (event) => resolve('closed ' + event.code);
 })

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import time
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
 from pushserver.testing import free_port
-
-from .conftest import ROOT
+from tests.project.helpers import DEMO_SETTINGS, demo_env, manage
 
 pytestmark = pytest.mark.browser
 
@@ -23,15 +23,14 @@ def enter(page, url, name):
     expect(page.locator("#me")).to_have_text(name)
 
 
-def test_the_demo_page_works_in_several_tabs(new_page, start_server):
+def start_demo(start_server):
+    """The demo, as its README runs it, on a free port."""
     port = free_port()
-    path = os.pathsep.join([str(ROOT / "example"), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    server = start_server(
-        None,
-        port=port,
-        settings="tests.browser.demo_settings",
-        env={"PUSHSERVER_DEMO_PORT": str(port), "PYTHONPATH": path},
-    )
+    return start_server(None, port=port, settings=DEMO_SETTINGS, env=demo_env(port))
+
+
+def test_the_demo_page_works_in_several_tabs(new_page, start_server):
+    server = start_demo(start_server)
     alice, bob = new_page(), new_page()  # two browsers' worth of cookies: two people
     errors: list[str] = []
     watch = lambda tab: tab.on("pageerror", lambda error: errors.append(str(error)))  # noqa: E731
@@ -77,3 +76,55 @@ def test_the_demo_page_works_in_several_tabs(new_page, start_server):
     bob.context.close()
     for tab in (alice, alice_again):
         expect(tab.locator("#online")).to_have_text("alice", timeout=WAIT + 5_000)
+
+
+def connections(server) -> dict[str, int]:
+    """Subscriber connections per transport, from the demo's status location."""
+    return httpx.get(f"{server.url}/status/", timeout=10).json()["connections"]
+
+
+def wait_connections(server, transport, timeout=10.0):
+    """Poll the status location until the page's one connection is ``transport``."""
+    deadline = time.monotonic() + timeout
+    others = {"longpoll", "eventsource", "websocket"} - {transport}
+    while True:
+        seen = connections(server)
+        # A long poll is briefly not held between two requests; a stream stays open.
+        if seen[transport] == 1 and not any(seen[o] for o in others):
+            return
+        assert time.monotonic() < deadline, f"{seen}, expected only {transport}"
+        time.sleep(0.02)  # the poll interval, so the loop does not hog the shared CPUs
+
+
+def test_the_transport_switch(new_page, start_server):
+    """Each transport chosen with the switch receives; the updates come from
+    `./manage.py shell`, as a developer would try them."""
+    server = start_demo(start_server)
+    env = demo_env(int(server.host.rsplit(":", 1)[1]))
+    page = new_page()
+    enter(page, server.url, "carol")
+    expect(page.locator("#transport-switch input[value=longpoll]")).to_be_checked()
+    wait_connections(server, "longpoll")
+    said = []
+    for transport in ("eventsource", "websocket", "longpoll"):
+        page.check(f"#transport-switch input[value={transport}]")
+        wait_connections(server, transport)
+        text = f"over {transport}"
+        code = (
+            "from pushserver.utils.updates import send_update; "
+            f"send_update('demo', {{'type': 'chat', 'name': 'shell', 'text': {text!r}}})"
+        )
+        result = manage("shell", "-c", code, settings=DEMO_SETTINGS, env=env)
+        assert result.returncode == 0, result.stdout
+        said.append(f"shell: {text}")
+        expect(page.locator("#messages li")).to_have_text(said, timeout=WAIT)
+        assert page.url.endswith(f"?transport={transport}")
+    # The choice survives a reload of the page (it is in the address).
+    page.reload()
+    expect(page.locator("#transport-switch input[value=longpoll]")).to_be_checked()
+    page.goto(f"{server.url}/?transport=websocket")
+    expect(page.locator("#transport-switch input[value=websocket]")).to_be_checked()
+    wait_connections(server, "websocket")
+    expect(page.locator("#messages li")).to_have_text(said, timeout=WAIT)  # replayed
+    assert page.locator("#status").inner_text() == ""
+    assert page.errors == []

@@ -27,6 +27,7 @@ from .conftest import (
     channel_info,
     flush_events,
     publish,
+    restart_missing_two,
     subscriber,
     wait_problem,
     wait_received,
@@ -208,13 +209,7 @@ def test_resumes_without_loss_after_the_push_server_restarts(
     wait_received(page, 1)
 
     # SIGTERM: streams end (WebSocket: 1001) and waiting polls get 304; then nothing listens.
-    server.stop()
-    wait_problem(page, "request")
-    publish(other, channel, {"type": "test", "n": 2})
-    publish(other, channel, {"type": "test", "n": 3})
-    server = start_server(settings, port=port)
-    received = wait_received(page, 3)
-    assert [item["data"]["n"] for item in received] == [1, 2, 3]
+    server = restart_missing_two(page, start_server, server, other, settings, channel)
 
     publish(other, channel, {"type": "test", "n": 4})
     received = wait_received(page, 4)

@@ -10,15 +10,36 @@ from django.shortcuts import render
 
 from pushserver import signals
 
+from .npm import npm_url
+
 _lock = threading.Lock()
 _seen: list[dict] = []
 
 
 def page(request):
     """A page with jQuery and updates.js; ``?channel=<id>`` also subscribes it as ``main``
-    through ``{% channel_url %}``, as a real page would (``&signed=1``: a signed one)."""
-    context = {"channel": request.GET.get("channel"), "signed": bool(request.GET.get("signed"))}
+    through ``{% channel_url %}``, as a real page would (``&signed=1``: a signed one).
+    ``&jquery=3.7`` loads that jQuery from npm (``tests/browser/npm.py``) instead of the demo's."""
+    jquery = request.GET.get("jquery")
+    context = {
+        "channel": request.GET.get("channel"),
+        "signed": bool(request.GET.get("signed")),
+        "jquery": npm_url("jquery", "dist/jquery.min.js", jquery) if jquery else None,
+    }
     return render(request, "browser/page.html", context)
+
+
+def library_page(request, name):
+    """``browser/lib/<name>``: the page ``templates/browser/<name>.html`` (htmx, Turbo,
+    plain WebSocket / EventSource, nchan's client, pushserver's client), which loads its
+    library from ``/npm/`` (``tests/browser/npm.py``); the query string is its context
+    ``q`` (``?url=`` the subscriber URL, ...)."""
+    return render(request, f"browser/{name}.html", {"q": request.GET})
+
+
+def fragment(request):
+    """An HTML fragment, as a view an htmx page fetches would answer: ``<p>?text</p>``."""
+    return render(request, "browser/fragment.html", {"text": request.GET.get("text", "")})
 
 
 def login(request):

@@ -4,10 +4,13 @@ readers several modules use."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from pushserver.config import LocationConfig, load
 from pushserver.testing import PushServerProcess
 
 SERVER_HEADER = f"pushserver/{__version__}"
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 CORS_ORIGIN = "http://127.0.0.1:8000"
 
@@ -72,7 +76,9 @@ DEFAULT_CORS = {
     "access-control-allow-headers": (
         "If-Modified-Since, If-None-Match, X-Cookie, Last-Event-ID, Cache-Control"
     ),
-    "access-control-expose-headers": "Last-Modified, Etag, Cache-Control, Content-Type",
+    "access-control-expose-headers": (
+        "Last-Modified, Etag, Cache-Control, Content-Type, X-EventSource-Event"
+    ),
     "access-control-allow-credentials": "false",
     "access-control-max-age": "864000",
 }
@@ -161,6 +167,34 @@ class Follower:
         await self.client.aclose()
 
 
+async def asgi_request(
+    app, method: str, target: str, body: bytes = b"", headers: list | None = None
+) -> list[dict]:
+    """One HTTP request to an ASGI ``app`` on the interface a server calls it through
+    (no server, no socket): the events it sent back. ``headers``: (bytes, bytes) pairs
+    besides the body's ``content-length``."""
+    events = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": target,
+        "raw_path": target.encode(),
+        "query_string": b"",
+        "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
+        "client": ("127.0.0.1", 5000),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
 async def assert_still_serving(
     client: httpx.AsyncClient, channel_id: str | None = None, *, subscriber: str = "/subscriber/"
 ) -> None:
@@ -182,10 +216,24 @@ async def assert_still_serving(
     assert (result["poll"].status_code, result["poll"].content) == (200, b"still here")
 
 
-def pushserver_messages(push_server: object) -> list[checks.CheckMessage]:
-    """The system check messages (pushserver's only) for the setting ``push_server``."""
+#: The first-use warnings (no publisher/subscriber location or host): most configurations
+#: under test set no hosts, so :func:`pushserver_messages` leaves these out unless asked.
+FIRST_USE_CHECKS = tuple(f"pushserver.W12{n}" for n in range(5))
+
+
+def pushserver_messages(
+    push_server: object, *, first_use: bool = False, deploy: bool = False
+) -> list[checks.CheckMessage]:
+    """The system check messages (pushserver's only) for the setting ``push_server``;
+    ``first_use`` keeps :data:`FIRST_USE_CHECKS`, ``deploy`` runs the deployment checks
+    too (as ``check --deploy`` and ``runpushserver`` do: the Redis ping)."""
     with override_settings(PUSH_SERVER=push_server):
-        return [m for m in checks.run_checks() if m.id and m.id.startswith("pushserver.")]
+        found = checks.run_checks(include_deployment_checks=deploy)
+    return [
+        m
+        for m in found
+        if m.id and m.id.startswith("pushserver.") and (first_use or m.id not in FIRST_USE_CHECKS)
+    ]
 
 
 def location_for(port: int, path: str = "/passthrough?x=1") -> LocationConfig:
@@ -259,6 +307,39 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def manage(
+    *args: str,
+    settings: str = "tests.project.settings",
+    push_server: object = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m django *args`` in a child process (from the repository root), with
+    ``push_server`` handed to the test settings as ``PUSHSERVER_TEST_CONFIG``; stdout and
+    stderr merged into ``stdout``."""
+    child_env = {**os.environ, **(env or {}), "DJANGO_SETTINGS_MODULE": settings}
+    if push_server is not None:
+        child_env["PUSHSERVER_TEST_CONFIG"] = json.dumps(push_server)
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+#: The demo's settings as the tests run it (example/ on the path, any port).
+DEMO_SETTINGS = "tests.browser.demo_settings"
+
+
+def demo_env(port: int) -> dict[str, str]:
+    """The environment that runs the demo (``example/``) on ``port``."""
+    path = os.pathsep.join([str(ROOT / "example"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {"PUSHSERVER_DEMO_PORT": str(port), "PYTHONPATH": path}
 
 
 def tracked_files(root: Path, under: str = ".") -> list[str]:

@@ -23,6 +23,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
 ROOT_URLCONF = "tests.project.urls"
+ASGI_APPLICATION = "tests.project.asgi.application"
+# daphne's runserver (an ASGI runserver) where a test asks for it: it must come first.
+if os.environ.get("PUSHSERVER_TEST_DAPHNE_RUNSERVER"):
+    INSTALLED_APPS.insert(0, "daphne")
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
+from websockets.asyncio.client import connect as _connect
 
+from pushserver.transports.websocket import PUSHSERVER_V1
 from tests.project.helpers import message_position
 
 
@@ -127,6 +129,13 @@ async def publish(
 async def last_id(client: httpx.AsyncClient, channel: str) -> str:
     response = await client.get(f"/publisher/{channel}", headers={"accept": "application/json"})
     return response.json()["last_message_id"]
+
+
+def connect(uri: str, **kwargs):
+    """``websockets``' client asking for ``pushserver.v1`` (header lines, control frames,
+    commands), unless ``subprotocols`` says otherwise."""
+    kwargs.setdefault("subprotocols", [PUSHSERVER_V1])
+    return _connect(uri, **kwargs)
 
 
 def ws_url(server, path: str) -> str:

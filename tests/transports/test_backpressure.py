@@ -10,14 +10,14 @@ import socket
 
 import anyio
 import pytest
-from websockets.asyncio.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
+from pushserver.transports.websocket import PUSHSERVER_V1
 from tests.conftest import about_transports
 from tests.project.helpers import wait_for_subscribers
-from tests.transports.streams import event_stream, ws_frame
+from tests.transports.streams import connect, event_stream, ws_frame
 
 BUFFER = 8  # retained messages per channel
 QUEUE = 64  # the hub's per-subscriber queue (PushServer's default queue_size)
@@ -193,10 +193,14 @@ class RawWebSocket:
     """A WebSocket client on a plain socket (wsproto does the framing): it reads nothing
     until asked, so the server's writes block, unlike a library that reads ahead."""
 
-    def __init__(self, sock: socket.socket, path: str) -> None:
+    def __init__(
+        self, sock: socket.socket, path: str, subprotocols: tuple[str, ...] = (PUSHSERVER_V1,)
+    ) -> None:
         self.sock = sock
         self.ws = WSConnection(ConnectionType.CLIENT)
-        sock.sendall(self.ws.send(WSRequest(host="t", target=path)))
+        # pushserver.v1 unless told: the tests read its header lines and control frames.
+        request = WSRequest(host="t", target=path, subprotocols=list(subprotocols))
+        sock.sendall(self.ws.send(request))
         self.pending: list = []
         self.close: CloseConnection | None = None
         self._parts: list = []
@@ -277,19 +281,22 @@ async def test_ws_stalled_reader_is_caught_up_through_the_buffer(server, client)
 
 @pytest.mark.anyio
 @about_transports("websocket")
-async def test_ws_stalled_reader_is_closed_with_4408(server, client):
+@pytest.mark.parametrize("offered", [(PUSHSERVER_V1,), ()], ids=["pushserver.v1", "plain"])
+async def test_ws_stalled_reader_is_closed_with_4408(server, client, offered):
+    """In the plain mode too (the body alone, no control frames): the same close code."""
     url = server.url.replace("http://", "ws://")
     sock = stalled_socket(server)
+    channel = f"ws-stuck-{len(offered)}"
     try:
-        slow = RawWebSocket(sock, "/impatient/ws-stuck")
+        slow = RawWebSocket(sock, f"/impatient/{channel}", subprotocols=offered)
         with anyio.fail_after(60):
-            async with connect(url + "/impatient/ws-stuck", max_size=None) as fast:
+            async with connect(url + f"/impatient/{channel}", max_size=None) as fast:
 
                 async def next_message() -> int:
                     return int(ws_frame(await fast.recv())[1][:5])
 
-                await publish_while_fast_reader_keeps_up(client, "ws-stuck", next_message)
-                await wait_for_subscribers(client, "/publisher/ws-stuck", 1)
+                await publish_while_fast_reader_keeps_up(client, channel, next_message)
+                await wait_for_subscribers(client, f"/publisher/{channel}", 1)
             await anyio.to_thread.run_sync(
                 server.wait_for_output,
                 re.escape("WebSocket subscriber 127.0.0.1 stopped reading for 1.0s: disconnected"),
@@ -297,7 +304,11 @@ async def test_ws_stalled_reader_is_closed_with_4408(server, client):
             frames = await anyio.to_thread.run_sync(slow.frames, lambda frame: False)
     finally:
         sock.close()
-    numbers = [entry[1] for entry in ws_sequence(frames)]
+    if offered:
+        numbers = [entry[1] for entry in ws_sequence(frames)]
+    else:  # each frame the published body, byte for byte
+        assert all(frame == numbered(int(frame[:5])) for frame in frames)
+        numbers = [int(frame[:5]) for frame in frames]
     assert numbers == list(range(len(numbers))) and len(numbers) < COUNT
     assert slow.close is not None  # the close frame was queued behind the data
     assert (slow.close.code, slow.close.reason) == (4408, "too slow: stopped reading")

@@ -7,11 +7,10 @@ import json
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import about_transports
-from tests.transports.streams import event_stream, last_id, publish, ws_frame, ws_url
+from tests.transports.streams import connect, event_stream, last_id, publish, ws_frame, ws_url
 
 BUFFER = 4
 

@@ -23,13 +23,12 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pushserver.testing import PushServerProcess
 from tests.conftest import about_transports, transport_params
 from tests.project.helpers import wait_for_subscribers
-from tests.transports.streams import SSEReader, longpoll_id, ws_frame
+from tests.transports.streams import SSEReader, connect, longpoll_id, ws_frame
 
 pytestmark = pytest.mark.anyio
 

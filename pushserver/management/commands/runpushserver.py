@@ -1,5 +1,16 @@
 """``./manage.py runpushserver [addrport] [-6] [--allrequests] [--forcehost HOST]
-[--transport NAME] [--workers N] [--shutdown-timeout SECONDS]``
+[--transport NAME] [--server hypercorn|uvicorn|granian] [--workers N]
+[--shutdown-timeout SECONDS] [--reload|--noreload]``
+
+``--server`` picks the HTTP server for the application :mod:`pushserver.asgi` builds
+(:mod:`pushserver.servers`: what each does with the settings that shape hypercorn).
+
+With ``DEBUG = True`` (or ``--reload``) it restarts itself when a Python module changes, as
+``runserver`` does, through Django's autoreloader: this process watches and a child serves
+(in a thread, the reloader keeping the main one); a change ends the child and a new one
+starts, so channels in a memory store are lost. ``--noreload``, ``DEBUG = False``,
+``--workers N`` (N > 1) or ``--server granian`` (which replaces this process) serve without
+it.
 
 With ``--workers N`` (N > 1) this process binds the port, forks N workers that each serve
 it (on Linux each has its own socket on the port, ``SO_REUSEPORT``, so the kernel spreads
@@ -22,6 +33,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -31,12 +43,13 @@ import anyio
 import django
 import hypercorn
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, SystemCheckError
 from django.core.management.commands.runserver import naiveip_re
 from django.utils.regex_helper import _lazy_re_compile
 
 from pushserver import __version__
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
+from pushserver.servers import SERVERS
 from pushserver.settings import get_config
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
@@ -63,7 +76,9 @@ def _hypercorn_version() -> str:
 
 class Command(BaseCommand):
     help = "Starts a push server."
-    requires_system_checks = "__all__"
+    # As runserver: the checks run where the server runs (once per reload, in the child), and
+    # after the port is bound, so that send_update's host is known (pushserver.W121).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", help="[optional port number, or ipaddr:port]")
@@ -94,6 +109,14 @@ class Command(BaseCommand):
             default="asyncio",
             help="Event loop to run on (default asyncio; uvloop needs the uvloop package).",
         )
+        # -- --server (issue 14): another ASGI server for pushserver.asgi's application --
+        parser.add_argument(
+            "--server",
+            choices=SERVERS,
+            default="hypercorn",
+            help="The HTTP server: hypercorn (embedded, default), or uvicorn or granian "
+            "(extras: pip install 'django-pushserver[uvicorn]').",
+        )
         parser.add_argument(
             "--workers",
             type=int,
@@ -114,6 +137,20 @@ class Command(BaseCommand):
             dest="access_log",
             help="Do not log each request.",
         )
+        parser.add_argument(
+            "--noreload",
+            action="store_false",
+            dest="use_reloader",
+            default=None,
+            help="Do not restart when code changes (the default with DEBUG = False).",
+        )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            dest="use_reloader",
+            help="Restart when code changes (the default with DEBUG = True).",
+        )
+        parser.add_argument("--skip-checks", action="store_true", help="Skip system checks.")
         parser.add_argument(
             "--log-format",
             choices=("text", "json"),
@@ -225,19 +262,12 @@ class Command(BaseCommand):
         return sockets
 
     def build_app(self, options: dict[str, Any], transports: tuple[str, ...]) -> Any:
-        from pushserver.app import PushServer
-        from pushserver.passthrough import presence_factory
-        from pushserver.utils.signing import verify_channel
+        """The application ``pushserver.asgi`` builds, Django as its fallback under
+        ``--allrequests`` (its registration for in-process publishing is serve()'s)."""
+        from pushserver.asgi import build_application
 
         fallback = self.django_application() if options["allrequests"] else None
-        return PushServer(
-            get_config(),
-            fallback=fallback,
-            forcehost=options["forcehost"],
-            presence_factory=presence_factory(fallback),
-            transports=transports,
-            channel_verifier=verify_channel,
-        )
+        return build_application(fallback, forcehost=options["forcehost"], transports=transports)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["forcehost"] and not options["allrequests"]:
@@ -245,37 +275,97 @@ class Command(BaseCommand):
         address, port = self.resolve_address(options)
         transports = self.resolve_transports(options["transports"])
         workers = options["workers"]
+        server = options.get("server") or "hypercorn"
+        self.check_server(server, options)
+        self.server_choice = server
         self.check_workers(workers)
         options["shutdown_timeout"] = self.resolve_shutdown_timeout(options.get("shutdown_timeout"))
         self.configure_logging(options["log_format"])
+        if server == "granian":
+            # granian replaces this process (no reloader): the checks run here first.
+            if not options.get("skip_checks"):
+                self.run_checks()
+            self.exec_granian(address, port, options, transports)
+            return
+        use_reloader = options.get("use_reloader")
+        if use_reloader is None:
+            use_reloader = settings.DEBUG
+        if use_reloader and workers == 1:
+            from django.utils import autoreload
 
+            # The supervisor of --workers needs the main thread (signals), so only a single
+            # server reloads. In the reloader's child the server runs in a thread.
+            autoreload.run_with_reloader(
+                self.run_reloaded, address, port, transports, workers, options
+            )
+        else:
+            self.inner_run(address, port, transports, workers, options)
+
+    def run_reloaded(self, *args: Any) -> None:
+        """:meth:`inner_run` in the autoreloader's child. As runserver: a check error is
+        reported and the reloader keeps watching for the fix; a port that cannot be bound
+        ends the process."""
+        try:
+            self.inner_run(*args)
+        except SystemCheckError as exc:
+            self.stderr.write(str(exc))  # no traceback; the reloader waits for the fix
+        except CommandError as exc:
+            self.stderr.write(str(exc))
+            sys.stderr.flush()
+            os._exit(1)
+
+    def run_checks(self) -> None:
+        """Django's checks, then the ones that touch the network (the Redis ping, a
+        deployment check so that other commands never connect)."""
+        from pushserver.checks import NETWORK_TAG
+
+        self.check()
+        self.check(tags=[NETWORK_TAG], include_deployment_checks=True)
+
+    def inner_run(
+        self,
+        address: str,
+        port: int,
+        transports: tuple[str, ...],
+        workers: int,
+        options: dict[str, Any],
+    ) -> None:
         from pushserver.server import format_host
         from pushserver.utils import updates
 
-        app = self.build_app(options, transports) if workers == 1 else None
         sockets = self.bind_sockets(address, port, workers)
         host = format_host(address, sockets[0].getsockname()[1])
         updates.current_host = host
-
-        # A stop signal arriving from the banner on (a client may act on it at once) waits
-        # until the server listens for it, instead of killing the process mid-start.
-        block_signals = app is not None and hasattr(signal, "pthread_sigmask")
-        if block_signals:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        loop = options["loop"]
-        quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
-        processes = f", {workers} workers" if workers > 1 else ""
-        self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
-        self.stdout.write(
-            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on hypercorn version {_hypercorn_version()} "
-            f"({loop}{processes}), "
-            f"transports: {', '.join(transports)}\n"
-            f"Development push server is running at http://{host}/\n"
-            f"Quit the server with {quit_command}."
-        )
-        self.stdout.flush()
+        block_signals = False
         try:
+            if not options.get("skip_checks"):
+                self.run_checks()
+            app = self.build_app(options, transports) if workers == 1 else None
+
+            # A stop signal arriving from the banner on (a client may act on it at once) waits
+            # until the server listens for it, instead of killing the process mid-start. Only
+            # the main thread receives signals (under the reloader it does not serve).
+            block_signals = (
+                app is not None
+                and hasattr(signal, "pthread_sigmask")
+                and threading.current_thread() is threading.main_thread()
+            )
+            if block_signals:
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            loop = options["loop"]
+            quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
+            processes = f", {workers} workers" if workers > 1 else ""
+            self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
+            self.stdout.write(
+                f"Django version {django.get_version()}, using settings "
+                f"{settings.SETTINGS_MODULE!r}\n"
+                f"Push server version {__version__} on {self.server_version(self.server_choice)} "
+                f"({loop}{processes}), "
+                f"transports: {', '.join(transports)}\n"
+                f"Development push server is running at http://{host}/\n"
+                f"Quit the server with {quit_command}."
+            )
+            self.stdout.flush()
             if app is not None:
                 self.run_server(app, sockets[0], options)
             else:
@@ -286,6 +376,46 @@ class Command(BaseCommand):
             for sock in sockets:
                 sock.close()
             updates.current_host = None
+
+    # -- --server uvicorn|granian ----------------------------------------------------------
+
+    def check_server(self, server: str, options: dict[str, Any]) -> None:
+        from pushserver import servers
+
+        found = servers.problems(server, getattr(settings, "PUSH_SERVER", None), options)
+        if found:
+            raise CommandError("\n".join(found))
+
+    def server_version(self, server: str) -> str:
+        if server == "hypercorn":
+            return f"hypercorn version {_hypercorn_version()}"
+        from pushserver.servers import version
+
+        return f"{server} version {version(server)}"
+
+    def exec_granian(
+        self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
+    ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
+        """Check the port is free, say where it will listen, and become granian."""
+        from pushserver.server import format_host
+        from pushserver.servers import granian_command
+
+        (sock,) = self.bind_sockets(address, port, 1)
+        port = sock.getsockname()[1]
+        sock.close()  # granian binds it itself
+        command, env = granian_command(address, port, options, transports, get_config())
+        host = format_host(address, port)
+        self.stdout.write(
+            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Push server version {__version__} on {self.server_version('granian')}, "
+            f"transports: {', '.join(transports)}\n"
+            f"Development push server is running at http://{host}/\n"
+            f"Quit the server with CONTROL-C."
+        )
+        self.stdout.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], command, env)
 
     def run_server(self, app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
         loop = options["loop"]
@@ -468,7 +598,22 @@ class Command(BaseCommand):
         arriving during startup stops the server as soon as it has started."""
         from pushserver.server import serve
 
+        if self.server_choice == "uvicorn":
+            await self.serve_uvicorn(app, sock, access_log, shutdown_timeout)
+            return
         who = f"worker {os.getpid()}: " if worker else ""
+        if threading.current_thread() is not threading.main_thread():
+            # Under the autoreloader: its main thread handles the signals and ends the
+            # process (a reload, Ctrl-C, SIGTERM), this server with it.
+            await serve(
+                app,
+                sock,
+                access_log=access_log,
+                shutdown_trigger=anyio.sleep_forever,
+                graceful_timeout=shutdown_timeout,
+                log_format=log_format,
+            )
+            return
         # The receiver stays open until serving is over, so that later signals are absorbed
         # (Ctrl-C reaches a whole process group, then a supervisor passes its own on): the
         # shutdown is bounded anyway, and cutting it short would skip closing the stores.
@@ -491,16 +636,47 @@ class Command(BaseCommand):
                 log_format=log_format,
             )
 
+    #: The --server of this run (serve_until_stopped reads it, in workers too).
+    server_choice = "hypercorn"
+
+    async def serve_uvicorn(
+        self, app: Any, sock: socket.socket, access_log: bool, shutdown_timeout: float
+    ) -> None:
+        """uvicorn handles the stop signals itself; pushserver.asgi's first request
+        registers the app for in-process publishing and releases subscribers on a stop."""
+        from pushserver.asgi import _FirstRequest
+        from pushserver.servers import serve_uvicorn
+
+        # uvicorn raises the stop signal again once it has shut down, under the handler it
+        # found: let that be a no-op, so the command returns (exit status 0) as it does
+        # under hypercorn.
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, lambda signum, frame: None)
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # else: under the autoreloader, whose main thread handles the signals; uvicorn
+        # installs none off the main thread.
+        ours = logging.getLogger("pushserver")
+        for name in ("uvicorn.error", "uvicorn.access"):
+            other = logging.getLogger(name)
+            if not other.handlers and ours.handlers:
+                other.handlers = list(ours.handlers)
+                other.propagate = False
+                other.setLevel(logging.INFO)
+        app.first_request = _FirstRequest(app)
+        await serve_uvicorn(
+            app,
+            sock,
+            access_log=access_log,
+            shutdown_timeout=shutdown_timeout,
+            config=get_config(),
+        )
+
     def django_application(self) -> Any:
-        from django.core.asgi import get_asgi_application
+        from pushserver.asgi import django_site
 
-        application = get_asgi_application()
-        if settings.DEBUG and "django.contrib.staticfiles" in settings.INSTALLED_APPS:
-            # Unlike the original, serve static files like runserver does, in DEBUG only.
-            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-            application = ASGIStaticFilesHandler(application)
-        return application
+        return django_site()
 
     def configure_logging(self, log_format: str = "text") -> None:
         logger = logging.getLogger("pushserver")

@@ -673,7 +673,7 @@
         var url = absoluteUrl(id ? withParameter(self.url, 'last_event_id', id) : self.url).replace(/^http/i, 'ws');
         var socket;
         try {
-            socket = new window.WebSocket(url);
+            socket = new window.WebSocket(url, ['pushserver.v1']); // header lines, control frames
         } catch (error) { // a URL WebSocket cannot use
             fallBack(self, 'WebSocket refused the URL: ' + error);
             return;

@@ -1,0 +1,151 @@
+"""``runpushserver --server uvicorn|granian``: the same application and behaviour as under
+the embedded hypercorn, and the startup errors for what a server cannot honour."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import uuid
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from tests.project.helpers import (
+    assert_still_serving,
+    path,
+    position,
+    wait_for_subscribers,
+    worker_pids,
+)
+from tests.test_slowloris import read_until_closed
+
+LOCATIONS = [
+    {"type": "publisher", "prefix": "/publisher/"},
+    {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True},
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["uvicorn", "granian"])
+async def test_serves_pushes_and_pages_and_stops_on_sigterm(push_server_factory, name):
+    pytest.importorskip(name)
+    server = push_server_factory(
+        {"locations": LOCATIONS, "shutdown_timeout": 30},
+        "--allrequests",
+        "--server",
+        name,
+    )
+    assert f"on {name} version" in server.log
+    channel = f"srv-{uuid.uuid4().hex}"
+    result = {}
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+
+        async def poll(key, headers=None):
+            result[key] = await client.get(path("/subscriber/", channel), headers=headers)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll, "first")
+                await wait_for_subscribers(client, path("/publisher/", channel), 1)
+                answer = await client.get(f"/send-update/{channel}")
+            assert answer.json() == {"status": 201, "in_process": True}
+            assert result["first"].json() == {"type": "from-view", "channel": channel}
+            assert (await client.get("/no-such-page")).status_code == 404
+
+            # A held long poll is released at once on SIGTERM (304), well before the
+            # 30 s shutdown timeout, and the server exits with status 0.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll, "held", position(result["first"]))
+                await wait_for_subscribers(client, path("/publisher/", channel), 1)
+                server.process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(server.process.wait)
+    assert result["held"].status_code == 304
+    assert code == 0, server.log
+    assert "Traceback" not in server.log
+
+
+def run(*args, push_server=None):
+    with override_settings(PUSH_SERVER={"locations": LOCATIONS, **(push_server or {})}):
+        call_command("runpushserver", "127.0.0.1:0", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "push_server", "message"),
+    [
+        (
+            ["--server", "uvicorn"],
+            {"client_header_timeout": 10},
+            "PUSH_SERVER['client_header_timeout'] cannot be honoured by uvicorn",
+        ),
+        (
+            ["--server", "granian"],
+            {"client_header_timeout": 90},
+            "granian reads a request head for at most 60 s",
+        ),
+        (["--server", "uvicorn", "--loop", "trio"], {}, "--server uvicorn runs on asyncio only"),
+        (["--server", "granian", "--log-format", "json"], {}, "use --server hypercorn"),
+        (["--server", "granian", "--workers", "2"], {}, "use granian's own workers"),
+    ],
+)
+def test_what_a_server_cannot_honour_is_a_startup_error(args, push_server, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        run(*args, push_server=push_server)
+
+
+@pytest.mark.parametrize(("name", "module"), [("uvicorn", "httptools"), ("granian", "granian")])
+def test_missing_extra_names_the_fix(monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(CommandError, match=rf"pip install 'django-pushserver\[{name}\]'"):
+        run("--server", name)
+
+
+def test_unknown_server_is_refused():
+    with pytest.raises(CommandError, match="invalid choice: 'gunicorn'"):
+        run("--server", "gunicorn")
+
+
+@pytest.mark.anyio
+async def test_uvicorn_workers_share_a_redis_store_and_stop_together(
+    push_server_factory, redis_server
+):
+    pytest.importorskip("uvicorn")
+    config = {"store": redis_server.store(), "locations": LOCATIONS}
+    server = push_server_factory(config, "--workers", "2", "--server", "uvicorn")
+    pids = await worker_pids(server, 2)
+    channel = f"workers-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        published = await client.post(path("/publisher/", channel), content=b"shared")
+        polled = await client.get(path("/subscriber/", channel))
+    assert (published.status_code, polled.content) == (202, b"shared")
+    server.process.send_signal(signal.SIGTERM)
+    with anyio.fail_after(30):
+        code = await anyio.to_thread.run_sync(server.process.wait)
+    assert code == 0, server.log
+    assert server.log.count("Application shutdown complete") == len(pids) == 2
+
+
+@pytest.mark.anyio
+async def test_granian_closes_a_half_sent_head_after_client_header_timeout(push_server_factory):
+    """client_header_timeout reaches granian (--http1-header-read-timeout): a slowloris
+    connection is closed, and serving goes on meanwhile."""
+    pytest.importorskip("granian")
+    server = push_server_factory(
+        {"locations": LOCATIONS, "client_header_timeout": 1}, "--server", "granian"
+    )
+    host, port = server.host.rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        with anyio.fail_after(15):
+            stream = await anyio.connect_tcp(host, int(port))
+            async with stream:
+                await stream.send(b"GET /subscriber/slow HTTP/1.1\r\nHost: t\r\nX-A: ")
+                await assert_still_serving(client)
+                received = await read_until_closed(stream)
+    # Closed by granian without a response to a request it never finished reading (or
+    # with its 408): either way the connection is gone within the bound.
+    assert received == b"" or received.startswith(b"HTTP/1.1 408"), received[:200]
