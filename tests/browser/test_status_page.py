@@ -82,6 +82,7 @@ def last_y(page, selector):
     )
 
 
+@about_transports("eventsource")  # its subscriber elsewhere is an EventSource
 def test_the_charts_move_after_a_publish_burst(start_server, new_page):
     store = {"type": "memory", "memory_limit": 8 * 1024 * 1024}
     server = start_server(

@@ -282,6 +282,7 @@ async def test_plain_mode_sends_the_bodies_alone(server, client, offered):
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_plain_mode_resumes_after_last_event_id(server, client):
     for n in range(3):
         await publish(client, "plain-resume", f"m{n}")
@@ -333,6 +334,7 @@ async def test_plain_mode_keepalive_is_ping_frames(server, offered):
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_nchan_mode_frames_are_nchans(server, client):
     await publish(client, "meta", "hello", x_eventsource_event="greeting")
     await publish(client, "meta", b"\x89PNG", content_type="image/png")
