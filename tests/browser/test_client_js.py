@@ -181,6 +181,7 @@ def test_fallback_when_the_server_refuses_a_transport(page, start_server, served
     )
 
 
+@about_transports("longpoll", "eventsource", "websocket")
 def test_server_back_without_streaming_goes_on_by_long_poll_from_the_same_position(
     page, start_server, redis_server
 ):
