@@ -6,9 +6,10 @@ name installs the wrong package: the docs install from the checkout or a wheel b
 it. This collects every shell line and inline command that runs ``pip install`` (or builds
 the wheel) and runs it the way the page shows it:
 
-* the lines of one fenced block, in order, with a fresh environment "active" (first on
-  ``PATH``; so ``pip`` and ``python3`` are its own), in the copy's root directory; each
-  inline command on its own;
+* the lines of one fenced block up to its last install line, in order, with a fresh
+  environment "active" (first on ``PATH``; so ``pip`` and ``python3`` are its own), in the
+  copy's root directory (the lines after it use what was installed: servers, not installs);
+  each inline command on its own;
 * a step that starts a server (``runpushserver``) runs ``check`` instead, so the demo's
   install is checked too; ``nox -s ...`` steps are left out (their sessions are CI's).
 
@@ -47,8 +48,10 @@ def commands(text: str) -> list[list[str]]:
     for block in FENCE.findall(text):
         lines = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()]
         lines = [line for line in lines if line]
-        if any(INSTALLS.search(line) for line in lines):
-            recipes.append([step for line in lines for step in steps(line)])
+        installing = [n for n, line in enumerate(lines) if INSTALLS.search(line)]
+        if installing:
+            upto = lines[: installing[-1] + 1]
+            recipes.append([step for line in upto for step in steps(line)])
     for inline in INLINE.findall(FENCE.sub("", text)):
         recipes.append(steps(inline))
     return recipes
