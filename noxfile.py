@@ -1,5 +1,14 @@
-"""Sessions: ``nox -s tests`` (the README's test command), the Django-by-store matrix, lint,
-types, docs, bench.
+"""Sessions: ``nox -s tests`` (the README's test command: the whole suite on the newest
+supported pair, Python 3.13 and Django 6.1), the Python x Django x store x transport matrix,
+the suite against an installed wheel, lint, types, docs, bench.
+
+Supported: Python 3.11, 3.12 and 3.13 x Django 5.2, 6.0 and 6.1, except Django 6.x on
+Python 3.11 (Django 6.0 needs 3.12). ``nox -l`` lists every combination.
+
+Interpreters are looked for on ``PATH`` (a ``python3.12`` that runs) and then under
+``~/.pyenv/versions/`` (where this project's machines keep 3.12 and 3.13, off ``PATH``); a
+session whose Python is in neither is skipped with nox's "interpreter not found" message
+(an error under ``CI``, or with ``--error-on-missing-interpreters``).
 
 Every test session installs what the suite needs itself: the package with its ``test``
 extra, and, on a Debian machine where they are missing, ``redis-server`` and ``chromium``
@@ -10,16 +19,79 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.download_python = "never"  # only interpreters found here (module docstring)
 
-PYTHON = "3.11"
-DJANGO_VERSIONS = ["4.2", "5.2"]
+PYTHON = "3.11"  # lint, typecheck, docs, bench
+PYTHONS = ["3.11", "3.12", "3.13"]
+DJANGOS = ["5.2", "6.0", "6.1"]
+NEWEST = ("3.13", "6.1")
+OLDEST = ("3.11", "5.2")
 #: Where the test servers keep their channels (``PUSHSERVER_TEST_STORE``, see tests/conftest.py).
 STORES = ["memory", "redis"]
+#: What the test servers serve (``PUSHSERVER_TEST_TRANSPORT``): every transport, or only one
+#: as ``runpushserver --transport X`` does.
+TRANSPORTS = ["all", "longpoll", "eventsource", "websocket"]
+ROOT = Path(__file__).resolve().parent
+
+
+def _as_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def supported(python: str, django: str) -> bool:
+    """Django 6.0 and later need Python 3.12 or later."""
+    return not (_as_tuple(django) >= (6, 0) and _as_tuple(python) < (3, 12))
+
+
+PAIRS = [(python, django) for python in PYTHONS for django in DJANGOS if supported(python, django)]
+
+
+def _runs(executable: str) -> bool:
+    try:
+        result = subprocess.run([executable, "-c", ""], capture_output=True, timeout=30)
+        return result.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in path.parent.parent.name.split("."))
+
+
+def find_interpreters() -> None:
+    """Make ``pythonX.Y`` found for each supported X.Y: a working one on PATH wins, else the
+    newest ``~/.pyenv/versions/X.Y.*`` (linked from .nox/pythons/, put first on PATH: pyenv's
+    own ``python3.12`` shim on PATH fails unless 3.12 is pyenv's selected version)."""
+    links = ROOT / ".nox" / "pythons"
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = False
+    for version in PYTHONS:
+        name = f"python{version}"
+        on_path = shutil.which(name)
+        if on_path and Path(on_path).parent != links and _runs(on_path):
+            continue
+        candidates = sorted(pyenv.glob(f"{version}.*/bin/{name}"), key=_version_key)
+        candidates = [c for c in candidates if _version_key(c)[-1] >= 0]  # releases only
+        if not candidates:
+            continue  # nox says it is not found and skips the session
+        links.mkdir(parents=True, exist_ok=True)
+        link = links / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(candidates[-1])
+        found = True
+    if found and str(links) not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([str(links), os.environ.get("PATH", "")])
+
+
+find_interpreters()
 
 
 def ensure_system_packages(session: nox.Session) -> None:
@@ -43,48 +115,122 @@ def ensure_system_packages(session: nox.Session) -> None:
 
 def tests_impl(
     session: nox.Session,
-    django: str | None = None,
+    django: str,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
 ) -> None:
     ensure_system_packages(session)
     # uvloop: the bench smoke tests run servers with --loop uvloop; docs: tests/test_docs.py.
-    session.install("-e", ".[test,uvloop,docs]")
-    if django:
-        session.install(f"django~={django}.0")
+    session.install("-e", ".[test,uvloop,docs]", f"django~={django}.0")
     session.run("python", "-m", "pytest", *args, *session.posargs, env=env or {})
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=NEWEST[0])
 def tests(session: nox.Session) -> None:
-    """The whole suite on the newest supported Django."""
-    tests_impl(session)
+    """The whole suite on the newest supported pair: Python 3.13, Django 6.1."""
+    tests_impl(session, NEWEST[1])
 
 
-@nox.session(python=PYTHON)
-@nox.parametrize("django", DJANGO_VERSIONS)
-def tests_django(session: nox.Session, django: str) -> None:
-    """The whole suite on each supported Django LTS."""
-    tests_impl(session, django)
+@nox.session(python=OLDEST[0])
+def tests_oldest(session: nox.Session) -> None:
+    """The whole suite on the oldest supported pair: Python 3.11, Django 5.2 (as the
+    matrix's ``tests_matrix(python='3.11', django='5.2', store='memory', transport='all')``)."""
+    tests_impl(session, OLDEST[1])
 
 
-@nox.session(python=PYTHON)
+@nox.session
+@nox.parametrize("transport", TRANSPORTS)
 @nox.parametrize("store", STORES)
-@nox.parametrize("django", DJANGO_VERSIONS)
-def tests_matrix(session: nox.Session, django: str, store: str) -> None:
-    """The suite on each supported Django, with the test servers on each store.
+@nox.parametrize(["python", "django"], PAIRS)
+def tests_matrix(session: nox.Session, django: str, store: str, transport: str) -> None:
+    """The suite on one supported Python and Django, store and transport.
 
-    ``store='redis'`` runs every test server on a private redis-server
-    (``PUSHSERVER_TEST_STORE=redis``), each with its own key prefix. That cell leaves out
-    tests/backends, which runs both stores in every cell anyway, and the browser tests,
-    whose pages do not depend on the store. Every transport is covered in every cell
-    (tests/transports/test_shared_behaviour.py runs each one), so transports are not an
-    axis. ``nox -s tests_matrix -- tests/transports`` narrows every cell.
+    ``store='memory', transport='all'`` is the whole suite. ``store='redis'`` runs every
+    test server on a private redis-server (``PUSHSERVER_TEST_STORE=redis``), each with its
+    own key prefix, and leaves out tests/backends (which runs both stores in every cell) and
+    the browser tests, whose pages do not depend on the store. A single transport
+    (``PUSHSERVER_TEST_TRANSPORT``) runs the test servers as ``runpushserver --transport X``
+    does and runs the transport tests and the browser pages (tests/transports,
+    tests/browser; on redis tests/transports alone): tests about other transports skip,
+    anything that silently relies on another fails. Arguments after ``--`` replace those
+    paths (``nox -s tests_matrix -- tests/transports`` narrows every cell).
     """
-    args: tuple[str, ...] = ()
+    env = {"PUSHSERVER_TEST_STORE": store}
+    args: list[str] = []
     if store == "redis":
-        args = ("--ignore=tests/backends", "-m", "not browser")
-    tests_impl(session, django, env={"PUSHSERVER_TEST_STORE": store}, args=args)
+        args += ["--ignore=tests/backends", "-m", "not browser"]
+    if transport != "all":
+        env["PUSHSERVER_TEST_TRANSPORT"] = transport
+        if not session.posargs:
+            args += ["tests/transports"]
+            if store == "memory":
+                args += ["tests/browser"]
+    tests_impl(session, django, env=env, args=tuple(args))
+
+
+@nox.session(python=NEWEST[0])
+def build(session: nox.Session) -> None:
+    """The sdist and the wheel in dist/ (``python -m build``: the wheel from the sdist)."""
+    session.install("build")
+    shutil.rmtree(ROOT / "dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(ROOT / "dist"), str(ROOT))
+
+
+#: What tests_wheel leaves out: tests that read the checkout's sources or docs, or install
+#: the checkout (the tutorial's), not the installed package (they run in every other
+#: session), and the benchmark's smoke tests.
+WHEEL_IGNORES = (
+    "tests/test_docs.py",
+    "tests/test_wheel.py",
+    "tests/test_client_types.py",
+    "tests/test_tutorial.py",
+    "tests/test_bench_smoke.py",
+)
+
+
+@nox.session(python=NEWEST[0])
+def tests_wheel(session: nox.Session) -> None:
+    """The server-level tests against the wheel in dist/ installed as a user would (not
+    editable; built by ``nox -s build`` first when there is none).
+
+    pytest runs from a copy of the checkout's tracked files without pushserver/ (in the
+    session's tmp directory), so neither the tests nor the servers they start (whose working
+    directory is that copy, first on ``sys.path``) can import the checkout's package:
+    ``PUSHSERVER_TEST_INSTALLED=1`` makes tests/conftest.py check that.
+    """
+    ensure_system_packages(session)
+    wheels = sorted((ROOT / "dist").glob("django_pushserver-*.whl"))
+    if not wheels:
+        session.notify("build")
+        session.skip("no wheel in dist/: run `nox -s build` first")
+    session.install(f"{wheels[-1]}[test,uvloop,redis]", f"django~={NEWEST[1]}.0")
+    copy = Path(session.create_tmp()) / "checkout"
+    shutil.rmtree(copy, ignore_errors=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if name.startswith("pushserver/") or not (ROOT / name).is_file():
+            continue
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    ignores = [f"--ignore={path}" for path in WHEEL_IGNORES]
+    with session.chdir(copy):
+        session.run(
+            "python", "-m", "pytest", *ignores, *session.posargs,
+            env={"PUSHSERVER_TEST_INSTALLED": "1", "PYTHONPATH": ""},
+        )
+
+
+@nox.session(python=NEWEST[0])
+def install_docs(session: nox.Session) -> None:
+    """Every install command in the README and docs, run as written in a fresh environment
+    each (tests/test_install_docs.py)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "tests/test_install_docs.py", *session.posargs,
+        env={"PUSHSERVER_TEST_INSTALL_DOCS": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

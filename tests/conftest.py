@@ -8,6 +8,12 @@ the first server that needs it), and each server's memory stores become redis st
 their own ``key_prefix``, keeping ``max_messages`` / ``min_messages`` / ``message_timeout``.
 Tests that need the memory store itself are marked ``memory_store``; servers on trio keep
 it too (the redis store runs on asyncio only).
+
+``PUSHSERVER_TEST_TRANSPORT=X`` (longpoll, eventsource or websocket) runs every test server
+as ``runpushserver --transport X`` does, serving only X, with ``PUSH_SERVER['transport']``
+(what ``updates.js`` uses) set to X where the test leaves it out; a server whose test gives
+its own ``--transport`` keeps it. Tests about other transports are marked
+``transports(...)`` and skip; a test or page that silently relies on another transport fails.
 """
 
 import os
@@ -28,6 +34,7 @@ import django  # noqa: E402
 
 django.setup()
 
+import pushserver  # noqa: E402
 from pushserver import signals  # noqa: E402
 from pushserver.testing import PushServerProcess, RedisClusterServers, RedisServer  # noqa: E402
 
@@ -53,10 +60,21 @@ def pytest_configure(config):
         "markers",
         "memory_store: its push servers keep the memory store under PUSHSERVER_TEST_STORE=redis",
     )
+    configure_transport(config)
+    if os.environ.get("PUSHSERVER_TEST_INSTALLED") and ROOT in Path(pushserver.__file__).parents:
+        # nox -s tests_wheel: the tests are to run against the installed wheel.
+        raise pytest.UsageError(
+            f"PUSHSERVER_TEST_INSTALLED is set but pushserver comes from the checkout "
+            f"({pushserver.__file__}): run the tests from a copy without pushserver/"
+        )
 
 
 def pytest_report_header(config):
-    return f"pushserver test store: {TEST_STORE}"
+    return [
+        f"pushserver test store: {TEST_STORE}",
+        f"pushserver test transport: {TEST_TRANSPORT or 'all'}",
+        f"pushserver imported from: {Path(pushserver.__file__).parent}",
+    ]
 
 
 _current_item: pytest.Item | None = None
@@ -132,6 +150,76 @@ def _test_store(tmp_path_factory):
         patch.setattr(PushServerProcess, "start", start)
         yield
     stores.stop()
+
+
+# -- PUSHSERVER_TEST_TRANSPORT (see the module docstring) ------------------------------------
+
+TRANSPORTS = ("longpoll", "eventsource", "websocket")
+#: The one transport every test server serves (``PUSHSERVER_TEST_TRANSPORT``); None: all.
+TEST_TRANSPORT = os.environ.get("PUSHSERVER_TEST_TRANSPORT") or None
+
+
+def configure_transport(config: pytest.Config) -> None:
+    if TEST_TRANSPORT is not None and TEST_TRANSPORT not in TRANSPORTS:
+        raise pytest.UsageError(
+            f"PUSHSERVER_TEST_TRANSPORT={TEST_TRANSPORT!r}: use one of {', '.join(TRANSPORTS)}"
+        )
+    config.addinivalue_line(
+        "markers",
+        "transports(*names): the test is about these transports (longpoll, eventsource, "
+        "websocket); under PUSHSERVER_TEST_TRANSPORT=X it is skipped unless it names only X",
+    )
+
+
+def about_transports(*names: str) -> pytest.MarkDecorator:
+    """``transports(*names)``, checked: a misspelt name would skip a test everywhere."""
+    unknown = set(names) - set(TRANSPORTS)
+    assert names and not unknown, f"unknown transports {unknown}"
+    return pytest.mark.transports(*names)
+
+
+def transport_params(*names: str, served: Mapping[str, str] | None = None) -> list:
+    """Parameters, one per transport name, each marked ``transports`` with the name the
+    server knows it by (``served`` maps a test's own names to those)."""
+    served = served or {}
+    return [
+        pytest.param(name, marks=about_transports(served.get(name, name)), id=name)
+        for name in names
+    ]
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_TRANSPORT is None:
+        return
+    for item in items:
+        about = {name for mark in item.iter_markers("transports") for name in mark.args}
+        if about and about != {TEST_TRANSPORT}:
+            reason = f"about {', '.join(sorted(about))}: the servers serve only {TEST_TRANSPORT}"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _gives_transport(args: list[str]) -> bool:
+    return any(arg == "--transport" or arg.startswith("--transport=") for arg in args)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_transport():
+    """Under ``PUSHSERVER_TEST_TRANSPORT=X``, every PushServerProcess serves only X."""
+    if TEST_TRANSPORT is None:
+        yield
+        return
+    original_start = PushServerProcess.start
+
+    def start(self: PushServerProcess) -> PushServerProcess:
+        if not _gives_transport(self.args):
+            self.args = [*self.args, "--transport", TEST_TRANSPORT]
+            if isinstance(self.push_server, Mapping) and "transport" not in self.push_server:
+                self.push_server = {**self.push_server, "transport": TEST_TRANSPORT}
+        return original_start(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PushServerProcess, "start", start)
+        yield
 
 
 @pytest.fixture

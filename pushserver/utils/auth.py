@@ -19,16 +19,9 @@ from importlib import import_module
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import aget_user as _aget_user
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
-
-try:
-    from django.contrib.auth import aget_user as _aget_user  # Django 5.0+
-except ImportError:  # Django 4.2: the sync get_user (session and database) in a thread
-    from asgiref.sync import sync_to_async
-    from django.contrib.auth import get_user
-
-    _aget_user = sync_to_async(get_user)
 
 
 async def aget_user(request: Any) -> Any:

@@ -17,3 +17,8 @@ PUSH_SERVER = {
         for location in PUSH_SERVER["locations"]
     ],
 }
+
+# A transport cell of the matrix (PUSHSERVER_TEST_TRANSPORT=X, tests/conftest.py) serves only
+# X, as `runpushserver --transport X`; the demo's page is set to speak X, as a site would be.
+if os.environ.get("PUSHSERVER_TEST_TRANSPORT"):
+    PUSH_SERVER["transport"] = os.environ["PUSHSERVER_TEST_TRANSPORT"]

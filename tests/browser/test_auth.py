@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import about_transports, transport_params
+
 from .conftest import PUBLISHER, flush_events, publish, subscriber, wait_problem, wait_received
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.parametrize("mode", ["longpoll", "eventsource", "websocket"])
+@pytest.mark.parametrize("mode", transport_params("longpoll", "eventsource", "websocket"))
 def test_signed_channel_url_page(new_page, start_server, mode):
     server = start_server(
         {"transport": mode, "locations": [PUBLISHER, subscriber("/private/", signed=True)]}
@@ -39,6 +41,7 @@ def test_signed_channel_url_page(new_page, start_server, mode):
     assert signed.errors == guessed.errors == []
 
 
+@about_transports("websocket", "longpoll")
 def test_signed_url_survives_the_fallback_to_long_polling(page, start_server):
     """The page asks for WebSocket, the location refuses it (4403): updates.js falls back to
     long polling on the same URL, signature included, and receives."""

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports, transport_params
 
 from .conftest import WAIT, cors_config, publish, start_cross_origin, wait_subscribers
 
@@ -37,7 +38,12 @@ def start(page, url, **options):
 
 @pytest.mark.parametrize(
     ("transport", "module"),
-    [("websocket", False), ("eventsource", False), ("longpoll", False), ("websocket", True)],
+    [
+        pytest.param(transport, module, marks=about_transports(transport))
+        for transport, module in [
+            ("websocket", False), ("eventsource", False), ("longpoll", False), ("websocket", True)
+        ]
+    ],
 )
 def test_delivery_in_order_several_channels_subscribe_unsubscribe_delete(
     page, server, transport, module
@@ -95,7 +101,7 @@ def test_delivery_in_order_several_channels_subscribe_unsubscribe_delete(
     assert page.errors == []
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", transport_params(*TRANSPORTS))
 def test_gap_after_falling_behind_and_resume_across_a_reload(page, server, transport):
     """The buffer keeps 3 messages. The page reads one, is reloaded while 4 more are
     published, and resumes from sessionStorage: a gap (streaming transports), then the 3
@@ -122,7 +128,7 @@ def test_gap_after_falling_behind_and_resume_across_a_reload(page, server, trans
     assert page.evaluate("window.problems") == []
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", transport_params(*TRANSPORTS))
 def test_resume_after_the_server_restarts(page, start_server, redis_server, transport):
     port = free_port()
     site = f"http://localhost:{port}"
@@ -155,6 +161,7 @@ def test_resume_after_the_server_restarts(page, start_server, redis_server, tran
         (["longpoll"], ["websocket", "eventsource", "longpoll"]),
     ],
 )
+@about_transports("longpoll", "eventsource", "websocket")
 def test_fallback_when_the_server_refuses_a_transport(page, start_server, served, expected):
     port = free_port()
     site = f"http://localhost:{port}"
@@ -174,6 +181,7 @@ def test_fallback_when_the_server_refuses_a_transport(page, start_server, served
     )
 
 
+@about_transports("longpoll", "eventsource", "websocket")
 def test_server_back_without_streaming_goes_on_by_long_poll_from_the_same_position(
     page, start_server, redis_server
 ):
@@ -232,6 +240,7 @@ def test_backoff_grows_with_jitter_up_to_the_cap(page, server):
 
 
 @pytest.mark.parametrize("module", [False, True], ids=["script", "module"])
+@about_transports("longpoll", "eventsource", "websocket")
 def test_the_tag_carries_the_transport_from_settings(page, start_server, module):
     """``{% pushserver_client %}`` with ``PUSH_SERVER['transport']`` and no ``transport``
     option: the client starts with the setting's, read from its own script tag or, loaded

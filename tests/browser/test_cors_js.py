@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports
 
 from .conftest import PUBLISHER, publish, subscriber
 
@@ -55,6 +56,7 @@ def servers(start_server):
     return push, allowed, other
 
 
+@about_transports("longpoll", "websocket")  # fetch() long-polls, and a WebSocket
 def test_allowed_origin_reads_and_another_cannot(servers, page, new_page):
     push, allowed, other = servers
     publish(push, "news", "hello", content_type="text/plain")

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports
 from tests.project.helpers import DEMO_SETTINGS, demo_env, manage
 
 pytestmark = pytest.mark.browser
@@ -96,6 +97,7 @@ def wait_connections(server, transport, timeout=10.0):
         time.sleep(0.02)  # the poll interval, so the loop does not hog the shared CPUs
 
 
+@about_transports("longpoll", "eventsource", "websocket")
 def test_the_transport_switch(new_page, start_server):
     """Each transport chosen with the switch receives; the updates come from
     `./manage.py shell`, as a developer would try them."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import about_transports, transport_params
+
 from .conftest import WAIT, publish, start_cross_origin, wait_subscribers
 
 pytestmark = pytest.mark.browser
@@ -40,6 +42,7 @@ def wait_count(page, selector, count):
     )
 
 
+@about_transports("eventsource")
 def test_htmx_sse_swaps_fragments_and_reacts_to_named_events(npm, page, server):
     push, _ = server
     page.goto(f"{push.url}/browser/lib/htmx?sse=/subscriber/htmx-sse")
@@ -60,7 +63,9 @@ def test_htmx_sse_swaps_fragments_and_reacts_to_named_events(npm, page, server):
     assert page.errors == []
 
 
-@pytest.mark.parametrize("scheme", ["http", "ws"])
+@pytest.mark.parametrize(
+    "scheme", transport_params("http", "ws", served={"http": "eventsource", "ws": "websocket"})
+)
 def test_turbo_stream_source_cross_origin(npm, page, server, scheme):
     """``http://``: Turbo opens an EventSource; ``ws://``: a plain WebSocket."""
     push, site = server
@@ -89,6 +94,7 @@ def test_turbo_stream_source_cross_origin(npm, page, server, scheme):
     assert page.errors == []
 
 
+@about_transports("websocket")
 def test_htmx_ws_swaps_plain_frames_cross_origin(npm, page, server):
     """htmx's WS extension, no subprotocol: each frame is the published body alone, which
     htmx swaps as HTML; a JSON body with ``content`` (and ``target``) is swapped as well."""

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports, transport_params
 
 from .conftest import (
     WAIT,
@@ -36,7 +37,13 @@ def wait_received(page, count):
     return page.evaluate("window.received")
 
 
-@pytest.mark.parametrize("client", ["plainWebSocket", "plainEventSource"])
+@pytest.mark.parametrize(
+    "client",
+    transport_params(
+        "plainWebSocket", "plainEventSource",
+        served={"plainWebSocket": "websocket", "plainEventSource": "eventsource"},
+    ),
+)
 def test_plain_pages_get_the_bare_json_body(page, server, client):
     push, site = server
     channel = f"bare-{client}"
@@ -56,6 +63,7 @@ def test_plain_pages_get_the_bare_json_body(page, server, client):
     assert page.errors == []
 
 
+@about_transports("websocket")
 def test_plain_websocket_resuming_past_the_buffer_is_closed_4416(page, server):
     push, site = server
     channel = "bare-gap"
@@ -73,7 +81,11 @@ def test_plain_websocket_resuming_past_the_buffer_is_closed_4416(page, server):
 
 @pytest.mark.parametrize(
     ("client", "transport"),
-    [("nchan", "websocket"), ("nchan", "eventsource"), ("plainEventSource", None)],
+    [
+        pytest.param("nchan", "websocket", marks=about_transports("websocket")),
+        pytest.param("nchan", "eventsource", marks=about_transports("eventsource")),
+        pytest.param("plainEventSource", None, marks=about_transports("eventsource")),
+    ],
 )
 def test_in_order_and_after_a_restart(npm, page, start_server, redis_server, client, transport):
     """nchan's client over each of its transports, and a plain EventSource (which resumes

@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from pushserver.status import status_token
+from tests.conftest import about_transports
 
 from .conftest import PUBLISHER, WAIT, publish, subscriber
 
@@ -24,6 +25,7 @@ def connections(page, column):
     return page.locator("#connections tr").nth(1).locator("td").nth(column)
 
 
+@about_transports("eventsource")  # its subscriber elsewhere is an EventSource
 def test_the_status_page_updates_live(start_server, new_page):
     server = start_server({"locations": [PUBLISHER, subscriber(), STATUS]}, allrequests=False)
     page = new_page()
@@ -80,6 +82,7 @@ def last_y(page, selector):
     )
 
 
+@about_transports("eventsource")  # its subscriber elsewhere is an EventSource
 def test_the_charts_move_after_a_publish_burst(start_server, new_page):
     store = {"type": "memory", "memory_limit": 8 * 1024 * 1024}
     server = start_server(

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports, transport_params
 
 from .conftest import (
     PUBLISHER,
@@ -76,7 +77,7 @@ def fast_retries(page):
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", transport_params(*MODES))
 def test_each_mode_delivers_in_order_and_dispatches_by_type(page, start_server, mode):
     """The page has no JavaScript of its own for the mode: ``{% pushserver_script %}``
     carries ``PUSH_SERVER['transport']``, and Chromium shows which connections it made."""
@@ -132,7 +133,7 @@ def test_each_mode_delivers_in_order_and_dispatches_by_type(page, start_server, 
     assert page.errors == []
 
 
-@pytest.mark.parametrize("mode", STREAMING)
+@pytest.mark.parametrize("mode", transport_params(*STREAMING))
 def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server, mode):
     """Set by the page this time; a new connection resumes with ``?last_event_id=``, a
     compound one for a URL naming two channels."""
@@ -192,7 +193,7 @@ def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server, 
     assert to_b[0] is None and positions(to_b[1]) == [b_id, c_id]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", transport_params(*MODES))
 def test_resumes_without_loss_after_the_push_server_restarts(
     page, start_server, redis_server, mode
 ):
@@ -217,7 +218,7 @@ def test_resumes_without_loss_after_the_push_server_restarts(
     assert page.errors == []
 
 
-@pytest.mark.parametrize("mode", STREAMING)
+@pytest.mark.parametrize("mode", transport_params(*STREAMING))
 def test_falls_back_to_long_polling_where_the_server_refuses_the_mode(
     page, start_server, redis_server, mode
 ):
@@ -258,7 +259,7 @@ def test_falls_back_to_long_polling_where_the_server_refuses_the_mode(
     assert page.errors == []
 
 
-@pytest.mark.parametrize("mode", STREAMING)
+@pytest.mark.parametrize("mode", transport_params(*STREAMING))
 def test_named_events_gaps_and_deletion(page, start_server, mode):
     server = start_server(config(store={"type": "memory", "max_messages": 2}))
     page.goto(f"{server.url}/browser/page")
@@ -299,6 +300,7 @@ def test_named_events_gaps_and_deletion(page, start_server, mode):
     assert page.errors == []
 
 
+@about_transports("longpoll", "eventsource", "websocket")
 def test_a_channel_keeps_its_position_across_transports(page, start_server):
     """Unsubscribed, then subscribed again under another ``$.updates.transport``: each
     transport goes on exactly after the last message of the one before."""

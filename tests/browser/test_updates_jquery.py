@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import transport_params
 
 from .conftest import (
     cors_config,
@@ -33,7 +34,7 @@ def server(start_module_server):
     return start_cross_origin(start_module_server)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", transport_params(*MODES))
 @pytest.mark.parametrize("jquery", JQUERIES)
 def test_updates_js_on_each_jquery(npm, page, server, jquery, mode):
     push, site = server
@@ -71,7 +72,7 @@ def test_updates_js_on_each_jquery(npm, page, server, jquery, mode):
     assert page.errors == []
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", transport_params(*MODES))
 def test_cross_origin_resume_after_a_restart_and_gap(page, start_server, redis_server, mode):
     """Cross-origin with credentials, in each mode: the page resumes exactly after its last
     message when its push server restarts (the other one, on the same Redis, publishes while

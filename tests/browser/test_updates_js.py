@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from pushserver.testing import free_port
+from tests.conftest import about_transports
 
 from .conftest import (
     PUBLISHER,
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.browser
 CONFIG = {"locations": [PUBLISHER, subscriber()]}
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_receives_published_updates_in_order(page, start_server):
     server = start_server(CONFIG)
     polls = []
@@ -137,6 +139,7 @@ def test_a_processor_error_reaches_window_onerror_without_on_error(page, start_s
     assert len(wait_received(page, 1)) == 1
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_messages_that_are_not_json_objects_are_reported_once_and_skipped(page, start_server):
     server = start_server(CONFIG)
     polls = []
@@ -193,6 +196,7 @@ def test_unsubscribe_stops_delivery_and_resubscribe_resumes(page, start_server):
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_backoff_after_errors_grows_with_jitter_up_to_the_cap(page, start_server):
     server = start_server(CONFIG)
     nobody = f"http://127.0.0.1:{free_port()}/subscriber/gone"  # refused: nothing listens there
@@ -205,8 +209,13 @@ def test_backoff_after_errors_grows_with_jitter_up_to_the_cap(page, start_server
         });
         $.extend($.updates.options, {retryDelay: 100, maxRetryDelay: 400, jitter: 0.5});
         $.updates.subscribe({'gone': url});
-        await new Promise(function (resolve) {
-            (function check() { starts.length >= 8 ? resolve() : setTimeout(check, 20); })();
+        var deadline = performance.now() + 30000;  // fail, not hang, if no poll starts
+        await new Promise(function (resolve, reject) {
+            (function check() {
+                if (starts.length >= 8) { resolve(); }
+                else if (performance.now() > deadline) { reject(new Error(starts.length)); }
+                else { setTimeout(check, 20); }
+            })();
         });
         $.updates.unsubscribe('gone');
         return starts;
@@ -252,6 +261,7 @@ def test_the_page_recovers_after_the_push_server_restarts(page, start_server):
     assert page.errors == []
 
 
+@about_transports("longpoll")  # it reads the page's long polls
 def test_cross_origin_page_and_push_server_with_credentials(page, start_server):
     """The documented production shape: pages from Django on one port, the push server on
     another, ``allow_origin`` = the pages' origin and ``allow_credentials``."""
@@ -285,6 +295,7 @@ def test_cross_origin_page_and_push_server_with_credentials(page, start_server):
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # the problem long-poll reports
 def test_cross_origin_is_refused_for_an_origin_not_allowed(page, start_server):
     push = start_server(
         {
@@ -371,6 +382,7 @@ def test_passthrough_signals_see_the_logged_in_user(new_page, start_server, tmp_
     assert anonymous.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_server):
     server = start_server({"locations": [PUBLISHER, subscriber(timeout=0.3)]})
     page.goto(f"{server.url}/browser/page")
@@ -402,6 +414,7 @@ def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_
     assert page.evaluate("window.problems") == []
 
 
+@about_transports("longpoll")  # jQuery's ajax: long polls
 def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
     server = start_server(CONFIG)
     page.goto(f"{server.url}/browser/page")
@@ -433,6 +446,7 @@ def test_long_polls_leave_the_pages_own_jquery_alone(page, start_server):
         "$.updates.transport = 'eventsource'; window.EventSource = undefined;",
     ],
 )
+@about_transports("longpoll")
 def test_an_unavailable_transport_falls_back_to_long_polling(page, start_server, setup):
     server = start_server(CONFIG)
     page.goto(f"{server.url}/browser/page")

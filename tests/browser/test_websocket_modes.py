@@ -8,9 +8,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.conftest import about_transports
+
 from .conftest import PUBLISHER, publish, subscriber
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, about_transports("websocket")]
 
 PLAIN = """
 ([url, count]) => new Promise((resolve, reject) => {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -339,3 +340,26 @@ def demo_env(port: int) -> dict[str, str]:
     """The environment that runs the demo (``example/``) on ``port``."""
     path = os.pathsep.join([str(ROOT / "example"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     return {"PUSHSERVER_DEMO_PORT": str(port), "PYTHONPATH": path}
+
+
+def tracked_files(root: Path, under: str = ".") -> list[str]:
+    """``git ls-files`` of the checkout at ``root`` (skips the test outside a git checkout)."""
+    import pytest
+
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs a git checkout (git ls-files) of the project")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", under], cwd=root, capture_output=True, check=True,
+        timeout=60,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name]
+
+
+def copy_tracked(root: Path, destination: Path) -> Path:
+    """The tracked files of ``root`` (present in its work tree) copied to ``destination``:
+    what a clean clone has."""
+    for name in tracked_files(root):
+        if (root / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, destination / name)
+    return destination

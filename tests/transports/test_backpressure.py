@@ -15,6 +15,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Text
 from wsproto.events import Request as WSRequest
 
 from pushserver.transports.websocket import PUSHSERVER_V1
+from tests.conftest import about_transports
 from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import connect, event_stream, ws_frame
 
@@ -133,6 +134,7 @@ async def publish_while_fast_reader_keeps_up(client, channel: str, next_message)
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_stalled_reader_is_caught_up_through_the_buffer(server, client):
     sock = stalled_socket(server)
     try:
@@ -159,6 +161,7 @@ async def test_sse_stalled_reader_is_caught_up_through_the_buffer(server, client
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_stalled_reader_is_disconnected_after_send_timeout(server, client):
     sock = stalled_socket(server)
     try:
@@ -257,6 +260,7 @@ def is_last(frame) -> bool:
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 async def test_ws_stalled_reader_is_caught_up_through_the_buffer(server, client):
     url = server.url.replace("http://", "ws://")
     sock = stalled_socket(server)
@@ -276,6 +280,7 @@ async def test_ws_stalled_reader_is_caught_up_through_the_buffer(server, client)
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 @pytest.mark.parametrize("offered", [(PUSHSERVER_V1,), ()], ids=["pushserver.v1", "plain"])
 async def test_ws_stalled_reader_is_closed_with_4408(server, client, offered):
     """In the plain mode too (the body alone, no control frames): the same close code."""

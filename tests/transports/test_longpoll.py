@@ -9,6 +9,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.conftest import about_transports
 from tests.project.helpers import (
     CORS_ORIGIN,
     DEFAULT_CORS,
@@ -21,7 +22,7 @@ from tests.project.helpers import (
     wait_for_subscribers,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, about_transports("longpoll")]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EPOCH = "Thu, 1 Jan 1970 00:00:00 GMT"

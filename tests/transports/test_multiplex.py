@@ -9,6 +9,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import about_transports
 from tests.transports.streams import connect, event_stream, last_id, publish, ws_frame, ws_url
 
 BUFFER = 4
@@ -35,6 +36,7 @@ async def recv_json(ws):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_multiplexed_compound_ids(client):
     with anyio.fail_after(10):
         async with event_stream(client, "/subscriber/mx-a,mx-b") as stream:
@@ -53,6 +55,7 @@ async def test_sse_multiplexed_compound_ids(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_multiplexed_resume_covers_every_channel(client):
     await publish(client, "rs-a", "a0")
     a0 = await last_id(client, "rs-a")
@@ -84,6 +87,7 @@ async def test_sse_multiplexed_resume_covers_every_channel(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_gap_on_one_channel_of_several(client):
     await publish(client, "gp-a", "a0")
     a0 = await last_id(client, "gp-a")
@@ -104,6 +108,7 @@ async def test_sse_gap_on_one_channel_of_several(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_sse_deleting_one_channel_keeps_the_others(client):
     for channel in ("dl-a", "dl-b"):
         assert (await client.put(f"/publisher/{channel}")).status_code == 200
@@ -122,6 +127,7 @@ async def test_sse_deleting_one_channel_keeps_the_others(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource")
 async def test_channel_list_limits_and_escapes(client):
     sse = {"accept": "text/event-stream"}
     many = ",".join(f"lim{n}" for n in range(256))
@@ -149,6 +155,7 @@ async def test_channel_list_limits_and_escapes(client):
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 async def test_ws_multiplexed_frames_and_compound_resume(server, client):
     await publish(client, "wm-a", "a0")
     await publish(client, "wm-b", "b0")
@@ -171,6 +178,7 @@ async def test_ws_multiplexed_frames_and_compound_resume(server, client):
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 async def test_ws_subscribe_and_unsubscribe_on_the_open_connection(server, client):
     await publish(client, "dyn-b", "b0")
     with anyio.fail_after(10):
@@ -208,6 +216,7 @@ async def test_ws_subscribe_and_unsubscribe_on_the_open_connection(server, clien
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 async def test_ws_subscribe_refusals(server, client):
     assert (await client.put("/publisher/sr-base")).status_code == 200
     with anyio.fail_after(20):
@@ -229,6 +238,7 @@ async def test_ws_subscribe_refusals(server, client):
 
 
 @pytest.mark.anyio
+@about_transports("websocket")
 async def test_ws_deleting_one_channel_keeps_the_connection(server, client):
     for channel in ("wd-a", "wd-b"):
         assert (await client.put(f"/publisher/{channel}")).status_code == 200
@@ -249,6 +259,7 @@ async def test_ws_deleting_one_channel_keeps_the_connection(server, client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource", "websocket")
 async def test_passthrough_presence_for_streams(push_server_factory, free_tcp_port):
     """Each channel of an event stream or WebSocket is reported subscribed while it is
     streamed and unsubscribed after, dynamic WebSocket channels included."""

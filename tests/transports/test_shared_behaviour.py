@@ -26,6 +26,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from pushserver.testing import PushServerProcess
+from tests.conftest import about_transports, transport_params
 from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import SSEReader, connect, longpoll_id, ws_frame
 
@@ -58,6 +59,8 @@ CONFIG = {
 TRANSPORTS = ("longpoll", "sse", "websocket")
 STREAMING = ("sse", "websocket")
 NOTHING_YET = "0:-1"  # a multiplexed position for a channel with nothing delivered
+#: The server's name (``runpushserver --transport``) of each adapter's transport.
+SERVED = {"longpoll": "longpoll", "sse": "eventsource", "websocket": "websocket"}
 
 
 CLIENT_TIMEOUT = TIMEOUT
@@ -248,7 +251,7 @@ ADAPTERS: dict[str, type[Subscriber]] = {
 }
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(params=transport_params(*TRANSPORTS, served=SERVED))
 def transport(request):
     return request.param
 
@@ -386,7 +389,7 @@ def bodies_by_channel(sequence: list[str]) -> dict[str, list[str]]:
     return channels
 
 
-@pytest.mark.parametrize("transport", STREAMING)
+@pytest.mark.parametrize("transport", transport_params(*STREAMING, served=SERVED))
 async def test_multiplexed_order_and_resume(client, subscribe, transport, channel):
     """One stream on two channels: each channel's messages in order, each with its channel;
     the compound position resumes exactly after the third.
@@ -414,6 +417,7 @@ async def test_multiplexed_order_and_resume(client, subscribe, transport, channe
     assert (live.channel, live.body) == (b, "m6")
 
 
+@about_transports("longpoll")
 async def test_long_poll_does_not_multiplex(client, subscribe, channel):
     """On long-poll ``a,b`` is one channel of that name, not ``a`` and ``b``."""
     a, b = f"{channel}-a", f"{channel}-b"
@@ -425,6 +429,7 @@ async def test_long_poll_does_not_multiplex(client, subscribe, channel):
     assert (got.channel, got.body) == (f"{a},{b}", "m1")
 
 
+@about_transports(*SERVED.values())
 @pytest.mark.parametrize("order", list(itertools.permutations(TRANSPORTS)), ids="-".join)
 async def test_moving_between_transports(client, subscribe, channel, order):
     """Read some with one transport, carry on from its last id with the next: the ids are
@@ -445,6 +450,7 @@ async def test_moving_between_transports(client, subscribe, channel, order):
     assert got[-1].id == await last_id(client, channel)
 
 
+@about_transports("eventsource", "websocket")
 @pytest.mark.parametrize("order", [STREAMING, STREAMING[::-1]], ids="-".join)
 async def test_compound_position_moves_between_streams(client, subscribe, channel, order):
     """A multiplexed position from an event stream resumes a WebSocket, and back."""

@@ -8,7 +8,10 @@ import anyio
 import httpx
 import pytest
 
+from tests.conftest import about_transports
 from tests.transports.streams import event_stream, last_id, longpoll_id, publish
+
+pytestmark = about_transports("eventsource")
 
 BUFFER = 4  # messages each channel retains: the gap test outruns it
 
@@ -63,6 +66,7 @@ async def test_headers_and_opening(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource", "longpoll")
 async def test_messages_in_order_with_long_poll_ids(client):
     await publish(client, "order", "first")
     await publish(client, "order", "two\nlines\r\nand\rthree", x_eventsource_event="tick")
@@ -191,6 +195,7 @@ async def test_binary_body_is_sent_as_text(client):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource", "longpoll")
 async def test_location_without_eventsource_serves_long_poll(client):
     await publish(client, "polled", "hello")
     response = await client.get("/polls/polled", headers={"accept": "text/event-stream"})

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from pushserver.transports.websocket import NCHAN_META, PUSHSERVER_V1
+from tests.conftest import about_transports
 from tests.transports.streams import (
     closed_with,
     connect,
@@ -20,6 +21,8 @@ from tests.transports.streams import (
     ws_frame,
     ws_url,
 )
+
+pytestmark = about_transports("websocket")
 
 BUFFER = 4
 
@@ -53,6 +56,7 @@ CONFIG = {
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_text_and_binary_frames(server, client):
     await publish(client, "frames", "hello", x_eventsource_event="greeting")
     await publish(client, "frames", '{"a": 1}', content_type="application/json; charset=utf-8")
@@ -231,6 +235,7 @@ async def test_server_shutdown_closes_with_1001(push_server_factory, offered):
 
 
 @pytest.mark.anyio
+@about_transports("eventsource", "websocket")
 async def test_event_streams_and_websockets_on_trio(push_server_factory):
     from tests.transports.streams import event_stream
 
@@ -277,6 +282,7 @@ async def test_plain_mode_sends_the_bodies_alone(server, client, offered):
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_plain_mode_resumes_after_last_event_id(server, client):
     for n in range(3):
         await publish(client, "plain-resume", f"m{n}")
@@ -328,6 +334,7 @@ async def test_plain_mode_keepalive_is_ping_frames(server, offered):
 
 
 @pytest.mark.anyio
+@about_transports("websocket", "longpoll")
 async def test_nchan_mode_frames_are_nchans(server, client):
     await publish(client, "meta", "hello", x_eventsource_event="greeting")
     await publish(client, "meta", b"\x89PNG", content_type="image/png")
