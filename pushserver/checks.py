@@ -93,7 +93,7 @@ def _check_backends() -> list[checks.CheckMessage]:
             backend_class(store.type)
         except ImportError as exc:
             hint = (
-                "Install the extra: pip install 'django-pushserver[redis]'."
+                "Install redis-py: pip install 'redis>=5' (the [redis] extra)."
                 if store.type == "redis"
                 else "Check the dotted path and that the package is installed."
             )

@@ -27,6 +27,9 @@ from typing import Any
 SERVERS = ("hypercorn", "uvicorn", "granian")
 #: The import each extra needs, and the extra that installs it.
 _NEEDS = {"uvicorn": ("uvicorn", "httptools"), "granian": ("granian",)}
+#: What to install for each: the packages of the extra by name, since PyPI's
+#: ``django-pushserver`` is the 2014 release (docs/index.md#install).
+_INSTALL = {"uvicorn": "pip install uvicorn httptools uvloop", "granian": "pip install granian"}
 #: granian's largest header read timeout, in seconds.
 GRANIAN_MAX_HEADER_TIMEOUT = 60
 #: Environment variable carrying runpushserver's options to the application granian loads.
@@ -44,7 +47,7 @@ def problems(server: str, raw_settings: Any, options: dict[str, Any]) -> list[st
         except ImportError:
             found.append(
                 f"--server {server} needs the {module!r} package: "
-                f"pip install 'django-pushserver[{server}]'"
+                f"{_INSTALL[server]} (the [{server}] extra)"
             )
             break
     if options.get("loop") == "trio":

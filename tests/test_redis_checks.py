@@ -93,7 +93,7 @@ def test_missing_redis_extra_is_an_error():
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "pushserver.E016" in result.stderr
-    assert "pip install 'django-pushserver[redis]'" in result.stderr
+    assert "pip install 'redis>=5' (the [redis] extra)" in result.stderr
     assert "W052" not in result.stderr  # no second, confusing report
 
 

@@ -115,7 +115,7 @@ class Command(BaseCommand):
             choices=SERVERS,
             default="hypercorn",
             help="The HTTP server: hypercorn (embedded, default), or uvicorn or granian "
-            "(extras: pip install 'django-pushserver[uvicorn]').",
+            "(the [uvicorn] and [granian] extras).",
         )
         parser.add_argument(
             "--workers",
