@@ -187,6 +187,104 @@ def free_closed_connections_on_trio() -> None:
     TCPServer.run = run_and_free  # type: ignore[method-assign]
 
 
+# -- reference cycles ---------------------------------------------------------------------
+#
+# Serving all but turns the cyclic collector off (pushserver.server.GC_THRESHOLDS), so what a
+# closed connection leaves in a reference cycle stays until a rare full collection
+# (tests/test_server_gc.py). Dependencies make these two, per connection.
+
+
+def free_closed_websocket_parsers() -> None:
+    """Drop a closed WebSocket's frame parser generator (idempotent).
+
+    wsproto (1.3) parses frames with a generator that it creates in
+    ``FrameProtocol.__init__`` (``self._parse_more = self._parse_more_gen()``): the
+    generator's frame holds the ``FrameProtocol``, which holds the generator, a cycle of
+    seven objects behind every WebSocket, on every Python. On 3.11 the collector's
+    finalizer closes the generator, which releases the rest, uncounted by
+    ``gc.collect()``; on 3.12 and 3.13 closing a generator that never ran (a subscriber
+    that sent no frame) leaves its frame as it was (CPython issue 142766, fixed in 3.13
+    releases from December 2025), so the whole cycle waits for the collector. Once
+    hypercorn's stream has seen the connection close (it reads no frame after that), the
+    generator is replaced by an empty iterator, and the rest goes by reference counting.
+    """
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.ws_stream import WSStream
+
+    # The marker is on the class: other fixes wrap WSStream.handle too.
+    if getattr(WSStream, "_pushserver_frees_parsers", False):
+        return
+    handle = WSStream.handle
+
+    async def handle_and_free_parser(self: Any, event: Any) -> None:
+        try:
+            await handle(self, event)
+        finally:
+            if isinstance(event, StreamClosed):
+                protocol = getattr(getattr(self, "connection", None), "_proto", None)
+                if getattr(protocol, "_parse_more", None) is not None:
+                    protocol._parse_more = iter(())
+
+    WSStream._pushserver_frees_parsers = True  # type: ignore[attr-defined]
+    WSStream.handle = handle_and_free_parser  # type: ignore[method-assign]
+
+
+class _SocketErrorsAsStreamErrors:
+    """trio's translation of a socket's ``OSError`` into its stream errors (``EBADF`` or
+    ``ENOTSOCK``: ``ClosedResourceError``; any other: ``BrokenResourceError`` caused by
+    it), as a plain context manager, stateless, so one instance serves every use."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if not isinstance(error, OSError):
+            return
+        import trio
+        from trio._highlevel_socket import _closed_stream_errnos
+
+        if error.errno in _closed_stream_errnos:
+            raise trio.ClosedResourceError("this socket was already closed") from None
+        raise trio.BrokenResourceError(f"socket connection broken: {error}") from error
+
+
+_socket_errors_as_stream_errors = _SocketErrorsAsStreamErrors()
+
+
+def translate_trio_socket_errors_without_cycles() -> None:
+    """On trio, translate a socket error into a stream error without a reference cycle
+    (idempotent).
+
+    trio (0.35) wraps each socket call of a ``SocketStream`` in a ``@contextmanager``
+    generator that raises ``BrokenResourceError`` from the ``OSError`` it catches. On
+    Python 3.12 and 3.13 the frame of a generator ended by an exception keeps its caller
+    as ``f_back`` (CPython issue 100964, fixed in 3.13 releases from December 2025); that
+    caller is ``contextlib``'s ``__exit__``, whose frame holds the ``OSError``, whose
+    traceback holds the generator's frame: a cycle that keeps every frame up the stack
+    alive, and all they refer to. Each connection its client reset (``send``, ``recv``
+    or hypercorn's ``shutdown`` failing) left about 20 objects (an event stream) to 90 (a
+    WebSocket: the whole connection) for the cyclic collector. The same translation, by a
+    context manager object, makes no cycle, and no generator per socket call either.
+    """
+    try:
+        from trio import _highlevel_socket as module
+
+        module._closed_stream_errnos  # noqa: B018 (what the translation reads)
+        original = module._translate_socket_errors_to_stream_errors
+    except (ImportError, AttributeError) as exc:
+        logger.warning("this trio has no socket error translation to replace (%s)", exc)
+        return
+    if original is _translate_without_cycles:
+        return
+    module._translate_socket_errors_to_stream_errors = _translate_without_cycles
+
+
+def _translate_without_cycles() -> _SocketErrorsAsStreamErrors:
+    return _socket_errors_as_stream_errors
+
+
 # -- memory -------------------------------------------------------------------------------
 
 

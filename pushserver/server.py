@@ -35,7 +35,8 @@ BACKLOG = 4096
 #: may depend on one: a closed connection's objects must be freed by reference counting
 #: alone (tests/test_server_gc.py; on trio pushserver.hypercorn_fixes breaks the cycles
 #: hypercorn leaves, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute; on
-#: asyncio pushserver's own connection layer leaves none).
+#: asyncio pushserver's own connection layer leaves none; it also breaks the one wsproto
+#: leaves per WebSocket, and on Python 3.12 and 3.13 the one trio's socket streams leave).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
@@ -230,9 +231,11 @@ async def serve(
     hypercorn_fixes.decline_bad_h2c_upgrades()
     hypercorn_fixes.lighter_websocket_connections()
     hypercorn_fixes.send_websocket_pings()
+    hypercorn_fixes.free_closed_websocket_parsers()
     if _running_trio():
         hypercorn_fixes.contain_connection_errors_on_trio()
         hypercorn_fixes.free_closed_connections_on_trio()
+        hypercorn_fixes.translate_trio_socket_errors_without_cycles()
     trigger = shutdown_trigger or wait_for_signals
     # The last resort: hypercorn bounds the wait for connections by graceful_timeout, except
     # on Python >= 3.12.1, where its Server.wait_closed() waits for every connection first
