@@ -305,7 +305,8 @@ def lighter_websocket_connections() -> None:
     wsproto (1.3) keeps a ``deque`` of pending events per connection, which only ever holds
     the abnormal-closure event of a dropped connection, read back at once; an empty deque
     holds a 760-byte block, about a twentieth of an idle WebSocket subscriber's memory.
-    Only ``append``, ``popleft`` and truth are used on it (tests/test_hypercorn_fixes.py).
+    Only ``append``, ``popleft`` and truth are used on it (tests/test_asyncio_worker.py,
+    tests/test_dependency_internals.py).
     """
     from collections import deque
 
