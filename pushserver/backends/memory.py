@@ -87,8 +87,10 @@ class _Channel:
         self.size = 0
         #: When its sweeper entry is due (0: none in the heap).
         self.due = 0.0
-        #: Idempotency key -> (forgotten at, the first publish's result), oldest first.
-        self.idempotency: dict[str, tuple[float, PublishResult]] | None = None
+        #: Idempotency key -> (forgotten at, the first publish's id, time and subscribers),
+        #: oldest first. Not its message: a body trimmed from retention is not kept alive
+        #: here, outside ``memory_limit``, for the window.
+        self.idempotency: dict[str, tuple[float, MessageId, float, int]] | None = None
 
 
 #: Keys remembered per channel at most: past it the oldest is forgotten early, so a
@@ -321,7 +323,10 @@ class MemoryBackend(Backend):
         if channel is not None and idempotency_key is not None:
             first = self._seen(channel, idempotency_key, now)
             if first is not None:
-                return first
+                # As the redis store answers: the first publish's id, time and subscribers.
+                _, first_id, first_at, first_subscribers = first
+                message = Message(first_id, body, content_type, event, first_at)
+                return PublishResult(message, first_subscribers, replayed=True)
         cost = MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
         if channel is None:
             if not create:
@@ -357,7 +362,9 @@ class MemoryBackend(Backend):
                 channel.idempotency = {}
             channel.idempotency[idempotency_key] = (
                 now + self.idempotency_window,
-                PublishResult(message, subscribers, replayed=True),
+                message_id,
+                now,
+                subscribers,
             )
             if len(channel.idempotency) > MAX_IDEMPOTENCY_KEYS:
                 del channel.idempotency[next(iter(channel.idempotency))]
@@ -365,8 +372,10 @@ class MemoryBackend(Backend):
         return result
 
     @staticmethod
-    def _seen(channel: _Channel, key: str, now: float) -> PublishResult | None:
-        """The first result for ``key`` if it is still remembered; forgets expired keys."""
+    def _seen(
+        channel: _Channel, key: str, now: float
+    ) -> tuple[float, MessageId, float, int] | None:
+        """The first publish for ``key`` if it is still remembered; forgets expired keys."""
         keys = channel.idempotency
         if not keys:
             return None
@@ -376,8 +385,7 @@ class MemoryBackend(Backend):
             if keys[oldest][0] > now:
                 break
             del keys[oldest]
-        first = keys.get(key)
-        return first[1] if first is not None else None
+        return keys.get(key)
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         channel = self._get(channel_id)

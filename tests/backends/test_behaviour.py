@@ -290,3 +290,38 @@ async def test_the_memory_store_remembers_a_bounded_number_of_keys():
     # The oldest key was forgotten to make room; the newest are remembered.
     assert not (await backend.publish("news", b"x", "text/plain", idempotency_key="k0")).replayed
     assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k2")).replayed
+
+
+async def test_a_replay_answers_the_first_id_after_its_message_left_retention(backend_factory):
+    async with backend_factory(max_messages=1) as backend:
+        first = await backend.publish("news", b"first", "text/plain", idempotency_key="k")
+        await backend.publish("news", b"second", "text/plain")  # trims the first
+        again = await backend.publish("news", b"first", "text/plain", idempotency_key="k")
+        assert again.replayed and again.message.id == first.message.id
+        assert again.message.published_at == first.message.published_at
+        assert (await backend.info("news")).messages == 1
+
+
+async def test_the_memory_store_keeps_no_body_for_a_remembered_key():
+    """A remembered key keeps the first publish's id, time and subscribers, not its
+    message: a body trimmed from retention is freed, not held outside memory_limit for
+    the window (docs/redis.md#idempotent-publishing)."""
+    import gc
+    import tracemalloc
+
+    from pushserver.backends.memory import MemoryBackend
+    from tests.backends.conftest import RecordingListener
+
+    backend = MemoryBackend(max_messages=1)
+    backend.bind(recorder := RecordingListener())
+    tracemalloc.start()
+    try:
+        await backend.publish("news", b"x" * (4 << 20), "text/plain", idempotency_key="k")
+        await backend.publish("news", b"y", "text/plain")  # trims the 4 MiB message
+        recorder.messages.clear()
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20
+    assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k")).replayed
