@@ -270,3 +270,44 @@ async def test_the_reader_comes_back_on_nodes_without_its_scripts(redis_cluster)
         assert (await publishing.publish("news", b"after", "text/plain")).subscribers == 1
         messages = await recorder.wait_messages("news", 2, timeout=TIMEOUT)
         assert [m.body for m in messages] == [b"before", b"after"]
+
+
+async def test_status_sums_the_memory_of_every_primary(redis_cluster):
+    """On a cluster, INFO answers for one node: status reads every primary and shows the
+    sum of used memory and of maxmemory (none if a primary has none), and an evicting
+    policy if any primary has one (docs/redis.md#memory-and-expiry)."""
+    import redis
+
+    from pushserver.backends.redis import RedisBackend
+    from tests.backends.conftest import RecordingListener
+
+    options = redis_cluster.store()
+    del options["type"]
+    primaries = redis_cluster.primaries()
+    assert len(primaries) == 3
+    clients = [redis.Redis(host="127.0.0.1", port=s.port) for s in primaries]
+
+    async def reads(limit, policy):
+        with anyio.fail_after(TIMEOUT):
+            while (backend.memory_limit, backend.memory_policy) != (limit, policy):
+                await anyio.sleep(0.02)  # polls the backend's own state
+
+    backend = RedisBackend(**options)
+    backend.bind(RecordingListener())
+    backend.memory_interval = 0.05
+    try:
+        async with backend:
+            for index, client in enumerate(clients):
+                client.config_set("maxmemory", (index + 1) << 30)
+            await reads(6 << 30, "noeviction")
+            largest = max(int(c.info("memory")["used_memory"]) for c in clients)
+            assert backend.memory_used > 2 * largest  # three nodes' worth, not one
+            clients[1].config_set("maxmemory-policy", "allkeys-lru")
+            await reads(6 << 30, "allkeys-lru")
+            clients[2].config_set("maxmemory", 0)
+            await reads(0, "allkeys-lru")
+    finally:
+        for client in clients:
+            client.config_set("maxmemory", 0)
+            client.config_set("maxmemory-policy", "noeviction")
+            client.close()
