@@ -67,7 +67,12 @@ def two_servers(push_server_factory, redis_cluster):
 
 async def test_every_transport_delivers_and_resumes_across_processes(two_servers, redis_cluster):
     store, a, b = two_servers
-    channels = one_channel_per_shard(redis_cluster, store)
+    await delivers_and_resumes(a, b, one_channel_per_shard(redis_cluster, store))
+
+
+async def delivers_and_resumes(a, b, channels: list[str]) -> None:
+    """Subscribers of every transport on ``b`` get what is published on ``a``, then resume
+    on ``a`` from where each left off (also used on Sentinel, test_redis_failover.py)."""
     received: dict[tuple[str, str], list] = {}
     async with (
         httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
@@ -310,4 +315,46 @@ async def test_status_sums_the_memory_of_every_primary(redis_cluster):
         for client in clients:
             client.config_set("maxmemory", 0)
             client.config_set("maxmemory-policy", "noeviction")
+            client.close()
+
+
+async def test_live_delivery_uses_sharded_pub_sub_on_the_channel_s_own_shard(redis_cluster):
+    """A channel is subscribed (SSUBSCRIBE) and published (SPUBLISH, in the publish
+    script) on the primary holding its slot only, so a message crosses only its shard;
+    nothing goes through classic, cluster-wide PUBLISH."""
+    import redis
+
+    from pushserver.backends.redis import RedisBackend
+    from tests.backends.conftest import RecordingListener
+
+    options = redis_cluster.store()
+    del options["type"]
+    live = f"{options['key_prefix']}{{news}}:live".encode()
+    owner = redis_cluster.primary_for(live)
+    clients = {
+        s.port: redis.Redis(host="127.0.0.1", port=s.port) for s in redis_cluster.primaries()
+    }
+
+    def calls(client, command: str) -> int:
+        return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    backend = RedisBackend(**options)
+    backend.bind(recorder := RecordingListener())
+    try:
+        async with backend:
+            await backend.listen("news")
+            for port, client in clients.items():
+                assert (live in client.pubsub_shardchannels()) == (port == owner.port)
+                assert live not in client.pubsub_channels()
+            before = {
+                port: (calls(c, "spublish"), calls(c, "publish")) for port, c in clients.items()
+            }
+            await backend.publish("news", b"x", "text/plain")
+            await recorder.wait_messages("news", 1, timeout=TIMEOUT)
+            for port, client in clients.items():
+                spublished = calls(client, "spublish") - before[port][0]
+                assert spublished == (1 if port == owner.port else 0), port
+                assert calls(client, "publish") == before[port][1], port
+    finally:
+        for client in clients.values():
             client.close()
