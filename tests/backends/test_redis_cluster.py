@@ -219,6 +219,7 @@ def test_unreachable_sentinels_are_a_warning_naming_them():
     [
         ({"cluster": "yes"}, "E170", "cluster"),
         ({"cluster": True, "sentinels": ["127.0.0.1:26379"], "service": "m"}, "E170", "cluster"),
+        ({"cluster": True, "database": 2}, "E170", "database"),
         ({"sentinels": "127.0.0.1:26379", "service": "m"}, "E171", "sentinels"),
         ({"sentinels": ["127.0.0.1:26379"]}, "E171", "service"),
         ({"wait_replicas": -1}, "E172", "wait_replicas"),
