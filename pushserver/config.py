@@ -499,6 +499,13 @@ def _check_store_durability(c: _Collector, skey: str, options: Mapping[str, Any]
             "Remove 'sentinels' (Cluster fails over by itself) or set 'cluster': False.",
             170,
         )
+    elif cluster and options.get("database", 0) != 0:
+        c.error(
+            f"{skey}['database']",
+            f"a Redis Cluster has database 0 only, not {options['database']!r}",
+            "Remove 'database' (keep stores apart with 'key_prefix').",
+            170,
+        )
     if sentinels is not None:
         fine = (
             isinstance(sentinels, list | tuple)

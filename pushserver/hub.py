@@ -365,7 +365,8 @@ class Hub:
         except BackendUnavailable:
             self.metrics.publish_errors += 1
             raise
-        self.metrics.published += 1
+        if not result.replayed:  # a replayed Idempotency-Key stored nothing
+            self.metrics.published += 1
         return result
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:

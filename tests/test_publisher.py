@@ -233,3 +233,25 @@ async def test_stores_are_separate_namespaces(client, channel):
     response = await client.get(path("/small-subscriber/", channel))
     assert response.content == b"small"
     assert (await client.get(path("/subscriber/", channel))).status_code == 404
+
+
+async def test_a_retried_post_with_the_same_idempotency_key_is_stored_once(client, channel):
+    """docs/protocol.md#idempotency-key on this server's own store (the memory store, or
+    PUSHSERVER_TEST_STORE's): the retry answers as the first (status, X-Message-Id) with
+    Idempotent-Replayed; a malformed key is 400 and stores nothing."""
+    url = path("/publisher/", channel)
+    key = {"idempotency-key": "order-1234-shipped"}
+    first = await client.post(url, content=b"shipped", headers=key)
+    assert first.status_code == 202
+    assert "idempotent-replayed" not in first.headers
+    again = await client.post(url, content=b"shipped", headers=key)
+    assert again.status_code == 202
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["x-message-id"] == first.headers["x-message-id"]
+    assert plain_info(again)["queued messages"] == "1"
+    assert "x-message-id" not in (await client.post(url, content=b"plain")).headers
+    for bad in (b"", b"has space", b"x" * 256, "caf\u00e9".encode()):
+        refused = await client.post(url, content=b"no", headers={"idempotency-key": bad})
+        assert refused.status_code == 400, bad
+        assert "Idempotency-Key" in refused.text
+    assert plain_info(await client.get(url))["queued messages"] == "2"

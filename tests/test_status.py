@@ -156,6 +156,22 @@ async def test_counters_follow_subscribers_and_messages_on_every_transport(serve
     assert after["uptime"] > 0 and after["pid"] > 0 and after["version"]
 
 
+async def test_a_replayed_idempotency_key_is_not_counted_as_published(server, client):
+    """``published`` counts messages stored: a retry answered from its Idempotency-Key
+    stored nothing, so neither the store's nor the hub's count moves for it."""
+    before = await status(client)
+    key = {"idempotency-key": "counted-once"}
+    for _ in range(2):
+        response = await client.post("/publisher/keyed", content=b"x", headers=key)
+        assert response.status_code == 202, response.text
+    assert response.headers["idempotent-replayed"] == "true"
+    after = await wait_status(
+        client, lambda d: d["published"] - before["published"] >= 1, timeout=20
+    )
+    assert after["stores"]["default"]["published"] - before["stores"]["default"]["published"] == 1
+    assert after["published"] - before["published"] == 1
+
+
 async def test_a_gap_is_counted(server, client):
     before = await status(client)
     for n in range(BUFFER + 2):

@@ -287,6 +287,26 @@ async def test_views_publish_in_process_under_allrequests(push_server_factory, v
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("view", ["send-update", "asend-update"])
+async def test_in_process_publish_keeps_the_idempotency_key(push_server_factory, view):
+    """The key travels in the Payload to the in-process hub too: a retry from a view is
+    answered as the first (replayed) and stored once. (Over HTTP and publish_via='backend':
+    tests/backends/test_redis_cluster.py.)"""
+    server = push_server_factory({"locations": LOCATIONS}, "--allrequests")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        with anyio.fail_after(10):
+            first = await client.get(f"/{view}/keyed", params={"key": "once"})
+            again = await client.get(f"/{view}/keyed", params={"key": "once"})
+            other = await client.get(f"/{view}/keyed", params={"key": "twice"})
+            info = await client.get("/publisher/keyed", headers={"accept": "application/json"})
+    assert first.json() == {"status": 202, "in_process": True, "replayed": False}
+    assert again.json() == {"status": 202, "in_process": True, "replayed": True}
+    assert other.json() == {"status": 202, "in_process": True, "replayed": False}
+    assert info.json()["messages"] == 2
+    assert '"POST /publisher/' not in server.log  # no HTTP hop
+
+
+@pytest.mark.anyio
 async def test_in_process_publish_honours_create_on_post(push_server_factory):
     locations = [
         {"type": "publisher", "prefix": "/publisher/", "create_on_post": False},

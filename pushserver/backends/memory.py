@@ -17,7 +17,8 @@ Bounds:
 0 = none)
     The store's budget: retained bodies (with their content type and event) plus a fixed
     estimate per message and per channel (:data:`MESSAGE_OVERHEAD`, :data:`CHANNEL_OVERHEAD`,
-    measured with tracemalloc on CPython 3.13). A publish or a channel creation that would
+    measured with tracemalloc on CPython 3.13), and each remembered idempotency key
+    (:data:`IDEMPOTENCY_KEY_OVERHEAD` plus its length). A publish or a channel creation that would
     pass either raises :class:`~pushserver.exceptions.StoreFull` and changes nothing: no
     accepted message is dropped to make room (``max_messages`` trimming aside, which a
     publish does anyway).
@@ -83,17 +84,23 @@ class _Channel:
         self.published = published
         #: Since when it has been empty and without subscribers (as far as known).
         self.idle_since = now
-        #: Bytes its retained messages count against memory_limit.
+        #: Bytes its retained messages and remembered idempotency keys count against
+        #: memory_limit.
         self.size = 0
         #: When its sweeper entry is due (0: none in the heap).
         self.due = 0.0
-        #: Idempotency key -> (forgotten at, the first publish's result), oldest first.
-        self.idempotency: dict[str, tuple[float, PublishResult]] | None = None
+        #: Idempotency key -> (forgotten at, the first publish's id, time and subscribers),
+        #: oldest first. Not its message: a body trimmed from retention is not kept alive
+        #: here, outside ``memory_limit``, for the window.
+        self.idempotency: dict[str, tuple[float, MessageId, float, int]] | None = None
 
 
 #: Keys remembered per channel at most: past it the oldest is forgotten early, so a
 #: publisher sending a new key per message cannot make a channel grow without bound.
 MAX_IDEMPOTENCY_KEYS = 10_000
+#: Bytes a remembered idempotency key costs besides the key (its dict entry and the first
+#: publish's id, time and subscribers; measured: about 230).
+IDEMPOTENCY_KEY_OVERHEAD = 250
 
 
 def _message_id(message: Message) -> MessageId:
@@ -105,6 +112,11 @@ def message_cost(message: Message) -> int:
     return (
         MESSAGE_OVERHEAD + len(message.body) + len(message.content_type) + len(message.event or "")
     )
+
+
+def idempotency_key_cost(key: str) -> int:
+    """Bytes a remembered idempotency key counts against ``memory_limit``."""
+    return IDEMPOTENCY_KEY_OVERHEAD + len(key)
 
 
 def channel_cost(channel_id: str) -> int:
@@ -321,12 +333,17 @@ class MemoryBackend(Backend):
         if channel is not None and idempotency_key is not None:
             first = self._seen(channel, idempotency_key, now)
             if first is not None:
-                return first
+                # As the redis store answers: the first publish's id, time and subscribers.
+                _, first_id, first_at, first_subscribers = first
+                message = Message(first_id, body, content_type, event, first_at)
+                return PublishResult(message, first_subscribers, replayed=True)
         cost = MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
+        remember = idempotency_key is not None and self.idempotency_window > 0
+        key_cost = idempotency_key_cost(idempotency_key) if remember else 0  # type: ignore[arg-type]
         if channel is None:
             if not create:
                 raise ChannelNotFound(channel_id)
-            self._check_budget(channel_id, cost + channel_cost(channel_id), True)
+            self._check_budget(channel_id, cost + key_cost + channel_cost(channel_id), True)
             channel = self._add_channel(channel_id, now, True)
         else:
             # Make room as retention would right after the append, then check: a refused
@@ -336,7 +353,7 @@ class MemoryBackend(Backend):
             if self.max_messages and len(channel.messages) >= self.max_messages:
                 over = len(channel.messages) + 1 - self.max_messages
                 freed = sum(map(message_cost, channel.messages[:over]))
-            self._check_budget(channel_id, cost - freed, False)
+            self._check_budget(channel_id, cost + key_cost - freed, False)
             channel.published = True
         seconds = int(now)
         message_id = channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
@@ -352,21 +369,32 @@ class MemoryBackend(Backend):
             self._next_due(channel_id, channel)
         subscribers = channel.subscribers
         result = PublishResult(message, subscribers)
-        if idempotency_key is not None and self.idempotency_window > 0:
+        if remember:
             if channel.idempotency is None:
                 channel.idempotency = {}
-            channel.idempotency[idempotency_key] = (
+            channel.idempotency[idempotency_key] = (  # type: ignore[index]
                 now + self.idempotency_window,
-                PublishResult(message, subscribers, replayed=True),
+                message_id,
+                now,
+                subscribers,
             )
+            # Counted in the channel's size, so removing the channel releases it too.
+            channel.size += key_cost
+            self.memory_used += key_cost
             if len(channel.idempotency) > MAX_IDEMPOTENCY_KEYS:
-                del channel.idempotency[next(iter(channel.idempotency))]
+                self._forget(channel, next(iter(channel.idempotency)))
         self.listener.on_message(channel_id, message)
         return result
 
-    @staticmethod
-    def _seen(channel: _Channel, key: str, now: float) -> PublishResult | None:
-        """The first result for ``key`` if it is still remembered; forgets expired keys."""
+    def _forget(self, channel: _Channel, key: str) -> None:
+        del channel.idempotency[key]  # type: ignore[union-attr]
+        channel.size -= idempotency_key_cost(key)
+        self.memory_used -= idempotency_key_cost(key)
+
+    def _seen(
+        self, channel: _Channel, key: str, now: float
+    ) -> tuple[float, MessageId, float, int] | None:
+        """The first publish for ``key`` if it is still remembered; forgets expired keys."""
         keys = channel.idempotency
         if not keys:
             return None
@@ -375,9 +403,8 @@ class MemoryBackend(Backend):
             oldest = next(iter(keys))
             if keys[oldest][0] > now:
                 break
-            del keys[oldest]
-        first = keys.get(key)
-        return first[1] if first is not None else None
+            self._forget(channel, oldest)
+        return keys.get(key)
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
         channel = self._get(channel_id)

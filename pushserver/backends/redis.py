@@ -349,6 +349,21 @@ return redis.call('HMGET', KEYS[1], 'lt', 'lg')
 )
 
 
+def _cluster_memory(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cluster's memory figures from its primaries' own: used and maxmemory summed (no
+    maxmemory if any primary has none: that one is unbounded), and an evicting policy if
+    any primary has one (what the warnings are about). A shard at its own maxmemory refuses
+    its channels' publishes (507) while the sum still shows room."""
+    limits = [int(node.get("maxmemory", 0)) for node in nodes]
+    policies = {str(node.get("maxmemory_policy", "")) for node in nodes} - {""}
+    evicting = sorted(policies - {"noeviction"})
+    return {
+        "used_memory": sum(int(node.get("used_memory", 0)) for node in nodes),
+        "maxmemory": sum(limits) if limits and all(limits) else 0,
+        "maxmemory_policy": evicting[0] if evicting else ("noeviction" if policies else ""),
+    }
+
+
 def _stream_id(raw: bytes) -> MessageId:
     time_part, _, tag_part = raw.partition(b"-")
     return MessageId(int(time_part), int(tag_part))
@@ -834,7 +849,6 @@ class RedisBackend(Backend):
             return await self._scripts[script](keys=keys, args=args, client=self._redis)
         except _ERRORS as exc:
             raise self._failure(exc) from exc
-            raise BackendUnavailable(self._reason(exc)) from exc
 
     def _failure(self, exc: BaseException) -> StoreFull | BackendUnavailable:
         """What a failed command means to the caller: Redis at its maxmemory refuses a
@@ -1267,7 +1281,14 @@ class RedisBackend(Backend):
         while True:
             if self.connected and self._redis is not None:
                 try:
-                    info = await self._redis.info("memory")
+                    if self.cluster:
+                        # Each primary answers for itself: status shows their sum.
+                        per_node = await self._redis.info(
+                            "memory", target_nodes=self._redis.PRIMARIES
+                        )
+                        info = _cluster_memory(list(per_node.values()))
+                    else:
+                        info = await self._redis.info("memory")
                 except _ERRORS as exc:
                     logger.debug("redis: memory figures not read: %s", exc)
                 else:

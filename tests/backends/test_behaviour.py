@@ -290,3 +290,78 @@ async def test_the_memory_store_remembers_a_bounded_number_of_keys():
     # The oldest key was forgotten to make room; the newest are remembered.
     assert not (await backend.publish("news", b"x", "text/plain", idempotency_key="k0")).replayed
     assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k2")).replayed
+
+
+async def test_a_replay_answers_the_first_id_after_its_message_left_retention(backend_factory):
+    async with backend_factory(max_messages=1) as backend:
+        first = await backend.publish("news", b"first", "text/plain", idempotency_key="k")
+        await backend.publish("news", b"second", "text/plain")  # trims the first
+        again = await backend.publish("news", b"first", "text/plain", idempotency_key="k")
+        assert again.replayed and again.message.id == first.message.id
+        assert again.message.published_at == first.message.published_at
+        assert (await backend.info("news")).messages == 1
+
+
+async def test_the_memory_store_keeps_no_body_for_a_remembered_key():
+    """A remembered key keeps the first publish's id, time and subscribers, not its
+    message: a body trimmed from retention is freed, not held outside memory_limit for
+    the window (docs/redis.md#idempotent-publishing)."""
+    import gc
+    import tracemalloc
+
+    from pushserver.backends.memory import MemoryBackend
+    from tests.backends.conftest import RecordingListener
+
+    backend = MemoryBackend(max_messages=1)
+    backend.bind(recorder := RecordingListener())
+    tracemalloc.start()
+    try:
+        await backend.publish("news", b"x" * (4 << 20), "text/plain", idempotency_key="k")
+        await backend.publish("news", b"y", "text/plain")  # trims the 4 MiB message
+        recorder.messages.clear()
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20
+    assert (await backend.publish("news", b"x", "text/plain", idempotency_key="k")).replayed
+
+
+async def test_the_memory_store_counts_remembered_keys_against_its_budget():
+    """Each remembered key counts against memory_limit until it is forgotten (its window
+    passed, the per-channel cap, or the channel removed), and a keyed publish that would
+    pass the budget is refused like any other."""
+    from pushserver.backends.memory import (
+        MemoryBackend,
+        channel_cost,
+        idempotency_key_cost,
+        message_cost,
+    )
+    from pushserver.exceptions import StoreFull
+    from tests.backends.conftest import RecordingListener
+
+    backend = MemoryBackend(max_messages=1, idempotency_window=0.2)
+    backend.bind(RecordingListener())
+    first = await backend.publish("news", b"x", "text/plain", idempotency_key="k1")
+    await backend.publish("news", b"y", "text/plain", idempotency_key="k2")
+    keys = idempotency_key_cost("k1") + idempotency_key_cost("k2")
+    assert backend.memory_used == channel_cost("news") + message_cost(first.message) + keys
+    # Once their window has passed, the next keyed publish forgets them.
+    window_end = time.time() + 0.2
+    while time.time() <= window_end:
+        await anyio.sleep(0.05)  # waits for a deadline on the store's clock
+    await backend.publish("news", b"x", "text/plain", idempotency_key="k3")
+    assert backend.memory_used == (
+        channel_cost("news") + message_cost(first.message) + idempotency_key_cost("k3")
+    )
+    assert await backend.delete("news")
+    assert backend.memory_used == 0
+    # At the budget, the key's bytes are what tips it over.
+    needed = channel_cost("c") + message_cost(first.message)
+    tight = MemoryBackend(memory_limit=needed + idempotency_key_cost("k") - 1)
+    tight.bind(RecordingListener())
+    with pytest.raises(StoreFull):
+        await tight.publish("c", b"x", "text/plain", idempotency_key="k")
+    assert tight.memory_used == 0
+    await tight.publish("c", b"x", "text/plain")
+    assert tight.memory_used == needed

@@ -420,3 +420,77 @@ async def test_a_redis_with_no_budget_or_an_evicting_one_is_logged_once(
             assert messages() == []
     finally:
         await client.aclose()
+
+
+async def test_a_durable_publish_at_maxmemory_is_store_full_not_unavailable(
+    redis_server_factory, prefix
+):
+    """The WAIT path maps Redis's OOM answer as _run does: 507 (StoreFull), not 503. One
+    Redis with no replica: were the OOM missed, WAIT's 0 of 1 would be a 503 instead."""
+    server = redis_server_factory()
+    client = await raw(server)
+    try:
+        async with node(server, key_prefix=prefix, wait_replicas=1, wait_timeout=0.1) as backend:
+            with pytest.raises(BackendUnavailable) as unreplicated:  # no replica: 503
+                await backend.publish("kept", b"first", "text/plain")
+            assert not isinstance(unreplicated.value, StoreFull)
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory", used + 256 * 1024)
+            body = b"x" * 64 * 1024
+            with pytest.raises(StoreFull) as refused:
+                for _ in range(100):
+                    try:  # stored on the primary, WAIT 0 of 1: 503 until Redis is full
+                        await backend.publish("big", body, "text/plain")
+                    except StoreFull:
+                        raise
+                    except BackendUnavailable as exc:
+                        assert "replica(s) acknowledged" in str(exc)
+            assert refused.value.limit == "maxmemory"  # the publisher answers 507
+            assert backend.status()["refusals"]["maxmemory"] == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["one", "cluster"])
+async def store_and_client(request):
+    """A store (one Redis, or the session's cluster) and a plain client of it, to look at
+    TTLs."""
+    if request.param == "one":
+        server = request.getfixturevalue("redis_server")
+        client = await raw(server)
+    else:
+        from redis.asyncio.cluster import RedisCluster
+
+        server = request.getfixturevalue("redis_cluster")
+        client = RedisCluster(host="127.0.0.1", port=server.servers[0].port)
+    yield server, client
+    await client.aclose()
+
+
+async def test_a_keyed_publish_settles_the_channel_and_a_replay_answers_the_first(
+    store_and_client, prefix
+):
+    """The publish script reads channel_timeout and keep_publisher_channels as its last two
+    arguments, after the idempotency key's window: a keyed publish still expires (or keeps)
+    the channel as settle() says, and a replay answers the first id, storing nothing."""
+    server, client = store_and_client
+    options = {"channel_timeout": 2, "keep_publisher_channels": False, "message_timeout": 5}
+    async with node(server, key_prefix=prefix, idempotency_window=60, **options) as backend:
+        first = await backend.publish("put", b"x", "text/plain", idempotency_key="k1")
+        for part in ("meta", "msgs"):  # message_timeout + channel_timeout
+            assert 5000 < await client.pttl(f"{prefix}{{put}}:{part}") <= 7000
+        assert 50_000 < await client.pttl(f"{prefix}{{put}}:idem:k1") <= 60_000
+        again = await backend.publish("put", b"x", "text/plain", idempotency_key="k1")
+        assert again.replayed and again.message.id == first.message.id
+        assert (await backend.info("put")).messages == 1
+    async with node(server, key_prefix=prefix, idempotency_window=60, channel_timeout=30) as kept:
+        assert await kept.create("anon", publisher=False)
+        assert 0 < await client.pttl(f"{prefix}{{anon}}:meta") <= 30_000
+        first = await kept.publish("anon", b"x", "text/plain", idempotency_key="k2")
+        assert await client.pttl(f"{prefix}{{anon}}:meta") == -1  # now the publisher's
+        assert await client.pttl(f"{prefix}{{anon}}:msgs") == -1
+        again = await kept.publish("anon", b"y", "text/plain", idempotency_key="k2")
+        assert again.replayed and again.message.id == first.message.id
+        read = await kept.read_after("anon", ORIGIN)
+        assert read.message.body == b"x"
+        assert (await kept.read_after("anon", read.message.id)).message is None

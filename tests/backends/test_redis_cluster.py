@@ -67,7 +67,12 @@ def two_servers(push_server_factory, redis_cluster):
 
 async def test_every_transport_delivers_and_resumes_across_processes(two_servers, redis_cluster):
     store, a, b = two_servers
-    channels = one_channel_per_shard(redis_cluster, store)
+    await delivers_and_resumes(a, b, one_channel_per_shard(redis_cluster, store))
+
+
+async def delivers_and_resumes(a, b, channels: list[str]) -> None:
+    """Subscribers of every transport on ``b`` get what is published on ``a``, then resume
+    on ``a`` from where each left off (also used on Sentinel, test_redis_failover.py)."""
     received: dict[tuple[str, str], list] = {}
     async with (
         httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
@@ -214,6 +219,7 @@ def test_unreachable_sentinels_are_a_warning_naming_them():
     [
         ({"cluster": "yes"}, "E170", "cluster"),
         ({"cluster": True, "sentinels": ["127.0.0.1:26379"], "service": "m"}, "E170", "cluster"),
+        ({"cluster": True, "database": 2}, "E170", "database"),
         ({"sentinels": "127.0.0.1:26379", "service": "m"}, "E171", "sentinels"),
         ({"sentinels": ["127.0.0.1:26379"]}, "E171", "service"),
         ({"wait_replicas": -1}, "E172", "wait_replicas"),
@@ -270,3 +276,86 @@ async def test_the_reader_comes_back_on_nodes_without_its_scripts(redis_cluster)
         assert (await publishing.publish("news", b"after", "text/plain")).subscribers == 1
         messages = await recorder.wait_messages("news", 2, timeout=TIMEOUT)
         assert [m.body for m in messages] == [b"before", b"after"]
+
+
+async def test_status_sums_the_memory_of_every_primary(redis_cluster):
+    """On a cluster, INFO answers for one node: status reads every primary and shows the
+    sum of used memory and of maxmemory (none if a primary has none), and an evicting
+    policy if any primary has one (docs/redis.md#memory-and-expiry)."""
+    import redis
+
+    from pushserver.backends.redis import RedisBackend
+    from tests.backends.conftest import RecordingListener
+
+    options = redis_cluster.store()
+    del options["type"]
+    primaries = redis_cluster.primaries()
+    assert len(primaries) == 3
+    clients = [redis.Redis(host="127.0.0.1", port=s.port) for s in primaries]
+
+    async def reads(limit, policy):
+        with anyio.fail_after(TIMEOUT):
+            while (backend.memory_limit, backend.memory_policy) != (limit, policy):
+                await anyio.sleep(0.02)  # polls the backend's own state
+
+    backend = RedisBackend(**options)
+    backend.bind(RecordingListener())
+    backend.memory_interval = 0.05
+    try:
+        async with backend:
+            for index, client in enumerate(clients):
+                client.config_set("maxmemory", (index + 1) << 30)
+            await reads(6 << 30, "noeviction")
+            largest = max(int(c.info("memory")["used_memory"]) for c in clients)
+            assert backend.memory_used > 2 * largest  # three nodes' worth, not one
+            clients[1].config_set("maxmemory-policy", "allkeys-lru")
+            await reads(6 << 30, "allkeys-lru")
+            clients[2].config_set("maxmemory", 0)
+            await reads(0, "allkeys-lru")
+    finally:
+        for client in clients:
+            client.config_set("maxmemory", 0)
+            client.config_set("maxmemory-policy", "noeviction")
+            client.close()
+
+
+async def test_live_delivery_uses_sharded_pub_sub_on_the_channel_s_own_shard(redis_cluster):
+    """A channel is subscribed (SSUBSCRIBE) and published (SPUBLISH, in the publish
+    script) on the primary holding its slot only, so a message crosses only its shard;
+    nothing goes through classic, cluster-wide PUBLISH."""
+    import redis
+
+    from pushserver.backends.redis import RedisBackend
+    from tests.backends.conftest import RecordingListener
+
+    options = redis_cluster.store()
+    del options["type"]
+    live = f"{options['key_prefix']}{{news}}:live".encode()
+    owner = redis_cluster.primary_for(live)
+    clients = {
+        s.port: redis.Redis(host="127.0.0.1", port=s.port) for s in redis_cluster.primaries()
+    }
+
+    def calls(client, command: str) -> int:
+        return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    backend = RedisBackend(**options)
+    backend.bind(recorder := RecordingListener())
+    try:
+        async with backend:
+            await backend.listen("news")
+            for port, client in clients.items():
+                assert (live in client.pubsub_shardchannels()) == (port == owner.port)
+                assert live not in client.pubsub_channels()
+            before = {
+                port: (calls(c, "spublish"), calls(c, "publish")) for port, c in clients.items()
+            }
+            await backend.publish("news", b"x", "text/plain")
+            await recorder.wait_messages("news", 1, timeout=TIMEOUT)
+            for port, client in clients.items():
+                spublished = calls(client, "spublish") - before[port][0]
+                assert spublished == (1 if port == owner.port else 0), port
+                assert calls(client, "publish") == before[port][1], port
+    finally:
+        for client in clients.values():
+            client.close()

@@ -5,8 +5,10 @@ publisher retrying with the same ``Idempotency-Key`` gets every message stored o
 subscriber (long-poll, SSE, WebSocket, on the other process) ends up with every acknowledged
 message, in order: nothing acknowledged is lost.
 
-Each topology is this module's own (a node of it is killed). The figures (time to recover,
-refused publishes, lost messages) are printed: ``pytest -s`` shows them.
+On Sentinel, every transport also delivers and resumes across processes first, as on a
+cluster (test_redis_cluster.py). Each topology is this module's own (a node of it is
+killed). The figures (time to recover, refused publishes, lost messages) are printed:
+``pytest -s`` shows them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import httpx
 import pytest
 
 from pushserver.testing import RedisClusterServers, RedisSentinelServers, RedisServer
-from tests.backends.test_redis_cluster import cluster_config
+from tests.backends.test_redis_cluster import cluster_config, delivers_and_resumes
 from tests.project.helpers import wait_for_subscribers
 from tests.transports.streams import longpoll_id
 from tests.transports.test_shared_behaviour import ADAPTERS, LongPoll, Received
@@ -162,6 +164,16 @@ def cluster(tmp_path_factory):
 def sentinel_set(tmp_path_factory):
     with RedisSentinelServers(tmp_path_factory.mktemp("failover-sentinel")) as started:
         yield started
+
+
+async def test_every_transport_delivers_and_resumes_across_processes_on_sentinel(
+    push_server_factory, sentinel_set
+):
+    """As on a cluster (test_redis_cluster.py), through the primary the sentinels name;
+    before this module's Sentinel failover (file order), which kills that primary."""
+    config = cluster_config(sentinel_set.store())
+    a, b = push_server_factory(config), push_server_factory(config)
+    await delivers_and_resumes(a, b, [f"s{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"])
 
 
 async def test_cluster_primary_killed_mid_stream_loses_nothing_acknowledged(

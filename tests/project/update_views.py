@@ -17,26 +17,39 @@ def _recording():
     return seen, record
 
 
-def _answer(seen):
+def _answer(seen, request):
     response = seen[-1]
-    return JsonResponse({"status": response.status, "in_process": response.in_process})
+    answer = {"status": response.status, "in_process": response.in_process}
+    if "key" in request.GET:
+        answer["replayed"] = response.replayed
+    return JsonResponse(answer)
+
+
+def _keyed(request):
+    """``?key=K`` sends ``idempotency_key=K``."""
+    key = request.GET.get("key")
+    return {} if key is None else {"idempotency_key": key}
 
 
 def send_update_view(request, channel_id):
     seen, record = _recording()
     try:
-        updates.send_update(channel_id, {"type": "from-view", "channel": channel_id})
+        updates.send_update(
+            channel_id, {"type": "from-view", "channel": channel_id}, **_keyed(request)
+        )
     except updates.SendUpdateError as exc:
         return JsonResponse({"error": str(exc), "status": exc.status}, status=502)
     finally:
         signals.post_send_update.disconnect(record)
-    return _answer(seen)
+    return _answer(seen, request)
 
 
 async def asend_update_view(request, channel_id):
     seen, record = _recording()
     try:
-        await updates.asend_update(channel_id, {"type": "from-async-view", "channel": channel_id})
+        await updates.asend_update(
+            channel_id, {"type": "from-async-view", "channel": channel_id}, **_keyed(request)
+        )
     finally:
         signals.post_send_update.disconnect(record)
-    return _answer(seen)
+    return _answer(seen, request)
