@@ -92,6 +92,9 @@ def test_delivery_in_order_several_channels_subscribe_unsubscribe_delete(
     received = wait_for(page, "window.received", 6)
     assert [(m["channel"], m["text"]) for m in received[5:]] == [(a, '{"n": 5}')]
 
+    # A long-poll client asks again after each message: delete while it waits (else its next
+    # request could come after the delete and find no channel to be told about).
+    wait_subscribers(push, b, 1)
     assert httpx.delete(f"{push.url}/publisher/{b}").status_code == 200
     assert wait_for(page, "window.deletions", 1) == [b]
     assert page.evaluate("window.subscription.channels") == [c, a]
