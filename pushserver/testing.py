@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -248,6 +249,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for the local end of outgoing connections (Linux's default
+    elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+#: Ports :func:`group_port` handed out in this process.
+_GROUP_PORTS: set[int] = set()
+
+
+def group_port(host: str = "127.0.0.1", *, low: int = 10000, high: int = 22000) -> int:
+    """A free port for a server of a group (cluster nodes, sentinels) that must be told its
+    port before the others start: picked in ``low``..``high``, outside the kernel's range
+    for outgoing connections, so that no client connecting somewhere meanwhile takes it
+    (a port from :func:`free_port` can be, between the pick and the server's bind: seen
+    in CI as a sentinel set's replica failing with 'Address already in use'). A cluster
+    node's bus port, its port + 10000, stays outside that range too."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _GROUP_PORTS or port in ephemeral or port + 10000 in ephemeral:
+            continue
+        if port == _SYSTEM_REDIS_PORT or port + 10000 == _SYSTEM_REDIS_PORT:
+            continue
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.bind((host, port))
+        except OSError:
+            continue
+        _GROUP_PORTS.add(port)
+        return port
+    return free_port(host)
 
 
 #: The ``redis-server`` :class:`RedisServer` runs: the one on ``PATH``.
@@ -503,6 +542,7 @@ class _ServerGroup:
     def _add(self, name: str, **kwargs: Any) -> RedisServer:
         path = self.directory / name
         path.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("port", group_port())
         server = RedisServer(path, **kwargs)
         self.servers.append(server)
         return server
@@ -552,8 +592,8 @@ class RedisClusterServers(_ServerGroup):
                 args=[
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
-                    # The bus port (default: port + 10000) of a high free port would not exist.
-                    "--cluster-port", str(free_port()),
+                    # A bus port of its own, as free as the node's (group_port).
+                    "--cluster-port", str(group_port()),
                     "--cluster-node-timeout", str(node_timeout),
                     "--cluster-require-full-coverage", "no",
                     "--cluster-replica-validity-factor", "0",
