@@ -191,7 +191,8 @@ WHEEL_IGNORES = (
 @nox.session(python=NEWEST[0])
 def tests_wheel(session: nox.Session) -> None:
     """The server-level tests against the wheel in dist/ installed as a user would (not
-    editable; built by ``nox -s build`` first when there is none).
+    editable). With no wheel there it queues ``nox -s build`` and skips itself: run it
+    again once the wheel is built.
 
     pytest runs from a copy of the checkout's tracked files without pushserver/ (in the
     session's tmp directory), so neither the tests nor the servers they start (whose working
