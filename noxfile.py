@@ -11,8 +11,9 @@ session whose Python is in neither is skipped with nox's "interpreter not found"
 (an error under ``CI``, or with ``--error-on-missing-interpreters``).
 
 Every test session installs what the suite needs itself: the package with its ``test``
-extra, and, on a Debian machine where they are missing, ``redis-server`` and ``chromium``
-from Debian's packages (the browser tests drive /usr/bin/chromium; no browser download).
+extra, and, on a Debian machine where they are missing, ``redis-server``,
+``redis-sentinel``, ``chromium`` and ``npm`` from Debian's packages (the browser tests drive
+/usr/bin/chromium; no browser download).
 """
 
 from __future__ import annotations
@@ -95,12 +96,13 @@ find_interpreters()
 
 
 def ensure_system_packages(session: nox.Session) -> None:
-    """Install redis-server and chromium from Debian when they are missing (root only)."""
-    missing = []
-    if shutil.which("redis-server") is None:
-        missing.append("redis-server")
+    """Install redis-server, redis-sentinel, chromium and npm from Debian when they are
+    missing (root only): the list .ci/run installs before it runs nox."""
+    missing = [name for name in ("redis-server", "redis-sentinel") if shutil.which(name) is None]
     if not os.path.exists("/usr/bin/chromium"):
         missing.append("chromium")
+    if shutil.which("npm") is None:  # the browser tests fetch their pages' libraries
+        missing.append("npm")
     if not missing:
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
@@ -191,7 +193,8 @@ WHEEL_IGNORES = (
 @nox.session(python=NEWEST[0])
 def tests_wheel(session: nox.Session) -> None:
     """The server-level tests against the wheel in dist/ installed as a user would (not
-    editable; built by ``nox -s build`` first when there is none).
+    editable). With no wheel there it queues ``nox -s build`` and skips itself: run it
+    again once the wheel is built.
 
     pytest runs from a copy of the checkout's tracked files without pushserver/ (in the
     session's tmp directory), so neither the tests nor the servers they start (whose working

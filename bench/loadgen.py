@@ -7,7 +7,8 @@ it drives.
 
 With several servers (``ports`` / ``server_pids``: processes sharing one Redis) subscriber
 *i* connects to server *i* mod *n*, publishers take turns over the servers, and CPU time and
-memory are summed over the server processes; ``redis_pid``'s CPU is reported on its own.
+memory are summed over the server processes; the Redis processes' CPU (``redis_pids``, a
+cluster's every node, or the one ``redis_pid``) is summed and reported on its own.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ Servers run on CPU 0 and the load on CPU 1 as in ``python -m bench``; ours is
 round; the table gives the median of the rounds' ratios and each round's in brackets.
 JSON goes to ``bench/results/requestpath.json`` (``--out``).
 
-``python -m bench.requestpath publish '<json spec>'`` is the publish load on its own (what
-the runner starts, pinned to CPU 1); it prints one JSON line.
+``python -m bench.requestpath publish '<json spec>'`` is the publish load on its own, and
+``... connect '<json spec>'`` the connect load (what the runner starts, pinned to CPU 1);
+each prints one JSON line.
 """
 
 from __future__ import annotations

@@ -40,12 +40,10 @@ def build(
         if cluster:
             store["cluster"] = True
     else:
-        store = {"type": "memory"}
-    if not redis_url:
         # No budget: a throughput round over 10,000 channels keeping 1,000 messages each
         # would reach the default 64 MiB and measure 507s. channel_timeout keeps its default
         # (the soak's abandoned-channel flood relies on it).
-        store.update(memory_limit=0, max_channels=0)
+        store = {"type": "memory", "memory_limit": 0, "max_channels": 0}
     if channel_timeout is not None:  # bench/hangups.py --flood: channels that go in seconds
         store["channel_timeout"] = channel_timeout
     config = load(

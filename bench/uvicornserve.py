@@ -1,11 +1,14 @@
-"""The same ASGI app under uvicorn instead of hypercorn: a measurement, not a shipped option.
+"""An ASGI app under uvicorn instead of hypercorn, for the floor and the memory probe.
 
-``bench/server.py --asgi-server uvicorn`` and ``bench/floor.py --asgi-server uvicorn`` use
-:func:`serve`: uvicorn with httptools (HTTP/1.1), its ``websockets-sansio`` WebSocket protocol,
-the app's lifespan on, on the running (uvloop) loop, accepting on the socket already bound
-by ``pushserver.server.bind``. The garbage collector gets the thresholds
-``pushserver.server.serve`` sets under hypercorn, so the comparison differs in the server
-only. uvicorn is not a dependency of pushserver: the bench skips these targets without it.
+``bench/floor.py --asgi-server uvicorn`` and ``bench/memprobe.py --asgi-server uvicorn`` use
+:func:`serve` (``bench/server.py --asgi-server uvicorn`` runs the shipped
+``pushserver.servers.serve_uvicorn`` instead, as ``runpushserver --server uvicorn`` does;
+:func:`available` gates every uvicorn target): uvicorn with httptools (HTTP/1.1), its
+``websockets-sansio`` WebSocket protocol, the app's lifespan on, on the running (uvloop)
+loop, accepting on the socket already bound by ``pushserver.server.bind``. The garbage
+collector gets the thresholds ``pushserver.server.serve`` sets under hypercorn, so the
+comparison differs in the server only. uvicorn is not a dependency of pushserver: the bench
+skips these targets without it.
 """
 
 from __future__ import annotations
