@@ -344,7 +344,7 @@ async def _websocket(
             try:
                 frame = await ws.recv()
             except ConnectionClosed as closed:
-                _closed(closed.rcvd.code if closed.rcvd else 1006, closed.rcvd, received, state)
+                _closed(closed.rcvd, received, state)
                 return
             received = True
             item = _v1_item(frame)
@@ -357,9 +357,10 @@ async def _websocket(
             yield item
 
 
-def _closed(code: int, close: Any, received: bool, state: _Subscription) -> None:
-    """What a close means: the end (return), a retry, a fallback or a refusal (raised)."""
-    reason = close.reason if close is not None else ""
+def _closed(close: Any, received: bool, state: _Subscription) -> None:
+    """What a close (the received Close frame; None: none, 1006) means: the end (return),
+    a retry, a fallback or a refusal (raised)."""
+    code, reason = (close.code, close.reason) if close is not None else (1006, "")
     if code == CLOSE_DELETED and not state.channels:
         return
     if code == CLOSE_NOT_ALLOWED and not received:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from django import template
 from django.templatetags.static import static
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from ..settings import get_config
 from ..utils import signing, updates
@@ -44,25 +44,24 @@ def pushserver_transport() -> str:
     return get_config().transport
 
 
-@register.simple_tag
-def pushserver_script() -> SafeString:
+def _script(path: str, module: bool = False) -> SafeString:
+    """A script tag for the static ``path``, with ``PUSH_SERVER['transport']`` in the
+    attribute both clients read."""
     return format_html(
-        '<script src="{}" data-pushserver-transport="{}"></script>',
-        static("pushserver/updates.js"),
+        '<script{} src="{}" data-pushserver-transport="{}"></script>',
+        mark_safe(' type="module"') if module else "",
+        static(path),
         get_config().transport,
     )
+
+
+@register.simple_tag
+def pushserver_script() -> SafeString:
+    return _script("pushserver/updates.js")
 
 
 @register.simple_tag
 def pushserver_client(module: bool = False) -> SafeString:
     if module:
-        return format_html(
-            '<script type="module" src="{}" data-pushserver-transport="{}"></script>',
-            static("pushserver/pushserver.mjs"),
-            get_config().transport,
-        )
-    return format_html(
-        '<script src="{}" data-pushserver-transport="{}"></script>',
-        static("pushserver/pushserver.js"),
-        get_config().transport,
-    )
+        return _script("pushserver/pushserver.mjs", module=True)
+    return _script("pushserver/pushserver.js")

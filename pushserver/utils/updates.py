@@ -400,9 +400,12 @@ def _payload(
     already_serialized: bool,
     content_type: str | None,
     event: str | None,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None,
 ) -> Payload:
     """The update's payload; TypeError / ValueError on bad arguments."""
+    key = idempotency_key
+    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValueError(f"idempotency_key must be 1 to 255 visible ASCII characters, not {key!r}")
     if event is not None:
         check_event_name(event)
     if content_type is None:
@@ -455,11 +458,8 @@ def send_update(
     """
     config = push_settings.get_config()
     channel = str(channel_id)
-    key = idempotency_key
-    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
-        raise ValueError(f"idempotency_key must be 1 to 255 visible ASCII characters, not {key!r}")
     request: urllib.request.Request | None = None
-    payload = _payload(data, already_serialized, content_type, event, key)
+    payload = _payload(data, already_serialized, content_type, event, idempotency_key)
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
         # Inside runpushserver its own hub is connected to the same store already.
@@ -476,8 +476,8 @@ def send_update(
         if payload.event is not None:
             # Header values are Latin-1 on the wire: UTF-8 bytes, as the server reads them.
             headers["X-EventSource-Event"] = payload.event.encode("utf-8").decode("latin-1")
-        if key is not None:
-            headers["Idempotency-Key"] = key
+        if payload.idempotency_key is not None:
+            headers["Idempotency-Key"] = payload.idempotency_key
         if config.publisher_secret:
             headers["Authorization"] = f"Bearer {publisher_token(config.publisher_secret)}"
         request = urllib.request.Request(url, data=payload.body, headers=headers, method="POST")

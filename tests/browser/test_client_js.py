@@ -226,8 +226,13 @@ def test_backoff_grows_with_jitter_up_to_the_cap(page, server):
         window.fetch = (...args) => { starts.push(performance.now()); return fetch(...args); };
         window.start(url, {transport: 'longpoll', retryDelay: 100, maxRetryDelay: 400,
                            jitter: 0.5});
-        await new Promise((resolve) => {
-            (function check() { starts.length >= 8 ? resolve() : setTimeout(check, 20); })();
+        const deadline = performance.now() + 30000;  // fail, not hang, if no poll starts
+        await new Promise((resolve, reject) => {
+            (function check() {
+                if (starts.length >= 8) { resolve(); }
+                else if (performance.now() > deadline) { reject(new Error(starts.length)); }
+                else { setTimeout(check, 20); }
+            })();
         });
         window.subscription.close();
         return starts;

@@ -198,8 +198,7 @@ def test_resumes_without_loss_after_the_push_server_restarts(
     page, start_server, redis_server, mode
 ):
     settings = config(mode, store=redis_server.store())
-    port = free_port()
-    server = start_server(settings, port=port)
+    server = start_server(settings)
     other = start_server(settings)  # same store: publishes while the page's server is down
     channel = f"restart-{mode}"
     page.goto(f"{server.url}/browser/page?channel={channel}")

@@ -31,10 +31,11 @@ PLAIN = """
 """
 
 CLOSE = """
-([url, protocols, deleteUrl]) => new Promise((resolve) => {
+([url, protocols, deleteUrl]) => new Promise((resolve, reject) => {
     const socket = new WebSocket(url, protocols);
     socket.onopen = () => { if (deleteUrl) fetch(deleteUrl, {method: 'DELETE'}); };
     socket.onclose = (event) => resolve([socket.protocol, event.code, event.reason]);
+    setTimeout(() => reject(new Error('timed out')), 10000);
 })
 """
 

@@ -258,6 +258,12 @@
         this.disconnect();
     };
 
+    // The connection opened: the counts of failed attempts in a row start again.
+    Reconnecting.prototype.markOpen = function () {
+        this.neverOpened = 0;
+        this.failures = 0;
+    };
+
     Reconnecting.prototype.retry = function (opened, why) {
         this.disconnect();
         if (!this.running) { return; }
@@ -314,8 +320,7 @@
         socket.binaryType = 'arraybuffer';
         socket.onopen = function () {
             opened = true;
-            self.neverOpened = 0;
-            self.failures = 0;
+            self.markOpen();
         };
         socket.onmessage = function (event) {
             if (socket === self.socket) { self.frame(event.data); }
@@ -424,8 +429,7 @@
         }
         listen('open', function () {
             opened = true;
-            self.neverOpened = 0;
-            self.failures = 0;
+            self.markOpen();
         });
         listen('message', message);
         sub.options.events.forEach(function (name) { listen(name, message); });
