@@ -37,9 +37,10 @@ def end_refused_websockets() -> None:
     from hypercorn.protocol.events import Body, Data, StreamClosed
     from hypercorn.protocol.ws_stream import WSStream
 
-    handle = WSStream.handle
-    if getattr(handle, "ends_refusals", False):
+    # The marker is on the class: other fixes wrap WSStream.handle over this one.
+    if getattr(WSStream, "_pushserver_ends_refusals", False):
         return
+    handle = WSStream.handle
 
     async def handle_and_end_refusals(self: Any, event: Any) -> None:
         if isinstance(event, Body | Data) and not self.closed and not self.handshake.accepted:
@@ -54,7 +55,7 @@ def end_refused_websockets() -> None:
             await self.app_put({"type": "websocket.disconnect", "code": 1006})
         await self.send(StreamClosed(stream_id=self.stream_id))
 
-    handle_and_end_refusals.ends_refusals = True  # type: ignore[attr-defined]
+    WSStream._pushserver_ends_refusals = True  # type: ignore[attr-defined]
     WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
 
 
