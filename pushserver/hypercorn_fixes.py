@@ -1,9 +1,11 @@
-"""Fixes for hypercorn 0.18 bugs a client can trigger, applied by :func:`pushserver.server.serve`.
+"""Fixes for hypercorn 0.18 and the libraries under it, applied by :func:`pushserver.server.serve`.
 
-Each wraps one hypercorn internal, is idempotent (applying it twice changes nothing) and is
-covered by tests/test_hostile_http.py, which fails without it: re-run that module after any
-hypercorn upgrade (pyproject.toml pins the minor version for that reason). They are worth
-reporting upstream; each docstring says what goes wrong without it.
+Each wraps one internal of hypercorn (or of wsproto or trio beneath it), is idempotent
+(applying it twice changes nothing) and is covered by a test that fails without it:
+tests/test_hostile_http.py for what a client can trigger, tests/test_server_gc.py for the
+reference cycles; the memory fix and the ping extension (not a fix) name theirs. Re-run
+those after any hypercorn upgrade (pyproject.toml pins the minor version for that reason).
+They are worth reporting upstream; each docstring says what goes wrong without it.
 """
 
 from __future__ import annotations
