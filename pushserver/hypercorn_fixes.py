@@ -1,9 +1,11 @@
-"""Fixes for hypercorn 0.18 bugs a client can trigger, applied by :func:`pushserver.server.serve`.
+"""Fixes for hypercorn 0.18 and the libraries under it, applied by :func:`pushserver.server.serve`.
 
-Each wraps one hypercorn internal, is idempotent (applying it twice changes nothing) and is
-covered by tests/test_hostile_http.py, which fails without it: re-run that module after any
-hypercorn upgrade (pyproject.toml pins the minor version for that reason). They are worth
-reporting upstream; each docstring says what goes wrong without it.
+Each wraps one internal of hypercorn (or of wsproto or trio beneath it), is idempotent
+(applying it twice changes nothing) and is covered by a test that fails without it:
+tests/test_hostile_http.py for what a client can trigger, tests/test_server_gc.py for the
+reference cycles; the memory fix and the ping extension (not a fix) name theirs. Re-run
+those after any hypercorn upgrade (pyproject.toml pins the minor version for that reason).
+They are worth reporting upstream; each docstring says what goes wrong without it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def end_refused_websockets() -> None:
     from hypercorn.protocol.events import Body, Data, StreamClosed
     from hypercorn.protocol.ws_stream import WSStream
 
-    handle = WSStream.handle
-    if getattr(handle, "ends_refusals", False):
+    # The marker is on the class: other fixes wrap WSStream.handle over this one.
+    if getattr(WSStream, "_pushserver_ends_refusals", False):
         return
+    handle = WSStream.handle
 
     async def handle_and_end_refusals(self: Any, event: Any) -> None:
         if isinstance(event, Body | Data) and not self.closed and not self.handshake.accepted:
@@ -54,7 +57,7 @@ def end_refused_websockets() -> None:
             await self.app_put({"type": "websocket.disconnect", "code": 1006})
         await self.send(StreamClosed(stream_id=self.stream_id))
 
-    handle_and_end_refusals.ends_refusals = True  # type: ignore[attr-defined]
+    WSStream._pushserver_ends_refusals = True  # type: ignore[attr-defined]
     WSStream.handle = handle_and_end_refusals  # type: ignore[method-assign]
 
 

@@ -34,9 +34,10 @@ BACKLOG = 4096
 #: interpreter almost never runs a full collection, so nothing a connection leaves behind
 #: may depend on one: a closed connection's objects must be freed by reference counting
 #: alone (tests/test_server_gc.py; on trio pushserver.hypercorn_fixes breaks the cycles
-#: hypercorn leaves, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute; on
-#: asyncio pushserver's own connection layer leaves none; it also breaks the one wsproto
-#: leaves per WebSocket, and on Python 3.12 and 3.13 the one trio's socket streams leave).
+#: hypercorn leaves, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute, and
+#: on Python 3.12 and 3.13 the one trio's socket streams leave; on asyncio pushserver's own
+#: connection layer leaves none; on both, hypercorn_fixes breaks the one wsproto leaves per
+#: WebSocket).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 

@@ -139,6 +139,23 @@ async def test_the_extension_is_offered_once_applied():
     assert WSStream.app_send is patched
 
 
+async def test_the_fixes_wrapping_the_same_method_stay_idempotent():
+    """serve() applies every fix at each start, and three wrap WSStream.handle, one over
+    the other: a second server in the same process wraps none of them again (the refusal
+    fix once did, and then told the application of a refusal twice)."""
+    from hypercorn.protocol.ws_stream import WSStream
+
+    def apply() -> None:
+        hypercorn_fixes.end_refused_websockets()
+        hypercorn_fixes.send_websocket_pings()
+        hypercorn_fixes.free_closed_websocket_parsers()
+
+    apply()
+    handle = WSStream.handle
+    apply()
+    assert WSStream.handle is handle
+
+
 @pytest.mark.parametrize("missing", ["_send_wsproto_event", "app_send"])
 async def test_a_hypercorn_without_the_internals_is_left_alone(monkeypatch, caplog, missing):
     """A future hypercorn without what the extension uses: nothing is patched, scopes get

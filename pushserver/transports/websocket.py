@@ -419,7 +419,7 @@ class _Connection:
         stream: Stream,
         receive: Receive,
         send: Send,
-        mode: str | None = PUSHSERVER_V1,
+        mode: str | None,
     ) -> None:
         self.transport = transport
         #: The subprotocol (None: the plain mode).
