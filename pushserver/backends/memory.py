@@ -109,9 +109,12 @@ def _message_id(message: Message) -> MessageId:
 
 def message_cost(message: Message) -> int:
     """Bytes a retained message counts against ``memory_limit``."""
-    return (
-        MESSAGE_OVERHEAD + len(message.body) + len(message.content_type) + len(message.event or "")
-    )
+    return _message_cost(message.body, message.content_type, message.event)
+
+
+def _message_cost(body: bytes, content_type: str, event: str | None) -> int:
+    """:func:`message_cost` of a message not made yet (a publish checks it first)."""
+    return MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
 
 
 def idempotency_key_cost(key: str) -> int:
@@ -337,7 +340,7 @@ class MemoryBackend(Backend):
                 _, first_id, first_at, first_subscribers = first
                 message = Message(first_id, body, content_type, event, first_at)
                 return PublishResult(message, first_subscribers, replayed=True)
-        cost = MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
+        cost = _message_cost(body, content_type, event)
         remember = idempotency_key is not None and self.idempotency_window > 0
         key_cost = idempotency_key_cost(idempotency_key) if remember else 0  # type: ignore[arg-type]
         if channel is None:
