@@ -204,13 +204,11 @@ class MemoryBackend(Backend):
 
     # -- retention and budget ---------------------------------------------------------------
 
-    def _trim(self, channel: _Channel, now: float, extra: int = 0) -> None:
-        """Drop what retention says; ``extra`` more are dropped by ``max_messages`` (a
-        publish about to append that many)."""
+    def _trim(self, channel: _Channel, now: float) -> None:
         messages = channel.messages
         drop = 0
-        if self.max_messages and len(messages) + extra > self.max_messages:
-            drop = min(len(messages), len(messages) + extra - self.max_messages)
+        if self.max_messages and len(messages) > self.max_messages:
+            drop = len(messages) - self.max_messages
         if self.message_timeout:
             keep_at_least = self.min_messages
             deadline = now - self.message_timeout
