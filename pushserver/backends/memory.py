@@ -274,7 +274,7 @@ class MemoryBackend(Backend):
             while self.sweep(time.time()):
                 await anyio.sleep(0)  # a long backlog: let the other clients be served
 
-    def _check_budget(self, channel_id: str, adding: int, new_channel: bool) -> None:
+    def _check_budget(self, adding: int, new_channel: bool) -> None:
         if new_channel and self.max_channels and len(self._channels) >= self.max_channels:
             self.refusals["max_channels"] += 1
             raise StoreFull("max_channels", f"it holds {self.max_channels} channels")
@@ -311,7 +311,7 @@ class MemoryBackend(Backend):
             if publisher:
                 channel.published = True
             return False
-        self._check_budget(channel_id, channel_cost(channel_id), True)
+        self._check_budget(channel_cost(channel_id), True)
         channel = self._add_channel(channel_id, time.time(), publisher)
         self._next_due(channel_id, channel)
         return True
@@ -344,7 +344,7 @@ class MemoryBackend(Backend):
         if channel is None:
             if not create:
                 raise ChannelNotFound(channel_id)
-            self._check_budget(channel_id, cost + key_cost + channel_cost(channel_id), True)
+            self._check_budget(cost + key_cost + channel_cost(channel_id), True)
             channel = self._add_channel(channel_id, now, True)
         else:
             # Make room as retention would right after the append, then check: a refused
@@ -354,7 +354,7 @@ class MemoryBackend(Backend):
             if self.max_messages and len(channel.messages) >= self.max_messages:
                 over = len(channel.messages) + 1 - self.max_messages
                 freed = sum(map(message_cost, channel.messages[:over]))
-            self._check_budget(channel_id, cost + key_cost - freed, False)
+            self._check_budget(cost + key_cost - freed, False)
             channel.published = True
         seconds = int(now)
         message_id = channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)
