@@ -150,7 +150,7 @@ end
 
 -- After a publish: a publisher's channel is kept (PERSIST), unless keep_publisher_channels is
 -- off, when it goes channel_timeout after its newest message expires (never, if messages
--- never expire). timeout_ms and keep are the script's last two arguments.
+-- never expire).
 local function settle(meta, msgs, subs, message_timeout, min_messages, timeout_ms, keep)
   if keep == '1' or tonumber(timeout_ms) == 0 or message_timeout <= 0 or min_messages > 0 then
     redis.call('PERSIST', meta)
@@ -184,7 +184,7 @@ end
 # KEYS: meta, msgs, subs[, idempotency key]. ARGV: create, content type, has event, event,
 # body, max_messages, message_timeout, min_messages, live channel, PUBLISH or SPUBLISH,
 # milliseconds the idempotency key is kept, then settle()'s channel_timeout in milliseconds
-# and keep_publisher_channels (always the last two). Returns {0} (no channel) or
+# and keep_publisher_channels. Returns {0} (no channel) or
 # {1, time, tag, published_at, subscribers}; {2, ...the same} when the idempotency key was
 # seen: the first publish's answer, nothing stored.
 _PUBLISH = (
@@ -222,7 +222,7 @@ else
 end
 redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
 trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
-settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[#ARGV - 1], ARGV[#ARGV])
+settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12], ARGV[13])
 local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
 redis.call(ARGV[10], ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
@@ -541,7 +541,7 @@ class RedisBackend(Backend):
         self.channel_timeout = channel_timeout
         self.keep_publisher_channels = keep_publisher_channels
         self._timeout_ms = int(channel_timeout * 1000)
-        #: The last two arguments of the publish script (its settle()).
+        #: The create script's last two arguments, and the publish script's (its settle()).
         self._expiry = (self._timeout_ms, int(keep_publisher_channels))
         #: Redis's used_memory and maxmemory (0: none) as last read, None before.
         self.memory_used: int | None = None
@@ -903,7 +903,7 @@ class RedisBackend(Backend):
             self._live(channel_id),
             self._publish_command,
             max(1, round(self.idempotency_window * 1000)),
-            *self._expiry,  # the script's last two arguments, whatever comes before
+            *self._expiry,
         ]
         if self.wait_replicas > 0:
             result = await self._run_durably("publish", keys, args)
