@@ -294,9 +294,7 @@ return 0
 # keep_publisher_channels. Returns 1 when it was created. A channel made by a subscriber (or by
 # anyone, without keep_publisher_channels) expires channel_timeout after its last use; a
 # publisher creating one a subscriber made takes it over (it is kept).
-_CREATE = (
-    _TRIM
-    + """
+_CREATE = """
 local created = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
 local timeout = tonumber(ARGV[3])
 if ARGV[2] == '1' and ARGV[4] == '1' then
@@ -306,7 +304,6 @@ elseif created == 1 and timeout > 0 then
 end
 return created
 """
-)
 
 # KEYS: meta, subs. ARGV: node, count, seconds to live, '1' to only extend the entry's life
 # (the periodic refresh: it must not overwrite a newer count), channel_timeout in ms. Returns
