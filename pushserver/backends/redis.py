@@ -635,20 +635,26 @@ class RedisBackend(Backend):
             addresses.append((host.strip("[]") or "127.0.0.1", int(port)))
         return addresses
 
-    def _client(self) -> Any:
-        """The command client: a plain, cluster or sentinel-managed one."""
+    def _command_options(self) -> dict[str, Any]:
         options = self._client_options(
             timeout=self.command_timeout, connect_timeout=self.connect_timeout
         )
         options["retry"] = Retry(NoBackoff(), 0)
+        return options
+
+    def _plain_client(self, options: dict[str, Any]) -> aioredis.Redis:
+        if self.url:
+            return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.Redis(**options)
+
+    def _client(self) -> Any:
+        """The command client: a plain, cluster or sentinel-managed one."""
+        options = self._command_options()
         if self.sentinels:
             return self._sentinel_client(options)
         if self.cluster:
             return self._cluster_client(options)
-        if self.url:
-            client = aioredis.Redis.from_url(self.url, **options)
-        else:
-            client = aioredis.Redis(**options)
+        client = self._plain_client(options)
         # redis-py's default pool fails a command outright ("Too many connections") once
         # 100 are busy, so a broadcast re-polled by more long-poll subscribers than that
         # got 503s. The same connections in a blocking pool make the excess wait instead.
@@ -692,14 +698,7 @@ class RedisBackend(Backend):
         """Cluster: a plain client of one primary (cached by its name)."""
         client = self._nodes.get(node.name)
         if client is None:
-            options = self._client_options(
-                timeout=self.command_timeout, connect_timeout=self.connect_timeout
-            )
-            options["retry"] = Retry(NoBackoff(), 0)
-            if self.url:
-                client = aioredis.Redis.from_url(self.url, **options)
-            else:
-                client = aioredis.Redis(**options)
+            client = self._plain_client(self._command_options())
             client.connection_pool.connection_kwargs.update(host=node.host, port=node.port, db=0)
             self._nodes[node.name] = client
         return client
