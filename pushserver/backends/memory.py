@@ -109,9 +109,12 @@ def _message_id(message: Message) -> MessageId:
 
 def message_cost(message: Message) -> int:
     """Bytes a retained message counts against ``memory_limit``."""
-    return (
-        MESSAGE_OVERHEAD + len(message.body) + len(message.content_type) + len(message.event or "")
-    )
+    return _message_cost(message.body, message.content_type, message.event)
+
+
+def _message_cost(body: bytes, content_type: str, event: str | None) -> int:
+    """:func:`message_cost` of a message not made yet (a publish checks it first)."""
+    return MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
 
 
 def idempotency_key_cost(key: str) -> int:
@@ -201,13 +204,11 @@ class MemoryBackend(Backend):
 
     # -- retention and budget ---------------------------------------------------------------
 
-    def _trim(self, channel: _Channel, now: float, extra: int = 0) -> None:
-        """Drop what retention says; ``extra`` more are dropped by ``max_messages`` (a
-        publish about to append that many)."""
+    def _trim(self, channel: _Channel, now: float) -> None:
         messages = channel.messages
         drop = 0
-        if self.max_messages and len(messages) + extra > self.max_messages:
-            drop = min(len(messages), len(messages) + extra - self.max_messages)
+        if self.max_messages and len(messages) > self.max_messages:
+            drop = len(messages) - self.max_messages
         if self.message_timeout:
             keep_at_least = self.min_messages
             deadline = now - self.message_timeout
@@ -273,7 +274,7 @@ class MemoryBackend(Backend):
             while self.sweep(time.time()):
                 await anyio.sleep(0)  # a long backlog: let the other clients be served
 
-    def _check_budget(self, channel_id: str, adding: int, new_channel: bool) -> None:
+    def _check_budget(self, adding: int, new_channel: bool) -> None:
         if new_channel and self.max_channels and len(self._channels) >= self.max_channels:
             self.refusals["max_channels"] += 1
             raise StoreFull("max_channels", f"it holds {self.max_channels} channels")
@@ -310,7 +311,7 @@ class MemoryBackend(Backend):
             if publisher:
                 channel.published = True
             return False
-        self._check_budget(channel_id, channel_cost(channel_id), True)
+        self._check_budget(channel_cost(channel_id), True)
         channel = self._add_channel(channel_id, time.time(), publisher)
         self._next_due(channel_id, channel)
         return True
@@ -337,13 +338,13 @@ class MemoryBackend(Backend):
                 _, first_id, first_at, first_subscribers = first
                 message = Message(first_id, body, content_type, event, first_at)
                 return PublishResult(message, first_subscribers, replayed=True)
-        cost = MESSAGE_OVERHEAD + len(body) + len(content_type) + len(event or "")
+        cost = _message_cost(body, content_type, event)
         remember = idempotency_key is not None and self.idempotency_window > 0
         key_cost = idempotency_key_cost(idempotency_key) if remember else 0  # type: ignore[arg-type]
         if channel is None:
             if not create:
                 raise ChannelNotFound(channel_id)
-            self._check_budget(channel_id, cost + key_cost + channel_cost(channel_id), True)
+            self._check_budget(cost + key_cost + channel_cost(channel_id), True)
             channel = self._add_channel(channel_id, now, True)
         else:
             # Make room as retention would right after the append, then check: a refused
@@ -353,7 +354,7 @@ class MemoryBackend(Backend):
             if self.max_messages and len(channel.messages) >= self.max_messages:
                 over = len(channel.messages) + 1 - self.max_messages
                 freed = sum(map(message_cost, channel.messages[:over]))
-            self._check_budget(channel_id, cost + key_cost - freed, False)
+            self._check_budget(cost + key_cost - freed, False)
             channel.published = True
         seconds = int(now)
         message_id = channel.last_id.next_for(seconds) if channel.last_id else MessageId(seconds, 0)

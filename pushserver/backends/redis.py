@@ -150,7 +150,7 @@ end
 
 -- After a publish: a publisher's channel is kept (PERSIST), unless keep_publisher_channels is
 -- off, when it goes channel_timeout after its newest message expires (never, if messages
--- never expire). timeout_ms and keep are the script's last two arguments.
+-- never expire).
 local function settle(meta, msgs, subs, message_timeout, min_messages, timeout_ms, keep)
   if keep == '1' or tonumber(timeout_ms) == 0 or message_timeout <= 0 or min_messages > 0 then
     redis.call('PERSIST', meta)
@@ -184,7 +184,7 @@ end
 # KEYS: meta, msgs, subs[, idempotency key]. ARGV: create, content type, has event, event,
 # body, max_messages, message_timeout, min_messages, live channel, PUBLISH or SPUBLISH,
 # milliseconds the idempotency key is kept, then settle()'s channel_timeout in milliseconds
-# and keep_publisher_channels (always the last two). Returns {0} (no channel) or
+# and keep_publisher_channels. Returns {0} (no channel) or
 # {1, time, tag, published_at, subscribers}; {2, ...the same} when the idempotency key was
 # seen: the first publish's answer, nothing stored.
 _PUBLISH = (
@@ -222,7 +222,7 @@ else
 end
 redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
 trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
-settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[#ARGV - 1], ARGV[#ARGV])
+settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12], ARGV[13])
 local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
 redis.call(ARGV[10], ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
@@ -294,9 +294,7 @@ return 0
 # keep_publisher_channels. Returns 1 when it was created. A channel made by a subscriber (or by
 # anyone, without keep_publisher_channels) expires channel_timeout after its last use; a
 # publisher creating one a subscriber made takes it over (it is kept).
-_CREATE = (
-    _TRIM
-    + """
+_CREATE = """
 local created = redis.call('HSETNX', KEYS[1], 'created', ARGV[1])
 local timeout = tonumber(ARGV[3])
 if ARGV[2] == '1' and ARGV[4] == '1' then
@@ -306,7 +304,6 @@ elseif created == 1 and timeout > 0 then
 end
 return created
 """
-)
 
 # KEYS: meta, subs. ARGV: node, count, seconds to live, '1' to only extend the entry's life
 # (the periodic refresh: it must not overwrite a newer count), channel_timeout in ms. Returns
@@ -541,7 +538,7 @@ class RedisBackend(Backend):
         self.channel_timeout = channel_timeout
         self.keep_publisher_channels = keep_publisher_channels
         self._timeout_ms = int(channel_timeout * 1000)
-        #: The last two arguments of the publish script (its settle()).
+        #: The create script's last two arguments, and the publish script's (its settle()).
         self._expiry = (self._timeout_ms, int(keep_publisher_channels))
         #: Redis's used_memory and maxmemory (0: none) as last read, None before.
         self.memory_used: int | None = None
@@ -638,20 +635,26 @@ class RedisBackend(Backend):
             addresses.append((host.strip("[]") or "127.0.0.1", int(port)))
         return addresses
 
-    def _client(self) -> Any:
-        """The command client: a plain, cluster or sentinel-managed one."""
+    def _command_options(self) -> dict[str, Any]:
         options = self._client_options(
             timeout=self.command_timeout, connect_timeout=self.connect_timeout
         )
         options["retry"] = Retry(NoBackoff(), 0)
+        return options
+
+    def _plain_client(self, options: dict[str, Any]) -> aioredis.Redis:
+        if self.url:
+            return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.Redis(**options)
+
+    def _client(self) -> Any:
+        """The command client: a plain, cluster or sentinel-managed one."""
+        options = self._command_options()
         if self.sentinels:
             return self._sentinel_client(options)
         if self.cluster:
             return self._cluster_client(options)
-        if self.url:
-            client = aioredis.Redis.from_url(self.url, **options)
-        else:
-            client = aioredis.Redis(**options)
+        client = self._plain_client(options)
         # redis-py's default pool fails a command outright ("Too many connections") once
         # 100 are busy, so a broadcast re-polled by more long-poll subscribers than that
         # got 503s. The same connections in a blocking pool make the excess wait instead.
@@ -695,14 +698,7 @@ class RedisBackend(Backend):
         """Cluster: a plain client of one primary (cached by its name)."""
         client = self._nodes.get(node.name)
         if client is None:
-            options = self._client_options(
-                timeout=self.command_timeout, connect_timeout=self.connect_timeout
-            )
-            options["retry"] = Retry(NoBackoff(), 0)
-            if self.url:
-                client = aioredis.Redis.from_url(self.url, **options)
-            else:
-                client = aioredis.Redis(**options)
+            client = self._plain_client(self._command_options())
             client.connection_pool.connection_kwargs.update(host=node.host, port=node.port, db=0)
             self._nodes[node.name] = client
         return client
@@ -903,7 +899,7 @@ class RedisBackend(Backend):
             self._live(channel_id),
             self._publish_command,
             max(1, round(self.idempotency_window * 1000)),
-            *self._expiry,  # the script's last two arguments, whatever comes before
+            *self._expiry,
         ]
         if self.wait_replicas > 0:
             result = await self._run_durably("publish", keys, args)
