@@ -356,16 +356,12 @@ class Command(BaseCommand):
             quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
             processes = f", {workers} workers" if workers > 1 else ""
             self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
-            self.stdout.write(
-                f"Django version {django.get_version()}, using settings "
-                f"{settings.SETTINGS_MODULE!r}\n"
-                f"Push server version {__version__} on {self.server_version(self.server_choice)} "
-                f"({loop}{processes}), "
-                f"transports: {', '.join(transports)}\n"
-                f"Development push server is running at http://{host}/\n"
-                f"Quit the server with {quit_command}."
+            self.banner(
+                f"{self.server_version(self.server_choice)} ({loop}{processes})",
+                transports,
+                host,
+                quit_command,
             )
-            self.stdout.flush()
             if app is not None:
                 self.run_server(app, sockets[0], options)
             else:
@@ -393,6 +389,20 @@ class Command(BaseCommand):
 
         return f"{server} version {version(server)}"
 
+    def banner(
+        self, server: str, transports: tuple[str, ...], host: str, quit_command: str = "CONTROL-C"
+    ) -> None:
+        """The lines that say what serves where (the last but one is what
+        :class:`pushserver.testing.PushServerProcess` waits for)."""
+        self.stdout.write(
+            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Push server version {__version__} on {server}, "
+            f"transports: {', '.join(transports)}\n"
+            f"Development push server is running at http://{host}/\n"
+            f"Quit the server with {quit_command}."
+        )
+        self.stdout.flush()
+
     def exec_granian(
         self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
     ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
@@ -404,15 +414,7 @@ class Command(BaseCommand):
         port = sock.getsockname()[1]
         sock.close()  # granian binds it itself
         command, env = granian_command(address, port, options, transports, get_config())
-        host = format_host(address, port)
-        self.stdout.write(
-            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on {self.server_version('granian')}, "
-            f"transports: {', '.join(transports)}\n"
-            f"Development push server is running at http://{host}/\n"
-            f"Quit the server with CONTROL-C."
-        )
-        self.stdout.flush()
+        self.banner(self.server_version("granian"), transports, format_host(address, port))
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(command[0], command, env)
