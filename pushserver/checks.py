@@ -141,8 +141,9 @@ def check_redis_reachable(app_configs: Any = None, **kwargs: Any) -> list[checks
     except ImportError:
         return []  # pushserver.E016 says so
     messages: list[checks.CheckMessage] = []
-    pinged: dict[str, str | None] = {}
-    misconfigured: set[str] = set()
+    #: Per address: why the PING failed (None: it answered), and whether the store's
+    #: 'cluster' option contradicts the server.
+    pinged: dict[str, tuple[str | None, bool]] = {}
     for store in stores:
         try:
             cls = backend_class(store.type)
@@ -152,11 +153,10 @@ def check_redis_reachable(app_configs: Any = None, **kwargs: Any) -> list[checks
         except Exception:  # reported by the other checks (E016, E017)
             continue
         if backend.address not in pinged:
-            pinged[backend.address] = backend.ping(REDIS_CHECK_TIMEOUT)
-            if backend.misconfigured:
-                misconfigured.add(backend.address)
-        reason = pinged[backend.address]
-        if reason is not None and backend.address in misconfigured:
+            reason = backend.ping(REDIS_CHECK_TIMEOUT)
+            pinged[backend.address] = reason, backend.misconfigured
+        reason, misconfigured = pinged[backend.address]
+        if reason is not None and misconfigured:
             messages.append(
                 checks.Warning(
                     f"PUSH_SERVER['store'] {store.name!r}: Redis at {backend.address}: {reason}",

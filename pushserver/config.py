@@ -293,11 +293,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_non_negative(c: _Collector, key: str, value: Any, code: int, *, integer: bool) -> bool:
+def _check_non_negative(
+    c: _Collector, key: str, value: Any, code: int, *, integer: bool, hint: str | None = None
+) -> bool:
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
     if not ok or value < 0:
         kind = "a whole number" if integer else "a number of seconds"
-        c.error(key, f"must be {kind} >= 0, not {value!r}", f"Set {key} to {kind}, e.g. 0.", code)
+        hint = hint or f"Set {key} to {kind}, e.g. 0."
+        c.error(key, f"must be {kind} >= 0, not {value!r}", hint, code)
         return False
     return True
 
@@ -415,27 +418,22 @@ def _check_store_bounds(c: _Collector, skey: str, store_type: str, options: dict
         )
     # Redis has its own budget (maxmemory), known only once connected: the store logs a
     # warning then if it has none (docs/redis.md#memory).
-    bounded_by = "memory_limit" if store_type == "memory" else ""
+    unbounded = store_type == "memory"
     if store_type == "memory":
         for name, code, example in (
             ("memory_limit", 102, f"{memory_backend.DEFAULT_MEMORY_LIMIT} (64 MiB)"),
             ("max_channels", 104, f"{memory_backend.DEFAULT_MAX_CHANNELS}"),
         ):
-            value = options[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                c.error(
-                    f"{skey}[{name!r}]",
-                    f"must be a whole number >= 0, not {value!r}",
-                    f"Use e.g. {example}; 0 means no limit.",
-                    code,
-                )
-                bounded_by = ""  # reported: no second message about it
+            value, key = options[name], f"{skey}[{name!r}]"
+            hint = f"Use e.g. {example}; 0 means no limit."
+            if not _check_non_negative(c, key, value, code, integer=True, hint=hint):
+                unbounded = False  # reported: no second message about it
             elif name == "memory_limit" and value > 0:
-                bounded_by = ""
+                unbounded = False
     if (
         not options.get("max_messages")
         and not options.get("message_timeout")
-        and bounded_by
+        and unbounded
         and _is_number(options.get("max_messages"))
         and _is_number(options.get("message_timeout"))
     ):

@@ -134,6 +134,8 @@ def granian_command(
     address: str, port: int, options: dict[str, Any], transports: tuple[str, ...], config: Any
 ) -> tuple[list[str], dict[str, str]]:
     """The granian command line (and environment) serving :func:`command_application`."""
+    from .server import BACKLOG
+
     run = {
         "allrequests": bool(options.get("allrequests")),
         "forcehost": options.get("forcehost"),
@@ -144,7 +146,7 @@ def granian_command(
         "--interface", "asgi",
         "--host", address,
         "--port", str(port),
-        "--backlog", "4096",
+        "--backlog", str(BACKLOG),
         "--loop", "uvloop" if options.get("loop") == "uvloop" else "asyncio",
         # The default (75 s) is over granian's limit: 60 s then (a value set over it is
         # refused by problems()).

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 _RUNNING_RE = re.compile(r"running at (http://(\S+?))/\s*$")
 
@@ -531,12 +531,16 @@ def _wait_until(what: str, condition: Any, timeout: float) -> None:
 class _ServerGroup:
     """Start and stop a group of :class:`RedisServer` in directories of their own."""
 
-    def __init__(self, directory: str | Path | None, prefix: str) -> None:
+    #: What :meth:`start` waits for once every server runs (its TimeoutError names it).
+    _waiting_for = "the servers to be ready"
+
+    def __init__(self, directory: str | Path | None, prefix: str, startup_timeout: float) -> None:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
             self._temporary = tempfile.TemporaryDirectory(prefix=prefix)
             directory = self._temporary.name
         self.directory = Path(directory)
+        self.startup_timeout = startup_timeout
         self.servers: list[RedisServer] = []
 
     def _add(self, name: str, **kwargs: Any) -> RedisServer:
@@ -547,6 +551,25 @@ class _ServerGroup:
         self.servers.append(server)
         return server
 
+    def start(self) -> Self:
+        """Start every server, :meth:`_join` them, and wait until :meth:`_ready` (all of
+        them stopped again if that fails)."""
+        try:
+            for server in self.servers:
+                server.start()
+            self._join()
+            _wait_until(self._waiting_for, self._ready, self.startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _join(self) -> None:
+        """What makes the running servers one group (nothing by default)."""
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
     def close(self) -> None:
         """Stop every server (SIGTERM) and remove the temporary directory, if one was made."""
         for server in self.servers:
@@ -554,6 +577,9 @@ class _ServerGroup:
         if self._temporary is not None:
             self._temporary.cleanup()
             self._temporary = None
+
+    def __enter__(self) -> Self:
+        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -583,8 +609,7 @@ class RedisClusterServers(_ServerGroup):
         durable: bool = False,
         startup_timeout: float = 60.0,
     ) -> None:
-        super().__init__(directory, "pushserver-cluster-")
-        self.startup_timeout = startup_timeout
+        super().__init__(directory, "pushserver-cluster-", startup_timeout)
         for index in range((primaries) * (1 + replicas)):
             self._add(
                 f"node{index}",
@@ -614,26 +639,20 @@ class RedisClusterServers(_ServerGroup):
         """A ``PUSH_SERVER['store']`` for this cluster, in a ``key_prefix`` of its own."""
         return self.servers[0].store(cluster=True, **options)
 
-    def start(self) -> RedisClusterServers:
-        try:
-            for server in self.servers:
-                server.start()
-            done = subprocess.run(
-                [REDIS_CLI, "--cluster", "create",
-                 *(f"127.0.0.1:{port}" for port in self.ports),
-                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                capture_output=True,
-                text=True,
-                timeout=self.startup_timeout,
-            )  # fmt: skip
-            if done.returncode != 0:
-                output = done.stdout + done.stderr
-                raise RuntimeError(f"redis-cli --cluster create failed:\n{output}")
-            _wait_until("the cluster to be ready", self._ready, self.startup_timeout)
-        except BaseException:
-            self.close()
-            raise
-        return self
+    _waiting_for = "the cluster to be ready"
+
+    def _join(self) -> None:
+        done = subprocess.run(
+            [REDIS_CLI, "--cluster", "create",
+             *(f"127.0.0.1:{port}" for port in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=self.startup_timeout,
+        )  # fmt: skip
+        if done.returncode != 0:
+            output = done.stdout + done.stderr
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{output}")
 
     def nodes(self, port: int | None = None) -> list[dict[str, Any]]:
         """``CLUSTER NODES`` as seen by one live node: dicts with ``port``, ``flags``,
@@ -698,9 +717,6 @@ class RedisClusterServers(_ServerGroup):
                 return self._server(node["port"])
         raise LookupError(f"no live primary serves slot {slot}")
 
-    def __enter__(self) -> RedisClusterServers:
-        return self.start()
-
 
 def _cluster_node(line: str) -> dict[str, Any]:
     parts = line.split()
@@ -742,9 +758,8 @@ class RedisSentinelServers(_ServerGroup):
         durable: bool = False,
         startup_timeout: float = 60.0,
     ) -> None:
-        super().__init__(directory, "pushserver-sentinel-")
+        super().__init__(directory, "pushserver-sentinel-", startup_timeout)
         self.service = service
-        self.startup_timeout = startup_timeout
         self.data = [self._add("primary", durable=durable)]
         primary_port = self.data[0].port
         for index in range(replicas):
@@ -784,15 +799,7 @@ class RedisSentinelServers(_ServerGroup):
         del store["host"], store["port"]
         return {**store, **options}
 
-    def start(self) -> RedisSentinelServers:
-        try:
-            for server in self.servers:
-                server.start()
-            _wait_until("the sentinels to see everything", self._ready, self.startup_timeout)
-        except BaseException:
-            self.close()
-            raise
-        return self
+    _waiting_for = "the sentinels to see everything"
 
     def _ready(self) -> bool:
         replicas = len(self.data) - 1
@@ -840,6 +847,3 @@ class RedisSentinelServers(_ServerGroup):
 
         _wait_until(f"the sentinels to replace 127.0.0.1:{killed.port}", promoted, timeout)
         return self.primary
-
-    def __enter__(self) -> RedisSentinelServers:
-        return self.start()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import uuid
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -22,6 +21,7 @@ import pytest
 from pushserver import __version__
 from pushserver.testing import ASGIServerProcess, free_port
 from tests.project.helpers import (
+    ROOT,
     Follower,
     PresenceLog,
     assert_still_serving,
@@ -36,7 +36,6 @@ from tests.transports.streams import event_stream, longpoll_id, ws_frame, ws_url
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.project.asgi:application"
 TEXT = {"content-type": "text/plain"}
 

@@ -13,9 +13,7 @@ import httpx
 import pytest
 
 from pushserver.testing import PushServerProcess, free_port
-from tests.project.helpers import worker_pids
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.project.helpers import ROOT, worker_pids
 
 STATUS = {"locations": [{"type": "status", "prefix": "/status/"}]}
 

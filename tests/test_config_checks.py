@@ -481,7 +481,7 @@ def test_runpushserver_refuses_to_start_with_a_bad_setting():
 
 
 def first_use(push_server):
-    """The first-use warnings (W120-W123) for ``push_server``, as (id, message, hint)."""
+    """The first-use warnings (W120-W124) for ``push_server``, as (id, message, hint)."""
     return [(m.id, m.msg, m.hint) for m in pushserver_messages(push_server, first_use=True)]
 
 

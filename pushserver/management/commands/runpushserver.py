@@ -47,9 +47,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.commands.runserver import naiveip_re
 from django.utils.regex_helper import _lazy_re_compile
 
-from pushserver import __version__
+from pushserver import __version__, servers
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
-from pushserver.servers import SERVERS
 from pushserver.settings import get_config
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
@@ -112,7 +111,7 @@ class Command(BaseCommand):
         # -- --server (issue 14): another ASGI server for pushserver.asgi's application --
         parser.add_argument(
             "--server",
-            choices=SERVERS,
+            choices=servers.SERVERS,
             default="hypercorn",
             help="The HTTP server: hypercorn (embedded, default), or uvicorn or granian "
             "(the [uvicorn] and [granian] extras).",
@@ -356,16 +355,12 @@ class Command(BaseCommand):
             quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
             processes = f", {workers} workers" if workers > 1 else ""
             self.stdout.write(datetime.now().strftime("%B %d, %Y - %X"))
-            self.stdout.write(
-                f"Django version {django.get_version()}, using settings "
-                f"{settings.SETTINGS_MODULE!r}\n"
-                f"Push server version {__version__} on {self.server_version(self.server_choice)} "
-                f"({loop}{processes}), "
-                f"transports: {', '.join(transports)}\n"
-                f"Development push server is running at http://{host}/\n"
-                f"Quit the server with {quit_command}."
+            self.banner(
+                f"{self.server_version(self.server_choice)} ({loop}{processes})",
+                transports,
+                host,
+                quit_command,
             )
-            self.stdout.flush()
             if app is not None:
                 self.run_server(app, sockets[0], options)
             else:
@@ -380,8 +375,6 @@ class Command(BaseCommand):
     # -- --server uvicorn|granian ----------------------------------------------------------
 
     def check_server(self, server: str, options: dict[str, Any]) -> None:
-        from pushserver import servers
-
         found = servers.problems(server, getattr(settings, "PUSH_SERVER", None), options)
         if found:
             raise CommandError("\n".join(found))
@@ -389,30 +382,33 @@ class Command(BaseCommand):
     def server_version(self, server: str) -> str:
         if server == "hypercorn":
             return f"hypercorn version {_hypercorn_version()}"
-        from pushserver.servers import version
+        return f"{server} version {servers.version(server)}"
 
-        return f"{server} version {version(server)}"
+    def banner(
+        self, server: str, transports: tuple[str, ...], host: str, quit_command: str = "CONTROL-C"
+    ) -> None:
+        """The lines that say what serves where (the last but one is what
+        :class:`pushserver.testing.PushServerProcess` waits for)."""
+        self.stdout.write(
+            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Push server version {__version__} on {server}, "
+            f"transports: {', '.join(transports)}\n"
+            f"Development push server is running at http://{host}/\n"
+            f"Quit the server with {quit_command}."
+        )
+        self.stdout.flush()
 
     def exec_granian(
         self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
     ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
         """Check the port is free, say where it will listen, and become granian."""
         from pushserver.server import format_host
-        from pushserver.servers import granian_command
 
         (sock,) = self.bind_sockets(address, port, 1)
         port = sock.getsockname()[1]
         sock.close()  # granian binds it itself
-        command, env = granian_command(address, port, options, transports, get_config())
-        host = format_host(address, port)
-        self.stdout.write(
-            f"Django version {django.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
-            f"Push server version {__version__} on {self.server_version('granian')}, "
-            f"transports: {', '.join(transports)}\n"
-            f"Development push server is running at http://{host}/\n"
-            f"Quit the server with CONTROL-C."
-        )
-        self.stdout.flush()
+        command, env = servers.granian_command(address, port, options, transports, get_config())
+        self.banner(self.server_version("granian"), transports, format_host(address, port))
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(command[0], command, env)
@@ -645,7 +641,6 @@ class Command(BaseCommand):
         """uvicorn handles the stop signals itself; pushserver.asgi's first request
         registers the app for in-process publishing and releases subscribers on a stop."""
         from pushserver.asgi import _FirstRequest
-        from pushserver.servers import serve_uvicorn
 
         # uvicorn raises the stop signal again once it has shut down, under the handler it
         # found: let that be a no-op, so the command returns (exit status 0) as it does
@@ -665,7 +660,7 @@ class Command(BaseCommand):
                 other.propagate = False
                 other.setLevel(logging.INFO)
         app.first_request = _FirstRequest(app)
-        await serve_uvicorn(
+        await servers.serve_uvicorn(
             app,
             sock,
             access_log=access_log,
