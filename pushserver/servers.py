@@ -128,6 +128,12 @@ async def serve_uvicorn(
         await uvicorn.Server(server_config).serve(sockets=[sock])
     finally:
         gc.set_threshold(*thresholds)
+        # As pushserver.server.serve does: once serving is over, send_update in this process
+        # no longer finds this app (pushserver.asgi registered it on the first request).
+        from . import server
+
+        if server.current is not None and server.current.app is app:
+            server.current = None
 
 
 def granian_command(

@@ -156,3 +156,44 @@ async def test_granian_closes_a_half_sent_head_after_client_header_timeout(push_
     # Closed by granian without a response to a request it never finished reading (or
     # with its 408): either way the connection is gone within the bound.
     assert received == b"" or received.startswith(b"HTTP/1.1 408"), received[:200]
+
+
+@pytest.mark.anyio
+async def test_uvicorn_in_process_publishing_ends_with_serving():
+    """Under --server uvicorn the first request registers the app for in-process
+    send_update; once serving is over (here: cancelled) it is no longer found, as after
+    hypercorn's serve()."""
+    import socket
+
+    from pushserver import server as running
+    from pushserver.asgi import _FirstRequest, build_application
+    from pushserver.servers import serve_uvicorn
+    from pushserver.settings import get_config
+
+    app = build_application(None)
+    app.first_request = _FirstRequest(app)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: serve_uvicorn(
+                        app, sock, access_log=False, shutdown_timeout=1, config=get_config()
+                    )
+                )
+                async with httpx.AsyncClient() as client:
+                    while True:  # until uvicorn listens
+                        try:
+                            response = await client.get(f"http://127.0.0.1:{port}/status/")
+                            break
+                        except httpx.ConnectError:
+                            await anyio.sleep(0.05)
+                assert response.status_code in (200, 403, 404)
+                assert running.current is not None and running.current.app is app
+                group.cancel_scope.cancel()
+    finally:
+        sock.close()
+    assert running.current is None
