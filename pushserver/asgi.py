@@ -204,6 +204,19 @@ def register(app: PushServer, scope: Scope) -> None:
         updates.current_host = host
 
 
+def unregister(app: PushServer) -> None:
+    """Undo :func:`register` once ``app`` stops serving: ``send_update`` in this process
+    no longer finds it, nor the address it registered."""
+    from . import server
+    from .utils import updates
+
+    running = server.current
+    if running is not None and running.app is app:
+        if updates.current_host == running.host:
+            updates.current_host = None
+        server.current = None
+
+
 def chain_stop_signals(app: PushServer) -> None:
     """Release held subscribers :data:`RELEASE_DELAY` seconds after a stop signal, after
     the server's own handler has run (see the module docstring). Only where the server

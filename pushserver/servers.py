@@ -130,10 +130,9 @@ async def serve_uvicorn(
         gc.set_threshold(*thresholds)
         # As pushserver.server.serve does: once serving is over, send_update in this process
         # no longer finds this app (pushserver.asgi registered it on the first request).
-        from . import server
+        from .asgi import unregister
 
-        if server.current is not None and server.current.app is app:
-            server.current = None
+        unregister(app)
 
 
 def granian_command(

@@ -169,6 +169,7 @@ async def test_uvicorn_in_process_publishing_ends_with_serving():
     from pushserver.asgi import _FirstRequest, build_application
     from pushserver.servers import serve_uvicorn
     from pushserver.settings import get_config
+    from pushserver.utils import updates
 
     app = build_application(None)
     app.first_request = _FirstRequest(app)
@@ -196,4 +197,6 @@ async def test_uvicorn_in_process_publishing_ends_with_serving():
                 group.cancel_scope.cancel()
     finally:
         sock.close()
+    # Nor the address it registered: URLs fall back to the settings again.
     assert running.current is None
+    assert updates.current_host is None
