@@ -7,7 +7,7 @@ app task per request). What is replaced is its asyncio connection layer, which p
 connection holds a stream reader, writer and their protocol, a reading task (with its
 coroutines, a task group and an idle task behind a lock), an ``asyncio.Queue`` per request
 (four 760-byte deques, empty or not) and an ``asyncio.Event`` (another): about 12 KiB of an
-idle subscriber's 28 (docs/benchmark.md, "Where an idle connection's memory goes"). Here:
+idle subscriber's 28 (bench/NOTES.md, the second tuning pass). Here:
 
 * :class:`Connection` is an :class:`asyncio.Protocol`. Bytes are handed to hypercorn from a
   task that exists only while there is something to handle: an idle connection, or one

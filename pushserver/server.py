@@ -30,11 +30,11 @@ BACKLOG = 4096
 #: The cyclic collector's thresholds while serving (Python's default: 700, 10, 10). Every
 #: held connection is a few hundred tracked objects, and fan-out makes many short-lived
 #: ones: at the defaults, full collections walking every connection took most of the CPU
-#: of a fan-out to 10,000 subscribers (docs/benchmark.md, tuning log). With these the
+#: of a fan-out to 10,000 subscribers (bench/NOTES.md, the tuning log). With these the
 #: interpreter almost never runs a full collection, so nothing a connection leaves behind
 #: may depend on one: a closed connection's objects must be freed by reference counting
 #: alone (tests/test_server_gc.py; on trio pushserver.hypercorn_fixes breaks the cycles
-#: hypercorn leaves, which the soak in docs/benchmark.md saw pile up at 4 MiB a minute, and
+#: hypercorn leaves, which the soak (bench/NOTES.md) saw pile up at 4 MiB a minute, and
 #: on Python 3.12 and 3.13 the one trio's socket streams leave; on asyncio pushserver's own
 #: connection layer leaves none; on both, hypercorn_fixes breaks the one wsproto leaves per
 #: WebSocket).

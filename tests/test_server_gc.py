@@ -1,7 +1,7 @@
 """Serving raises the cyclic collector's thresholds so far that the interpreter almost never
 runs a full collection (server.GC_THRESHOLDS): what a request or a closed connection leaves
 behind must be freed by reference counting alone, or memory grows for as long as the
-process runs (the soak in docs/benchmark.md saw 4 MiB a minute).
+process runs (the soak (bench/NOTES.md) saw 4 MiB a minute).
 
 These tests serve in this process with the collector off, drive real connections from a
 thread over plain sockets (which make no cycles of their own), then count what only the
