@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..authorize import SIGNATURE_PARAMETER, Refused
 from ..config import LocationConfig
-from ..http import Headers, Request
+from ..http import Headers, Request, query_parameter
 from ..hub import Hub
 from ..protocol import OriginHeaders
-from .streaming import query_parameter
 
 if TYPE_CHECKING:
     from ..authorize import LocationAuthorizer

@@ -14,7 +14,7 @@ A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
 
 * ``id:`` is the message id, ``<time>:<tag>``, the position long-poll reports as
   ``Last-Modified`` / ``Etag``; a multiplexed stream sends the compound id (see
-  :mod:`pushserver.transports.streaming`). Resume with the ``Last-Event-ID`` header (what
+  :mod:`pushserver.protocol`). Resume with the ``Last-Event-ID`` header (what
   ``EventSource`` sends when it reconnects) or the ``last_event_id`` query parameter; the
   header wins. The stream continues exactly after that id. No id: every retained message.
 * ``data:`` lines carry the body as UTF-8 text (invalid bytes become U+FFFD: send binary
@@ -74,22 +74,13 @@ from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
-from ..http import Headers, Receive, Request, Scope, Send, respond_error
+from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
 from ..http import Message as ASGIMessage
 from ..hub import Closing, Delivery
 from ..message import Message, MessageId
+from ..protocol import format_compound_id, parse_resume_id, split_channels
 from .base import HTTPTransport
-from .streaming import (
-    Deleted,
-    Gap,
-    SendGuard,
-    Stream,
-    format_compound_id,
-    open_channel,
-    parse_resume_id,
-    query_parameter,
-    split_channels,
-)
+from .streaming import Deleted, Gap, SendGuard, Stream, open_channel
 
 logger = logging.getLogger("pushserver.transports")
 

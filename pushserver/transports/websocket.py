@@ -1,7 +1,7 @@
 """WebSocket subscribers, on the ASGI WebSocket protocol (hypercorn does the framing).
 
 Connect to the subscriber URL, e.g. ``ws://host/subscriber/news`` or, multiplexed,
-``ws://host/subscriber/news,sport`` (see :mod:`pushserver.transports.streaming`). Resume
+``ws://host/subscriber/news,sport`` (see :mod:`pushserver.protocol`). Resume
 with ``?last_event_id=<id>`` (a compound id for several channels) exactly as for server-sent
 events; without it the retained messages come first. This holds in every mode below.
 
@@ -111,22 +111,12 @@ import anyio
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
-from ..http import Headers, Receive, Request, Scope, Send
+from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
+from ..protocol import check_channel_id, format_compound_id, parse_resume_id, split_channels
 from .base import Presence, SubscriberTransport
-from .streaming import (
-    Deleted,
-    Gap,
-    SendGuard,
-    Stream,
-    check_channel_id,
-    format_compound_id,
-    open_channel,
-    parse_resume_id,
-    query_parameter,
-    split_channels,
-)
+from .streaming import Deleted, Gap, SendGuard, Stream, open_channel
 
 logger = logging.getLogger("pushserver.transports")
 
