@@ -18,8 +18,8 @@ While it streams, a connection is watched by a :class:`SendGuard` (the client le
 WebSocket commands, the send timeout, the keepalive).
 
 What a subscriber URL names (channel lists, resume ids) is pure protocol, in
-:mod:`pushserver.protocol`. :func:`open_channel`, which every transport (long-poll too)
-calls before anything is held, is here for now.
+:mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which calls
+:func:`open_channel` before anything is held.
 """
 
 from __future__ import annotations
