@@ -39,7 +39,7 @@ means what it means here: :func:`store_refusal`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..authorize import SIGNATURE_PARAMETER, Refused
@@ -85,13 +85,13 @@ class Admission:
     passthrough subscribes the authorizer made (one per channel, or none)."""
 
     channels: list[str]
-    tokens: list[object] = field(default_factory=list)
-    authorizer: LocationAuthorizer | None = None
+    tokens: list[object]
+    authorizer: LocationAuthorizer | None
 
     def release(self) -> None:
         """Send the unsubscribes of the tokens still held (once: they are given up)."""
-        tokens, self.tokens = self.tokens, []
-        if tokens and self.authorizer is not None:
+        if self.tokens and self.authorizer is not None:
+            tokens, self.tokens = self.tokens, []
             self.authorizer.release(tokens)
 
     def hand_over(self) -> dict[str, object]:
@@ -134,20 +134,30 @@ class Admitter:
         when absent); by default the request's query parameter, read only where the
         location authorizes. Raises what the store raises when it cannot answer
         (:class:`~pushserver.exceptions.BackendUnavailable`); nothing is held then."""
-        admission = Admission(channels, authorizer=self.authorizer)
+        tokens: list[object] = []
         authorizer = self.authorizer
         if authorizer is not None:
             if signatures is IN_QUERY:
                 query = request.scope.get("query_string", b"")
                 signatures = query_parameter(query, SIGNATURE_PARAMETER)
             try:
-                admission.tokens = await authorizer.authorize(request, channels, signatures)
+                tokens = await authorizer.authorize(request, channels, signatures)
             except Refused as exc:
                 kind = RefusalKind.FORBIDDEN if exc.status == 403 else RefusalKind.UNAVAILABLE
                 return Refusal(kind, exc.reason)
+        admission = Admission(channels, tokens, authorizer)
+        refusal: Refusal | None = None
         try:
-            refusal = await self._open(channels)
-            if refusal is None and hold:
+            hub = self.hub
+            create = self.location.create_on_get
+            for channel_id in channels:
+                try:
+                    await open_channel(hub, channel_id, create)
+                except (ChannelNotFound, StoreFull) as exc:
+                    refusal = store_refusal(exc)
+                    break
+            # room() only under a limit: no extra await per subscriber where there is none.
+            if refusal is None and hold and self.location.max_subscribers:
                 refusal = await self.room(channels)
         except BaseException:
             admission.release()
@@ -156,15 +166,6 @@ class Admitter:
             admission.release()
             return refusal
         return admission
-
-    async def _open(self, channels: list[str]) -> Refusal | None:
-        create = self.location.create_on_get
-        for channel_id in channels:
-            try:
-                await open_channel(self.hub, channel_id, create)
-            except (ChannelNotFound, StoreFull) as exc:
-                return store_refusal(exc)
-        return None
 
     async def room(self, channels: list[str]) -> Refusal | None:
         """A refusal when one of ``channels`` already has the location's
