@@ -71,7 +71,7 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .message import ORIGIN, MessageId
-from .transports.streaming import format_compound_id, parse_resume_id, split_channels
+from .protocol import format_compound_id, parse_resume_id, split_channels
 from .transports.websocket import (
     CLOSE_BAD_REQUEST,
     CLOSE_DELETED,

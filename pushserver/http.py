@@ -1,9 +1,11 @@
-"""Small ASGI HTTP helpers shared by the publisher and the transports."""
+"""Small ASGI HTTP helpers shared by the publisher, the status page and the transports:
+the request, its query parameters and body, and short answers."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 
@@ -65,6 +67,14 @@ class Request:
     def client_host(self) -> str | None:
         client = self.scope.get("client")
         return client[0] if client else None
+
+
+def query_parameter(query_string: bytes, name: str) -> str | None:
+    """One query parameter, percent-decoded (``+`` is a space); None when absent."""
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key == name:
+            return value
+    return None
 
 
 class BodyTooLarge(Exception):

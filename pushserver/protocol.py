@@ -1,20 +1,37 @@
-"""The Nginx HTTP Push Module wire protocol as pure functions: no I/O, no server.
+"""The wire protocol as pure functions: no I/O, no server.
 
-Everything here takes and returns plain values (strings, bytes, tuples), so it is tested
-with plain values, and every transport shares it.
+The Nginx HTTP Push Module's (long-poll positions, channel info, CORS) and what the
+streaming transports add to it (channel lists, resume ids). Everything here takes and
+returns plain values (strings, bytes, tuples), so it is tested with plain values, and
+every transport shares it.
+
+Multiplexing
+    A subscriber URL names several channels separated by :data:`SEPARATOR` (``,``), at most
+    the location's ``max_channels`` (:data:`MAX_CHANNELS` by default). The split happens on
+    the raw path before percent-decoding, so a channel id containing a comma is written
+    ``%2C``. Duplicates count once. Long-poll never splits: there the whole path segment is
+    one channel id.
+
+Resume ids
+    One channel: the message id, ``<time>:<tag>``, the same position as long-poll's
+    ``Last-Modified`` / ``Etag`` pair. Several channels: the compound id, one position per
+    channel in URL order joined by ``,`` (``0:-1`` for "nothing yet"); the channel that
+    produced the event is in brackets, as nchan marks it:
+    ``1700000000:4,[1700000012:0],0:-1``. Brackets are ignored when resuming.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape as xml_escape
 
-from .message import ChannelInfo, Message, MessageId
+from .message import ORIGIN, ChannelInfo, Message, MessageId
 
 if TYPE_CHECKING:
     from .http import Request
@@ -111,6 +128,66 @@ def check_channel_id_length(channel_id: str, max_length: int) -> None:
     # them arbitrarily large (nchan's default is the same 1024).
     if max_length and len(channel_id) > max_length:
         raise ValueError(f"the channel id is longer than {max_length} characters")
+
+
+# -- channel lists and resume ids (server-sent events, WebSocket) ---------------------------
+
+SEPARATOR = ","
+MAX_CHANNELS = 255
+#: Refused in channel ids over SSE and WebSocket, where ids go into line-based headers.
+_LINE_BREAKS = ("\r", "\n", "\0")
+
+
+def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNELS) -> list[str]:
+    """The channel ids of a raw (percent-encoded) path segment, in order, once each.
+
+    Raises :class:`ValueError` for a malformed id, an empty one, one longer than
+    *max_length* characters or more than *max_channels* (0 = no limit, for either).
+    """
+    parts = raw.split(SEPARATOR)
+    if max_channels and len(parts) > max_channels:
+        raise ValueError(f"at most {max_channels} channels per subscriber, not {len(parts)}")
+    channels = [decode_channel_id(part, max_length) for part in parts]
+    for channel_id in channels:
+        _check_streamable(channel_id)  # decode_channel_id checked the rest
+    return list(dict.fromkeys(channels))
+
+
+def check_channel_id(channel_id: str, max_length: int = 0) -> None:
+    """Raise :class:`ValueError` for an id a streaming subscriber cannot name (an already
+    decoded one: a WebSocket command's)."""
+    if not channel_id:
+        raise ValueError("the channel id is empty")
+    check_channel_id_length(channel_id, max_length)
+    _check_streamable(channel_id)
+
+
+def _check_streamable(channel_id: str) -> None:
+    if any(char in channel_id for char in _LINE_BREAKS):
+        raise ValueError("a channel id with a line break cannot be streamed")
+
+
+def parse_resume_id(text: str | None, count: int) -> list[MessageId]:
+    """Positions from a ``Last-Event-ID`` / ``last_event_id``, one per channel.
+
+    Absent or blank means "from the oldest retained message" on every channel. Raises
+    :class:`ValueError` for anything else that is not ``count`` message ids.
+    """
+    if text is None or not text.strip():
+        return [ORIGIN] * count
+    parts = [part.strip().removeprefix("[").removesuffix("]") for part in text.split(SEPARATOR)]
+    if len(parts) != count:
+        raise ValueError(f"the last event id names {len(parts)} position(s) for {count} channel(s)")
+    return [MessageId.parse(part) for part in parts]
+
+
+def format_compound_id(positions: Iterable[MessageId], marked: int) -> str:
+    """The resume id of a multiplexed stream, the channel at index ``marked`` bracketed
+    (-1: none)."""
+    return SEPARATOR.join(
+        f"[{position}]" if index == marked else str(position)
+        for index, position in enumerate(positions)
+    )
 
 
 # -- response headers -----------------------------------------------------------------------

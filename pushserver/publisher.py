@@ -16,6 +16,7 @@ from .http import (
     Receive,
     Request,
     Send,
+    query_parameter,
     read_body,
     respond,
     respond_error,
@@ -23,7 +24,6 @@ from .http import (
 from .hub import Hub
 from .message import ChannelInfo, event_name_from_header
 from .protocol import OriginHeaders, negotiate_info_format, render_channel_info
-from .transports.streaming import query_parameter
 
 ALLOW = (b"allow", b"GET, POST, PUT, DELETE")
 #: With CORS on (a CORS key on the location), OPTIONS answers the preflight.

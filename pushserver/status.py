@@ -43,12 +43,11 @@ import anyio
 from . import __version__
 from .backends.memory import MemoryBackend
 from .config import LocationConfig
-from .http import Headers, Receive, Request, Scope, Send, respond, respond_error
+from .http import Headers, Receive, Request, Scope, Send, query_parameter, respond, respond_error
 from .hub import Hub
 from .metrics import CONNECTION_TRANSPORTS
 from .publisher import Access, publisher_token
 from .transports.sse import SSETransport
-from .transports.streaming import query_parameter
 
 if TYPE_CHECKING:
     from .app import PushServer

@@ -121,8 +121,9 @@ def test_channel_info_examples_are_real_output():
 
 def test_stream_examples_are_real_output():
     from pushserver.message import Message, MessageId
+    from pushserver.protocol import format_compound_id
     from pushserver.transports import sse, websocket
-    from pushserver.transports.streaming import Gap, format_compound_id
+    from pushserver.transports.streaming import Gap
 
     page = read("transports.md")
     tick = Message(MessageId(1795486714, 1), b"two\nlines", "text/plain", event="tick")
@@ -174,13 +175,14 @@ def test_websocket_close_codes_match_the_code():
 
 
 def test_stream_names_and_limits_are_documented():
+    from pushserver import protocol
     from pushserver.config import TRANSPORTS
-    from pushserver.transports import sse, streaming
+    from pushserver.transports import sse
 
     page = read("transports.md")
     for text in (
         sse.GAP_EVENT, sse.DELETED_EVENT, f"retry: {sse.RETRY_MS}",
-        f"Up to {streaming.MAX_CHANNELS} channels", "last_event_id", "Last-Event-ID",
+        f"Up to {protocol.MAX_CHANNELS} channels", "last_event_id", "Last-Event-ID",
     ):
         assert text in page, f"docs/transports.md does not mention {text!r}"
     for name in TRANSPORTS:

@@ -19,19 +19,23 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pushserver import protocol
+from pushserver.http import query_parameter
 from pushserver.hub import Delivery
 from pushserver.message import ORIGIN, ChannelInfo, Message, MessageId
 from pushserver.protocol import (
     MAX_HTTP_DATE,
     cors_headers,
     decode_channel_id,
+    format_compound_id,
     http_date,
     negotiate_info_format,
     parse_if_modified_since,
     parse_if_none_match,
+    parse_resume_id,
     position_from_headers,
     position_headers,
     render_channel_info,
+    split_channels,
 )
 from pushserver.transports.sse import (
     _HELLO,
@@ -39,14 +43,7 @@ from pushserver.transports.sse import (
     encode_event_without_id,
     encode_multiplexed,
 )
-from pushserver.transports.streaming import (
-    Deleted,
-    Gap,
-    format_compound_id,
-    parse_resume_id,
-    query_parameter,
-    split_channels,
-)
+from pushserver.transports.streaming import Deleted, Gap
 from pushserver.transports.websocket import MAX_COMMAND, encode_frame, parse_command
 
 #: Bounded: the whole module runs in seconds. No example database written into the repo.

@@ -1,16 +1,15 @@
-"""What the subscriber transports of a location share."""
+"""What the subscriber transports of a location share: the admission step, presence, and
+over HTTP the response headers and how a refusal is answered."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..authorize import SIGNATURE_PARAMETER, Refused
 from ..config import LocationConfig
-from ..http import Headers, Request
+from ..http import Headers, Request, Send, respond_error
 from ..hub import Hub
 from ..protocol import OriginHeaders
-from .streaming import query_parameter
+from .admission import Admitter, Refusal, RefusalKind
 
 if TYPE_CHECKING:
     from ..authorize import LocationAuthorizer
@@ -25,7 +24,8 @@ class Presence(Protocol):
 
 
 class SubscriberTransport:
-    """One subscriber location's transport: who may subscribe, and how many may."""
+    """One subscriber location's transport: who may subscribe, and how many may
+    (:attr:`admitter`), and who is told about subscribers (:attr:`presence`)."""
 
     def __init__(
         self,
@@ -37,49 +37,10 @@ class SubscriberTransport:
         self.location = location
         self.hub = hub
         self.presence = presence
-        self.authorizer = authorizer
+        #: Who may subscribe, and to what (:mod:`.admission`).
+        self.admitter = Admitter(location, hub, authorizer)
         #: Subscribe notifications the transport sends itself (not the authorizer's).
         self.notify = presence is not None and not location.passthrough_authorize
-
-    async def authorize(
-        self,
-        request: Request,
-        channels: list[str],
-        refuse: Callable[[Refused], Awaitable[object]],
-    ) -> list[object] | None:
-        """Ask the location's authorizer about subscribing to ``channels`` (signatures from
-        the ``sig`` query parameter): the passthrough tokens, one per channel or none, to
-        :meth:`release` once the subscriber is gone; or None when it was refused, after
-        ``refuse(exc)`` answered the client."""
-        authorizer = self.authorizer
-        if authorizer is None:
-            return []
-        signatures = query_parameter(request.scope.get("query_string", b""), SIGNATURE_PARAMETER)
-        try:
-            return await authorizer.authorize(request, channels, signatures)
-        except Refused as exc:
-            await refuse(exc)
-            return None
-
-    def release(self, tokens: list[object]) -> None:
-        """Unsubscribe the tokens :meth:`authorize` returned."""
-        if tokens and self.authorizer is not None:
-            self.authorizer.release(tokens)
-
-    async def full(self, channels: list[str]) -> str | None:
-        """Why a new subscriber is refused: the first of ``channels`` that already has the
-        location's ``max_subscribers`` (0 = no limit); None when none has.
-
-        Counted by the store (cluster-wide on Redis) before subscribing: concurrent
-        newcomers can overshoot by a few, which a limit meant against exhaustion tolerates.
-        """
-        limit = self.location.max_subscribers
-        if limit:
-            for channel_id in channels:
-                info = await self.hub.info(channel_id)
-                if info is not None and info.subscribers >= limit:
-                    return f"channel {channel_id} has its maximum of {limit} subscribers"
-        return None
 
 
 class HTTPTransport(SubscriberTransport):
@@ -104,3 +65,18 @@ class HTTPTransport(SubscriberTransport):
     def response_headers(self, request: Request) -> Headers:
         """The headers for this request: with several allowed origins, CORS names its own."""
         return self.cors.for_request(request)
+
+    async def respond_refused(self, send: Send, refusal: Refusal, headers: Headers) -> None:
+        """Answer a subscriber the admission refused: a status and a short plain text."""
+        await respond_error(send, HTTP_STATUS[refusal.kind], refusal.reason, headers)
+
+
+#: The status a refused subscriber gets over HTTP (long-poll, server-sent events).
+HTTP_STATUS = {
+    RefusalKind.BAD_REQUEST: 400,
+    RefusalKind.FORBIDDEN: 403,
+    RefusalKind.UNAVAILABLE: 503,
+    RefusalKind.NOT_FOUND: 404,
+    RefusalKind.STORE_FULL: 507,
+    RefusalKind.TOO_MANY_SUBSCRIBERS: 403,
+}

@@ -27,8 +27,9 @@ from ..protocol import (
     position_from_headers,
     position_headers,
 )
+from .admission import Refusal, RefusalKind, store_refusal
 from .base import HTTPTransport
-from .streaming import SendGuard, open_channel
+from .streaming import SendGuard
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -57,23 +58,28 @@ class LongPollTransport(HTTPTransport):
                 request.header("if-modified-since"), request.header("if-none-match")
             )
         except ValueError as exc:
-            await respond_error(send, 400, str(exc), headers)
-            return
-        tokens = await self.authorize(
-            request, [channel_id], lambda exc: respond_error(send, exc.status, exc.reason, headers)
-        )
-        if tokens is None:
+            await self.respond_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), headers)
             return
         try:
-            await self.serve(request, channel_id, position, receive, send, headers)
-        except ChannelNotFound:
-            await respond_error(send, 404, "no such channel", headers)
-        except StoreFull as exc:  # create_on_get with the store at a budget
-            await respond_error(send, 507, str(exc), headers)
+            # Room is asked for only before waiting (serve): an answer at once holds nothing.
+            admission = await self.admitter.admit(request, [channel_id], hold=False)
+            if isinstance(admission, Refusal):
+                await self.respond_refused(send, admission, headers)
+                return
+            try:
+                await self.serve(request, channel_id, position, receive, send, headers)
+            finally:
+                admission.release()
+        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
+            await self.respond_refused(send, store_refusal(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
-        finally:
-            self.release(tokens)
+
+    async def respond_refused(self, send: Send, refusal: Refusal, headers: Headers) -> None:
+        if refusal.kind is RefusalKind.NOT_FOUND:
+            # The URL names its one channel: the body says no more, as the publisher's 404.
+            refusal = Refusal(RefusalKind.NOT_FOUND, "no such channel")
+        await super().respond_refused(send, refusal, headers)
 
     async def preflight(self, request: Request, send: Send) -> None:
         """OPTIONS, the CORS preflight: 200 and an empty body, as the original answered."""
@@ -89,7 +95,6 @@ class LongPollTransport(HTTPTransport):
         headers: Headers,
     ) -> None:
         hub = self.hub
-        await open_channel(hub, channel_id, self.location.create_on_get)
         read = await hub.read_after(channel_id, position)
         if read.message is not None:
             await self.send_message(send, read.message, headers)
@@ -97,9 +102,9 @@ class LongPollTransport(HTTPTransport):
         if self.location.polling == "interval":
             await respond(send, 304, [*headers, *position_headers(position)])
             return
-        full = await self.full([channel_id])
-        if full is not None:
-            await respond_error(send, 403, full, headers)
+        refusal = await self.admitter.room([channel_id])
+        if refusal is not None:
+            await self.respond_refused(send, refusal, headers)
             return
         presence = self.presence if self.notify else None
         token = None

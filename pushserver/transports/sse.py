@@ -14,7 +14,7 @@ A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
 
 * ``id:`` is the message id, ``<time>:<tag>``, the position long-poll reports as
   ``Last-Modified`` / ``Etag``; a multiplexed stream sends the compound id (see
-  :mod:`pushserver.transports.streaming`). Resume with the ``Last-Event-ID`` header (what
+  :mod:`pushserver.protocol`). Resume with the ``Last-Event-ID`` header (what
   ``EventSource`` sends when it reconnects) or the ``last_event_id`` query parameter; the
   header wins. The stream continues exactly after that id. No id: every retained message.
 * ``data:`` lines carry the body as UTF-8 text (invalid bytes become U+FFFD: send binary
@@ -40,7 +40,10 @@ A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
   ``send_timeout`` (a client that stopped reading) closes the connection.
 
 Errors before the stream starts are short plain-text responses: 400 (bad channel list or
-last event id), 404 (no such channel, unless ``create_on_get``), 503 (store unavailable).
+last event id), and what :mod:`pushserver.transports.admission` refuses: 403 (not
+authorized, or a channel has its ``max_subscribers``), 404 (no such channel, unless
+``create_on_get``), 503 (the authorizer did not answer, or the store is unavailable), 507
+(the store is full).
 
 Why sse-starlette's ``EventSourceResponse``: it brings the SSE headers (``Cache-Control:
 no-store``, ``X-Accel-Buffering: no``), the event encoding, the comment pings and the
@@ -74,22 +77,14 @@ from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
-from ..http import Headers, Receive, Request, Scope, Send, respond_error
+from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
 from ..http import Message as ASGIMessage
 from ..hub import Closing, Delivery
 from ..message import Message, MessageId
+from ..protocol import format_compound_id, parse_resume_id, split_channels
+from .admission import Refusal, RefusalKind, store_refusal
 from .base import HTTPTransport
-from .streaming import (
-    Deleted,
-    Gap,
-    SendGuard,
-    Stream,
-    format_compound_id,
-    open_channel,
-    parse_resume_id,
-    query_parameter,
-    split_channels,
-)
+from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
 
@@ -267,29 +262,21 @@ class SSETransport(HTTPTransport):
             )
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
-            await respond_error(send, 400, str(exc), headers)
-            return
-        tokens = await self.authorize(
-            request, channels, lambda exc: respond_error(send, exc.status, exc.reason, headers)
-        )
-        if tokens is None:
+            await self.respond_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), headers)
             return
         try:
-            for channel_id in channels:
-                await open_channel(self.hub, channel_id, location.create_on_get)
-            full = await self.full(channels)
-            if full is not None:
-                await respond_error(send, 403, full, headers)
+            admission = await self.admitter.admit(request, channels)
+            if isinstance(admission, Refusal):
+                await self.respond_refused(send, admission, headers)
                 return
-            await self.serve(request, positions, receive, send, headers)
-        except ChannelNotFound as exc:
-            await respond_error(send, 404, f"no such channel: {exc.channel_id}", headers)
-        except StoreFull as exc:  # create_on_get with the store at a budget
-            await respond_error(send, 507, str(exc), headers)
+            try:
+                await self.serve(request, positions, receive, send, headers)
+            finally:
+                admission.release()
+        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
+            await self.respond_refused(send, store_refusal(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
-        finally:
-            self.release(tokens)
 
     async def serve(
         self,

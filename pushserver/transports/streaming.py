@@ -1,4 +1,4 @@
-"""What server-sent events and WebSockets share: channel lists, resume ids, catch-up.
+"""The streaming machinery server-sent events and WebSockets share: catch-up and watching.
 
 A streaming subscriber holds one :class:`~pushserver.hub.Subscription` on one or more
 channels and remembers, per channel, the id of the last message it delivered. Everything it
@@ -14,19 +14,12 @@ those positions, with three guarantees:
 * **Gaps are told.** When messages after a position have already left the buffer, a
   :class:`Gap` comes first, then the oldest retained message (nchan skips silently).
 
-Multiplexing
-    A subscriber URL names several channels separated by :data:`SEPARATOR` (``,``), at most
-    the location's ``max_channels`` (:data:`MAX_CHANNELS` by default). The split happens on
-    the raw path before percent-decoding, so a channel id containing a comma is written
-    ``%2C``. Duplicates count once. Long-poll never splits: there the whole path segment is
-    one channel id.
+While it streams, a connection is watched by a :class:`SendGuard` (the client leaving, its
+WebSocket commands, the send timeout, the keepalive).
 
-Resume ids
-    One channel: the message id, ``<time>:<tag>``, the same position as long-poll's
-    ``Last-Modified`` / ``Etag`` pair. Several channels: the compound id, one position per
-    channel in URL order joined by ``,`` (``0:-1`` for "nothing yet"); the channel that
-    produced the event is in brackets, as nchan marks it:
-    ``1700000000:4,[1700000012:0],0:-1``. Brackets are ignored when resuming.
+What a subscriber URL names (channel lists, resume ids) is pure protocol, in
+:mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which calls
+:func:`open_channel` before anything is held.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -47,30 +40,9 @@ from .._async import asyncio_loop
 from ..asyncio_worker import AppQueue, Deadlines
 from ..exceptions import ChannelNotFound, StoreFull
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
-from ..message import ORIGIN, Message, MessageId
-from ..protocol import check_channel_id_length, decode_channel_id
+from ..message import Message, MessageId
 
 logger = logging.getLogger("pushserver.transports")
-
-SEPARATOR = ","
-MAX_CHANNELS = 255
-#: Refused in channel ids over SSE and WebSocket, where ids go into line-based headers.
-_LINE_BREAKS = ("\r", "\n", "\0")
-
-
-def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNELS) -> list[str]:
-    """The channel ids of a raw (percent-encoded) path segment, in order, once each.
-
-    Raises :class:`ValueError` for a malformed id, an empty one, one longer than
-    *max_length* characters or more than *max_channels* (0 = no limit, for either).
-    """
-    parts = raw.split(SEPARATOR)
-    if max_channels and len(parts) > max_channels:
-        raise ValueError(f"at most {max_channels} channels per subscriber, not {len(parts)}")
-    channels = [decode_channel_id(part, max_length) for part in parts]
-    for channel_id in channels:
-        _check_streamable(channel_id)  # decode_channel_id checked the rest
-    return list(dict.fromkeys(channels))
 
 
 async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
@@ -89,51 +61,6 @@ async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
             hub.metrics.subscribes_refused += 1
             raise
     await backend.touch(channel_id)
-
-
-def check_channel_id(channel_id: str, max_length: int = 0) -> None:
-    """Raise :class:`ValueError` for an id a streaming subscriber cannot name (an already
-    decoded one: a WebSocket command's)."""
-    if not channel_id:
-        raise ValueError("the channel id is empty")
-    check_channel_id_length(channel_id, max_length)
-    _check_streamable(channel_id)
-
-
-def _check_streamable(channel_id: str) -> None:
-    if any(char in channel_id for char in _LINE_BREAKS):
-        raise ValueError("a channel id with a line break cannot be streamed")
-
-
-def parse_resume_id(text: str | None, count: int) -> list[MessageId]:
-    """Positions from a ``Last-Event-ID`` / ``last_event_id``, one per channel.
-
-    Absent or blank means "from the oldest retained message" on every channel. Raises
-    :class:`ValueError` for anything else that is not ``count`` message ids.
-    """
-    if text is None or not text.strip():
-        return [ORIGIN] * count
-    parts = [part.strip().removeprefix("[").removesuffix("]") for part in text.split(SEPARATOR)]
-    if len(parts) != count:
-        raise ValueError(f"the last event id names {len(parts)} position(s) for {count} channel(s)")
-    return [MessageId.parse(part) for part in parts]
-
-
-def format_compound_id(positions: Iterable[MessageId], marked: int) -> str:
-    return SEPARATOR.join(
-        f"[{position}]" if index == marked else str(position)
-        for index, position in enumerate(positions)
-    )
-
-
-def query_parameter(query_string: bytes, name: str) -> str | None:
-    """One query parameter, percent-decoded (``+`` is a space); None when absent."""
-    from urllib.parse import parse_qsl
-
-    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-        if key == name:
-            return value
-    return None
 
 
 # -- a second task per connection, where watching needs one -----------------------------

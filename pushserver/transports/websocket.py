@@ -1,7 +1,7 @@
 """WebSocket subscribers, on the ASGI WebSocket protocol (hypercorn does the framing).
 
 Connect to the subscriber URL, e.g. ``ws://host/subscriber/news`` or, multiplexed,
-``ws://host/subscriber/news,sport`` (see :mod:`pushserver.transports.streaming`). Resume
+``ws://host/subscriber/news,sport`` (see :mod:`pushserver.protocol`). Resume
 with ``?last_event_id=<id>`` (a compound id for several channels) exactly as for server-sent
 events; without it the retained messages come first. This holds in every mode below.
 
@@ -91,6 +91,7 @@ Close codes
               process is at ``max_connections``: try again later
     ========  =============================================================================
 
+    The refusals of :mod:`.admission` close with the code of their kind (:data:`CLOSE_CODES`).
     Refusals are sent after accepting the handshake (with the subprotocol chosen), so a
     browser sees the code and reason. A subscriber that falls behind its bounded queue is
     caught up from the buffer (with a gap frame where the messages are gone); only a
@@ -108,25 +109,16 @@ from typing import Any
 
 import anyio
 
-from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer, Refused
+from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer
 from ..config import LocationConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
-from ..http import Headers, Receive, Request, Scope, Send
+from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
+from ..protocol import check_channel_id, format_compound_id, parse_resume_id, split_channels
+from .admission import Admission, Refusal, RefusalKind, store_refusal
 from .base import Presence, SubscriberTransport
-from .streaming import (
-    Deleted,
-    Gap,
-    SendGuard,
-    Stream,
-    check_channel_id,
-    format_compound_id,
-    open_channel,
-    parse_resume_id,
-    query_parameter,
-    split_channels,
-)
+from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
 
@@ -295,9 +287,40 @@ def command_signature(text: str) -> str | None:
     return signature if isinstance(signature, str) else None
 
 
-def refusal_code(refused: Refused) -> int:
-    """The close code of an authorization refusal: 4403, or 1013 (try again later)."""
-    return CLOSE_NOT_ALLOWED if refused.status == 403 else CLOSE_TRY_AGAIN_LATER
+#: The close code of each refusal (:mod:`.admission`).
+CLOSE_CODES = {
+    RefusalKind.BAD_REQUEST: CLOSE_BAD_REQUEST,
+    RefusalKind.FORBIDDEN: CLOSE_NOT_ALLOWED,
+    RefusalKind.UNAVAILABLE: CLOSE_TRY_AGAIN_LATER,
+    RefusalKind.NOT_FOUND: CLOSE_NOT_FOUND,
+    RefusalKind.STORE_FULL: CLOSE_STORE_FULL,
+    RefusalKind.TOO_MANY_SUBSCRIBERS: CLOSE_NOT_ALLOWED,
+}
+#: A full store's reason in a close or an error frame (a close reason is short: the budget
+#: it reached is in the HTTP answer and the log).
+STORE_FULL = "the channel store is full"
+#: The HTTP-like ``status`` a ``subscribe`` command's error frame carries, by refusal kind
+#: (the others have none).
+COMMAND_STATUS = {
+    RefusalKind.FORBIDDEN: 403,
+    RefusalKind.UNAVAILABLE: 503,
+    RefusalKind.STORE_FULL: 507,
+}
+
+
+def refusal_frame(refusal: Refusal, channel_id: str) -> dict[str, Any]:
+    """The error control frame answering a ``subscribe`` command the admission refused."""
+    kind = refusal.kind
+    if kind is RefusalKind.NOT_FOUND:
+        error = "no such channel"  # the frame's "channel" names it
+    elif kind is RefusalKind.STORE_FULL:
+        error = STORE_FULL
+    else:
+        error = refusal.reason
+    status = COMMAND_STATUS.get(kind)
+    if status is None:
+        return control("error", error=error, channel=channel_id)
+    return control("error", error=error, channel=channel_id, status=status)
 
 
 class _TooSlow(Exception):
@@ -343,41 +366,39 @@ class WebSocketTransport(SubscriberTransport):
             resume = query_parameter(scope.get("query_string", b""), "last_event_id")
             positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
         except ValueError as exc:
-            await self.refuse(send, CLOSE_BAD_REQUEST, str(exc), mode)
-            return
-        tokens = await self.authorize(
-            request, channels, lambda exc: self.refuse(send, refusal_code(exc), exc.reason, mode)
-        )
-        if tokens is None:
+            await self.close_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), mode)
             return
         try:
-            for channel_id in channels:
-                await open_channel(self.hub, channel_id, location.create_on_get)
-            full = await self.full(channels)
-            if full is not None:
-                await self.refuse(send, CLOSE_NOT_ALLOWED, full, mode)
+            admission = await self.admitter.admit(request, channels)
+            if isinstance(admission, Refusal):
+                await self.close_refused(send, admission, mode)
                 return
-            await send({"type": "websocket.accept", "headers": self.headers, "subprotocol": mode})
-            async with self.hub.subscription(channels) as subscription:
-                stream = Stream(self.hub, subscription, positions)
-                connection = _Connection(self, request, stream, receive, send, mode)
-                # From here the connection unsubscribes them, channel by channel.
-                connection.tokens = dict(zip(channels, tokens, strict=False))
-                tokens = []
-                metrics = self.hub.metrics
-                metrics.websocket += 1
-                try:
-                    await connection.run()
-                finally:
-                    metrics.websocket -= 1
-        except ChannelNotFound as exc:
-            await self.refuse(send, CLOSE_NOT_FOUND, f"no such channel: {exc.channel_id}", mode)
-        except StoreFull:
-            await self.refuse(send, CLOSE_STORE_FULL, "the channel store is full", mode)
+            try:
+                await send(
+                    {"type": "websocket.accept", "headers": self.headers, "subprotocol": mode}
+                )
+                async with self.hub.subscription(channels) as subscription:
+                    stream = Stream(self.hub, subscription, positions)
+                    connection = _Connection(self, request, stream, receive, send, mode)
+                    # From here the connection unsubscribes them, channel by channel.
+                    connection.tokens = admission.hand_over()
+                    metrics = self.hub.metrics
+                    metrics.websocket += 1
+                    try:
+                        await connection.run()
+                    finally:
+                        metrics.websocket -= 1
+            finally:
+                admission.release()
+        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
+            await self.close_refused(send, store_refusal(exc), mode)
         except BackendUnavailable:
             await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable", mode)
-        finally:
-            self.release(tokens)
+
+    async def close_refused(self, send: Send, refusal: Refusal, mode: str | None) -> None:
+        """Close a connection the admission refused, with the kind's code (:data:`CLOSE_CODES`)."""
+        reason = STORE_FULL if refusal.kind is RefusalKind.STORE_FULL else refusal.reason
+        await self.refuse(send, CLOSE_CODES[refusal.kind], reason, mode)
 
     async def refuse(
         self, send: Send, code: int, reason: str, subprotocol: str | None = None
@@ -589,40 +610,16 @@ class _Connection:
             max_channels = self.transport.location.max_channels
             if max_channels and len(stream.positions) >= max_channels:
                 error = f"at most {max_channels} channels per connection"
-                await self.send(control("error", error=error, channel=channel_id))
-                return
-            authorizer = self.transport.authorizer
-            if authorizer is not None:
-                try:
-                    tokens = await authorizer.authorize(
-                        self.request, [channel_id], command_signature(text)
-                    )
-                except Refused as exc:
-                    reply = control(
-                        "error", error=exc.reason, channel=channel_id, status=exc.status
-                    )
-                    await self.send(reply)
-                    return
-                if tokens:  # unsubscribed by forget(), whatever happens next
-                    self.tokens[channel_id] = tokens[0]
-            try:
-                await open_channel(self.transport.hub, channel_id, self.location.create_on_get)
-            except ChannelNotFound:
-                self.forget(channel_id)
-                await self.send(control("error", error="no such channel", channel=channel_id))
-                return
-            except StoreFull:
-                self.forget(channel_id)
-                reply = control(
-                    "error", error="the channel store is full", channel=channel_id, status=507
+                answer: Admission | Refusal = Refusal(RefusalKind.BAD_REQUEST, error)
+            else:
+                answer = await self.transport.admitter.admit(
+                    self.request, [channel_id], signatures=command_signature(text)
                 )
-                await self.send(reply)
+            if isinstance(answer, Refusal):
+                await self.send(refusal_frame(answer, channel_id))
                 return
-            full = await self.transport.full([channel_id])
-            if full is not None:
-                self.forget(channel_id)
-                await self.send(control("error", error=full, channel=channel_id))
-                return
+            # Unsubscribed by forget(), whatever happens next.
+            self.tokens.update(answer.hand_over())
             # Acknowledged before the channel is added, so its messages follow the ack.
             await self.send(control("subscribed", channel=channel_id))
             await stream.add(channel_id, position)
