@@ -174,10 +174,6 @@ class Option:
         return self.kind.convert(value)
 
 
-def defaults(table: tuple[Option, ...]) -> dict[str, Any]:
-    return {option.name: option.default for option in table}
-
-
 class Configurable:
     """A class that declares the options ``PUSH_SERVER['store']`` may give it.
 
@@ -193,7 +189,7 @@ class Configurable:
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
-        return defaults(cls.option_table or ())
+        return {option.name: option.default for option in cls.option_table or ()}
 
     @classmethod
     def check_options(
@@ -221,8 +217,8 @@ class Configurable:
 
     @classmethod
     def check_message_size(
-        cls, key: str, options: Mapping[str, Any], max_message_size: int
-    ) -> list[Problem]:
-        """What is wrong with the store's options given the largest message its publisher
-        locations accept (``max_message_size``, > 0): a budget that cannot hold one."""
-        return []
+        cls, c: Collector, key: str, options: Mapping[str, Any], max_message_size: int
+    ) -> None:
+        """Report what is wrong with the store's options given the largest message its
+        publisher locations accept (``max_message_size``, > 0): a budget that cannot hold
+        one."""

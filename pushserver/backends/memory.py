@@ -41,7 +41,7 @@ import anyio
 
 from ..exceptions import ChannelNotFound, StoreFull
 from ..message import ChannelInfo, Message, MessageId, now_seconds
-from ..options import WHOLE, Collector, Option, Problem, is_number, is_whole
+from ..options import WHOLE, Collector, Option, is_number, is_whole
 from .base import (
     CHANNEL_BOUND_OPTIONS,
     DEFAULT_CHANNEL_TIMEOUT,
@@ -184,24 +184,20 @@ class MemoryBackend(Backend):
 
     @classmethod
     def check_message_size(
-        cls, key: str, options: Mapping[str, Any], max_message_size: int
-    ) -> list[Problem]:
+        cls, c: Collector, key: str, options: Mapping[str, Any], max_message_size: int
+    ) -> None:
         """``memory_limit`` must hold one channel with one message of ``max_message_size``
         bytes, counted as the store counts them, with a long channel id and content type."""
         limit = options.get("memory_limit")
-        if not is_whole(limit) or limit == 0:
-            return []
         needed = channel_cost("") + _message_cost(b"", "", None) + max_message_size + 1024
-        if limit >= needed:
-            return []
-        c = Collector()
-        c.error(
-            f"{key}['memory_limit']",
-            f"{limit} bytes cannot hold one message of max_message_size ({max_message_size} bytes)",
-            f"Raise memory_limit to at least {needed}, or lower max_message_size.",
-            103,
-        )
-        return c.problems
+        if is_whole(limit) and 0 < limit < needed:
+            c.error(
+                f"{key}['memory_limit']",
+                f"{limit} bytes cannot hold one message of max_message_size ({max_message_size} "
+                "bytes)",
+                f"Raise memory_limit to at least {needed}, or lower max_message_size.",
+                103,
+            )
 
     def __init__(
         self,

@@ -96,7 +96,7 @@ def check_message_sizes(
         cls = _options_class(store.type)
         if largest and cls is not None:
             key = KEY + (f"[{store.name!r}]" if store.name != "default" else "")
-            c.problems.extend(cls.check_message_size(key, store.options, largest))
+            cls.check_message_size(c, key, store.options, largest)
 
 
 def check_backend_publishing(
