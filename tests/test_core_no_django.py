@@ -12,6 +12,7 @@ CORE_MODULES = [
     "pushserver.backends.base",
     "pushserver.backends.memory",
     "pushserver.protocol",
+    "pushserver.options",
     "pushserver.config",
     "pushserver.http",
     "pushserver.publisher",

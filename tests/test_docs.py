@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -44,26 +45,49 @@ def test_mkdocs_build_strict(tmp_path):
     assert not broken, f"code fences rendered as text in {broken}"
 
 
+#: The modules that declare and check ``PUSH_SERVER`` (the stores' options included).
+SETTINGS_MODULES = [
+    *sorted((ROOT / "pushserver" / "config").glob("*.py")),
+    ROOT / "pushserver" / "options.py",
+    *(ROOT / "pushserver" / "backends" / name for name in ("base.py", "memory.py")),
+    ROOT / "pushserver" / "backends" / "redis_options.py",
+]
+
+
+def _store_classes():
+    from pushserver.backends import BUILTIN_OPTIONS, options_class
+
+    return {name: options_class(name) for name in BUILTIN_OPTIONS}
+
+
+def _declared_options():
+    """Every option declared in a table: top level, locations, the built-in stores."""
+    options = [*config.TOP_LEVEL_OPTIONS, *config.LOCATION_OPTIONS]
+    for cls in _store_classes().values():
+        options.extend(cls.option_table)
+    return options
+
+
 def _check_ids() -> set[str]:
-    """Every ``pushserver.E0xx`` / ``W0xx`` id the settings checks can report."""
-    ids: set[str] = set()
-    tree = ast.parse((ROOT / "pushserver" / "config.py").read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if name in ("error", "warning", "unknown_keys") and node.args:
-            code = node.args[-1]
-        elif name == "_check_non_negative" and len(node.args) >= 4:
-            code = node.args[3]  # (collector, key, value, code)
-        elif name in ("_top_level_limit", "_positive_seconds") and len(node.args) >= 5:
-            code = node.args[4]  # (collector, raw, name, default, code)
-        else:
-            continue
-        if isinstance(code, ast.Constant) and isinstance(code.value, int):
-            letter = "W" if name == "warning" else "E"
-            ids.add(f"pushserver.{letter}{code.value:03d}")
+    """Every ``pushserver.E0xx`` / ``W0xx`` id the settings checks can report: the check ids
+    the option tables declare, and those written out in the checking code."""
+    ids = {f"pushserver.E{option.code:03d}" for option in _declared_options() if option.code}
+    for module in SETTINGS_MODULES:
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("error", "warning", "unknown_keys") and node.args:
+                code = node.args[-1]
+            elif name == "check_non_negative" and len(node.args) >= 4:
+                code = node.args[3]  # (collector, key, value, code)
+            else:
+                continue
+            if isinstance(code, ast.Constant) and isinstance(code.value, int):
+                letter = "W" if name == "warning" else "E"
+                ids.add(f"pushserver.{letter}{code.value:03d}")
     checks = (ROOT / "pushserver" / "checks.py").read_text(encoding="utf-8")
     ids.update(re.findall(r"pushserver\.[EW]\d{3}", checks))
     return ids
@@ -84,6 +108,70 @@ def test_every_setting_is_documented():
         keys.update(options)
     missing = sorted(k for k in keys if f"`{k}`" not in page)
     assert not missing, f"docs/settings.md does not describe {missing}"
+
+
+def _as_documented(value) -> str:
+    """A default as docs/settings.md writes it: Python's None and bools, JSON otherwise,
+    whole floats without their '.0'."""
+    if value is None or isinstance(value, bool):
+        return f"`{value}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value)}`"
+
+
+def _section(page: str, heading: str) -> str:
+    """The text under ``heading`` down to the next heading of its level or above."""
+    level = heading.split(" ")[0]
+    start = page.index(f"\n{heading}\n")
+    rest = page[start + len(heading) + 2 :]
+    ends = [rest.find(f"\n{'#' * n} ") for n in range(1, len(level) + 1)]
+    ends = [end for end in ends if end >= 0]
+    return rest[: min(ends)] if ends else rest
+
+
+def _documented_defaults(section: str) -> dict[str, list[str]]:
+    """Per key, the default column of each table row naming it (a row may name several)."""
+    found: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) < 4 or not cells[0].startswith("`"):
+            continue
+        for name in re.findall(r"`(\w+)`", cells[0]):
+            found.setdefault(name, []).append(cells[2])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("heading", "table", "in_words"),
+    [
+        ("## Top-level keys", "top level", {"locations", "max_connections"}),
+        ("## Locations", "locations", {"type", "url", "prefix", "allow_from", "max_message_size"}),
+        ("### memory", "memory", set()),
+        ("### redis", "redis", set()),
+    ],
+)
+def test_documented_defaults_are_the_declared_ones(heading, table, in_words):
+    """Each option of a table has a row in its section of docs/settings.md whose default is
+    the declared one (or, for the few ``in_words``, says it in words)."""
+    if table == "top level":
+        options = config.TOP_LEVEL_OPTIONS
+    elif table == "locations":
+        options = config.LOCATION_OPTIONS
+    else:
+        options = _store_classes()[table].option_table
+    rows = _documented_defaults(_section(read("settings.md"), heading))
+    wrong = {}
+    for option in options:
+        assert option.name in rows, f"{heading} in docs/settings.md has no row for {option.name}"
+        if option.name in in_words:
+            continue
+        expected = _as_documented(option.default)
+        if not any(expected in cell for cell in rows[option.name]):
+            wrong[option.name] = (expected, rows[option.name])
+    assert not wrong, f"docs/settings.md ({heading}): declared default vs documented: {wrong}"
 
 
 def test_every_command_option_is_documented():

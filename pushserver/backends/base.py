@@ -7,6 +7,12 @@ Fan-out to subscribers is not the backend's business: the hub does it, once, in 
 
 Lifecycle is ``async with backend: ...``. A backend is bound to exactly one listener (its
 hub) before it is opened.
+
+Options: a backend class declares the options ``PUSH_SERVER['store']`` may give it in
+:attr:`Backend.option_table` (see :class:`~pushserver.options.Configurable`); the settings
+checks refuse unknown keys and check each option's kind from that table, and the class's
+``check_combinations`` adds the rest. The options both built-in stores share are declared
+here.
 """
 
 from __future__ import annotations
@@ -19,6 +25,70 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..message import ChannelInfo, Message, MessageId
+from ..options import (
+    FLAG,
+    SECONDS,
+    WHOLE,
+    Collector,
+    Configurable,
+    Kind,
+    Option,
+    check_non_negative,
+)
+
+#: Seconds an empty channel no publisher made is kept (NHPM's push_channel_timeout default).
+DEFAULT_CHANNEL_TIMEOUT = 60.0
+#: The largest channel_timeout (seconds, about 31 years): finite, and within what Redis's
+#: PEXPIRE takes in milliseconds.
+MAX_CHANNEL_TIMEOUT = 1e9
+
+
+def _channel_timeout(c: Collector, key: str, value: Any, option: Option) -> bool:
+    if not check_non_negative(c, key, value, option.code, integer=False):
+        return False
+    if value <= MAX_CHANNEL_TIMEOUT:  # False for NaN too
+        return True
+    # NaN would have the sweeper reschedule every channel forever and keep them all;
+    # infinity or more than Redis's expiry can hold would fail every subscribe there.
+    c.error(
+        key,
+        f"must be a finite number of seconds, at most {MAX_CHANNEL_TIMEOUT:.0f}, not {value!r}",
+        "Use e.g. 60 (NHPM's push_channel_timeout); 0 means channels never time out.",
+        option.code,
+    )
+    return False
+
+
+#: Retention, the original's store options (docs/settings.md#memory).
+RETENTION_OPTIONS = (
+    Option("min_messages", 0, WHOLE, 14, doc="the newest messages kept however old"),
+    Option("max_messages", 0, WHOLE, 14, doc="messages kept per channel (0 = all)"),
+    Option("message_timeout", 0, SECONDS, 14, doc="seconds a message is kept (0 = forever)"),
+)
+#: Empty channels a subscriber made are removed after channel_timeout seconds;
+#: keep_publisher_channels spares the ones a publisher made (docs/topics.md#bounded-memory).
+CHANNEL_BOUND_OPTIONS = (
+    Option(
+        "channel_timeout",
+        DEFAULT_CHANNEL_TIMEOUT,
+        Kind(_channel_timeout, float),
+        100,
+        doc="seconds an empty, unsubscribed channel is kept (0 = forever)",
+    ),
+    Option(
+        "keep_publisher_channels",
+        True,
+        FLAG,
+        101,
+        hint="True keeps empty channels a publisher made (the original's behaviour); False "
+        "removes them after channel_timeout too, as NHPM does.",
+        doc="channel_timeout spares the channels a publisher made",
+    ),
+)
+#: Seconds a publish's Idempotency-Key is remembered (0: keys are ignored).
+IDEMPOTENCY_WINDOW = Option(
+    "idempotency_window", 300, SECONDS, 173, doc="seconds an Idempotency-Key is remembered"
+)
 
 
 class Listener(Protocol):
@@ -50,8 +120,9 @@ class ReadResult:
     gap: bool = False
 
 
-class Backend(ABC):
-    """Channel storage and id assignment. Subclasses implement every abstract method."""
+class Backend(Configurable, ABC):
+    """Channel storage and id assignment. Subclasses implement every abstract method, and
+    declare their options in :attr:`option_table`."""
 
     #: The ``type`` name used in ``PUSH_SERVER['store']``.
     name: str = ""

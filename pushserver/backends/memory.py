@@ -34,13 +34,23 @@ from __future__ import annotations
 import heapq
 import time
 from bisect import bisect_right
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
 from ..exceptions import ChannelNotFound, StoreFull
 from ..message import ChannelInfo, Message, MessageId, now_seconds
-from .base import Backend, PublishResult, ReadResult
+from ..options import WHOLE, Collector, Option, is_number, is_whole
+from .base import (
+    CHANNEL_BOUND_OPTIONS,
+    DEFAULT_CHANNEL_TIMEOUT,
+    IDEMPOTENCY_WINDOW,
+    RETENTION_OPTIONS,
+    Backend,
+    PublishResult,
+    ReadResult,
+)
 
 #: Bytes a channel costs besides its id: its record, its slot in the store's dict, a
 #: subscriber-less hub (measured: about 200 with a 13-character id; rounded up).
@@ -52,7 +62,6 @@ MESSAGE_OVERHEAD = 300
 #: sixteenth of it, the channel cap what 100,000 browser tabs each on its own channel need.
 DEFAULT_MEMORY_LIMIT = 64 * 1024 * 1024
 DEFAULT_MAX_CHANNELS = 100_000
-DEFAULT_CHANNEL_TIMEOUT = 60.0
 #: Heap entries the sweeper handles before it lets other tasks run.
 SWEEP_BATCH = 500
 _EMPTY: tuple[Message, ...] = ()
@@ -131,6 +140,64 @@ class MemoryBackend(Backend):
     """Channels in one process. Fast, and gone when the process exits."""
 
     name = "memory"
+    option_table = (
+        *RETENTION_OPTIONS,
+        *CHANNEL_BOUND_OPTIONS,
+        Option(
+            "memory_limit",
+            DEFAULT_MEMORY_LIMIT,
+            WHOLE,
+            102,
+            hint=f"Use e.g. {DEFAULT_MEMORY_LIMIT} (64 MiB); 0 means no limit.",
+            doc="bytes the store may hold (0 = no limit)",
+        ),
+        Option(
+            "max_channels",
+            DEFAULT_MAX_CHANNELS,
+            WHOLE,
+            104,
+            hint=f"Use e.g. {DEFAULT_MAX_CHANNELS}; 0 means no limit.",
+            doc="channels the store may hold (0 = no limit)",
+        ),
+        IDEMPOTENCY_WINDOW,
+    )
+
+    @classmethod
+    def check_combinations(cls, c: Collector, key: str, options: Mapping[str, Any]) -> None:
+        """A warning when nothing bounds what the store retains (W100); a budget already
+        reported as wrong gets no second message."""
+        budgets = options["memory_limit"], options["max_channels"]
+        retention = options["max_messages"], options["message_timeout"]
+        if (
+            all(is_whole(value) for value in budgets)
+            and options["memory_limit"] == 0
+            and all(is_number(value) and not value for value in retention)
+        ):
+            c.warning(
+                key,
+                "retention is unbounded: max_messages, message_timeout and memory_limit are 0, "
+                "so the store grows for as long as messages come",
+                "Set 'max_messages' (messages kept per channel), 'message_timeout' (seconds a "
+                "message is kept) or 'memory_limit' (bytes the store may hold).",
+                100,
+            )
+
+    @classmethod
+    def check_message_size(
+        cls, c: Collector, key: str, options: Mapping[str, Any], max_message_size: int
+    ) -> None:
+        """``memory_limit`` must hold one channel with one message of ``max_message_size``
+        bytes, counted as the store counts them, with a long channel id and content type."""
+        limit = options.get("memory_limit")
+        needed = channel_cost("") + _message_cost(b"", "", None) + max_message_size + 1024
+        if is_whole(limit) and 0 < limit < needed:
+            c.error(
+                f"{key}['memory_limit']",
+                f"{limit} bytes cannot hold one message of max_message_size ({max_message_size} "
+                "bytes)",
+                f"Raise memory_limit to at least {needed}, or lower max_message_size.",
+                103,
+            )
 
     def __init__(
         self,

@@ -85,6 +85,7 @@ from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, PublishResult, ReadResult
 from .memory import DEFAULT_CHANNEL_TIMEOUT
+from .redis_options import RedisOptions
 
 logger = logging.getLogger("pushserver.backends.redis")
 
@@ -433,7 +434,7 @@ class _Listening:
     catch_up: bool = False
 
 
-class RedisBackend(Backend):
+class RedisBackend(RedisOptions, Backend):
     """Channels in Redis, shared by every push server process that points at it."""
 
     name = "redis"
