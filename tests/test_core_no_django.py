@@ -17,6 +17,7 @@ CORE_MODULES = [
     "pushserver.publisher",
     "pushserver.app",
     "pushserver.server",
+    "pushserver.running",
     "pushserver.transports",
     "pushserver.transports.longpoll",
 ]

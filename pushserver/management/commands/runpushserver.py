@@ -49,6 +49,7 @@ from django.utils.regex_helper import _lazy_re_compile
 
 from pushserver import __version__, servers
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
+from pushserver.running import format_host, registry
 from pushserver.settings import get_config
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
@@ -240,7 +241,7 @@ class Command(BaseCommand):
 
     def bind_sockets(self, address: str, port: int, workers: int) -> list[socket.socket]:
         """One listening socket, or with workers on Linux one per worker on the same port."""
-        from pushserver.server import bind, format_host
+        from pushserver.server import bind
 
         reuse_port = workers > 1 and sys.platform.startswith("linux")
         sockets: list[socket.socket] = []
@@ -329,12 +330,10 @@ class Command(BaseCommand):
         workers: int,
         options: dict[str, Any],
     ) -> None:
-        from pushserver.server import format_host
-        from pushserver.utils import updates
-
         sockets = self.bind_sockets(address, port, workers)
         host = format_host(address, sockets[0].getsockname()[1])
-        updates.current_host = host
+        # Known from here on: the checks (pushserver.W121) and send_update's URLs use it.
+        registry.host = host
         block_signals = False
         try:
             if not options.get("skip_checks"):
@@ -370,7 +369,7 @@ class Command(BaseCommand):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             for sock in sockets:
                 sock.close()
-            updates.current_host = None
+            registry.host = None
 
     # -- --server uvicorn|granian ----------------------------------------------------------
 
@@ -402,8 +401,6 @@ class Command(BaseCommand):
         self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
     ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
         """Check the port is free, say where it will listen, and become granian."""
-        from pushserver.server import format_host
-
         (sock,) = self.bind_sockets(address, port, 1)
         port = sock.getsockname()[1]
         sock.close()  # granian binds it itself
