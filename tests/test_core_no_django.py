@@ -18,6 +18,7 @@ CORE_MODULES = [
     "pushserver.app",
     "pushserver.server",
     "pushserver.running",
+    "pushserver.supervisor",
     "pushserver.transports",
     "pushserver.transports.longpoll",
 ]

@@ -315,7 +315,7 @@ async def test_workers_stop_listening_at_once_and_finish_publishes(
 
 
 async def test_supervisor_kills_a_worker_that_does_not_stop(push_server_factory, redis_server):
-    from pushserver.management.commands.runpushserver import KILL_AFTER
+    from pushserver.supervisor import KILL_AFTER
 
     server = push_server_factory(
         redis_config(redis_server), "--workers", "2", "--shutdown-timeout", "1"
