@@ -5,7 +5,8 @@ before anything starts, and port 0 picks a free one), then hands it to hypercorn
 worker for the running anyio backend (asyncio or trio).
 
 While it serves, the app is :data:`pushserver.running.registry`'s current server, for
-in-process publishing.
+in-process publishing. trio stays a supported backend, with its own hypercorn fixes
+(docs/topics.md, "Why trio stays").
 """
 
 from __future__ import annotations

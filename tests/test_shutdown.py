@@ -209,6 +209,7 @@ async def test_in_flight_publish_finishes_and_is_kept(push_server_factory, redis
     assert (response.status_code, response.content) == (200, body)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_publish_arriving_during_shutdown_gets_503():
     """The request that slips in between the signal and the listening socket closing (a
     window too short to hit from outside) is refused, not half done: the app itself, on
