@@ -504,6 +504,7 @@ def send_update(
         "content_type": payload.content_type,
         "event": payload.event,
     }
+    # The signals' sender is this module, as in the original (receivers may filter on it).
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
     try:
