@@ -2,9 +2,12 @@
 
 :class:`PushServer` routes each request to the first configured location whose regex
 matches the raw path (query ignored), exactly as the original did: publisher locations to
-:class:`~pushserver.publisher.Publisher`, subscriber locations to a transport. Anything else
-goes to the ``fallback`` application (Django, under ``runpushserver --allrequests``) or
-gets 404.
+:class:`~pushserver.publisher.Publisher` (through :class:`PublisherLocation`), subscriber
+locations to a transport (:class:`Subscriber`), status locations to
+:class:`~pushserver.status.Status`. Each is a :class:`Route`: the location, its
+:class:`Handler`, and the headers of an answer given before the handler is reached; a new
+kind of location is one more handler, not one more branch. Anything else goes to the
+``fallback`` application (Django, under ``runpushserver --allrequests``) or gets 404.
 
 Backends are opened by the ASGI lifespan (or ``async with server:``) and closed after it.
 """
@@ -16,7 +19,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import anyio
@@ -57,6 +61,83 @@ BUSY_REASON = "the server is at its connection limit, try again later"
 BUSY_LOG_INTERVAL = 60.0
 
 
+class Handler(Protocol):
+    """What serves the requests one location's regex matches: ``raw_channel`` is the
+    regex's group, as it appears in the path (still quoted)."""
+
+    async def __call__(
+        self, scope: Scope, raw_channel: str, receive: Receive, send: Send, /
+    ) -> None:
+        """Answer the request (an HTTP request or a WebSocket)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One configured location and what serves it."""
+
+    location: LocationConfig
+    handler: Handler
+    #: The headers of an answer given before the handler is reached (431, a head too
+    #: large): a subscriber's or publisher's CORS headers, so that a browser can read it.
+    early_headers: Callable[[Request], Headers]
+
+
+class ConnectionLimit:
+    """``max_connections``: the subscriber (and fallback) requests this process serves at
+    once, shared by every subscriber location and the fallback. Publishers and status
+    pages are not counted: they are few, trusted (``allow_from``) and short, and a flood of
+    subscribers must not stop publishing."""
+
+    def __init__(self, limit: int) -> None:
+        #: Most requests served at once (0 = no limit).
+        self.max_connections = limit
+        #: Requests being served now.
+        self.active = 0
+        self._limit = limit or sys.maxsize
+        self._busy_logged = -BUSY_LOG_INTERVAL
+
+    def admit(self) -> bool:
+        """Count one more connection in ``active`` (the caller takes it off when done), or
+        False at ``max_connections``."""
+        if self.active >= self._limit:
+            self.log_busy()
+            return False
+        self.active += 1
+        return True
+
+    def log_busy(self) -> None:
+        """One line a minute at most while requests are refused at ``max_connections``."""
+        now = time.monotonic()
+        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
+            self._busy_logged = now
+            logger.warning(
+                "serving max_connections (%d) requests: refusing more with 503 "
+                "(WebSocket: close 1013) until some end",
+                self.max_connections,
+            )
+
+
+class PublisherLocation:
+    """One publisher location: HTTP only, and the channel id decoded and checked before the
+    :class:`~pushserver.publisher.Publisher` gets the request."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.max_channel_id_length = publisher.location.max_channel_id_length
+
+    async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        request = Request(scope)
+        try:
+            channel_id = decode_channel_id(raw_channel, self.max_channel_id_length)
+        except ValueError as exc:
+            await respond_error(send, 400, str(exc), self.publisher.response_headers(request))
+            return
+        await self.publisher(request, channel_id, receive, send)
+
+
 class Subscriber:
     """One subscriber location: picks the transport for each request, as nchan does.
 
@@ -65,6 +146,9 @@ class Subscriber:
     and the process (``runpushserver --transport``) enable it. An event-stream request where
     event streams are off is served as long-poll; a request no enabled transport can serve
     gets 403 (a WebSocket: accepted, then closed with 4403, so a browser sees the code).
+
+    Each request counts against the process's ``max_connections`` while it is served; past
+    it the request gets :meth:`busy`.
     """
 
     def __init__(
@@ -76,9 +160,12 @@ class Subscriber:
         process_transports: tuple[str, ...] | None,
         server_header: tuple[bytes, bytes],
         verifier: Verifier | None = None,
+        *,
+        connections: ConnectionLimit,
     ) -> None:
         self.location = location
         self.headers = headers
+        self.connections = connections
         enabled = set(location.transports)
         if process_transports is not None:
             enabled &= set(process_transports)
@@ -96,34 +183,43 @@ class Subscriber:
         )
 
     async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await self.websocket(scope, raw_channel, receive, send)
-            return
-        request = Request(scope)
-        if request.method == "OPTIONS":
-            # Before the channel id is checked: a failed preflight would hide the real
-            # request's readable error behind a CORS failure.
-            await self.longpoll.preflight(request, send)
-            return
-        if (
-            "eventsource" in self.enabled
-            and request.method in ("GET", "HEAD")
-            and "text/event-stream" in (request.header("accept") or "")
-        ):
-            scope["pushserver.transport"] = "eventsource"  # for the JSON access log
-            await self.sse(request, raw_channel, receive, send)
-            return
-        if "longpoll" not in self.enabled:
-            others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
-            reason = f"long-poll is not enabled here (this location serves {others})"
-            await respond_error(send, 403, reason, self.longpoll.response_headers(request))
+        # One coroutine from here to the transport, no helper coroutine or partial: each
+        # would be held for as long as the subscriber stays connected (about 750 bytes per
+        # connection).
+        if not self.connections.admit():
+            await self.busy(scope, raw_channel, receive, send)
             return
         try:
-            channel_id = decode_channel_id(raw_channel, self.location.max_channel_id_length)
-        except ValueError as exc:
-            await respond_error(send, 400, str(exc), self.longpoll.response_headers(request))
-            return
-        await self.longpoll(request, channel_id, receive, send)
+            if scope["type"] == "websocket":
+                await self.websocket(scope, raw_channel, receive, send)
+                return
+            request = Request(scope)
+            if request.method == "OPTIONS":
+                # Before the channel id is checked: a failed preflight would hide the real
+                # request's readable error behind a CORS failure.
+                await self.longpoll.preflight(request, send)
+                return
+            if (
+                "eventsource" in self.enabled
+                and request.method in ("GET", "HEAD")
+                and "text/event-stream" in (request.header("accept") or "")
+            ):
+                scope["pushserver.transport"] = "eventsource"  # for the JSON access log
+                await self.sse(request, raw_channel, receive, send)
+                return
+            if "longpoll" not in self.enabled:
+                others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"
+                reason = f"long-poll is not enabled here (this location serves {others})"
+                await respond_error(send, 403, reason, self.longpoll.response_headers(request))
+                return
+            try:
+                channel_id = decode_channel_id(raw_channel, self.location.max_channel_id_length)
+            except ValueError as exc:
+                await respond_error(send, 400, str(exc), self.longpoll.response_headers(request))
+                return
+            await self.longpoll(request, channel_id, receive, send)
+        finally:
+            self.connections.active -= 1
 
     async def busy(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
         """The process serves ``max_connections`` already: 503 (a WebSocket: close 1013),
@@ -167,34 +263,41 @@ class PushServer:
         }
         server = (config.servername or f"pushserver/{__version__}").encode("latin-1")
         self.server_header = (b"server", server)
-        self.routes: list[tuple[LocationConfig, object]] = []
+        limit = config.max_connections
+        #: ``max_connections``, shared by the subscriber locations and the fallback.
+        self.connections = ConnectionLimit(default_max_connections() if limit is None else limit)
+        #: Most requests served at once (``max_connections``; 0 = no limit).
+        self.max_connections = self.connections.max_connections
+        self.routes: list[Route] = []
         self.statuses: list[Status] = []
         for location in config.locations:
             if location.type == "status":
                 status = Status(
                     location,
-                    self,
+                    self.hubs,
+                    {name: store.type for name, store in config.stores.items()},
                     [self.server_header],
                     internal_ips=config.internal_ips,
                     secret=config.publisher_secret,
                 )
                 self.statuses.append(status)
-                self.routes.append((location, status))
+                self.routes.append(Route(location, status, self.server_headers))
                 continue
             hub = self.hubs[location.store]
             if location.type == "publisher":
-                handler: object = Publisher(
+                publisher = Publisher(
                     location,
                     hub,
                     [self.server_header],
                     internal_ips=config.internal_ips,
                     secret=config.publisher_secret,
                 )
+                route = Route(location, PublisherLocation(publisher), publisher.response_headers)
             else:
                 presence = None
                 if location.passthrough and callable(presence_factory):
                     presence = presence_factory(location)
-                handler = Subscriber(
+                subscriber = Subscriber(
                     location,
                     hub,
                     [self.server_header],
@@ -202,15 +305,10 @@ class PushServer:
                     transports,
                     self.server_header,
                     channel_verifier,
+                    connections=self.connections,
                 )
-            self.routes.append((location, handler))
-        #: Subscriber (and fallback) requests being served now; publishers are not counted.
-        self.active = 0
-        limit = config.max_connections
-        #: Most requests served at once (``max_connections``; 0 = no limit).
-        self.max_connections = default_max_connections() if limit is None else limit
-        self._limit = self.max_connections or sys.maxsize
-        self._busy_logged = -BUSY_LOG_INTERVAL
+                route = Route(location, subscriber, subscriber.longpoll.response_headers)
+            self.routes.append(route)
         self._max_header_size = config.max_header_size
         self._stack: AsyncExitStack | None = None
         #: Set by :func:`pushserver.asgi.get_asgi_application` (any ASGI server): the first
@@ -303,71 +401,36 @@ class PushServer:
             return
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
-        for location, handler in self.routes:
-            match = location.regex.match(path)
+        for route in self.routes:
+            match = route.location.regex.match(path)
             if match is None:
                 continue
             if head_size(scope) > self._max_header_size:
-                await self.head_too_large(scope, handler, receive, send)
+                await self.head_too_large(scope, route.early_headers, receive, send)
                 return
             # Where the request went, for the JSON access log (pushserver.logs).
-            scope["pushserver.location"] = location.type
+            scope["pushserver.location"] = route.location.type
             scope["pushserver.channel"] = match.group(1)
-            if isinstance(handler, Status):
-                await handler(scope, match.group(1), receive, send)
-                return
-            if isinstance(handler, Subscriber):
-                channel = match.group(1)
-                # No helper coroutine or partials here: each would be held for as long as
-                # the subscriber stays connected (about 750 bytes per connection).
-                if not self.admit():
-                    await handler.busy(scope, channel, receive, send)
-                    return
-                try:
-                    await handler(scope, channel, receive, send)
-                finally:
-                    self.active -= 1
-                return
-            if kind != "http":
-                await send({"type": "websocket.close", "code": 1003})
-                return
-            # Publishers are neither counted nor refused at max_connections: they are few
-            # and trusted (allow_from), and a flood of subscribers must not stop publishing.
-            request = Request(scope)
-            try:
-                channel_id = decode_channel_id(match.group(1), location.max_channel_id_length)
-            except ValueError as exc:
-                headers = handler.response_headers(request)  # type: ignore[attr-defined]
-                await respond_error(send, 400, str(exc), headers)
-                return
-            await handler(request, channel_id, receive, send)  # type: ignore[operator]
+            # Awaited here, not through a helper: see Subscriber.__call__.
+            await route.handler(scope, match.group(1), receive, send)
             return
         if self.fallback is not None:
             if head_size(scope) > self._max_header_size:
-                await self.head_too_large(scope, None, receive, send)
+                await self.head_too_large(scope, self.server_headers, receive, send)
                 return
-            if not self.admit():
+            if not self.connections.admit():
                 await self.fallback_busy(scope, send)
                 return
             try:
                 await self.fallback(scope, receive, self.with_server_header(send))
             finally:
-                self.active -= 1
+                self.connections.active -= 1
         elif kind == "http":
             await respond_error(
                 send, 404, "no push location matches this path", [self.server_header]
             )
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
-
-    def admit(self) -> bool:
-        """Count one more connection in ``active`` (the caller takes it off when done), or
-        False at ``max_connections``."""
-        if self.active >= self._limit:
-            self.log_busy()
-            return False
-        self.active += 1
-        return True
 
     async def fallback_busy(self, scope: Scope, send: Send) -> None:
         """The fallback application's answer at ``max_connections``: 503 (close 1013)."""
@@ -377,10 +440,14 @@ class PushServer:
             await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def head_too_large(
-        self, scope: Scope, handler: object, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        early_headers: Callable[[Request], Headers],
+        receive: Receive,
+        send: Send,
     ) -> None:
-        """431, with the location's CORS headers (a WebSocket: the same as an HTTP answer to
-        the upgrade, where the server supports it)."""
+        """431, with the location's CORS headers (``early_headers``) or, to a WebSocket, the
+        same as an HTTP answer to the upgrade where the server supports it."""
         limit = self._max_header_size
         reason = f"the request head is larger than {limit} bytes"
         if scope["type"] == "websocket":
@@ -398,25 +465,12 @@ class PushServer:
             await send({"type": "websocket.http.response.start", "status": 431, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
             return
-        request = Request(scope)
-        if isinstance(handler, Subscriber):
-            headers = handler.longpoll.response_headers(request)
-        elif isinstance(handler, Publisher):
-            headers = handler.response_headers(request)
-        else:
-            headers = [self.server_header]
-        await respond_error(send, 431, reason, headers)
+        await respond_error(send, 431, reason, early_headers(Request(scope)))
 
-    def log_busy(self) -> None:
-        """One line a minute at most while requests are refused at ``max_connections``."""
-        now = time.monotonic()
-        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
-            self._busy_logged = now
-            logger.warning(
-                "serving max_connections (%d) requests: refusing more with 503 "
-                "(WebSocket: close 1013) until some end",
-                self.max_connections,
-            )
+    def server_headers(self, request: Request) -> Headers:
+        """The headers of an early answer where no location's apply (a status location,
+        the fallback): just Server."""
+        return [self.server_header]
 
     def with_server_header(self, send: Send) -> Send:
         async def wrapped(message: dict[str, Any]) -> None:

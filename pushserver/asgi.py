@@ -42,6 +42,7 @@ import anyio.lowlevel
 from ._async import asyncio_loop
 from .app import PushServer
 from .http import ASGIApp, Scope
+from .running import format_host, registry
 
 logger = logging.getLogger("pushserver")
 
@@ -192,29 +193,14 @@ async def _wait(task: Any) -> None:
 
 def register(app: PushServer, scope: Scope) -> None:
     """Make ``app`` the push server ``send_update`` and passthrough find in this process
-    (unless ``runpushserver`` registered its own), at the address the request came to."""
-    from . import server
-    from .utils import updates
-
+    (unless ``runpushserver`` registered its own), at the address the request came to;
+    ``serve_uvicorn`` unregisters it when serving ends."""
     address = scope.get("server")
-    host = server.format_host(str(address[0]), int(address[1])) if address else "unix"
-    if server.current is None:
-        server.current = server.Running(app, anyio.lowlevel.current_token(), host)
-    if updates.current_host is None and address:
-        updates.current_host = host
-
-
-def unregister(app: PushServer) -> None:
-    """Undo :func:`register` once ``app`` stops serving: ``send_update`` in this process
-    no longer finds it, nor the address it registered."""
-    from . import server
-    from .utils import updates
-
-    running = server.current
-    if running is not None and running.app is app:
-        if updates.current_host == running.host:
-            updates.current_host = None
-        server.current = None
+    host = format_host(str(address[0]), int(address[1])) if address else "unix"
+    if registry.current is None:
+        registry.register(app, anyio.lowlevel.current_token(), host)
+    if registry.host is None and address:
+        registry.host = host
 
 
 def chain_stop_signals(app: PushServer) -> None:

@@ -38,7 +38,6 @@ import contextlib
 import logging
 import math
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +50,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .config import LocationConfig
 from .http import ASGIApp, Headers, Request
+from .running import registry
 
 logger = logging.getLogger("pushserver.passthrough")
 
@@ -373,7 +373,7 @@ class PassthroughSender:
     def _in_process(self, target: Target) -> bool:
         if self.fallback is None:
             return False
-        running = getattr(sys.modules.get("pushserver.server"), "current", None)
+        running = registry.current
         if running is None:
             return True  # the app is served some other way; the fallback is the site
         host, _, port = running.host.rpartition(":")

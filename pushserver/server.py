@@ -3,6 +3,10 @@
 No subprocess: :func:`serve` binds the socket itself (so a busy port is a clear error
 before anything starts, and port 0 picks a free one), then hands it to hypercorn's own
 worker for the running anyio backend (asyncio or trio).
+
+While it serves, the app is :data:`pushserver.running.registry`'s current server, for
+in-process publishing. trio stays a supported backend, with its own hypercorn fixes
+(docs/topics.md, "Why trio stays").
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio
@@ -23,6 +26,7 @@ from . import hypercorn_fixes
 from ._async import asyncio_loop
 from .app import PushServer
 from .config import DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
+from .running import format_host, registry
 
 logger = logging.getLogger("pushserver")
 
@@ -40,23 +44,6 @@ BACKLOG = 4096
 #: WebSocket).
 GC_THRESHOLDS = (50_000, 20, 100)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
-
-
-@dataclass
-class Running:
-    """The push server running in this process, for in-process publishing."""
-
-    app: PushServer
-    token: anyio.lowlevel.EventLoopToken
-    host: str
-
-
-#: Set while :func:`serve` runs; ``send_update`` publishes straight into it.
-current: Running | None = None
-
-
-def format_host(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def bind(
@@ -216,7 +203,6 @@ async def serve(
     seconds to finish; whatever is still open then (a client that stopped reading, a body
     that stopped arriving) is cut, and the stores are closed.
     """
-    global current
     thresholds = gc.get_threshold()
     if thresholds == (700, 10, 10):  # left alone if the process chose its own
         gc.set_threshold(*GC_THRESHOLDS)
@@ -264,7 +250,8 @@ async def serve(
         app.begin_shutdown()
 
     address, port = sock.getsockname()[:2]
-    current = Running(app, anyio.lowlevel.current_token(), format_host(address, port))
+    # While it serves, send_update in this process publishes straight into it.
+    registry.register(app, anyio.lowlevel.current_token(), format_host(address, port))
     try:
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
         wrapped = cast(Any, _ASGI(app))  # hypercorn types the app with its TypedDicts
@@ -284,5 +271,5 @@ async def serve(
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE):
                 await app.aclose()  # if the lifespan did not get to it
     finally:
-        current = None
+        registry.unregister(app)
         gc.set_threshold(*thresholds)

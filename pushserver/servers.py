@@ -23,6 +23,8 @@ import socket
 import sys
 from typing import Any
 
+from .running import registry
+
 #: --server choices; hypercorn is the default and always installed.
 SERVERS = ("hypercorn", "uvicorn", "granian")
 #: The import each extra needs, and the extra that installs it.
@@ -130,9 +132,7 @@ async def serve_uvicorn(
         gc.set_threshold(*thresholds)
         # As pushserver.server.serve does: once serving is over, send_update in this process
         # no longer finds this app (pushserver.asgi registered it on the first request).
-        from .asgi import unregister
-
-        unregister(app)
+        registry.unregister(app)
 
 
 def granian_command(

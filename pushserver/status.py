@@ -33,10 +33,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -48,9 +48,6 @@ from .hub import Hub
 from .metrics import CONNECTION_TRANSPORTS
 from .publisher import Access, publisher_token
 from .transports.sse import SSETransport
-
-if TYPE_CHECKING:
-    from .app import PushServer
 
 logger = logging.getLogger("pushserver.status")
 
@@ -136,7 +133,7 @@ def status_token(secret: str) -> str:
 # -- the snapshot ----------------------------------------------------------------------------
 
 
-def snapshot(hubs: dict[str, Hub], store_types: dict[str, str], started: float) -> dict:
+def snapshot(hubs: Mapping[str, Hub], store_types: Mapping[str, str], started: float) -> dict:
     """Everything the status shows, as plain JSON-able data."""
     connections = dict.fromkeys(CONNECTION_TRANSPORTS, 0)
     slow = dict.fromkeys(SLOW_TRANSPORTS, 0)
@@ -395,19 +392,24 @@ def negotiate(request: Request) -> str | None:
 
 
 class Status:
-    """Serves one status location, and publishes its snapshots while the page listens."""
+    """Serves one status location, and publishes its snapshots while the page listens.
+
+    ``hubs`` are the server's, by store name (read at each snapshot, never changed here);
+    ``store_types`` the type of each store, as configured."""
 
     def __init__(
         self,
         location: LocationConfig,
-        app: PushServer,
+        hubs: Mapping[str, Hub],
+        store_types: Mapping[str, str],
         headers: Headers,
         *,
         internal_ips: Iterable[str] = (),
         secret: str | None = None,
     ) -> None:
         self.location = location
-        self.app = app
+        self.hubs = hubs
+        self.store_types = dict(store_types)
         self.headers = [*headers, NO_STORE]
         #: With a secret: the publisher's or the status token in the Authorization header,
         #: only the read-only status token in ``?token=`` (URLs end up in logs).
@@ -419,7 +421,6 @@ class Status:
             token,
         )
         self.started = time.monotonic()
-        self.store_types = {name: store.type for name, store in app.config.stores.items()}
         #: The private store of the snapshots (its own hub: not counted in the figures).
         self.hub = Hub(MemoryBackend(max_messages=1), queue_size=4)
         stream_location = replace(
@@ -434,7 +435,7 @@ class Status:
         self.sse = SSETransport(stream_location, self.hub, list(headers))
 
     def snapshot(self) -> dict:
-        return snapshot(self.app.hubs, self.store_types, self.started)
+        return snapshot(self.hubs, self.store_types, self.started)
 
     def refusal(self, request: Request) -> str | None:
         """Why this request may not read the status, or None (the publisher's rule)."""

@@ -12,8 +12,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from pushserver import server as running
 from pushserver.asgi import get_asgi_application
+from pushserver.running import registry as running
 from pushserver.utils import updates
 
 LOCATIONS = [
@@ -28,7 +28,7 @@ def clean_process():
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     yield
     running.current = None
-    updates.current_host = None
+    running.host = None
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
 

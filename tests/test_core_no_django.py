@@ -18,6 +18,8 @@ CORE_MODULES = [
     "pushserver.publisher",
     "pushserver.app",
     "pushserver.server",
+    "pushserver.running",
+    "pushserver.supervisor",
     "pushserver.transports",
     "pushserver.transports.longpoll",
 ]

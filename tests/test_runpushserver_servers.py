@@ -165,8 +165,8 @@ async def test_uvicorn_in_process_publishing_ends_with_serving():
     hypercorn's serve()."""
     import socket
 
-    from pushserver import server as running
     from pushserver.asgi import _FirstRequest, build_application
+    from pushserver.running import registry as running
     from pushserver.servers import serve_uvicorn
     from pushserver.settings import get_config
     from pushserver.utils import updates

@@ -209,6 +209,7 @@ async def test_in_flight_publish_finishes_and_is_kept(push_server_factory, redis
     assert (response.status_code, response.content) == (200, body)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_publish_arriving_during_shutdown_gets_503():
     """The request that slips in between the signal and the listening socket closing (a
     window too short to hit from outside) is refused, not half done: the app itself, on
@@ -315,7 +316,7 @@ async def test_workers_stop_listening_at_once_and_finish_publishes(
 
 
 async def test_supervisor_kills_a_worker_that_does_not_stop(push_server_factory, redis_server):
-    from pushserver.management.commands.runpushserver import KILL_AFTER
+    from pushserver.supervisor import KILL_AFTER
 
     server = push_server_factory(
         redis_config(redis_server), "--workers", "2", "--shutdown-timeout", "1"

@@ -195,13 +195,13 @@ def test_signing_round_trip_and_url():
         PUSH_SERVER={"locations": [{"type": "subscriber", "prefix": "/s/", "signed": True}]},
         INTERNAL_IPS=[],
     ):
-        from pushserver.utils import updates
+        from pushserver.running import registry
 
-        updates.current_host, previous = "push.example:8001", updates.current_host
+        registry.host, previous = "push.example:8001", registry.host
         try:
             url = signed_channel_url("a b", max_age=30)
         finally:
-            updates.current_host = previous
+            registry.host = previous
     base, _, sig = url.partition("?sig=")
     assert base == "http://push.example:8001/s/a%20b"
     assert verify_channel("a b", sig) is None and sig.startswith("30:")

@@ -12,6 +12,7 @@ import pytest
 from django.test import override_settings
 from django.utils.translation import gettext_lazy
 
+from pushserver.running import registry
 from pushserver.testing import free_port
 from pushserver.utils import updates
 from pushserver.utils.updates import SendUpdateError, UpdateResponse
@@ -68,10 +69,10 @@ def test_urls_fall_back_to_current_host_then_address_and_port(monkeypatch):
         pytest.raises(ValueError, match="publisher_host"),
     ):
         updates.publisher_url("x")
-        monkeypatch.setattr(updates, "current_host", "0.0.0.0:8005")
+        monkeypatch.setattr(registry, "host", "0.0.0.0:8005")
         # A bind-all address is not where to connect.
         assert updates.publisher_url("x") == "http://127.0.0.1:8005/publisher/x"
-    monkeypatch.setattr(updates, "current_host", None)
+    monkeypatch.setattr(registry, "host", None)
     with override_settings(PUSH_SERVER={"locations": LOCATIONS, "address": "::1", "port": 8009}):
         assert updates.subscriber_url("x") == "http://[::1]:8009/subscriber/x"
     with override_settings(

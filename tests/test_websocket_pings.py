@@ -103,6 +103,7 @@ async def publish(app: PushServer, channel: str, body: bytes) -> None:
     assert sent[0]["status"] in (201, 202), sent
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("mode", [None, NCHAN_META])
 async def test_only_a_server_offering_the_extension_is_sent_pings(mode):
     """Two connections, one on a server without the extension, started first: once the

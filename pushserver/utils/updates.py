@@ -11,8 +11,9 @@ the first publisher location's redis store itself, from this process (see
 
 Hosts come from ``PUSH_SERVER['publisher_host']`` / ``['subscriber_host']`` (a
 ``{'location': 'host:port', 'secure': bool}`` dict or the legacy ``"host:port"`` string),
-then from :data:`current_host` (set by ``runpushserver`` in its own process), then from the
-≤0.2.2 ``PUSH_SERVER['address']`` + ``['port']``.
+then from the address of the push server running in this process (``current_host``, a
+read of :data:`pushserver.running.registry`'s ``host``), then from the ≤0.2.2
+``PUSH_SERVER['address']`` + ``['port']``.
 """
 
 from __future__ import annotations
@@ -42,14 +43,20 @@ from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
 from ..message import check_event_name
 from ..publisher import IDEMPOTENCY_KEY, publisher_token
-
-#: "host:port" of the push server running in this process (set by ``runpushserver``).
-current_host: str | None = None
+from ..running import Running, registry
 
 CONTENT_TYPE = "application/json; charset=utf-8"
 
 # A wildcard bind address is where a server listens, never where a client can connect.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "[::1]", "": "127.0.0.1"}
+
+
+def __getattr__(name: str) -> Any:
+    """``current_host``: the ``host:port`` of the push server running in this process, or
+    None (the original's name, kept for code that reads it; the registry sets it)."""
+    if name == "current_host":
+        return registry.host
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SendUpdateError(PushServerError):
@@ -132,7 +139,7 @@ def _host(config: ServerConfig, host: HostConfig | None, name: str) -> tuple[str
     secure = host.secure if host is not None else False
     location = host.location if host is not None else None
     if not location:
-        location = current_host
+        location = registry.host
     if not location and config.port is not None:
         # django-pushserver <= 0.2.2 built URLs from the listen address and port.
         address = config.address or "127.0.0.1"
@@ -225,10 +232,9 @@ def _encode(data: Any, already_serialized: bool) -> bytes:
     return json.dumps(data, cls=DjangoJSONEncoder).encode("utf-8")
 
 
-def _running_here(url: str) -> Any:
+def _running_here(url: str) -> Running | None:
     """The push server running in this process, if ``url`` points at it."""
-    server = sys.modules.get("pushserver.server")
-    running = getattr(server, "current", None)
+    running = registry.current
     if running is None:
         return None
     if _reachable(urlsplit(url).netloc) != _reachable(running.host):
@@ -236,7 +242,7 @@ def _running_here(url: str) -> Any:
     return running
 
 
-def _on_loop_of(running: Any) -> bool:
+def _on_loop_of(running: Running) -> bool:
     try:
         token = anyio.lowlevel.current_token()
     except Exception:  # no event loop in this thread
@@ -277,7 +283,7 @@ async def _publish_on(
 
 
 async def _publish_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
+    running: Running, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     _check_size(location, url, payload.body)
     hub = running.app.hub_for(location)
@@ -350,7 +356,7 @@ def _on_a_loop() -> bool:
 
 
 def _run_in_process(
-    running: Any, location: LocationConfig, url: str, channel_id: str, payload: Payload
+    running: Running, location: LocationConfig, url: str, channel_id: str, payload: Payload
 ) -> UpdateResponse:
     try:
         return anyio.from_thread.run(
@@ -463,7 +469,7 @@ def send_update(
     if config.publish_via == "backend":
         url, location = _backend_target(config, channel_id)
         # Inside runpushserver its own hub is connected to the same store already.
-        running = getattr(sys.modules.get("pushserver.server"), "current", None)
+        running = registry.current
         if running is None and _on_a_loop():
             raise RuntimeError(
                 "send_update() was called on a running event loop, where blocking would stall "
@@ -498,6 +504,7 @@ def send_update(
         "content_type": payload.content_type,
         "event": payload.event,
     }
+    # The signals' sender is this module, as in the original (receivers may filter on it).
     sender = sys.modules[__name__]
     signals.pre_send_update.send(sender=sender, **kwargs)
     try:

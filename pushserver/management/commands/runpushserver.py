@@ -20,13 +20,15 @@ store, so memory stores are refused.
 
 A stop signal shuts a server down within ``--shutdown-timeout`` (``PUSH_SERVER
 ['shutdown_timeout']``) seconds plus the time to close its stores (see
-:func:`pushserver.server.serve`); the supervisor stops listening at once and kills a
-worker still running :data:`KILL_AFTER` seconds past that.
+:func:`pushserver.server.serve`); with workers, :class:`pushserver.supervisor.Supervisor`
+stops listening at once and kills a worker still running
+:data:`~pushserver.supervisor.KILL_AFTER` seconds past that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -34,8 +36,6 @@ import signal
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO, cast
 
@@ -49,19 +49,13 @@ from django.utils.regex_helper import _lazy_re_compile
 
 from pushserver import __version__, servers
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
+from pushserver.running import format_host, registry
 from pushserver.settings import get_config
+from pushserver.supervisor import STOP_SIGNALS, CrashLoop, Supervisor
 
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
 
 logger = logging.getLogger("pushserver")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: A worker dying more often than this within RESTART_WINDOW seconds is a crash loop: stop.
-MAX_RESTARTS = 5
-RESTART_WINDOW = 60.0
-#: Seconds past the shutdown timeout after which the supervisor kills a worker that has not
-#: exited (a worker normally exits within the timeout plus server.CLOSE_GRACE).
-KILL_AFTER = 5.0
 
 
 def _hypercorn_version() -> str:
@@ -240,7 +234,7 @@ class Command(BaseCommand):
 
     def bind_sockets(self, address: str, port: int, workers: int) -> list[socket.socket]:
         """One listening socket, or with workers on Linux one per worker on the same port."""
-        from pushserver.server import bind, format_host
+        from pushserver.server import bind
 
         reuse_port = workers > 1 and sys.platform.startswith("linux")
         sockets: list[socket.socket] = []
@@ -329,12 +323,10 @@ class Command(BaseCommand):
         workers: int,
         options: dict[str, Any],
     ) -> None:
-        from pushserver.server import format_host
-        from pushserver.utils import updates
-
         sockets = self.bind_sockets(address, port, workers)
         host = format_host(address, sockets[0].getsockname()[1])
-        updates.current_host = host
+        # Known from here on: the checks (pushserver.W121) and send_update's URLs use it.
+        registry.host = host
         block_signals = False
         try:
             if not options.get("skip_checks"):
@@ -370,7 +362,7 @@ class Command(BaseCommand):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             for sock in sockets:
                 sock.close()
-            updates.current_host = None
+            registry.host = None
 
     # -- --server uvicorn|granian ----------------------------------------------------------
 
@@ -402,8 +394,6 @@ class Command(BaseCommand):
         self, address: str, port: int, options: dict[str, Any], transports: tuple[str, ...]
     ) -> None:  # pragma: no cover - replaces the process (covered by real-process tests)
         """Check the port is free, say where it will listen, and become granian."""
-        from pushserver.server import format_host
-
         (sock,) = self.bind_sockets(address, port, 1)
         port = sock.getsockname()[1]
         sock.close()  # granian binds it itself
@@ -413,10 +403,11 @@ class Command(BaseCommand):
         sys.stderr.flush()
         os.execve(command[0], command, env)
 
-    def run_server(self, app: Any, sock: socket.socket, options: dict[str, Any]) -> None:
+    def run_server(
+        self, app: Any, sock: socket.socket, options: dict[str, Any], worker: bool = False
+    ) -> None:
+        """Serve ``app`` on ``sock`` on the ``--loop`` event loop until a stop signal."""
         loop = options["loop"]
-        backend = "trio" if loop == "trio" else "asyncio"
-        backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
                 self.serve_until_stopped,
@@ -424,10 +415,10 @@ class Command(BaseCommand):
                 sock,
                 options["access_log"],
                 options["shutdown_timeout"],
-                False,
+                worker,
                 options["log_format"],
-                backend=backend,
-                backend_options=backend_options,
+                backend="trio" if loop == "trio" else "asyncio",
+                backend_options={"use_uvloop": True} if loop == "uvloop" else {},
             )
 
     # -- several workers ----------------------------------------------------------------------
@@ -439,146 +430,31 @@ class Command(BaseCommand):
         options: dict[str, Any],
         transports: tuple[str, ...],
     ) -> None:
-        """Fork the workers, pass stop signals on, replace a worker that dies, and return
-        once every worker has exited."""
-        children: dict[int, int] = {}  # pid -> slot
-        restarts: list[float] = []
-        state = {"stopping": False, "failed": ""}
-
-        def signal_children(sig: int) -> None:
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
-                    os.kill(pid, sig)
-
-        def stop_listening() -> None:
-            # The workers close their sockets as they stop; our copies would keep them
-            # listening, and new connections would wait in a backlog nobody accepts.
-            for sock in sockets:
-                sock.close()
-
-        def on_signal(signum: int, frame: object) -> None:
-            name = signal.Signals(signum).name
-            if state["stopping"]:
-                logger.warning("received %s again, killing the workers", name)
-                signal_children(signal.SIGKILL)
-                return
-            state["stopping"] = True
-            logger.info("received %s, stopping %d worker(s)", name, len(children))
-            stop_listening()
-            signal_children(signal.SIGTERM)
-            # The last resort for a worker that does not exit in time: SIGALRM kills it.
-            signal.setitimer(signal.ITIMER_REAL, options["shutdown_timeout"] + KILL_AFTER)
-
-        def on_alarm(signum: int, frame: object) -> None:
-            if children:
-                logger.warning(
-                    "%d worker(s) still running %gs after the stop signal: killing them",
-                    len(children),
-                    options["shutdown_timeout"] + KILL_AFTER,
-                )
-                signal_children(signal.SIGKILL)
-
-        def spawn(slot: int) -> None:
-            # Stop signals wait until the child is known, so it cannot miss being told;
-            # the child unblocks them once its own handlers are in place.
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                    self.worker(sockets[slot % len(sockets)], sockets, options, transports)
-                children[pid] = slot
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
+        """Serve with ``workers`` forked processes (:class:`pushserver.supervisor.Supervisor`)
+        until a stop signal; a crash loop of workers is a command error."""
         from django.db import connections
 
-        connections.close_all()  # no connection may be shared by forked children
-        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
+        supervisor = Supervisor(
+            sockets,
+            workers,
+            functools.partial(self.serve_worker, options=options, transports=transports),
+            shutdown_timeout=options["shutdown_timeout"],
+            # No database connection may be shared by forked children.
+            before_fork=connections.close_all,
+        )
         try:
-            for first in range(workers):
-                spawn(first)
-            while children:
-                pid, status = os.wait()
-                slot = children.pop(pid, None)
-                if slot is None or state["stopping"]:
-                    continue
-                self.worker_died(pid, status, slot, restarts, state, spawn, signal_children)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if state["failed"]:
-            raise CommandError(state["failed"])
+            supervisor.run()
+        except CrashLoop as exc:
+            raise CommandError(str(exc)) from exc
 
-    def worker_died(
-        self,
-        pid: int,
-        status: int,
-        slot: int,
-        restarts: list[float],
-        state: dict[str, Any],
-        spawn: Callable[[int], None],
-        signal_children: Callable[[int], None],
-    ) -> None:
-        code = os.waitstatus_to_exitcode(status)
-        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        now = time.monotonic()
-        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
-        if len(restarts) >= MAX_RESTARTS:
-            state["stopping"] = True
-            state["failed"] = (
-                f"worker {pid} exited unexpectedly ({how}), the {len(restarts) + 1}th worker "
-                f"to die within {RESTART_WINDOW:g} s: stopping the push server."
-            )
-            logger.error("%s", state["failed"])
-            signal_children(signal.SIGTERM)
-            return
-        restarts.append(now)
-        logger.error("worker %d exited unexpectedly (%s); starting a new one", pid, how)
-        spawn(slot)
-
-    def worker(
-        self,
-        sock: socket.socket,
-        sockets: list[socket.socket],
-        options: dict[str, Any],
-        transports: tuple[str, ...],
+    def serve_worker(
+        self, sock: socket.socket, *, options: dict[str, Any], transports: tuple[str, ...]
     ) -> None:  # pragma: no cover - runs in forked children (covered by real-process tests)
-        """A forked worker: serve on ``sock`` until a stop signal, then exit the process."""
-        code = 1
-        try:
-            for sig in (*STOP_SIGNALS, signal.SIGALRM):
-                signal.signal(sig, signal.SIG_DFL)
-            for other in sockets:
-                if other is not sock:
-                    other.close()
-            app = self.build_app(options, transports)
-            logger.info("worker %d started", os.getpid())
-            loop = options["loop"]
-            anyio.run(
-                self.serve_until_stopped,
-                app,
-                sock,
-                options["access_log"],
-                options["shutdown_timeout"],
-                True,
-                options["log_format"],
-                backend="trio" if loop == "trio" else "asyncio",
-                backend_options={"use_uvloop": True} if loop == "uvloop" else {},
-            )
-            code = 0
-        except KeyboardInterrupt:
-            code = 0
-        except BaseException:
-            logger.exception("worker %d failed", os.getpid())
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # Never return into the parent's copy of the command (its cleanup, its atexit).
-            os._exit(code)
+        """What a forked worker runs: its own application, served on ``sock`` until a stop
+        signal."""
+        app = self.build_app(options, transports)
+        logger.info("worker %d started", os.getpid())
+        self.run_server(app, sock, options, worker=True)
 
     async def serve_until_stopped(
         self,
