@@ -28,7 +28,7 @@ from ..protocol import (
     position_headers,
 )
 from .base import HTTPTransport
-from .streaming import SendGuard, open_channel
+from .streaming import SendGuard
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -89,8 +89,11 @@ class LongPollTransport(HTTPTransport):
         headers: Headers,
     ) -> None:
         hub = self.hub
-        await open_channel(hub, channel_id, self.location.create_on_get)
-        read = await hub.read_after(channel_id, position)
+        # One store call (one round trip on Redis): a message waiting after the client's
+        # position comes with it.
+        opened = await hub.open_channel(channel_id, self.location.create_on_get, after=position)
+        read = opened.read
+        assert read is not None
         if read.message is not None:
             await self.send_message(send, read.message, headers)
             return

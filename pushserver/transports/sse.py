@@ -85,7 +85,6 @@ from .streaming import (
     SendGuard,
     Stream,
     format_compound_id,
-    open_channel,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -276,7 +275,7 @@ class SSETransport(HTTPTransport):
             return
         try:
             for channel_id in channels:
-                await open_channel(self.hub, channel_id, location.create_on_get)
+                await self.hub.open_channel(channel_id, location.create_on_get)
             full = await self.full(channels)
             if full is not None:
                 await respond_error(send, 403, full, headers)

@@ -45,7 +45,7 @@ import anyio
 
 from .._async import asyncio_loop
 from ..asyncio_worker import AppQueue, Deadlines
-from ..exceptions import ChannelNotFound, StoreFull
+from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import ORIGIN, Message, MessageId
 from ..protocol import check_channel_id_length, decode_channel_id
@@ -71,24 +71,6 @@ def split_channels(raw: str, max_length: int = 0, max_channels: int = MAX_CHANNE
     for channel_id in channels:
         _check_streamable(channel_id)  # decode_channel_id checked the rest
     return list(dict.fromkeys(channels))
-
-
-async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
-    """Before subscribing: create the channel if it does not exist and ``create`` (the
-    location's ``create_on_get``), else raise :class:`ChannelNotFound`; then mark it
-    requested now (the publisher's "last requested"). A channel made here is the
-    subscriber's: the store's ``channel_timeout`` removes it while it stays empty. Raises
-    :class:`StoreFull` (counted) when the store has no room for it."""
-    backend = hub.backend
-    if not await backend.exists(channel_id):
-        if not create:
-            raise ChannelNotFound(channel_id)
-        try:
-            await backend.create(channel_id, publisher=False)
-        except StoreFull:
-            hub.metrics.subscribes_refused += 1
-            raise
-    await backend.touch(channel_id)
 
 
 def check_channel_id(channel_id: str, max_length: int = 0) -> None:

@@ -122,7 +122,6 @@ from .streaming import (
     Stream,
     check_channel_id,
     format_compound_id,
-    open_channel,
     parse_resume_id,
     query_parameter,
     split_channels,
@@ -352,7 +351,7 @@ class WebSocketTransport(SubscriberTransport):
             return
         try:
             for channel_id in channels:
-                await open_channel(self.hub, channel_id, location.create_on_get)
+                await self.hub.open_channel(channel_id, location.create_on_get)
             full = await self.full(channels)
             if full is not None:
                 await self.refuse(send, CLOSE_NOT_ALLOWED, full, mode)
@@ -606,7 +605,7 @@ class _Connection:
                 if tokens:  # unsubscribed by forget(), whatever happens next
                     self.tokens[channel_id] = tokens[0]
             try:
-                await open_channel(self.transport.hub, channel_id, self.location.create_on_get)
+                await self.transport.hub.open_channel(channel_id, self.location.create_on_get)
             except ChannelNotFound:
                 self.forget(channel_id)
                 await self.send(control("error", error="no such channel", channel=channel_id))
