@@ -25,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clients import SUBSCRIBERS, Publisher, Stats
 from bench.common import CLOCK_TICKS, cpu_seconds, raise_fd_limit, rss_bytes
+from bench.redisserver import CommandStats, commands_sent
+
+#: Publishes to a channel nobody subscribes to, on Redis rows: a publish's own commands.
+PUBLISH_SAMPLE = 50
 
 
 def percentile(sorted_values, fraction: float) -> float | None:
@@ -201,6 +205,19 @@ async def run(spec: dict) -> dict:
     result["warmup_missing"] = len(live) - stats.round_count.get(0, 0)
     await wait_quiet(watched, 5)
 
+    # -- Redis commands per publish, apart from the subscribers' -----------------------------
+    commands = CommandStats(spec["redis_urls"]) if spec.get("redis_urls") else None
+    if commands is not None:
+        commands.reset()
+        pub = await pool.get()
+        alone = f"/pub/{spec['prefix']}-alone".encode()
+        for k in range(PUBLISH_SAMPLE):
+            await pub.post(alone, k, size)
+        pool.put_nowait(pub)
+        await wait_quiet(watched, 5)
+        per_publish = commands_sent(commands.read()) / PUBLISH_SAMPLE
+        commands.reset()  # the measured phase's own count starts here
+
     # -- measured phase --------------------------------------------------------------------
     duration = spec["duration"]
     cpu_before = [cpu_seconds(pid) for pid in pids]
@@ -302,6 +319,24 @@ async def run(spec: dict) -> dict:
             if stats.deliveries
             else None,
             redis_cpu_utilisation=round(redis_cpu / wall, 3) if wall > 0 else None,
+        )
+    if commands is not None:
+        # Redis's own count (INFO commandstats) over the measured phase: what the servers
+        # sent it, the publishes' share taken out at the sampled rate for the deliveries'.
+        calls = commands.read()
+        commands.close()
+        sent = commands_sent(calls)
+        publishes = sum(published.values())
+        result.update(
+            redis_commandstats=calls,
+            redis_commands=sent,
+            redis_commands_per_publish=round(per_publish, 2),
+            # Not below 0: the sampled rate may include a background command (INFO).
+            redis_commands_per_delivery=max(
+                0.0, round((sent - per_publish * publishes) / stats.deliveries, 2)
+            )
+            if stats.deliveries
+            else None,
         )
     for sub in subscribers:
         sub.close()

@@ -30,9 +30,11 @@ from bench.run import (
 def provenance(report: dict) -> str:
     """When, with which command and at which commit a run was made."""
     m = report["machine"]
-    dirty = " (with uncommitted changes in pushserver/)" if m.get(
-        "pushserver_uncommitted_changes"
-    ) else ""
+    dirty = (
+        " (with uncommitted changes in pushserver/)"
+        if m.get("pushserver_uncommitted_changes")
+        else ""
+    )
     return (
         f"{report['date']} with `{report['command'].strip()}` at commit "
         f"`{m.get('git_commit', '?')}`{dirty}"
@@ -108,6 +110,10 @@ def redis_markdown(report: dict) -> str:
         f"{setup['server_cpu']}, load generator on CPU {setup['loadgen_cpu']}); "
         + "; ".join(placement)
         + ".",
+        "- Redis commands per publish and per delivery: Redis's own count (`INFO "
+        "commandstats`, reset before the phase) of what the servers sent it, a script once "
+        "(the commands it runs inside left out); per publish from 50 publishes to a channel "
+        "nobody subscribes to, per delivery the measured phase's rest.",
         "",
         redis_table(report["results"]),
         "",

@@ -244,6 +244,8 @@ def run_one(target: str, transport: str, scenario: dict, args, nofile: int, seq:
             # The soak reads one Redis's memory; the load generator sums every Redis's CPU.
             "redis_pid": getattr(redis, "pid", None),
             "redis_pids": [s.pid for s in getattr(redis, "servers", [redis])] if redis else [],
+            # Where the load generator reads Redis's command statistics (every node's).
+            "redis_urls": [s.url for s in getattr(redis, "servers", [redis])] if redis else [],
             "transport": transport,
             "prefix": f"b{os.getpid()}x{seq}",
             "subscribers": scenario["subscribers"],
@@ -398,9 +400,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             theirs = readings.get((other, *key), {})
             entry[f"{other}_cpu_us"] = median(theirs.values())
             per_round = [
-                round(ours[n] / theirs[n], 2)
-                for n in sorted(ours)
-                if ours[n] and theirs.get(n)
+                round(ours[n] / theirs[n], 2) for n in sorted(ours) if ours[n] and theirs.get(n)
             ]
             entry[f"ours_over_{other}"] = median(per_round)
             if len(per_round) > 1:
@@ -430,9 +430,7 @@ def goals_met(rows: list[dict], entries: list[dict]) -> list[dict]:
             and e["scenario"].startswith("fanout")
             and e["ours_over_floor"]
         ]
-        rounds_taken = any(
-            e.get("floor_ratios") for e in entries if e["transport"] == transport
-        )
+        rounds_taken = any(e.get("floor_ratios") for e in entries if e["transport"] == transport)
         if worst:
             found.append({
                 "target": f"{transport}: CPU per delivery within 1.3x of the floor (fan-out)",
@@ -450,9 +448,7 @@ def goals_met(rows: list[dict], entries: list[dict]) -> list[dict]:
         each = "" if len(group) == 1 else ", median of {} rounds: {}"
         if scenario == "fanout-10000" and transport in ("sse", "ws"):
             # A round without a reading is not a reading of 0 KiB: the target is then missed.
-            kib = [
-                b / 1024 for r in group if (b := r.get("memory_per_idle_connection_bytes"))
-            ]
+            kib = [b / 1024 for r in group if (b := r.get("memory_per_idle_connection_bytes"))]
             held = min(r["connected"] for r in group)
             mem = median(kib) or 0.0
             found.append({
@@ -544,7 +540,8 @@ def redis_ratios(rows: list[dict]) -> list[dict]:
 def redis_table(rows: list[dict]) -> str:
     """The rows of the Redis comparison: ours on memory and on Redis, one and two processes."""
     head = ["setup", "transport", "scenario", "connected", "deliveries/s", "publishes/s",
-            "server µs/deliv", "Redis µs/deliv", "p50 ms", "p99 ms", "lost/dup/ooo",
+            "server µs/deliv", "Redis µs/deliv", "Redis cmds/pub", "Redis cmds/deliv",
+            "p50 ms", "p99 ms", "lost/dup/ooo",
             "server CPU", "Redis CPU", "loadgen CPU", "all CPU"]  # fmt: skip
     lines = [head]
     for r in rows:
@@ -575,6 +572,8 @@ def redis_table(rows: list[dict]) -> str:
             fmt(r.get("publishes_per_second")),
             fmt(cpu_per_delivery(r)),
             fmt(r.get("redis_cpu_us_per_delivery")),
+            fmt(r.get("redis_commands_per_publish"), 2),
+            fmt(r.get("redis_commands_per_delivery"), 2),
             fmt(r.get("latency_ms_p50")),
             fmt(r.get("latency_ms_p99")),
             f"{r['lost']}/{r['duplicated']}/{r['out_of_order']}"

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from ._async import asyncio_loop
-from .backends.base import Backend, PublishResult, ReadResult
+from .backends.base import Backend, OpenResult, PublishResult, ReadResult
 from .exceptions import BackendUnavailable, StoreFull
 from .message import ChannelInfo, Message, MessageId
 from .metrics import Metrics
@@ -185,7 +185,9 @@ class Subscription:
 
 
 class Hub:
-    """Local fan-out over one backend, and the core API transports use."""
+    """Local fan-out over one backend, and the only door to it: transports, the publisher
+    and ``send_update`` inside the server reach the store through the hub, one call per
+    step (opening a channel, publishing), which a store can answer in one round trip."""
 
     def __init__(self, backend: Backend, *, queue_size: int = 64) -> None:
         self.backend = backend
@@ -341,7 +343,33 @@ class Hub:
             len(local) if type(local) is dict else 1 for local in subscriptions.values()
         )
 
-    # -- pass-throughs to the backend -------------------------------------------------------
+    # -- the store: every call goes through here --------------------------------------------
+
+    async def open_channel(
+        self, channel_id: str, create: bool, *, after: MessageId | None = None
+    ) -> OpenResult:
+        """What a subscriber does before subscribing (one backend call: one round trip on
+        Redis): create the channel if it does not exist and ``create`` (the location's
+        ``create_on_get``), else raise :class:`~pushserver.exceptions.ChannelNotFound`;
+        mark it requested now (the publisher's "last requested"); with ``after``, read the
+        first retained message after that position (``result.read``). A channel made here is
+        the subscriber's: the store's ``channel_timeout`` removes it while it stays empty.
+        Raises :class:`StoreFull`, counted in ``metrics.subscribes_refused``, when the store
+        has no room for it."""
+        try:
+            return await self.backend.open_channel(channel_id, create=create, after=after)
+        except StoreFull:
+            self.metrics.subscribes_refused += 1
+            raise
+
+    async def create(self, channel_id: str) -> bool:
+        """A publisher creates the channel (PUT); True if it was created. Raises
+        :class:`StoreFull`, counted in ``metrics.publishes_refused``."""
+        try:
+            return await self.backend.create(channel_id)
+        except StoreFull:
+            self.metrics.publishes_refused += 1
+            raise
 
     async def publish(
         self,

@@ -8,8 +8,9 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from .backends.base import PublishResult
 from .config import LocationConfig
-from .exceptions import BackendUnavailable, ChannelNotFound, StoreFull
+from .exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
 from .http import (
     BodyTooLarge,
     Headers,
@@ -37,6 +38,29 @@ PUBLISHER_ALLOW_HEADERS = (
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+RETRY_AFTER = (b"retry-after", b"1")
+
+
+# -- what a publish answers: the publisher location and send_update both say it so ----------
+
+
+def accepted(result: PublishResult) -> int:
+    """The status of a stored publish: 201 when subscribers were waiting, else 202."""
+    return 201 if result.subscribers else 202
+
+
+def refusal(exc: PushServerError) -> tuple[int, str]:
+    """The status and wording of a publish that stored nothing: 404 (the channel is missing
+    and is not created on POST), 507 (:class:`StoreFull`: the store is at a budget; retrying
+    soon will not help unless messages expire or channels are deleted) or 503
+    (:class:`BackendUnavailable`: retry)."""
+    if isinstance(exc, ChannelNotFound):
+        return 404, "no such channel (create it with PUT first)"
+    if isinstance(exc, StoreFull):
+        return 507, str(exc)
+    return 503, f"the channel store is unavailable: {exc}"
 
 
 def publisher_token(secret: str) -> str:
@@ -185,18 +209,14 @@ class Publisher:
                 send,
                 503,
                 "the server is shutting down: send the request again (to another server)",
-                [*headers, (b"retry-after", b"1")],
+                [*headers, RETRY_AFTER],
             )
             return
         try:
             if method == "POST":
                 await self.post(request, channel_id, receive, send, headers)
             elif method == "PUT":
-                try:
-                    await self.hub.backend.create(channel_id)
-                except StoreFull:
-                    self.hub.metrics.publishes_refused += 1
-                    raise
+                await self.hub.create(channel_id)
                 info = await self.hub.info(channel_id)
                 await self.info_response(request, send, 200, info, headers)
             elif method == "GET":
@@ -214,16 +234,11 @@ class Publisher:
             else:
                 allow = ALLOW if self.cors is None else CORS_ALLOW
                 await respond_error(send, 405, f"{method} is not allowed here", [*headers, allow])
-        except StoreFull as exc:
-            # Nothing was stored, nothing held was dropped; retrying soon will not help
-            # unless messages expire or channels are deleted: no Retry-After.
-            await respond_error(send, 507, str(exc), headers)
-        except BackendUnavailable as exc:
+        except BackendUnavailable as exc:  # StoreFull included
+            status, reason = refusal(exc)
+            # Nothing was stored; only an unavailable store is worth retrying soon.
             await respond_error(
-                send,
-                503,
-                f"the channel store is unavailable: {exc}",
-                [*headers, (b"retry-after", b"1")],
+                send, status, reason, headers if status == 507 else [*headers, RETRY_AFTER]
             )
 
     async def post(
@@ -265,11 +280,13 @@ class Publisher:
                 create=self.location.create_on_post,
                 idempotency_key=key,
             )
-        except ChannelNotFound:
-            await respond_error(send, 404, "no such channel (create it with PUT first)", headers)
+        except ChannelNotFound as exc:
+            await respond_error(send, *refusal(exc), headers)
             return
-        info = await self.hub.info(channel_id)
-        status = 201 if result.subscribers else 202
+        # The store describes the channel as it publishes (one round trip on Redis); a
+        # store that does not (or a channel deleted meanwhile) is asked.
+        info = result.info if result.info is not None else await self.hub.info(channel_id)
+        status = accepted(result)
         if key is not None:
             # Which message the publish (or the first attempt, when replayed) stored.
             headers = [*headers, (b"x-message-id", str(result.message.id).encode())]

@@ -25,12 +25,11 @@ def import_old_store() -> type[Backend]:
 @pytest.mark.anyio
 async def test_create_without_publisher_is_called_without_it():
     from pushserver.hub import Hub
-    from pushserver.transports.streaming import open_channel
 
     store = import_old_store()(channel_timeout=0)
     hub = Hub(store)
     async with store:
-        await open_channel(hub, "made-by-a-subscriber", create=True)  # publisher=False
+        await hub.open_channel("made-by-a-subscriber", create=True)  # publisher=False
         assert await store.create("made-by-a-publisher", publisher=True) is True
         assert store.options["created"] == ["made-by-a-subscriber", "made-by-a-publisher"]
         assert await store.exists("made-by-a-subscriber")

@@ -91,7 +91,6 @@ def test_repeated_rounds_report_the_median_of_per_round_ratios(tmp_path):
     assert f"{sorted(per_round)[1]:.2f} (" + ", ".join(f"{v:.2f}" for v in per_round) in stdout
 
 
-
 def test_repeated_rounds_give_one_goal_line_per_scenario():
     from bench.run import goals_met
 
@@ -126,6 +125,7 @@ def test_repeated_rounds_give_one_goal_line_per_scenario():
     memory, latency = sorted(goals_met(rows, []), key=lambda g: g["target"])
     assert not memory["met"] and not latency["met"]
 
+
 @pytest.mark.skipif(
     not {"eventsource", "websocket"} <= set(AVAILABLE_TRANSPORTS),
     reason="SSE and WebSocket are not both implemented",
@@ -151,6 +151,19 @@ def check_two_processes(row: dict) -> None:
     assert all(cpu > 0 for cpu in row["server_cpu_seconds_each"]), row
     assert row["placement"]["servers"] in (["0", "1"], ["1", "0"])
     assert row["redis_cpu_seconds"] is not None and row["redis_cpu_seconds"] >= 0
+
+
+def check_redis_commands(row: dict) -> None:
+    """Redis's own command counts (INFO commandstats) were read: a publish is one script
+    (the memory watcher's INFO may fall in the sample). A long-poll delivery costs some
+    (each re-poll opens its channel), a streamed one none (pub/sub pushes it)."""
+    assert 1 <= row["redis_commands_per_publish"] < 1.1, row["redis_commandstats"]
+    if row["transport"] == "longpoll":
+        assert row["redis_commands_per_delivery"] > 0.5
+    else:
+        assert row["redis_commands_per_delivery"] < 0.5
+    stats = row["redis_commandstats"]
+    assert stats["evalsha"] >= row["publishes"] and stats["publish"] == row["publishes"]
 
 
 @needs_redis
@@ -180,12 +193,16 @@ def test_quick_bench_redis_one_and_two_processes_lose_nothing(tmp_path):
             assert row["redis_cpu_us_per_delivery"] is not None
         else:
             assert "redis_cpu_seconds" not in row
+            assert "redis_commands" not in row
+        if row["target"] != "ours":
+            check_redis_commands(row)
     scale_out = {r["scenario"]: r for r in report["redis_ratios"]}
     assert set(scale_out) == {"fanout-200", "channels-200"}
     for entry in scale_out.values():
         assert entry["redis2_over_redis1_throughput"] > 0
         assert entry["redis1_over_memory_cost"] > 0
     assert "redis x2" in stdout and "redis x2 / redis x1 deliveries/s" in stdout
+    assert "Redis cmds/pub" in stdout and "Redis cmds/deliv" in stdout
 
 
 @needs_redis
@@ -202,6 +219,7 @@ def test_quick_bench_redis_streams_across_two_processes_lose_nothing(tmp_path):
     check_rows(rows, REDIS_FIELDS)
     for row in rows:
         check_two_processes(row)
+        check_redis_commands(row)
 
 
 @pytest.mark.skipif(

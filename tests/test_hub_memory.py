@@ -381,6 +381,27 @@ async def test_max_channels_refuses_new_channels_only():
         assert backend.status()["refusals"] == {"memory_limit": 0, "max_channels": 2}
 
 
+async def test_the_hub_is_the_door_to_the_store_and_counts_each_refusal_once():
+    """Subscribers open channels and publishers create them through the hub; a refusal
+    is counted once, against the side that asked."""
+    async with make_hub(max_channels=1) as hub:
+        opened = await hub.open_channel("a", True, after=ORIGIN)
+        assert opened.created and opened.read.message is None
+        with pytest.raises(ChannelNotFound):
+            await hub.open_channel("missing", False)
+        with pytest.raises(StoreFull):
+            await hub.open_channel("b", True)
+        assert (hub.metrics.subscribes_refused, hub.metrics.publishes_refused) == (1, 0)
+        with pytest.raises(StoreFull):
+            await hub.create("b")
+        assert (hub.metrics.subscribes_refused, hub.metrics.publishes_refused) == (1, 1)
+        assert not await hub.create("a")  # there already: not created, nothing refused
+        published = await hub.publish("a", b"1", "text/plain")
+        assert published.info == await hub.info("a")
+        read = (await hub.open_channel("a", False, after=ORIGIN)).read
+        assert read.message.body == b"1"
+
+
 async def test_memory_limit_refuses_and_keeps_what_was_accepted():
     body = b"x" * 10_000
     limit = 5 * (len(body) + memory_module.MESSAGE_OVERHEAD + 10) + 5000

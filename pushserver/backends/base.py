@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..exceptions import ChannelNotFound
 from ..message import ChannelInfo, Message, MessageId
 from ..options import (
     FLAG,
@@ -109,6 +110,10 @@ class PublishResult:
     #: True when an idempotency key had been seen: this is the first publish's result (its
     #: id, time and subscribers), and nothing was stored this time.
     replayed: bool = False
+    #: The channel as :meth:`Backend.info` would describe it right after the publish (what
+    #: the publisher answers with), read in the same step; None from a backend that does
+    #: not (the publisher then asks :meth:`Backend.info`), or when the channel is gone.
+    info: ChannelInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,17 @@ class ReadResult:
     #: True when messages after the position were dropped from the buffer before they
     #: could be read (the client fell too far behind).
     gap: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenResult:
+    """What :meth:`Backend.open_channel` found."""
+
+    #: True when this call created the channel.
+    created: bool
+    #: With a position to read after: the first retained message after it (and whether
+    #: some were lost), read in the same step; None without one.
+    read: ReadResult | None = None
 
 
 class Backend(Configurable, ABC):
@@ -213,6 +229,29 @@ class Backend(Configurable, ABC):
     @abstractmethod
     async def exists(self, channel_id: str) -> bool: ...
 
+    async def open_channel(
+        self, channel_id: str, *, create: bool, after: MessageId | None = None
+    ) -> OpenResult:
+        """What a subscriber does before subscribing, in one step: create the channel if it
+        is missing and ``create`` (a subscriber's channel: ``publisher=False``), else raise
+        :class:`~pushserver.exceptions.ChannelNotFound`; mark it requested now
+        (:meth:`touch`); with ``after``, read the first retained message after it
+        (:meth:`read_after`), so a subscriber that finds one waiting needs nothing more.
+
+        Raises :class:`~pushserver.exceptions.StoreFull` when the store has no room for a
+        new channel. This default is built from the primitives (two to four calls); a
+        backend whose calls cost a round trip each does it in one (the redis store: one
+        script).
+        """
+        created = False
+        if not await self.exists(channel_id):
+            if not create:
+                raise ChannelNotFound(channel_id)
+            created = await self.create(channel_id, publisher=False)
+        await self.touch(channel_id)
+        read = None if after is None else await self.read_after(channel_id, after)
+        return OpenResult(created, read)
+
     @abstractmethod
     async def publish(
         self,
@@ -230,6 +269,10 @@ class Backend(Configurable, ABC):
         ``idempotency_window``, nothing is stored: the result is the first publish's, with
         ``replayed`` set. (The hub passes the key only when there is one, so a backend
         without idempotency support keeps working without it.)
+
+        The result's ``info`` describes the channel after the publish (what the publisher
+        answers with), so that the publisher needs no second call; a backend may leave it
+        None, and the publisher then asks :meth:`info`.
 
         Raises :class:`~pushserver.exceptions.ChannelNotFound` when the channel is missing
         and ``create`` is false, :class:`~pushserver.exceptions.StoreFull` when the store is

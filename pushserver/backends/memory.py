@@ -48,6 +48,7 @@ from .base import (
     IDEMPOTENCY_WINDOW,
     RETENTION_OPTIONS,
     Backend,
+    OpenResult,
     PublishResult,
     ReadResult,
 )
@@ -386,6 +387,19 @@ class MemoryBackend(Backend):
     async def exists(self, channel_id: str) -> bool:
         return channel_id in self._channels
 
+    async def open_channel(
+        self, channel_id: str, *, create: bool, after: MessageId | None = None
+    ) -> OpenResult:
+        created = False
+        if channel_id not in self._channels:
+            if not create:
+                raise ChannelNotFound(channel_id)
+            # Through create(), which a subclass may extend (tests/project/old_store.py).
+            created = await self.create(channel_id, publisher=False)
+        channel = self._get(channel_id)
+        now = channel.last_requested = channel.idle_since = time.time()
+        return OpenResult(created, None if after is None else self._read(channel, after, now))
+
     async def publish(
         self,
         channel_id: str,
@@ -404,7 +418,9 @@ class MemoryBackend(Backend):
                 # As the redis store answers: the first publish's id, time and subscribers.
                 _, first_id, first_at, first_subscribers = first
                 message = Message(first_id, body, content_type, event, first_at)
-                return PublishResult(message, first_subscribers, replayed=True)
+                self._trim(channel, now)  # described as info() would: retention applied
+                info = self._describe(channel_id, channel)
+                return PublishResult(message, first_subscribers, replayed=True, info=info)
         cost = _message_cost(body, content_type, event)
         remember = idempotency_key is not None and self.idempotency_window > 0
         key_cost = idempotency_key_cost(idempotency_key) if remember else 0  # type: ignore[arg-type]
@@ -436,7 +452,7 @@ class MemoryBackend(Backend):
         if self.message_timeout:
             self._next_due(channel_id, channel)
         subscribers = channel.subscribers
-        result = PublishResult(message, subscribers)
+        result = PublishResult(message, subscribers, info=self._describe(channel_id, channel))
         if remember:
             if channel.idempotency is None:
                 channel.idempotency = {}
@@ -475,8 +491,10 @@ class MemoryBackend(Backend):
         return keys.get(key)
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
-        channel = self._get(channel_id)
-        self._trim(channel, time.time())
+        return self._read(self._get(channel_id), after, time.time())
+
+    def _read(self, channel: _Channel, after: MessageId, now: float) -> ReadResult:
+        self._trim(channel, now)
         messages = channel.messages
         # The common case, a client that has read everything, costs one comparison.
         if not messages or messages[-1].id <= after:
@@ -494,6 +512,10 @@ class MemoryBackend(Backend):
         if channel is None:
             return None
         self._trim(channel, time.time())
+        return self._describe(channel_id, channel)
+
+    @staticmethod
+    def _describe(channel_id: str, channel: _Channel) -> ChannelInfo:
         return ChannelInfo(
             channel_id=channel_id,
             messages=len(channel.messages),

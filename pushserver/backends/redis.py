@@ -19,7 +19,11 @@ clock (``TIME``, so every node shares one clock; same rule as
 ``max_messages`` / ``message_timeout`` / ``min_messages`` exactly as the memory backend
 does, and ``PUBLISH``es the message on ``<key_prefix>{<channel id>}:live``. Being atomic, it
 gives unique, ordered ids however many nodes publish at once, and Redis delivers the
-messages on pub/sub in that same order.
+messages on pub/sub in that same order. Its answer also describes the channel (messages,
+subscribers, last requested: what the publisher answers with), so a publish is one round
+trip. A subscriber opening a channel is one script as well: create it if asked, mark it
+requested, read the first message after the subscriber's position (a long poll that finds
+its message waiting needs nothing more).
 
 Every process keeps one pub/sub connection, read by one task. The first local subscriber
 of a channel ``SUBSCRIBE``s it (and waits for Redis to confirm, so nothing published after
@@ -83,7 +87,7 @@ except ImportError:  # pragma: no cover - older redis-py has no such thing
 from .._async import asyncio_loop, run_shielded
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..message import ORIGIN, ChannelInfo, Message, MessageId
-from .base import Backend, PublishResult, ReadResult
+from .base import Backend, OpenResult, PublishResult, ReadResult
 from .memory import DEFAULT_CHANNEL_TIMEOUT
 from .redis_options import RedisOptions
 
@@ -186,8 +190,10 @@ end
 # body, max_messages, message_timeout, min_messages, live channel, PUBLISH or SPUBLISH,
 # milliseconds the idempotency key is kept, then settle()'s channel_timeout in milliseconds
 # and keep_publisher_channels. Returns {0} (no channel) or
-# {1, time, tag, published_at, subscribers}; {2, ...the same} when the idempotency key was
-# seen: the first publish's answer, nothing stored.
+# {1, time, tag, published_at, subscribers, <the channel's info, as _INFO gives it>};
+# {2, ...the same} when the idempotency key was seen: the first publish's answer, nothing
+# stored, and the channel's info now (none if it is gone). The info is what the publisher
+# answers with: no second round trip for it.
 _PUBLISH = (
     _TRIM
     + """
@@ -197,6 +203,14 @@ if seen then
   if first then
     local answer = {2}
     for part in string.gmatch(first, '%S+') do answer[#answer + 1] = part end
+    if redis.call('EXISTS', meta) == 1 then
+      local _, now = clock()
+      local count = trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+      local fields = redis.call('HMGET', meta, 'req', 'lt', 'lg')
+      for _, part in ipairs({count, fields[1], fields[2], fields[3], subscribers(subs, now)}) do
+        answer[#answer + 1] = part
+      end
+    end
     return answer
   end
 end
@@ -222,7 +236,7 @@ else
              'b', body)
 end
 redis.call('HSET', meta, 'lt', id_time, 'lg', id_tag)
-trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+local retained = trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 settle(meta, msgs, subs, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12], ARGV[13])
 local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
@@ -233,7 +247,8 @@ if seen then
   redis.call('SET', seen, table.concat({id_time, id_tag, now_text, count}, ' '),
              'PX', ARGV[11])
 end
-return {1, id_time, id_tag, now_text, count}
+return {1, id_time, id_tag, now_text, count,
+        retained, redis.call('HGET', meta, 'req'), id_time, id_tag, count}
 """
 )
 
@@ -252,6 +267,37 @@ if ARGV[1] ~= '' then
 end
 local evicted = redis.call('HMGET', meta, 'et', 'eg')
 return {1, entries, evicted[1], evicted[2]}
+"""
+)
+
+# KEYS: meta, msgs. ARGV: create ('1': create_on_get), now (created at, last requested),
+# channel_timeout in ms, '1' to read, XRANGE start ('' = nothing can follow), max_messages,
+# message_timeout, min_messages. A subscriber opening a channel, in one round trip: what
+# create (publisher '0'), touch and, when asked, read do one after the other. Returns {0}
+# (no channel, not created) or {1, created, entries, evicted time, evicted tag}.
+_OPEN = (
+    _TRIM
+    + """
+local meta, msgs = KEYS[1], KEYS[2]
+local created = 0
+local timeout = tonumber(ARGV[3])
+if redis.call('EXISTS', meta) == 0 then
+  if ARGV[1] ~= '1' then return {0} end
+  redis.call('HSET', meta, 'created', ARGV[2])
+  created = 1
+  if timeout > 0 then redis.call('PEXPIRE', meta, timeout) end
+end
+redis.call('HSET', meta, 'req', ARGV[2])
+extend(timeout, meta)
+if ARGV[4] ~= '1' then return {1, created} end
+local _, now = clock()
+trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+local entries = {}
+if ARGV[5] ~= '' then
+  entries = redis.call('XRANGE', msgs, ARGV[5], '+', 'COUNT', 1)
+end
+local evicted = redis.call('HMGET', meta, 'et', 'eg')
+return {1, created, entries, evicted[1], evicted[2]}
 """
 )
 
@@ -396,6 +442,34 @@ def _entry_message(entry: list[Any]) -> Message:
         fields[b"c"].decode("latin-1"),
         event.decode("utf-8", "surrogateescape") if event is not None else None,
         float(fields[b"t"]),
+    )
+
+
+def _read_result(
+    after: MessageId, entries: list[Any], evicted_time: bytes | None, evicted_tag: bytes | None
+) -> ReadResult:
+    """A read script's answer: the first entry after ``after``, and whether any was lost."""
+    evicted = _optional_id(evicted_time, evicted_tag)
+    # A position in second 0 means "from the beginning": nothing was missed.
+    gap = evicted is not None and after.time > 0 and after < evicted
+    return ReadResult(_entry_message(entries[0]) if entries else None, gap)
+
+
+def _channel_info(
+    channel_id: str,
+    count: int,
+    requested: bytes | None,
+    last_time: bytes | None,
+    last_tag: bytes | None,
+    subscribers: int,
+) -> ChannelInfo:
+    """The info and publish scripts' description of a channel."""
+    return ChannelInfo(
+        channel_id=channel_id,
+        messages=int(count),
+        last_requested=float(requested) if requested is not None else None,
+        subscribers=int(subscribers),
+        last_message_id=_optional_id(last_time, last_tag),
     )
 
 
@@ -776,6 +850,7 @@ class RedisBackend(RedisOptions, Backend):
             ("touch", _TOUCH),
             ("subscribers", _SUBSCRIBERS),
             ("create", _CREATE),
+            ("open", _OPEN),
         ):
             self._scripts[name] = self._redis.register_script(source)
         if self.cluster:
@@ -908,11 +983,12 @@ class RedisBackend(RedisOptions, Backend):
             result = await self._run("publish", keys, args)
         if not result[0]:
             raise ChannelNotFound(channel_id)
-        state, id_time, id_tag, published_at, subscribers = result
+        state, id_time, id_tag, published_at, subscribers, *described = result
         message = Message(
             MessageId(int(id_time), int(id_tag)), body, content_type, event, float(published_at)
         )
-        return PublishResult(message, int(subscribers), replayed=int(state) == 2)
+        info = _channel_info(channel_id, *described) if described else None
+        return PublishResult(message, int(subscribers), replayed=int(state) == 2, info=info)
 
     async def _run_durably(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
         """Run a writing script and ``WAIT`` for ``wait_replicas`` replicas on the same
@@ -958,24 +1034,35 @@ class RedisBackend(RedisOptions, Backend):
         )
         if not result[0]:
             raise ChannelNotFound(channel_id)
-        _, entries, evicted_time, evicted_tag = result
-        evicted = _optional_id(evicted_time, evicted_tag)
-        # A position in second 0 means "from the beginning": nothing was missed.
-        gap = evicted is not None and after.time > 0 and after < evicted
-        return ReadResult(_entry_message(entries[0]) if entries else None, gap)
+        return _read_result(after, *result[1:])
+
+    async def open_channel(
+        self, channel_id: str, *, create: bool, after: MessageId | None = None
+    ) -> OpenResult:
+        """One script: exists, create, touch and the read after ``after``."""
+        read = after is not None
+        result = await self._run(
+            "open",
+            self._keys(channel_id)[:2],
+            [
+                int(create),
+                f"{time.time():.6f}",
+                self._timeout_ms,
+                int(read),
+                _range_start(after) if after is not None else "",
+                *self._limits,
+            ],
+        )
+        if not result[0]:
+            raise ChannelNotFound(channel_id)
+        created = bool(result[1])
+        return OpenResult(created, _read_result(after, *result[2:]) if after is not None else None)
 
     async def info(self, channel_id: str) -> ChannelInfo | None:
         result = await self._run("info", self._keys(channel_id), list(self._limits))
         if not result[0]:
             return None
-        _, count, requested, last_time, last_tag, subscribers = result
-        return ChannelInfo(
-            channel_id=channel_id,
-            messages=int(count),
-            last_requested=float(requested) if requested is not None else None,
-            subscribers=int(subscribers),
-            last_message_id=_optional_id(last_time, last_tag),
-        )
+        return _channel_info(channel_id, *result[1:])
 
     async def delete(self, channel_id: str) -> bool:
         # Subscribers everywhere (this process too) hear of it on pub/sub.

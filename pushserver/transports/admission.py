@@ -7,7 +7,8 @@ channels now? :meth:`Admitter.admit` answers it for all four, in this order:
 1. **authorize**: the location's authorizers (:mod:`pushserver.authorize`), first, so that
    a refused subscriber learns nothing about which channels exist and creates none;
 2. **open**: each channel exists, or is created where the location has ``create_on_get``
-   (:func:`.streaming.open_channel`), and is marked requested now;
+   (:meth:`~pushserver.hub.Hub.open_channel`: one store call, one round trip on Redis), and
+   is marked requested now; a long poll's position is read in the same call (``after``);
 3. **capacity**: no channel has the location's ``max_subscribers`` already (:meth:`room`).
    A long poll asks for room only before it waits (``hold=False``, then :meth:`room`): a
    message it can answer with at once holds nothing.
@@ -45,12 +46,13 @@ from typing import TYPE_CHECKING, Literal
 from ..authorize import SIGNATURE_PARAMETER, Refused
 from ..exceptions import ChannelNotFound, StoreFull
 from ..http import Request, query_parameter
-from .streaming import open_channel
 
 if TYPE_CHECKING:
     from ..authorize import LocationAuthorizer
+    from ..backends.base import ReadResult
     from ..config import LocationConfig
     from ..hub import Hub
+    from ..message import MessageId
 
 
 class RefusalKind(enum.Enum):
@@ -87,6 +89,9 @@ class Admission:
     channels: list[str]
     tokens: list[object]
     authorizer: LocationAuthorizer | None
+    #: With ``admit(after=...)``: the first retained message after that position on the
+    #: (one) channel, read while opening it.
+    read: ReadResult | None = None
 
     def release(self) -> None:
         """Send the unsubscribes of the tokens still held (once: they are given up)."""
@@ -128,12 +133,15 @@ class Admitter:
         *,
         signatures: str | Literal[_Signatures.IN_QUERY] | None = IN_QUERY,
         hold: bool = True,
+        after: MessageId | None = None,
     ) -> Admission | Refusal:
         """Authorize ``request`` on ``channels``, open them and, with ``hold``, check there
         is room on each. ``signatures`` is a ``sig`` value (a ``subscribe`` command's; None
         when absent); by default the request's query parameter, read only where the
-        location authorizes. Raises what the store raises when it cannot answer
-        (:class:`~pushserver.exceptions.BackendUnavailable`); nothing is held then."""
+        location authorizes. With ``after`` (a long poll's position, one channel) the
+        opening also reads the next message: :attr:`Admission.read`. Raises what the store
+        raises when it cannot answer (:class:`~pushserver.exceptions.BackendUnavailable`);
+        nothing is held then."""
         tokens: list[object] = []
         authorizer = self.authorizer
         if authorizer is not None:
@@ -152,7 +160,8 @@ class Admitter:
             create = self.location.create_on_get
             for channel_id in channels:
                 try:
-                    await open_channel(hub, channel_id, create)
+                    opened = await hub.open_channel(channel_id, create, after=after)
+                    admission.read = opened.read
                 except (ChannelNotFound, StoreFull) as exc:
                     refusal = store_refusal(exc)
                     break

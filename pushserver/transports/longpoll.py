@@ -17,6 +17,7 @@ import anyio
 
 from .._async import asyncio_loop
 from ..asyncio_worker import AppQueue
+from ..backends.base import ReadResult
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Send, respond, respond_error
 from ..http import Message as ASGIMessage
@@ -62,12 +63,14 @@ class LongPollTransport(HTTPTransport):
             return
         try:
             # Room is asked for only before waiting (serve): an answer at once holds nothing.
-            admission = await self.admitter.admit(request, [channel_id], hold=False)
+            admission = await self.admitter.admit(request, [channel_id], hold=False, after=position)
             if isinstance(admission, Refusal):
                 await self.respond_refused(send, admission, headers)
                 return
             try:
-                await self.serve(request, channel_id, position, receive, send, headers)
+                await self.serve(
+                    request, channel_id, position, admission.read, receive, send, headers
+                )
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
@@ -90,12 +93,16 @@ class LongPollTransport(HTTPTransport):
         request: Request,
         channel_id: str,
         position: MessageId,
+        read: ReadResult | None,
         receive: Receive,
         send: Send,
         headers: Headers,
     ) -> None:
+        """Answer with ``read`` (the first message after ``position``, read while the
+        channel was opened) or wait for the next one."""
         hub = self.hub
-        read = await hub.read_after(channel_id, position)
+        # Read while the admission opened the channel (one round trip on Redis).
+        assert read is not None
         if read.message is not None:
             await self.send_message(send, read.message, headers)
             return

@@ -18,8 +18,8 @@ While it streams, a connection is watched by a :class:`SendGuard` (the client le
 WebSocket commands, the send timeout, the keepalive).
 
 What a subscriber URL names (channel lists, resume ids) is pure protocol, in
-:mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which calls
-:func:`open_channel` before anything is held.
+:mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which opens the
+channels through the hub (:meth:`~pushserver.hub.Hub.open_channel`) before anything is held.
 """
 
 from __future__ import annotations
@@ -38,29 +38,11 @@ import anyio
 
 from .._async import asyncio_loop
 from ..asyncio_worker import AppQueue, Deadlines
-from ..exceptions import ChannelNotFound, StoreFull
+from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import Message, MessageId
 
 logger = logging.getLogger("pushserver.transports")
-
-
-async def open_channel(hub: Hub, channel_id: str, create: bool) -> None:
-    """Before subscribing: create the channel if it does not exist and ``create`` (the
-    location's ``create_on_get``), else raise :class:`ChannelNotFound`; then mark it
-    requested now (the publisher's "last requested"). A channel made here is the
-    subscriber's: the store's ``channel_timeout`` removes it while it stays empty. Raises
-    :class:`StoreFull` (counted) when the store has no room for it."""
-    backend = hub.backend
-    if not await backend.exists(channel_id):
-        if not create:
-            raise ChannelNotFound(channel_id)
-        try:
-            await backend.create(channel_id, publisher=False)
-        except StoreFull:
-            hub.metrics.subscribes_refused += 1
-            raise
-    await backend.touch(channel_id)
 
 
 # -- a second task per connection, where watching needs one -----------------------------

@@ -42,7 +42,7 @@ from ..backends import create_backend
 from ..config import HostConfig, LocationConfig, ServerConfig, StoreConfig
 from ..exceptions import BackendUnavailable, ChannelNotFound, PushServerError, StoreFull
 from ..message import check_event_name
-from ..publisher import IDEMPOTENCY_KEY, publisher_token
+from ..publisher import IDEMPOTENCY_KEY, accepted, publisher_token, refusal
 from ..running import Running, registry
 
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -273,13 +273,11 @@ async def _publish_on(
             create=location.create_on_post,
             **keyed,
         )
-    except ChannelNotFound:
-        raise SendUpdateError(url, 404, "no such channel (create it with PUT first)") from None
-    except StoreFull as exc:
-        raise SendUpdateStoreFull(url, str(exc), exc.limit) from exc
-    except BackendUnavailable as exc:
-        raise SendUpdateError(url, 503, f"the channel store is unavailable: {exc}") from exc
-    return (201 if result.subscribers else 202), result.replayed
+    except (ChannelNotFound, BackendUnavailable) as exc:  # StoreFull included
+        # What the publisher location would have answered, raised as send_update's HTTP
+        # path raises that answer.
+        raise _error(url, *refusal(exc)) from exc
+    return accepted(result), result.replayed
 
 
 async def _publish_in_process(

@@ -12,6 +12,7 @@ import pytest
 
 from pushserver.exceptions import ChannelNotFound
 from pushserver.message import ORIGIN, MessageId
+from tests.backends.conftest import RecordingListener
 
 pytestmark = pytest.mark.anyio
 
@@ -130,6 +131,119 @@ async def test_channel_info(backend):
 async def test_touch_does_not_create(backend):
     await backend.touch("missing")
     assert not await backend.exists("missing")
+
+
+# -- open_channel: what a subscriber does before subscribing, in one step ---------------------
+
+
+async def test_open_channel_creates_only_when_asked(backend):
+    with pytest.raises(ChannelNotFound):
+        await backend.open_channel("news", create=False)
+    assert not await backend.exists("news")
+    opened = await backend.open_channel("news", create=True)
+    assert opened.created and opened.read is None
+    assert await backend.exists("news")
+    assert not (await backend.open_channel("news", create=True)).created
+    assert not (await backend.open_channel("news", create=False)).created
+
+
+async def test_open_channel_marks_the_channel_requested(backend):
+    await backend.create("news")
+    assert (await backend.info("news")).last_requested is None
+    before = time.time()
+    await backend.open_channel("news", create=False)
+    requested = (await backend.info("news")).last_requested
+    assert before - 1 <= requested <= time.time() + 1
+    # A channel opened into being is requested too.
+    await backend.open_channel("made", create=True)
+    assert (await backend.info("made")).last_requested >= before - 1
+
+
+async def test_open_channel_reads_after_the_position(backend):
+    first, second = await publish_all(backend, "news", [b"1", b"2"])
+    read = (await backend.open_channel("news", create=False, after=ORIGIN)).read
+    assert (read.message.id, read.message.body, read.gap) == (first.id, b"1", False)
+    read = (await backend.open_channel("news", create=False, after=first.id)).read
+    assert (read.message.id, read.message.body) == (second.id, b"2")
+    assert (await backend.open_channel("news", create=False, after=second.id)).read.message is None
+    # A channel it creates has nothing to read.
+    opened = await backend.open_channel("made", create=True, after=ORIGIN)
+    assert opened.created and opened.read.message is None and not opened.read.gap
+
+
+async def test_open_channel_reports_a_gap(backend_factory):
+    async with backend_factory(max_messages=1) as backend:
+        first, _, third = await publish_all(backend, "news", [b"1", b"2", b"3"])
+        read = (await backend.open_channel("news", create=False, after=first.id)).read
+        assert read.message.id == third.id and read.gap
+
+
+async def test_open_channel_refuses_a_new_channel_when_the_store_is_full(
+    backend_kind, backend_factory, request
+):
+    """StoreFull, and nothing is made; an existing channel still opens. The memory store at
+    its max_channels; Redis at its maxmemory (a dedicated server: the shared ones are left
+    alone, and so is the shared cluster, which runs the same script)."""
+    from pushserver.backends.redis import RedisBackend
+    from pushserver.exceptions import StoreFull
+
+    if backend_kind == "cluster":
+        pytest.skip("the shared cluster's maxmemory is left alone; redis runs the same script")
+    if backend_kind == "memory":
+        store = backend_factory(max_channels=1)
+    else:
+        server = request.getfixturevalue("redis_server_factory")()
+        options = server.store()
+        del options["type"]
+        store = RedisBackend(**options)
+        store.bind(RecordingListener())
+    async with store:
+        await store.create("news")
+        if backend_kind == "redis":
+            import redis.asyncio as aioredis
+
+            async with aioredis.Redis(unix_socket_path=server.unix_socket) as client:
+                await client.config_set("maxmemory", 1)
+        with pytest.raises(StoreFull):
+            await store.open_channel("more", create=True)
+        assert not await store.exists("more")
+        if backend_kind == "memory":  # Redis refuses every write: touching an existing one too
+            assert not (await store.open_channel("news", create=False)).created
+
+
+# -- the publish result describes the channel (what the publisher answers with) -------------
+
+
+async def test_publish_result_describes_the_channel(backend):
+    created = await backend.publish("news", b"a", "text/plain")
+    assert created.info == await backend.info("news")
+    assert created.info.messages == 1 and created.info.last_requested is None
+    await backend.touch("news")
+    await backend.subscribers_changed("news", 1)
+    result = await backend.publish("news", b"b", "text/plain", event="e")
+    assert result.info == await backend.info("news")
+    info = result.info
+    assert (info.channel_id, info.messages, info.subscribers) == ("news", 2, 1)
+    assert info.last_message_id == result.message.id
+    assert abs(info.last_requested - time.time()) < 5
+    await backend.subscribers_changed("news", -1)
+
+
+async def test_publish_result_describes_the_channel_after_retention(backend_factory):
+    async with backend_factory(max_messages=2) as backend:
+        results = [await backend.publish("news", b"%d" % i, "text/plain") for i in range(3)]
+        assert results[-1].info.messages == 2
+        assert results[-1].info == await backend.info("news")
+
+
+async def test_a_replayed_publish_describes_the_channel_as_it_is(backend):
+    await backend.publish("news", b"a", "text/plain", idempotency_key="k")
+    later = await backend.publish("news", b"b", "text/plain")
+    again = await backend.publish("news", b"a", "text/plain", idempotency_key="k")
+    assert again.replayed
+    # The first publish's id, and the channel as it is now: two messages, the last one later's.
+    assert again.info == await backend.info("news")
+    assert again.info.messages == 2 and again.info.last_message_id == later.message.id
 
 
 async def test_publish_reports_waiting_subscribers(backend):

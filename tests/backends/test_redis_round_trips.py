@@ -1,0 +1,144 @@
+"""What a publish and a long-poll delivery cost in Redis commands (round trips), counted
+on a real redis-server with ``MONITOR`` under a real ``runpushserver``: a script is one
+command, whatever it runs inside."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from email.utils import formatdate
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+import redis
+
+from pushserver.backends.redis import _SUBSCRIBERS
+from tests.project.helpers import push_config
+
+pytestmark = pytest.mark.anyio
+
+#: What the server does on its own schedule, not for a request: the memory watcher's INFO,
+#: the pub/sub reader's PING when it is quiet, a new pooled connection's setup.
+BACKGROUND = {"INFO", "PING", "CLIENT", "HELLO"}
+_COUNTS_SHA = hashlib.sha1(_SUBSCRIBERS.encode()).hexdigest()
+
+
+class CommandLog:
+    """The commands the push server sends to Redis, read with MONITOR. Left out: what ran
+    inside a script (MONITOR shows it as ``lua``), the test's own commands (over the unix
+    socket; the server uses TCP) and :data:`BACKGROUND`, including the periodic refresh of
+    the subscriber counts."""
+
+    def __init__(self, server) -> None:
+        self.client = redis.Redis(unix_socket_path=server.unix_socket, password=server.password)
+        self.monitor = self.client.monitor()
+        self.monitor.__enter__()
+
+    def close(self) -> None:
+        self.monitor.__exit__(None, None, None)
+        self.client.close()
+
+    def take(self) -> Counter[str]:
+        """The commands since the last take, counted by name: an ECHO of a fresh marker
+        ends them (MONITOR shows commands in the order Redis ran them)."""
+        marker = uuid.uuid4().hex
+        self.client.echo(marker)
+        names: Counter[str] = Counter()
+        while True:
+            command = self.monitor.next_command()
+            words = command["command"].split(" ")
+            if command["client_type"] == "unix":
+                if words[:2] == ["ECHO", marker]:
+                    return names
+                continue
+            if command["client_type"] == "lua" or words[0].upper() in BACKGROUND:
+                continue
+            if words[0].upper() == "EVALSHA" and words[1] == _COUNTS_SHA and words[-2] == "1":
+                continue  # the periodic refresh of this node's subscriber counts
+            names[words[0].upper()] += 1
+
+    def numsub(self, channel: bytes) -> int:
+        return dict(self.client.pubsub_numsub(channel))[channel]
+
+
+@pytest.fixture
+async def log(redis_server_factory):
+    server = redis_server_factory()
+    commands = await anyio.to_thread.run_sync(CommandLog, server)
+    commands.server = server
+    yield commands
+    await anyio.to_thread.run_sync(commands.close)
+
+
+async def test_a_publish_and_a_long_poll_delivery_in_redis_commands(log, push_server_factory):
+    store = log.server.store()
+    server = push_server_factory(push_config(store))
+    live = f"{store['key_prefix']}{{news}}:live".encode()
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        # Warming up: the pool's connections, and each script's first use (redis-py loads
+        # a script Redis does not know yet: SCRIPT LOAD and a second EVALSHA, once).
+        assert (await client.put("/publisher/news")).status_code == 200
+        position = (await publish(client, b"warm-up")).json()["last_message_id"]
+        await client.get("/subscriber/news")
+        older = await wait_once(client, log, live, position, b"warm-up 2")
+        await anyio.to_thread.run_sync(log.take)
+
+        # A publish is one script, the channel info it answers with included.
+        response = await publish(client, b"first")
+        assert response.status_code == 202 and response.json()["messages"] == 3
+        assert await anyio.to_thread.run_sync(log.take) == {"EVALSHA": 1}
+
+        # A long poll that finds its message waiting: one script opens and reads.
+        found = await client.get("/subscriber/news", headers=position_headers(older))
+        assert found.content == b"first"
+        assert await anyio.to_thread.run_sync(log.take) == {"EVALSHA": 1}
+
+        # A long poll that waits: open and read (nothing yet), subscribe, count itself in,
+        # read again; then, the message delivered, unsubscribe and count itself out. The
+        # publish that wakes it is its one script.
+        await wait_once(client, log, live, response.json()["last_message_id"], b"second")
+        waited = await anyio.to_thread.run_sync(log.take)
+        waited["EVALSHA"] -= 1  # the publish
+        assert waited == {"EVALSHA": 4, "SUBSCRIBE": 1, "UNSUBSCRIBE": 1}
+
+
+async def publish(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    """POST ``body``; the answer describes the channel in JSON."""
+    return await client.post(
+        "/publisher/news", content=body, headers={"Accept": "application/json"}
+    )
+
+
+def position_headers(message_id: str) -> dict[str, str]:
+    """The long-poll headers of a client that has read up to ``message_id``."""
+    seconds, _, tag = message_id.partition(":")
+    return {"If-Modified-Since": formatdate(int(seconds), usegmt=True), "If-None-Match": tag}
+
+
+async def wait_once(
+    client: httpx.AsyncClient, log: CommandLog, live: bytes, position: str, body: bytes
+) -> str:
+    """Long-poll from ``position`` and, once the poll waits (Redis has its subscription),
+    publish ``body``; return once Redis has dropped the subscription again, with the
+    position of ``body``."""
+    received: list[httpx.Response] = []
+    async with anyio.create_task_group() as tg:
+
+        async def poll() -> None:
+            received.append(
+                await client.get("/subscriber/news", headers=position_headers(position))
+            )
+
+        tg.start_soon(poll)
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(log.numsub, live) == 0:
+                await anyio.sleep(0.01)  # watching Redis's own subscription count
+        published = await publish(client, body)
+    assert received[0].content == body
+    with anyio.fail_after(10):
+        while await anyio.to_thread.run_sync(log.numsub, live) != 0:
+            await anyio.sleep(0.01)
+    return published.json()["last_message_id"]
