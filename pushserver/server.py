@@ -39,6 +39,19 @@ BACKLOG = 4096
 #: connection layer leaves none; on both, hypercorn_fixes breaks the one wsproto leaves per
 #: WebSocket).
 GC_THRESHOLDS = (50_000, 20, 100)
+#: Python's own thresholds: a process that changed them chose its own, and keeps them.
+DEFAULT_GC_THRESHOLDS = (700, 10, 10)
+
+
+def raise_gc_thresholds() -> tuple[int, int, int]:
+    """Set :data:`GC_THRESHOLDS` unless the process chose its own; the thresholds before,
+    to put back when serving ends."""
+    thresholds = gc.get_threshold()
+    if thresholds == DEFAULT_GC_THRESHOLDS:
+        gc.set_threshold(*GC_THRESHOLDS)
+    return thresholds
+
+
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
@@ -217,9 +230,7 @@ async def serve(
     that stopped arriving) is cut, and the stores are closed.
     """
     global current
-    thresholds = gc.get_threshold()
-    if thresholds == (700, 10, 10):  # left alone if the process chose its own
-        gc.set_threshold(*GC_THRESHOLDS)
+    thresholds = raise_gc_thresholds()
     limits: dict[str, Any] = {}
     if isinstance(app, PushServer):
         limits["header_timeout"] = app.config.client_header_timeout
