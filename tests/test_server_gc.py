@@ -49,8 +49,11 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     data = read_head(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
-        (int(line.split(b":")[1]) for line in head.split(b"\r\n")
-         if line.lower().startswith(b"content-length:")),
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
         0,
     )
     while len(body) < length:
