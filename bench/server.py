@@ -89,7 +89,12 @@ async def main(
 
 
 def granian_app() -> PushServer:
-    """The app granian loads (a factory): :func:`build` with the options in the environment."""
+    """The app granian loads (a factory): :func:`build` with the options in the environment,
+    in a worker tuned as ``runpushserver --server granian`` tunes it (the collector's
+    thresholds, :func:`pushserver.asgi.command_application`)."""
+    from pushserver.server import raise_gc_thresholds
+
+    raise_gc_thresholds()
     return build(max_messages=int(os.environ.get("BENCH_MAX_MESSAGES", BUFFER)))
 
 

@@ -249,14 +249,19 @@ def django_site() -> ASGIApp:
 
 def command_application() -> PushServer:
     """What ``runpushserver --server granian`` has granian load (a factory): the
-    application ``runpushserver`` would serve with the options it passed on."""
+    application ``runpushserver`` would serve with the options it passed on, in a worker
+    process with the collector's thresholds raised as under the other servers
+    (:data:`pushserver.server.GC_THRESHOLDS`; at Python's defaults, full collections walking
+    every held connection were over a fifth of a connect's CPU)."""
     import json
     import os
 
     import django
 
+    from .server import raise_gc_thresholds
     from .servers import OPTIONS_ENV
 
+    raise_gc_thresholds()  # for the worker's life: it is the server
     django.setup(set_prefix=False)
     options = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
     fallback = django_site() if options.get("allrequests") else None

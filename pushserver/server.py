@@ -43,6 +43,19 @@ BACKLOG = 4096
 #: connection layer leaves none; on both, hypercorn_fixes breaks the one wsproto leaves per
 #: WebSocket).
 GC_THRESHOLDS = (50_000, 20, 100)
+#: Python's own thresholds: a process that changed them chose its own, and keeps them.
+DEFAULT_GC_THRESHOLDS = (700, 10, 10)
+
+
+def raise_gc_thresholds() -> tuple[int, int, int]:
+    """Set :data:`GC_THRESHOLDS` unless the process chose its own; the thresholds before,
+    to put back when serving ends."""
+    thresholds = gc.get_threshold()
+    if thresholds == DEFAULT_GC_THRESHOLDS:
+        gc.set_threshold(*GC_THRESHOLDS)
+    return thresholds
+
+
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
@@ -203,9 +216,7 @@ async def serve(
     seconds to finish; whatever is still open then (a client that stopped reading, a body
     that stopped arriving) is cut, and the stores are closed.
     """
-    thresholds = gc.get_threshold()
-    if thresholds == (700, 10, 10):  # left alone if the process chose its own
-        gc.set_threshold(*GC_THRESHOLDS)
+    thresholds = raise_gc_thresholds()
     limits: dict[str, Any] = {}
     if isinstance(app, PushServer):
         limits["header_timeout"] = app.config.client_header_timeout

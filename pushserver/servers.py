@@ -102,7 +102,7 @@ async def serve_uvicorn(
 
     import uvicorn
 
-    from .server import BACKLOG, GC_THRESHOLDS
+    from .server import BACKLOG, raise_gc_thresholds
 
     server_config = uvicorn.Config(
         app,
@@ -123,9 +123,7 @@ async def serve_uvicorn(
         ws_max_size=2**20,
         log_config=None,  # pushserver's logging setup is kept
     )
-    thresholds = gc.get_threshold()
-    if thresholds == (700, 10, 10):
-        gc.set_threshold(*GC_THRESHOLDS)
+    thresholds = raise_gc_thresholds()
     try:
         await uvicorn.Server(server_config).serve(sockets=[sock])
     finally:

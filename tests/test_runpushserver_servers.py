@@ -200,3 +200,25 @@ async def test_uvicorn_in_process_publishing_ends_with_serving():
     # Nor the address it registered: URLs fall back to the settings again.
     assert running.current is None
     assert updates.current_host is None
+
+
+def test_granian_worker_raises_the_collector_thresholds(monkeypatch):
+    """granian's worker process builds the application with command_application(): the
+    cyclic collector gets the thresholds serving uses under hypercorn and uvicorn (at
+    Python's defaults, full collections over every held connection cost a fifth of a
+    connect), unless the process chose its own."""
+    import gc
+
+    from pushserver import asgi, server
+
+    monkeypatch.setenv("PUSHSERVER_RUN_OPTIONS", "{}")
+    thresholds = gc.get_threshold()
+    try:
+        gc.set_threshold(*server.DEFAULT_GC_THRESHOLDS)
+        asgi.command_application()
+        assert gc.get_threshold() == server.GC_THRESHOLDS
+        gc.set_threshold(1000, 10, 10)
+        asgi.command_application()
+        assert gc.get_threshold() == (1000, 10, 10)
+    finally:
+        gc.set_threshold(*thresholds)

@@ -49,8 +49,11 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     data = read_head(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
-        (int(line.split(b":")[1]) for line in head.split(b"\r\n")
-         if line.lower().startswith(b"content-length:")),
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
         0,
     )
     while len(body) < length:
@@ -246,3 +249,48 @@ def test_trio_socket_errors_are_translated_as_trio_does_and_leave_no_cycle(colle
     except KeyError:
         pass
     assert collected() == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_long_polls_under_uvicorn_leave_no_reference_cycles(anyio_backend, collector_off):
+    """Under another ASGI server a waiting long poll listens for the disconnect with a read
+    of its own (transports.longpoll.wait_watching): once answered, nothing of it, nor of
+    the server's request it holds, may be left for the cyclic collector."""
+    pytest.importorskip("uvicorn")
+    from pushserver.servers import serve_uvicorn
+
+    while gc.collect():  # what earlier tests let go of is not ours (see above)
+        pass
+    sock = server.bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = PushServer(config.load(SETTINGS))
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            long_polls(port)
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+        finally:
+            done.set()
+
+    found: list[int] = []
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: serve_uvicorn(
+                        app, sock, access_log=False, shutdown_timeout=1, config=app.config
+                    )
+                )
+                threading.Thread(target=client, daemon=True).start()
+                await anyio.to_thread.run_sync(done.wait)
+                await anyio.sleep(0.2)  # uvicorn's own close callbacks for the last connection
+                assert not failure, failure
+                found.append(collected())
+                group.cancel_scope.cancel()
+    finally:
+        sock.close()
+    assert found == [0], f"{found[0]} objects were left in reference cycles"

@@ -218,43 +218,62 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
     :class:`~.streaming.SendGuard` watches in a second task with its own loop, cancel
     scope and a wait for it at the end: about a fifth of a long-poll delivery's CPU under
     uvicorn or granian (docs/benchmark.md). A long poll only needs to hear the disconnect,
-    so this reads with a bare task whose callback cancels this one; at the end the read is
-    cancelled and left to finish on its own (a server's ``receive`` is cancel-safe).
+    so this reads with a bare task whose callback cancels this one (:class:`_Watch`); at
+    the end the read is cancelled and left to finish on its own (a server's ``receive`` is
+    cancel-safe).
     """
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    gone = False
-    reader: asyncio.Future[Any] | None = None
-
-    def read() -> None:
-        nonlocal reader
-        reader = asyncio.ensure_future(receive(), loop=loop)
-        reader.add_done_callback(received)
-
-    def received(done: asyncio.Future[Any]) -> None:
-        nonlocal gone
-        # Done callbacks run later: one may come after main() has returned, when cancelling
-        # the task would hit whatever the request does next.
-        if done.cancelled() or finished:
-            return
-        if done.exception() is None and done.result()["type"] == "http.request":
-            read()  # more of a request body nobody reads: keep listening
-            return
-        gone = True  # http.disconnect, or the server failed the read: the client is gone
-        task.cancel()
-
-    finished = False
-    read()
+    watch = _Watch(task, receive)
+    watch.read()
     try:
         await main()
     except asyncio.CancelledError:
-        if not gone or task.uncancel() > 0:
+        if not watch.gone or task.uncancel() > 0:
             raise
     finally:
-        finished = True
+        watch.stop()
+    return watch.gone
+
+
+class _Watch:
+    """The read :func:`wait_watching` keeps going, and what it heard.
+
+    An object rather than closures: two closures that call each other are a reference
+    cycle, and it held the request's whole ASGI cycle (the server's request object, its
+    event, the read's task) until the cyclic collector ran, which then cost about a tenth
+    of a long-poll delivery's CPU. Here the read's done callback is the only reference
+    back to the watch, and it goes when the read ends or :meth:`stop` removes it.
+    """
+
+    __slots__ = ("finished", "gone", "reader", "receive", "task")
+
+    def __init__(self, task: asyncio.Task[Any], receive: Receive) -> None:
+        self.task = task
+        self.receive = receive
+        self.reader: asyncio.Future[Any] | None = None
+        self.gone = False
+        self.finished = False
+
+    def read(self) -> None:
+        self.reader = asyncio.ensure_future(self.receive())
+        self.reader.add_done_callback(self.received)
+
+    def received(self, done: asyncio.Future[Any]) -> None:
+        # Done callbacks run later: one may come after main() has returned, when cancelling
+        # the task would hit whatever the request does next.
+        if done.cancelled() or self.finished:
+            return
+        if done.exception() is None and done.result()["type"] == "http.request":
+            self.read()  # more of a request body nobody reads: keep listening
+            return
+        self.gone = True  # http.disconnect, or the server failed the read: the client is gone
+        self.task.cancel()
+
+    def stop(self) -> None:
+        """``main()`` is over: no more cancelling; the pending read is cancelled."""
+        self.finished = True
+        reader, self.reader = self.reader, None
         if reader is not None and not reader.done():
-            reader.remove_done_callback(received)
+            reader.remove_done_callback(self.received)
             reader.cancel()
-        reader = None
-    return gone
