@@ -407,7 +407,11 @@ def test_a_long_poll_timeout_304_polls_again_from_the_same_position(page, start_
     assert after_message[0]["headers"]["If-None-Match"] == "0"
     assert after_message[0]["headers"]["If-Modified-Since"] != "Thu, 1 Jan 1970 00:00:00 GMT"
     gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(after_message)]
-    assert min(gaps) >= 1000 - 2, gaps
+    # The client times a poll from its own clock read (Date, whole milliseconds) just before
+    # $.ajax; the prefilter stamps it inside $.ajax, a few ms later and by a varying amount
+    # under load (996 ms seen in CI). A client that ignored minPollInterval would ask again
+    # 0.3 s after the previous poll began.
+    assert min(gaps) >= 1000 - 20, gaps
     publish(server, "quiet", {"type": "test", "n": 2})
     received = wait_received(page, 2)
     assert [item["data"]["n"] for item in received] == [1, 2]
