@@ -15,7 +15,8 @@ those positions, with three guarantees:
   :class:`Gap` comes first, then the oldest retained message (nchan skips silently).
 
 While it streams, a connection is watched by a :class:`SendGuard` (the client leaving, its
-WebSocket commands, the send timeout, the keepalive).
+WebSocket commands, the send timeout, the keepalive): through the engine's
+:class:`~pushserver.engine.Inbox` when the request scope offers one, with a task otherwise.
 
 What a subscriber URL names (channel lists, resume ids) is pure protocol, in
 :mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which opens the
@@ -37,7 +38,7 @@ from typing import Any
 import anyio
 
 from .._async import asyncio_loop
-from ..asyncio_worker import AppQueue, Deadlines
+from ..engine import Inbox
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import Message, MessageId
@@ -55,7 +56,7 @@ async def run_beside(
     the other is then cancelled and waited for. An exception from either ends both and is
     raised here as it is (not in an exception group).
 
-    Off pushserver's asyncio worker (see :meth:`SendGuard.run`), a watched connection is two
+    Without the engine's inbox (see :meth:`SendGuard.run`), a watched connection is two
     tasks: the writer, and a :class:`SendGuard` watching the client. An anyio task group
     costs about 4.3 KiB per connection on asyncio (the group, its cancel scope, the child's
     task handle with its own Event and deque); a bare asyncio task beside one cancel scope
@@ -126,8 +127,9 @@ class SendGuard:
     :meth:`watch` receives from the client, with a deadline only when something is due: the
     deadline of the write under way, the next keepalive, or one ``timeout`` from now while
     no write is under way. A write still blocked at its deadline ends the connection.
-    Idle, a connection costs one wake per ``timeout`` or ping interval, and on pushserver's
-    asyncio worker no task of its own (:meth:`run`); elsewhere a second task (:meth:`watch`).
+    Idle, a connection costs one wake per ``timeout`` or ping interval, and where the
+    engine offers an :class:`~pushserver.engine.Inbox` no task of its own (:meth:`run`);
+    elsewhere a second task (:meth:`watch`).
     """
 
     __slots__ = ("started", "timed_out", "timeout")
@@ -145,6 +147,7 @@ class SendGuard:
         handle: Callable[[MutableMapping[str, Any]], Awaitable[bool]],
         ping: Callable[[], Awaitable[None]] | None = None,
         interval: float = 0.0,
+        inbox: Inbox | None = None,
     ) -> None:
         """Run ``main()`` (the writer) while watching the client as :meth:`watch` does, until
         either is done; an exception from either is raised here as it is.
@@ -152,18 +155,17 @@ class SendGuard:
         ``handle`` never sees ``http.request`` messages: a request's body is not read
         while it is answered by a stream or a wait.
 
-        Served by pushserver's asyncio worker, the watching needs no task of its own:
-        ``receive`` is then an :class:`~pushserver.asyncio_worker.AppQueue`'s, which calls
-        back when something arrives, the deadlines are one loop timer, and ``handle`` and
-        ``ping`` run in a task that exists only while they do (about 4 KiB less per idle
-        connection than a second task with its timeout and cancel scope). Anywhere else
-        (trio, another ASGI server), :meth:`watch` runs beside ``main()`` in a second task.
+        Given the engine's ``inbox`` (:func:`pushserver.engine.inbox_of`), the watching
+        needs no task of its own: the inbox calls back when something arrives, the
+        deadlines are the engine's one timer, and ``handle`` and ``ping`` run in a task
+        that exists only while they do (about 4 KiB less per idle connection than a second
+        task with its timeout and cancel scope). Without one (trio, another ASGI server),
+        :meth:`watch` runs beside ``main()`` in a second task.
         """
-        queue = getattr(receive, "__self__", None)
-        if type(queue) is not AppQueue:
+        if inbox is None:
             await run_beside(main, partial(self.watch, receive, handle, ping, interval))
             return
-        watcher = _Watcher(self, queue, handle, ping, interval)
+        watcher = _Watcher(self, inbox, handle, ping, interval)
         try:
             await main()
         except asyncio.CancelledError:
@@ -232,8 +234,8 @@ class SendGuard:
 
 class _Watcher:
     """:meth:`SendGuard.run`'s watching without a task of its own: a listener on the
-    request's :class:`~pushserver.asyncio_worker.AppQueue`, one loop timer for the write
-    deadline and the keepalive, and a task only while ``handle`` or ``ping`` runs.
+    request's :class:`~pushserver.engine.Inbox`, an entry on the engine's shared timer for
+    the write deadline and the keepalive, and a task only while ``handle`` or ``ping`` runs.
 
     What it decides is what :meth:`SendGuard.watch` decides, at the same moments: the
     connection ends when ``handle`` returns True, when either raises, or when a write has
@@ -259,7 +261,7 @@ class _Watcher:
     def __init__(
         self,
         guard: SendGuard,
-        queue: AppQueue,
+        queue: Inbox,
         handle: Callable[[MutableMapping[str, Any]], Awaitable[bool]],
         ping: Callable[[], Awaitable[None]] | None,
         interval: float,
@@ -274,8 +276,8 @@ class _Watcher:
         assert task is not None
         self.task = task
         self.side: asyncio.Task[None] | None = None
-        #: Its entry on the worker's shared timer, while it has a deadline.
-        self.entry: list[Any] | None = None
+        #: Its entry on the engine's shared timer, while it has a deadline.
+        self.entry: Any = None
         self.failure: Exception | None = None
         self.cancelled_main = False
         self.done = False
@@ -295,12 +297,7 @@ class _Watcher:
         guard = self.guard
         started = guard.started
         due = min(started + guard.timeout if started else now + guard.timeout, self.next_ping)
-        entry = self.entry
-        if entry is not None and entry[2] is self:
-            if entry[0] == due:
-                return
-            Deadlines.cancel(entry)
-        self.entry = self.queue.deadlines.at(due, self) if due != math.inf else None
+        self.entry = self.queue.deadlines.move(self.entry, due, self)
 
     def expire(self, now: float) -> None:
         """Called by the shared timer; ``now`` includes its slack."""
@@ -357,13 +354,13 @@ class _Watcher:
         if self.done:
             return
         self.done = True
-        Deadlines.cancel(self.entry)
+        self.queue.deadlines.cancel(self.entry)
         self.cancelled_main = True
         self.task.cancel()
 
     async def stop(self) -> None:
         self.done = True
-        Deadlines.cancel(self.entry)  # the heap holds nothing of this watcher from now on
+        self.queue.deadlines.cancel(self.entry)  # the timer holds nothing of it from now on
         self.entry = None
         self.queue.listener = None
         side = self.side
