@@ -132,13 +132,41 @@ class SendGuard:
     elsewhere a second task (:meth:`watch`).
     """
 
-    __slots__ = ("started", "timed_out", "timeout")
+    __slots__ = ("next_ping", "started", "timed_out", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout or math.inf
         #: ``time.monotonic()`` when the write under way began; 0.0 when none is.
         self.started = 0.0
         self.timed_out = False
+        #: When the next keepalive is due (``math.inf``: none is, or one is being written).
+        self.next_ping = math.inf
+
+    # What watching decides, written once for both drivers (:meth:`watch`, a task that
+    # receives with a timeout, and :class:`_Watcher`, callbacks on the engine's inbox and
+    # timer): each looks at ``now`` and acts on these answers in this order.
+
+    def expired(self, now: float) -> bool:
+        """Whether the write under way has been blocked for ``timeout``: the connection
+        ends (``timed_out`` is set)."""
+        started = self.started
+        if started and now - started >= self.timeout:
+            self.timed_out = True
+        return self.timed_out
+
+    def ping_due(self, now: float) -> bool:
+        """Whether the keepalive is due."""
+        return now >= self.next_ping
+
+    def pinged(self, now: float, interval: float) -> None:
+        """Schedule the next keepalive ``interval`` after ``now`` (0: none at all)."""
+        self.next_ping = now + interval if interval > 0 else math.inf
+
+    def due(self, now: float) -> float:
+        """When to look again: the deadline of the write under way, or one ``timeout`` from
+        now while no write is, or the next keepalive if it comes first (``math.inf``:
+        nothing is ever due, only what the client sends)."""
+        return min((self.started or now) + self.timeout, self.next_ping)
 
     async def run(
         self,
@@ -195,21 +223,18 @@ class SendGuard:
         ``handle`` and ``ping`` run in this task, so their own writes must be bounded by a
         cancel scope: this task cannot watch itself.
         """
-        timeout = self.timeout
         clock = time.monotonic
-        next_ping = clock() + interval if ping is not None and interval > 0 else math.inf
+        self.pinged(clock(), interval if ping is not None else 0.0)
         on_asyncio = asyncio_loop() is not None
         while True:
             now = clock()
-            started = self.started
-            if started and now - started >= timeout:
-                self.timed_out = True
+            if self.expired(now):
                 return
-            if now >= next_ping:
+            if self.ping_due(now):
                 await ping()  # type: ignore[misc]
-                next_ping = clock() + interval
+                self.pinged(clock(), interval)
                 continue
-            due = min(started + timeout if started else now + timeout, next_ping)
+            due = self.due(now)
             message: MutableMapping[str, Any] | None = None
             # receive() is cancel-safe: a message arriving at the deadline stays queued.
             if due == math.inf:
@@ -237,9 +262,10 @@ class _Watcher:
     request's :class:`~pushserver.engine.Inbox`, an entry on the engine's shared timer for
     the write deadline and the keepalive, and a task only while ``handle`` or ``ping`` runs.
 
-    What it decides is what :meth:`SendGuard.watch` decides, at the same moments: the
-    connection ends when ``handle`` returns True, when either raises, or when a write has
-    been under way for ``timeout``; it then cancels the writer (``main``)."""
+    It decides what :meth:`SendGuard.watch` decides, through the same methods of the guard
+    (``expired``, ``ping_due``, ``due``), at the same moments: the connection ends when
+    ``handle`` returns True, when either raises, or when a write has been under way for
+    ``timeout``; it then cancels the writer (``main``)."""
 
     __slots__ = (
         "cancelled_main",
@@ -250,7 +276,6 @@ class _Watcher:
         "handle",
         "interval",
         "loop",
-        "next_ping",
         "ping",
         "ping_due",
         "queue",
@@ -282,8 +307,7 @@ class _Watcher:
         self.cancelled_main = False
         self.done = False
         self.ping_due = False
-        has_ping = ping is not None and interval > 0
-        self.next_ping = time.monotonic() + interval if has_ping else math.inf
+        guard.pinged(time.monotonic(), interval if ping is not None else 0.0)
         queue.listener = self.kick
         self.kick()
         self.schedule()
@@ -294,22 +318,18 @@ class _Watcher:
             return
         if now is None:
             now = time.monotonic()
-        guard = self.guard
-        started = guard.started
-        due = min(started + guard.timeout if started else now + guard.timeout, self.next_ping)
-        self.entry = self.queue.deadlines.move(self.entry, due, self)
+        self.entry = self.queue.deadlines.move(self.entry, self.guard.due(now), self)
 
     def expire(self, now: float) -> None:
         """Called by the shared timer; ``now`` includes its slack."""
         if self.done:
             return
-        started = self.guard.started
-        if started and now - started >= self.guard.timeout:
-            self.guard.timed_out = True
+        guard = self.guard
+        if guard.expired(now):
             self.end()
             return
-        if now >= self.next_ping:
-            self.next_ping = math.inf  # until this ping is written
+        if guard.ping_due(now):
+            guard.next_ping = math.inf  # until this ping is written
             self.ping_due = True
             self.kick()
         self.schedule(now)
@@ -338,7 +358,7 @@ class _Watcher:
                 elif self.ping_due:
                     self.ping_due = False
                     await self.ping()  # type: ignore[misc]
-                    self.next_ping = time.monotonic() + self.interval
+                    self.guard.pinged(time.monotonic(), self.interval)
                     self.schedule()
                 else:
                     return
