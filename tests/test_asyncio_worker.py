@@ -1,4 +1,4 @@
-"""pushserver's asyncio worker (pushserver/asyncio_worker.py): its queue, event and shared
+"""pushserver's asyncio worker (pushserver/hypercorn/worker.py): its queue, event and shared
 timer on a real event loop, the wsproto memory fix, and the connection layer against a real
 server over raw sockets (pipelining, reading paused and resumed under a large body, a
 client's half-close, a client that stops reading)."""
@@ -14,9 +14,10 @@ import time
 import anyio
 import pytest
 
-from pushserver import config, hypercorn_fixes, server
+from pushserver import config, server
 from pushserver.app import PushServer
-from pushserver.asyncio_worker import READ_BUFFER_LIMIT, AppQueue, Deadlines, LeanEvent
+from pushserver.hypercorn import fixes as hypercorn_fixes
+from pushserver.hypercorn.worker import READ_BUFFER_LIMIT, AppQueue, Deadlines, LeanEvent
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,9 @@ from collections import Counter
 import anyio
 import pytest
 
-from pushserver import config, hypercorn_fixes, server
+from pushserver import config, server
 from pushserver.app import PushServer
+from pushserver.hypercorn import fixes as hypercorn_fixes
 
 ROUNDS = 40
 UPGRADE = (
@@ -210,7 +211,7 @@ async def test_closed_connections_leave_no_reference_cycles(kind, anyio_backend,
 def socket_error_in_a_trio_stream(code: int) -> tuple[type, object, bool, str]:
     """What trio's socket streams raise for an ``OSError`` with this errno (its type, its
     cause's errno, whether its context is suppressed, its message), with
-    ``pushserver.hypercorn_fixes``' translation; nothing of the exception is kept (its
+    ``pushserver.hypercorn.fixes``' translation; nothing of the exception is kept (its
     traceback holds this frame)."""
     from trio import _highlevel_socket
 

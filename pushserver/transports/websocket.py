@@ -249,7 +249,7 @@ _PONG = control("pong")
 
 #: The ASGI extension (in the scope's ``extensions``) of a server that sends a WebSocket
 #: ping frame for a ``{"type": "websocket.ping"}`` event: pushserver's own server
-#: (:func:`pushserver.hypercorn_fixes.send_websocket_pings`). ASGI itself has no such event.
+#: (:func:`pushserver.hypercorn.fixes.send_websocket_pings`). ASGI itself has no such event.
 PING_EXTENSION = "pushserver.websocket.ping"
 _PROTOCOL_PING = {"type": "websocket.ping"}
 

@@ -1,4 +1,4 @@
-"""Fixes for hypercorn 0.18 and the libraries under it, applied by :func:`pushserver.server.serve`.
+"""Fixes for hypercorn 0.18 and the libraries under it (:func:`pushserver.hypercorn.apply_fixes`).
 
 Each wraps one internal of hypercorn (or of wsproto or trio beneath it), is idempotent
 (applying it twice changes nothing) and is covered by a test that fails without it:
@@ -364,7 +364,7 @@ def send_websocket_pings() -> bool:
         )
         return False
 
-    from .transports.websocket import PING_EXTENSION
+    from ..transports.websocket import PING_EXTENSION
 
     if getattr(app_send, "sends_pings", False):
         return True

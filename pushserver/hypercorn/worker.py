@@ -1,5 +1,5 @@
 """hypercorn's HTTP/1.1, h2c and WebSocket protocols, driven from one asyncio protocol object
-per connection: the asyncio worker of :func:`pushserver.server.serve`.
+per connection: the asyncio worker of :func:`pushserver.hypercorn.run`.
 
 hypercorn parses and writes every request here as it does under its own worker
 (:class:`hypercorn.protocol.ProtocolWrapper`, h11, h2, wsproto, its streams and the ASGI
@@ -51,7 +51,7 @@ from hypercorn.protocol import ProtocolWrapper
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr
 
-from .engine import INBOX
+from ..engine import INBOX
 
 logger = logging.getLogger("pushserver")
 
