@@ -28,6 +28,7 @@ import pytest
 from pushserver import config, server
 from pushserver.app import PushServer
 from pushserver.hypercorn import fixes as hypercorn_fixes
+from pushserver.hypercorn import stock_worker
 
 ROUNDS = 40
 UPGRADE = (
@@ -155,10 +156,21 @@ def collector_off():
     gc.set_threshold(*thresholds)
 
 
+#: On asyncio, no cycles is what pushserver's own connection layer provides; hypercorn's
+#: own asyncio worker (PUSHSERVER_HYPERCORN_WORKER=stock) leaves some per connection.
+OWN_WORKER_ONLY = pytest.mark.skipif(
+    stock_worker(), reason="hypercorn's own asyncio worker leaves reference cycles per connection"
+)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "anyio_backend",
-    [("asyncio", {}), ("asyncio", {"use_uvloop": True}), ("trio", {})],
+    [
+        pytest.param(("asyncio", {}), marks=OWN_WORKER_ONLY),
+        pytest.param(("asyncio", {"use_uvloop": True}), marks=OWN_WORKER_ONLY),
+        ("trio", {}),
+    ],
     ids=["asyncio", "uvloop", "trio"],
 )
 @pytest.mark.parametrize("kind", sorted(CLIENTS))

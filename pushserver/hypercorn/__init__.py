@@ -7,6 +7,9 @@
   connection layer; it offers the transports a :class:`pushserver.engine.Inbox` through the
   request scope, so they watch a client without a task and never import it.
 * :func:`run`: serve an app on a bound socket with the worker for the running anyio backend.
+  ``PUSHSERVER_HYPERCORN_WORKER=stock`` (:data:`WORKER_VARIABLE`) serves asyncio with
+  hypercorn's own worker instead (the fixes still apply): what an upgrade of hypercorn is
+  first tried with, before the worker is ported to its new internals.
 
 :func:`pushserver.server.serve` drives these; no other module imports hypercorn.
 """
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -23,6 +27,14 @@ from hypercorn.config import Config, Sockets
 from . import fixes
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+#: The environment variable choosing the asyncio worker: ``stock`` for hypercorn's own,
+#: anything else (or unset) for pushserver's (:mod:`.worker`).
+WORKER_VARIABLE = "PUSHSERVER_HYPERCORN_WORKER"
+
+
+def stock_worker() -> bool:
+    """Whether hypercorn's own asyncio worker serves (:data:`WORKER_VARIABLE`)."""
+    return os.environ.get(WORKER_VARIABLE, "").strip().lower() == "stock"
 
 
 def version() -> str:
@@ -105,17 +117,17 @@ async def run(
     shutdown_trigger: Callable[[], Awaitable[Any]],
 ) -> None:
     """Serve ``app`` on the bound plain-TCP ``sock`` until ``shutdown_trigger`` returns:
-    hypercorn's own trio worker on trio, pushserver's (:mod:`.worker`) on asyncio."""
+    hypercorn's own trio worker on trio; on asyncio pushserver's (:mod:`.worker`), or
+    hypercorn's own when :func:`stock_worker` says so."""
     sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     wrapped = cast(Any, _ASGI(app))  # hypercorn types the app with its TypedDicts
     if on_trio:
-        from hypercorn.trio.run import worker_serve as trio_serve
-
-        await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+        from hypercorn.trio.run import worker_serve
+    elif stock_worker():
+        from hypercorn.asyncio.run import worker_serve
     else:
         from .worker import worker_serve
-
-        await worker_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+    await worker_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
 
 
 class _ASGI:
