@@ -133,6 +133,14 @@ def tests(session: nox.Session) -> None:
     tests_impl(session, NEWEST[1])
 
 
+@nox.session(python=NEWEST[0])
+def tests_stock_worker(session: nox.Session) -> None:
+    """The whole suite with hypercorn's own asyncio worker serving instead of pushserver's
+    (``PUSHSERVER_HYPERCORN_WORKER=stock``): what a hypercorn upgrade is tried with first.
+    Tests of what only pushserver's worker provides skip themselves."""
+    tests_impl(session, NEWEST[1], env={"PUSHSERVER_HYPERCORN_WORKER": "stock"})
+
+
 @nox.session(python=OLDEST[0])
 def tests_oldest(session: nox.Session) -> None:
     """The whole suite on the oldest supported pair: Python 3.11, Django 5.2 (as the

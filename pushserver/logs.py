@@ -1,7 +1,8 @@
 """Structured logs: one JSON object per line (``runpushserver --log-format json``).
 
-:class:`AccessLogger` replaces hypercorn's access logger and attaches the request's fields
-to the ``pushserver.access`` record (``record.access``); :class:`JSONFormatter` writes every
+:class:`pushserver.hypercorn.logs.AccessLogger` replaces hypercorn's access logger and
+attaches the request's fields (:func:`access_fields`) to the ``pushserver.access`` record
+(``record.access``); :class:`JSONFormatter` writes every
 record as one JSON object: an access record as its fields, any other as ``message``. A
 project configuring ``LOGGING`` itself can use the formatter there::
 
@@ -15,8 +16,6 @@ import logging
 import time
 from typing import Any
 from urllib.parse import unquote
-
-from hypercorn.logging import Logger
 
 
 def _iso(timestamp: float) -> str:
@@ -56,24 +55,6 @@ def access_fields(scope: Any, response: Any, duration: float) -> dict[str, Any]:
         "transport": _transport(scope),
         "channel": unquote(raw, errors="replace") if raw and kind != "status" else None,
     }
-
-
-class AccessLogger(Logger):
-    """hypercorn's logger, with the access line's fields on the record (``access``)."""
-
-    async def access(self, request: Any, response: Any, request_time: float) -> None:
-        if self.access_logger is None:
-            return
-        fields = access_fields(request, response, request_time)
-        self.access_logger.info(
-            '%s "%s %s" %s %.6fs',
-            fields["client"],
-            fields["method"],
-            fields["path"],
-            "-" if fields["status"] is None else fields["status"],
-            request_time,
-            extra={"access": fields},
-        )
 
 
 class JSONFormatter(logging.Formatter):

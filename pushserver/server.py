@@ -1,8 +1,9 @@
 """Run a :class:`~pushserver.app.PushServer` under hypercorn, embedded, on anyio.
 
 No subprocess: :func:`serve` binds the socket itself (so a busy port is a clear error
-before anything starts, and port 0 picks a free one), then hands it to hypercorn's own
-worker for the running anyio backend (asyncio or trio).
+before anything starts, and port 0 picks a free one), then hands it to hypercorn through
+:mod:`pushserver.hypercorn` (its config, its fixes and the worker for the running anyio
+backend: pushserver's own on asyncio, hypercorn's on trio).
 
 While it serves, the app is :data:`pushserver.running.registry`'s current server, for
 in-process publishing. trio stays a supported backend, with its own hypercorn fixes
@@ -16,13 +17,12 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.lowlevel
-from hypercorn.config import Config, Sockets
 
-from . import hypercorn_fixes
+from . import hypercorn
 from ._async import asyncio_loop
 from .app import PushServer
 from .config import DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_SIZE
@@ -37,10 +37,10 @@ BACKLOG = 4096
 #: of a fan-out to 10,000 subscribers (bench/NOTES.md, the tuning log). With these the
 #: interpreter almost never runs a full collection, so nothing a connection leaves behind
 #: may depend on one: a closed connection's objects must be freed by reference counting
-#: alone (tests/test_server_gc.py; on trio pushserver.hypercorn_fixes breaks the cycles
+#: alone (tests/test_server_gc.py; on trio pushserver.hypercorn.fixes breaks the cycles
 #: hypercorn leaves, which the soak (bench/NOTES.md) saw pile up at 4 MiB a minute, and
 #: on Python 3.12 and 3.13 the one trio's socket streams leave; on asyncio pushserver's own
-#: connection layer leaves none; on both, hypercorn_fixes breaks the one wsproto leaves per
+#: connection layer leaves none; on both, hypercorn.fixes breaks the one wsproto leaves per
 #: WebSocket).
 GC_THRESHOLDS = (50_000, 20, 100)
 #: Python's own thresholds: a process that changed them chose its own, and keeps them.
@@ -54,9 +54,6 @@ def raise_gc_thresholds() -> tuple[int, int, int]:
     if thresholds == DEFAULT_GC_THRESHOLDS:
         gc.set_threshold(*GC_THRESHOLDS)
     return thresholds
-
-
-ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 
 
 def bind(
@@ -85,46 +82,6 @@ def bind(
     return sock
 
 
-def hypercorn_config(
-    *,
-    access_log: bool = True,
-    graceful_timeout: float = 5.0,
-    header_timeout: float = DEFAULT_CLIENT_HEADER_TIMEOUT,
-    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
-    log_format: str = "text",
-) -> Config:
-    """hypercorn's settings; ``header_timeout`` and ``max_header_size`` are the top-level
-    ``client_header_timeout`` and ``max_header_size``."""
-    config = Config()
-    config.include_server_header = False  # the app sends Server (the 'servername' setting)
-    config.graceful_timeout = graceful_timeout
-    # hypercorn's per-connection idle timer runs from when a connection opens, and again
-    # from the end of each response, until a whole request head has arrived (a request in
-    # progress, a held long poll or a stream, stops it): it is the header read timeout
-    # (slowloris) and the keep-alive idle timeout in one. Not read_timeout: that one would
-    # cut quiet event streams and WebSockets.
-    config.keep_alive_timeout = header_timeout
-    # h11 answers 431 to a head larger than this (a WebSocket upgrade is an h11 request
-    # too); HTTP/2 (h2c) gets the same bound on its decoded header list.
-    config.h11_max_incomplete_size = max_header_size
-    config.h2_max_header_list_size = max_header_size
-    # hypercorn calls listen() again with its own backlog (default 100), which would undo
-    # bind()'s: 10,000 subscribers connecting at once then wait on SYN retransmits.
-    config.backlog = BACKLOG
-    # A long-poll client makes one request per message on one connection; hypercorn's
-    # default (1,000) would close it mid-stream for no benefit.
-    config.keep_alive_max_requests = 2**31
-    if access_log:
-        config.accesslog = logging.getLogger("pushserver.access")
-        config.access_log_format = ACCESS_LOG_FORMAT
-        if log_format == "json":
-            from .logs import AccessLogger
-
-            config.logger_class = AccessLogger
-    config.errorlog = logging.getLogger("pushserver.server")
-    return config
-
-
 async def wait_for_signals() -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -134,23 +91,6 @@ async def wait_for_signals() -> None:
 
 def _running_trio() -> bool:
     return asyncio_loop() is None  # anyio runs only asyncio and trio
-
-
-class _ASGI:
-    """The app as hypercorn calls it (with its sync-spawn and call-soon helpers, which
-    pushserver does not use). Not ``hypercorn.utils.wrap_app``: its wrapper awaits the app
-    in a coroutine of its own, one more frame held by every open connection (368 bytes);
-    this returns the app's coroutine for hypercorn to await directly."""
-
-    __slots__ = ("app",)
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __call__(
-        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
-    ) -> Awaitable[None]:
-        return cast(Awaitable[None], self.app(scope, receive, send))
 
 
 _detached: set[Any] = set()
@@ -217,23 +157,21 @@ async def serve(
     that stopped arriving) is cut, and the stores are closed.
     """
     thresholds = raise_gc_thresholds()
-    limits: dict[str, Any] = {}
+    limits: dict[str, Any] = {
+        "header_timeout": DEFAULT_CLIENT_HEADER_TIMEOUT,
+        "max_header_size": DEFAULT_MAX_HEADER_SIZE,
+    }
     if isinstance(app, PushServer):
         limits["header_timeout"] = app.config.client_header_timeout
         limits["max_header_size"] = app.config.max_header_size
-    config = hypercorn_config(
-        access_log=access_log, graceful_timeout=graceful_timeout, log_format=log_format, **limits
+    config = hypercorn.build_config(
+        access_log=access_log,
+        graceful_timeout=graceful_timeout,
+        log_format=log_format,
+        backlog=BACKLOG,
+        **limits,
     )
-    hypercorn_fixes.end_refused_websockets()
-    hypercorn_fixes.refuse_non_ascii_websocket_handshakes()
-    hypercorn_fixes.decline_bad_h2c_upgrades()
-    hypercorn_fixes.lighter_websocket_connections()
-    hypercorn_fixes.send_websocket_pings()
-    hypercorn_fixes.free_closed_websocket_parsers()
-    if _running_trio():
-        hypercorn_fixes.contain_connection_errors_on_trio()
-        hypercorn_fixes.free_closed_connections_on_trio()
-        hypercorn_fixes.translate_trio_socket_errors_without_cycles()
+    hypercorn.apply_fixes(on_trio=_running_trio())
     trigger = shutdown_trigger or wait_for_signals
     # The last resort: hypercorn bounds the wait for connections by graceful_timeout, except
     # on Python >= 3.12.1, where its Server.wait_closed() waits for every connection first
@@ -243,10 +181,9 @@ async def serve(
     async def shutdown() -> None:
         await trigger()
         bound.deadline = anyio.current_time() + graceful_timeout + CLOSE_GRACE
-        # hypercorn adds "Connection: close" to every response once a connection has served
-        # this many requests: from now on, all of them. A client then opens its next request
-        # on a new connection (elsewhere) instead of racing the close of this one.
-        config.keep_alive_max_requests = 0
+        # A client then opens its next request on a new connection (elsewhere) instead of
+        # racing the close of this one.
+        hypercorn.close_every_connection_after_its_response(config)
         if not _running_trio():
             _quiet_cancelled_connections()
         _spawn_system_task(release)
@@ -264,17 +201,10 @@ async def serve(
     # While it serves, send_update in this process publishes straight into it.
     registry.register(app, anyio.lowlevel.current_token(), format_host(address, port))
     try:
-        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-        wrapped = cast(Any, _ASGI(app))  # hypercorn types the app with its TypedDicts
         with bound:
-            if _running_trio():
-                from hypercorn.trio.run import worker_serve as trio_serve
-
-                await trio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
-            else:
-                from .asyncio_worker import worker_serve as asyncio_serve
-
-                await asyncio_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown)
+            await hypercorn.run(
+                app, config, sock, on_trio=_running_trio(), shutdown_trigger=shutdown
+            )
         if bound.cancelled_caught:
             logger.warning(
                 "shutdown took longer than %gs: cut the connections left", graceful_timeout

@@ -1,4 +1,4 @@
-"""pushserver's asyncio worker (pushserver/asyncio_worker.py): its queue, event and shared
+"""pushserver's asyncio worker (pushserver/hypercorn/worker.py): its queue, event and shared
 timer on a real event loop, the wsproto memory fix, and the connection layer against a real
 server over raw sockets (pipelining, reading paused and resumed under a large body, a
 client's half-close, a client that stops reading)."""
@@ -14,9 +14,10 @@ import time
 import anyio
 import pytest
 
-from pushserver import config, hypercorn_fixes, server
+from pushserver import config, server
 from pushserver.app import PushServer
-from pushserver.asyncio_worker import READ_BUFFER_LIMIT, AppQueue, Deadlines, LeanEvent
+from pushserver.hypercorn import fixes as hypercorn_fixes
+from pushserver.hypercorn.worker import READ_BUFFER_LIMIT, AppQueue, Deadlines, LeanEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -114,8 +115,14 @@ async def test_deadlines_expire_in_order_and_skip_cancelled_entries():
     done = asyncio.Event()
     start = time.monotonic()
     entries = {}
-    for offset, name in [(0.03, "a"), (0.04, "boom"), (0.05, "b"), (0.06, "moved"),
-                         (0.09, "last"), (0.07, "dropped")]:
+    for offset, name in [
+        (0.03, "a"),
+        (0.04, "boom"),
+        (0.05, "b"),
+        (0.06, "moved"),
+        (0.09, "last"),
+        (0.07, "dropped"),
+    ]:
         entries[name] = deadlines.at(start + offset, Target(name, fired, done))
     # "moved" is filed again later (its first entry cancelled); "dropped" is cancelled.
     Deadlines.cancel(entries["moved"])
@@ -174,13 +181,12 @@ async def test_watchers_with_close_deadlines_wake_once_per_ping(monkeypatch):
         # Intervals half a millisecond apart: keepalives fall due within the slack of
         # each other, some already reached and some just ahead when the timer fires.
         every = interval + index * 0.0005
-        await streaming.SendGuard(None).run(main, queue.get, handle, ping, every)
+        await streaming.SendGuard(None).run(main, queue.get, handle, ping, every, queue)
         await leaving
 
     with anyio.fail_after(20):
         await asyncio.gather(*(one(index) for index in range(watchers)))
     assert expired <= pings + watchers, (expired, pings)
-
 
 
 async def test_a_queued_request_body_is_dropped_without_a_task_and_a_disconnect_ends_the_wait():
@@ -212,11 +218,12 @@ async def test_a_queued_request_body_is_dropped_without_a_task_and_a_disconnect_
     before = len(asyncio.all_tasks())
     leaving = asyncio.get_running_loop().create_task(leave())
     with anyio.fail_after(5):
-        await streaming.SendGuard(None).run(main, queue.get, handle)
+        await streaming.SendGuard(None).run(main, queue.get, handle, inbox=queue)
         await leaving
     assert tasks_while_waiting == before + 1  # this task and leave(): no watching task
     assert seen == ["http.disconnect"]
     assert queue.qsize() == 0
+
 
 # -- wsproto ------------------------------------------------------------------------------
 
@@ -244,8 +251,12 @@ SETTINGS = {
     "max_message_size": 4 * 2**20,
     "locations": [
         {"type": "publisher", "prefix": "/publisher/"},
-        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True,
-         "transports": ["longpoll", "eventsource", "websocket"]},
+        {
+            "type": "subscriber",
+            "prefix": "/subscriber/",
+            "create_on_get": True,
+            "transports": ["longpoll", "eventsource", "websocket"],
+        },
     ],
 }
 
@@ -307,7 +318,10 @@ async def serving(client, settings=SETTINGS, until=None, graceful_timeout: float
     try:
         with anyio.fail_after(30):
             await server.serve(
-                app, sock, access_log=False, shutdown_trigger=stop,
+                app,
+                sock,
+                access_log=False,
+                shutdown_trigger=stop,
                 graceful_timeout=graceful_timeout,
             )
     finally:
@@ -404,7 +418,8 @@ async def test_a_client_that_stops_reading_does_not_stop_the_others():
             buffer = bytearray()
             pub.sendall(
                 f"POST /publisher/stall HTTP/1.1\r\nHost: t\r\nContent-Length: {len(payload)}"
-                f"\r\n\r\n".encode() + payload
+                f"\r\n\r\n".encode()
+                + payload
             )
             assert read_response(pub, buffer)[0].startswith(b"HTTP/1.1 20")
             stalled = connect(port)
@@ -440,8 +455,14 @@ STREAMING = {
     "client_header_timeout": 1,
     "locations": [
         {"type": "publisher", "prefix": "/publisher/"},
-        {"type": "subscriber", "prefix": "/subscriber/", "create_on_get": True,
-         "transports": ["eventsource"], "ping_interval": 0.1, "send_timeout": 0.5},
+        {
+            "type": "subscriber",
+            "prefix": "/subscriber/",
+            "create_on_get": True,
+            "transports": ["eventsource"],
+            "ping_interval": 0.1,
+            "send_timeout": 0.5,
+        },
     ],
 }
 
@@ -461,7 +482,9 @@ async def test_a_request_pipelined_behind_a_stream_whose_client_left_is_let_go()
         sock.close()  # a reset
 
     await serving(
-        client, STREAMING, until=lambda app: app.hubs["default"].metrics.eventsource == 0,
+        client,
+        STREAMING,
+        until=lambda app: app.hubs["default"].metrics.eventsource == 0,
         graceful_timeout=60,
     )
 
@@ -485,16 +508,20 @@ async def test_a_stream_cut_for_a_stalled_reader_is_closed_within_the_header_tim
             for _ in range(160):  # 9.6 MB: far more than the socket buffers hold
                 pub.sendall(
                     f"POST /publisher/stalled HTTP/1.1\r\nHost: t\r\nContent-Length: "
-                    f"{len(body)}\r\n\r\n".encode() + body
+                    f"{len(body)}\r\n\r\n".encode()
+                    + body
                 )
                 assert read_response(pub, buffer)[0].startswith(b"HTTP/1.1 20")
         client.stalled = stalled  # never read; closed once the server has let go
 
     try:
         await serving(
-            client, STREAMING,
-            until=lambda app: app.hubs["default"].metrics.slow_eventsource == 1
-            and app.hubs["default"].metrics.eventsource == 0,
+            client,
+            STREAMING,
+            until=lambda app: (
+                app.hubs["default"].metrics.slow_eventsource == 1
+                and app.hubs["default"].metrics.eventsource == 0
+            ),
             graceful_timeout=60,
         )
     finally:
@@ -534,9 +561,10 @@ async def test_a_watching_failure_is_raised_and_leaves_no_reference_cycle():
         async def handle(message) -> bool:
             return False
 
+        queue = AppQueue(0, Deadlines())
         try:
             await streaming.SendGuard(None).run(
-                lambda: asyncio.sleep(10), AppQueue(0, Deadlines()).get, handle, ping, 0.01
+                lambda: asyncio.sleep(10), queue.get, handle, ping, 0.01, queue
             )
         except TooSlow as exc:
             return str(exc)

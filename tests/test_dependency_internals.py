@@ -2,7 +2,7 @@
 there, with the signatures and behaviour it expects.
 
 pyproject.toml pins hypercorn (``<0.19``) and sse-starlette (``<3.8``) to the releases
-tested, because pushserver/hypercorn_fixes.py, pushserver/asyncio_worker.py and
+tested, because pushserver/hypercorn/fixes.py, pushserver/hypercorn/worker.py and
 pushserver/transports/sse.py use names those projects do not promise to keep. This module
 fails at once on a release that renamed or reshaped one of them (before the behaviour
 tests in test_hostile_http.py, test_asyncio_worker.py and transports/test_sse.py say why):
@@ -26,7 +26,7 @@ def coroutine(function) -> bool:
     return inspect.iscoroutinefunction(function)
 
 
-# -- hypercorn: the fixes (pushserver/hypercorn_fixes.py) ------------------------------------
+# -- hypercorn: the fixes (pushserver/hypercorn/fixes.py) ------------------------------------
 
 
 def test_websocket_stream_internals_the_refusal_fix_wraps():
@@ -71,14 +71,14 @@ def test_wsproto_event_backlog_is_an_empty_deque():
     from wsproto import ConnectionType
     from wsproto.connection import Connection
 
-    from pushserver.hypercorn_fixes import _EventList
+    from pushserver.hypercorn.fixes import _EventList
 
     events = Connection(ConnectionType.SERVER)._events
     # An empty deque, or the fix's list if lighter_websocket_connections ran in this process.
     assert type(events) in (deque, _EventList) and not events
 
 
-# -- hypercorn: pushserver's asyncio worker (pushserver/asyncio_worker.py) ------------------
+# -- hypercorn: pushserver's asyncio worker (pushserver/hypercorn/worker.py) ------------------
 
 
 def test_hypercorn_internals_the_asyncio_worker_drives():

@@ -1,6 +1,6 @@
 """Keepalive pings of the plain and ``ws+meta.nchan`` WebSocket modes, and how they fail safe.
 
-They go through a hypercorn internal (:func:`pushserver.hypercorn_fixes.send_websocket_pings`,
+They go through a hypercorn internal (:func:`pushserver.hypercorn.fixes.send_websocket_pings`,
 the ``pushserver.websocket.ping`` scope extension). Through the real server the ping frames
 are checked in tests/transports/test_websocket.py
 (``test_plain_mode_keepalive_is_ping_frames``, which fails if a hypercorn upgrade breaks
@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 import pytest
 
-from pushserver import hypercorn_fixes
 from pushserver.app import PushServer
 from pushserver.config import load
+from pushserver.hypercorn import fixes as hypercorn_fixes
 from pushserver.transports.websocket import NCHAN_META, PING_EXTENSION
 from tests.project.helpers import asgi_request
 

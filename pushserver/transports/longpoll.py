@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 
 from .._async import asyncio_loop
-from ..asyncio_worker import AppQueue
 from ..backends.base import ReadResult
+from ..engine import inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Send, respond, respond_error
 from ..http import Message as ASGIMessage
@@ -145,13 +145,14 @@ class LongPollTransport(HTTPTransport):
                         else:
                             outcome = await self.wait(subscription, channel_id, position)
 
-                    # Watching for the client leaving needs no task of its own on
-                    # pushserver's asyncio worker (SendGuard.run; no write deadline here);
+                    # Watching for the client leaving needs no task of its own where
+                    # the engine offers an inbox (SendGuard.run; no write deadline here);
                     # under another server on asyncio, one bare read (wait_watching).
-                    if asyncio_loop() is not None and not _own_queue(receive):
+                    inbox = inbox_of(request.scope, receive)
+                    if asyncio_loop() is not None and inbox is None:
                         disconnected = await wait_watching(wait, receive)
                     else:
-                        await SendGuard(None).run(wait, receive, handle)
+                        await SendGuard(None).run(wait, receive, handle, inbox=inbox)
                     if disconnected:
                         return
             # The subscription is given back before the answer goes out: a client polling
@@ -204,11 +205,6 @@ def _encode_start(message: Message) -> dict:
         "status": 200,
         "headers": longpoll_response_headers(message),
     }
-
-
-def _own_queue(receive: Receive) -> bool:
-    """Whether ``receive`` is pushserver's own asyncio worker's (no task needed there)."""
-    return type(getattr(receive, "__self__", None)) is AppQueue
 
 
 async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) -> bool:

@@ -76,6 +76,7 @@ from functools import partial
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 
+from ..engine import inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
 from ..http import Message as ASGIMessage
@@ -190,6 +191,7 @@ class EventStreamResponse(EventSourceResponse):
             self._disconnected,
             ping,
             self.ping_interval,
+            inbox_of(scope, receive),
         )
         if guard.timed_out:
             raise SendTimeoutError

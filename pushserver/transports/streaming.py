@@ -15,7 +15,8 @@ those positions, with three guarantees:
   :class:`Gap` comes first, then the oldest retained message (nchan skips silently).
 
 While it streams, a connection is watched by a :class:`SendGuard` (the client leaving, its
-WebSocket commands, the send timeout, the keepalive).
+WebSocket commands, the send timeout, the keepalive): through the engine's
+:class:`~pushserver.engine.Inbox` when the request scope offers one, with a task otherwise.
 
 What a subscriber URL names (channel lists, resume ids) is pure protocol, in
 :mod:`pushserver.protocol`; who may subscribe is :mod:`.admission`, which opens the
@@ -37,7 +38,7 @@ from typing import Any
 import anyio
 
 from .._async import asyncio_loop
-from ..asyncio_worker import AppQueue, Deadlines
+from ..engine import Inbox
 from ..exceptions import ChannelNotFound
 from ..hub import Closing, Deletion, Delivery, Hub, Subscription
 from ..message import Message, MessageId
@@ -55,7 +56,7 @@ async def run_beside(
     the other is then cancelled and waited for. An exception from either ends both and is
     raised here as it is (not in an exception group).
 
-    Off pushserver's asyncio worker (see :meth:`SendGuard.run`), a watched connection is two
+    Without the engine's inbox (see :meth:`SendGuard.run`), a watched connection is two
     tasks: the writer, and a :class:`SendGuard` watching the client. An anyio task group
     costs about 4.3 KiB per connection on asyncio (the group, its cancel scope, the child's
     task handle with its own Event and deque); a bare asyncio task beside one cancel scope
@@ -126,17 +127,46 @@ class SendGuard:
     :meth:`watch` receives from the client, with a deadline only when something is due: the
     deadline of the write under way, the next keepalive, or one ``timeout`` from now while
     no write is under way. A write still blocked at its deadline ends the connection.
-    Idle, a connection costs one wake per ``timeout`` or ping interval, and on pushserver's
-    asyncio worker no task of its own (:meth:`run`); elsewhere a second task (:meth:`watch`).
+    Idle, a connection costs one wake per ``timeout`` or ping interval, and where the
+    engine offers an :class:`~pushserver.engine.Inbox` no task of its own (:meth:`run`);
+    elsewhere a second task (:meth:`watch`).
     """
 
-    __slots__ = ("started", "timed_out", "timeout")
+    __slots__ = ("next_ping", "started", "timed_out", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout or math.inf
         #: ``time.monotonic()`` when the write under way began; 0.0 when none is.
         self.started = 0.0
         self.timed_out = False
+        #: When the next keepalive is due (``math.inf``: none is, or one is being written).
+        self.next_ping = math.inf
+
+    # What watching decides, written once for both drivers (:meth:`watch`, a task that
+    # receives with a timeout, and :class:`_Watcher`, callbacks on the engine's inbox and
+    # timer): each looks at ``now`` and acts on these answers in this order.
+
+    def expired(self, now: float) -> bool:
+        """Whether the write under way has been blocked for ``timeout``: the connection
+        ends (``timed_out`` is set)."""
+        started = self.started
+        if started and now - started >= self.timeout:
+            self.timed_out = True
+        return self.timed_out
+
+    def ping_due(self, now: float) -> bool:
+        """Whether the keepalive is due."""
+        return now >= self.next_ping
+
+    def pinged(self, now: float, interval: float) -> None:
+        """Schedule the next keepalive ``interval`` after ``now`` (0: none at all)."""
+        self.next_ping = now + interval if interval > 0 else math.inf
+
+    def due(self, now: float) -> float:
+        """When to look again: the deadline of the write under way, or one ``timeout`` from
+        now while no write is, or the next keepalive if it comes first (``math.inf``:
+        nothing is ever due, only what the client sends)."""
+        return min((self.started or now) + self.timeout, self.next_ping)
 
     async def run(
         self,
@@ -145,6 +175,7 @@ class SendGuard:
         handle: Callable[[MutableMapping[str, Any]], Awaitable[bool]],
         ping: Callable[[], Awaitable[None]] | None = None,
         interval: float = 0.0,
+        inbox: Inbox | None = None,
     ) -> None:
         """Run ``main()`` (the writer) while watching the client as :meth:`watch` does, until
         either is done; an exception from either is raised here as it is.
@@ -152,18 +183,17 @@ class SendGuard:
         ``handle`` never sees ``http.request`` messages: a request's body is not read
         while it is answered by a stream or a wait.
 
-        Served by pushserver's asyncio worker, the watching needs no task of its own:
-        ``receive`` is then an :class:`~pushserver.asyncio_worker.AppQueue`'s, which calls
-        back when something arrives, the deadlines are one loop timer, and ``handle`` and
-        ``ping`` run in a task that exists only while they do (about 4 KiB less per idle
-        connection than a second task with its timeout and cancel scope). Anywhere else
-        (trio, another ASGI server), :meth:`watch` runs beside ``main()`` in a second task.
+        Given the engine's ``inbox`` (:func:`pushserver.engine.inbox_of`), the watching
+        needs no task of its own: the inbox calls back when something arrives, the
+        deadlines are the engine's one timer, and ``handle`` and ``ping`` run in a task
+        that exists only while they do (about 4 KiB less per idle connection than a second
+        task with its timeout and cancel scope). Without one (trio, another ASGI server),
+        :meth:`watch` runs beside ``main()`` in a second task.
         """
-        queue = getattr(receive, "__self__", None)
-        if type(queue) is not AppQueue:
+        if inbox is None:
             await run_beside(main, partial(self.watch, receive, handle, ping, interval))
             return
-        watcher = _Watcher(self, queue, handle, ping, interval)
+        watcher = _Watcher(self, inbox, handle, ping, interval)
         try:
             await main()
         except asyncio.CancelledError:
@@ -193,21 +223,18 @@ class SendGuard:
         ``handle`` and ``ping`` run in this task, so their own writes must be bounded by a
         cancel scope: this task cannot watch itself.
         """
-        timeout = self.timeout
         clock = time.monotonic
-        next_ping = clock() + interval if ping is not None and interval > 0 else math.inf
+        self.pinged(clock(), interval if ping is not None else 0.0)
         on_asyncio = asyncio_loop() is not None
         while True:
             now = clock()
-            started = self.started
-            if started and now - started >= timeout:
-                self.timed_out = True
+            if self.expired(now):
                 return
-            if now >= next_ping:
+            if self.ping_due(now):
                 await ping()  # type: ignore[misc]
-                next_ping = clock() + interval
+                self.pinged(clock(), interval)
                 continue
-            due = min(started + timeout if started else now + timeout, next_ping)
+            due = self.due(now)
             message: MutableMapping[str, Any] | None = None
             # receive() is cancel-safe: a message arriving at the deadline stays queued.
             if due == math.inf:
@@ -232,12 +259,13 @@ class SendGuard:
 
 class _Watcher:
     """:meth:`SendGuard.run`'s watching without a task of its own: a listener on the
-    request's :class:`~pushserver.asyncio_worker.AppQueue`, one loop timer for the write
-    deadline and the keepalive, and a task only while ``handle`` or ``ping`` runs.
+    request's :class:`~pushserver.engine.Inbox`, an entry on the engine's shared timer for
+    the write deadline and the keepalive, and a task only while ``handle`` or ``ping`` runs.
 
-    What it decides is what :meth:`SendGuard.watch` decides, at the same moments: the
-    connection ends when ``handle`` returns True, when either raises, or when a write has
-    been under way for ``timeout``; it then cancels the writer (``main``)."""
+    It decides what :meth:`SendGuard.watch` decides, through the same methods of the guard
+    (``expired``, ``ping_due``, ``due``), at the same moments: the connection ends when
+    ``handle`` returns True, when either raises, or when a write has been under way for
+    ``timeout``; it then cancels the writer (``main``)."""
 
     __slots__ = (
         "cancelled_main",
@@ -248,7 +276,6 @@ class _Watcher:
         "handle",
         "interval",
         "loop",
-        "next_ping",
         "ping",
         "ping_due",
         "queue",
@@ -259,7 +286,7 @@ class _Watcher:
     def __init__(
         self,
         guard: SendGuard,
-        queue: AppQueue,
+        queue: Inbox,
         handle: Callable[[MutableMapping[str, Any]], Awaitable[bool]],
         ping: Callable[[], Awaitable[None]] | None,
         interval: float,
@@ -274,14 +301,13 @@ class _Watcher:
         assert task is not None
         self.task = task
         self.side: asyncio.Task[None] | None = None
-        #: Its entry on the worker's shared timer, while it has a deadline.
-        self.entry: list[Any] | None = None
+        #: Its entry on the engine's shared timer, while it has a deadline.
+        self.entry: Any = None
         self.failure: Exception | None = None
         self.cancelled_main = False
         self.done = False
         self.ping_due = False
-        has_ping = ping is not None and interval > 0
-        self.next_ping = time.monotonic() + interval if has_ping else math.inf
+        guard.pinged(time.monotonic(), interval if ping is not None else 0.0)
         queue.listener = self.kick
         self.kick()
         self.schedule()
@@ -292,27 +318,18 @@ class _Watcher:
             return
         if now is None:
             now = time.monotonic()
-        guard = self.guard
-        started = guard.started
-        due = min(started + guard.timeout if started else now + guard.timeout, self.next_ping)
-        entry = self.entry
-        if entry is not None and entry[2] is self:
-            if entry[0] == due:
-                return
-            Deadlines.cancel(entry)
-        self.entry = self.queue.deadlines.at(due, self) if due != math.inf else None
+        self.entry = self.queue.deadlines.move(self.entry, self.guard.due(now), self)
 
     def expire(self, now: float) -> None:
         """Called by the shared timer; ``now`` includes its slack."""
         if self.done:
             return
-        started = self.guard.started
-        if started and now - started >= self.guard.timeout:
-            self.guard.timed_out = True
+        guard = self.guard
+        if guard.expired(now):
             self.end()
             return
-        if now >= self.next_ping:
-            self.next_ping = math.inf  # until this ping is written
+        if guard.ping_due(now):
+            guard.next_ping = math.inf  # until this ping is written
             self.ping_due = True
             self.kick()
         self.schedule(now)
@@ -341,7 +358,7 @@ class _Watcher:
                 elif self.ping_due:
                     self.ping_due = False
                     await self.ping()  # type: ignore[misc]
-                    self.next_ping = time.monotonic() + self.interval
+                    self.guard.pinged(time.monotonic(), self.interval)
                     self.schedule()
                 else:
                     return
@@ -357,13 +374,13 @@ class _Watcher:
         if self.done:
             return
         self.done = True
-        Deadlines.cancel(self.entry)
+        self.queue.deadlines.cancel(self.entry)
         self.cancelled_main = True
         self.task.cancel()
 
     async def stop(self) -> None:
         self.done = True
-        Deadlines.cancel(self.entry)  # the heap holds nothing of this watcher from now on
+        self.queue.deadlines.cancel(self.entry)  # the timer holds nothing of it from now on
         self.entry = None
         self.queue.listener = None
         side = self.side

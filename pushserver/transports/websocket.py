@@ -111,6 +111,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer
 from ..config import LocationConfig
+from ..engine import inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..hub import Closing, Delivery, Hub
@@ -248,7 +249,7 @@ _PONG = control("pong")
 
 #: The ASGI extension (in the scope's ``extensions``) of a server that sends a WebSocket
 #: ping frame for a ``{"type": "websocket.ping"}`` event: pushserver's own server
-#: (:func:`pushserver.hypercorn_fixes.send_websocket_pings`). ASGI itself has no such event.
+#: (:func:`pushserver.hypercorn.fixes.send_websocket_pings`). ASGI itself has no such event.
 PING_EXTENSION = "pushserver.websocket.ping"
 _PROTOCOL_PING = {"type": "websocket.ping"}
 
@@ -416,7 +417,7 @@ class WebSocketTransport(SubscriberTransport):
 class _Connection:
     """One open connection: the sender in the request's task, and the watching
     (:meth:`SendGuard.run`: commands, disconnect, send timeout, keepalive; a task of its own
-    only off pushserver's asyncio worker); the first to finish decides how the connection
+    only where the engine offers no inbox); the first to finish decides how the connection
     ends and cancels the other."""
 
     __slots__ = (
@@ -469,7 +470,14 @@ class _Connection:
             # How either side ends decides the close: the writer (deliver) and the watcher
             # (commands, disconnect, send timeout, keepalive) raise here as they are.
             try:
-                await self.guard.run(self.deliver, self.receive, self.received, self.ping, interval)
+                await self.guard.run(
+                    self.deliver,
+                    self.receive,
+                    self.received,
+                    self.ping,
+                    interval,
+                    inbox_of(self.request.scope, self.receive),
+                )
             except _TooSlow:
                 self.too_slow()
             except BackendUnavailable:

@@ -41,13 +41,12 @@ from typing import Any, TextIO, cast
 
 import anyio
 import django
-import hypercorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, SystemCheckError
 from django.core.management.commands.runserver import naiveip_re
 from django.utils.regex_helper import _lazy_re_compile
 
-from pushserver import __version__, servers
+from pushserver import __version__, hypercorn, servers
 from pushserver.config import AVAILABLE_TRANSPORTS, TRANSPORTS
 from pushserver.running import format_host, registry
 from pushserver.settings import get_config
@@ -56,15 +55,6 @@ from pushserver.supervisor import STOP_SIGNALS, CrashLoop, Supervisor
 FQDN_RE = _lazy_re_compile(r"^[a-zA-Z0-9.-]+$")
 
 logger = logging.getLogger("pushserver")
-
-
-def _hypercorn_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("hypercorn")
-    except Exception:  # pragma: no cover - metadata missing in odd installs
-        return getattr(hypercorn, "__version__", "?")
 
 
 class Command(BaseCommand):
@@ -373,7 +363,7 @@ class Command(BaseCommand):
 
     def server_version(self, server: str) -> str:
         if server == "hypercorn":
-            return f"hypercorn version {_hypercorn_version()}"
+            return f"hypercorn version {hypercorn.version()}"
         return f"{server} version {servers.version(server)}"
 
     def banner(

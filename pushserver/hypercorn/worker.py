@@ -1,5 +1,5 @@
 """hypercorn's HTTP/1.1, h2c and WebSocket protocols, driven from one asyncio protocol object
-per connection: the asyncio worker of :func:`pushserver.server.serve`.
+per connection: the asyncio worker of :func:`pushserver.hypercorn.run`.
 
 hypercorn parses and writes every request here as it does under its own worker
 (:class:`hypercorn.protocol.ProtocolWrapper`, h11, h2, wsproto, its streams and the ASGI
@@ -50,6 +50,8 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr
+
+from ..engine import INBOX
 
 logger = logging.getLogger("pushserver")
 
@@ -137,6 +139,15 @@ class Deadlines:
             self._set_timer(due)
         return entry
 
+    def move(self, entry: list[Any] | None, due: float, target: Any) -> list[Any] | None:
+        """:meth:`pushserver.engine.DeadlineTimer.move`: ``entry`` is kept while it is
+        still ``target``'s at ``due`` (a watcher re-files the same deadline often)."""
+        if entry is not None and entry[2] is target:
+            if entry[0] == due:
+                return entry
+            entry[2] = None
+        return self.at(due, target) if due != math.inf else None
+
     @staticmethod
     def cancel(entry: list[Any] | None) -> None:
         if entry is not None:
@@ -170,7 +181,12 @@ class AppQueue:
     """What hypercorn hands an application as ``receive``: a bounded FIFO (``put`` waits
     while ``maxsize`` items are queued, 0 = unbounded) and ``get``, cancel-safe as
     ``asyncio.Queue.get`` is (an item is never lost to a cancelled getter). Empty and
-    unwaited, it holds nothing but its slots."""
+    unwaited, it holds nothing but its slots.
+
+    It is also the request's :class:`pushserver.engine.Inbox` (``listener``,
+    ``deadlines``, ``get_nowait``, ``drop_leading``), put in the request scope's extensions
+    by :meth:`Connection.spawn_app`: the transports watch a client through it without a
+    task of their own."""
 
     __slots__ = ("_getters", "_items", "_maxsize", "_putters", "deadlines", "listener")
 
@@ -481,6 +497,8 @@ class Connection(asyncio.Protocol):
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
         queue = AppQueue(config.max_app_queue_size, self.worker.deadlines)
+        # hypercorn's scopes always carry an extensions dict.
+        scope["extensions"][INBOX] = queue
         worker = self.worker
         self.spawn(
             _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon

@@ -1,11 +1,13 @@
-"""Fixes for hypercorn 0.18 and the libraries under it, applied by :func:`pushserver.server.serve`.
+"""Fixes for hypercorn 0.18 and the libraries under it (:func:`pushserver.hypercorn.apply_fixes`).
 
 Each wraps one internal of hypercorn (or of wsproto or trio beneath it), is idempotent
 (applying it twice changes nothing) and is covered by a test that fails without it:
 tests/test_hostile_http.py for what a client can trigger, tests/test_server_gc.py for the
 reference cycles; the memory fix and the ping extension (not a fix) name theirs. Re-run
 those after any hypercorn upgrade (pyproject.toml pins the minor version for that reason).
-They are worth reporting upstream; each docstring says what goes wrong without it.
+Each docstring says what goes wrong without it and names the upstream report
+(``hypercorn issue #N``) it works around, or says it is not reported upstream: those are
+worth reporting, and a fix whose upstream bug is closed in a new release can go.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def end_refused_websockets() -> None:
     So a request refused for early data is marked refused before the 400 is written
     (the application's accept is then ignored), and after any such refusal the application
     is told the client left and the connection is closed, as the 400 says.
+
+    Upstream: hypercorn issue #225 (the whole server crashing on bytes after a WebSocket
+    upgrade request, on trio); the refused connection left open is not reported upstream.
     """
     from hypercorn.protocol.events import Body, Data, StreamClosed
     from hypercorn.protocol.ws_stream import WSStream
@@ -70,6 +75,9 @@ def refuse_non_ascii_websocket_handshakes() -> None:
     Protocol: é``) gets its connection dropped without an answer and a traceback in the
     log. RFC 6455 makes these lists of tokens, so such a handshake is a bad one, and is now
     answered as hypercorn answers other bad handshakes: ``400`` and ``connection: close``.
+
+    Upstream: not reported (hypercorn issue #204 is the other direction: non-ASCII header
+    values an application sends, encoded as ASCII).
     """
     from hypercorn.protocol.ws_stream import Handshake
 
@@ -100,6 +108,9 @@ def decline_bad_h2c_upgrades() -> None:
     exception that follows is logged as a traceback on asyncio and ends the whole server on
     trio. RFC 9113 section 3.2 lets a server ignore an upgrade, and requires ignoring one
     without exactly one ``HTTP2-Settings``: such requests are now answered over HTTP/1.1.
+
+    Upstream: not reported (hypercorn issues #317 and #318 are h2c upgrades failing
+    altogether, fixed after 0.18; a bad ``HTTP2-Settings`` is a separate case).
     """
     from hypercorn.protocol.h11 import H11Protocol
 
@@ -153,6 +164,9 @@ def contain_connection_errors_on_trio() -> None:
     hypercorn's trio worker runs each connection in the listeners' nursery, so an exception
     it does not expect from one connection (a hypercorn, h11 or h2 bug a client can
     trigger) ends the whole server. Its asyncio worker logs it and goes on; so does this.
+
+    Upstream: hypercorn issue #225 (one such crash), and PR #228, which contains these
+    errors in the trio ``TCPServer`` but is not in 0.18.
     """
     from hypercorn.trio.tcp_server import TCPServer
 
@@ -173,7 +187,9 @@ def contain_connection_errors_on_trio() -> None:
 def free_closed_connections_on_trio() -> None:
     """On trio, too, a finished connection's objects go by reference counting (idempotent):
     hypercorn's ``TCPServer`` and its protocol refer to each other (the protocol sends
-    through a method of the server), a cycle of about 30 objects per connection."""
+    through a method of the server), a cycle of about 30 objects per connection.
+
+    Upstream: not reported."""
     from hypercorn.trio.tcp_server import TCPServer
 
     run = TCPServer.run
@@ -210,6 +226,9 @@ def free_closed_websocket_parsers() -> None:
     releases from December 2025), so the whole cycle waits for the collector. Once
     hypercorn's stream has seen the connection close (it reads no frame after that), the
     generator is replaced by an empty iterator, and the rest goes by reference counting.
+
+    Upstream: CPython issue 142766 (above); the generator cycle itself is not reported to
+    wsproto.
     """
     from hypercorn.protocol.events import StreamClosed
     from hypercorn.protocol.ws_stream import WSStream
@@ -270,6 +289,8 @@ def translate_trio_socket_errors_without_cycles() -> None:
     or hypercorn's ``shutdown`` failing) left about 20 objects (an event stream) to 90 (a
     WebSocket: the whole connection) for the cyclic collector. The same translation, by a
     context manager object, makes no cycle, and no generator per socket call either.
+
+    Upstream: CPython issue 100964 (above); not reported to trio.
     """
     try:
         from trio import _highlevel_socket as module
@@ -310,6 +331,8 @@ def lighter_websocket_connections() -> None:
     holds a 760-byte block, about a twentieth of an idle WebSocket subscriber's memory.
     Only ``append``, ``popleft`` and truth are used on it (tests/test_asyncio_worker.py,
     tests/test_dependency_internals.py).
+
+    Upstream: not reported (a memory saving, not a bug).
     """
     from collections import deque
 
@@ -347,6 +370,8 @@ def send_websocket_pings() -> bool:
     changes nothing, logs a warning and returns False. Scopes then have no extension, and
     the application never sends the event (it would send it to no other server either):
     those modes just have no keepalive of their own (tests/test_websocket_pings.py).
+
+    Upstream: not reported (ASGI itself has no ping event to ask hypercorn for).
     """
     try:
         from hypercorn.protocol.events import Request
@@ -364,7 +389,7 @@ def send_websocket_pings() -> bool:
         )
         return False
 
-    from .transports.websocket import PING_EXTENSION
+    from ..transports.websocket import PING_EXTENSION
 
     if getattr(app_send, "sends_pings", False):
         return True
