@@ -7,7 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "pushserver"
+import pushserver
+
+#: The package under test: the checkout's, or the installed wheel's (CI's wheel stage runs
+#: the tests without the checkout's sources beside them).
+PACKAGE = Path(pushserver.__file__).resolve().parent
 
 
 def module_name(path: Path) -> str:
