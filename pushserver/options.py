@@ -111,20 +111,18 @@ def _positive_seconds(c: Collector, key: str, value: Any, option: Option) -> boo
     return False
 
 
-def _flag(c: Collector, key: str, value: Any, option: Option) -> bool:
-    if isinstance(value, bool):
-        return True
-    hint = option.hint or "Use a bool."
-    c.error(key, f"must be True or False, not {value!r}", hint, option.code)
-    return False
+def _instance_of(
+    kind: type, wording: str, plain_hint: str
+) -> Callable[[Collector, str, Any, Option], bool]:
+    """The check of a kind that is one Python type: ``wording`` is what the value must be."""
 
+    def check(c: Collector, key: str, value: Any, option: Option) -> bool:
+        if isinstance(value, kind):
+            return True
+        c.error(key, f"must be {wording}, not {value!r}", option.hint or plain_hint, option.code)
+        return False
 
-def _text(c: Collector, key: str, value: Any, option: Option) -> bool:
-    if isinstance(value, str):
-        return True
-    hint = option.hint or "Use a string."
-    c.error(key, f"must be a string, not {value!r}", hint, option.code)
-    return False
+    return check
 
 
 #: A whole number >= 0.
@@ -134,9 +132,9 @@ SECONDS = Kind(_seconds, float)
 #: A finite number of seconds > 0.
 POSITIVE_SECONDS = Kind(_positive_seconds, float)
 #: True or False.
-FLAG = Kind(_flag)
+FLAG = Kind(_instance_of(bool, "True or False", "Use a bool."))
 #: A string.
-TEXT = Kind(_text)
+TEXT = Kind(_instance_of(str, "a string", "Use a string."))
 
 
 @dataclass(frozen=True)
