@@ -13,6 +13,7 @@ made disappear is counted too (:func:`collected`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
@@ -122,6 +123,15 @@ def streams(port: int, kind: str) -> None:
 
 def tracked_objects() -> Counter[type]:
     return Counter(type(obj) for obj in gc.get_objects())
+
+
+def open_sockets() -> int:
+    """Sockets this process holds open (Linux: /proc/self/fd)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 def collected() -> int:
@@ -284,6 +294,7 @@ async def test_long_polls_under_uvicorn_leave_no_reference_cycles(anyio_backend,
     sock = server.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = PushServer(config.load(SETTINGS))
+    listening = open_sockets()
     found: list[int] = []
     try:
         with anyio.fail_after(60):
@@ -295,7 +306,10 @@ async def test_long_polls_under_uvicorn_leave_no_reference_cycles(anyio_backend,
                 )
                 # The blocking client in a thread; its failure is raised here.
                 await anyio.to_thread.run_sync(long_polls, port)
-                await anyio.sleep(0.2)  # uvicorn's own close callbacks for the last connection
+                # Until uvicorn has closed every connection: asyncio closes a socket right
+                # after its protocol's connection_lost, so nothing of one is still running.
+                while open_sockets() > listening:
+                    await anyio.sleep(0.01)
                 found.append(collected())
                 group.cancel_scope.cancel()
     finally:
