@@ -78,12 +78,15 @@ class PushServerProcess:
         self.output: list[str] = []
         self._output_changed = threading.Condition()
         self._drainer: threading.Thread | None = None
+        #: Set (under ``_output_changed``) once the child's output has ended.
+        self._output_ended = False
 
     def start(self) -> PushServerProcess:
         env = {**os.environ, **self.env, "DJANGO_SETTINGS_MODULE": self.settings_module}
         env["PYTHONUNBUFFERED"] = "1"
         if self.push_server is not None:
             env["PUSHSERVER_TEST_CONFIG"] = json.dumps(self.push_server)
+        self._output_ended = False
         self.process = subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -99,7 +102,7 @@ class PushServerProcess:
         try:
             match = self.wait_for_output(self.ready_pattern, timeout=self.startup_timeout)
         except TimeoutError:
-            if self._drainer is not None and not self._drainer.is_alive():
+            if self._output_ended:
                 # Its output ended: it is exiting, maybe not yet reaped; don't race that.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(10)
@@ -153,6 +156,9 @@ class PushServerProcess:
                 self.output.append(line)
                 self._output_changed.notify_all()
         with self._output_changed:
+            # A flag, not the thread's liveness: a waiter woken by this notify runs while
+            # this thread is still alive, and would wait out its whole timeout.
+            self._output_ended = True
             self._output_changed.notify_all()
 
     def wait_for_output(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
@@ -174,7 +180,7 @@ class PushServerProcess:
                         return match
                 checked = len(self.output)
                 remaining = deadline - time.monotonic()
-                exited = self._drainer is None or not self._drainer.is_alive()
+                exited = self._drainer is None or self._output_ended
                 if remaining <= 0 or exited:
                     raise TimeoutError(f"no output line matched {pattern!r}:\n{self.log}")
                 self._output_changed.wait(remaining)
