@@ -61,7 +61,7 @@ from __future__ import annotations
 import json
 import random
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -230,7 +230,7 @@ async def subscribe(
     open_timeout: float = 10.0,
     idle_timeout: float | None = 60.0,
     ssl: ssl_module.SSLContext | None = None,
-) -> AsyncIterator[Item]:
+) -> AsyncGenerator[Item, None]:
     """The messages of the channels ``url`` names, with gaps and deletions, in order.
 
     ``url`` is the subscriber URL (``http(s)://`` or ``ws(s)://``; several channels
@@ -308,7 +308,7 @@ async def _websocket(
     headers: dict[str, str],
     open_timeout: float,
     ssl: ssl_module.SSLContext | None,
-) -> AsyncIterator[Item]:
+) -> AsyncGenerator[Item, None]:
     from websockets.asyncio.client import connect
     from websockets.exceptions import (
         ConnectionClosed,
@@ -401,7 +401,7 @@ async def _event_stream(
     open_timeout: float,
     idle_timeout: float | None,
     ssl: ssl_module.SSLContext | None,
-) -> AsyncIterator[Item]:
+) -> AsyncGenerator[Item, None]:
     from .transports.sse import DELETED_EVENT, GAP_EVENT
 
     parts = urlsplit(state.url(websocket=False, with_id=False))
@@ -409,13 +409,13 @@ async def _event_stream(
     port = parts.port or (443 if https else 80)
     assert parts.hostname is not None
     with anyio.fail_after(open_timeout):
-        stream = await anyio.connect_tcp(
-            parts.hostname,
-            port,
-            tls=https,
-            ssl_context=ssl,
-            tls_standard_compatible=False,
-        )
+        stream: anyio.abc.ByteStream
+        if https or ssl is not None:  # anyio's rule: an ssl_context alone means TLS too
+            stream = await anyio.connect_tcp(
+                parts.hostname, port, tls=True, ssl_context=ssl, tls_standard_compatible=False
+            )
+        else:
+            stream = await anyio.connect_tcp(parts.hostname, port)
     async with stream:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         lines = [
@@ -495,7 +495,7 @@ async def _short_body(reader: BufferedByteReceiveStream, response: dict[str, str
 
 async def _body(
     reader: BufferedByteReceiveStream, chunked: bool, idle_timeout: float | None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The response body as it arrives; a read that waits ``idle_timeout`` gives up."""
     while True:
         with anyio.fail_after(idle_timeout):
@@ -516,7 +516,9 @@ async def _body(
         yield data
 
 
-async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[str | None, str, str]]:
+async def _events(
+    body: AsyncGenerator[bytes, None],
+) -> AsyncGenerator[tuple[str | None, str, str], None]:
     """``(id, event, data)`` of each event of an event stream (comments and events without
     data are skipped); ``event`` is ``""`` when the event names none."""
     buffer = b""

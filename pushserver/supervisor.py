@@ -81,8 +81,8 @@ class Supervisor:
                 self.spawn(slot)
             while self.children:
                 pid, status = os.wait()
-                slot = self.children.pop(pid, None)
-                if slot is None or self.stopping:
+                slot = self.children.pop(pid, -1)  # -1: not a worker (slots count from 0)
+                if slot < 0 or self.stopping:
                     continue
                 self.worker_died(pid, status, slot)
         finally:
