@@ -141,6 +141,27 @@ class _Context:
     event_class = dict
 
 
+def test_wsproto_frames_a_whole_message_alike_on_every_connection_without_extensions():
+    """worker.SendNow frames a message once for every WebSocket whose client offered no
+    extension (hypercorn's ``Handshake.extensions``): wsproto must keep no state of a whole
+    message it sent, and frame it the same on each such connection."""
+    from hypercorn.protocol.ws_stream import Handshake
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.events import BytesMessage, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    headers = [(b"sec-websocket-version", b"13"), (b"connection", b"upgrade")]
+    assert Handshake(headers, "1.1").extensions is None
+    one = Connection(ConnectionType.SERVER, [PerMessageDeflate()])  # offered by no client
+    two = Connection(ConnectionType.SERVER, [PerMessageDeflate()])
+    assert one.state is ConnectionState.OPEN
+    for event in (TextMessage(data="héllo " * 30), BytesMessage(data=b"\x00" * 300)):
+        frame = one.send(event)
+        assert frame == one.send(event) == two.send(event)
+        assert frame[0] & 0x40 == 0  # not compressed (RSV1 clear)
+
+
 # -- sse-starlette (pushserver/transports/sse.py) -------------------------------------------
 
 

@@ -292,6 +292,11 @@ class SendNow:
     wsproto state. Refused (False) unless the stream is in the state where ``send`` would
     write the message (a response under way with h11 sending its body; an accepted,
     open WebSocket), the connection is open and the transport takes writes now.
+
+    WebSockets whose client offered no extension (so no compression) share the frame of
+    a message: wsproto makes it once per message (:attr:`Worker.last_frame`), not once per
+    subscriber; it keeps no state of a whole message it sent, so skipping its ``send`` for
+    the others leaves their connections as sending would.
     """
 
     __slots__ = ("connection", "protocol", "stream_id")
@@ -332,11 +337,21 @@ class SendNow:
                 websocket = getattr(stream, "connection", None)
                 if websocket is None or websocket.state is not WebSocketState.OPEN:
                     return False
-                data = message.get("bytes")
-                if data is not None:
-                    frame = websocket.send(BytesMessage(data=bytes(data)))
+                if stream.handshake.extensions:
+                    frame = _websocket_frame(websocket, message)
                 else:
-                    frame = websocket.send(TextMessage(data=message["text"]))
+                    # No extension offered, so none in effect (no compression): a whole
+                    # message is the same frame on every connection, and wsproto keeps no
+                    # state of one it sent. The fan-out hands every subscriber the same
+                    # ASGI message, so the frame is made once per message, not per
+                    # subscriber.
+                    worker = connection.worker
+                    last = worker.last_frame
+                    if last is not None and last[0] is message:
+                        frame = last[1]
+                    else:
+                        frame = _websocket_frame(websocket, message)
+                        worker.last_frame = (message, frame)
             elif kind == "http.response.body":
                 body = message.get("body")
                 if (
@@ -360,6 +375,14 @@ class SendNow:
         return True
 
 
+def _websocket_frame(websocket: Any, message: Any) -> bytes:
+    """The frame wsproto writes for a ``websocket.send`` message on ``websocket``."""
+    data = message.get("bytes")
+    if data is not None:
+        return websocket.send(BytesMessage(data=bytes(data)))  # type: ignore[no-any-return]
+    return websocket.send(TextMessage(data=message["text"]))  # type: ignore[no-any-return]
+
+
 class Worker:
     """What every connection of one server shares, and the set of open connections."""
 
@@ -377,6 +400,9 @@ class Worker:
         # for every request, so made once.
         self.run_in_executor = partial(self.loop.run_in_executor, None)
         self.deadlines = Deadlines()
+        #: The last WebSocket message :class:`SendNow` framed for a connection without
+        #: extensions, and its frame (the same for every such connection).
+        self.last_frame: tuple[Any, bytes] | None = None
 
     def call_soon(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on the loop from another thread and wait for its result."""

@@ -218,6 +218,29 @@ async def test_ws_subscriber_keeping_up_is_written_to_in_every_mode(anyio_backen
             assert wakes.count == 0
 
 
+async def test_ws_subscribers_with_and_without_compression_each_get_their_frames(anyio_backend):
+    """Connections without extensions share a message's frame; one with permessage-deflate
+    (websockets' default offer) is framed, and compressed, on its own."""
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        uri = url.replace("http://", "ws://") + "/subscriber/z"
+        async with (
+            ws_connect(uri, compression=None) as plain_one,
+            ws_connect(uri, compression=None) as plain_two,
+            ws_connect(uri) as deflated,
+        ):
+            assert deflated.protocol.extensions and not plain_one.protocol.extensions
+            await wait_waiting(hub, "z", subscribers=3)
+            before = hub.delivered_directly
+            for n in range(6):
+                body = f"{n} " + "compressible " * 50
+                await publish(client, "z", body)
+                for ws in (plain_one, deflated, plain_two):
+                    with anyio.fail_after(10):
+                        assert await ws.recv() == body
+            assert hub.delivered_directly - before == 18
+
+
 async def test_ws_channel_added_by_command_gets_its_buffer_before_live_messages(anyio_backend):
     async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
         hub = hub_of(app)
