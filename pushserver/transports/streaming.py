@@ -3,7 +3,7 @@
 A streaming subscriber holds one :class:`~pushserver.hub.Subscription` on one or more
 channels and remembers, per channel, the id of the last message it delivered. Everything it
 sends comes from :meth:`Stream.batch`, which returns, in order, the messages newer than
-those positions, with three guarantees:
+those positions, with these guarantees:
 
 * **Nothing lost, nothing repeated.** The subscription is opened first, then each channel
   is read from the backend's buffer after its position; live deliveries already covered by
