@@ -83,7 +83,8 @@ def scenarios(quick: bool) -> list[dict]:
     the channels (latency with n connections held). ``latency-<n>x1ch``: n subscribers on
     one channel, 50 publishes/s, each reaching all n (50 x n deliveries/s offered; run for
     one second, since a server that cannot keep up only builds a backlog after that).
-    ``channels-10000`` (10,000 publishes per round) is available by name, not run by default.
+    ``channels-10000`` (10,000 publishes per round) and ``fanout-2000`` are available by
+    name, not run by default.
     """
     if quick:
         n_small, n_big, duration, latency_n = 200, None, 1.0, 200
@@ -101,6 +102,9 @@ def scenarios(quick: bool) -> list[dict]:
         found.append(
             scenario(f"channels-{n_big}", n_big, n_big, "throughput", duration, optional=True)
         )
+        # Fan-out at 2,000 subscribers, by name: with fanout-10000, whether the cost per
+        # delivery grows with the number of subscribers (issue 15, item 6).
+        found.append(scenario("fanout-2000", 2000, 1, "throughput", duration, optional=True))
     found.append(soak_scenario(quick))
     return found
 

@@ -1,4 +1,5 @@
-"""What a serving engine may offer the transports beyond ASGI: watching a client without a task.
+"""What a serving engine may offer the transports beyond ASGI: watching a client without a
+task, and writing to it without one.
 
 A held subscriber (a long poll, an event stream, a WebSocket) is watched while it waits or
 writes: for the client leaving or sending a command, for a write that has been under way
@@ -13,6 +14,12 @@ Such an engine puts an :class:`Inbox` in the request scope's extensions under
 Transports find it with :func:`inbox_of` and never import the engine; where it is absent
 (uvicorn, granian, daphne, hypercorn's stock worker, trio) they watch with a task.
 
+The same engine may put a :class:`SendNow` under :data:`SEND_NOW`: the fan-out then writes
+a message for a subscriber that is keeping up straight to its connection, from the hub's
+loop over subscribers, instead of waking the subscriber's task to write it
+(:meth:`pushserver.hub.Subscription.offer`). Found with :func:`send_now_of`; where it is
+absent (HTTP/2, other servers) everything goes through ``send``.
+
 This module is the whole interface: it imports nothing of any server.
 """
 
@@ -23,6 +30,8 @@ from typing import Any, Protocol
 
 #: The key of the :class:`Inbox` in ``scope["extensions"]``.
 INBOX = "pushserver.inbox"
+#: The key of the :class:`SendNow` in ``scope["extensions"]``.
+SEND_NOW = "pushserver.send_now"
 
 
 class Expiring(Protocol):
@@ -78,3 +87,34 @@ def inbox_of(scope: Mapping[str, Any], receive: Callable[..., Any]) -> Inbox | N
     if inbox is None or getattr(receive, "__self__", None) is not inbox:
         return None
     return inbox  # type: ignore[no-any-return]
+
+
+class SendNow(Protocol):
+    """A request's ``send``, synchronously, for when the connection can take a message at
+    once: what lets the fan-out write without a task switch per subscriber."""
+
+    def owns(self, send: Callable[..., Any]) -> bool:
+        """Whether ``send`` is the engine's own for this request (not a wrapper of it)."""
+
+    def send_now(self, message: Mapping[str, Any]) -> bool:
+        """Write ``message`` now, as ``await send(message)`` would (the same bytes, the
+        framing state of the connection kept), and return True; or write nothing and return
+        False, and the caller sends it through ``send`` as usual.
+
+        Only an ``http.response.body`` with ``more_body`` on an HTTP/1.1 response under way,
+        or a ``websocket.send`` on an open WebSocket, can go this way, and only while the
+        connection is open and not paused (its write buffer below the high-water mark): a
+        write here never waits. Anything else returns False."""
+
+
+def send_now_of(scope: Mapping[str, Any], send: Callable[..., Any]) -> SendNow | None:
+    """The engine's :class:`SendNow` for this request, or None when there is none.
+
+    Only when ``send`` is the engine's own: an ASGI middleware that wraps ``send`` may
+    rewrite or hold back messages, and writing behind its back would skip that.
+    """
+    extensions = scope.get("extensions")
+    sender = extensions.get(SEND_NOW) if extensions else None
+    if sender is None or not sender.owns(send):
+        return None
+    return sender  # type: ignore[no-any-return]

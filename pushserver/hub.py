@@ -6,6 +6,14 @@ and the hub hands the same :class:`~pushserver.message.Message` object to every
 subscription of that channel. Waiting costs no polling: a subscription sleeps on an event
 until the hub offers it something.
 
+A subscriber that is keeping up (waiting, nothing queued) may take a message without
+waking: its transport lends the subscription a writer while it waits
+(:attr:`Subscription.direct`), and :meth:`Subscription.offer` hands the message to it. The
+writer writes it to the connection at once if the connection can take it without waiting
+(:class:`pushserver.engine.SendNow`), and otherwise declines; the message is then queued as
+any other, and the writer is taken back until the subscriber's task has drained the queue,
+so messages go out in order. Fan-out then costs no task switch per subscriber.
+
 Every subscription's queue is bounded. When it is full the hub drops the new item and
 marks the subscription ``overflowed``; the transport then catches up from the backend's
 buffer (where the messages still are) or tells the client about the gap. Nothing is lost
@@ -103,7 +111,16 @@ def _wakeup_factory() -> Callable[[], Wakeup]:
 class Subscription:
     """A subscriber's bounded queue of events from one or more channels."""
 
-    __slots__ = ("_hub", "_wakeup", "channels", "closed", "maxlen", "overflowed", "queue")
+    __slots__ = (
+        "_hub",
+        "_wakeup",
+        "channels",
+        "closed",
+        "direct",
+        "maxlen",
+        "overflowed",
+        "queue",
+    )
 
     def __init__(self, hub: Hub, channels: Iterable[str], maxlen: int) -> None:
         self._hub = hub
@@ -115,9 +132,22 @@ class Subscription:
         self._wakeup: Wakeup | None = None
         self.overflowed = False
         self.closed = False
+        #: Takes a delivery without queueing it (True: written, the subscriber's position
+        #: moved on) or declines it (False). Lent by the subscriber's stream only while it
+        #: waits with nothing queued; cleared by the first item queued.
+        self.direct: Callable[[Delivery], bool] | None = None
 
     def offer(self, item: Event) -> bool:
-        """Queue ``item``; return False (and mark overflowed) when the queue is full."""
+        """Queue ``item``; return False (and mark overflowed) when the queue is full.
+
+        A delivery the :attr:`direct` writer takes is not queued (and counts as queued)."""
+        direct = self.direct
+        if direct is not None:
+            if type(item) is Delivery and direct(item):
+                return True
+            # Queued from here on, until the subscriber's task has taken it: no message
+            # may overtake it.
+            self.direct = None
         # Called once per subscriber per message: the common case is one length check.
         queue = self.queue
         if len(queue) < self.maxlen or type(item) is not Delivery:
@@ -199,6 +229,9 @@ class Hub:
         self.published = 0
         self.delivered = 0
         self.overflows = 0
+        #: Of ``delivered``, those a subscriber's writer took without queueing them
+        #: (:attr:`Subscription.direct`), counted by the streams.
+        self.delivered_directly = 0
         #: Counters of the status location (publishes, connections, slow consumers).
         self.metrics = Metrics()
         self.shutting_down = False

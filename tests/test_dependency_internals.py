@@ -1,12 +1,12 @@
-"""The private parts of hypercorn, wsproto and sse-starlette that pushserver relies on are
-there, with the signatures and behaviour it expects.
+"""The private parts of hypercorn and wsproto that pushserver relies on are there, with the
+signatures and behaviour it expects (and sse-starlette's public parts, with the bytes and
+headers the event stream keeps).
 
-pyproject.toml pins hypercorn (``<0.19``) and sse-starlette (``<3.8``) to the releases
-tested, because pushserver/hypercorn/fixes.py, pushserver/hypercorn/worker.py and
-pushserver/transports/sse.py use names those projects do not promise to keep. This module
-fails at once on a release that renamed or reshaped one of them (before the behaviour
-tests in test_hostile_http.py, test_asyncio_worker.py and transports/test_sse.py say why):
-raise a pin only with this module passing.
+pyproject.toml pins hypercorn (``<0.19``) to the releases tested, because
+pushserver/hypercorn/fixes.py and pushserver/hypercorn/worker.py use names it does not
+promise to keep. This module fails at once on a release that renamed or reshaped one of
+them (before the behaviour tests in test_hostile_http.py, test_asyncio_worker.py and
+transports/test_sse.py say why): raise a pin only with this module passing.
 """
 
 from __future__ import annotations
@@ -114,30 +114,73 @@ def test_hypercorn_internals_the_asyncio_worker_drives():
     assert "127.0.0.1:80" in repr_socket_addr(2, ("127.0.0.1", 80))
 
 
+def test_hypercorn_stream_state_the_worker_writes_at_once_by():
+    """worker.SendNow reads the state of hypercorn's streams and protocol (never changes
+    it) to decide that a body chunk or a WebSocket message may be written now."""
+    from hypercorn.config import Config
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+    from hypercorn.utils import suppress_body
+
+    assert ASGIHTTPState.RESPONSE and ASGIWebsocketState.CONNECTED
+    assert suppress_body("HEAD", 200) and suppress_body("GET", 304)
+    assert not suppress_body("GET", 200)
+    for stream_class in (HTTPStream, WSStream):
+        assert coroutine(stream_class.app_send)
+        stream = stream_class(None, Config(), None, None, False, None, None, None, 1)
+        assert stream.closed is False and hasattr(stream, "state")
+        assert stream.send is None  # the protocol's stream_send, given at construction
+    assert parameters(HTTPStream.__init__)[-2:] == ["send", "stream_id"]
+    assert coroutine(H11Protocol.stream_send)
+    protocol = H11Protocol(None, Config(), _Context(), None, None, False, None, None, None)
+    assert protocol.stream is None and type(protocol.connection).__name__ == "Connection"
+
+
+class _Context:
+    event_class = dict
+
+
+def test_wsproto_frames_a_whole_message_alike_on_every_connection_without_extensions():
+    """worker.SendNow frames a message once for every WebSocket whose client offered no
+    extension (hypercorn's ``Handshake.extensions``): wsproto must keep no state of a whole
+    message it sent, and frame it the same on each such connection."""
+    from hypercorn.protocol.ws_stream import Handshake
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.events import BytesMessage, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    headers = [(b"sec-websocket-version", b"13"), (b"connection", b"upgrade")]
+    assert Handshake(headers, "1.1").extensions is None
+    one = Connection(ConnectionType.SERVER, [PerMessageDeflate()])  # offered by no client
+    two = Connection(ConnectionType.SERVER, [PerMessageDeflate()])
+    assert one.state is ConnectionState.OPEN
+    for event in (TextMessage(data="héllo " * 30), BytesMessage(data=b"\x00" * 300)):
+        frame = one.send(event)
+        assert frame == one.send(event) == two.send(event)
+        assert frame[0] & 0x40 == 0  # not compressed (RSV1 clear)
+
+
 # -- sse-starlette (pushserver/transports/sse.py) -------------------------------------------
 
 
-def test_event_source_response_internals_the_event_stream_uses():
-    from sse_starlette.sse import EventSourceResponse, SendTimeoutError
+def test_the_event_stream_starts_as_sse_starlettes_response_does():
+    """The event stream is written by pushserver (sse-starlette's ``EventSourceResponse``
+    could only be reused through its private parts); of sse-starlette it uses the public
+    ``ServerSentEvent`` encoding, and its headers are what ``EventSourceResponse`` sends."""
+    from sse_starlette import EventSourceResponse, ServerSentEvent
 
-    from pushserver.transports.sse import EventStreamResponse
+    from pushserver.transports import sse
 
-    assert issubclass(EventStreamResponse, EventSourceResponse)
-    assert issubclass(SendTimeoutError, Exception)
-    # EventStreamResponse replaces these two; its __call__ serves HEAD through the base's.
-    assert coroutine(EventSourceResponse._stream_response)
-    assert parameters(EventSourceResponse._stream_response) == ["self", "send"]
-    assert coroutine(EventSourceResponse.__call__)
-    assert coroutine(EventSourceResponse._send_with_timeout)
-    assert parameters(EventSourceResponse._send_with_timeout) == ["self", "send", "message"]
-
+    assert sse.ServerSentEvent is ServerSentEvent
     base = EventSourceResponse(iter(()), ping=7, sep="\n", send_timeout=1)
-    assert hasattr(base, "_send_lock")  # what EventStreamResponse deletes
-    assert base.active is True and base.ping_interval == 7 and base.status_code == 200
+    assert base.status_code == 200
+    assert list(sse.STREAM_HEADERS) == base.raw_headers
     headers = dict(base.raw_headers)
     assert headers[b"cache-control"] == b"no-store"
     assert headers[b"x-accel-buffering"] == b"no"
-    assert headers[b"content-type"].startswith(b"text/event-stream")
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
 
 
 def test_server_sent_event_encoding_is_the_wire_format():

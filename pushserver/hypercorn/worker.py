@@ -18,6 +18,10 @@ idle subscriber's 28 (bench/NOTES.md, the second tuning pass). Here:
   is above its high-water mark (``pause_writing``), as ``StreamWriter.drain`` does.
 * The per-request queue (:class:`AppQueue`) and the events (:class:`LeanEvent`) allocate
   their waiter lists only when someone waits.
+* An HTTP/1.1 response body or a WebSocket message can be written synchronously, by the
+  fan-out, while the connection takes it at once (:class:`SendNow`, the engine's
+  :class:`pushserver.engine.SendNow`): framed by the same h11 / wsproto connection
+  hypercorn frames the application's sends with.
 
 The behaviour hypercorn's worker has and clients see is kept: the idle timer runs from
 the connection's start and from each response's end until a request head is complete;
@@ -42,16 +46,23 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
+import h11
 from hypercorn.asyncio.lifespan import Lifespan
 from hypercorn.asyncio.task_group import _handle
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
-from hypercorn.utils import parse_socket_addr, repr_socket_addr
+from hypercorn.utils import parse_socket_addr, repr_socket_addr, suppress_body
+from wsproto.connection import ConnectionState as WebSocketState
+from wsproto.events import BytesMessage, TextMessage
+from wsproto.utilities import LocalProtocolError as WebSocketProtocolError
 
-from ..engine import INBOX
+from ..engine import INBOX, SEND_NOW
 
 logger = logging.getLogger("pushserver")
 
@@ -266,6 +277,112 @@ def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
             return
 
 
+class SendNow:
+    """:class:`pushserver.engine.SendNow` for one HTTP/1.1 request or WebSocket of a
+    :class:`Connection`: writes a body chunk or a message as hypercorn's stream would
+    (:meth:`HTTPStream.app_send <hypercorn.protocol.http_stream.HTTPStream.app_send>` then
+    :class:`H11Protocol <hypercorn.protocol.h11.H11Protocol>`: ``h11.Data`` through the h11
+    connection, chunked; :class:`WSStream <hypercorn.protocol.ws_stream.WSStream>`: a
+    wsproto message through its connection), straight to the transport.
+
+    Every write of hypercorn's own reaches the transport without waiting (its coroutines
+    frame and write in one go) and then waits only while the transport is paused; so
+    while it is not paused no send is half done, and bytes written here come after all
+    that was sent before and before all that is sent after, framed by the same h11 /
+    wsproto state. Refused (False) unless the stream is in the state where ``send`` would
+    write the message (a response under way with h11 sending its body; an accepted,
+    open WebSocket), the connection is open and the transport takes writes now.
+
+    WebSockets whose client offered no extension (so no compression) share the frame of
+    a message: wsproto makes it once per message (:attr:`Worker.last_frame`), not once per
+    subscriber; it keeps no state of a whole message it sent, so skipping its ``send`` for
+    the others leaves their connections as sending would.
+    """
+
+    __slots__ = ("connection", "protocol", "stream_id")
+
+    def __init__(self, connection: Connection, protocol: H11Protocol, stream: Any) -> None:
+        self.connection = connection
+        self.protocol = protocol
+        # The stream by its id, not a reference: the stream's scope holds this object, and
+        # a reference would make a cycle that outlives the request. The protocol holds its
+        # current stream only until it closes; and the caller holds its ``send`` (a method of
+        # the stream, checked by ``owns``), so the stream, and its id, live as long as the
+        # caller uses this.
+        self.stream_id = id(stream)
+
+    def owns(self, send: Callable[..., Any]) -> bool:
+        return id(getattr(send, "__self__", None)) == self.stream_id
+
+    def send_now(self, message: Any) -> bool:
+        connection = self.connection
+        transport = connection.transport
+        if (
+            transport is None
+            or connection._drain is not None
+            or connection.lost
+            or connection.closed
+            or transport.is_closing()
+        ):
+            return False
+        protocol = self.protocol
+        stream = protocol.stream
+        if stream is None or id(stream) != self.stream_id or stream.closed:
+            return False
+        kind = message["type"]
+        try:
+            if kind == "websocket.send":
+                if type(stream) is not WSStream or stream.state is not ASGIWebsocketState.CONNECTED:
+                    return False
+                websocket = getattr(stream, "connection", None)
+                if websocket is None or websocket.state is not WebSocketState.OPEN:
+                    return False
+                if stream.handshake.extensions:
+                    frame = _websocket_frame(websocket, message)
+                else:
+                    # No extension offered, so none in effect (no compression): a whole
+                    # message is the same frame on every connection, and wsproto keeps no
+                    # state of one it sent. The fan-out hands every subscriber the same
+                    # ASGI message, so the frame is made once per message, not per
+                    # subscriber.
+                    worker = connection.worker
+                    last = worker.last_frame
+                    if last is not None and last[0] is message:
+                        frame = last[1]
+                    else:
+                        frame = _websocket_frame(websocket, message)
+                        worker.last_frame = (message, frame)
+            elif kind == "http.response.body":
+                body = message.get("body")
+                if (
+                    not message.get("more_body", False)
+                    or not body
+                    or type(stream) is not HTTPStream
+                    or stream.state is not ASGIHTTPState.RESPONSE
+                    or suppress_body(stream.scope["method"], int(stream.response["status"]))
+                ):
+                    return False
+                http = protocol.connection
+                if type(http) is not h11.Connection or http.our_state is not h11.SEND_BODY:
+                    return False
+                frame = http.send(h11.Data(data=bytes(body)))
+            else:
+                return False
+        except (h11.LocalProtocolError, WebSocketProtocolError):
+            return False
+        if frame:
+            transport.write(frame)
+        return True
+
+
+def _websocket_frame(websocket: Any, message: Any) -> bytes:
+    """The frame wsproto writes for a ``websocket.send`` message on ``websocket``."""
+    data = message.get("bytes")
+    if data is not None:
+        return websocket.send(BytesMessage(data=bytes(data)))  # type: ignore[no-any-return]
+    return websocket.send(TextMessage(data=message["text"]))  # type: ignore[no-any-return]
+
+
 class Worker:
     """What every connection of one server shares, and the set of open connections."""
 
@@ -283,6 +400,9 @@ class Worker:
         # for every request, so made once.
         self.run_in_executor = partial(self.loop.run_in_executor, None)
         self.deadlines = Deadlines()
+        #: The last WebSocket message :class:`SendNow` framed for a connection without
+        #: extensions, and its frame (the same for every such connection).
+        self.last_frame: tuple[Any, bytes] | None = None
 
     def call_soon(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on the loop from another thread and wait for its result."""
@@ -498,7 +618,14 @@ class Connection(asyncio.Protocol):
     ) -> Callable[[Any], Awaitable[None]]:
         queue = AppQueue(config.max_app_queue_size, self.worker.deadlines)
         # hypercorn's scopes always carry an extensions dict.
-        scope["extensions"][INBOX] = queue
+        extensions = scope["extensions"]
+        extensions[INBOX] = queue
+        # HTTP/1.1 (and WebSockets over it): the fan-out may write without a task switch.
+        # HTTP/2 streams share one h2 connection whose flow control this does not follow.
+        stream = getattr(send, "__self__", None)
+        protocol = getattr(getattr(stream, "send", None), "__self__", None)
+        if type(protocol) is H11Protocol and type(stream) in (HTTPStream, WSStream):
+            extensions[SEND_NOW] = SendNow(self, protocol, stream)
         worker = self.worker
         self.spawn(
             _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon

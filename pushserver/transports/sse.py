@@ -1,4 +1,4 @@
-"""Server-sent events (``Accept: text/event-stream``), on sse-starlette's response.
+"""Server-sent events (``Accept: text/event-stream``).
 
 A plain ``new EventSource(url)`` works; so does any SSE client. The stream is::
 
@@ -45,25 +45,27 @@ authorized, or a channel has its ``max_subscribers``), 404 (no such channel, unl
 ``create_on_get``), 503 (the authorizer did not answer, or the store is unavailable), 507
 (the store is full).
 
-Why sse-starlette's ``EventSourceResponse``: it brings the SSE headers (``Cache-Control:
-no-store``, ``X-Accel-Buffering: no``), the event encoding, the comment pings and the
-disconnect listener. :class:`EventStreamResponse` keeps all of those and replaces the parts
-that cost per event or per connection under fan-out:
+The response is written here, not by sse-starlette's ``EventSourceResponse``: that one sends
+each event alone under its own timeout scope and runs four tasks per connection (body loop,
+ping, disconnect listener, exit signal), and what could be reused of it is private. Of
+sse-starlette only the public ``ServerSentEvent`` encoding is used. :class:`EventStreamResponse`
+sends what ``EventSourceResponse`` sends (its headers, ``Cache-Control: no-store``,
+``X-Accel-Buffering: no``, ``text/event-stream; charset=utf-8``; the ping comment; HEAD
+answered with the headers and an empty body) and:
 
-* the body loop (``_stream_response``): sse-starlette sends each event alone, each under its
-  own timeout scope. Ours writes everything the subscriber is owed at that moment as one
-  body chunk (events encoded once per message, ``Message.wire``, shared by every subscriber
-  of a one-channel stream), with the send timeout around the whole write;
-* the task layout (``__call__``): sse-starlette runs four tasks per connection (body loop,
-  ping, disconnect listener, exit signal). Ours runs the body loop in the request's own
-  task and a :class:`~pushserver.transports.streaming.SendGuard` (on pushserver's asyncio
-  worker a listener and a shared timer, a second task elsewhere) that listens for
-  the disconnect as sse-starlette's listener does, sends its ping (same bytes, under its
-  send timeout) and enforces the send timeout. The exit-signal task is left out: it
-  watches uvicorn's signal handler, and under our hypercorn the server ends streams itself
-  (``Hub.shutdown``). HEAD goes to sse-starlette's ``__call__`` unchanged;
-* the send lock: hypercorn writes each send whole and in order, so none is kept per
-  connection (see :class:`EventStreamResponse`).
+* writes everything the subscriber is owed at that moment as one body chunk (events encoded
+  once per message, ``Message.wire``, shared by every subscriber of a one-channel stream),
+  with the send timeout around the whole write;
+* runs the body loop in the request's own task, watched by a
+  :class:`~pushserver.transports.streaming.SendGuard` (on pushserver's asyncio worker a
+  listener and a shared timer, a second task elsewhere) that listens for the disconnect,
+  sends the ping (under the send timeout) and enforces the send timeout. Under our hypercorn
+  the server ends streams itself on shutdown (``Hub.shutdown``);
+* where the engine offers it (:func:`pushserver.engine.send_now_of`: pushserver's worker,
+  HTTP/1.1), lets the fan-out write a message for a subscriber that is keeping up straight
+  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``write_now``);
+* keeps no send lock: hypercorn writes each send whole and in order (see
+  :class:`EventStreamResponse`).
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ import logging
 import random
 import time
 from functools import partial
+from typing import Any
 
-from sse_starlette.event import ServerSentEvent
-from sse_starlette.sse import EventSourceResponse, SendTimeoutError
+import anyio
+from sse_starlette import ServerSentEvent
 
-from ..engine import inbox_of
+from ..engine import SendNow, inbox_of, send_now_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
 from ..http import Message as ASGIMessage
@@ -130,88 +133,134 @@ def encode_multiplexed(ids: dict[str, MessageId], item: Delivery) -> bytes:
     return head.encode() + item.message.wire("sse-noid", encode_event_without_id)
 
 
-class _NoContent:
-    """An empty async iterable: the response's unused ``content`` (a sync ``iter(())``
-    would make sse-starlette wrap it in a thread-pool iterator for every connection)."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> _NoContent:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
+def _body_event(message: Message) -> dict[str, Any]:
+    """A one-channel stream's event as the ASGI body chunk that writes it alone."""
+    return {
+        "type": "http.response.body",
+        "body": message.wire("sse", encode_event),
+        "more_body": True,
+    }
 
 
-_NO_CONTENT = _NoContent()
+#: What an event stream's response starts with: what sse-starlette's ``EventSourceResponse``
+#: sends, in its order (the location's headers follow; on HTTP/1.x the serving transport
+#: replaces the ``connection`` header).
+STREAM_HEADERS = (
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
+_PING_BODY = {"type": "http.response.body", "body": _PING.encode(), "more_body": True}
+_END_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-class EventStreamResponse(EventSourceResponse):
-    """sse-starlette's response writing a :class:`Stream` in batches (module docstring)."""
+class SendTimeout(TimeoutError):
+    """A write was blocked for longer than the location's ``send_timeout``."""
+
+
+class EventStreamResponse:
+    """Writes a :class:`Stream` as an event stream, in batches (module docstring)."""
+
+    __slots__ = (
+        "_ids",
+        "_multiplexed",
+        "_sender",
+        "active",
+        "guard",
+        "ping_interval",
+        "raw_headers",
+        "send_timeout",
+        "status_code",
+        "stream",
+    )
 
     def __init__(self, stream: Stream, *, ping: float, send_timeout: float | None) -> None:
-        super().__init__(
-            _NO_CONTENT,  # unused: _stream_response below reads the stream itself
-            ping=ping,
-            ping_message_factory=lambda: _PING,
-            sep=_SEP,
-            send_timeout=send_timeout,
-        )
-        # sse-starlette's send lock (an anyio Lock holding a 760-byte deque for as long as
-        # the connection lasts) is not needed here: it orders the ping against the last
-        # body write, and hypercorn already writes each ASGI send whole, in the order the
-        # sends were made, under its own per-connection lock. ``active`` is cleared before
-        # the last write, and the ping checks it with no await in between, so no ping can
-        # follow the end of the body. (The WebSocket transport relies on the same order.)
-        del self._send_lock
         self.stream = stream
+        self.status_code = 200
+        self.raw_headers: Headers = list(STREAM_HEADERS)
+        self.ping_interval = ping
+        self.send_timeout = send_timeout
         self.guard = SendGuard(send_timeout)
-        self._ping_body = {
-            "type": "http.response.body",
-            "body": _PING.encode(),
-            "more_body": True,
-        }
+        # No send lock: hypercorn writes each ASGI send whole, in the order the sends were
+        # made, under its own per-connection lock. ``active`` is cleared before the last
+        # write, and the ping checks it with no await in between, so no ping can follow the
+        # end of the body. (The WebSocket transport relies on the same order.)
+        self.active = True
+        self._multiplexed = len(stream.positions) > 1
+        # Compound ids: every channel of the URL, in its order, at its last delivered id.
+        # The stream forgets deleted channels; these keep them, so ids keep their shape.
+        # (One channel: unused, and not copied.)
+        self._ids = dict(stream.positions) if self._multiplexed else stream.positions
+        self._sender: SendNow | None = None
+
+    async def _send(self, send: Send, message: ASGIMessage) -> None:
+        """One send under the send timeout (what the watching task sends)."""
+        with anyio.move_on_after(self.send_timeout) as scope:
+            await send(message)
+        if scope.cancelled_caught:
+            raise SendTimeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":
-            await super().__call__(scope, receive, send)
+            # The headers and no stream, as sse-starlette answers HEAD.
+            start = {"type": "http.response.start", "status": self.status_code}
+            await self._send(send, {**start, "headers": self.raw_headers})
+            await self._send(send, _END_BODY)
             return
         guard = self.guard
+        self._sender = send_now_of(scope, send)
 
         async def ping() -> None:
-            # sse-starlette's ping with its own timeout (no send lock: see __init__).
             if self.active:
-                await self._send_with_timeout(send, self._ping_body)
+                await self._send(send, _PING_BODY)
 
-        # Failures come out bare (SendTimeoutError, BackendUnavailable), as sse-starlette
-        # lets them.
-        await guard.run(
-            partial(self._stream_response, send),
-            receive,
-            self._disconnected,
-            ping,
-            self.ping_interval,
-            inbox_of(scope, receive),
-        )
+        # Failures come out bare (SendTimeout, BackendUnavailable).
+        try:
+            await guard.run(
+                partial(self._write_stream, send),
+                receive,
+                self._disconnected,
+                ping,
+                self.ping_interval,
+                inbox_of(scope, receive),
+            )
+        finally:
+            self._sender = None
         if guard.timed_out:
-            raise SendTimeoutError
+            raise SendTimeout
 
     async def _disconnected(self, message: ASGIMessage) -> bool:
-        """What sse-starlette's disconnect listener does with a received message."""
+        """Whether a received message ends the stream (the client left)."""
         if message["type"] == "http.disconnect":
             self.active = False
             return True
         return False
 
-    async def _stream_response(self, send: Send) -> None:
+    def _write_now(self, item: Delivery) -> bool:
+        """A live message, written at once by the fan-out (:meth:`Stream.batch`)."""
+        sender = self._sender
+        if sender is None:
+            return False
+        if not self._multiplexed:
+            return sender.send_now(item.message.wire("sse-body", _body_event))
+        ids = self._ids
+        channel_id = item.channel_id
+        before = ids[channel_id]
+        ids[channel_id] = item.message.id
+        body = encode_multiplexed(ids, item)
+        if sender.send_now({"type": "http.response.body", "body": body, "more_body": True}):
+            return True
+        ids[channel_id] = before
+        return False
+
+    async def _write_stream(self, send: Send) -> None:
         stream = self.stream
         guard = self.guard
         clock = time.monotonic
-        multiplexed = len(stream.positions) > 1
-        # Compound ids: every channel of the URL, in its order, at its last delivered id.
-        # The stream forgets deleted channels; these keep them, so ids keep their shape.
-        # (One channel: unused, and not copied.)
-        ids = dict(stream.positions) if multiplexed else stream.positions
+        multiplexed = self._multiplexed
+        ids = self._ids
+        write_now = None if self._sender is None else self._write_now
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -226,7 +275,7 @@ class EventStreamResponse(EventSourceResponse):
                 guard.started = 0.0
             if done:
                 break
-            for event in await stream.batch():
+            for event in await stream.batch(write_now):
                 if type(event) is Delivery:
                     if multiplexed:
                         ids[event.channel_id] = event.message.id
@@ -244,7 +293,7 @@ class EventStreamResponse(EventSourceResponse):
                     chunks.append(shutdown_block())
                     done = True
         self.active = False  # no ping after this (see __init__)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send(_END_BODY)
 
 
 class SSETransport(HTTPTransport):
@@ -301,7 +350,7 @@ class SSETransport(HTTPTransport):
                 # Whatever ends a stream (a shutdown, the last channel deleted) ends the
                 # connection too: the client then reconnects on a new one, instead of
                 # reusing this one while the server closes it. (HTTP/2 has no such header.)
-                # It replaces sse-starlette's "Connection: keep-alive".
+                # It replaces the "Connection: keep-alive" of STREAM_HEADERS.
                 response.raw_headers[:] = [h for h in response.raw_headers if h[0] != b"connection"]
                 response.raw_headers.append(_CONNECTION_CLOSE)
             tokens = []
@@ -311,7 +360,7 @@ class SSETransport(HTTPTransport):
             metrics.eventsource += 1
             try:
                 await response(request.scope, receive, send)
-            except SendTimeoutError:
+            except SendTimeout:
                 metrics.slow_eventsource += 1
                 logger.info(
                     "event-stream subscriber %s on %s stopped reading for %ss: disconnected",

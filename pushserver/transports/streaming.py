@@ -3,7 +3,7 @@
 A streaming subscriber holds one :class:`~pushserver.hub.Subscription` on one or more
 channels and remembers, per channel, the id of the last message it delivered. Everything it
 sends comes from :meth:`Stream.batch`, which returns, in order, the messages newer than
-those positions, with three guarantees:
+those positions, with these guarantees:
 
 * **Nothing lost, nothing repeated.** The subscription is opened first, then each channel
   is read from the backend's buffer after its position; live deliveries already covered by
@@ -11,6 +11,12 @@ those positions, with three guarantees:
 * **Bounded memory.** The subscription's queue is bounded (``Hub.queue_size``). A subscriber
   that falls behind it is marked *overflowed*; its stream then catches up from the buffer
   again, where the messages still are.
+* **Written without waking, when keeping up.** A transport may pass :meth:`Stream.batch`
+  a writer (``write_now``): while the stream waits with nothing owed, the hub's fan-out
+  hands each new message to it (:attr:`~pushserver.hub.Subscription.direct`), the message
+  is written at once when the connection takes it without waiting, and the position moves
+  on, with no wake of the subscriber's task. Otherwise it is queued as ever, and nothing
+  is written this way until the queue has been drained.
 * **Gaps are told.** When messages after a position have already left the buffer, a
   :class:`Gap` comes first, then the oldest retained message (nchan skips silently).
 
@@ -454,6 +460,7 @@ class Stream:
         "_heads",
         "_resync",
         "_resync_queued",
+        "_write_now",
         "hub",
         "positions",
         "subscription",
@@ -471,6 +478,8 @@ class Stream:
         self._heads: dict[str, Message] = {}
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
+        #: The transport's writer, while :meth:`batch` waits with it.
+        self._write_now: Callable[[Item], bool] | None = None
 
     def resync(self) -> None:
         """Read the buffer again (a channel was added with its own position)."""
@@ -482,6 +491,9 @@ class Stream:
     async def add(self, channel_id: str, position: MessageId) -> None:
         """Stream one more channel from ``position`` (WebSocket ``subscribe``)."""
         self.positions[channel_id] = position
+        # Its buffer is read before any live message of it goes out: none is written at
+        # once meanwhile (deliver_now), though the hub delivers it from here on.
+        self._resync = True
         await self.hub.add_channel(self.subscription, channel_id)
         self.resync()
 
@@ -492,12 +504,17 @@ class Stream:
             self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
 
-    async def batch(self) -> list[StreamEvent]:
+    async def batch(self, write_now: Callable[[Item], bool] | None = None) -> list[StreamEvent]:
         """The events owed now, in order, waiting until there is at least one.
 
         A :class:`Closing` ends the list and the stream. Live deliveries are drained from
         the subscription's queue in one pass (a transport writes them as one batch);
         catching up from the buffer hands over at most :data:`CATCH_UP_BATCH` at a time.
+
+        With ``write_now``, while it waits with nothing owed (caught up, nothing queued),
+        a live message newer than its channel's position is offered to ``write_now(item)``
+        from the hub's fan-out; True means it was written, and the position moves on. It
+        must never wait, and write exactly what the transport writes for that item.
         """
         subscription = self.subscription
         while True:
@@ -523,11 +540,46 @@ class Stream:
                 out = await self._start_catch_up()
             elif subscription.queue:
                 out = await self._drain()
-            else:
+            elif write_now is None:
                 await subscription.wait()
+                continue
+            else:
+                # Held only while waiting: the subscription and the stream refer to each
+                # other meanwhile, and to nothing of each other after.
+                self._write_now = write_now
+                subscription.direct = self.deliver_now
+                try:
+                    await subscription.wait()
+                finally:
+                    subscription.direct = None
+                    self._write_now = None
                 continue
             if out:
                 return out
+
+    def deliver_now(self, item: Item) -> bool:
+        """Write a live message through the transport's writer, or decline (False): the
+        hub then queues it. Called by the fan-out, while :meth:`batch` waits."""
+        channel_id = item.channel_id
+        positions = self.positions
+        position = positions.get(channel_id)
+        message_id = item.message.id
+        write_now = self._write_now
+        # Anything but the next live message of a channel it streams goes the usual way
+        # (an id the buffer already supplied, a channel dropped meanwhile, a channel added
+        # whose buffer is still to be read).
+        if write_now is None or position is None or message_id <= position or self._resync:
+            return False
+        try:
+            if not write_now(item):
+                return False
+        except Exception:
+            # Never into the fan-out loop: the queued path sends it and fails as it would.
+            logger.exception("writing a message to a subscriber at once failed")
+            return False
+        positions[channel_id] = message_id
+        self.hub.delivered_directly += 1
+        return True
 
     async def _drain(self) -> list[StreamEvent]:
         """Everything queued, as stream events; the one-channel message path is inline."""

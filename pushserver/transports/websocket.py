@@ -111,7 +111,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer
 from ..config import LocationConfig
-from ..engine import inbox_of
+from ..engine import inbox_of, send_now_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..hub import Closing, Delivery, Hub
@@ -425,10 +425,12 @@ class _Connection:
         "close_code",
         "close_reason",
         "guard",
+        "ids",
         "location",
         "mode",
         "receive",
         "request",
+        "sender",
         "stream",
         "tokens",
         "transport",
@@ -455,6 +457,13 @@ class _Connection:
         # whole under its per-connection send lock, in the order the sends were made, and
         # an acknowledgement that must precede messages is awaited before they can exist.
         self.guard = SendGuard(self.location.send_timeout)
+        # A multiplexed ws+meta.nchan connection sends compound ids: every channel of the
+        # URL at its last delivered id, deleted ones included so ids keep their shape.
+        self.ids = (
+            dict(stream.positions) if mode == NCHAN_META and len(stream.positions) > 1 else None
+        )
+        #: The engine's writer, for the fan-out to write at once (:meth:`write_now`).
+        self.sender = send_now_of(request.scope, send)
         self.close_code: int | None = None
         self.close_reason = ""
         self.tokens: dict[str, object] = {}
@@ -526,6 +535,36 @@ class _Connection:
         elif PING_EXTENSION in (self.request.scope.get("extensions") or ()):
             await self.send(_PROTOCOL_PING)  # nothing in-band: a WebSocket ping frame
 
+    def frame(self, item: Delivery) -> dict[str, Any]:
+        """The frame of a message in this connection's mode (a multiplexed ws+meta.nchan
+        connection's compound id moves on to it)."""
+        message = item.message
+        mode = self.mode
+        # Encoded once per mode, by the first subscriber.
+        if mode == PUSHSERVER_V1:
+            return message.wire("ws", _encode_frame, item.channel_id)  # type: ignore[no-any-return]
+        if mode is None:
+            return message.wire("ws-plain", encode_plain)  # type: ignore[no-any-return]
+        ids = self.ids
+        if ids is None:
+            return message.wire("ws-nchan", encode_nchan)  # type: ignore[no-any-return]
+        ids[item.channel_id] = message.id
+        marked = list(ids).index(item.channel_id)
+        return encode_nchan(message, format_compound_id(ids.values(), marked))
+
+    def write_now(self, item: Delivery) -> bool:
+        """A live message, written at once by the fan-out (:meth:`Stream.batch`)."""
+        sender = self.sender
+        if sender is None:
+            return False
+        ids = self.ids
+        before = ids[item.channel_id] if ids is not None else None
+        if sender.send_now(self.frame(item)):
+            return True
+        if ids is not None:
+            ids[item.channel_id] = before  # type: ignore[assignment]
+        return False
+
     async def deliver(self) -> None:
         stream = self.stream
         send = self._send
@@ -533,24 +572,11 @@ class _Connection:
         clock = time.monotonic
         mode = self.mode
         v1 = mode == PUSHSERVER_V1
-        # A multiplexed ws+meta.nchan connection sends compound ids: every channel of the
-        # URL at its last delivered id, deleted ones included so ids keep their shape.
-        ids = dict(stream.positions) if mode == NCHAN_META and len(stream.positions) > 1 else None
+        write_now = None if self.sender is None else self.write_now
         while True:
-            for event in await stream.batch():
+            for event in await stream.batch(write_now):
                 if type(event) is Delivery:
-                    # Encoded once per mode, by the first subscriber.
-                    message = event.message
-                    if v1:
-                        frame = message.wire("ws", _encode_frame, event.channel_id)
-                    elif mode is None:
-                        frame = message.wire("ws-plain", encode_plain)
-                    elif ids is None:
-                        frame = message.wire("ws-nchan", encode_nchan)
-                    else:
-                        ids[event.channel_id] = message.id
-                        marked = list(ids).index(event.channel_id)
-                        frame = encode_nchan(message, format_compound_id(ids.values(), marked))
+                    frame = self.frame(event)
                 elif isinstance(event, Gap | Deleted):
                     if v1:
                         frame = {"type": "websocket.send", "text": event.json()}

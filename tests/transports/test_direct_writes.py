@@ -1,0 +1,356 @@
+"""Fan-out that writes without a task switch per subscriber (issue 15, item 6).
+
+A subscriber that keeps up gets each message written to its connection by the hub's
+fan-out loop (pushserver's hypercorn worker, :class:`pushserver.engine.SendNow`); one that
+stops reading falls back to its queue and is caught up as ever. The server runs in this
+process (real sockets, real HTTP and WebSocket clients on the same event loop), so the tests
+can read the hub's counters and count the subscriber task's wakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from pushserver import config, server
+from pushserver.app import PushServer
+from pushserver.hub import Hub
+from pushserver.message import ORIGIN, MessageId
+from pushserver.protocol import format_compound_id
+from pushserver.transports.websocket import NCHAN_META, PUSHSERVER_V1
+from tests.transports.streams import event_stream, ws_frame
+
+pytestmark = pytest.mark.anyio
+
+BUFFER = 8
+SETTINGS = {
+    "store": {"type": "memory", "max_messages": BUFFER},
+    "locations": [
+        {"type": "publisher", "prefix": "/publisher/"},
+        {
+            "type": "subscriber",
+            "prefix": "/subscriber/",
+            "create_on_get": True,
+            "transports": ["eventsource", "websocket"],
+            "ping_interval": 0,
+        },
+    ],
+}
+
+
+@asynccontextmanager
+async def serving(under: str = "pushserver"):
+    """The app served in this process; yields it and the base URL."""
+    sock = server.bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = PushServer(config.load(SETTINGS))
+    stop = anyio.Event()
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                if under == "uvicorn":
+                    from pushserver.servers import serve_uvicorn
+
+                    group.start_soon(
+                        lambda: serve_uvicorn(
+                            app, sock, access_log=False, shutdown_timeout=1, config=app.config
+                        )
+                    )
+                else:
+                    group.start_soon(
+                        lambda: server.serve(
+                            app,
+                            sock,
+                            access_log=False,
+                            shutdown_trigger=stop.wait,
+                            graceful_timeout=1,
+                        )
+                    )
+                try:
+                    yield app, f"http://127.0.0.1:{port}"
+                finally:
+                    if under == "uvicorn":
+                        group.cancel_scope.cancel()
+                    else:
+                        stop.set()
+    finally:
+        sock.close()
+
+
+class Wakes:
+    """Counts the wakeups subscriptions make: one per wait, so one per wake of a waiting
+    subscriber task (on asyncio a wakeup is a loop future, as the hub's own factory makes)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.count = 0
+        create_future = asyncio.get_running_loop().create_future
+
+        def new_wakeup():
+            self.count += 1
+            return create_future()
+
+        hub.new_wakeup = new_wakeup
+
+
+def hub_of(app: PushServer) -> Hub:
+    return app.hubs["default"]
+
+
+async def publish(client: httpx.AsyncClient, channel: str, body: str | bytes) -> MessageId:
+    """Publish; the new message's id (the channel's last)."""
+    response = await client.post(
+        f"/publisher/{channel}", content=body, headers={"content-type": "text/plain"}
+    )
+    assert response.status_code in (201, 202), response.text
+    info = await client.get(f"/publisher/{channel}", headers={"accept": "application/json"})
+    return MessageId.parse(info.json()["last_message_id"])
+
+
+async def test_sse_subscriber_keeping_up_is_written_to_without_waking(anyio_backend):
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        ids = []
+        async with event_stream(client, "/subscriber/keep") as reader:
+            await wait_waiting(hub, "keep")
+            wakes = Wakes(hub)
+            before = hub.delivered_directly
+            for n in range(20):
+                ids.append(await publish(client, "keep", f"m{n}\nline two"))
+                event = await reader.event()
+                assert (event.id, event.data) == (str(ids[-1]), f"m{n}\nline two")
+            assert hub.delivered_directly - before == 20
+            assert wakes.count == 0  # the subscriber's task never woke for a message
+        # Resuming after messages written that way continues exactly.
+        later = [await publish(client, "keep", f"later {n}") for n in range(3)]
+        async with event_stream(client, "/subscriber/keep", last_event_id=str(ids[-1])) as reader:
+            events = await reader.events(3)
+            assert [(e.id, e.data) for e in events] == [
+                (str(i), f"later {n}") for n, i in enumerate(later)
+            ]
+            await wait_waiting(hub, "keep")
+            # ... and is written to at once from there on.
+            before = hub.delivered_directly
+            last = await publish(client, "keep", "live")
+            event = await reader.event()
+            assert (event.id, event.data) == (str(last), "live")
+            assert hub.delivered_directly - before == 1
+        async with event_stream(client, "/subscriber/keep", last_event_id=str(ids[9])) as reader:
+            gap = await reader.event()  # what came after ids[9] has partly left the buffer
+            assert gap.event == "pushserver.gap" and gap.json["after"] == str(ids[9])
+            events = await reader.events(BUFFER)
+            retained = [*ids, *later, last][-BUFFER:]
+            assert [e.id for e in events] == [str(i) for i in retained]
+
+
+async def test_sse_multiplexed_stream_keeps_its_compound_ids(anyio_backend):
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        first_a = await publish(client, "ma", "a0")
+        first_b = await publish(client, "mb", "b0")
+        positions = {"ma": first_a, "mb": first_b}
+        resume = format_compound_id(positions.values(), -1)
+        async with event_stream(client, "/subscriber/ma,mb", last_event_id=resume) as reader:
+            await wait_waiting(hub, "ma")
+            wakes = Wakes(hub)
+            before = hub.delivered_directly
+            for n in range(12):
+                channel = ("ma", "mb")[n % 3 == 2]
+                positions[channel] = await publish(client, channel, f"{channel} {n}")
+                event = await reader.event()
+                marked = list(positions).index(channel)
+                assert event.id == format_compound_id(positions.values(), marked)
+                assert event.data == f"{channel} {n}"
+            assert hub.delivered_directly - before == 12
+            assert wakes.count == 0
+            last_seen = event.id
+        late = await publish(client, "mb", "after")
+        async with event_stream(client, "/subscriber/ma,mb", last_event_id=last_seen) as reader:
+            event = await reader.event()
+            positions["mb"] = late
+            assert (event.id, event.data) == (format_compound_id(positions.values(), 1), "after")
+
+
+@pytest.mark.parametrize("mode", [None, NCHAN_META, PUSHSERVER_V1])
+@pytest.mark.parametrize("channels", [["w1"], ["w1", "w2"]])
+async def test_ws_subscriber_keeping_up_is_written_to_in_every_mode(anyio_backend, mode, channels):
+    suffix = {None: "plain", NCHAN_META: "nchan", PUSHSERVER_V1: "v1"}[mode]
+    path = ",".join(f"{c}-{suffix}" for c in channels)
+    names = path.split(",")
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        positions = dict.fromkeys(names, ORIGIN)
+        uri = url.replace("http://", "ws://") + f"/subscriber/{path}"
+        async with ws_connect(uri, subprotocols=[mode] if mode else None) as ws:
+            await wait_waiting(hub, names[0])
+            wakes = Wakes(hub)
+            before = hub.delivered_directly
+            for n in range(9):
+                channel = names[n % len(names)]
+                body = f"{channel} {n}"
+                positions[channel] = await publish(client, channel, body)
+                with anyio.fail_after(10):
+                    frame = await ws.recv()
+                if mode is None:
+                    assert frame == body
+                    continue
+                fields, received = ws_frame(frame)
+                assert received == body
+                if mode == PUSHSERVER_V1:
+                    assert fields == {
+                        "id": str(positions[channel]),
+                        "channel": channel,
+                        "content-type": "text/plain",
+                    }
+                elif len(names) == 1:
+                    assert fields == {"id": str(positions[channel]), "content-type": "text/plain"}
+                else:
+                    marked = names.index(channel)
+                    compound = format_compound_id(positions.values(), marked)
+                    assert fields == {"id": compound, "content-type": "text/plain"}
+            assert hub.delivered_directly - before == 9
+            assert wakes.count == 0
+
+
+async def test_ws_subscribers_with_and_without_compression_each_get_their_frames(anyio_backend):
+    """Connections without extensions share a message's frame; one with permessage-deflate
+    (websockets' default offer) is framed, and compressed, on its own."""
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        uri = url.replace("http://", "ws://") + "/subscriber/z"
+        async with (
+            ws_connect(uri, compression=None) as plain_one,
+            ws_connect(uri, compression=None) as plain_two,
+            ws_connect(uri) as deflated,
+        ):
+            assert deflated.protocol.extensions and not plain_one.protocol.extensions
+            await wait_waiting(hub, "z", subscribers=3)
+            before = hub.delivered_directly
+            for n in range(6):
+                body = f"{n} " + "compressible " * 50
+                await publish(client, "z", body)
+                for ws in (plain_one, deflated, plain_two):
+                    with anyio.fail_after(10):
+                        assert await ws.recv() == body
+            assert hub.delivered_directly - before == 18
+
+
+async def test_ws_channel_added_by_command_gets_its_buffer_before_live_messages(anyio_backend):
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        old = [await publish(client, "cb", f"old {n}") for n in range(3)]
+        uri = url.replace("http://", "ws://") + "/subscriber/ca"
+        async with ws_connect(uri, subprotocols=[PUSHSERVER_V1]) as ws:
+            await wait_waiting(hub, "ca")
+            a = await publish(client, "ca", "a live")
+            assert ws_frame(await ws.recv()) == (
+                {"id": str(a), "channel": "ca", "content-type": "text/plain"},
+                "a live",
+            )
+            await ws.send(json.dumps({"subscribe": "cb", "last_event_id": str(old[0])}))
+            assert json.loads(await ws.recv()) == {"type": "subscribed", "channel": "cb"}
+            new = await publish(client, "cb", "new")
+            bodies = [ws_frame(await ws.recv())[1] for _ in range(3)]
+            assert bodies == ["old 1", "old 2", "new"]
+            await wait_waiting(hub, "ca")
+            before = hub.delivered_directly
+            newer = await publish(client, "cb", "newer")
+            fields, body = ws_frame(await ws.recv())
+            assert (fields["id"], body) == (str(newer), "newer")
+            assert newer > new and hub.delivered_directly - before == 1
+
+
+async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backend):
+    count = 300
+    big = b"x" * 65536
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=30) as client:
+        hub = hub_of(app)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        try:
+            sock.sendall(
+                b"GET /subscriber/stall HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            await wait_waiting(hub, "stall")
+            before = hub.delivered_directly
+            # Keeping up: the first messages are small and read at once.
+            received = bytearray()
+            for n in range(5):
+                await publish(client, "stall", b"%05d" % n)
+                while b"data: %05d" % n not in received:
+                    received += await anyio.to_thread.run_sync(sock.recv, 65536)
+            assert hub.delivered_directly - before == 5
+            # Then it stops reading: the socket buffers fill, the transport pauses, and the
+            # rest is queued, overflows and is caught up from the buffer.
+            for n in range(5, count):
+                await publish(client, "stall", b"%05d" % n + big)
+            direct = hub.delivered_directly - before
+            assert 5 < direct < count - 64
+            last = b"data: %05d" % (count - 1)
+
+            def read_to_the_end() -> bytes:
+                # Reading again, faster than through the window it stalled with.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                data = bytes(received)
+                sock.settimeout(20)
+                while last not in data:
+                    chunk = sock.recv(1 << 20)
+                    assert chunk, "the stream ended"
+                    data += chunk
+                return data
+
+            data = await anyio.to_thread.run_sync(read_to_the_end)
+        finally:
+            sock.close()
+        numbers, gaps = [], []
+        for line in data.split(b"\n"):
+            if line.startswith(b"data: {"):
+                gaps.append(json.loads(line[6:]))
+            elif line.startswith(b"data: "):
+                numbers.append(int(line[6:11]))
+        # In order, nothing repeated, the loss told by one gap, ending at the newest.
+        assert numbers == sorted(set(numbers)) and numbers[-1] == count - 1
+        assert numbers[: direct + 64] == list(range(direct + 64))
+        assert numbers[-BUFFER:] == list(range(count - BUFFER, count))
+        assert len(gaps) == 1 and gaps[0]["channel"] == "stall"
+        assert hub.metrics.catch_ups == 1
+
+
+async def test_under_uvicorn_everything_goes_through_the_queue(anyio_backend):
+    pytest.importorskip("uvicorn")
+    async with (
+        serving("uvicorn") as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        hub = hub_of(app)
+        async with event_stream(client, "/subscriber/uv") as reader:
+            uri = url.replace("http://", "ws://") + "/subscriber/uv"
+            async with ws_connect(uri, subprotocols=[NCHAN_META]) as ws:
+                await wait_waiting(hub, "uv", subscribers=2)
+                for n in range(5):
+                    message_id = await publish(client, "uv", f"u{n}")
+                    event = await reader.event()
+                    assert (event.id, event.data) == (str(message_id), f"u{n}")
+                    fields, body = ws_frame(await ws.recv())
+                    assert (fields["id"], body) == (str(message_id), f"u{n}")
+        assert hub.delivered == 10
+        assert hub.delivered_directly == 0
+
+
+async def wait_waiting(hub: Hub, channel: str, subscribers: int = 1) -> None:
+    """Until ``subscribers`` subscriptions of ``channel`` wait with a writer lent (or, where
+    there is none, wait at all), i.e. the streams are caught up and idle."""
+    with anyio.fail_after(10):
+        while True:
+            local = hub._subscriptions.get(channel)
+            found = [] if local is None else list(local) if type(local) is dict else [local]
+            if len(found) >= subscribers and all(s._wakeup is not None for s in found):
+                return
+            await anyio.sleep(0.005)
