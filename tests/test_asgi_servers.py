@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from functools import partial
 
 import anyio
 import anyio.to_thread
@@ -138,6 +139,30 @@ async def test_three_transports_receive_a_publish(server, client):
             )
             assert published.status_code == 201
     assert got == {"longpoll": b"to all", "eventsource": b"to all", "websocket": b"to all"}
+
+
+async def test_a_waiting_long_poll_whose_client_hangs_up_is_let_go(server, client):
+    """Under every server the wait hears the disconnect (on asyncio without the engine's
+    inbox: the read :func:`pushserver.transports.longpoll.wait_watching` leaves waiting),
+    first with a request that had no body, then with one whose body was sent."""
+    channel = f"gone-{uuid.uuid4().hex}"
+    publisher = path("/publisher/", channel)
+    await client.put(publisher)
+    for content in (None, b"unread body"):
+        with anyio.fail_after(20):
+            async with (
+                httpx.AsyncClient(base_url=server.url) as other,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(
+                    partial(other.request, "GET", path("/live/", channel), content=content)
+                )
+                await wait_for_subscribers(client, publisher, 1)
+                tg.cancel_scope.cancel()
+            # The client's connection is closed: the server lets the subscriber go.
+            await wait_for_subscribers(client, publisher, 0)
+    published = await client.post(publisher, content=b"to nobody", headers=TEXT)
+    assert published.status_code == 202  # queued, no subscriber
 
 
 async def test_every_transport_resumes_after_a_message(server, client):
