@@ -73,10 +73,18 @@ async def log(redis_server_factory):
     await anyio.to_thread.run_sync(commands.close)
 
 
+#: The store's ``linger`` here: seconds a channel stays subscribed, and this process's count
+#: of it unchanged, after its last subscriber left.
+LINGER = 2.0
+
+
 async def test_a_publish_and_a_long_poll_delivery_in_redis_commands(log, push_server_factory):
-    store = log.server.store()
-    server = push_server_factory(push_config(store))
+    store = {**log.server.store(), "linger": LINGER}
+    config = push_config(store)
+    config["locations"].append({"type": "status", "prefix": "/status/"})
+    server = push_server_factory(config)
     live = f"{store['key_prefix']}{{news}}:live".encode()
+    subs = f"{store['key_prefix']}{{news}}:subs"
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
         # Warming up: the pool's connections, and each script's first use (redis-py loads
         # a script Redis does not know yet: SCRIPT LOAD and a second EVALSHA, once).
@@ -84,6 +92,7 @@ async def test_a_publish_and_a_long_poll_delivery_in_redis_commands(log, push_se
         position = (await publish(client, b"warm-up")).json()["last_message_id"]
         await client.get("/subscriber/news")
         older = await wait_once(client, log, live, position, b"warm-up 2")
+        await wait_gone(log, live, subs)
         await anyio.to_thread.run_sync(log.take)
 
         # A publish is one script, the channel info it answers with included.
@@ -96,13 +105,30 @@ async def test_a_publish_and_a_long_poll_delivery_in_redis_commands(log, push_se
         assert found.content == b"first"
         assert await anyio.to_thread.run_sync(log.take) == {"EVALSHA": 1}
 
-        # A long poll that waits: open and read (nothing yet), subscribe, count itself in,
-        # read again; then, the message delivered, unsubscribe and count itself out. The
-        # publish that wakes it is its one script.
-        await wait_once(client, log, live, response.json()["last_message_id"], b"second")
+        # A long poll that waits on a channel this process does not subscribe to: open and
+        # read (nothing yet), subscribe, count itself in, read again. The publish that wakes
+        # it is its one script.
+        position = await wait_once(
+            client, log, live, response.json()["last_message_id"], b"second", linger=True
+        )
         waited = await anyio.to_thread.run_sync(log.take)
         waited["EVALSHA"] -= 1  # the publish
-        assert waited == {"EVALSHA": 4, "SUBSCRIBE": 1, "UNSUBSCRIBE": 1}
+        assert waited == {"EVALSHA": 3, "SUBSCRIBE": 1}
+
+        # The same client polling again at once (as every long-poll client does), and
+        # waiting: the channel is still subscribed and its count still in place, and the
+        # open's read happened while subscribed, so nothing can come between it and the
+        # wait. One command per long-poll delivery: the open and read.
+        for body in (b"third", b"fourth", b"fifth"):
+            position = await wait_again(client, position, body)
+            again = await anyio.to_thread.run_sync(log.take)
+            again["EVALSHA"] -= 1  # the publish
+            assert again == {"EVALSHA": 1}, body
+
+        # Nobody polls again: one to two lingers later the subscription goes, and this
+        # process's count with it (what the cold poll's delivery used to cost at once).
+        await wait_gone(log, live, subs)
+        assert await anyio.to_thread.run_sync(log.take) == {"UNSUBSCRIBE": 1, "EVALSHA": 1}
 
 
 async def publish(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
@@ -119,11 +145,17 @@ def position_headers(message_id: str) -> dict[str, str]:
 
 
 async def wait_once(
-    client: httpx.AsyncClient, log: CommandLog, live: bytes, position: str, body: bytes
+    client: httpx.AsyncClient,
+    log: CommandLog,
+    live: bytes,
+    position: str,
+    body: bytes,
+    *,
+    linger: bool = False,
 ) -> str:
     """Long-poll from ``position`` and, once the poll waits (Redis has its subscription),
-    publish ``body``; return once Redis has dropped the subscription again, with the
-    position of ``body``."""
+    publish ``body``; return the position of ``body`` once the poll answered with it (and,
+    unless ``linger``, once Redis has dropped the subscription again)."""
     received: list[httpx.Response] = []
     async with anyio.create_task_group() as tg:
 
@@ -138,7 +170,38 @@ async def wait_once(
                 await anyio.sleep(0.01)  # watching Redis's own subscription count
         published = await publish(client, body)
     assert received[0].content == body
-    with anyio.fail_after(10):
-        while await anyio.to_thread.run_sync(log.numsub, live) != 0:
-            await anyio.sleep(0.01)
+    if not linger:
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(log.numsub, live) != 0:
+                await anyio.sleep(0.01)
     return published.json()["last_message_id"]
+
+
+async def wait_again(client: httpx.AsyncClient, position: str, body: bytes) -> str:
+    """Long-poll from ``position`` on a channel that is subscribed already and, once the
+    server counts the poll as waiting (its status; no Redis command), publish ``body``;
+    return its position once the poll answered with it."""
+    received: list[httpx.Response] = []
+    async with anyio.create_task_group() as tg:
+
+        async def poll() -> None:
+            received.append(
+                await client.get("/subscriber/news", headers=position_headers(position))
+            )
+
+        tg.start_soon(poll)
+        with anyio.fail_after(10):
+            while (await client.get("/status/json")).json()["connections"]["longpoll"] != 1:
+                await anyio.sleep(0.01)  # the server's own count of waiting long polls
+        published = await publish(client, body)
+    assert received[0].content == body
+    return published.json()["last_message_id"]
+
+
+async def wait_gone(log: CommandLog, live: bytes, subs: str) -> None:
+    """Until Redis has neither the channel's subscription nor the process's count of it."""
+    with anyio.fail_after(10 + 4 * LINGER):
+        while await anyio.to_thread.run_sync(log.numsub, live) or await anyio.to_thread.run_sync(
+            log.client.exists, subs
+        ):
+            await anyio.sleep(0.05)
