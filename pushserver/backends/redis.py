@@ -64,6 +64,7 @@ open under trio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -522,10 +523,23 @@ class _Listening:
     #: Counts what empties ``clean``: an open read records its position only if this did not
     #: change while it ran.
     epoch: int = 0
+    #: ``latest`` is the channel's newest message id (None: it has none) as of a moment this
+    #: subscription was live, kept up by every delivery: a subscriber at or past it has
+    #: nothing to read (see :meth:`RedisBackend.open_channel`). Lost with a deletion or a
+    #: reconnection, found again by a count written while subscribed.
+    synced: bool = False
+    latest: MessageId | None = None
+    #: The newest message this process published on the channel: until it arrives on
+    #: pub/sub, a subscriber here is sent to Redis to read it (read-your-writes).
+    published: MessageId | None = None
 
     def forget_reads(self) -> None:
         self.clean = None
         self.epoch += 1
+
+    def unsync(self) -> None:
+        self.synced = False
+        self.latest = self.published = None
 
 
 class RedisBackend(RedisOptions, Backend):
@@ -672,8 +686,14 @@ class RedisBackend(RedisOptions, Backend):
         #: Channels with no local subscriber still subscribed: when each started to linger
         #: (``time.monotonic()``), oldest first.
         self._lingering: dict[str, float] = {}
+        #: When subscribers last opened channels without a command (see open_channel): the
+        #: sweeper marks them requested in Redis; this process's own answers use them now.
+        self._requested: dict[str, float] = {}
         #: Channels whose count is being written; True when it changed again meanwhile.
         self._writing: dict[str, bool] = {}
+        #: Set when a channel's writer is done: what subscribers raising its count meanwhile
+        #: wait for.
+        self._written: dict[str, anyio.Event] = {}
         self._pubsub: Any = None  # the reader's current connection, when connected
         self._task_group: anyio.abc.TaskGroup | None = None
         self.connected = False
@@ -936,6 +956,7 @@ class RedisBackend(RedisOptions, Backend):
         self._shown.clear()
         self._peaks.clear()
         self._lingering.clear()
+        self._requested.clear()
         self._listening.clear()
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:
@@ -1035,7 +1056,12 @@ class RedisBackend(RedisOptions, Backend):
         message = Message(
             MessageId(int(id_time), int(id_tag)), body, content_type, event, float(published_at)
         )
-        info = _channel_info(channel_id, *described) if described else None
+        info = self._with_requested(_channel_info(channel_id, *described)) if described else None
+        listening = self._listening.get(channel_id)
+        if listening is not None and (
+            listening.published is None or message.id > listening.published
+        ):
+            listening.published = message.id
         return PublishResult(message, int(subscribers), replayed=int(state) == 2, info=info)
 
     async def _run_durably(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
@@ -1098,12 +1124,31 @@ class RedisBackend(RedisOptions, Backend):
     async def open_channel(
         self, channel_id: str, *, create: bool, after: MessageId | None = None
     ) -> OpenResult:
-        """One script: exists, create, touch and the read after ``after``."""
+        """One script: exists, create, touch and the read after ``after``; none at all
+        for a subscriber already at the newest message of a channel this process is
+        subscribed to and counts subscribers on (a long poll polling again)."""
         read = after is not None
         # Subscribed (and confirmed) before the script runs: what it does not find comes live.
         listening = self._listening.get(channel_id)
         if listening is not None and not (self._pubsub is not None and listening.ready.is_set()):
             listening = None
+        if (
+            listening is not None
+            and after is not None
+            and listening.synced
+            and (listening.latest is None or after >= listening.latest)
+            and (listening.published is None or after >= listening.published)
+            # This process's count in Redis keeps the channel from expiring; a deletion
+            # would have come on pub/sub (and unsynced it).
+            and self._shown.get(channel_id, 0) > 0
+            and self.linger > 0  # the sweeper writes "last requested"
+        ):
+            # Nothing after ``after`` exists but what is still on its way to this process:
+            # it reaches the hub live, or (before the subscriber is in it) empties
+            # ``clean``, and the read after subscribing asks Redis.
+            self._remember_read(listening, after)
+            self._requested[channel_id] = time.time()  # told Redis by the sweeper
+            return OpenResult(False, ReadResult(None, False))
         epoch = listening.epoch if listening is not None else 0
         result = await self._run(
             "open",
@@ -1132,12 +1177,16 @@ class RedisBackend(RedisOptions, Backend):
             and listening is self._listening.get(channel_id)
             and listening.ready.is_set()
         ):
-            clean = listening.clean
-            if clean is None:
-                clean = listening.clean = set()
-            if len(clean) < _MAX_CLEAN:
-                clean.add(after)
+            self._remember_read(listening, after)
         return OpenResult(created, found)
+
+    @staticmethod
+    def _remember_read(listening: _Listening, after: MessageId) -> None:
+        clean = listening.clean
+        if clean is None:
+            clean = listening.clean = set()
+        if len(clean) < _MAX_CLEAN:
+            clean.add(after)
 
     async def info(self, channel_id: str) -> ChannelInfo | None:
         result = await self._run(
@@ -1147,7 +1196,14 @@ class RedisBackend(RedisOptions, Backend):
         )
         if not result[0]:
             return None
-        return _channel_info(channel_id, *result[1:])
+        return self._with_requested(_channel_info(channel_id, *result[1:]))
+
+    def _with_requested(self, info: ChannelInfo) -> ChannelInfo:
+        """``info`` with this process's own latest request, not yet in Redis."""
+        at = self._requested.get(info.channel_id)
+        if at is None or (info.last_requested is not None and info.last_requested >= at):
+            return info
+        return dataclasses.replace(info, last_requested=at)
 
     async def delete(self, channel_id: str) -> bool:
         # Subscribers everywhere (this process too) hear of it on pub/sub.
@@ -1270,6 +1326,14 @@ class RedisBackend(RedisOptions, Backend):
             # One write per channel at a time, each of the latest count: concurrent writes on
             # pooled connections could land in any order and leave a stale count behind.
             self._writing[channel_id] = True
+            if delta > 0:
+                # A raised count is in Redis before the subscriber waits (a publish anywhere
+                # then counts it): the write in flight writes it next.
+                done = self._written.get(channel_id)
+                if done is None:
+                    done = self._written[channel_id] = anyio.Event()
+                with anyio.move_on_after(2 * self.command_timeout):
+                    await done.wait()
             return
         self._writing[channel_id] = False
         # Shielded: this writer also carries the counts other subscribers queued behind it
@@ -1283,6 +1347,11 @@ class RedisBackend(RedisOptions, Backend):
         keys = self._keys(channel_id)
         try:
             while True:
+                listening = self._listening.get(channel_id)
+                live = (
+                    listening is not None and self._pubsub is not None and listening.ready.is_set()
+                )
+                epoch = listening.epoch if listening is not None else 0
                 try:
                     last = await self._run(
                         "subscribers",
@@ -1300,14 +1369,21 @@ class RedisBackend(RedisOptions, Backend):
                     # reconnecting.
                     logger.debug("redis: subscriber count not stored: %s", exc)
                     return
-                listening = self._listening.get(channel_id)
-                if listening is not None and last:
+                if last and listening is not None and listening is self._listening.get(channel_id):
                     listening.known = _optional_id(*last)
+                    if live and listening.epoch == epoch and listening.ready.is_set():
+                        # Read while subscribed, nothing delivered meanwhile: anything newer
+                        # comes on pub/sub.
+                        listening.synced = True
+                        listening.latest = listening.known
                 if not self._writing[channel_id]:
                     return
                 self._writing[channel_id] = False
         finally:
             del self._writing[channel_id]
+            done = self._written.pop(channel_id, None)
+            if done is not None:
+                done.set()
 
     # -- the pub/sub reader -----------------------------------------------------------------
 
@@ -1349,6 +1425,7 @@ class RedisBackend(RedisOptions, Backend):
             listening.ready = anyio.Event()
             listening.catch_up = True
             listening.forget_reads()
+            listening.unsync()
 
     async def _read_connection(self, connection: Any) -> None:
         await connection.connect()
@@ -1481,6 +1558,7 @@ class RedisBackend(RedisOptions, Backend):
         it reached meanwhile. So both go one to two ``linger`` after the last subscriber."""
         while True:
             await anyio.sleep(self.linger)
+            await self._write_requested()
             deadline = time.monotonic() - self.linger
             for channel_id, since in list(self._lingering.items()):
                 if since > deadline:
@@ -1505,6 +1583,29 @@ class RedisBackend(RedisOptions, Backend):
                     self._peaks.pop(channel_id, None)
                 else:
                     self._peaks[channel_id] = local
+
+    async def _write_requested(self) -> None:
+        """Mark requested (and extend, as a request does) the channels subscribers opened
+        without a command since the last sweep."""
+        requested = self._requested
+        if not requested or self._redis is None:
+            return
+        self._requested = {}
+        try:
+            if self.cluster:
+                await self._redis.script_load(_TOUCH)  # as in _write_counts
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel_id, at in requested.items():
+                    await self._scripts["touch"](
+                        keys=self._keys(channel_id)[:1],
+                        args=[f"{at:.6f}", self._timeout_ms],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except _ERRORS as exc:
+            logger.debug("redis: last requested times not written: %s", exc)
+            for channel_id, at in requested.items():
+                self._requested.setdefault(channel_id, at)
 
     async def _refresh_counts(self) -> None:
         while True:
@@ -1593,6 +1694,7 @@ class RedisBackend(RedisOptions, Backend):
                 if listening.delivered is not None or listening.known is not None:
                     listening.delivered = listening.known = None
                     listening.forget_reads()
+                    listening.unsync()
                     self.listener.on_delete(channel_id)
                 return
             entries = result[1]
@@ -1611,6 +1713,7 @@ class RedisBackend(RedisOptions, Backend):
             # Ids start again if the channel is created anew.
             listening.delivered = listening.known = None
             listening.forget_reads()
+            listening.unsync()
             self.listener.on_delete(channel_id)
             return
         try:
@@ -1624,6 +1727,8 @@ class RedisBackend(RedisOptions, Backend):
         if listening.delivered is not None and message.id <= listening.delivered:
             return  # already handed over by the catch-up
         listening.delivered = message.id
+        if listening.synced:
+            listening.latest = message.id
         listening.forget_reads()
         self.listener.on_message(channel_id, message)
 

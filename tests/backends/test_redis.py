@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -215,6 +216,43 @@ async def test_an_open_read_on_a_subscribed_channel_misses_nothing_after_it(redi
             with pytest.raises(ChannelNotFound):
                 await hub.read_after("news", third.id)
             await hub.unsubscribe(subscription)
+            # And the next subscriber's open asks Redis (the process knows nothing now).
+            with pytest.raises(ChannelNotFound):
+                await hub.open_channel("news", False, after=third.id)
+
+
+async def test_a_subscriber_opening_without_a_command_is_still_requested(redis_server, prefix):
+    """An open answered by the process itself (the subscriber is at the newest message
+    of a channel it is subscribed to) still marks the channel requested: at once in the
+    process's own answers, in Redis by the next sweep."""
+    async with node(redis_server, key_prefix=prefix) as other:
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=0.5)
+        async with Hub(backend) as hub:
+            first = (await other.publish("news", b"first", "text/plain")).message
+            subscription = await hub.subscribe(["news"])
+            asked = time.time()
+            opened = await hub.open_channel("news", False, after=first.id)
+            assert opened.read.message is None and not opened.created
+            assert (await hub.info("news")).last_requested >= asked
+            await wait_until(lambda: _at_least(other.info("news"), asked))
+            # Behind the newest message: read from Redis, as always.
+            second = (await other.publish("news", b"second", "text/plain")).message
+            assert (await subscription.get()).message.id == second.id  # it has arrived
+            assert (await hub.open_channel("news", False, after=first.id)).read.message.id == (
+                second.id
+            )
+            # A message this process published is read at once, even before it has come
+            # back on pub/sub (another process's comes live, once it arrives).
+            third = (await hub.publish("news", b"third", "text/plain")).message
+            assert (await hub.open_channel("news", False, after=second.id)).read.message.id == (
+                third.id
+            )
+            await hub.unsubscribe(subscription)
+
+
+async def _at_least(info, when: float) -> bool:
+    requested = (await info).last_requested
+    return requested is not None and requested >= when
 
 
 async def test_keys_are_prefixed_and_hash_tagged_per_channel(redis_server, prefix):
