@@ -1558,31 +1558,37 @@ class RedisBackend(RedisOptions, Backend):
         it reached meanwhile. So both go one to two ``linger`` after the last subscriber."""
         while True:
             await anyio.sleep(self.linger)
-            await self._write_requested()
-            deadline = time.monotonic() - self.linger
-            for channel_id, since in list(self._lingering.items()):
-                if since > deadline:
-                    break  # oldest first: the rest lingered less
-                if self._lingering.get(channel_id) == since:
-                    await self._drop(channel_id)
-            for channel_id, peak in list(self._peaks.items()):
-                if self._peaks.get(channel_id) != peak:
-                    continue  # changed while an earlier channel was written
-                if peak < self._shown.get(channel_id, 0):
-                    if peak:
-                        self._shown[channel_id] = peak
-                    else:
-                        self._shown.pop(channel_id, None)
-                    if channel_id in self._writing:
-                        self._writing[channel_id] = True
-                    else:
-                        self._writing[channel_id] = False
-                        await self._write_count(channel_id)
-                local = self._local.get(channel_id, 0)
-                if local >= self._shown.get(channel_id, 0):
-                    self._peaks.pop(channel_id, None)
+            try:
+                await self._sweep_once()
+            except Exception:  # never takes the store down with it; tried again next time
+                logger.exception("redis: sweeping lingering subscriptions and counts failed")
+
+    async def _sweep_once(self) -> None:
+        await self._write_requested()
+        deadline = time.monotonic() - self.linger
+        for channel_id, since in list(self._lingering.items()):
+            if since > deadline:
+                break  # oldest first: the rest lingered less
+            if self._lingering.get(channel_id) == since:
+                await self._drop(channel_id)
+        for channel_id, peak in list(self._peaks.items()):
+            if self._peaks.get(channel_id) != peak:
+                continue  # changed while an earlier channel was written
+            if peak < self._shown.get(channel_id, 0):
+                if peak:
+                    self._shown[channel_id] = peak
                 else:
-                    self._peaks[channel_id] = local
+                    self._shown.pop(channel_id, None)
+                if channel_id in self._writing:
+                    self._writing[channel_id] = True
+                else:
+                    self._writing[channel_id] = False
+                    await self._write_count(channel_id)
+            local = self._local.get(channel_id, 0)
+            if local >= self._shown.get(channel_id, 0):
+                self._peaks.pop(channel_id, None)
+            else:
+                self._peaks[channel_id] = local
 
     async def _write_requested(self) -> None:
         """Mark requested (and extend, as a request does) the channels subscribers opened
