@@ -282,7 +282,8 @@ return {1, entries, evicted[1], evicted[2]}
 # channel_timeout in ms, '1' to read, XRANGE start ('' = nothing can follow), max_messages,
 # message_timeout, min_messages. A subscriber opening a channel, in one round trip: what
 # create (publisher '0'), touch and, when asked, read do one after the other. Returns {0}
-# (no channel, not created) or {1, created, entries, evicted time, evicted tag}.
+# (no channel, not created) or {1, created, entries, evicted time, evicted tag, last time,
+# last tag}.
 _OPEN = (
     _TRIM
     + """
@@ -304,8 +305,8 @@ local entries = {}
 if ARGV[5] ~= '' then
   entries = redis.call('XRANGE', msgs, ARGV[5], '+', 'COUNT', 1)
 end
-local evicted = redis.call('HMGET', meta, 'et', 'eg')
-return {1, created, entries, evicted[1], evicted[2]}
+local evicted = redis.call('HMGET', meta, 'et', 'eg', 'lt', 'lg')
+return {1, created, entries, evicted[1], evicted[2], evicted[3], evicted[4]}
 """
 )
 
@@ -1167,17 +1168,20 @@ class RedisBackend(RedisOptions, Backend):
         created = bool(result[1])
         if after is None:
             return OpenResult(created, None)
-        found = _read_result(after, *result[2:])
+        found = _read_result(after, *result[2:5])
         if (
             listening is not None
-            and found.message is None
-            and not found.gap
             # Nothing delivered, no deletion or reconnection meanwhile.
             and listening.epoch == epoch
             and listening is self._listening.get(channel_id)
             and listening.ready.is_set()
         ):
-            self._remember_read(listening, after)
+            # Read while subscribed: the channel's newest message then, and anything newer
+            # comes on pub/sub (as after the count write, see _write_count).
+            listening.synced = True
+            listening.latest = _optional_id(*result[5:7])
+            if found.message is None and not found.gap:
+                self._remember_read(listening, after)
         return OpenResult(created, found)
 
     @staticmethod

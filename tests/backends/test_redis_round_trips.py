@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from pushserver.backends.redis import _SUBSCRIBERS, _TOUCH
+from pushserver.backends.redis import _READ, _SUBSCRIBERS, _TOUCH
 from tests.project.helpers import push_config
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +29,7 @@ _COUNTS_SHA = hashlib.sha1(_SUBSCRIBERS.encode()).hexdigest()
 #: The sweeper's batch, once per linger, of "last requested" for channels opened without a
 #: command (per channel and linger, not per request).
 _TOUCH_SHA = hashlib.sha1(_TOUCH.encode()).hexdigest()
+_READ_SHA = hashlib.sha1(_READ.encode()).hexdigest()
 
 
 class CommandLog:
@@ -52,6 +53,7 @@ class CommandLog:
         marker = uuid.uuid4().hex
         self.client.echo(marker)
         names: Counter[str] = Counter()
+        self.scripts: Counter[str] = Counter()  # the EVALSHAs among them, by script
         while True:
             command = self.monitor.next_command()
             words = command["command"].split(" ")
@@ -66,6 +68,8 @@ class CommandLog:
             if words[0].upper() == "EVALSHA" and words[1] == _TOUCH_SHA:
                 continue  # the sweeper's "last requested" of channels opened locally
             names[words[0].upper()] += 1
+            if words[0].upper() == "EVALSHA":
+                self.scripts[words[1]] += 1
 
     def numsub(self, channel: bytes) -> int:
         return dict(self.client.pubsub_numsub(channel))[channel]
@@ -137,11 +141,30 @@ async def test_a_publish_and_a_long_poll_delivery_in_redis_commands(log, push_se
         # A client behind the newest message (one missed while away): the open reads it.
         behind = position
         position = (await publish(client, b"sixth")).json()["last_message_id"]
-        assert (await publish(client, b"seventh")).status_code == 202
+        seventh = await publish(client, b"seventh")
+        assert seventh.status_code == 202
         await anyio.to_thread.run_sync(log.take)
         found = await client.get("/subscriber/news", headers=position_headers(behind))
         assert found.content == b"sixth"
         assert await anyio.to_thread.run_sync(log.take) == {"EVALSHA": 1}
+        position = seventh.json()["last_message_id"]
+
+        # The pub/sub connection lost: the process resubscribes and catches up (a read),
+        # and no longer knows where the channel stands. The next waiting long poll's open
+        # reads from Redis again (and, read while subscribed, tells it); the one after is
+        # free again.
+        await anyio.to_thread.run_sync(lambda: log.client.client_kill_filter(_type="pubsub"))
+        with anyio.fail_after(20):
+            while True:
+                await anyio.to_thread.run_sync(log.take)
+                if log.scripts[_READ_SHA]:  # the catch-up, run once resubscribed
+                    break
+                await anyio.sleep(0.05)
+        for body, cost in ((b"eighth", {"EVALSHA": 1}), (b"ninth", {})):
+            position = await wait_again(client, position, body)
+            again = await anyio.to_thread.run_sync(log.take)
+            again["EVALSHA"] -= 1  # the publish
+            assert again == Counter(cost), body
 
         # Nobody polls again: one to two lingers later the subscription goes, and this
         # process's count with it (what the cold poll's delivery used to cost at once).
