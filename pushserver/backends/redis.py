@@ -64,6 +64,7 @@ open under trio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -94,6 +95,8 @@ from .redis_options import RedisOptions
 logger = logging.getLogger("pushserver.backends.redis")
 
 _MAX_ID_PART = 2**64 - 1  # a stream id is two unsigned 64-bit numbers
+#: Positions remembered per subscribed channel as read clean (see _Listening.clean).
+_MAX_CLEAN = 64
 #: What a command can raise when Redis (or the cluster's topology) fails it.
 _ERRORS = (RedisError, RedisClusterException)
 
@@ -169,16 +172,19 @@ local function settle(meta, msgs, subs, message_timeout, min_messages, timeout_m
 end
 
 -- Each node's field is '<count> <expires at>': a node that died without cleaning up stops
--- counting once its entry expires (live nodes keep extending theirs).
-local function subscribers(subs, now)
+-- counting once its entry expires (live nodes keep extending theirs). With node, the node
+-- asking counts its own subscribers as own (exact now) instead of its field (which keeps a
+-- count that went down for up to the store's linger).
+local function subscribers(subs, now, node, own)
   local total = 0
+  if node then total = tonumber(own) end
   local fields = redis.call('HGETALL', subs)
   for i = 1, #fields, 2 do
     local value = fields[i + 1]
     local space = string.find(value, ' ', 1, true)
     if tonumber(string.sub(value, space + 1)) < now then
       redis.call('HDEL', subs, fields[i])
-    else
+    elseif fields[i] ~= node then
       total = total + tonumber(string.sub(value, 1, space - 1))
     end
   end
@@ -189,7 +195,8 @@ end
 # KEYS: meta, msgs, subs[, idempotency key]. ARGV: create, content type, has event, event,
 # body, max_messages, message_timeout, min_messages, live channel, PUBLISH or SPUBLISH,
 # milliseconds the idempotency key is kept, then settle()'s channel_timeout in milliseconds
-# and keep_publisher_channels. Returns {0} (no channel) or
+# and keep_publisher_channels, then this node's id and its subscriber count now (counted
+# instead of its field). Returns {0} (no channel) or
 # {1, time, tag, published_at, subscribers, <the channel's info, as _INFO gives it>};
 # {2, ...the same} when the idempotency key was seen: the first publish's answer, nothing
 # stored, and the channel's info now (none if it is gone). The info is what the publisher
@@ -207,7 +214,8 @@ if seen then
       local _, now = clock()
       local count = trim(meta, msgs, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
       local fields = redis.call('HMGET', meta, 'req', 'lt', 'lg')
-      for _, part in ipairs({count, fields[1], fields[2], fields[3], subscribers(subs, now)}) do
+      for _, part in ipairs({count, fields[1], fields[2], fields[3],
+                             subscribers(subs, now, ARGV[14], ARGV[15])}) do
         answer[#answer + 1] = part
       end
     end
@@ -242,7 +250,7 @@ local event_length = -1
 if ARGV[3] == '1' then event_length = #event else event = '' end
 redis.call(ARGV[10], ARGV[9], table.concat({'m', id_time, id_tag, now_text, #content_type,
            event_length}, ' ') .. '\\n' .. content_type .. event .. body)
-local count = subscribers(subs, now)
+local count = subscribers(subs, now, ARGV[14], ARGV[15])
 if seen then
   redis.call('SET', seen, table.concat({id_time, id_tag, now_text, count}, ' '),
              'PX', ARGV[11])
@@ -274,7 +282,8 @@ return {1, entries, evicted[1], evicted[2]}
 # channel_timeout in ms, '1' to read, XRANGE start ('' = nothing can follow), max_messages,
 # message_timeout, min_messages. A subscriber opening a channel, in one round trip: what
 # create (publisher '0'), touch and, when asked, read do one after the other. Returns {0}
-# (no channel, not created) or {1, created, entries, evicted time, evicted tag}.
+# (no channel, not created) or {1, created, entries, evicted time, evicted tag, last time,
+# last tag}.
 _OPEN = (
     _TRIM
     + """
@@ -296,13 +305,14 @@ local entries = {}
 if ARGV[5] ~= '' then
   entries = redis.call('XRANGE', msgs, ARGV[5], '+', 'COUNT', 1)
 end
-local evicted = redis.call('HMGET', meta, 'et', 'eg')
-return {1, created, entries, evicted[1], evicted[2]}
+local evicted = redis.call('HMGET', meta, 'et', 'eg', 'lt', 'lg')
+return {1, created, entries, evicted[1], evicted[2], evicted[3], evicted[4]}
 """
 )
 
-# KEYS: meta, msgs, subs. ARGV: max_messages, message_timeout, min_messages.
-# Returns {0} or {1, messages, last requested, last time, last tag, subscribers}.
+# KEYS: meta, msgs, subs. ARGV: max_messages, message_timeout, min_messages, this node's id
+# and its subscriber count now. Returns {0} or
+# {1, messages, last requested, last time, last tag, subscribers}.
 _INFO = (
     _TRIM
     + """
@@ -311,7 +321,7 @@ if redis.call('EXISTS', meta) == 0 then return {0} end
 local _, now = clock()
 local count = trim(meta, msgs, now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 local fields = redis.call('HMGET', meta, 'req', 'lt', 'lg')
-return {1, count, fields[1], fields[2], fields[3], subscribers(subs, now)}
+return {1, count, fields[1], fields[2], fields[3], subscribers(subs, now, ARGV[4], ARGV[5])}
 """
 )
 
@@ -506,6 +516,31 @@ class _Listening:
     known: MessageId | None = None
     #: After a reconnect: deliver what was stored while pub/sub was down.
     catch_up: bool = False
+    #: Positions a subscriber's open read found nothing after while this subscription was
+    #: live (confirmed): until something is delivered here (or the channel is deleted, or
+    #: the connection lost), a read after one of them would find nothing either, and a
+    #: message published since reaches the hub live. See :meth:`RedisBackend.read_after`.
+    clean: set[MessageId] | None = None
+    #: Counts what empties ``clean``: an open read records its position only if this did not
+    #: change while it ran.
+    epoch: int = 0
+    #: ``latest`` is the channel's newest message id (None: it has none) as of a moment this
+    #: subscription was live, kept up by every delivery: a subscriber at or past it has
+    #: nothing to read (see :meth:`RedisBackend.open_channel`). Lost with a deletion or a
+    #: reconnection, found again by a count written while subscribed.
+    synced: bool = False
+    latest: MessageId | None = None
+    #: The newest message this process published on the channel: until it arrives on
+    #: pub/sub, a subscriber here is sent to Redis to read it (read-your-writes).
+    published: MessageId | None = None
+
+    def forget_reads(self) -> None:
+        self.clean = None
+        self.epoch += 1
+
+    def unsync(self) -> None:
+        self.synced = False
+        self.latest = self.published = None
 
 
 class RedisBackend(RedisOptions, Backend):
@@ -528,6 +563,10 @@ class RedisBackend(RedisOptions, Backend):
     #: Seconds a node's subscriber count outlives the node (if it dies without closing);
     #: a live node prolongs its counts every third of this.
     node_ttl = 30.0
+    #: Lingering subscriptions a process keeps at most (see ``linger``): past it the one
+    #: lingering longest is dropped at once, so channels nobody comes back to (an anonymous
+    #: flood) hold a bounded number of subscriptions.
+    max_lingering = 1000
 
     def __init__(
         self,
@@ -551,6 +590,7 @@ class RedisBackend(RedisOptions, Backend):
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
         idempotency_window: float = 300,
+        linger: float = 5.0,
         **options: Any,
     ) -> None:
         if node_ttl is not None:
@@ -574,6 +614,7 @@ class RedisBackend(RedisOptions, Backend):
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
             idempotency_window=idempotency_window,
+            linger=linger,
             **options,
         )
         #: Redis Cluster: channels spread over its shards by slot, live delivery on sharded
@@ -589,6 +630,11 @@ class RedisBackend(RedisOptions, Backend):
         self.wait_timeout = wait_timeout
         #: Seconds an ``Idempotency-Key`` is remembered (0: keys are ignored).
         self.idempotency_window = idempotency_window
+        #: Seconds a channel stays subscribed after its last local subscriber left, and this
+        #: process's count of its subscribers in Redis stays at its recent peak (0: neither,
+        #: every change is sent at once). A long poll that polls again at once then finds
+        #: the subscription live and its count in place: no command for either.
+        self.linger = linger
         self._publish_command = b"SPUBLISH" if self.cluster else b"PUBLISH"
         self._subscribe_command = "SSUBSCRIBE" if self.cluster else "SUBSCRIBE"
         self._unsubscribe_command = "SUNSUBSCRIBE" if self.cluster else "UNSUBSCRIBE"
@@ -630,9 +676,25 @@ class RedisBackend(RedisOptions, Backend):
         self._listening: dict[str, _Listening] = {}
         #: Per pub/sub channel: SUBSCRIBEs sent on the current connection, not yet confirmed.
         self._pending: dict[bytes, int] = {}
+        #: This process's subscribers per channel, as they are now.
         self._local: dict[str, int] = {}
+        #: This process's count per channel as written to Redis (or being written): raised
+        #: at once, lowered by the sweeper to the highest local count of the last linger.
+        self._shown: dict[str, int] = {}
+        #: Channels whose local count is below the shown one: the highest local count
+        #: since the sweeper last looked.
+        self._peaks: dict[str, int] = {}
+        #: Channels with no local subscriber still subscribed: when each started to linger
+        #: (``time.monotonic()``), oldest first.
+        self._lingering: dict[str, float] = {}
+        #: When subscribers last opened channels without a command (see open_channel): the
+        #: sweeper marks them requested in Redis; this process's own answers use them now.
+        self._requested: dict[str, float] = {}
         #: Channels whose count is being written; True when it changed again meanwhile.
         self._writing: dict[str, bool] = {}
+        #: Set when a channel's writer is done: what subscribers raising its count meanwhile
+        #: wait for.
+        self._written: dict[str, anyio.Event] = {}
         self._pubsub: Any = None  # the reader's current connection, when connected
         self._task_group: anyio.abc.TaskGroup | None = None
         self.connected = False
@@ -868,6 +930,8 @@ class RedisBackend(RedisOptions, Backend):
         self._task_group.start_soon(self._read_forever)
         self._task_group.start_soon(self._refresh_counts)
         self._task_group.start_soon(self._watch_memory)
+        if self.linger > 0:
+            self._task_group.start_soon(self._sweep)
         with anyio.move_on_after(self.connect_timeout + self.command_timeout):
             await self._attempted.wait()
 
@@ -884,13 +948,16 @@ class RedisBackend(RedisOptions, Backend):
             # Our subscribers are gone with us: take them out of the shared counts.
             try:
                 async with client.pipeline(transaction=False) as pipe:
-                    for channel_id, count in self._local.items():
-                        if count > 0:
-                            pipe.hdel(self._key(channel_id, b":subs"), self.node_id)
+                    for channel_id in self._shown:
+                        pipe.hdel(self._key(channel_id, b":subs"), self.node_id)
                     await pipe.execute()
             except _ERRORS as exc:
                 logger.warning("redis: could not remove subscriber counts on close: %s", exc)
         self._local.clear()
+        self._shown.clear()
+        self._peaks.clear()
+        self._lingering.clear()
+        self._requested.clear()
         self._listening.clear()
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:
@@ -904,6 +971,7 @@ class RedisBackend(RedisOptions, Backend):
             "address": self.address,
             "node": self.node_id,
             "listening": len(self._listening),
+            "lingering": len(self._lingering),
             "reconnects": self.reconnects,
             "error": self.last_error,
             "memory_used": self.memory_used,
@@ -976,6 +1044,8 @@ class RedisBackend(RedisOptions, Backend):
             self._publish_command,
             max(1, round(self.idempotency_window * 1000)),
             *self._expiry,
+            self.node_id,
+            self._local.get(channel_id, 0),
         ]
         if self.wait_replicas > 0:
             result = await self._run_durably("publish", keys, args)
@@ -987,7 +1057,12 @@ class RedisBackend(RedisOptions, Backend):
         message = Message(
             MessageId(int(id_time), int(id_tag)), body, content_type, event, float(published_at)
         )
-        info = _channel_info(channel_id, *described) if described else None
+        info = self._with_requested(_channel_info(channel_id, *described)) if described else None
+        listening = self._listening.get(channel_id)
+        if listening is not None and (
+            listening.published is None or message.id > listening.published
+        ):
+            listening.published = message.id
         return PublishResult(message, int(subscribers), replayed=int(state) == 2, info=info)
 
     async def _run_durably(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
@@ -1027,6 +1102,17 @@ class RedisBackend(RedisOptions, Backend):
             await self._redis.exists(key)
 
     async def read_after(self, channel_id: str, after: MessageId) -> ReadResult:
+        listening = self._listening.get(channel_id)
+        if (
+            listening is not None
+            and listening.clean is not None
+            and after in listening.clean
+            and listening.ready.is_set()
+        ):
+            # A subscriber's open read found nothing after ``after`` while the channel was
+            # subscribed, and nothing was delivered since (that empties ``clean``): anything
+            # published since comes live, to the subscription now in the hub. No command.
+            return ReadResult(None, False)
         result = await self._run(
             "read",
             self._keys(channel_id)[:2],
@@ -1039,8 +1125,32 @@ class RedisBackend(RedisOptions, Backend):
     async def open_channel(
         self, channel_id: str, *, create: bool, after: MessageId | None = None
     ) -> OpenResult:
-        """One script: exists, create, touch and the read after ``after``."""
+        """One script: exists, create, touch and the read after ``after``; none at all
+        for a subscriber already at the newest message of a channel this process is
+        subscribed to and counts subscribers on (a long poll polling again)."""
         read = after is not None
+        # Subscribed (and confirmed) before the script runs: what it does not find comes live.
+        listening = self._listening.get(channel_id)
+        if listening is not None and not (self._pubsub is not None and listening.ready.is_set()):
+            listening = None
+        if (
+            listening is not None
+            and after is not None
+            and listening.synced
+            and (listening.latest is None or after >= listening.latest)
+            and (listening.published is None or after >= listening.published)
+            # This process's count in Redis keeps the channel from expiring; a deletion
+            # would have come on pub/sub (and unsynced it).
+            and self._shown.get(channel_id, 0) > 0
+            and self.linger > 0  # the sweeper writes "last requested"
+        ):
+            # Nothing after ``after`` exists but what is still on its way to this process:
+            # it reaches the hub live, or (before the subscriber is in it) empties
+            # ``clean``, and the read after subscribing asks Redis.
+            self._remember_read(listening, after)
+            self._requested[channel_id] = time.time()  # told Redis by the sweeper
+            return OpenResult(False, ReadResult(None, False))
+        epoch = listening.epoch if listening is not None else 0
         result = await self._run(
             "open",
             self._keys(channel_id)[:2],
@@ -1056,13 +1166,48 @@ class RedisBackend(RedisOptions, Backend):
         if not result[0]:
             raise ChannelNotFound(channel_id)
         created = bool(result[1])
-        return OpenResult(created, _read_result(after, *result[2:]) if after is not None else None)
+        if after is None:
+            return OpenResult(created, None)
+        found = _read_result(after, *result[2:5])
+        if (
+            listening is not None
+            # Nothing delivered, no deletion or reconnection meanwhile.
+            and listening.epoch == epoch
+            and listening is self._listening.get(channel_id)
+            and listening.ready.is_set()
+        ):
+            # Read while subscribed: the channel's newest message then, and anything newer
+            # comes on pub/sub (as after the count write, see _write_count).
+            listening.synced = True
+            listening.latest = _optional_id(*result[5:7])
+            if found.message is None and not found.gap:
+                self._remember_read(listening, after)
+        return OpenResult(created, found)
+
+    @staticmethod
+    def _remember_read(listening: _Listening, after: MessageId) -> None:
+        clean = listening.clean
+        if clean is None:
+            clean = listening.clean = set()
+        if len(clean) < _MAX_CLEAN:
+            clean.add(after)
 
     async def info(self, channel_id: str) -> ChannelInfo | None:
-        result = await self._run("info", self._keys(channel_id), list(self._limits))
+        result = await self._run(
+            "info",
+            self._keys(channel_id),
+            [*self._limits, self.node_id, self._local.get(channel_id, 0)],
+        )
         if not result[0]:
             return None
-        return _channel_info(channel_id, *result[1:])
+        return self._with_requested(_channel_info(channel_id, *result[1:]))
+
+    def _with_requested(self, info: ChannelInfo) -> ChannelInfo:
+        """``info`` with this process's own latest request, not yet in Redis."""
+        at = self._requested.get(info.channel_id)
+        if at is None or (info.last_requested is not None and info.last_requested >= at):
+            return info
+        return dataclasses.replace(info, last_requested=at)
 
     async def delete(self, channel_id: str) -> bool:
         # Subscribers everywhere (this process too) hear of it on pub/sub.
@@ -1083,9 +1228,27 @@ class RedisBackend(RedisOptions, Backend):
         if listening is None:
             listening = self._listening[channel_id] = _Listening()
             await self._send_subscribe(channel_id, listening)
+        else:
+            # Back within the linger: the subscription is still there.
+            self._lingering.pop(channel_id, None)
         await self._wait_ready(listening)
 
     async def unlisten(self, channel_id: str) -> None:
+        """The last local subscriber left: keep the subscription for ``linger`` seconds
+        (a long poll polling again finds it live), then :meth:`_drop` it."""
+        if channel_id not in self._listening:
+            return
+        if self.linger <= 0:
+            await self._drop(channel_id)
+            return
+        self._lingering.pop(channel_id, None)  # its place: by when it started lingering
+        self._lingering[channel_id] = time.monotonic()
+        while len(self._lingering) > self.max_lingering:
+            await self._drop(next(iter(self._lingering)))
+
+    async def _drop(self, channel_id: str) -> None:
+        """Unsubscribe a channel nobody here listens to."""
+        self._lingering.pop(channel_id, None)
         if self._listening.pop(channel_id, None) is None:
             return
         connection = self._connection_for(self._live(channel_id))
@@ -1133,6 +1296,9 @@ class RedisBackend(RedisOptions, Backend):
             await listening.ready.wait()
 
     async def subscribers_changed(self, channel_id: str, delta: int) -> None:
+        """Count a local subscriber in (``delta`` 1) or out (-1). Redis has this process's
+        count raised at once; lowered only once it stayed lower for ``linger`` (by the
+        sweeper): subscribers that come back within it (long polls) cost no command."""
         count = self._local[channel_id] = max(0, self._local.get(channel_id, 0) + delta)
         if not count:
             del self._local[channel_id]
@@ -1140,10 +1306,38 @@ class RedisBackend(RedisOptions, Backend):
         if delta > 0 and listening is not None:
             # A second subscriber arriving while the first one's SUBSCRIBE is in flight.
             await self._wait_ready(listening)
+        shown = self._shown.get(channel_id, 0)
+        if self.linger > 0:
+            if count >= shown:
+                self._peaks.pop(channel_id, None)
+            elif channel_id not in self._peaks:
+                # The window starts at the shown count: lowered after one to two lingers.
+                self._peaks[channel_id] = shown
+            elif count > self._peaks[channel_id]:
+                self._peaks[channel_id] = count
+            if count <= shown and (
+                # A new subscription still learns the channel's last id (where it catches
+                # up from after a reconnect) from a write.
+                listening is None or listening.known is not None or listening.delivered is not None
+            ):
+                return
+            count = max(count, shown)
+        if count:
+            self._shown[channel_id] = count
+        else:
+            self._shown.pop(channel_id, None)
         if channel_id in self._writing:
             # One write per channel at a time, each of the latest count: concurrent writes on
             # pooled connections could land in any order and leave a stale count behind.
             self._writing[channel_id] = True
+            if delta > 0:
+                # A raised count is in Redis before the subscriber waits (a publish anywhere
+                # then counts it): the write in flight writes it next.
+                done = self._written.get(channel_id)
+                if done is None:
+                    done = self._written[channel_id] = anyio.Event()
+                with anyio.move_on_after(2 * self.command_timeout):
+                    await done.wait()
             return
         self._writing[channel_id] = False
         # Shielded: this writer also carries the counts other subscribers queued behind it
@@ -1157,31 +1351,43 @@ class RedisBackend(RedisOptions, Backend):
         keys = self._keys(channel_id)
         try:
             while True:
+                listening = self._listening.get(channel_id)
+                live = (
+                    listening is not None and self._pubsub is not None and listening.ready.is_set()
+                )
+                epoch = listening.epoch if listening is not None else 0
                 try:
                     last = await self._run(
                         "subscribers",
                         [keys[0], keys[2]],
                         [
                             self.node_id,
-                            self._local.get(channel_id, 0),
+                            self._shown.get(channel_id, 0),
                             self.node_ttl,
                             0,
                             self._timeout_ms,
                         ],
                     )
-                except BackendUnavailable as exc:
+                except (BackendUnavailable, StoreFull) as exc:
                     # Never fails a subscriber: the reader writes every count again on
                     # reconnecting.
                     logger.debug("redis: subscriber count not stored: %s", exc)
                     return
-                listening = self._listening.get(channel_id)
-                if listening is not None and last:
+                if last and listening is not None and listening is self._listening.get(channel_id):
                     listening.known = _optional_id(*last)
+                    if live and listening.epoch == epoch and listening.ready.is_set():
+                        # Read while subscribed, nothing delivered meanwhile: anything newer
+                        # comes on pub/sub.
+                        listening.synced = True
+                        listening.latest = listening.known
                 if not self._writing[channel_id]:
                     return
                 self._writing[channel_id] = False
         finally:
             del self._writing[channel_id]
+            done = self._written.pop(channel_id, None)
+            if done is not None:
+                done.set()
 
     # -- the pub/sub reader -----------------------------------------------------------------
 
@@ -1222,6 +1428,8 @@ class RedisBackend(RedisOptions, Backend):
         for listening in self._listening.values():
             listening.ready = anyio.Event()
             listening.catch_up = True
+            listening.forget_reads()
+            listening.unsync()
 
     async def _read_connection(self, connection: Any) -> None:
         await connection.connect()
@@ -1334,7 +1542,7 @@ class RedisBackend(RedisOptions, Backend):
 
     async def _write_counts(self, *, refresh: bool) -> None:
         """Write (or with ``refresh`` only prolong) this node's count on every channel."""
-        if not self._local or self._redis is None:
+        if not self._shown or self._redis is None:
             return
         script = self._scripts["subscribers"]
         if self.cluster:
@@ -1342,11 +1550,72 @@ class RedisBackend(RedisOptions, Backend):
             # does: the script cache is not replicated); load it on every primary first.
             await self._redis.script_load(_SUBSCRIBERS)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for channel_id, count in self._local.items():
+            for channel_id, count in self._shown.items():
                 keys = self._keys(channel_id)
                 args = [self.node_id, count, self.node_ttl, int(refresh), self._timeout_ms]
                 await script(keys=[keys[0], keys[2]], args=args, client=pipe)
             await pipe.execute()
+
+    async def _sweep(self) -> None:
+        """Every ``linger``: unsubscribe the channels that lingered a whole ``linger``, and
+        lower each count that stayed below the shown one since the last sweep to the highest
+        it reached meanwhile. So both go one to two ``linger`` after the last subscriber."""
+        while True:
+            await anyio.sleep(self.linger)
+            try:
+                await self._sweep_once()
+            except Exception:  # never takes the store down with it; tried again next time
+                logger.exception("redis: sweeping lingering subscriptions and counts failed")
+
+    async def _sweep_once(self) -> None:
+        await self._write_requested()
+        deadline = time.monotonic() - self.linger
+        for channel_id, since in list(self._lingering.items()):
+            if since > deadline:
+                break  # oldest first: the rest lingered less
+            if self._lingering.get(channel_id) == since:
+                await self._drop(channel_id)
+        for channel_id, peak in list(self._peaks.items()):
+            if self._peaks.get(channel_id) != peak:
+                continue  # changed while an earlier channel was written
+            if peak < self._shown.get(channel_id, 0):
+                if peak:
+                    self._shown[channel_id] = peak
+                else:
+                    self._shown.pop(channel_id, None)
+                if channel_id in self._writing:
+                    self._writing[channel_id] = True
+                else:
+                    self._writing[channel_id] = False
+                    await self._write_count(channel_id)
+            local = self._local.get(channel_id, 0)
+            if local >= self._shown.get(channel_id, 0):
+                self._peaks.pop(channel_id, None)
+            else:
+                self._peaks[channel_id] = local
+
+    async def _write_requested(self) -> None:
+        """Mark requested (and extend, as a request does) the channels subscribers opened
+        without a command since the last sweep."""
+        requested = self._requested
+        if not requested or self._redis is None:
+            return
+        self._requested = {}
+        try:
+            if self.cluster:
+                await self._redis.script_load(_TOUCH)  # as in _write_counts
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel_id, at in requested.items():
+                    await self._scripts["touch"](
+                        keys=self._keys(channel_id)[:1],
+                        args=[f"{at:.6f}", self._timeout_ms],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except _ERRORS as exc:
+            logger.debug("redis: last requested times not written: %s", exc)
+            for channel_id, at in requested.items():
+                self._requested.setdefault(channel_id, at)
 
     async def _refresh_counts(self) -> None:
         while True:
@@ -1434,6 +1703,8 @@ class RedisBackend(RedisOptions, Backend):
             if not result[0]:
                 if listening.delivered is not None or listening.known is not None:
                     listening.delivered = listening.known = None
+                    listening.forget_reads()
+                    listening.unsync()
                     self.listener.on_delete(channel_id)
                 return
             entries = result[1]
@@ -1451,6 +1722,8 @@ class RedisBackend(RedisOptions, Backend):
         if payload == b"d":
             # Ids start again if the channel is created anew.
             listening.delivered = listening.known = None
+            listening.forget_reads()
+            listening.unsync()
             self.listener.on_delete(channel_id)
             return
         try:
@@ -1464,6 +1737,9 @@ class RedisBackend(RedisOptions, Backend):
         if listening.delivered is not None and message.id <= listening.delivered:
             return  # already handed over by the catch-up
         listening.delivered = message.id
+        if listening.synced:
+            listening.latest = message.id
+        listening.forget_reads()
         self.listener.on_message(channel_id, message)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..options import FLAG, POSITIVE_SECONDS, WHOLE, Collector, Configurable, Option
+from ..options import FLAG, POSITIVE_SECONDS, SECONDS, WHOLE, Collector, Configurable, Option
 from .base import CHANNEL_BOUND_OPTIONS, IDEMPOTENCY_WINDOW, RETENTION_OPTIONS
 
 
@@ -43,6 +43,14 @@ class RedisOptions(Configurable):
             doc="seconds a publish waits for wait_replicas",
         ),
         IDEMPOTENCY_WINDOW,
+        Option(
+            "linger",
+            5.0,
+            SECONDS,
+            174,
+            doc="seconds a process keeps a channel's subscription, and its count of the "
+            "channel's subscribers, after its last subscriber there left",
+        ),
     )
 
     @classmethod

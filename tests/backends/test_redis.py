@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from pushserver.backends.redis import RedisBackend
-from pushserver.exceptions import BackendUnavailable, StoreFull
+from pushserver.exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from pushserver.hub import Hub
 from pushserver.message import ORIGIN
 
@@ -90,7 +91,8 @@ async def test_one_redis_subscription_per_channel_per_process(redis_server, pref
         return dict(await client.pubsub_numsub(live))[live.encode()]
 
     try:
-        backend = node(redis_server, record=False, key_prefix=prefix)
+        # linger=0: unsubscribed as soon as the last one leaves (the lingering one: below).
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=0)
         hub = Hub(backend)
         async with hub:
             await backend.create("news")
@@ -109,6 +111,148 @@ async def test_one_redis_subscription_per_channel_per_process(redis_server, pref
 
 async def _eq(awaitable, value) -> bool:
     return await awaitable == value
+
+
+async def _numsub(client, prefix: str, *channels: str) -> list[int]:
+    lives = [f"{prefix}{{{c}}}:live" for c in channels]
+    return [count for _, count in await client.pubsub_numsub(*lives)]
+
+
+async def test_a_subscription_lingers_for_a_subscriber_that_comes_back(redis_server, prefix):
+    client = await raw(redis_server)
+    try:
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=0.5)
+        async with Hub(backend) as hub:
+            await backend.create("news")
+            await hub.unsubscribe(await hub.subscribe(["news"]))
+            # Still subscribed: a subscriber coming back within the linger finds it live.
+            assert await _numsub(client, prefix, "news") == [1]
+            assert backend.status()["lingering"] == 1
+            again = await hub.subscribe(["news"])
+            assert backend.status()["lingering"] == 0
+            published = await backend.publish("news", b"live", "text/plain")
+            delivered = await again.get()
+            assert (delivered.message.id, delivered.message.body) == (published.message.id, b"live")
+            await hub.unsubscribe(again)
+            # Nobody came back: unsubscribed one to two lingers later.
+            await wait_until(lambda: _eq(_numsub(client, prefix, "news"), [0]))
+            assert backend.status()["lingering"] == 0
+    finally:
+        await client.aclose()
+
+
+async def test_lingering_subscriptions_are_bounded(redis_server, prefix):
+    client = await raw(redis_server)
+    channels = [f"c{i}" for i in range(5)]
+    try:
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=60)
+        backend.max_lingering = 3
+        async with Hub(backend) as hub:
+            for channel_id in channels:
+                await backend.create(channel_id)
+                await hub.unsubscribe(await hub.subscribe([channel_id]))
+            # The two that lingered longest went at once, long before their linger.
+            assert backend.status()["lingering"] == 3
+            await wait_until(lambda: _eq(_numsub(client, prefix, *channels), [0, 0, 1, 1, 1]))
+    finally:
+        await client.aclose()
+
+
+async def test_a_lowered_count_lingers_for_other_processes_only(redis_server, prefix):
+    async with (
+        node(redis_server, key_prefix=prefix, linger=0.5) as a,
+        node(redis_server, key_prefix=prefix) as b,
+    ):
+        await a.create("news")
+        await a.subscribers_changed("news", 1)
+        await a.subscribers_changed("news", 1)
+        assert (await b.info("news")).subscribers == 2
+        await a.subscribers_changed("news", -1)
+        await a.subscribers_changed("news", -1)
+        # The process itself counts what it has now...
+        assert (await a.info("news")).subscribers == 0
+        assert (await a.publish("news", b"x", "text/plain")).subscribers == 0
+        # ...the others see its count lowered once it stayed lower for a linger.
+        assert (await b.info("news")).subscribers == 2
+        await wait_until(lambda: _eq(_subscribers(b), 0))
+        # A raised count is written at once.
+        await a.subscribers_changed("news", 1)
+        assert (await b.publish("news", b"y", "text/plain")).subscribers == 1
+
+
+async def test_an_open_read_on_a_subscribed_channel_misses_nothing_after_it(redis_server, prefix):
+    """A subscriber opening a channel this process subscribes to already reads it while
+    subscribed: its read after subscribing is answered without Redis unless something
+    came (or the channel went) between the two."""
+    async with node(redis_server, key_prefix=prefix) as other:
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=60)
+        async with Hub(backend) as hub:
+            first = (await other.publish("news", b"first", "text/plain")).message
+            await hub.unsubscribe(await hub.subscribe(["news"]))  # subscribed, lingering
+            # Nothing between: nothing to read again, and what comes next comes live.
+            assert (await hub.open_channel("news", False, after=first.id)).read.message is None
+            subscription = await hub.subscribe(["news"])
+            assert (await hub.read_after("news", first.id)).message is None
+            second = (await other.publish("news", b"second", "text/plain")).message
+            assert (await subscription.get()).message.id == second.id
+            await hub.unsubscribe(subscription)
+
+            # A message reaching the process between the open's read and the subscription
+            # (when the hub had nobody to give it to): the read finds it.
+            assert (await hub.open_channel("news", False, after=second.id)).read.message is None
+            published = hub.published
+            await other.publish("news", b"third", "text/plain")
+            await wait_until(lambda: _true(hub.published == published + 1))
+            subscription = await hub.subscribe(["news"])
+            third = (await hub.read_after("news", second.id)).message
+            assert third is not None and third.body == b"third"
+            await hub.unsubscribe(subscription)
+
+            # The channel deleted in between: the read says so.
+            assert (await hub.open_channel("news", False, after=third.id)).read.message is None
+            assert await other.delete("news")
+            await wait_until(lambda: _true(backend._listening["news"].delivered is None))
+            subscription = await hub.subscribe(["news"])
+            with pytest.raises(ChannelNotFound):
+                await hub.read_after("news", third.id)
+            await hub.unsubscribe(subscription)
+            # And the next subscriber's open asks Redis (the process knows nothing now).
+            with pytest.raises(ChannelNotFound):
+                await hub.open_channel("news", False, after=third.id)
+
+
+async def test_a_subscriber_opening_without_a_command_is_still_requested(redis_server, prefix):
+    """An open answered by the process itself (the subscriber is at the newest message
+    of a channel it is subscribed to) still marks the channel requested: at once in the
+    process's own answers, in Redis by the next sweep."""
+    async with node(redis_server, key_prefix=prefix) as other:
+        backend = node(redis_server, record=False, key_prefix=prefix, linger=0.5)
+        async with Hub(backend) as hub:
+            first = (await other.publish("news", b"first", "text/plain")).message
+            subscription = await hub.subscribe(["news"])
+            asked = time.time()
+            opened = await hub.open_channel("news", False, after=first.id)
+            assert opened.read.message is None and not opened.created
+            assert (await hub.info("news")).last_requested >= asked
+            await wait_until(lambda: _at_least(other.info("news"), asked))
+            # Behind the newest message: read from Redis, as always.
+            second = (await other.publish("news", b"second", "text/plain")).message
+            assert (await subscription.get()).message.id == second.id  # it has arrived
+            assert (await hub.open_channel("news", False, after=first.id)).read.message.id == (
+                second.id
+            )
+            # A message this process published is read at once, even before it has come
+            # back on pub/sub (another process's comes live, once it arrives).
+            third = (await hub.publish("news", b"third", "text/plain")).message
+            assert (await hub.open_channel("news", False, after=second.id)).read.message.id == (
+                third.id
+            )
+            await hub.unsubscribe(subscription)
+
+
+async def _at_least(info, when: float) -> bool:
+    requested = (await info).last_requested
+    return requested is not None and requested >= when
 
 
 async def test_keys_are_prefixed_and_hash_tagged_per_channel(redis_server, prefix):
@@ -326,8 +470,9 @@ async def test_subscribers_keep_an_expiring_channel_and_it_goes_once_they_left(
     redis_server, client, prefix
 ):
     meta = f"{prefix}{{anon}}:meta"
-    async with node(redis_server, key_prefix=prefix, channel_timeout=1, node_ttl=30) as a:
-        async with node(redis_server, key_prefix=prefix, channel_timeout=1) as b:
+    # linger=0: each count is written as it changes (lowered counts lingering: below).
+    async with node(redis_server, key_prefix=prefix, channel_timeout=1, node_ttl=30, linger=0) as a:
+        async with node(redis_server, key_prefix=prefix, channel_timeout=1, linger=0) as b:
             await a.create("anon", publisher=False)
             await a.subscribers_changed("anon", 1)
             await b.subscribers_changed("anon", 1)

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def two_servers(push_server_factory, redis_server):
-    config = push_config(redis_server.store())
+    # A short linger: a process's count of subscribers that left reaches the other process
+    # within one to two lingers (docs/redis.md), well inside these tests' waits.
+    config = push_config(redis_server.store(linger=1))
     return push_server_factory(config), push_server_factory(config)
 
 
