@@ -73,7 +73,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from functools import partial
 from typing import Any
 
 import anyio
@@ -163,6 +162,7 @@ class EventStreamResponse:
     """Writes a :class:`Stream` as an event stream, in batches (module docstring)."""
 
     __slots__ = (
+        "_asgi_send",
         "_ids",
         "_multiplexed",
         "_sender",
@@ -193,6 +193,7 @@ class EventStreamResponse:
         # (One channel: unused, and not copied.)
         self._ids = dict(stream.positions) if self._multiplexed else stream.positions
         self._sender: SendNow | None = None
+        self._asgi_send: Send | None = None
 
     async def _send(self, send: Send, message: ASGIMessage) -> None:
         """One send under the send timeout (what the watching task sends)."""
@@ -210,25 +211,29 @@ class EventStreamResponse:
             return
         guard = self.guard
         self._sender = send_now_of(scope, send)
-
-        async def ping() -> None:
-            if self.active:
-                await self._send(send, _PING_BODY)
-
+        # Kept here, not in a closure and a partial: bound methods are smaller, and the
+        # watcher holds its ping for as long as the stream is open.
+        self._asgi_send = send
         # Failures come out bare (SendTimeout, BackendUnavailable).
         try:
             await guard.run(
-                partial(self._write_stream, send),
+                self._write_stream,
                 receive,
                 self._disconnected,
-                ping,
+                self._ping,
                 self.ping_interval,
                 inbox_of(scope, receive),
             )
         finally:
             self._sender = None
+            self._asgi_send = None
         if guard.timed_out:
             raise SendTimeout
+
+    async def _ping(self) -> None:
+        send = self._asgi_send
+        if self.active and send is not None:
+            await self._send(send, _PING_BODY)
 
     async def _disconnected(self, message: ASGIMessage) -> bool:
         """Whether a received message ends the stream (the client left)."""
@@ -254,7 +259,9 @@ class EventStreamResponse:
         ids[channel_id] = before
         return False
 
-    async def _write_stream(self, send: Send) -> None:
+    async def _write_stream(self) -> None:
+        send = self._asgi_send
+        assert send is not None
         stream = self.stream
         guard = self.guard
         clock = time.monotonic
