@@ -236,7 +236,10 @@ class AppQueue:
         """The first item; :class:`IndexError` when there is none."""
         if not self._items:
             raise IndexError("the queue is empty")
-        item = self._items.pop(0)
+        items = self._items
+        item = items.pop(0)
+        if not items:
+            self._items = None  # an idle request's queue keeps no empty list
         _wake_one(self._putters)
         return item
 
