@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import anyio
@@ -332,60 +332,54 @@ class SSETransport(HTTPTransport):
                 await self.respond_refused(send, admission, headers)
                 return
             try:
-                await self.serve(request, positions, receive, send, headers)
+                # Served here, not in a method of its own: its frame would be held by every
+                # open stream.
+                async with self.hub.subscription(list(positions)) as subscription:
+                    stream = Stream(self.hub, subscription, positions)
+                    response = EventStreamResponse(
+                        stream,
+                        ping=location.ping_interval,
+                        send_timeout=location.send_timeout or None,
+                    )
+                    response.raw_headers.extend(headers)
+                    if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
+                        # Whatever ends a stream (a shutdown, the last channel deleted) ends
+                        # the connection too: the client then reconnects on a new one, instead
+                        # of reusing this one while the server closes it. (HTTP/2 has no such
+                        # header.) It replaces the "Connection: keep-alive" of STREAM_HEADERS.
+                        response.raw_headers[:] = [
+                            h for h in response.raw_headers if h[0] != b"connection"
+                        ]
+                        response.raw_headers.append(_CONNECTION_CLOSE)
+                    tokens: Sequence[object] = ()  # no empty list held for the stream's life
+                    if self.presence is not None and self.notify:
+                        tokens = [self.presence.subscribed(request, c) for c in positions]
+                    metrics = self.hub.metrics
+                    metrics.eventsource += 1
+                    try:
+                        try:
+                            await response(request.scope, receive, send)
+                        finally:
+                            response.close()
+                        if response.guard.timed_out:
+                            raise SendTimeout
+                    except SendTimeout:
+                        metrics.slow_eventsource += 1
+                        logger.info(
+                            "event-stream subscriber %s on %s stopped reading for %ss: "
+                            "disconnected",
+                            request.client_host,
+                            ",".join(positions) or "-",
+                            location.send_timeout,
+                        )
+                    finally:
+                        metrics.eventsource -= 1
+                        if self.presence is not None:
+                            for token in tokens:
+                                self.presence.unsubscribed(token)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
             await self.respond_refused(send, store_refusal(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
-
-    async def serve(
-        self,
-        request: Request,
-        positions: dict[str, MessageId],
-        receive: Receive,
-        send: Send,
-        headers: Headers,
-    ) -> None:
-        location = self.location
-        async with self.hub.subscription(list(positions)) as subscription:
-            stream = Stream(self.hub, subscription, positions)
-            response = EventStreamResponse(
-                stream,
-                ping=location.ping_interval,
-                send_timeout=location.send_timeout or None,
-            )
-            response.raw_headers.extend(headers)
-            if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
-                # Whatever ends a stream (a shutdown, the last channel deleted) ends the
-                # connection too: the client then reconnects on a new one, instead of
-                # reusing this one while the server closes it. (HTTP/2 has no such header.)
-                # It replaces the "Connection: keep-alive" of STREAM_HEADERS.
-                response.raw_headers[:] = [h for h in response.raw_headers if h[0] != b"connection"]
-                response.raw_headers.append(_CONNECTION_CLOSE)
-            tokens = []
-            if self.presence is not None and self.notify:
-                tokens = [self.presence.subscribed(request, c) for c in positions]
-            metrics = self.hub.metrics
-            metrics.eventsource += 1
-            try:
-                try:
-                    await response(request.scope, receive, send)
-                finally:
-                    response.close()
-                if response.guard.timed_out:
-                    raise SendTimeout
-            except SendTimeout:
-                metrics.slow_eventsource += 1
-                logger.info(
-                    "event-stream subscriber %s on %s stopped reading for %ss: disconnected",
-                    request.client_host,
-                    ",".join(positions) or "-",
-                    location.send_timeout,
-                )
-            finally:
-                metrics.eventsource -= 1
-                if self.presence is not None:
-                    for token in tokens:
-                        self.presence.unsubscribed(token)
