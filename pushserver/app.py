@@ -384,6 +384,38 @@ class PushServer:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def awaitable_for(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What serving a request awaits: the same as ``self(scope, receive, send)``, but a
+        plain request for a push location is its location handler's coroutine itself,
+        without this app's :meth:`__call__` frame around it. pushserver's hypercorn wrapper
+        (:class:`pushserver.hypercorn._ASGI`) calls this: an idle subscriber then holds one
+        coroutine frame fewer, and not the route's match and path string it kept (about
+        450 bytes per connection, bench/NOTES.md). Anything else (the lifespan, the first
+        request, ``forcehost``, a request declaring a body, a head too large, no location
+        matching) is :meth:`__call__`'s."""
+        kind = scope["type"]
+        if kind == "lifespan" or self.first_request is not None or self.forcehost is not None:
+            return self(scope, receive, send)
+        guarded_receive, guarded_send = guard_body(scope, receive, send)
+        if guarded_receive is not receive or guarded_send is not send:
+            return self(scope, receive, send)
+        if kind == "http" and framed_twice(scope):
+            return self(scope, receive, send)
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        for route in self.routes:
+            match = route.location.regex.match(path)
+            if match is None:
+                continue
+            if head_size(scope) > self._max_header_size:
+                break
+            channel = match.group(1)
+            # As __call__ does (the JSON access log).
+            scope["pushserver.location"] = route.location.type
+            scope["pushserver.channel"] = channel
+            return route.handler(scope, channel, receive, send)
+        return self(scope, receive, send)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
