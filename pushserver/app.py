@@ -384,6 +384,43 @@ class PushServer:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def awaitable_for(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What serving a request awaits: the same as ``self(scope, receive, send)``, but a
+        plain request for a push location is its location handler's coroutine itself,
+        without this app's :meth:`__call__` frame around it. pushserver's hypercorn wrapper
+        (:class:`pushserver.hypercorn._ASGI`) calls this: an idle subscriber then holds one
+        coroutine frame fewer, and not the route's match and path string it kept (about
+        450 bytes per connection, bench/NOTES.md). Anything else (the lifespan, the first
+        request, ``forcehost``, a request declaring a body, a head too large, no location
+        matching) is :meth:`__call__`'s."""
+        kind = scope["type"]
+        if kind == "lifespan" or self.first_request is not None or self.forcehost is not None:
+            return self(scope, receive, send)
+        guarded_receive, guarded_send = guard_body(scope, receive, send)
+        if guarded_receive is not receive or guarded_send is not send:
+            return self(scope, receive, send)
+        if kind == "http" and framed_twice(scope):
+            return self(scope, receive, send)
+        found = self.route(scope)
+        if found is None or head_size(scope) > self._max_header_size:
+            return self(scope, receive, send)
+        route, channel = found
+        return route.handler(scope, channel, receive, send)
+
+    def route(self, scope: Scope) -> tuple[Route, str] | None:
+        """The location the request's path is for and its raw channel id, noted in the
+        scope for the JSON access log (:mod:`pushserver.logs`); None when none matches."""
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        for route in self.routes:
+            match = route.location.regex.match(path)
+            if match is not None:
+                channel = match.group(1)
+                scope["pushserver.location"] = route.location.type
+                scope["pushserver.channel"] = channel
+                return route, channel
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
@@ -399,20 +436,14 @@ class PushServer:
             return
         if self.forcehost is not None and await self.redirect_host(scope, send):
             return
-        raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
-        for route in self.routes:
-            match = route.location.regex.match(path)
-            if match is None:
-                continue
+        found = self.route(scope)
+        if found is not None:
+            route, channel = found
             if head_size(scope) > self._max_header_size:
                 await self.head_too_large(scope, route.early_headers, receive, send)
                 return
-            # Where the request went, for the JSON access log (pushserver.logs).
-            scope["pushserver.location"] = route.location.type
-            scope["pushserver.channel"] = match.group(1)
             # Awaited here, not through a helper: see Subscriber.__call__.
-            await route.handler(scope, match.group(1), receive, send)
+            await route.handler(scope, channel, receive, send)
             return
         if self.fallback is not None:
             if head_size(scope) > self._max_header_size:

@@ -179,13 +179,24 @@ class Subscription:
     async def wait(self) -> None:
         """Return once something is queued or the subscription overflowed."""
         while not self.queue and not self.overflowed:
-            # One wakeup per wait, dropped once set (neither a future nor an anyio Event
-            # can be reset).
-            wakeup = self._wakeup = self._hub.new_wakeup()
             try:
-                await wakeup
+                await self.arm()
             finally:
-                self._wakeup = None
+                self.disarm()
+
+    def arm(self) -> Wakeup:
+        """The wakeup the next :meth:`offer` (or overflow) sets, for a caller that awaits it
+        itself and clears ``_wakeup`` after, as :meth:`wait` does. A wait held by every idle
+        stream (:meth:`pushserver.transports.streaming.Stream.batch`) awaits it directly:
+        one coroutine frame fewer per connection (about 200 bytes)."""
+        # One wakeup per wait, dropped once set (neither a future nor an anyio Event can be
+        # reset).
+        wakeup = self._wakeup = self._hub.new_wakeup()
+        return wakeup
+
+    def disarm(self) -> None:
+        """After awaiting :meth:`arm`'s wakeup, however that ended."""
+        self._wakeup = None
 
     async def get(self) -> Event | None:
         """The next event; None when woken by an overflow with nothing queued."""

@@ -128,3 +128,55 @@ async def test_subscribers_and_the_fallback_share_max_connections(anyio_backend)
         sent = await asgi_request(app, "GET", "/subscriber/c")
         assert (sent[0]["status"], sent[1]["body"]) == (200, b"x")
         assert app.connections.active == 0
+
+
+class ViaAwaitable:
+    """The app as pushserver's hypercorn wrapper calls it: ``awaitable_for``."""
+
+    def __init__(self, app: PushServer) -> None:
+        self.app = app
+
+    def __call__(self, scope, receive, send):
+        return self.app.awaitable_for(scope, receive, send)
+
+
+async def test_awaitable_for_answers_as_the_app_does(anyio_backend):
+    fallback = Fallback()
+    async with PushServer(load({"locations": LOCATIONS}), fallback=fallback) as app:
+        via = ViaAwaitable(app)
+        sent = await asgi_request(via, "POST", "/publisher/c", b"hello")
+        assert sent[0]["status"] == 202
+        sent = await asgi_request(via, "GET", "/subscriber/c")
+        assert (sent[0]["status"], sent[1]["body"]) == (200, b"hello")
+        sent = await asgi_request(via, "GET", "/status/json")
+        assert sent[0]["status"] == 200
+        sent = await asgi_request(via, "GET", "/elsewhere")
+        assert (sent[0]["status"], sent[1]["body"]) == (200, b"site")
+        assert fallback.paths == ["/elsewhere"]
+        sent = await asgi_request(via, "GET", "/subscriber/c", headers=HUGE)
+        assert sent[0]["status"] == 431
+        assert await websocket_close_code(via, "/status/") == 1003
+        assert app.connections.active == 0
+
+        # A plain location request is its handler's coroutine, without the app's own frame;
+        # anything else is the app's __call__.
+        def scope(path: str) -> dict:
+            return {"type": "http", "method": "GET", "path": path, "raw_path": path.encode()}
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            pass
+
+        for path, expected in (
+            ("/subscriber/c", "Subscriber.__call__"),
+            ("/elsewhere", "PushServer.__call__"),
+        ):
+            coro = app.awaitable_for({**scope(path), "headers": []}, receive, send)
+            assert coro.cr_code.co_qualname == expected
+            coro.close()
+        app.forcehost = "example.com"
+        coro = app.awaitable_for({**scope("/subscriber/c"), "headers": []}, receive, send)
+        assert coro.cr_code.co_qualname == "PushServer.__call__"
+        coro.close()

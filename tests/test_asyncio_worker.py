@@ -605,3 +605,64 @@ async def test_run_shielded_work_survives_a_native_cancel_of_its_caller():
     release.set()
     with anyio.fail_after(5):
         await finished.wait()
+
+
+async def test_a_websocket_lets_its_h11_connection_go_after_the_101_and_still_closes_cleanly():
+    import gc
+
+    import h11
+    from hypercorn.protocol.h11 import H11WSConnection
+
+    from pushserver.hypercorn.worker import _SWITCHED
+
+    def client(port: int) -> None:
+        with connect(port) as sock:
+            sock.sendall(
+                b"GET /subscriber/ws-switch HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            buffer = bytearray()
+            head, _ = read_response(sock, buffer)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            upgraded = [o for o in gc.get_objects() if type(o) is H11WSConnection]
+            assert len(upgraded) == 1
+            # Nothing more can be sent through it (h11 itself refuses every event now).
+            assert upgraded[0].h11_connection is _SWITCHED
+            with pytest.raises(h11.LocalProtocolError):
+                upgraded[0].send(h11.Data(data=b"x"))
+            # The WebSocket still works: a close (masked, code 1000) is answered in kind.
+            mask = b"\x01\x02\x03\x04"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(struct.pack("!H", 1000)))
+            sock.sendall(b"\x88\x82" + mask + payload)
+            data = bytes(buffer)
+            while b"\x88" not in data:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert data[data.index(b"\x88") + 2 :][:2] == struct.pack("!H", 1000)
+
+    await serving(client)
+
+
+def test_h11_refuses_every_event_after_a_101_as_the_stand_in_does():
+    import h11
+
+    from pushserver.hypercorn.worker import _SWITCHED
+
+    for event in (
+        h11.Data(data=b"x"),
+        h11.EndOfMessage(),
+        h11.Response(status_code=200, headers=[]),
+    ):
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(
+            b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        assert isinstance(connection.next_event(), h11.Request)
+        connection.send(h11.InformationalResponse(status_code=101, headers=[(b"upgrade", b"ws")]))
+        assert connection.our_state is h11.SWITCHED_PROTOCOL is _SWITCHED.our_state
+        with pytest.raises(h11.LocalProtocolError):
+            connection.send(event)
+        with pytest.raises(h11.LocalProtocolError):
+            _SWITCHED.send(event)

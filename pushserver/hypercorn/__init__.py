@@ -134,12 +134,14 @@ class _ASGI:
     """The app as hypercorn calls it (with its sync-spawn and call-soon helpers, which
     pushserver does not use). Not ``hypercorn.utils.wrap_app``: its wrapper awaits the app
     in a coroutine of its own, one more frame held by every open connection (368 bytes);
-    this returns the app's coroutine for hypercorn to await directly."""
+    this returns the app's coroutine for hypercorn to await directly. A
+    :class:`pushserver.app.PushServer` is asked for it through ``awaitable_for``, which
+    leaves out its own ``__call__`` frame where it can."""
 
     __slots__ = ("app",)
 
     def __init__(self, app: Any) -> None:
-        self.app = app
+        self.app = getattr(app, "awaitable_for", app)
 
     def __call__(
         self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any

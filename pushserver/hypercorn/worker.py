@@ -53,7 +53,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
@@ -236,7 +236,10 @@ class AppQueue:
         """The first item; :class:`IndexError` when there is none."""
         if not self._items:
             raise IndexError("the queue is empty")
-        item = self._items.pop(0)
+        items = self._items
+        item = items.pop(0)
+        if not items:
+            self._items = None  # an idle request's queue keeps no empty list
         _wake_one(self._putters)
         return item
 
@@ -435,6 +438,27 @@ class Worker:
             await asyncio.wait(tasks)
 
 
+class _Switched:
+    """What a WebSocket's :class:`H11WSConnection` keeps of its h11 connection once the 101
+    response went out. From then on h11 refuses every event it is given (its state is
+    ``SWITCHED_PROTOCOL``, which allows none) and hypercorn sends it none; this refuses them
+    the same way, without the parser, buffers and state machine that h11's connection holds
+    for the WebSocket's whole life (about 1 KiB per connection, bench/NOTES.md)."""
+
+    __slots__ = ()
+
+    our_state = h11.SWITCHED_PROTOCOL
+
+    def send(self, event: Any) -> bytes:
+        raise h11.LocalProtocolError(
+            f"can't handle event type {type(event).__name__} when role=SERVER and "
+            "state=SWITCHED_PROTOCOL"
+        )
+
+
+_SWITCHED = _Switched()
+
+
 class Connection(asyncio.Protocol):
     """One client connection: hands its bytes to hypercorn's protocol and writes what that
     sends. Also the connection's task group for hypercorn (``spawn_app``, ``spawn``)."""
@@ -445,6 +469,7 @@ class Connection(asyncio.Protocol):
         "_inbox",
         "_paused_reading",
         "_tasks",
+        "_upgrade",
         "closed",
         "ended",
         "idle",
@@ -469,6 +494,8 @@ class Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         #: The application and protocol tasks still running.
         self._tasks: list[asyncio.Task[Any]] | None = None
+        #: A WebSocket's h11 protocol until its response head is written (:meth:`send`).
+        self._upgrade: H11Protocol | None = None
         self.closed = False  # we closed the transport
         self.ended = False  # the end of stream (or the loss) was handed on
         self.lost = False  # the transport is gone
@@ -595,6 +622,8 @@ class Connection(asyncio.Protocol):
                 if self.protocol is not None:
                     await self.protocol.handle(Closed())
                 return
+            if self._upgrade is not None:
+                self._upgraded()
             self.transport.write(event.data)
             drain = self._drain
             if drain is not None:
@@ -608,6 +637,19 @@ class Connection(asyncio.Protocol):
                 self._start_idle()
             else:
                 self._stop_idle()
+
+    def _upgraded(self) -> None:
+        """The first write of a WebSocket's request (its response head): once that was a 101,
+        the h11 connection hypercorn keeps will refuse anything more (see :class:`_Switched`)
+        and is let go. A 100 Continue or an HTTP answer first: it stays, as it was."""
+        protocol, self._upgrade = self._upgrade, None
+        assert protocol is not None
+        connection = protocol.connection
+        if (
+            type(connection) is H11WSConnection
+            and connection.h11_connection.our_state is h11.SWITCHED_PROTOCOL
+        ):
+            connection.h11_connection = _SWITCHED  # type: ignore[assignment]
 
     async def spawn_app(
         self,
@@ -626,6 +668,8 @@ class Connection(asyncio.Protocol):
         protocol = getattr(getattr(stream, "send", None), "__self__", None)
         if type(protocol) is H11Protocol and type(stream) in (HTTPStream, WSStream):
             extensions[SEND_NOW] = SendNow(self, protocol, stream)
+            if type(stream) is WSStream:
+                self._upgrade = protocol
         worker = self.worker
         self.spawn(
             _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon

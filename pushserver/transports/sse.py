@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from functools import partial
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import anyio
@@ -163,6 +163,7 @@ class EventStreamResponse:
     """Writes a :class:`Stream` as an event stream, in batches (module docstring)."""
 
     __slots__ = (
+        "_asgi_send",
         "_ids",
         "_multiplexed",
         "_sender",
@@ -193,6 +194,7 @@ class EventStreamResponse:
         # (One channel: unused, and not copied.)
         self._ids = dict(stream.positions) if self._multiplexed else stream.positions
         self._sender: SendNow | None = None
+        self._asgi_send: Send | None = None
 
     async def _send(self, send: Send, message: ASGIMessage) -> None:
         """One send under the send timeout (what the watching task sends)."""
@@ -201,34 +203,36 @@ class EventStreamResponse:
         if scope.cancelled_caught:
             raise SendTimeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What writes the response, for the caller to await. Not a coroutine of its own:
+        one frame fewer held by every open stream. Failures come out bare (SendTimeout,
+        BackendUnavailable); a write blocked past the send timeout ends it with
+        ``guard.timed_out`` set, for the caller to raise :class:`SendTimeout`."""
         if scope["method"] == "HEAD":
-            # The headers and no stream, as sse-starlette answers HEAD.
-            start = {"type": "http.response.start", "status": self.status_code}
-            await self._send(send, {**start, "headers": self.raw_headers})
-            await self._send(send, _END_BODY)
-            return
-        guard = self.guard
+            return self._head(send)
         self._sender = send_now_of(scope, send)
+        # Kept here, not in a closure and a partial: bound methods are smaller, and the
+        # watcher holds its ping for as long as the stream is open.
+        self._asgi_send = send
+        return self.guard.run(
+            self._write_stream,
+            receive,
+            self._disconnected,
+            self._ping,
+            self.ping_interval,
+            inbox_of(scope, receive),
+        )
 
-        async def ping() -> None:
-            if self.active:
-                await self._send(send, _PING_BODY)
+    async def _head(self, send: Send) -> None:
+        # The headers and no stream, as sse-starlette answers HEAD.
+        start = {"type": "http.response.start", "status": self.status_code}
+        await self._send(send, {**start, "headers": self.raw_headers})
+        await self._send(send, _END_BODY)
 
-        # Failures come out bare (SendTimeout, BackendUnavailable).
-        try:
-            await guard.run(
-                partial(self._write_stream, send),
-                receive,
-                self._disconnected,
-                ping,
-                self.ping_interval,
-                inbox_of(scope, receive),
-            )
-        finally:
-            self._sender = None
-        if guard.timed_out:
-            raise SendTimeout
+    async def _ping(self) -> None:
+        send = self._asgi_send
+        if self.active and send is not None:
+            await self._send(send, _PING_BODY)
 
     async def _disconnected(self, message: ASGIMessage) -> bool:
         """Whether a received message ends the stream (the client left)."""
@@ -254,7 +258,14 @@ class EventStreamResponse:
         ids[channel_id] = before
         return False
 
-    async def _write_stream(self, send: Send) -> None:
+    def close(self) -> None:
+        """After the response was awaited, however that ended: the writers are let go."""
+        self._sender = None
+        self._asgi_send = None
+
+    async def _write_stream(self) -> None:
+        send = self._asgi_send
+        assert send is not None
         stream = self.stream
         guard = self.guard
         clock = time.monotonic
@@ -321,55 +332,54 @@ class SSETransport(HTTPTransport):
                 await self.respond_refused(send, admission, headers)
                 return
             try:
-                await self.serve(request, positions, receive, send, headers)
+                # Served here, not in a method of its own: its frame would be held by every
+                # open stream.
+                async with self.hub.subscription(list(positions)) as subscription:
+                    stream = Stream(self.hub, subscription, positions)
+                    response = EventStreamResponse(
+                        stream,
+                        ping=location.ping_interval,
+                        send_timeout=location.send_timeout or None,
+                    )
+                    response.raw_headers.extend(headers)
+                    if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
+                        # Whatever ends a stream (a shutdown, the last channel deleted) ends
+                        # the connection too: the client then reconnects on a new one, instead
+                        # of reusing this one while the server closes it. (HTTP/2 has no such
+                        # header.) It replaces the "Connection: keep-alive" of STREAM_HEADERS.
+                        response.raw_headers[:] = [
+                            h for h in response.raw_headers if h[0] != b"connection"
+                        ]
+                        response.raw_headers.append(_CONNECTION_CLOSE)
+                    tokens: Sequence[object] = ()  # no empty list held for the stream's life
+                    if self.presence is not None and self.notify:
+                        tokens = [self.presence.subscribed(request, c) for c in positions]
+                    metrics = self.hub.metrics
+                    metrics.eventsource += 1
+                    try:
+                        try:
+                            await response(request.scope, receive, send)
+                        finally:
+                            response.close()
+                        if response.guard.timed_out:
+                            raise SendTimeout
+                    except SendTimeout:
+                        metrics.slow_eventsource += 1
+                        logger.info(
+                            "event-stream subscriber %s on %s stopped reading for %ss: "
+                            "disconnected",
+                            request.client_host,
+                            ",".join(positions) or "-",
+                            location.send_timeout,
+                        )
+                    finally:
+                        metrics.eventsource -= 1
+                        if self.presence is not None:
+                            for token in tokens:
+                                self.presence.unsubscribed(token)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
             await self.respond_refused(send, store_refusal(exc), headers)
         except BackendUnavailable as exc:
             await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
-
-    async def serve(
-        self,
-        request: Request,
-        positions: dict[str, MessageId],
-        receive: Receive,
-        send: Send,
-        headers: Headers,
-    ) -> None:
-        location = self.location
-        async with self.hub.subscription(list(positions)) as subscription:
-            stream = Stream(self.hub, subscription, positions)
-            response = EventStreamResponse(
-                stream,
-                ping=location.ping_interval,
-                send_timeout=location.send_timeout or None,
-            )
-            response.raw_headers.extend(headers)
-            if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
-                # Whatever ends a stream (a shutdown, the last channel deleted) ends the
-                # connection too: the client then reconnects on a new one, instead of
-                # reusing this one while the server closes it. (HTTP/2 has no such header.)
-                # It replaces the "Connection: keep-alive" of STREAM_HEADERS.
-                response.raw_headers[:] = [h for h in response.raw_headers if h[0] != b"connection"]
-                response.raw_headers.append(_CONNECTION_CLOSE)
-            tokens = []
-            if self.presence is not None and self.notify:
-                tokens = [self.presence.subscribed(request, c) for c in positions]
-            metrics = self.hub.metrics
-            metrics.eventsource += 1
-            try:
-                await response(request.scope, receive, send)
-            except SendTimeout:
-                metrics.slow_eventsource += 1
-                logger.info(
-                    "event-stream subscriber %s on %s stopped reading for %ss: disconnected",
-                    request.client_host,
-                    ",".join(positions) or "-",
-                    location.send_timeout,
-                )
-            finally:
-                metrics.eventsource -= 1
-                if self.presence is not None:
-                    for token in tokens:
-                        self.presence.unsubscribed(token)

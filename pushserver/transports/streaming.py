@@ -541,7 +541,12 @@ class Stream:
             elif subscription.queue:
                 out = await self._drain()
             elif write_now is None:
-                await subscription.wait()
+                # Nothing queued, no overflow: what Subscription.wait() would wait for,
+                # awaited here without its frame (this wait is what an idle stream holds).
+                try:
+                    await subscription.arm()
+                finally:
+                    subscription.disarm()
                 continue
             else:
                 # Held only while waiting: the subscription and the stream refer to each
@@ -549,8 +554,9 @@ class Stream:
                 self._write_now = write_now
                 subscription.direct = self.deliver_now
                 try:
-                    await subscription.wait()
+                    await subscription.arm()
                 finally:
+                    subscription.disarm()
                     subscription.direct = None
                     self._write_now = None
                 continue

@@ -103,7 +103,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Awaitable, Iterable, MutableMapping
 from contextlib import suppress
 from typing import Any
 
@@ -386,8 +386,13 @@ class WebSocketTransport(SubscriberTransport):
                     metrics = self.hub.metrics
                     metrics.websocket += 1
                     try:
-                        await connection.run()
+                        try:
+                            await connection.run()
+                        except (_TooSlow, BackendUnavailable) as exc:
+                            connection.failed(exc)
+                        await connection.close()
                     finally:
+                        connection.unsubscribe()
                         metrics.websocket -= 1
             finally:
                 admission.release()
@@ -468,44 +473,52 @@ class _Connection:
         self.close_reason = ""
         self.tokens: dict[str, object] = {}
 
-    async def run(self) -> None:
+    def run(self) -> Awaitable[None]:
+        """The writer (:meth:`deliver`) and the watcher (commands, disconnect, send timeout,
+        keepalive) under :meth:`SendGuard.run`, for the caller to await; how either side
+        ends decides the close, which follows (:meth:`failed`, :meth:`close`, then
+        :meth:`unsubscribe` whatever happened: :meth:`WebSocketTransport.__call__`). Not
+        a coroutine of its own: one frame fewer held by every open connection."""
         presence = self.transport.presence
         if self.transport.notify:
             assert presence is not None
             for channel_id in self.stream.positions:
                 self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
-        interval = self.location.ping_interval
-        try:
-            # How either side ends decides the close: the writer (deliver) and the watcher
-            # (commands, disconnect, send timeout, keepalive) raise here as they are.
-            try:
-                await self.guard.run(
-                    self.deliver,
-                    self.receive,
-                    self.received,
-                    self.ping,
-                    interval,
-                    inbox_of(self.request.scope, self.receive),
+        return self.guard.run(
+            self.deliver,
+            self.receive,
+            self.received,
+            self.ping,
+            self.location.ping_interval,
+            inbox_of(self.request.scope, self.receive),
+        )
+
+    def failed(self, exc: _TooSlow | BackendUnavailable) -> None:
+        """:meth:`run` raised one of the failures that decide the close code."""
+        if isinstance(exc, _TooSlow):
+            self.too_slow()
+        else:
+            self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
+
+    async def close(self) -> None:
+        """After :meth:`run`: the close frame, if the server decided the close."""
+        if self.guard.timed_out:
+            self.too_slow()
+        if self.close_code is not None:
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self._send(
+                    {
+                        "type": "websocket.close",
+                        "code": self.close_code,
+                        "reason": self.close_reason,
+                    }
                 )
-            except _TooSlow:
-                self.too_slow()
-            except BackendUnavailable:
-                self.finish(CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable")
-            if self.guard.timed_out:
-                self.too_slow()
-            if self.close_code is not None:
-                with anyio.move_on_after(CLOSE_TIMEOUT):
-                    await self._send(
-                        {
-                            "type": "websocket.close",
-                            "code": self.close_code,
-                            "reason": self.close_reason,
-                        }
-                    )
-        finally:
-            if presence is not None:
-                for token in self.tokens.values():
-                    presence.unsubscribed(token)
+
+    def unsubscribe(self) -> None:
+        presence = self.transport.presence
+        if presence is not None:
+            for token in self.tokens.values():
+                presence.unsubscribed(token)
 
     def too_slow(self) -> None:
         if self.close_code is None:
