@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 
 import anyio
@@ -197,20 +198,11 @@ async def wait_once(
     """Long-poll from ``position`` and, once the poll waits (Redis has its subscription),
     publish ``body``; return the position of ``body`` once the poll answered with it (and,
     unless ``linger``, once Redis has dropped the subscription again)."""
-    received: list[httpx.Response] = []
-    async with anyio.create_task_group() as tg:
 
-        async def poll() -> None:
-            received.append(
-                await client.get("/subscriber/news", headers=position_headers(position))
-            )
+    async def subscribed() -> bool:  # Redis's own subscription count
+        return await anyio.to_thread.run_sync(log.numsub, live) != 0
 
-        tg.start_soon(poll)
-        with anyio.fail_after(10):
-            while await anyio.to_thread.run_sync(log.numsub, live) == 0:
-                await anyio.sleep(0.01)  # watching Redis's own subscription count
-        published = await publish(client, body)
-    assert received[0].content == body
+    published = await poll_and_publish(client, position, body, subscribed)
     if not linger:
         with anyio.fail_after(10):
             while await anyio.to_thread.run_sync(log.numsub, live) != 0:
@@ -222,6 +214,22 @@ async def wait_again(client: httpx.AsyncClient, position: str, body: bytes) -> s
     """Long-poll from ``position`` on a channel that is subscribed already and, once the
     server counts the poll as waiting (its status; no Redis command), publish ``body``;
     return its position once the poll answered with it."""
+
+    async def waiting() -> bool:  # the server's own count of waiting long polls
+        return (await client.get("/status/json")).json()["connections"]["longpoll"] == 1
+
+    published = await poll_and_publish(client, position, body, waiting)
+    return published.json()["last_message_id"]
+
+
+async def poll_and_publish(
+    client: httpx.AsyncClient,
+    position: str,
+    body: bytes,
+    waiting: Callable[[], Awaitable[bool]],
+) -> httpx.Response:
+    """Long-poll from ``position``; once ``waiting()`` says the poll waits, publish ``body``
+    and check that the poll answered with it. The publish's answer."""
     received: list[httpx.Response] = []
     async with anyio.create_task_group() as tg:
 
@@ -232,11 +240,11 @@ async def wait_again(client: httpx.AsyncClient, position: str, body: bytes) -> s
 
         tg.start_soon(poll)
         with anyio.fail_after(10):
-            while (await client.get("/status/json")).json()["connections"]["longpoll"] != 1:
-                await anyio.sleep(0.01)  # the server's own count of waiting long polls
+            while not await waiting():
+                await anyio.sleep(0.01)
         published = await publish(client, body)
     assert received[0].content == body
-    return published.json()["last_message_id"]
+    return published
 
 
 async def wait_gone(log: CommandLog, live: bytes, subs: str) -> None:
