@@ -540,19 +540,14 @@ class Stream:
                 out = await self._start_catch_up()
             elif subscription.queue:
                 out = await self._drain()
-            elif write_now is None:
+            else:
                 # Nothing queued, no overflow: what Subscription.wait() would wait for,
                 # awaited here without its frame (this wait is what an idle stream holds).
-                try:
-                    await subscription.arm()
-                finally:
-                    subscription.disarm()
-                continue
-            else:
-                # Held only while waiting: the subscription and the stream refer to each
-                # other meanwhile, and to nothing of each other after.
-                self._write_now = write_now
-                subscription.direct = self.deliver_now
+                # The writer is held only while waiting: the subscription and the stream
+                # refer to each other meanwhile, and to nothing of each other after.
+                if write_now is not None:
+                    self._write_now = write_now
+                    subscription.direct = self.deliver_now
                 try:
                     await subscription.arm()
                 finally:
