@@ -162,6 +162,37 @@ def test_wsproto_frames_a_whole_message_alike_on_every_connection_without_extens
         assert frame[0] & 0x40 == 0  # not compressed (RSV1 clear)
 
 
+def test_h11_frames_a_chunk_alike_on_every_chunked_response_and_keeps_no_state_of_it():
+    """worker.SendNow writes a body chunk it made once for every chunked event stream
+    (``Worker.last_chunk``), skipping h11's ``send`` after a response's first chunk: h11
+    must frame a chunk as RFC 9112 does, keep no state of it (the end of the body still
+    comes out right), and write an HTTP/1.0 response's body as it is."""
+    import h11
+
+    from pushserver.hypercorn.worker import _chunk
+
+    def responding(version: bytes) -> tuple[h11.Connection, bytes]:
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(b"GET /s HTTP/%b\r\nhost: x\r\n\r\n" % version)
+        assert type(connection.next_event()) is h11.Request
+        head = connection.send(h11.Response(status_code=200, headers=[("content-type", "x")]))
+        assert connection.our_state is h11.SEND_BODY
+        return connection, head
+
+    one, head = responding(b"1.1")
+    assert b"transfer-encoding: chunked" in head.lower()
+    two, _ = responding(b"1.1")
+    body = b"data: h\xc3\xa9llo\n\n" * 40
+    assert one.send(h11.Data(data=body)) == _chunk(body) == two.send(h11.Data(data=body))
+    assert _chunk(body) == b"%x\r\n" % len(body) + body + b"\r\n"
+    # two's next chunk written without h11 (as SendNow does): h11 is none the wiser.
+    assert two.our_state is h11.SEND_BODY
+    assert two.send(h11.EndOfMessage()) == one.send(h11.EndOfMessage()) == b"0\r\n\r\n"
+    old, head = responding(b"1.0")
+    assert b"chunked" not in head.lower()
+    assert old.send(h11.Data(data=body)) == body  # not chunked: no bytes added
+
+
 # -- sse-starlette (pushserver/transports/sse.py) -------------------------------------------
 
 

@@ -299,10 +299,12 @@ class SendNow:
     WebSockets whose client offered no extension (so no compression) share the frame of
     a message: wsproto makes it once per message (:attr:`Worker.last_frame`), not once per
     subscriber; it keeps no state of a whole message it sent, so skipping its ``send`` for
-    the others leaves their connections as sending would.
+    the others leaves their connections as sending would. Event streams framed chunked
+    share the chunk of a message the same way (:attr:`Worker.last_chunk`): a chunk is the
+    body with its length before it, and h11 keeps no state of one it sent.
     """
 
-    __slots__ = ("connection", "protocol", "stream_id")
+    __slots__ = ("chunked", "connection", "protocol", "stream_id")
 
     def __init__(self, connection: Connection, protocol: H11Protocol, stream: Any) -> None:
         self.connection = connection
@@ -313,6 +315,10 @@ class SendNow:
         # the stream, checked by ``owns``), so the stream, and its id, live as long as the
         # caller uses this.
         self.stream_id = id(stream)
+        #: Whether h11 frames this response's body chunked (known from the first body
+        #: written here: h11 picks a response's framing once, from its headers and the
+        #: client's version, and says which only privately).
+        self.chunked = False
 
     def owns(self, send: Callable[..., Any]) -> bool:
         return id(getattr(send, "__self__", None)) == self.stream_id
@@ -368,7 +374,24 @@ class SendNow:
                 http = protocol.connection
                 if type(http) is not h11.Connection or http.our_state is not h11.SEND_BODY:
                     return False
-                frame = http.send(h11.Data(data=bytes(body)))
+                if self.chunked:
+                    # A chunk is the same bytes on every chunked response, and h11 keeps
+                    # no state of one it sent (its own Data event only checks that the
+                    # body is under way, as above): the fan-out hands every subscriber of
+                    # a one-channel event stream the same ASGI message, so the chunk is
+                    # made once per message, not per subscriber.
+                    worker = connection.worker
+                    last = worker.last_chunk
+                    if last is not None and last[0] is message:
+                        frame = last[1]
+                    else:
+                        frame = _chunk(body)
+                        worker.last_chunk = (message, frame)
+                else:
+                    frame = http.send(h11.Data(data=bytes(body)))
+                    # Chunked framing is the only one that adds bytes to the body (h11
+                    # writes an HTTP/1.0 or a fixed-length body as it is).
+                    self.chunked = len(frame) > len(body) and frame == _chunk(body)
             else:
                 return False
         except (h11.LocalProtocolError, WebSocketProtocolError):
@@ -376,6 +399,12 @@ class SendNow:
         if frame:
             transport.write(frame)
         return True
+
+
+def _chunk(body: bytes) -> bytes:
+    """``body`` as one chunk of HTTP/1.1's chunked transfer coding (RFC 9112, 7.1), as
+    h11 writes a non-empty ``Data`` event on a chunked response."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
 
 
 def _websocket_frame(websocket: Any, message: Any) -> bytes:
@@ -406,6 +435,8 @@ class Worker:
         #: The last WebSocket message :class:`SendNow` framed for a connection without
         #: extensions, and its frame (the same for every such connection).
         self.last_frame: tuple[Any, bytes] | None = None
+        #: The same for the last event stream body :class:`SendNow` wrote as a chunk.
+        self.last_chunk: tuple[Any, bytes] | None = None
 
     def call_soon(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on the loop from another thread and wait for its result."""

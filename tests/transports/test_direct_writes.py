@@ -323,6 +323,81 @@ async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backe
         assert hub.metrics.catch_ups == 1
 
 
+def dechunk(data: bytes) -> tuple[bytes, bytes]:
+    """The body of the whole chunks at the front of ``data`` (a chunked body), and the rest;
+    fails on anything that is not chunked framing."""
+    body = bytearray()
+    while True:
+        end = data.find(b"\r\n")
+        if end < 0:
+            return bytes(body), data
+        size = int(data[:end], 16)
+        if len(data) < end + 2 + size + 2:
+            return bytes(body), data
+        assert data[end + 2 + size : end + 4 + size] == b"\r\n", data
+        body += data[end + 2 : end + 2 + size]
+        data = data[end + 4 + size :]
+
+
+async def test_sse_chunk_is_made_once_for_every_chunked_subscriber(anyio_backend, monkeypatch):
+    """Chunked event streams (HTTP/1.1) share a message's chunk; an HTTP/1.0 one, whose
+    body h11 writes unframed, gets the bare event. Each reads exactly the events."""
+    import h11
+
+    datas = []
+    send = h11.Connection.send
+
+    def counting_send(self, event):
+        if type(event) is h11.Data and self.our_role is h11.SERVER and b"data: m" in event.data:
+            datas.append(self.their_http_version)
+        return send(self, event)
+
+    monkeypatch.setattr(h11.Connection, "send", counting_send)
+    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
+        hub = hub_of(app)
+        port = int(url.rsplit(":", 1)[1])
+        streams = {}
+        try:
+            for name, version in (("a", b"1.1"), ("b", b"1.1"), ("old", b"1.0")):
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                streams[name] = (stream, version, bytearray())
+                await stream.send(
+                    b"GET /subscriber/shared HTTP/%b\r\nHost: t\r\n"
+                    b"Accept: text/event-stream\r\n\r\n" % version
+                )
+            await wait_waiting(hub, "shared", 3)
+            datas.clear()
+            before = hub.delivered_directly
+            ids = []
+            for n in range(10):
+                ids.append(await publish(client, "shared", f"m{n}"))
+                for stream, _, received in streams.values():
+                    with anyio.fail_after(10):
+                        while b"data: m%d\n" % n not in received:
+                            received += await stream.receive()
+            assert hub.delivered_directly - before == 30
+            # h11 framed each chunked stream's first message only; the HTTP/1.0 one, each.
+            assert sorted(datas) == [b"1.0"] * 10 + [b"1.1"] * 2
+        finally:
+            for stream, _, _ in streams.values():
+                await stream.aclose()
+        expected = b"".join(
+            b"id: %b\ndata: m%d\n\n" % (str(i).encode(), n) for n, i in enumerate(ids)
+        )
+        bodies = {}
+        for name, (_, version, received) in streams.items():
+            head, _, rest = bytes(received).partition(b"\r\n\r\n")
+            if version == b"1.1":
+                assert b"transfer-encoding: chunked" in head.lower()
+                rest, left = dechunk(rest)
+                assert left == b""
+            else:
+                assert b"transfer-encoding" not in head.lower()
+            bodies[name] = rest
+            assert rest.endswith(expected), (name, rest)
+        assert bodies["a"] == bodies["b"] == bodies["old"]
+
+
 async def test_under_uvicorn_everything_goes_through_the_queue(anyio_backend):
     pytest.importorskip("uvicorn")
     async with (
