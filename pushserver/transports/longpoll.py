@@ -10,8 +10,8 @@ shutdown; it echoes the client's own position so the client simply asks again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 
@@ -31,6 +31,8 @@ from ..protocol import (
 from .admission import Refusal, RefusalKind, store_refusal
 from .base import HTTPTransport
 from .streaming import SendGuard
+
+T = TypeVar("T")
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -128,34 +130,40 @@ class LongPollTransport(HTTPTransport):
                     token = presence.subscribed(request, channel_id) if presence else None
                     hub.metrics.longpoll += 1
                     waited = True
-                    disconnected = False
-
-                    async def wait() -> None:
-                        nonlocal outcome
-                        # One deadline for the whole wait, however often an overflow
-                        # re-reads (and no cancel scope at all without one).
-                        if self.location.timeout:
-                            with anyio.move_on_after(self.location.timeout):
-                                outcome = await self.wait(subscription, channel_id, position)
-                        else:
-                            outcome = await self.wait(subscription, channel_id, position)
-
                     # Watching for the client leaving needs no task of its own where
                     # the engine offers an inbox (SendGuard.run; no write deadline here);
-                    # under another server on asyncio, one bare read (wait_watching).
+                    # under another server on asyncio, one bare read (wait_watching), which
+                    # awaits the wait itself: no closure around it.
                     inbox = inbox_of(request.scope, receive)
                     if asyncio_loop() is not None and inbox is None:
-                        disconnected = await wait_watching(wait, receive)
+                        waiting: Awaitable[Event | Message | None]
+                        waiting = self.wait(subscription, channel_id, position)
+                        if self.location.timeout:
+                            waiting = _within(self.location.timeout, waiting)
+                        outcome, gone = await wait_watching(waiting, receive)
+                        if gone:
+                            return
                     else:
+                        disconnected = False
 
                         async def handle(message: ASGIMessage) -> bool:
                             nonlocal disconnected
                             disconnected = message["type"] == "http.disconnect"
                             return disconnected  # the guard then cancels the wait
 
+                        async def wait() -> None:
+                            nonlocal outcome
+                            # One deadline for the whole wait, however often an overflow
+                            # re-reads (and no cancel scope at all without one).
+                            if self.location.timeout:
+                                with anyio.move_on_after(self.location.timeout):
+                                    outcome = await self.wait(subscription, channel_id, position)
+                            else:
+                                outcome = await self.wait(subscription, channel_id, position)
+
                         await SendGuard(None).run(wait, receive, handle, inbox=inbox)
-                    if disconnected:
-                        return
+                        if disconnected:
+                            return
             # The subscription is given back before the answer goes out: a client polling
             # again at once is not counted twice against max_subscribers.
             if isinstance(outcome, Message):
@@ -222,9 +230,17 @@ def _encode_start(message: Message) -> dict:
     }
 
 
-async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) -> bool:
-    """Run ``main()`` in this task until it returns or the client goes away (True then),
-    under any ASGI server on asyncio.
+async def _within(seconds: float, waiting: Awaitable[T]) -> T | None:
+    """``waiting``'s result, or None after ``seconds`` (one deadline for the whole wait,
+    however often an overflow re-reads)."""
+    with anyio.move_on_after(seconds):
+        return await waiting
+    return None
+
+
+async def wait_watching(main: Awaitable[T], receive: Receive) -> tuple[T | None, bool]:
+    """Await ``main`` in this task until it completes or the client goes away, under any
+    ASGI server on asyncio: its result and False, or None and True when the client left.
 
     :class:`~.streaming.SendGuard` watches in a second task with its own loop, cancel
     scope and a wait for it at the end: about a fifth of a long-poll delivery's CPU under
@@ -237,14 +253,15 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
     assert task is not None
     watch = _Watch(task, receive)
     watch.read()
+    result: T | None = None
     try:
-        await main()
+        result = await main
     except asyncio.CancelledError:
         if not watch.gone or task.uncancel() > 0:
             raise
     finally:
         watch.stop()
-    return watch.gone
+    return result, watch.gone
 
 
 class _Watch:
