@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from inspect import CO_COROUTINE
 from typing import Any, TypeVar
 
 import anyio
@@ -284,13 +285,25 @@ class _Watch:
         self.finished = False
 
     def read(self) -> None:
-        self.reader = asyncio.ensure_future(_past_body(self.receive))
+        receive = self.receive
+        code = getattr(getattr(receive, "__func__", receive), "__code__", None)
+        if code is not None and code.co_flags & CO_COROUTINE:
+            # An async function (uvicorn's receive): one task reads past the body to the
+            # disconnect, not a task per read.
+            self.reader = asyncio.ensure_future(_past_body(receive))
+        else:
+            # granian's receive() gives a future: a done callback on it and no task at all
+            # (ensure_future gives a future back as it is); anything else, a task.
+            self.reader = asyncio.ensure_future(receive())
         self.reader.add_done_callback(self.received)
 
     def received(self, done: asyncio.Future[Any]) -> None:
         # Done callbacks run later: one may come after main() has returned, when cancelling
         # the task would hit whatever the request does next.
         if done.cancelled() or self.finished:
+            return
+        if done.exception() is None and done.result()["type"] == "http.request":
+            self.read()  # more of a request body nobody reads: keep listening
             return
         self.gone = True  # http.disconnect, or the server failed the read: the client is gone
         self.task.cancel()
