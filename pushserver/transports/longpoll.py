@@ -112,10 +112,11 @@ class LongPollTransport(HTTPTransport):
         if self.location.polling == "interval":
             await respond(send, 304, [*headers, *position_headers(position)])
             return
-        refusal = await self.admitter.room([channel_id])
-        if refusal is not None:
-            await self.respond_refused(send, refusal, headers)
-            return
+        if self.location.max_subscribers:  # no await (nor list) per poll without a limit
+            refusal = await self.admitter.room([channel_id])
+            if refusal is not None:
+                await self.respond_refused(send, refusal, headers)
+                return
         presence = self.presence if self.notify else None
         token = None
         waited = False
