@@ -398,8 +398,8 @@ class PushServer:
             return self(scope, receive, send)
         guarded_receive, guarded_send = guard_body(scope, receive, send)
         if guarded_receive is not receive or guarded_send is not send:
-            return self(scope, receive, send)
-        if kind == "http" and framed_twice(scope):
+            # Framed twice (Content-Length and Transfer-Encoding) is among these: both
+            # declare a body.
             return self(scope, receive, send)
         found = self.route(scope)
         if found is None or head_size(scope) > self._max_header_size:
@@ -428,8 +428,11 @@ class PushServer:
             return
         if self.first_request is not None:
             await self.first_request(scope)
-        receive, send = guard_body(scope, receive, send)
-        if kind == "http" and framed_twice(scope):
+        guarded_receive, guarded_send = guard_body(scope, receive, send)
+        # Both framings declare a body: a request guard_body let through has neither.
+        declared = guarded_receive is not receive or guarded_send is not send
+        receive, send = guarded_receive, guarded_send
+        if declared and kind == "http" and framed_twice(scope):
             reason = "Content-Length and Transfer-Encoding together"
             close = [self.server_header, (b"connection", b"close")]
             await respond_error(send, 400, reason, close)

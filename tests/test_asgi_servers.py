@@ -93,7 +93,8 @@ def asgi_server(name: str, push_server: dict, env: dict | None = None) -> ASGISe
 def module_config(port: int) -> dict:
     locations = site_locations(f"http://127.0.0.1:{port}/passthrough")
     live = {"type": "subscriber", "prefix": "/live/", "create_on_get": True}
-    return {"locations": [*locations, live]}
+    brief = {"type": "subscriber", "prefix": "/brief/", "create_on_get": True, "timeout": 1}
+    return {"locations": [*locations, live, brief]}
 
 
 @pytest.fixture(scope="module", params=list(SERVERS))
@@ -163,6 +164,36 @@ async def test_a_waiting_long_poll_whose_client_hangs_up_is_let_go(server, clien
             await wait_for_subscribers(client, publisher, 0)
     published = await client.post(publisher, content=b"to nobody", headers=TEXT)
     assert published.status_code == 202  # queued, no subscriber
+
+
+async def test_a_long_poll_timeout_answers_304_and_the_next_poll_gets_the_message(server, client):
+    """The location's ``timeout`` ends a waiting long poll under every server (on asyncio
+    without the engine's inbox: the deadline around the wait that
+    :func:`pushserver.transports.longpoll.wait_watching` awaits), with the client's own
+    position; the poll after it is held and answered by the next publish."""
+    channel = f"brief-{uuid.uuid4().hex}"
+    publisher = path("/publisher/", channel)
+    assert (await client.post(publisher, content=b"first", headers=TEXT)).status_code == 202
+    first = await client.get(path("/brief/", channel))
+    assert first.content == b"first"
+    with anyio.fail_after(10):
+        timed_out = await client.get(path("/brief/", channel), headers=position(first))
+    assert timed_out.status_code == 304
+    assert position(timed_out) == position(first)
+    got = {}
+
+    async def poll() -> None:
+        response = timed_out
+        while response.status_code == 304:  # a busy machine may reach the timeout first
+            response = await client.get(path("/brief/", channel), headers=position(response))
+        got["next"] = response
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll)
+            await wait_for_subscribers(client, publisher, 1)
+            await client.post(publisher, content=b"second", headers=TEXT)
+    assert (got["next"].status_code, got["next"].content) == (200, b"second")
 
 
 async def test_every_transport_resumes_after_a_message(server, client):

@@ -10,8 +10,9 @@ shutdown; it echoes the client's own position so the client simply asks again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from inspect import CO_COROUTINE
+from typing import Any, TypeVar
 
 import anyio
 
@@ -31,6 +32,8 @@ from ..protocol import (
 from .admission import Refusal, RefusalKind, store_refusal
 from .base import HTTPTransport
 from .streaming import SendGuard
+
+T = TypeVar("T")
 
 ALLOW = (b"allow", b"GET, OPTIONS")
 ALLOW_METHODS = (b"access-control-allow-methods", b"GET, OPTIONS")
@@ -109,10 +112,11 @@ class LongPollTransport(HTTPTransport):
         if self.location.polling == "interval":
             await respond(send, 304, [*headers, *position_headers(position)])
             return
-        refusal = await self.admitter.room([channel_id])
-        if refusal is not None:
-            await self.respond_refused(send, refusal, headers)
-            return
+        if self.location.max_subscribers:  # no await (nor list) per poll without a limit
+            refusal = await self.admitter.room([channel_id])
+            if refusal is not None:
+                await self.respond_refused(send, refusal, headers)
+                return
         presence = self.presence if self.notify else None
         token = None
         waited = False
@@ -128,33 +132,40 @@ class LongPollTransport(HTTPTransport):
                     token = presence.subscribed(request, channel_id) if presence else None
                     hub.metrics.longpoll += 1
                     waited = True
-                    disconnected = False
-
-                    async def handle(message: ASGIMessage) -> bool:
-                        nonlocal disconnected
-                        disconnected = message["type"] == "http.disconnect"
-                        return disconnected  # the guard then cancels the wait
-
-                    async def wait() -> None:
-                        nonlocal outcome
-                        # One deadline for the whole wait, however often an overflow
-                        # re-reads (and no cancel scope at all without one).
-                        if self.location.timeout:
-                            with anyio.move_on_after(self.location.timeout):
-                                outcome = await self.wait(subscription, channel_id, position)
-                        else:
-                            outcome = await self.wait(subscription, channel_id, position)
-
                     # Watching for the client leaving needs no task of its own where
                     # the engine offers an inbox (SendGuard.run; no write deadline here);
-                    # under another server on asyncio, one bare read (wait_watching).
+                    # under another server on asyncio, one bare read (wait_watching), which
+                    # awaits the wait itself: no closure around it.
                     inbox = inbox_of(request.scope, receive)
                     if asyncio_loop() is not None and inbox is None:
-                        disconnected = await wait_watching(wait, receive)
+                        waiting: Awaitable[Event | Message | None]
+                        waiting = self.wait(subscription, channel_id, position)
+                        if self.location.timeout:
+                            waiting = _within(self.location.timeout, waiting)
+                        outcome, gone = await wait_watching(waiting, receive)
+                        if gone:
+                            return
                     else:
+                        disconnected = False
+
+                        async def handle(message: ASGIMessage) -> bool:
+                            nonlocal disconnected
+                            disconnected = message["type"] == "http.disconnect"
+                            return disconnected  # the guard then cancels the wait
+
+                        async def wait() -> None:
+                            nonlocal outcome
+                            # One deadline for the whole wait, however often an overflow
+                            # re-reads (and no cancel scope at all without one).
+                            if self.location.timeout:
+                                with anyio.move_on_after(self.location.timeout):
+                                    outcome = await self.wait(subscription, channel_id, position)
+                            else:
+                                outcome = await self.wait(subscription, channel_id, position)
+
                         await SendGuard(None).run(wait, receive, handle, inbox=inbox)
-                    if disconnected:
-                        return
+                        if disconnected:
+                            return
             # The subscription is given back before the answer goes out: a client polling
             # again at once is not counted twice against max_subscribers.
             if isinstance(outcome, Message):
@@ -174,17 +185,31 @@ class LongPollTransport(HTTPTransport):
     async def wait(
         self, subscription: Subscription, channel_id: str, position: MessageId
     ) -> Event | Message:
-        """The next message after ``position``, a deletion, or the server closing."""
+        """The next message after ``position``, a deletion, or the server closing.
+
+        What :meth:`Subscription.next_message_after` does, inline: its chain of coroutines
+        (four more frames) was made for every held long poll and kept while it waits, which
+        cost a connect's CPU in the making and in the cyclic collector's passes over them.
+        """
         while True:
-            event = await subscription.next_message_after(position)
-            if event is not None:
-                return event
-            # Overflowed: more arrived than the queue holds; the buffer has them in order.
-            subscription.overflowed = False
-            self.hub.metrics.catch_ups += 1
-            read = await self.hub.read_after(channel_id, position)
-            if read.message is not None:
-                return read.message
+            queue = subscription.queue
+            if queue:
+                event = queue.pop(0)
+                if type(event) is not Delivery or event.message.id > position:
+                    return event
+                continue
+            if subscription.overflowed:
+                # More arrived than the queue holds; the buffer has them in order.
+                subscription.overflowed = False
+                self.hub.metrics.catch_ups += 1
+                read = await self.hub.read_after(channel_id, position)
+                if read.message is not None:
+                    return read.message
+                continue
+            try:
+                await subscription.arm()
+            finally:
+                subscription.disarm()
 
     async def send_message(self, send: Send, message: Message, headers: Headers) -> None:
         if headers is self.headers:
@@ -207,9 +232,17 @@ def _encode_start(message: Message) -> dict:
     }
 
 
-async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) -> bool:
-    """Run ``main()`` in this task until it returns or the client goes away (True then),
-    under any ASGI server on asyncio.
+async def _within(seconds: float, waiting: Awaitable[T]) -> T | None:
+    """``waiting``'s result, or None after ``seconds`` (one deadline for the whole wait,
+    however often an overflow re-reads)."""
+    with anyio.move_on_after(seconds):
+        return await waiting
+    return None
+
+
+async def wait_watching(main: Awaitable[T], receive: Receive) -> tuple[T | None, bool]:
+    """Await ``main`` in this task until it completes or the client goes away, under any
+    ASGI server on asyncio: its result and False, or None and True when the client left.
 
     :class:`~.streaming.SendGuard` watches in a second task with its own loop, cancel
     scope and a wait for it at the end: about a fifth of a long-poll delivery's CPU under
@@ -222,14 +255,15 @@ async def wait_watching(main: Callable[[], Awaitable[Any]], receive: Receive) ->
     assert task is not None
     watch = _Watch(task, receive)
     watch.read()
+    result: T | None = None
     try:
-        await main()
+        result = await main
     except asyncio.CancelledError:
         if not watch.gone or task.uncancel() > 0:
             raise
     finally:
         watch.stop()
-    return watch.gone
+    return result, watch.gone
 
 
 class _Watch:
@@ -252,7 +286,16 @@ class _Watch:
         self.finished = False
 
     def read(self) -> None:
-        self.reader = asyncio.ensure_future(self.receive())
+        receive = self.receive
+        code = getattr(getattr(receive, "__func__", receive), "__code__", None)
+        if code is not None and code.co_flags & CO_COROUTINE:
+            # An async function (uvicorn's receive): one task reads past the body to the
+            # disconnect, not a task per read.
+            self.reader = asyncio.ensure_future(_past_body(receive))
+        else:
+            # granian's receive() gives a future: a done callback on it and no task at all
+            # (ensure_future gives a future back as it is); anything else, a task.
+            self.reader = asyncio.ensure_future(receive())
         self.reader.add_done_callback(self.received)
 
     def received(self, done: asyncio.Future[Any]) -> None:
@@ -273,3 +316,15 @@ class _Watch:
         if reader is not None and not reader.done():
             reader.remove_done_callback(self.received)
             reader.cancel()
+
+
+async def _past_body(receive: Receive) -> ASGIMessage:
+    """The first message after the request's body (which nobody reads): the disconnect.
+
+    One task reads them all: a task per read was one more task per long poll, as the
+    body's (a GET's empty) ``http.request`` comes first. This coroutine holds ``receive``
+    only, not the :class:`_Watch`, so it makes no reference cycle."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
