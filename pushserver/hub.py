@@ -209,20 +209,32 @@ class Subscription:
     async def next_message_after(
         self, after: MessageId, *, timeout: float | None = None
     ) -> Event | None:
-        """Wait for a message newer than ``after`` (or a deletion); None on timeout."""
+        """Wait for a message newer than ``after`` (or a deletion); None on timeout, or when
+        woken by an overflow with nothing queued (the caller re-reads the buffer)."""
         if not timeout:  # no cancel scope when there is no deadline (every long poll)
-            return await self._next_after(after)
+            return await self.next_after(after)
         with anyio.move_on_after(timeout):
-            return await self._next_after(after)
+            return await self.next_after(after)
         return None
 
-    async def _next_after(self, after: MessageId) -> Event | None:
+    async def next_after(self, after: MessageId) -> Event | None:
+        """:meth:`next_message_after` without a deadline, in one coroutine: a held long poll
+        keeps this frame alone while it waits, not a chain through :meth:`get` and
+        :meth:`wait` (each held long poll made and kept four frames; a connect's CPU went
+        to making them and to the cyclic collector's passes over them)."""
         while True:
-            event = await self.get()
-            if event is None:  # overflowed: the caller re-reads the buffer
+            queue = self.queue
+            if queue:
+                event = queue.pop(0)
+                if type(event) is not Delivery or event.message.id > after:
+                    return event
+            elif self.overflowed:
                 return None
-            if type(event) is not Delivery or event.message.id > after:
-                return event
+            else:
+                try:
+                    await self.arm()
+                finally:
+                    self.disarm()
 
 
 class Hub:

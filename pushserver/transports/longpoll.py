@@ -137,11 +137,13 @@ class LongPollTransport(HTTPTransport):
                     # under another server on asyncio, one bare read (wait_watching), which
                     # awaits the wait itself: no closure around it.
                     inbox = inbox_of(request.scope, receive)
+                    # One deadline for the whole wait, however often an overflow re-reads
+                    # (and no cancel scope at all without one).
+                    waiting: Awaitable[Event | Message | None]
+                    waiting = self.wait(subscription, channel_id, position)
+                    if self.location.timeout:
+                        waiting = _within(self.location.timeout, waiting)
                     if asyncio_loop() is not None and inbox is None:
-                        waiting: Awaitable[Event | Message | None]
-                        waiting = self.wait(subscription, channel_id, position)
-                        if self.location.timeout:
-                            waiting = _within(self.location.timeout, waiting)
                         outcome, gone = await wait_watching(waiting, receive)
                         if gone:
                             return
@@ -155,13 +157,7 @@ class LongPollTransport(HTTPTransport):
 
                         async def wait() -> None:
                             nonlocal outcome
-                            # One deadline for the whole wait, however often an overflow
-                            # re-reads (and no cancel scope at all without one).
-                            if self.location.timeout:
-                                with anyio.move_on_after(self.location.timeout):
-                                    outcome = await self.wait(subscription, channel_id, position)
-                            else:
-                                outcome = await self.wait(subscription, channel_id, position)
+                            outcome = await waiting
 
                         await SendGuard(None).run(wait, receive, handle, inbox=inbox)
                         if disconnected:
@@ -185,31 +181,17 @@ class LongPollTransport(HTTPTransport):
     async def wait(
         self, subscription: Subscription, channel_id: str, position: MessageId
     ) -> Event | Message:
-        """The next message after ``position``, a deletion, or the server closing.
-
-        What :meth:`Subscription.next_message_after` does, inline: its chain of coroutines
-        (four more frames) was made for every held long poll and kept while it waits, which
-        cost a connect's CPU in the making and in the cyclic collector's passes over them.
-        """
+        """The next message after ``position``, a deletion, or the server closing."""
         while True:
-            queue = subscription.queue
-            if queue:
-                event = queue.pop(0)
-                if type(event) is not Delivery or event.message.id > position:
-                    return event
-                continue
-            if subscription.overflowed:
-                # More arrived than the queue holds; the buffer has them in order.
-                subscription.overflowed = False
-                self.hub.metrics.catch_ups += 1
-                read = await self.hub.read_after(channel_id, position)
-                if read.message is not None:
-                    return read.message
-                continue
-            try:
-                await subscription.arm()
-            finally:
-                subscription.disarm()
+            event = await subscription.next_after(position)
+            if event is not None:
+                return event
+            # Overflowed: more arrived than the queue holds; the buffer has them in order.
+            subscription.overflowed = False
+            self.hub.metrics.catch_ups += 1
+            read = await self.hub.read_after(channel_id, position)
+            if read.message is not None:
+                return read.message
 
     async def send_message(self, send: Send, message: Message, headers: Headers) -> None:
         if headers is self.headers:
