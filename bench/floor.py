@@ -149,7 +149,7 @@ class Floor:
         # The cheapest disconnect watch we have (one bare read, no second task group),
         # pushserver's own: a floor dearer than ours would show nothing.
         if index >= len(channel.longpoll) and (
-            await wait_watching(wait, receive) or index >= len(channel.longpoll)
+            (await wait_watching(wait(), receive))[1] or index >= len(channel.longpoll)
         ):
             return
         start, body = channel.longpoll[index]
