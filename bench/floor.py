@@ -2,17 +2,23 @@
 
 No channel logic, no ids to parse beyond an integer, no retention rules: a publish appends
 bytes encoded once for each transport and wakes every waiter on the channel. Subscribers
-still do what any correct server must: watch for their client going away, and (long-poll)
-answer a request from its ``If-None-Match`` position. The channel's list grows for the few
+still do what any correct server must: watch for their client going away (a long poll
+with pushserver's ``wait_watching``, the cheapest watch known), and (long-poll) answer a
+request from its ``If-None-Match`` position. The channel's list grows for the few
 seconds a scenario runs; that is fine here and nowhere else.
 
 ``python bench/floor.py --loop uvloop`` prints ``LISTENING <port>`` and serves until SIGTERM.
+``--asgi-server uvicorn`` serves it under uvicorn (bench/uvicornserve.py), ``--asgi-server
+granian`` under granian as ``bench/server.py --asgi-server granian`` runs ours (its worker, a
+child process, serves). ``--as-ours`` (bench/requestpath.py's floors): under uvicorn, with
+``pushserver.servers.serve_uvicorn``'s settings, as ``bench/server.py`` serves ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import types
 from pathlib import Path
 
 import anyio
@@ -21,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import raise_fd_limit
 from pushserver.server import bind, serve
+from pushserver.transports.longpoll import wait_watching
 
 LAST_MODIFIED = b"Thu, 01 Jan 2026 00:00:00 GMT"
 SSE_START = {
@@ -139,10 +146,12 @@ class Floor:
             while index >= len(channel.longpoll):
                 await channel.changed.wait()
 
-        if index >= len(channel.longpoll):
-            await until_disconnect(receive, "http.disconnect", wait)
-            if index >= len(channel.longpoll):
-                return
+        # The cheapest disconnect watch we have (one bare read, no second task group),
+        # pushserver's own: a floor dearer than ours would show nothing.
+        if index >= len(channel.longpoll) and (
+            (await wait_watching(wait(), receive))[1] or index >= len(channel.longpoll)
+        ):
+            return
         start, body = channel.longpoll[index]
         await send(start)
         await send(body)
@@ -171,10 +180,25 @@ async def stream(messages: list, channel: Channel, send) -> None:
         await changed.wait()
 
 
-async def main(port: int, asgi_server: str) -> None:
+def granian_app() -> Floor:
+    """The app granian loads (a factory), in a worker with the collector's thresholds
+    raised as ``bench.server:granian_app`` has them for ours."""
+    from pushserver.server import raise_gc_thresholds
+
+    raise_gc_thresholds()
+    return Floor()
+
+
+async def main(port: int, asgi_server: str, as_ours: bool = False) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    if asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
+    if asgi_server == "uvicorn" and as_ours:  # bench/server.py's settings for ours
+        from pushserver.config.model import ServerConfig
+        from pushserver.servers import serve_uvicorn
+
+        config = types.SimpleNamespace(client_header_timeout=ServerConfig.client_header_timeout)
+        await serve_uvicorn(Floor(), sock, access_log=False, shutdown_timeout=1, config=config)
+    elif asgi_server == "uvicorn":  # a measurement only: see bench/uvicornserve.py
         from bench import uvicornserve
 
         await uvicornserve.serve(Floor(), sock)
@@ -186,13 +210,21 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    parser.add_argument("--asgi-server", choices=["hypercorn", "uvicorn"], default="hypercorn")
+    parser.add_argument(
+        "--asgi-server", choices=["hypercorn", "uvicorn", "granian"], default="hypercorn"
+    )
+    parser.add_argument("--as-ours", action="store_true", help="uvicorn: as ours is served")
     args = parser.parse_args()
     raise_fd_limit()
+    if args.asgi_server == "granian":
+        from bench.server import exec_granian
+
+        exec_granian(args.port, args.loop, factory="bench.floor:granian_app")
     anyio.run(
         main,
         args.port,
         args.asgi_server,
+        args.as_ours,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

@@ -17,8 +17,18 @@ per target (ours under each server, then nginx + nchan; the order turns each rou
 
 Servers run on CPU 0 and the load on CPU 1 as in ``python -m bench``; ours is
 ``bench/server.py`` (``--asgi-server`` picks the server; uvicorn runs as
-``runpushserver --server uvicorn`` configures it). Each ratio to nchan is taken within a
-round; the table gives the median of the rounds' ratios and each round's in brackets.
+``runpushserver --server uvicorn`` configures it). Beside ours under each server runs the
+**floor** under the same server, configured the same way (``floor-<server>``:
+``bench/floor.py --as-ours``, a bare ASGI app that answers a publish with 201 and holds long
+polls until a publish on their channel: what the server itself costs; ``--no-floor`` leaves
+it out). Each ratio to nchan is taken within a round; the table gives the median of the
+rounds' ratios and each round's in brackets, and ours / the floor under the same server.
+
+Before the measured rounds, a **warm-up** pass runs every load once for every target,
+``--warmup`` seconds per phase (1 s; 0 for none), unmeasured (kept as ``warmup`` in the
+JSON, not in the table). Each measure still gets a fresh server process: the pass warms the
+machine (the page cache, the interpreter's files, nginx), on which the first round read
+highest for every server in earlier runs.
 JSON goes to ``bench/results/requestpath.json`` (``--out``).
 
 ``python -m bench.requestpath publish '<json spec>'`` is the publish load on its own, and
@@ -211,8 +221,11 @@ def start_target(target: str, args: argparse.Namespace):
 
     if target == "nchan":
         return run.NchanServer(run.free_port(), args.nofile)
-    name = target.removeprefix("ours-")
-    server = run.PythonServer("server.py", args.loop, extra=("--asgi-server", name))
+    kind, _, name = target.partition("-")
+    if kind == "floor":  # bench/floor.py, served as ours is under the same server
+        server = run.PythonServer("floor.py", args.loop, extra=("--asgi-server", name, "--as-ours"))
+    else:
+        server = run.PythonServer("server.py", args.loop, extra=("--asgi-server", name))
     if name == "granian":
         # granian's worker, a child process, serves: its CPU is the server's.
         server.pid = serving_child(server.process.pid, server.port)
@@ -326,19 +339,23 @@ def summarise(rounds: list[list[dict]], targets: list[str]) -> list[dict]:
     names = list(dict.fromkeys(n for rows in rounds for r in rows for n in figures(r)))
     for target in targets:
         for name in names:
-            values, to_nchan, to_hypercorn = [], [], []
+            values, to_nchan, to_hypercorn, to_floor = [], [], [], []
+            floor = "floor-" + target.removeprefix("ours-")
             for rows in rounds:
                 by = {r["target"]: figures(r) for r in rows}
                 value = by.get(target, {}).get(name)
                 values.append(value)
                 to_nchan.append(_ratio(value, by.get("nchan", {}).get(name)))
                 to_hypercorn.append(_ratio(value, by.get("ours-hypercorn", {}).get(name)))
+                to_floor.append(_ratio(value, by.get(floor, {}).get(name)))
             entries.append({
                 "target": target, "measure": name, "values": values,
                 "ratios": to_nchan, "ratios_to_hypercorn": to_hypercorn,
+                "ratios_to_floor": to_floor,
                 "median_value": _median(values),
                 "median_ratio": _median(to_nchan),
                 "median_ratio_to_hypercorn": _median(to_hypercorn),
+                "median_ratio_to_floor": _median(to_floor),
             })  # fmt: skip
     return entries
 
@@ -356,9 +373,11 @@ def _with_rounds(median: float | None, rounds: list[float | None]) -> str:
 
 def table(entries: list[dict]) -> str:
     units = {"publish": "µs/publish", "connect": "µs/connect"}
-    lines = ["| target | measure | CPU (median) | ours / nchan [rounds] | "
-             "ours / ours under hypercorn [rounds] | goal |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    floors = any(e["target"].startswith("floor-") for e in entries)
+    lines = ["| target | measure | CPU (median) | / nchan [rounds] | "
+             "ours / ours under hypercorn [rounds] | "
+             + ("ours / floor, same server [rounds] | " if floors else "") + "goal |",
+             "|---|---|---|---|---|" + ("---|" if floors else "") + "---|"]  # fmt: skip
     for e in entries:
         if not any(v is not None for v in e["values"]):
             continue  # a measure this run did not take
@@ -366,9 +385,12 @@ def table(entries: list[dict]) -> str:
         value = "-" if e["median_value"] is None else f"{e['median_value']:.3g} {unit}"
         to_nchan = _with_rounds(e["median_ratio"], e["ratios"])
         to_hypercorn = _with_rounds(e["median_ratio_to_hypercorn"], e["ratios_to_hypercorn"])
+        to_floor = _with_rounds(e.get("median_ratio_to_floor"), e.get("ratios_to_floor", []))
         goal = ""
-        if e["target"] == "nchan":
-            to_nchan = to_hypercorn = ""
+        if not e["target"].startswith("ours-"):
+            to_hypercorn = to_floor = ""
+            if e["target"] == "nchan":
+                to_nchan = ""
         elif e["measure"] in GOALS:
             limit = GOALS[e["measure"]]
             if e["median_ratio"] is None:
@@ -376,7 +398,7 @@ def table(entries: list[dict]) -> str:
             else:
                 verdict = "met" if e["median_ratio"] <= limit else "missed"
             goal = f"≤ {limit:g}x nchan: {verdict}"
-        if e["target"] != "nchan" and e["measure"].startswith(("fanout-", "longpoll")):
+        if e["target"].startswith("ours-") and e["measure"].startswith(("fanout-", "longpoll")):
             ratio = e["median_ratio_to_hypercorn"]
             if e["target"] != "ours-hypercorn" and ratio is not None:
                 verdict = "met" if ratio <= 1.0 else "missed"
@@ -384,8 +406,10 @@ def table(entries: list[dict]) -> str:
                 goal += f"≤ hypercorn: {verdict}"
         if e["target"] == "ours-hypercorn":
             to_hypercorn = "1"
+        floor = f"{to_floor} | " if floors else ""
         lines.append(
-            f"| {e['target']} | {e['measure']} | {value} | {to_nchan} | {to_hypercorn} | {goal} |"
+            f"| {e['target']} | {e['measure']} | {value} | {to_nchan} | {to_hypercorn} | "
+            f"{floor}{goal} |"
         )
     return "\n".join(lines)
 
@@ -430,24 +454,45 @@ def main(argv: list[str] | None = None) -> int:
         help="request (publish, connect, long-poll) and/or fanout (--fanout)",
     )
     parser.add_argument("--loop", default="uvloop")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0,
+        help="seconds per phase of the unmeasured warm-up pass before the rounds (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false",
+        help="leave out the floor (bench/floor.py) under each server",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 round, 1 s, 100 subscribers")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "requestpath.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.subscribers, args.connections = 1, 1.0, 100, 500
+        args.warmup = min(args.warmup, 0.5)
         args.fanout_subscribers = 200
         global MIN_CPU_SECONDS
         MIN_CPU_SECONDS = 0.0
     args.nofile = raise_fd_limit()[0]
     args.fanout = [t for t in args.fanout.split(",") if t]
     args.sets = sorted(set(args.sets.split(",")))
-    targets = [f"ours-{name}" for name in args.servers.split(",") if name]
-    unknown = [t for t in targets if t.removeprefix("ours-") not in SERVERS]
+    servers = [name for name in args.servers.split(",") if name]
+    unknown = [name for name in servers if name not in SERVERS]
     if unknown or args.rounds < 1:
         parser.error(f"unknown server(s) {unknown} or --rounds below 1")
+    targets = [f"{kind}-{name}" for name in servers for kind in ("ours", "floor")[: 1 + args.floor]]
     if nchan.available():
         targets.append("nchan")
     rounds: list[list[dict]] = []
+    warmup: list[dict] = []
+    if args.warmup:
+        # One unmeasured pass of every load for every target, --warmup seconds per phase:
+        # the first measured round then runs on a warm machine (page cache, nginx, the
+        # interpreter's files), as the later ones do. Its figures are kept apart.
+        warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
+        for target in targets:
+            row = measure(target, warm, 900 + len(warmup))
+            print(json.dumps({"round": "warm-up", **figures(row), "target": target}),
+                  flush=True)  # fmt: skip
+            warmup.append(row)
     for number in range(args.rounds):
         order = targets[number % len(targets) :] + targets[: number % len(targets)]
         rows = []
@@ -464,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "args": {k: v for k, v in vars(args).items()},
+        "warmup": warmup,
         "rounds": rounds,
         "summary": entries,
     }

@@ -98,7 +98,9 @@ def granian_app() -> PushServer:
     return build(max_messages=int(os.environ.get("BENCH_MAX_MESSAGES", BUFFER)))
 
 
-def exec_granian(port: int, loop: str, max_messages: int) -> None:
+def exec_granian(
+    port: int, loop: str, max_messages: int = BUFFER, factory: str = "bench.server:granian_app"
+) -> None:
     """Become granian serving :func:`granian_app`, with the options ``runpushserver
     --server granian`` gives it, after printing ``LISTENING <port>``: granian binds the port
     itself a moment later, and its worker (a child process) serves it."""
@@ -109,7 +111,7 @@ def exec_granian(port: int, loop: str, max_messages: int) -> None:
     command = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
         "--port", str(port), "--backlog", "4096", "--loop", loop, "--log-level", "warning",
-        "--factory", "bench.server:granian_app",
+        "--factory", factory,
     ]  # fmt: skip
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "BENCH_MAX_MESSAGES": str(max_messages), "PYTHONPATH": root}

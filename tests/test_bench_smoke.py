@@ -294,8 +294,9 @@ def test_quick_bench_under_uvicorn_loses_nothing_or_is_skipped_with_a_note(tmp_p
 
 @pytest.mark.parametrize("server", ["hypercorn", "uvicorn", "granian"])
 def test_quick_request_path_set_measures_every_figure(tmp_path, server):
-    """bench/requestpath.py in quick mode: each figure measured for ours under the server
-    (and nchan's where installed), long-poll without loss, every publish answered 202."""
+    """bench/requestpath.py in quick mode: each figure measured for ours and the floor
+    under the server (and nchan's where installed), after an unmeasured warm-up pass,
+    long-poll without loss, every publish answered (ours 202, the floor 201)."""
     if server != "hypercorn":
         pytest.importorskip(server)
     out = tmp_path / "requestpath.json"
@@ -323,6 +324,17 @@ def test_quick_request_path_set_measures_every_figure(tmp_path, server):
     measures = {(e["target"], e["measure"]) for e in report["summary"]}
     names = ("publish", "longpoll", "connect", "fanout-sse", "fanout-ws")
     assert {(f"ours-{server}", m) for m in names} <= measures
+    # The floor under the same server: every publish answered 201, long polls not lost.
+    floor = by[f"floor-{server}"]
+    assert set(floor["publish"]["statuses"]) == {"201"}, floor["publish"]
+    assert floor["longpoll"]["lost"] == floor["longpoll"]["duplicated"] == 0
+    assert floor["longpoll"]["cpu_us_per_delivery"] > 0
+    assert floor["connect"]["connect_errors"] == 0
+    floored = [e for e in report["summary"] if e["target"] == f"ours-{server}"]
+    assert all(e["median_ratio_to_floor"] for e in floored if e["measure"] in names[:3])
+    # The warm-up pass: every target ran every load once, unmeasured (not in the summary).
+    assert [row["target"] for row in report["warmup"]] == list(by)
+    assert all(set(row["publish"]["statuses"]) for row in report["warmup"])
     if "nchan" in by:
         assert all(e["median_ratio"] for e in report["summary"] if e["target"] != "nchan")
-    assert "| ours-" in done.stdout
+    assert "| ours-" in done.stdout and "| floor-" in done.stdout
