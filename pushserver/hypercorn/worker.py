@@ -431,6 +431,9 @@ class Worker:
         # What hypercorn hands each application for its sync and thread helpers; the same
         # for every request, so made once.
         self.run_in_executor = partial(self.loop.run_in_executor, None)
+        # Its bound method, made once: every request's task holds it (``_handle``'s
+        # ``call_soon``), and each ``worker.call_soon`` would be a new 64-byte object.
+        self.call_soon_method = self.call_soon
         self.deadlines = Deadlines()
         #: The last WebSocket message :class:`SendNow` framed for a connection without
         #: extensions, and its frame (the same for every such connection).
@@ -523,8 +526,8 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         #: Set while the transport's write buffer is above its high-water mark.
         self._drain: asyncio.Future[None] | None = None
-        #: The application and protocol tasks still running.
-        self._tasks: list[asyncio.Task[Any]] | None = None
+        #: The application and protocol tasks still running: None, one, or a list of more.
+        self._tasks: asyncio.Task[Any] | list[asyncio.Task[Any]] | None = None
         #: A WebSocket's h11 protocol until its response head is written (:meth:`send`).
         self._upgrade: H11Protocol | None = None
         self.closed = False  # we closed the transport
@@ -703,20 +706,38 @@ class Connection(asyncio.Protocol):
                 self._upgrade = protocol
         worker = self.worker
         self.spawn(
-            _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon
+            _handle,
+            app,
+            config,
+            scope,
+            queue.get,
+            send,
+            worker.run_in_executor,
+            worker.call_soon_method,
         )
         return queue.put
 
     def spawn(self, func: Callable[..., Any], *args: Any) -> None:
         task = self._start(func(*args))
-        if self._tasks is None:
-            self._tasks = []  # one task at a time, nearly always: a list is smaller than a set
-        self._tasks.append(task)
+        # One task at a time, nearly always (the request's, for as long as it is held):
+        # that task itself, a list only while there are more.
+        tasks = self._tasks
+        if tasks is None:
+            self._tasks = task
+        elif type(tasks) is list:
+            tasks.append(task)
+        else:
+            self._tasks = [tasks, task]
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if self._tasks is not None and task in self._tasks:
-            self._tasks.remove(task)
+        tasks = self._tasks
+        if tasks is task:
+            self._tasks = None
+        elif type(tasks) is list and task in tasks:
+            tasks.remove(task)
+            if not tasks:
+                self._tasks = None
         if not task.cancelled() and task.exception() is not None:
             logger.error("a connection's task failed", exc_info=task.exception())
             self._close(abort=True)
@@ -782,7 +803,13 @@ class Connection(asyncio.Protocol):
     def abort(self) -> list[asyncio.Task[Any]]:
         """Cut this connection now (the end of the graceful period): its tasks are
         cancelled and returned."""
-        tasks = list(self._tasks or ())
+        running = self._tasks
+        if running is None:
+            tasks = []
+        elif type(running) is list:
+            tasks = list(running)
+        else:
+            tasks = [running]
         if self._handler is not None:
             tasks.append(self._handler)
         for task in tasks:
