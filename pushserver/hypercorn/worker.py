@@ -724,7 +724,7 @@ class Connection(asyncio.Protocol):
         tasks = self._tasks
         if tasks is None:
             self._tasks = task
-        elif type(tasks) is list:
+        elif isinstance(tasks, list):
             tasks.append(task)
         else:
             self._tasks = [tasks, task]
@@ -734,7 +734,7 @@ class Connection(asyncio.Protocol):
         tasks = self._tasks
         if tasks is task:
             self._tasks = None
-        elif type(tasks) is list and task in tasks:
+        elif isinstance(tasks, list) and task in tasks:
             tasks.remove(task)
             if not tasks:
                 self._tasks = None
@@ -806,7 +806,7 @@ class Connection(asyncio.Protocol):
         running = self._tasks
         if running is None:
             tasks = []
-        elif type(running) is list:
+        elif isinstance(running, list):
             tasks = list(running)
         else:
             tasks = [running]

@@ -63,7 +63,7 @@ answered with the headers and an empty body) and:
   the server ends streams itself on shutdown (``Hub.shutdown``);
 * where the engine offers it (:func:`pushserver.engine.send_now_of`: pushserver's worker,
   HTTP/1.1), lets the fan-out write a message for a subscriber that is keeping up straight
-  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``write_now``);
+  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``writer``);
 * keeps no send lock: hypercorn writes each send whole and in order (see
   :class:`EventStreamResponse`).
 """
@@ -259,7 +259,7 @@ class EventStreamResponse:
             return True
         return False
 
-    def _write_now(self, item: Delivery) -> bool:
+    def write_now(self, item: Delivery) -> bool:
         """A live message, written at once by the fan-out (:meth:`Stream.batch`)."""
         sender = self._sender
         if sender is None:
@@ -289,7 +289,7 @@ class EventStreamResponse:
         clock = time.monotonic
         multiplexed = self._multiplexed
         ids = self._ids
-        write_now = None if self._sender is None else self._write_now
+        writer = None if self._sender is None else self
         start = self.start
         if start is None or self._sender is None:
             start = {
@@ -309,7 +309,7 @@ class EventStreamResponse:
                 guard.started = 0.0
             if done:
                 break
-            for event in await stream.batch(write_now):
+            for event in await stream.batch(writer):
                 if type(event) is Delivery:
                     if multiplexed:
                         ids[event.channel_id] = event.message.id

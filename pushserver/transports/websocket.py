@@ -585,9 +585,9 @@ class _Connection:
         clock = time.monotonic
         mode = self.mode
         v1 = mode == PUSHSERVER_V1
-        write_now = None if self.sender is None else self.write_now
+        writer = None if self.sender is None else self
         while True:
-            for event in await stream.batch(write_now):
+            for event in await stream.batch(writer):
                 if type(event) is Delivery:
                     frame = self.frame(event)
                 elif isinstance(event, Gap | Deleted):
