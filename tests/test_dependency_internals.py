@@ -141,6 +141,26 @@ class _Context:
     event_class = dict
 
 
+def test_hypercorn_reads_of_an_accepted_websocket_handshake_only_whether_it_was():
+    """After the accept, the worker replaces a WebSocket stream's ``Handshake`` by
+    ``worker._Accepted`` (``accepted`` and ``extensions``): hypercorn reads nothing else of
+    it but in the handshake itself (``is_valid``, ``accept``, ``subprotocols``)."""
+    import re
+
+    from hypercorn.protocol import ws_stream
+
+    source = inspect.getsource(ws_stream.WSStream)
+    assert set(re.findall(r"\bhandshake\.(\w+)", source)) == {
+        "accepted", "accept", "is_valid", "subprotocols",
+    }  # fmt: skip
+    # (The class's source as the module has it: fixes.py wraps some of its methods.)
+    assert "self.handshake.accept(" in source
+    accept = '"websocket.accept" and self.state == ASGIWebsocketState.HANDSHAKE'
+    assert accept in source  # a second accept never reaches the handshake
+    handshake = ws_stream.Handshake([(b"sec-websocket-extensions", b"a, b")], "1.1")
+    assert handshake.extensions == ["a", "b"] and handshake.accepted is False
+
+
 def test_wsproto_frames_a_whole_message_alike_on_every_connection_without_extensions():
     """worker.SendNow frames a message once for every WebSocket whose client offered no
     extension (hypercorn's ``Handshake.extensions``): wsproto must keep no state of a whole

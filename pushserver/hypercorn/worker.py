@@ -55,7 +55,7 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, suppress_body
 from wsproto.connection import ConnectionState as WebSocketState
@@ -493,6 +493,25 @@ class _Switched:
 _SWITCHED = _Switched()
 
 
+class _Accepted:
+    """What a :class:`WSStream` keeps of its :class:`Handshake` once the WebSocket was
+    accepted: hypercorn then reads only ``accepted`` (a frame before the accept is
+    refused), and :class:`SendNow` the extensions the client offered. Without the parsed
+    request headers, token lists and key the handshake holds for the WebSocket's whole
+    life (about 280 bytes per connection, bench/NOTES.md)."""
+
+    __slots__ = ("extensions",)
+
+    accepted = True
+
+    def __init__(self, extensions: list[str] | None) -> None:
+        self.extensions = extensions
+
+
+#: The stand-in of every WebSocket whose client offered no extension.
+_ACCEPTED = _Accepted(None)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: hands its bytes to hypercorn's protocol and writes what that
     sends. Also the connection's task group for hypercorn (``spawn_app``, ``spawn``)."""
@@ -684,6 +703,16 @@ class Connection(asyncio.Protocol):
             and connection.h11_connection.our_state is h11.SWITCHED_PROTOCOL
         ):
             connection.h11_connection = _SWITCHED  # type: ignore[assignment]
+            stream = protocol.stream
+            if (
+                type(stream) is WSStream
+                and stream.state is ASGIWebsocketState.CONNECTED
+                and type(stream.handshake) is Handshake
+                and stream.handshake.accepted
+            ):
+                extensions = stream.handshake.extensions
+                accepted = _ACCEPTED if extensions is None else _Accepted(extensions)
+                stream.handshake = accepted  # type: ignore[assignment]
 
     async def spawn_app(
         self,
