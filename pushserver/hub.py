@@ -379,6 +379,13 @@ class Hub:
         subscription.channels.remove(channel_id)
         await self._remove(subscription, channel_id)
 
+    async def unsubscribe_shielded(self, subscription: Subscription) -> None:
+        """:meth:`unsubscribe`, shielded from cancellation: what a subscriber that holds
+        its subscription without :meth:`subscription`'s context (no object of it, and no
+        bound ``__aexit__``, kept for the connection's life) does on its way out."""
+        with anyio.CancelScope(shield=True):
+            await self.unsubscribe(subscription)
+
     def subscription(
         self, channels: Iterable[str], *, maxlen: int | None = None
     ) -> _SubscriptionContext:
@@ -488,5 +495,4 @@ class _SubscriptionContext:
     async def __aexit__(self, *exc_info: object) -> None:
         subscription = self._subscription
         if subscription is not None:
-            with anyio.CancelScope(shield=True):
-                await self._hub.unsubscribe(subscription)
+            await self._hub.unsubscribe_shielded(subscription)

@@ -385,7 +385,10 @@ class SSETransport(HTTPTransport):
             try:
                 # Served here, not in a method of its own: its frame would be held by every
                 # open stream.
-                async with self.hub.subscription(list(positions)) as subscription:
+                # Not ``async with hub.subscription()``: its context object and bound
+                # ``__aexit__`` would be held by every open stream.
+                subscription = await self.hub.subscribe(list(positions))
+                try:
                     stream = Stream(self.hub, subscription, positions)
                     http1 = request.scope.get("http_version", "1.1") in ("1.0", "1.1")
                     start = self._start(headers, http1)
@@ -422,6 +425,8 @@ class SSETransport(HTTPTransport):
                         if self.presence is not None:
                             for token in tokens:
                                 self.presence.unsubscribed(token)
+                finally:
+                    await self.hub.unsubscribe_shielded(subscription)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission

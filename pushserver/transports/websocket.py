@@ -378,7 +378,10 @@ class WebSocketTransport(SubscriberTransport):
                 await send(
                     {"type": "websocket.accept", "headers": self.headers, "subprotocol": mode}
                 )
-                async with self.hub.subscription(channels) as subscription:
+                # Not ``async with hub.subscription()``: its context object and bound
+                # ``__aexit__`` would be held by every open stream.
+                subscription = await self.hub.subscribe(channels)
+                try:
                     stream = Stream(self.hub, subscription, positions)
                     connection = _Connection(self, request, stream, receive, send, mode)
                     # From here the connection unsubscribes them, channel by channel.
@@ -394,6 +397,8 @@ class WebSocketTransport(SubscriberTransport):
                     finally:
                         connection.unsubscribe()
                         metrics.websocket -= 1
+                finally:
+                    await self.hub.unsubscribe_shielded(subscription)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
