@@ -78,6 +78,29 @@ def test_wsproto_event_backlog_is_an_empty_deque():
     assert type(events) in (deque, _EventList) and not events
 
 
+def test_wsproto_only_iterates_its_lists_of_extensions():
+    """fixes.lighter_websocket_connections gives a connection without extensions the empty
+    tuple for its frame protocol's and frame decoder's lists: wsproto must only iterate
+    them (or rebind them)."""
+    import re
+
+    from wsproto import ConnectionType, frame_protocol
+    from wsproto.connection import Connection
+
+    uses = re.findall(r"^.*\bself\.extensions\b.*$", inspect.getsource(frame_protocol), re.M)
+    assert sorted({use.strip() for use in uses}) == [
+        "for extension in reversed(self.extensions):",
+        "for extension in self.extensions:",
+        "self._frame_decoder = FrameDecoder(self.client, self.extensions)",
+        "self.extensions = [ext for ext in extensions if ext.enabled()]",
+        "self.extensions = [ext for ext in self.extensions if ext.enabled()]",
+        "self.extensions = extensions or []",
+    ]
+    proto = Connection(ConnectionType.SERVER)._proto
+    assert not proto.extensions and not proto._frame_decoder.extensions
+    assert type(proto.extensions) in (list, tuple)
+
+
 # -- hypercorn: pushserver's asyncio worker (pushserver/hypercorn/worker.py) ------------------
 
 
