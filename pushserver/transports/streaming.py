@@ -506,8 +506,9 @@ class Stream:
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
         self.positions = positions
         self._gap_told: dict[str, MessageId] | None = None
-        #: channel -> next buffered message, while catching up from the buffer.
-        self._heads: dict[str, Message] = {}
+        #: channel -> next buffered message, while catching up from the buffer (None
+        #: otherwise: no empty dict held by an idle stream).
+        self._heads: dict[str, Message] | None = None
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
         #: The transport's writer, while :meth:`batch` waits with it.
@@ -533,7 +534,8 @@ class Stream:
         """Stop streaming a channel; what is queued for it is dropped."""
         if channel_id in self.positions:
             del self.positions[channel_id]
-            self._heads.pop(channel_id, None)
+            if self._heads:
+                self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
 
     async def batch(self, writer: Writer | None = None) -> list[StreamEvent]:
@@ -656,7 +658,8 @@ class Stream:
 
     async def _deleted(self, channel_id: str) -> Deleted:
         del self.positions[channel_id]
-        self._heads.pop(channel_id, None)
+        if self._heads:
+            self._heads.pop(channel_id, None)
         await self.hub.remove_channel(self.subscription, channel_id)
         return Deleted(channel_id)
 
@@ -678,6 +681,8 @@ class Stream:
         """Read each channel's first retained message after its position (gaps first)."""
         out: list[StreamEvent] = []
         heads = self._heads
+        if heads is None:
+            heads = self._heads = {}
         for channel_id, position in list(self.positions.items()):
             try:
                 message, gap = await self._read(channel_id, position)
@@ -688,6 +693,8 @@ class Stream:
                 out.append(gap)
             if message is not None:
                 heads[channel_id] = message
+        if not heads and self._heads is heads:
+            self._heads = None
         return out
 
     async def _merge(self) -> list[StreamEvent]:
@@ -695,6 +702,8 @@ class Stream:
         positions = self.positions
         heads = self._heads
         out: list[StreamEvent] = []
+        if heads is None:
+            return out
         while heads and len(out) < CATCH_UP_BATCH:
             channel_id = min(heads, key=lambda c: heads[c].id)
             message = heads.pop(channel_id)
@@ -711,4 +720,6 @@ class Stream:
                 out.append(gap)
             if following is not None and channel_id in positions:
                 heads[channel_id] = following
+        if not heads and self._heads is heads:
+            self._heads = None
         return out
