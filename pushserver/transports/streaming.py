@@ -201,6 +201,9 @@ class SendGuard:
             await run_beside(main, partial(self.watch, receive, handle, ping, interval))
             return
         watcher = _Watcher(self, inbox, handle, ping, interval)
+        # The watcher keeps what it needs of them; this frame, held as long as the
+        # connection is, keeps no bound method of its own (64 bytes each).
+        del handle, ping
         try:
             writer = main()
             # The writer's coroutine alone is held while it runs, not also what made it (a
