@@ -298,18 +298,21 @@ class EventStreamResponse:
                 "headers": list(self.raw_headers),
             }
         await send(start)
-        chunks: list[bytes] = [_HELLO]
+        # None while waiting: an idle stream holds no empty list.
+        chunks: list[bytes] | None = [_HELLO]
         done = False
         while True:
             if chunks:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
+                chunks = None
                 guard.started = clock()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 guard.started = 0.0
             if done:
                 break
             for event in await stream.batch(writer):
+                if chunks is None:
+                    chunks = []
                 if type(event) is Delivery:
                     if multiplexed:
                         ids[event.channel_id] = event.message.id
