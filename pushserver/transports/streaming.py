@@ -597,6 +597,7 @@ class Stream:
                 continue
             if out:
                 return out
+            del out  # empty: not held by the wait that follows
 
     def deliver_now(self, item: Item) -> bool:
         """Write a live message through the transport's writer, or decline (False): the
