@@ -13,6 +13,7 @@ worth reporting, and a fix whose upstream bug is closed in a new release can go.
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 from typing import Any
 
 logger = logging.getLogger("pushserver")
@@ -365,6 +366,9 @@ def lighter_websocket_connections() -> None:
 
 # -- an extension -----------------------------------------------------------------------------
 
+#: The ping extension's (empty) value in every WebSocket scope: one, read-only, for all.
+_PING_OFFERED: MappingProxyType[str, Any] = MappingProxyType({})
+
 
 def send_websocket_pings() -> bool:
     """Let the application send a WebSocket ping frame (idempotent); True once it can.
@@ -412,7 +416,7 @@ def send_websocket_pings() -> bool:
             # The application reads it at its first keepalive, long after it started.
             extensions = scope.setdefault("extensions", {})
             if isinstance(extensions, dict):
-                extensions[PING_EXTENSION] = {}
+                extensions[PING_EXTENSION] = _PING_OFFERED
 
     async def app_send_with_pings(self: Any, message: Any) -> None:
         if message is not None and message["type"] == "websocket.ping":
