@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -136,7 +136,7 @@ class LocationAuthorizer:
                 raise
         return tokens
 
-    def release(self, tokens: list[object]) -> None:
+    def release(self, tokens: Sequence[object]) -> None:
         """Send the unsubscribes of the subscribes :meth:`authorize` made."""
         if self.presence is not None:
             for token in tokens:

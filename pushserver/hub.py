@@ -126,9 +126,10 @@ class Subscription:
         self._hub = hub
         self.channels: list[str] = list(dict.fromkeys(channels))
         self.maxlen = maxlen
-        #: Queued events, oldest first. A list, not a deque: an idle subscriber's empty
-        #: list is 56 bytes (a deque is 760), and streams take it whole (``take()``).
-        self.queue: list[Event] = []
+        #: Queued events, oldest first. A list, not a deque (an empty deque is 760 bytes),
+        #: made by the first offer: an idle stream, which takes it whole (``take()``),
+        #: holds none.
+        self.queue: list[Event] | None = None
         self._wakeup: Wakeup | None = None
         self.overflowed = False
         self.closed = False
@@ -150,6 +151,8 @@ class Subscription:
             self.direct = None
         # Called once per subscriber per message: the common case is one length check.
         queue = self.queue
+        if queue is None:
+            queue = self.queue = []
         if len(queue) < self.maxlen or type(item) is not Delivery:
             queue.append(item)
             accepted = True
@@ -164,7 +167,7 @@ class Subscription:
         return accepted
 
     def pending(self) -> int:
-        return len(self.queue)
+        return len(self.queue) if self.queue else 0
 
     def get_nowait(self) -> Event | None:
         return self.queue.pop(0) if self.queue else None
@@ -172,9 +175,8 @@ class Subscription:
     def take(self) -> list[Event]:
         """Everything queued, oldest first; the queue starts again empty."""
         queue = self.queue
-        if queue:
-            self.queue = []
-        return queue
+        self.queue = None
+        return queue if queue is not None else []
 
     async def wait(self) -> None:
         """Return once something is queued or the subscription overflowed."""
@@ -379,6 +381,13 @@ class Hub:
         subscription.channels.remove(channel_id)
         await self._remove(subscription, channel_id)
 
+    async def unsubscribe_shielded(self, subscription: Subscription) -> None:
+        """:meth:`unsubscribe`, shielded from cancellation: what a subscriber that holds
+        its subscription without :meth:`subscription`'s context (no object of it, and no
+        bound ``__aexit__``, kept for the connection's life) does on its way out."""
+        with anyio.CancelScope(shield=True):
+            await self.unsubscribe(subscription)
+
     def subscription(
         self, channels: Iterable[str], *, maxlen: int | None = None
     ) -> _SubscriptionContext:
@@ -488,5 +497,4 @@ class _SubscriptionContext:
     async def __aexit__(self, *exc_info: object) -> None:
         subscription = self._subscription
         if subscription is not None:
-            with anyio.CancelScope(shield=True):
-                await self._hub.unsubscribe(subscription)
+            await self._hub.unsubscribe_shielded(subscription)

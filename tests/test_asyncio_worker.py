@@ -612,8 +612,9 @@ async def test_a_websocket_lets_its_h11_connection_go_after_the_101_and_still_cl
 
     import h11
     from hypercorn.protocol.h11 import H11WSConnection
+    from hypercorn.protocol.ws_stream import WSStream
 
-    from pushserver.hypercorn.worker import _SWITCHED
+    from pushserver.hypercorn.worker import _ACCEPTED, _SWITCHED
 
     def client(port: int) -> None:
         with connect(port) as sock:
@@ -631,6 +632,10 @@ async def test_a_websocket_lets_its_h11_connection_go_after_the_101_and_still_cl
             assert upgraded[0].h11_connection is _SWITCHED
             with pytest.raises(h11.LocalProtocolError):
                 upgraded[0].send(h11.Data(data=b"x"))
+            # Its stream keeps of the handshake only that it was accepted (no extension
+            # was offered): the close below is a frame it takes.
+            streams = [o for o in gc.get_objects() if type(o) is WSStream]
+            assert len(streams) == 1 and streams[0].handshake is _ACCEPTED
             # The WebSocket still works: a close (masked, code 1000) is answered in kind.
             mask = b"\x01\x02\x03\x04"
             payload = bytes(b ^ mask[i % 4] for i, b in enumerate(struct.pack("!H", 1000)))

@@ -78,6 +78,29 @@ def test_wsproto_event_backlog_is_an_empty_deque():
     assert type(events) in (deque, _EventList) and not events
 
 
+def test_wsproto_only_iterates_its_lists_of_extensions():
+    """fixes.lighter_websocket_connections gives a connection without extensions the empty
+    tuple for its frame protocol's and frame decoder's lists: wsproto must only iterate
+    them (or rebind them)."""
+    import re
+
+    from wsproto import ConnectionType, frame_protocol
+    from wsproto.connection import Connection
+
+    uses = re.findall(r"^.*\bself\.extensions\b.*$", inspect.getsource(frame_protocol), re.M)
+    assert sorted({use.strip() for use in uses}) == [
+        "for extension in reversed(self.extensions):",
+        "for extension in self.extensions:",
+        "self._frame_decoder = FrameDecoder(self.client, self.extensions)",
+        "self.extensions = [ext for ext in extensions if ext.enabled()]",
+        "self.extensions = [ext for ext in self.extensions if ext.enabled()]",
+        "self.extensions = extensions or []",
+    ]
+    proto = Connection(ConnectionType.SERVER)._proto
+    assert not proto.extensions and not proto._frame_decoder.extensions
+    assert type(proto.extensions) in (list, tuple)
+
+
 # -- hypercorn: pushserver's asyncio worker (pushserver/hypercorn/worker.py) ------------------
 
 
@@ -139,6 +162,26 @@ def test_hypercorn_stream_state_the_worker_writes_at_once_by():
 
 class _Context:
     event_class = dict
+
+
+def test_hypercorn_reads_of_an_accepted_websocket_handshake_only_whether_it_was():
+    """After the accept, the worker replaces a WebSocket stream's ``Handshake`` by
+    ``worker._Accepted`` (``accepted`` and ``extensions``): hypercorn reads nothing else of
+    it but in the handshake itself (``is_valid``, ``accept``, ``subprotocols``)."""
+    import re
+
+    from hypercorn.protocol import ws_stream
+
+    source = inspect.getsource(ws_stream.WSStream)
+    assert set(re.findall(r"\bhandshake\.(\w+)", source)) == {
+        "accepted", "accept", "is_valid", "subprotocols",
+    }  # fmt: skip
+    # (The class's source as the module has it: fixes.py wraps some of its methods.)
+    assert "self.handshake.accept(" in source
+    accept = '"websocket.accept" and self.state == ASGIWebsocketState.HANDSHAKE'
+    assert accept in source  # a second accept never reaches the handshake
+    handshake = ws_stream.Handshake([(b"sec-websocket-extensions", b"a, b")], "1.1")
+    assert handshake.extensions == ["a", "b"] and handshake.accepted is False
 
 
 def test_wsproto_frames_a_whole_message_alike_on_every_connection_without_extensions():

@@ -55,7 +55,7 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, suppress_body
 from wsproto.connection import ConnectionState as WebSocketState
@@ -431,6 +431,9 @@ class Worker:
         # What hypercorn hands each application for its sync and thread helpers; the same
         # for every request, so made once.
         self.run_in_executor = partial(self.loop.run_in_executor, None)
+        # Its bound method, made once: every request's task holds it (``_handle``'s
+        # ``call_soon``), and each ``worker.call_soon`` would be a new 64-byte object.
+        self.call_soon_method = self.call_soon
         self.deadlines = Deadlines()
         #: The last WebSocket message :class:`SendNow` framed for a connection without
         #: extensions, and its frame (the same for every such connection).
@@ -490,6 +493,25 @@ class _Switched:
 _SWITCHED = _Switched()
 
 
+class _Accepted:
+    """What a :class:`WSStream` keeps of its :class:`Handshake` once the WebSocket was
+    accepted: hypercorn then reads only ``accepted`` (a frame before the accept is
+    refused), and :class:`SendNow` the extensions the client offered. Without the parsed
+    request headers, token lists and key the handshake holds for the WebSocket's whole
+    life (about 280 bytes per connection, bench/NOTES.md)."""
+
+    __slots__ = ("extensions",)
+
+    accepted = True
+
+    def __init__(self, extensions: list[str] | None) -> None:
+        self.extensions = extensions
+
+
+#: The stand-in of every WebSocket whose client offered no extension.
+_ACCEPTED = _Accepted(None)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: hands its bytes to hypercorn's protocol and writes what that
     sends. Also the connection's task group for hypercorn (``spawn_app``, ``spawn``)."""
@@ -523,8 +545,8 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         #: Set while the transport's write buffer is above its high-water mark.
         self._drain: asyncio.Future[None] | None = None
-        #: The application and protocol tasks still running.
-        self._tasks: list[asyncio.Task[Any]] | None = None
+        #: The application and protocol tasks still running: None, one, or a list of more.
+        self._tasks: asyncio.Task[Any] | list[asyncio.Task[Any]] | None = None
         #: A WebSocket's h11 protocol until its response head is written (:meth:`send`).
         self._upgrade: H11Protocol | None = None
         self.closed = False  # we closed the transport
@@ -681,6 +703,16 @@ class Connection(asyncio.Protocol):
             and connection.h11_connection.our_state is h11.SWITCHED_PROTOCOL
         ):
             connection.h11_connection = _SWITCHED  # type: ignore[assignment]
+            stream = protocol.stream
+            if (
+                type(stream) is WSStream
+                and stream.state is ASGIWebsocketState.CONNECTED
+                and type(stream.handshake) is Handshake
+                and stream.handshake.accepted
+            ):
+                extensions = stream.handshake.extensions
+                accepted = _ACCEPTED if extensions is None else _Accepted(extensions)
+                stream.handshake = accepted  # type: ignore[assignment]
 
     async def spawn_app(
         self,
@@ -703,20 +735,38 @@ class Connection(asyncio.Protocol):
                 self._upgrade = protocol
         worker = self.worker
         self.spawn(
-            _handle, app, config, scope, queue.get, send, worker.run_in_executor, worker.call_soon
+            _handle,
+            app,
+            config,
+            scope,
+            queue.get,
+            send,
+            worker.run_in_executor,
+            worker.call_soon_method,
         )
         return queue.put
 
     def spawn(self, func: Callable[..., Any], *args: Any) -> None:
         task = self._start(func(*args))
-        if self._tasks is None:
-            self._tasks = []  # one task at a time, nearly always: a list is smaller than a set
-        self._tasks.append(task)
+        # One task at a time, nearly always (the request's, for as long as it is held):
+        # that task itself, a list only while there are more.
+        tasks = self._tasks
+        if tasks is None:
+            self._tasks = task
+        elif isinstance(tasks, list):
+            tasks.append(task)
+        else:
+            self._tasks = [tasks, task]
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if self._tasks is not None and task in self._tasks:
-            self._tasks.remove(task)
+        tasks = self._tasks
+        if tasks is task:
+            self._tasks = None
+        elif isinstance(tasks, list) and task in tasks:
+            tasks.remove(task)
+            if not tasks:
+                self._tasks = None
         if not task.cancelled() and task.exception() is not None:
             logger.error("a connection's task failed", exc_info=task.exception())
             self._close(abort=True)
@@ -782,7 +832,13 @@ class Connection(asyncio.Protocol):
     def abort(self) -> list[asyncio.Task[Any]]:
         """Cut this connection now (the end of the graceful period): its tasks are
         cancelled and returned."""
-        tasks = list(self._tasks or ())
+        running = self._tasks
+        if running is None:
+            tasks = []
+        elif isinstance(running, list):
+            tasks = list(running)
+        else:
+            tasks = [running]
         if self._handler is not None:
             tasks.append(self._handler)
         for task in tasks:

@@ -40,6 +40,7 @@ means what it means here: :func:`store_refusal`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -87,7 +88,9 @@ class Admission:
     passthrough subscribes the authorizer made (one per channel, or none)."""
 
     channels: list[str]
-    tokens: list[object]
+    #: Once given up (:meth:`release`, :meth:`hand_over`), the shared empty tuple: a
+    #: WebSocket holds its admission for as long as it is open.
+    tokens: Sequence[object]
     authorizer: LocationAuthorizer | None
     #: With ``admit(after=...)``: the first retained message after that position on the
     #: (one) channel, read while opening it.
@@ -96,13 +99,13 @@ class Admission:
     def release(self) -> None:
         """Send the unsubscribes of the tokens still held (once: they are given up)."""
         if self.tokens and self.authorizer is not None:
-            tokens, self.tokens = self.tokens, []
+            tokens, self.tokens = self.tokens, ()
             self.authorizer.release(tokens)
 
     def hand_over(self) -> dict[str, object]:
         """The tokens by channel, for a connection that unsubscribes channel by channel
         (WebSocket); :meth:`release` has nothing left to do after this."""
-        tokens, self.tokens = self.tokens, []
+        tokens, self.tokens = self.tokens, ()
         return dict(zip(self.channels, tokens, strict=False))
 
 

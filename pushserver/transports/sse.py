@@ -63,7 +63,7 @@ answered with the headers and an empty body) and:
   the server ends streams itself on shutdown (``Hub.shutdown``);
 * where the engine offers it (:func:`pushserver.engine.send_now_of`: pushserver's worker,
   HTTP/1.1), lets the fan-out write a message for a subscriber that is keeping up straight
-  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``write_now``);
+  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``writer``);
 * keeps no send lock: hypercorn writes each send whole and in order (see
   :class:`EventStreamResponse`).
 """
@@ -172,14 +172,32 @@ class EventStreamResponse:
         "ping_interval",
         "raw_headers",
         "send_timeout",
+        "start",
         "status_code",
         "stream",
     )
 
-    def __init__(self, stream: Stream, *, ping: float, send_timeout: float | None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        ping: float,
+        send_timeout: float | None,
+        headers: Headers | None = None,
+        start: ASGIMessage | None = None,
+    ) -> None:
         self.stream = stream
         self.status_code = 200
-        self.raw_headers: Headers = list(STREAM_HEADERS)
+        #: The response's headers: :data:`STREAM_HEADERS` unless given (then the caller's,
+        #: shared by its streams and never changed, so every send is given a copy).
+        self.raw_headers: Headers = list(STREAM_HEADERS) if headers is None else headers
+        #: The ``http.response.start`` message, shared by the caller's streams (with these
+        #: headers and the status), sent as it is only where the ASGI server's own stream
+        #: takes it (:func:`send_now_of` finds its writer: no middleware in between that
+        #: could change a message). An idle stream's server keeps it for the response's
+        #: life (hypercorn's ``HTTPStream.response``): one for all, not a dict and a list
+        #: each.
+        self.start = start
         self.ping_interval = ping
         self.send_timeout = send_timeout
         self.guard = SendGuard(send_timeout)
@@ -226,7 +244,7 @@ class EventStreamResponse:
     async def _head(self, send: Send) -> None:
         # The headers and no stream, as sse-starlette answers HEAD.
         start = {"type": "http.response.start", "status": self.status_code}
-        await self._send(send, {**start, "headers": self.raw_headers})
+        await self._send(send, {**start, "headers": list(self.raw_headers)})
         await self._send(send, _END_BODY)
 
     async def _ping(self) -> None:
@@ -241,7 +259,7 @@ class EventStreamResponse:
             return True
         return False
 
-    def _write_now(self, item: Delivery) -> bool:
+    def write_now(self, item: Delivery) -> bool:
         """A live message, written at once by the fan-out (:meth:`Stream.batch`)."""
         sender = self._sender
         if sender is None:
@@ -271,22 +289,30 @@ class EventStreamResponse:
         clock = time.monotonic
         multiplexed = self._multiplexed
         ids = self._ids
-        write_now = None if self._sender is None else self._write_now
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        chunks: list[bytes] = [_HELLO]
+        writer = None if self._sender is None else self
+        start = self.start
+        if start is None or self._sender is None:
+            start = {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": list(self.raw_headers),
+            }
+        await send(start)
+        # None while waiting: an idle stream holds no empty list.
+        chunks: list[bytes] | None = [_HELLO]
         done = False
         while True:
             if chunks:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
+                chunks = None
                 guard.started = clock()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 guard.started = 0.0
             if done:
                 break
-            for event in await stream.batch(write_now):
+            for event in await stream.batch(writer):
+                if chunks is None:
+                    chunks = []
                 if type(event) is Delivery:
                     if multiplexed:
                         ids[event.channel_id] = event.message.id
@@ -309,6 +335,34 @@ class EventStreamResponse:
 
 class SSETransport(HTTPTransport):
     """Serves one subscriber location's event-stream requests."""
+
+    #: The ``http.response.start`` of this location's streams, by the location's headers
+    #: (one list per allowed origin, kept by :attr:`cors`) and HTTP/1.x or not: made once.
+    _starts: dict[tuple[int, bool], tuple[Headers, ASGIMessage]] | None = None
+
+    def _start(self, headers: Headers, http1: bool) -> ASGIMessage:
+        """The start of a stream with the location's ``headers``: the same objects for
+        every stream (never changed; see :attr:`EventStreamResponse.start`)."""
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = {}
+        key = (id(headers), http1)
+        known = starts.get(key)
+        if known is not None and known[0] is headers:
+            return known[1]
+        stream_headers = [*STREAM_HEADERS, *headers]
+        if http1:
+            # Whatever ends a stream (a shutdown, the last channel deleted) ends the
+            # connection too: the client then reconnects on a new one, instead of reusing
+            # this one while the server closes it. (HTTP/2 has no such header.) It replaces
+            # the "Connection: keep-alive" of STREAM_HEADERS.
+            stream_headers = [h for h in stream_headers if h[0] != b"connection"]
+            stream_headers.append(_CONNECTION_CLOSE)
+        start = {"type": "http.response.start", "status": 200, "headers": stream_headers}
+        if len(starts) >= 64:  # bounded, whatever hands it headers
+            starts.clear()
+        starts[key] = (headers, start)
+        return start
 
     async def __call__(
         self, request: Request, raw_channels: str, receive: Receive, send: Send
@@ -334,23 +388,20 @@ class SSETransport(HTTPTransport):
             try:
                 # Served here, not in a method of its own: its frame would be held by every
                 # open stream.
-                async with self.hub.subscription(list(positions)) as subscription:
+                # Not ``async with hub.subscription()``: its context object and bound
+                # ``__aexit__`` would be held by every open stream.
+                subscription = await self.hub.subscribe(list(positions))
+                try:
                     stream = Stream(self.hub, subscription, positions)
+                    http1 = request.scope.get("http_version", "1.1") in ("1.0", "1.1")
+                    start = self._start(headers, http1)
                     response = EventStreamResponse(
                         stream,
                         ping=location.ping_interval,
                         send_timeout=location.send_timeout or None,
+                        headers=start["headers"],
+                        start=start,
                     )
-                    response.raw_headers.extend(headers)
-                    if request.scope.get("http_version", "1.1") in ("1.0", "1.1"):
-                        # Whatever ends a stream (a shutdown, the last channel deleted) ends
-                        # the connection too: the client then reconnects on a new one, instead
-                        # of reusing this one while the server closes it. (HTTP/2 has no such
-                        # header.) It replaces the "Connection: keep-alive" of STREAM_HEADERS.
-                        response.raw_headers[:] = [
-                            h for h in response.raw_headers if h[0] != b"connection"
-                        ]
-                        response.raw_headers.append(_CONNECTION_CLOSE)
                     tokens: Sequence[object] = ()  # no empty list held for the stream's life
                     if self.presence is not None and self.notify:
                         tokens = [self.presence.subscribed(request, c) for c in positions]
@@ -377,6 +428,8 @@ class SSETransport(HTTPTransport):
                         if self.presence is not None:
                             for token in tokens:
                                 self.presence.unsubscribed(token)
+                finally:
+                    await self.hub.unsubscribe_shielded(subscription)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission

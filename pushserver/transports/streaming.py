@@ -39,7 +39,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from types import MethodType
+from typing import Any, Protocol
 
 import anyio
 
@@ -200,8 +201,15 @@ class SendGuard:
             await run_beside(main, partial(self.watch, receive, handle, ping, interval))
             return
         watcher = _Watcher(self, inbox, handle, ping, interval)
+        # The watcher keeps what it needs of them; this frame, held as long as the
+        # connection is, keeps no bound method of its own (64 bytes each).
+        del handle, ping
         try:
-            await main()
+            writer = main()
+            # The writer's coroutine alone is held while it runs, not also what made it (a
+            # bound method: 64 bytes per held connection).
+            del main
+            await writer
         except asyncio.CancelledError:
             if not watcher.cancelled_main or watcher.task.uncancel() > 0:
                 raise
@@ -263,6 +271,13 @@ class SendGuard:
                 return
 
 
+def _unbound(function: Callable[..., Any] | None) -> tuple[Any, object | None]:
+    """A bound method as its function and its object; anything else as it is, and None."""
+    if type(function) is MethodType:
+        return function.__func__, function.__self__
+    return function, None
+
+
 class _Watcher:
     """:meth:`SendGuard.run`'s watching without a task of its own: a listener on the
     request's :class:`~pushserver.engine.Inbox`, an entry on the engine's shared timer for
@@ -280,10 +295,12 @@ class _Watcher:
         "failure",
         "guard",
         "handle",
+        "handler",
         "interval",
         "loop",
         "ping",
         "ping_due",
+        "pinger",
         "queue",
         "side",
         "task",
@@ -299,8 +316,11 @@ class _Watcher:
     ) -> None:
         self.guard = guard
         self.queue = queue
-        self.handle = handle
-        self.ping = ping
+        # A bound method is kept as its function and object: the function is its class's,
+        # the object lives anyway, and the method would be an object of its own (64 bytes
+        # for each, held by every idle connection).
+        self.handle, self.handler = _unbound(handle)
+        self.ping, self.pinger = _unbound(ping)
         self.interval = interval
         self.loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -314,7 +334,7 @@ class _Watcher:
         self.done = False
         self.ping_due = False
         guard.pinged(time.monotonic(), interval if ping is not None else 0.0)
-        queue.listener = self.kick
+        queue.listener = self  # called as kick(), without a bound method of its own
         self.kick()
         self.schedule()
 
@@ -352,18 +372,26 @@ class _Watcher:
         if (self.received() or self.ping_due) and self.side is None and not self.done:
             self.side = self.loop.create_task(self.work())
 
+    __call__ = kick
+
     async def work(self) -> None:
         """Handle what the client sent, then a due ping, until there is nothing to do."""
         queue = self.queue
         try:
             while not self.done:
                 if self.received():
-                    if await self.handle(queue.get_nowait()):
+                    message = queue.get_nowait()
+                    handler = self.handler
+                    handled = (
+                        self.handle(message) if handler is None else self.handle(handler, message)
+                    )
+                    if await handled:
                         self.end()
                         return
                 elif self.ping_due:
                     self.ping_due = False
-                    await self.ping()  # type: ignore[misc]
+                    pinger = self.pinger
+                    await (self.ping() if pinger is None else self.ping(pinger))
                     self.guard.pinged(time.monotonic(), self.interval)
                     self.schedule()
                 else:
@@ -403,6 +431,13 @@ class _Watcher:
 #: A message to deliver on ``channel_id``: the hub's own :class:`Delivery`, passed through
 #: as it is (no copy per subscriber on the hot path).
 Item = Delivery
+
+
+class Writer(Protocol):
+    """What :meth:`Stream.batch` lends the fan-out: a transport's writer of live messages."""
+
+    def write_now(self, item: Item) -> bool:
+        """Write ``item`` at once, as the transport would (True), or decline (False)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,12 +509,13 @@ class Stream:
         #: channel -> id of the last message delivered (URL order; WebSocket adds at the end).
         self.positions = positions
         self._gap_told: dict[str, MessageId] | None = None
-        #: channel -> next buffered message, while catching up from the buffer.
-        self._heads: dict[str, Message] = {}
+        #: channel -> next buffered message, while catching up from the buffer (None
+        #: otherwise: no empty dict held by an idle stream).
+        self._heads: dict[str, Message] | None = None
         self._resync = True  # the first pass reads the buffer
         self._resync_queued = False
         #: The transport's writer, while :meth:`batch` waits with it.
-        self._write_now: Callable[[Item], bool] | None = None
+        self._write_now: Writer | None = None
 
     def resync(self) -> None:
         """Read the buffer again (a channel was added with its own position)."""
@@ -501,20 +537,24 @@ class Stream:
         """Stop streaming a channel; what is queued for it is dropped."""
         if channel_id in self.positions:
             del self.positions[channel_id]
-            self._heads.pop(channel_id, None)
+            if self._heads:
+                self._heads.pop(channel_id, None)
             await self.hub.remove_channel(self.subscription, channel_id)
 
-    async def batch(self, write_now: Callable[[Item], bool] | None = None) -> list[StreamEvent]:
+    async def batch(self, writer: Writer | None = None) -> list[StreamEvent]:
         """The events owed now, in order, waiting until there is at least one.
 
         A :class:`Closing` ends the list and the stream. Live deliveries are drained from
         the subscription's queue in one pass (a transport writes them as one batch);
         catching up from the buffer hands over at most :data:`CATCH_UP_BATCH` at a time.
 
-        With ``write_now``, while it waits with nothing owed (caught up, nothing queued),
-        a live message newer than its channel's position is offered to ``write_now(item)``
-        from the hub's fan-out; True means it was written, and the position moves on. It
-        must never wait, and write exactly what the transport writes for that item.
+        With a ``writer``, while it waits with nothing owed (caught up, nothing queued),
+        a live message newer than its channel's position is offered to
+        ``writer.write_now(item)`` from the hub's fan-out; True means it was written, and
+        the position moves on. It must never wait, and write exactly what the transport
+        writes for that item. (An object, not its bound method: an idle stream would hold
+        that 64-byte object for as long as it waits; the stream is lent to the
+        subscription as itself, :meth:`__call__`, for the same reason.)
         """
         subscription = self.subscription
         while True:
@@ -545,9 +585,9 @@ class Stream:
                 # awaited here without its frame (this wait is what an idle stream holds).
                 # The writer is held only while waiting: the subscription and the stream
                 # refer to each other meanwhile, and to nothing of each other after.
-                if write_now is not None:
-                    self._write_now = write_now
-                    subscription.direct = self.deliver_now
+                if writer is not None:
+                    self._write_now = writer
+                    subscription.direct = self
                 try:
                     await subscription.arm()
                 finally:
@@ -557,6 +597,7 @@ class Stream:
                 continue
             if out:
                 return out
+            del out  # empty: not held by the wait that follows
 
     def deliver_now(self, item: Item) -> bool:
         """Write a live message through the transport's writer, or decline (False): the
@@ -565,14 +606,14 @@ class Stream:
         positions = self.positions
         position = positions.get(channel_id)
         message_id = item.message.id
-        write_now = self._write_now
+        writer = self._write_now
         # Anything but the next live message of a channel it streams goes the usual way
         # (an id the buffer already supplied, a channel dropped meanwhile, a channel added
         # whose buffer is still to be read).
-        if write_now is None or position is None or message_id <= position or self._resync:
+        if writer is None or position is None or message_id <= position or self._resync:
             return False
         try:
-            if not write_now(item):
+            if not writer.write_now(item):
                 return False
         except Exception:
             # Never into the fan-out loop: the queued path sends it and fails as it would.
@@ -581,6 +622,10 @@ class Stream:
         positions[channel_id] = message_id
         self.hub.delivered_directly += 1
         return True
+
+    #: What the subscription calls (:attr:`pushserver.hub.Subscription.direct`): the
+    #: stream itself, lent while it waits, not a bound method made for the wait.
+    __call__ = deliver_now
 
     async def _drain(self) -> list[StreamEvent]:
         """Everything queued, as stream events; the one-channel message path is inline."""
@@ -617,7 +662,8 @@ class Stream:
 
     async def _deleted(self, channel_id: str) -> Deleted:
         del self.positions[channel_id]
-        self._heads.pop(channel_id, None)
+        if self._heads:
+            self._heads.pop(channel_id, None)
         await self.hub.remove_channel(self.subscription, channel_id)
         return Deleted(channel_id)
 
@@ -639,6 +685,8 @@ class Stream:
         """Read each channel's first retained message after its position (gaps first)."""
         out: list[StreamEvent] = []
         heads = self._heads
+        if heads is None:
+            heads = self._heads = {}
         for channel_id, position in list(self.positions.items()):
             try:
                 message, gap = await self._read(channel_id, position)
@@ -649,6 +697,8 @@ class Stream:
                 out.append(gap)
             if message is not None:
                 heads[channel_id] = message
+        if not heads and self._heads is heads:
+            self._heads = None
         return out
 
     async def _merge(self) -> list[StreamEvent]:
@@ -656,6 +706,8 @@ class Stream:
         positions = self.positions
         heads = self._heads
         out: list[StreamEvent] = []
+        if heads is None:
+            return out
         while heads and len(out) < CATCH_UP_BATCH:
             channel_id = min(heads, key=lambda c: heads[c].id)
             message = heads.pop(channel_id)
@@ -672,4 +724,6 @@ class Stream:
                 out.append(gap)
             if following is not None and channel_id in positions:
                 heads[channel_id] = following
+        if not heads and self._heads is heads:
+            self._heads = None
         return out

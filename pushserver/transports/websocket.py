@@ -378,11 +378,14 @@ class WebSocketTransport(SubscriberTransport):
                 await send(
                     {"type": "websocket.accept", "headers": self.headers, "subprotocol": mode}
                 )
-                async with self.hub.subscription(channels) as subscription:
+                # Not ``async with hub.subscription()``: its context object and bound
+                # ``__aexit__`` would be held by every open stream.
+                subscription = await self.hub.subscribe(channels)
+                try:
                     stream = Stream(self.hub, subscription, positions)
                     connection = _Connection(self, request, stream, receive, send, mode)
                     # From here the connection unsubscribes them, channel by channel.
-                    connection.tokens = admission.hand_over()
+                    connection.tokens = admission.hand_over() or None
                     metrics = self.hub.metrics
                     metrics.websocket += 1
                     try:
@@ -394,6 +397,8 @@ class WebSocketTransport(SubscriberTransport):
                     finally:
                         connection.unsubscribe()
                         metrics.websocket -= 1
+                finally:
+                    await self.hub.unsubscribe_shielded(subscription)
             finally:
                 admission.release()
         except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
@@ -471,7 +476,9 @@ class _Connection:
         self.sender = send_now_of(request.scope, send)
         self.close_code: int | None = None
         self.close_reason = ""
-        self.tokens: dict[str, object] = {}
+        #: The passthrough tokens by channel, to unsubscribe with (None while there are
+        #: none: no empty dict held by every connection).
+        self.tokens: dict[str, object] | None = None
 
     def run(self) -> Awaitable[None]:
         """The writer (:meth:`deliver`) and the watcher (commands, disconnect, send timeout,
@@ -483,7 +490,7 @@ class _Connection:
         if self.transport.notify:
             assert presence is not None
             for channel_id in self.stream.positions:
-                self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
+                self.held_tokens()[channel_id] = presence.subscribed(self.request, channel_id)
         return self.guard.run(
             self.deliver,
             self.receive,
@@ -517,7 +524,7 @@ class _Connection:
     def unsubscribe(self) -> None:
         presence = self.transport.presence
         if presence is not None:
-            for token in self.tokens.values():
+            for token in (self.tokens or {}).values():
                 presence.unsubscribed(token)
 
     def too_slow(self) -> None:
@@ -585,9 +592,9 @@ class _Connection:
         clock = time.monotonic
         mode = self.mode
         v1 = mode == PUSHSERVER_V1
-        write_now = None if self.sender is None else self.write_now
+        writer = None if self.sender is None else self
         while True:
-            for event in await stream.batch(write_now):
+            for event in await stream.batch(writer):
                 if type(event) is Delivery:
                     frame = self.frame(event)
                 elif isinstance(event, Gap | Deleted):
@@ -666,16 +673,24 @@ class _Connection:
                 await self.send(refusal_frame(answer, channel_id))
                 return
             # Unsubscribed by forget(), whatever happens next.
-            self.tokens.update(answer.hand_over())
+            handed = answer.hand_over()
+            if handed:
+                self.held_tokens().update(handed)
             # Acknowledged before the channel is added, so its messages follow the ack.
             await self.send(control("subscribed", channel=channel_id))
             await stream.add(channel_id, position)
             presence = self.transport.presence
             if presence is not None and self.transport.notify:
-                self.tokens[channel_id] = presence.subscribed(self.request, channel_id)
+                self.held_tokens()[channel_id] = presence.subscribed(self.request, channel_id)
+
+    def held_tokens(self) -> dict[str, object]:
+        """:attr:`tokens`, made if there is none yet."""
+        if self.tokens is None:
+            self.tokens = {}
+        return self.tokens
 
     def forget(self, channel_id: str) -> None:
-        token = self.tokens.pop(channel_id, None)
+        token = self.tokens.pop(channel_id, None) if self.tokens else None
         presence = self.transport.presence
         if token is not None and presence is not None:
             presence.unsubscribed(token)

@@ -46,11 +46,13 @@ SETTINGS = {
 
 
 @asynccontextmanager
-async def serving(under: str = "pushserver"):
-    """The app served in this process; yields it and the base URL."""
+async def serving(under: str = "pushserver", wrap=None):
+    """The app served in this process (``wrap(app)`` if given: a middleware); yields it
+    and the base URL."""
     sock = server.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = PushServer(config.load(SETTINGS))
+    served = app if wrap is None else wrap(app)
     stop = anyio.Event()
     try:
         with anyio.fail_after(60):
@@ -60,13 +62,13 @@ async def serving(under: str = "pushserver"):
 
                     group.start_soon(
                         lambda: serve_uvicorn(
-                            app, sock, access_log=False, shutdown_timeout=1, config=app.config
+                            served, sock, access_log=False, shutdown_timeout=1, config=app.config
                         )
                     )
                 else:
                     group.start_soon(
                         lambda: server.serve(
-                            app,
+                            served,
                             sock,
                             access_log=False,
                             shutdown_trigger=stop.wait,
@@ -147,6 +149,45 @@ async def test_sse_subscriber_keeping_up_is_written_to_without_waking(anyio_back
             events = await reader.events(BUFFER)
             retained = [*ids, *later, last][-BUFFER:]
             assert [e.id for e in events] == [str(i) for i in retained]
+
+
+class adding_a_header:
+    """A middleware that adds a header to every response by changing the start message's
+    own header list, as some ASGI middleware does. (``server.serve`` also asks it to begin
+    the app's shutdown and to close it.)"""
+
+    def __init__(self, app: PushServer) -> None:
+        self.app = app
+        self.begin_shutdown = app.begin_shutdown
+        self.aclose = app.aclose
+
+    async def __call__(self, scope, receive, send):
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-added", b"1"))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+@pytest.mark.parametrize("wrap", [None, adding_a_header], ids=["worker", "middleware"])
+async def test_sse_streams_of_a_location_start_with_the_same_headers(anyio_backend, wrap):
+    """The streams of a location share one ``http.response.start`` where the worker's own
+    stream sends it; a middleware that changes it changes a copy, so each stream (not the
+    next one again) gets what it adds."""
+    added = [] if wrap is None else ["1"]
+    async with (
+        serving(wrap=wrap) as (_app, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        for n in range(3):
+            async with client.stream(
+                "GET", f"/subscriber/h{n}", headers={"accept": "text/event-stream"}
+            ) as response:
+                assert response.status_code == 200
+                assert response.headers.get_list("x-added") == added
+                assert response.headers.get_list("connection") == ["close"]
+                assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
 async def test_sse_multiplexed_stream_keeps_its_compound_ids(anyio_backend):
