@@ -412,8 +412,8 @@ def _websocket_frame(websocket: Any, message: Any) -> bytes:
     """The frame wsproto writes for a ``websocket.send`` message on ``websocket``."""
     data = message.get("bytes")
     if data is not None:
-        return websocket.send(BytesMessage(data=bytes(data)))  # type: ignore[no-any-return]
-    return websocket.send(TextMessage(data=message["text"]))  # type: ignore[no-any-return]
+        return websocket.send(BytesMessage(data=bytes(data)))
+    return websocket.send(TextMessage(data=message["text"]))
 
 
 class Worker:
