@@ -34,7 +34,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -72,7 +72,8 @@ def get_asgi_application(django_app: ASGIApp | None = None) -> PushServer:
     if django_app is None:
         from django.core.asgi import get_asgi_application as django_asgi_application
 
-        django_app = django_asgi_application()
+        # An ASGI app: django-stubs types its scope as a dict and its messages as Mappings.
+        django_app = cast(ASGIApp, django_asgi_application())
     elif not apps.ready:
         django.setup(set_prefix=False)
     check_settings()
@@ -239,12 +240,13 @@ def django_site() -> ASGIApp:
     from django.conf import settings
     from django.core.asgi import get_asgi_application as django_asgi_application
 
-    application: ASGIApp = django_asgi_application()
+    application = django_asgi_application()
     if settings.DEBUG and "django.contrib.staticfiles" in settings.INSTALLED_APPS:
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
         application = ASGIStaticFilesHandler(application)
-    return application
+    # An ASGI app: django-stubs types its scope as a dict and its messages as Mappings.
+    return cast(ASGIApp, application)
 
 
 def command_application() -> PushServer:

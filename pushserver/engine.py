@@ -86,7 +86,7 @@ def inbox_of(scope: Mapping[str, Any], receive: Callable[..., Any]) -> Inbox | N
     inbox = extensions.get(INBOX) if extensions else None
     if inbox is None or getattr(receive, "__self__", None) is not inbox:
         return None
-    return inbox  # type: ignore[no-any-return]
+    return inbox
 
 
 class SendNow(Protocol):
@@ -117,4 +117,4 @@ def send_now_of(scope: Mapping[str, Any], send: Callable[..., Any]) -> SendNow |
     sender = extensions.get(SEND_NOW) if extensions else None
     if sender is None or not sender.owns(send):
         return None
-    return sender  # type: ignore[no-any-return]
+    return sender

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import anyio
 
@@ -288,7 +288,7 @@ class Hub:
             return 0
         delivery = Delivery(channel_id, message)
         if type(subscriptions) is not dict:
-            if subscriptions.offer(delivery):
+            if cast(Subscription, subscriptions).offer(delivery):
                 self.delivered += 1
                 return 1
             self.overflows += 1
@@ -347,7 +347,7 @@ class Hub:
         if type(local) is dict:
             local[subscription] = None
         else:
-            self._subscriptions[channel_id] = {local: None, subscription: None}
+            self._subscriptions[channel_id] = {cast(Subscription, local): None, subscription: None}
         return False
 
     async def _remove(self, subscription: Subscription, channel_id: str) -> None:

@@ -72,7 +72,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import redis.asyncio as aioredis
@@ -91,6 +91,9 @@ from ..message import ORIGIN, ChannelInfo, Message, MessageId
 from .base import Backend, OpenResult, PublishResult, ReadResult
 from .memory import DEFAULT_CHANNEL_TIMEOUT
 from .redis_options import RedisOptions
+
+if TYPE_CHECKING:
+    from redis.asyncio.cluster import RedisCluster
 
 logger = logging.getLogger("pushserver.backends.redis")
 
@@ -829,7 +832,8 @@ class RedisBackend(RedisOptions, Backend):
         )
         # Each new connection asks the sentinels where the primary is: after a failover the
         # reconnecting pub/sub reader and the pool's fresh connections find the new one.
-        return sentinel.master_for(self.service)
+        # ``service`` is a str with ``sentinels``: the system check (redis_options) says so.
+        return sentinel.master_for(cast(str, self.service))
 
     def _node_client(self, node: Any) -> aioredis.Redis:
         """Cluster: a plain client of one primary (cached by its name)."""
@@ -861,7 +865,7 @@ class RedisBackend(RedisOptions, Backend):
                     sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
                     **options,
                 )
-                client = sentinel.master_for(self.service)
+                client = sentinel.master_for(cast(str, self.service))
             elif self.cluster:
                 options.pop("db", None)
                 if self.url:
@@ -1076,7 +1080,9 @@ class RedisBackend(RedisOptions, Backend):
         try:
             if self.cluster:
                 await self._redis.initialize()  # a refresh an earlier error asked for
-                client = self._node_client(self._redis.get_node_from_key(keys[0]))
+                cluster = cast("RedisCluster", self._redis)
+                # redis-py annotates the key as str; it hashes bytes keys too (keyslot).
+                client = self._node_client(cluster.get_node_from_key(keys[0]))  # type: ignore[arg-type]
             async with client.pipeline(transaction=False) as pipe:
                 await self._scripts[script](keys=keys, args=args, client=pipe)
                 pipe.wait(self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
@@ -1444,7 +1450,7 @@ class RedisBackend(RedisOptions, Backend):
     async def _read_shards(self, connections: list[Any]) -> None:
         """Cluster: one connection per primary, each channel ``SSUBSCRIBE``d on its slot's
         primary; any of them failing, or a slot moving, reconnects them all."""
-        cluster = self._redis
+        cluster = cast("RedisCluster | None", self._redis)
         assert cluster is not None
         # The cluster client notices a dead primary only when a command of its own fails
         # there: ask every primary, so that a failover is seen before reconnecting.
@@ -1462,7 +1468,10 @@ class RedisBackend(RedisOptions, Backend):
         by_node: dict[str, list[bytes]] = {}
         for channel_id in self._listening:
             live = self._live(channel_id)
-            by_node.setdefault(cluster.get_node_from_key(live).name, []).append(live)
+            # redis-py annotates the key as str and the node as optional: it hashes bytes
+            # keys too (keyslot), and has no node only for ``replica=True``.
+            primary = cluster.get_node_from_key(live)  # type: ignore[arg-type]
+            by_node.setdefault(primary.name, []).append(live)  # type: ignore[union-attr]
         for name, lives in by_node.items():
             await shards[name].send_command("SSUBSCRIBE", *lives)
         self._pubsub = shards
@@ -1513,9 +1522,10 @@ class RedisBackend(RedisOptions, Backend):
 
     async def _notice_moved(self, slot: int) -> None:
         assert self._redis is not None
+        cluster = cast("RedisCluster", self._redis)
         for channel_id in list(self._listening):
             live = self._live(channel_id)
-            if self._redis.keyslot(live) == slot:
+            if cluster.keyslot(live) == slot:
                 await self._notice_topology(live)
                 return
 
@@ -1636,9 +1646,8 @@ class RedisBackend(RedisOptions, Backend):
                 try:
                     if self.cluster:
                         # Each primary answers for itself: status shows their sum.
-                        per_node = await self._redis.info(
-                            "memory", target_nodes=self._redis.PRIMARIES
-                        )
+                        cluster = cast("RedisCluster", self._redis)
+                        per_node = await cluster.info("memory", target_nodes=cluster.PRIMARIES)
                         info = _cluster_memory(list(per_node.values()))
                     else:
                         info = await self._redis.info("memory")

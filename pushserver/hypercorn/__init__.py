@@ -20,11 +20,27 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hypercorn.config import Config, Sockets
 
 from . import fixes
+
+if TYPE_CHECKING:
+
+    class _WorkerServe(Protocol):
+        """What hypercorn's two ``worker_serve`` and pushserver's have in common, as
+        :func:`run` calls them."""
+
+        def __call__(
+            self,
+            app: Any,
+            config: Config,
+            *,
+            sockets: Sockets,
+            shutdown_trigger: Callable[[], Awaitable[Any]],
+        ) -> Awaitable[None]: ...
+
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 #: The environment variable choosing the asyncio worker: ``stock`` for hypercorn's own,
@@ -121,6 +137,7 @@ async def run(
     hypercorn's own when :func:`stock_worker` says so."""
     sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     wrapped = cast(Any, _ASGI(app))  # hypercorn types the app with its TypedDicts
+    worker_serve: _WorkerServe
     if on_trio:
         from hypercorn.trio.run import worker_serve
     elif stock_worker():

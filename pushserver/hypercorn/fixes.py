@@ -244,7 +244,7 @@ def free_closed_websocket_parsers() -> None:
             await handle(self, event)
         finally:
             if isinstance(event, StreamClosed):
-                protocol = getattr(getattr(self, "connection", None), "_proto", None)
+                protocol: Any = getattr(getattr(self, "connection", None), "_proto", None)
                 if getattr(protocol, "_parse_more", None) is not None:
                     protocol._parse_more = iter(())
 
@@ -294,8 +294,10 @@ def translate_trio_socket_errors_without_cycles() -> None:
     Upstream: CPython issue 100964 (above); not reported to trio.
     """
     try:
-        from trio import _highlevel_socket as module
+        from trio import _highlevel_socket
 
+        # Any: its translation is replaced below by an equivalent of another type.
+        module: Any = _highlevel_socket
         module._closed_stream_errnos  # noqa: B018 (what the translation reads)
         original = module._translate_socket_errors_to_stream_errors
     except (ImportError, AttributeError) as exc:

@@ -562,12 +562,12 @@ class _Connection:
         mode = self.mode
         # Encoded once per mode, by the first subscriber.
         if mode == PUSHSERVER_V1:
-            return message.wire("ws", _encode_frame, item.channel_id)  # type: ignore[no-any-return]
+            return message.wire("ws", _encode_frame, item.channel_id)
         if mode is None:
-            return message.wire("ws-plain", encode_plain)  # type: ignore[no-any-return]
+            return message.wire("ws-plain", encode_plain)
         ids = self.ids
         if ids is None:
-            return message.wire("ws-nchan", encode_nchan)  # type: ignore[no-any-return]
+            return message.wire("ws-nchan", encode_nchan)
         ids[item.channel_id] = message.id
         marked = list(ids).index(item.channel_id)
         return encode_nchan(message, format_compound_id(ids.values(), marked))
