@@ -112,14 +112,9 @@ class Server:
             raise
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()  # type: ignore[union-attr]
+        from bench import run
+
+        run.PythonServer.stop(self)  # type: ignore[arg-type]  # the same process handling
 
 
 def one(target: str, seq: int, nofile: int, connections: int) -> dict:
