@@ -22,12 +22,19 @@ from websockets.asyncio.client import connect as ws_connect
 from pushserver import config, server
 from pushserver.app import PushServer
 from pushserver.hub import Hub
+from pushserver.hypercorn import stock_worker
 from pushserver.message import ORIGIN, MessageId
 from pushserver.protocol import format_compound_id
 from pushserver.transports.websocket import NCHAN_META, PUSHSERVER_V1
 from tests.transports.streams import event_stream, ws_frame
 
 pytestmark = pytest.mark.anyio
+
+#: The direct write is what pushserver's own worker offers (``SEND_NOW``); hypercorn's stock
+#: worker (``PUSHSERVER_HYPERCORN_WORKER=stock``, ``nox -s tests_stock_worker``) has none.
+ours_worker = pytest.mark.skipif(
+    stock_worker(), reason="hypercorn's stock worker offers no direct write"
+)
 
 BUFFER = 8
 SETTINGS = {
@@ -115,6 +122,7 @@ async def publish(client: httpx.AsyncClient, channel: str, body: str | bytes) ->
     return MessageId.parse(info.json()["last_message_id"])
 
 
+@ours_worker
 async def test_sse_subscriber_keeping_up_is_written_to_without_waking(anyio_backend):
     async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
         hub = hub_of(app)
@@ -170,6 +178,7 @@ class adding_a_header:
         await self.app(scope, receive, sending)
 
 
+@ours_worker
 @pytest.mark.parametrize("wrap", [None, adding_a_header], ids=["worker", "middleware"])
 async def test_sse_streams_of_a_location_start_with_the_same_headers(anyio_backend, wrap):
     """The streams of a location share one ``http.response.start`` where the worker's own
@@ -190,6 +199,7 @@ async def test_sse_streams_of_a_location_start_with_the_same_headers(anyio_backe
                 assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
+@ours_worker
 async def test_sse_multiplexed_stream_keeps_its_compound_ids(anyio_backend):
     async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
         hub = hub_of(app)
@@ -218,6 +228,7 @@ async def test_sse_multiplexed_stream_keeps_its_compound_ids(anyio_backend):
             assert (event.id, event.data) == (format_compound_id(positions.values(), 1), "after")
 
 
+@ours_worker
 @pytest.mark.parametrize("mode", [None, NCHAN_META, PUSHSERVER_V1])
 @pytest.mark.parametrize("channels", [["w1"], ["w1", "w2"]])
 async def test_ws_subscriber_keeping_up_is_written_to_in_every_mode(anyio_backend, mode, channels):
@@ -259,6 +270,7 @@ async def test_ws_subscriber_keeping_up_is_written_to_in_every_mode(anyio_backen
             assert wakes.count == 0
 
 
+@ours_worker
 async def test_ws_subscribers_with_and_without_compression_each_get_their_frames(anyio_backend):
     """Connections without extensions share a message's frame; one with permessage-deflate
     (websockets' default offer) is framed, and compressed, on its own."""
@@ -282,6 +294,7 @@ async def test_ws_subscribers_with_and_without_compression_each_get_their_frames
             assert hub.delivered_directly - before == 18
 
 
+@ours_worker
 async def test_ws_channel_added_by_command_gets_its_buffer_before_live_messages(anyio_backend):
     async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=10) as client:
         hub = hub_of(app)
@@ -307,6 +320,7 @@ async def test_ws_channel_added_by_command_gets_its_buffer_before_live_messages(
             assert newer > new and hub.delivered_directly - before == 1
 
 
+@ours_worker
 async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backend):
     count = 300
     big = b"x" * 65536
@@ -380,6 +394,7 @@ def dechunk(data: bytes) -> tuple[bytes, bytes]:
         data = data[end + 4 + size :]
 
 
+@ours_worker
 async def test_sse_chunk_is_made_once_for_every_chunked_subscriber(anyio_backend, monkeypatch):
     """Chunked event streams (HTTP/1.1) share a message's chunk; an HTTP/1.0 one, whose
     body h11 writes unframed, gets the bare event. Each reads exactly the events."""
