@@ -65,10 +65,11 @@ class Handler(Protocol):
     """What serves the requests one location's regex matches: ``raw_channel`` is the
     regex's group, as it appears in the path (still quoted)."""
 
-    async def __call__(
+    def __call__(
         self, scope: Scope, raw_channel: str, receive: Receive, send: Send, /
-    ) -> None:
-        """Answer the request (an HTTP request or a WebSocket)."""
+    ) -> Awaitable[None]:
+        """What answering the request (an HTTP request or a WebSocket) awaits: a coroutine
+        function, or a function returning one (:class:`Subscriber`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,30 +183,43 @@ class Subscriber:
             authorizer=authorizer,
         )
 
-    async def __call__(self, scope: Scope, raw_channel: str, receive: Receive, send: Send) -> None:
-        # One coroutine from here to the transport, no helper coroutine or partial: each
-        # would be held for as long as the subscriber stays connected (about 750 bytes per
-        # connection).
-        if not self.connections.admit():
-            await self.busy(scope, raw_channel, receive, send)
-            return
+    def __call__(
+        self, scope: Scope, raw_channel: str, receive: Receive, send: Send
+    ) -> Awaitable[None]:
+        """What serving the request awaits. Not a coroutine of its own: an event stream's or
+        a WebSocket's transport coroutine is returned as it is, and gives its place in
+        ``max_connections`` back itself (``connections``), so an open subscriber holds no
+        frame of this (about 310 bytes per connection). The caller awaits it at once
+        (:meth:`PushServer.__call__`, :meth:`PushServer.awaitable_for`)."""
+        connections = self.connections
+        if not connections.admit():
+            return self.busy(scope, raw_channel, receive, send)
         try:
             if scope["type"] == "websocket":
-                await self.websocket(scope, raw_channel, receive, send)
-                return
+                return self.websocket(scope, raw_channel, receive, send, connections)
             request = Request(scope)
-            if request.method == "OPTIONS":
-                # Before the channel id is checked: a failed preflight would hide the real
-                # request's readable error behind a CORS failure.
-                await self.longpoll.preflight(request, send)
-                return
             if (
                 "eventsource" in self.enabled
                 and request.method in ("GET", "HEAD")
                 and "text/event-stream" in (request.header("accept") or "")
             ):
                 scope["pushserver.transport"] = "eventsource"  # for the JSON access log
-                await self.sse(request, raw_channel, receive, send)
+                return self.sse(request, raw_channel, receive, send, connections)
+        except BaseException:
+            connections.active -= 1
+            raise
+        return self.serve_http(request, raw_channel, receive, send)
+
+    async def serve_http(
+        self, request: Request, raw_channel: str, receive: Receive, send: Send
+    ) -> None:
+        """A preflight, a long poll, or its refusal; gives its place in ``max_connections``
+        back at the end."""
+        try:
+            if request.method == "OPTIONS":
+                # Before the channel id is checked: a failed preflight would hide the real
+                # request's readable error behind a CORS failure.
+                await self.longpoll.preflight(request, send)
                 return
             if "longpoll" not in self.enabled:
                 others = " or ".join(sorted(self.enabled - {"longpoll"})) or "nothing"

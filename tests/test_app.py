@@ -170,7 +170,9 @@ async def test_awaitable_for_answers_as_the_app_does(anyio_backend):
             pass
 
         for path, expected in (
-            ("/subscriber/c", "Subscriber.__call__"),
+            # (The subscriber location's dispatch returns its transport's coroutine; a
+            # long poll's is Subscriber.serve_http.)
+            ("/subscriber/c", "Subscriber.serve_http"),
             ("/elsewhere", "PushServer.__call__"),
         ):
             coro = app.awaitable_for({**scope(path), "headers": []}, receive, send)

@@ -11,7 +11,12 @@ import anyio
 import httpx
 import pytest
 
-from pushserver.app import BUSY_RETRY_AFTER, PushServer, default_max_connections
+from pushserver.app import (
+    BUSY_RETRY_AFTER,
+    ConnectionLimit,
+    PushServer,
+    default_max_connections,
+)
 from pushserver.config import load, parse
 from tests.project.helpers import path, wait_for_subscribers
 from tests.transports.streams import closed_with, connect, event_stream, ws_frame, ws_url
@@ -198,3 +203,56 @@ def test_limit_settings_are_read():
         4096,
         2.5,
     )
+
+
+# -- every place given back ------------------------------------------------------------------
+
+
+class _Watched(ConnectionLimit):
+    """A ``ConnectionLimit`` that says when its count is back to 0 (an event, no polling)."""
+
+    def watch(self) -> anyio.Event:
+        self.idle = anyio.Event()
+        if self._active == 0:
+            self.idle.set()
+        return self.idle
+
+    @property  # type: ignore[override]
+    def active(self) -> int:
+        return self._active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self._active = value
+        idle = getattr(self, "idle", None)
+        if value == 0 and idle is not None:
+            idle.set()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("under", ["pushserver", "uvicorn"])
+async def test_streams_websockets_and_refusals_give_their_place_back(under):
+    """Each subscriber request holds one place in ``max_connections`` while it is served
+    and gives it back when it ends: an event stream, a WebSocket (each of which hands its
+    count to its transport) and an HTTP answer (here a 403), twice over."""
+    from tests.transports.test_direct_writes import serving
+
+    async with serving(under) as (app, url):
+        limit = app.connections
+        limit._active = limit.__dict__.pop("active")
+        limit.__class__ = _Watched
+        ws_base = url.replace("http://", "ws://")
+        async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT) as client:
+            for _ in range(2):  # what a first round kept, the second would add to
+                async with AsyncExitStack() as stack:
+                    await stack.enter_async_context(event_stream(client, "/subscriber/s"))
+                    await stack.enter_async_context(connect(ws_base + "/subscriber/w"))
+                    assert limit.active == 2
+                    # Long polls are off at this location: answered 403, counted meanwhile.
+                    refused = await client.get("/subscriber/p")
+                    assert refused.status_code == 403, refused.text
+                    assert limit.active == 2
+                    idle = limit.watch()
+                with anyio.fail_after(10):
+                    await idle.wait()
+                assert limit.active == 0

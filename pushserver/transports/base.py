@@ -23,6 +23,13 @@ class Presence(Protocol):
     def unsubscribed(self, token: object) -> None: ...
 
 
+class Counted(Protocol):
+    """Where a request is counted while it is served (``max_connections``: the app's
+    ``ConnectionLimit``): a transport handed one takes its request off at the end."""
+
+    active: int
+
+
 class SubscriberTransport:
     """One subscriber location's transport: who may subscribe, and how many may
     (:attr:`admitter`), and who is told about subscribers (:attr:`presence`)."""

@@ -87,7 +87,7 @@ from ..hub import Closing, Delivery
 from ..message import Message, MessageId
 from ..protocol import format_compound_id, parse_resume_id, split_channels
 from .admission import Refusal, RefusalKind, store_refusal
-from .base import HTTPTransport
+from .base import Counted, HTTPTransport
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -365,74 +365,87 @@ class SSETransport(HTTPTransport):
         return start
 
     async def __call__(
-        self, request: Request, raw_channels: str, receive: Receive, send: Send
+        self,
+        request: Request,
+        raw_channels: str,
+        receive: Receive,
+        send: Send,
+        connections: Counted | None = None,
     ) -> None:
-        headers = self.response_headers(request)
-        resume = request.header("last-event-id")
-        if resume is None:
-            resume = query_parameter(request.scope.get("query_string", b""), "last_event_id")
+        """Serve one event stream; at the end take it off ``connections`` if given (the
+        subscriber location hands its count over, so that no frame of its own is held)."""
         try:
-            location = self.location
-            channels = split_channels(
-                raw_channels, location.max_channel_id_length, location.max_channels
-            )
-            positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
-        except ValueError as exc:
-            await self.respond_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), headers)
-            return
-        try:
-            admission = await self.admitter.admit(request, channels)
-            if isinstance(admission, Refusal):
-                await self.respond_refused(send, admission, headers)
+            headers = self.response_headers(request)
+            resume = request.header("last-event-id")
+            if resume is None:
+                resume = query_parameter(request.scope.get("query_string", b""), "last_event_id")
+            try:
+                location = self.location
+                channels = split_channels(
+                    raw_channels, location.max_channel_id_length, location.max_channels
+                )
+                positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
+            except ValueError as exc:
+                await self.respond_refused(
+                    send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), headers
+                )
                 return
             try:
-                # Served here, not in a method of its own: its frame would be held by every
-                # open stream.
-                # Not ``async with hub.subscription()``: its context object and bound
-                # ``__aexit__`` would be held by every open stream.
-                subscription = await self.hub.subscribe(list(positions))
+                admission = await self.admitter.admit(request, channels)
+                if isinstance(admission, Refusal):
+                    await self.respond_refused(send, admission, headers)
+                    return
                 try:
-                    stream = Stream(self.hub, subscription, positions)
-                    http1 = request.scope.get("http_version", "1.1") in ("1.0", "1.1")
-                    start = self._start(headers, http1)
-                    response = EventStreamResponse(
-                        stream,
-                        ping=location.ping_interval,
-                        send_timeout=location.send_timeout or None,
-                        headers=start["headers"],
-                        start=start,
-                    )
-                    tokens: Sequence[object] = ()  # no empty list held for the stream's life
-                    if self.presence is not None and self.notify:
-                        tokens = [self.presence.subscribed(request, c) for c in positions]
-                    metrics = self.hub.metrics
-                    metrics.eventsource += 1
+                    # Served here, not in a method of its own: its frame would be held by every
+                    # open stream.
+                    # Not ``async with hub.subscription()``: its context object and bound
+                    # ``__aexit__`` would be held by every open stream.
+                    subscription = await self.hub.subscribe(list(positions))
                     try:
-                        try:
-                            await response(request.scope, receive, send)
-                        finally:
-                            response.close()
-                        if response.guard.timed_out:
-                            raise SendTimeout
-                    except SendTimeout:
-                        metrics.slow_eventsource += 1
-                        logger.info(
-                            "event-stream subscriber %s on %s stopped reading for %ss: "
-                            "disconnected",
-                            request.client_host,
-                            ",".join(positions) or "-",
-                            location.send_timeout,
+                        stream = Stream(self.hub, subscription, positions)
+                        http1 = request.scope.get("http_version", "1.1") in ("1.0", "1.1")
+                        start = self._start(headers, http1)
+                        response = EventStreamResponse(
+                            stream,
+                            ping=location.ping_interval,
+                            send_timeout=location.send_timeout or None,
+                            headers=start["headers"],
+                            start=start,
                         )
+                        tokens: Sequence[object] = ()  # no empty list held for the stream's life
+                        if self.presence is not None and self.notify:
+                            tokens = [self.presence.subscribed(request, c) for c in positions]
+                        metrics = self.hub.metrics
+                        metrics.eventsource += 1
+                        try:
+                            try:
+                                await response(request.scope, receive, send)
+                            finally:
+                                response.close()
+                            if response.guard.timed_out:
+                                raise SendTimeout
+                        except SendTimeout:
+                            metrics.slow_eventsource += 1
+                            logger.info(
+                                "event-stream subscriber %s on %s stopped reading for %ss: "
+                                "disconnected",
+                                request.client_host,
+                                ",".join(positions) or "-",
+                                location.send_timeout,
+                            )
+                        finally:
+                            metrics.eventsource -= 1
+                            if self.presence is not None:
+                                for token in tokens:
+                                    self.presence.unsubscribed(token)
                     finally:
-                        metrics.eventsource -= 1
-                        if self.presence is not None:
-                            for token in tokens:
-                                self.presence.unsubscribed(token)
+                        await self.hub.unsubscribe_shielded(subscription)
                 finally:
-                    await self.hub.unsubscribe_shielded(subscription)
-            finally:
-                admission.release()
-        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
-            await self.respond_refused(send, store_refusal(exc), headers)
-        except BackendUnavailable as exc:
-            await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+                    admission.release()
+            except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
+                await self.respond_refused(send, store_refusal(exc), headers)
+            except BackendUnavailable as exc:
+                await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+        finally:
+            if connections is not None:
+                connections.active -= 1

@@ -118,7 +118,7 @@ from ..hub import Closing, Delivery, Hub
 from ..message import ORIGIN, Message, MessageId
 from ..protocol import check_channel_id, format_compound_id, parse_resume_id, split_channels
 from .admission import Admission, Refusal, RefusalKind, store_refusal
-from .base import Presence, SubscriberTransport
+from .base import Counted, Presence, SubscriberTransport
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -347,64 +347,79 @@ class WebSocketTransport(SubscriberTransport):
         origins = location.allow_origin.split()
         self.origins = None if "*" in origins else frozenset(origins)
 
-    async def __call__(self, scope: Scope, raw_channels: str, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
-            return
-        request = Request(scope, "GET")
-        mode = choose_subprotocol(scope.get("subprotocols"))
-        if not self.enabled:
-            await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here", mode)
-            return
-        origin = request.header("origin")
-        if self.origins is not None and origin is not None and origin not in self.origins:
-            await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed", mode)
-            return
+    async def __call__(
+        self,
+        scope: Scope,
+        raw_channels: str,
+        receive: Receive,
+        send: Send,
+        connections: Counted | None = None,
+    ) -> None:
+        """Serve one WebSocket; at the end take it off ``connections`` if given (the
+        subscriber location hands its count over, so that no frame of its own is held)."""
         try:
-            location = self.location
-            channels = split_channels(
-                raw_channels, location.max_channel_id_length, location.max_channels
-            )
-            resume = query_parameter(scope.get("query_string", b""), "last_event_id")
-            positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
-        except ValueError as exc:
-            await self.close_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), mode)
-            return
-        try:
-            admission = await self.admitter.admit(request, channels)
-            if isinstance(admission, Refusal):
-                await self.close_refused(send, admission, mode)
+            if (await receive())["type"] != "websocket.connect":
+                return
+            request = Request(scope, "GET")
+            mode = choose_subprotocol(scope.get("subprotocols"))
+            if not self.enabled:
+                await self.refuse(send, CLOSE_NOT_ALLOWED, "WebSocket is not enabled here", mode)
+                return
+            origin = request.header("origin")
+            if self.origins is not None and origin is not None and origin not in self.origins:
+                await self.refuse(send, CLOSE_NOT_ALLOWED, "this Origin is not allowed", mode)
                 return
             try:
-                await send(
-                    {"type": "websocket.accept", "headers": self.headers, "subprotocol": mode}
+                location = self.location
+                channels = split_channels(
+                    raw_channels, location.max_channel_id_length, location.max_channels
                 )
-                # Not ``async with hub.subscription()``: its context object and bound
-                # ``__aexit__`` would be held by every open stream.
-                subscription = await self.hub.subscribe(channels)
+                resume = query_parameter(scope.get("query_string", b""), "last_event_id")
+                positions = dict(zip(channels, parse_resume_id(resume, len(channels)), strict=True))
+            except ValueError as exc:
+                await self.close_refused(send, Refusal(RefusalKind.BAD_REQUEST, str(exc)), mode)
+                return
+            try:
+                admission = await self.admitter.admit(request, channels)
+                if isinstance(admission, Refusal):
+                    await self.close_refused(send, admission, mode)
+                    return
                 try:
-                    stream = Stream(self.hub, subscription, positions)
-                    connection = _Connection(self, request, stream, receive, send, mode)
-                    # From here the connection unsubscribes them, channel by channel.
-                    connection.tokens = admission.hand_over() or None
-                    metrics = self.hub.metrics
-                    metrics.websocket += 1
+                    await send(
+                        {"type": "websocket.accept", "headers": self.headers, "subprotocol": mode}
+                    )
+                    # Not ``async with hub.subscription()``: its context object and bound
+                    # ``__aexit__`` would be held by every open stream.
+                    subscription = await self.hub.subscribe(channels)
                     try:
+                        stream = Stream(self.hub, subscription, positions)
+                        connection = _Connection(self, request, stream, receive, send, mode)
+                        # From here the connection unsubscribes them, channel by channel.
+                        connection.tokens = admission.hand_over() or None
+                        metrics = self.hub.metrics
+                        metrics.websocket += 1
                         try:
-                            await connection.run()
-                        except (_TooSlow, BackendUnavailable) as exc:
-                            connection.failed(exc)
-                        await connection.close()
+                            try:
+                                await connection.run()
+                            except (_TooSlow, BackendUnavailable) as exc:
+                                connection.failed(exc)
+                            await connection.close()
+                        finally:
+                            connection.unsubscribe()
+                            metrics.websocket -= 1
                     finally:
-                        connection.unsubscribe()
-                        metrics.websocket -= 1
+                        await self.hub.unsubscribe_shielded(subscription)
                 finally:
-                    await self.hub.unsubscribe_shielded(subscription)
-            finally:
-                admission.release()
-        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
-            await self.close_refused(send, store_refusal(exc), mode)
-        except BackendUnavailable:
-            await self.refuse(send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable", mode)
+                    admission.release()
+            except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
+                await self.close_refused(send, store_refusal(exc), mode)
+            except BackendUnavailable:
+                await self.refuse(
+                    send, CLOSE_TRY_AGAIN_LATER, "the channel store is unavailable", mode
+                )
+        finally:
+            if connections is not None:
+                connections.active -= 1
 
     async def close_refused(self, send: Send, refusal: Refusal, mode: str | None) -> None:
         """Close a connection the admission refused, with the kind's code (:data:`CLOSE_CODES`)."""
