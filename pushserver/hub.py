@@ -10,7 +10,8 @@ A subscriber that is keeping up (waiting, nothing queued) may take a message wit
 waking: its transport lends the subscription a writer while it waits
 (:attr:`Subscription.direct`), and :meth:`Subscription.offer` hands the message to it. The
 writer writes it to the connection at once if the connection can take it without waiting
-(:class:`pushserver.engine.SendNow`), and otherwise declines; the message is then queued as
+(:class:`pushserver.engine.SendNow`: the engine's own, or the server's ``send`` stepped
+once, :mod:`pushserver.transports.eager`), and otherwise declines; the message is then queued as
 any other, and the writer is taken back until the subscriber's task has drained the queue,
 so messages go out in order. Fan-out then costs no task switch per subscriber.
 

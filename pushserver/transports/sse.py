@@ -61,9 +61,11 @@ answered with the headers and an empty body) and:
   listener and a shared timer, a second task elsewhere) that listens for the disconnect,
   sends the ping (under the send timeout) and enforces the send timeout. Under our hypercorn
   the server ends streams itself on shutdown (``Hub.shutdown``);
-* where the engine offers it (:func:`pushserver.engine.send_now_of`: pushserver's worker,
-  HTTP/1.1), lets the fan-out write a message for a subscriber that is keeping up straight
-  to the connection, with no wake of this task (:meth:`Stream.batch`'s ``writer``);
+* lets the fan-out write a message for a subscriber that is keeping up straight to the
+  connection, with no wake of this task (:meth:`Stream.batch`'s ``writer``): through the
+  engine's writer where it offers one (:func:`pushserver.engine.send_now_of`: pushserver's
+  worker, HTTP/1.1), by stepping the server's ``send`` on any other asyncio server
+  (:func:`pushserver.transports.eager.writer_for`);
 * keeps no send lock: hypercorn writes each send whole and in order (see
   :class:`EventStreamResponse`).
 """
@@ -79,7 +81,7 @@ from typing import Any
 import anyio
 from sse_starlette import ServerSentEvent
 
-from ..engine import SendNow, inbox_of, send_now_of
+from ..engine import SendNow, inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
 from ..http import Message as ASGIMessage
@@ -88,6 +90,7 @@ from ..message import Message, MessageId
 from ..protocol import format_compound_id, parse_resume_id, split_channels
 from .admission import Refusal, RefusalKind, store_refusal
 from .base import Counted, HTTPTransport
+from .eager import EagerSend, writer_for
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -193,7 +196,7 @@ class EventStreamResponse:
         self.raw_headers: Headers = list(STREAM_HEADERS) if headers is None else headers
         #: The ``http.response.start`` message, shared by the caller's streams (with these
         #: headers and the status), sent as it is only where the ASGI server's own stream
-        #: takes it (:func:`send_now_of` finds its writer: no middleware in between that
+        #: takes it (the engine's writer is found: no middleware in between that
         #: could change a message). An idle stream's server keeps it for the response's
         #: life (hypercorn's ``HTTPStream.response``): one for all, not a dict and a list
         #: each.
@@ -228,10 +231,9 @@ class EventStreamResponse:
         ``guard.timed_out`` set, for the caller to raise :class:`SendTimeout`."""
         if scope["method"] == "HEAD":
             return self._head(send)
-        self._sender = send_now_of(scope, send)
         # Kept here, not in a closure and a partial: bound methods are smaller, and the
         # watcher holds its ping for as long as the stream is open.
-        self._asgi_send = send
+        self._sender, self._asgi_send = writer_for(scope, send)
         return self.guard.run(
             self._write_stream,
             receive,
@@ -278,6 +280,8 @@ class EventStreamResponse:
 
     def close(self) -> None:
         """After the response was awaited, however that ended: the writers are let go."""
+        if type(self._sender) is EagerSend:
+            self._sender.close()
         self._sender = None
         self._asgi_send = None
 
@@ -291,7 +295,9 @@ class EventStreamResponse:
         ids = self._ids
         writer = None if self._sender is None else self
         start = self.start
-        if start is None or self._sender is None:
+        # The shared start only where the server's own stream writes it (the engine's
+        # writer): through anything else (EagerSend's send) a middleware may change it.
+        if start is None or self._sender is None or type(self._sender) is EagerSend:
             start = {
                 "type": "http.response.start",
                 "status": self.status_code,

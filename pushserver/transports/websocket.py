@@ -111,7 +111,7 @@ import anyio
 
 from ..authorize import SIGNATURE_PARAMETER, LocationAuthorizer
 from ..config import LocationConfig
-from ..engine import inbox_of, send_now_of
+from ..engine import inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..hub import Closing, Delivery, Hub
@@ -119,6 +119,7 @@ from ..message import ORIGIN, Message, MessageId
 from ..protocol import check_channel_id, format_compound_id, parse_resume_id, split_channels
 from .admission import Admission, Refusal, RefusalKind, store_refusal
 from .base import Counted, Presence, SubscriberTransport
+from .eager import EagerSend, writer_for
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -406,6 +407,8 @@ class WebSocketTransport(SubscriberTransport):
                             await connection.close()
                         finally:
                             connection.unsubscribe()
+                            if type(connection.sender) is EagerSend:
+                                connection.sender.close()
                             metrics.websocket -= 1
                     finally:
                         await self.hub.unsubscribe_shielded(subscription)
@@ -477,7 +480,9 @@ class _Connection:
         self.request = request
         self.stream = stream
         self.receive = receive
-        self._send = send
+        #: The engine's writer or an EagerSend, for the fan-out to write at once
+        #: (:meth:`write_now`), and the send this connection sends with.
+        self.sender, self._send = writer_for(request.scope, send)
         # No lock of our own around writes from the two tasks: hypercorn writes each frame
         # whole under its per-connection send lock, in the order the sends were made, and
         # an acknowledgement that must precede messages is awaited before they can exist.
@@ -487,8 +492,6 @@ class _Connection:
         self.ids = (
             dict(stream.positions) if mode == NCHAN_META and len(stream.positions) > 1 else None
         )
-        #: The engine's writer, for the fan-out to write at once (:meth:`write_now`).
-        self.sender = send_now_of(request.scope, send)
         self.close_code: int | None = None
         self.close_reason = ""
         #: The passthrough tokens by channel, to unsubscribe with (None while there are

@@ -10,6 +10,7 @@ can read the hub's counters and count the subscriber task's wakes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import socket
 from contextlib import asynccontextmanager
@@ -53,12 +54,12 @@ SETTINGS = {
 
 
 @asynccontextmanager
-async def serving(under: str = "pushserver", wrap=None):
+async def serving(under: str = "pushserver", wrap=None, settings=SETTINGS):
     """The app served in this process (``wrap(app)`` if given: a middleware); yields it
     and the base URL."""
     sock = server.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = PushServer(config.load(SETTINGS))
+    app = PushServer(config.load(settings))
     served = app if wrap is None else wrap(app)
     stop = anyio.Event()
     try:
@@ -320,11 +321,20 @@ async def test_ws_channel_added_by_command_gets_its_buffer_before_live_messages(
             assert newer > new and hub.delivered_directly - before == 1
 
 
-@ours_worker
-async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backend):
+@pytest.mark.parametrize(
+    "under", [pytest.param("pushserver", marks=ours_worker), "uvicorn"]
+)
+async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backend, under):
+    """Under uvicorn the write that meets the paused connection waits in a task of its own
+    (EagerSend), and what follows is queued behind it."""
+    if under == "uvicorn":
+        pytest.importorskip("uvicorn")
     count = 300
     big = b"x" * 65536
-    async with serving() as (app, url), httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with (
+        serving(under) as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
         hub = hub_of(app)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -454,7 +464,11 @@ async def test_sse_chunk_is_made_once_for_every_chunked_subscriber(anyio_backend
         assert bodies["a"] == bodies["b"] == bodies["old"]
 
 
-async def test_under_uvicorn_everything_goes_through_the_queue(anyio_backend):
+@pytest.mark.parametrize("mode", [None, NCHAN_META, PUSHSERVER_V1])
+async def test_under_uvicorn_a_subscriber_keeping_up_is_written_to_at_once(anyio_backend, mode):
+    """No engine writer under uvicorn: the fan-out steps uvicorn's own ``send``
+    (:class:`pushserver.transports.eager.EagerSend`), which writes at once while the
+    connection is not paused, so neither subscriber's task wakes for a message."""
     pytest.importorskip("uvicorn")
     async with (
         serving("uvicorn") as (app, url),
@@ -463,16 +477,88 @@ async def test_under_uvicorn_everything_goes_through_the_queue(anyio_backend):
         hub = hub_of(app)
         async with event_stream(client, "/subscriber/uv") as reader:
             uri = url.replace("http://", "ws://") + "/subscriber/uv"
-            async with ws_connect(uri, subprotocols=[NCHAN_META]) as ws:
+            async with ws_connect(uri, subprotocols=[mode] if mode else None) as ws:
                 await wait_waiting(hub, "uv", subscribers=2)
+                wakes = Wakes(hub)
                 for n in range(5):
                     message_id = await publish(client, "uv", f"u{n}")
                     event = await reader.event()
                     assert (event.id, event.data) == (str(message_id), f"u{n}")
-                    fields, body = ws_frame(await ws.recv())
-                    assert (fields["id"], body) == (str(message_id), f"u{n}")
+                    with anyio.fail_after(10):
+                        frame = await ws.recv()
+                    if mode is None:
+                        assert frame == f"u{n}"
+                    else:
+                        fields, body = ws_frame(frame)
+                        assert (fields["id"], body) == (str(message_id), f"u{n}")
+                assert wakes.count == 0
         assert hub.delivered == 10
-        assert hub.delivered_directly == 0
+        assert hub.delivered_directly == 10
+
+
+class context_and_messages:
+    """A middleware that sets a context variable for the request and records, for every
+    message the app sends, its type and the variable as the send sees it."""
+
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+
+    def __init__(self, app: PushServer) -> None:
+        self.app = app
+        self.begin_shutdown = app.begin_shutdown
+        self.aclose = app.aclose
+        self.seen: list[tuple[str, str, bytes]] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/subscriber/"):
+            await self.app(scope, receive, send)
+            return
+        self.current.set(scope["path"])
+
+        async def sending(message):
+            self.seen.append((self.current.get(), message["type"], message.get("body", b"")))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+async def test_under_uvicorn_a_middleware_sees_each_message_once_in_the_request_context(
+    anyio_backend,
+):
+    """Written at once through a middleware: its ``send`` is called once per message, in
+    the request's context (a context variable it set is what it reads), and what it
+    passes on is what the client gets."""
+    pytest.importorskip("uvicorn")
+    middleware = None
+
+    def wrap(app):
+        nonlocal middleware
+        middleware = context_and_messages(app)
+        return middleware
+
+    async with (
+        serving("uvicorn", wrap=wrap) as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        hub = hub_of(app)
+        async with (
+            event_stream(client, "/subscriber/mw-a") as a,
+            event_stream(client, "/subscriber/mw-b") as b,
+        ):
+            await wait_waiting(hub, "mw-a")
+            await wait_waiting(hub, "mw-b")
+            for n in range(4):
+                for channel, reader in (("mw-a", a), ("mw-b", b)):
+                    await publish(client, channel, f"{channel} {n}")
+                    assert (await reader.event()).data == f"{channel} {n}"
+        assert hub.delivered_directly == 8
+    assert middleware is not None
+    for path in ("/subscriber/mw-a", "/subscriber/mw-b"):
+        bodies = [body for seen, kind, body in middleware.seen if seen == path and b"data:" in body]
+        channel = path.rsplit("/", 1)[1]
+        assert [body.split(b"data: ")[1].strip() for body in bodies] == [
+            f"{channel} {n}".encode() for n in range(4)
+        ]
+    assert {seen for seen, _, _ in middleware.seen} == {"/subscriber/mw-a", "/subscriber/mw-b"}
 
 
 async def wait_waiting(hub: Hub, channel: str, subscribers: int = 1) -> None:
@@ -485,3 +571,60 @@ async def wait_waiting(hub: Hub, channel: str, subscribers: int = 1) -> None:
             if len(found) >= subscribers and all(s._wakeup is not None for s in found):
                 return
             await anyio.sleep(0.005)
+
+
+async def test_under_uvicorn_a_stalled_websocket_gets_its_messages_in_order_then_is_closed(
+    anyio_backend,
+):
+    """A WebSocket that stops reading under uvicorn: the write that meets the paused
+    connection is finished by a task of its own, what follows is queued behind it, and
+    after the send timeout the connection is closed as too slow; what it got before is
+    every message from the first, in order, once each."""
+    pytest.importorskip("uvicorn")
+    from tests.transports.test_backpressure import COUNT, RawWebSocket, numbered
+
+    settings = {
+        **SETTINGS,
+        "locations": [
+            *SETTINGS["locations"],
+            {
+                "type": "subscriber",
+                "prefix": "/impatient/",
+                "create_on_get": True,
+                "ping_interval": 0,
+                "send_timeout": 1,
+            },
+        ],
+    }
+    async with (
+        serving("uvicorn", settings=settings) as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        hub = hub_of(app)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        try:
+            slow = await anyio.to_thread.run_sync(
+                lambda: RawWebSocket(sock, "/impatient/wstall", subprotocols=())
+            )
+            await wait_waiting(hub, "wstall")
+            uri = url.replace("http://", "ws://") + "/subscriber/wstall"
+            async with ws_connect(uri, max_size=None, compression=None) as fast:
+                await wait_waiting(hub, "wstall", subscribers=2)
+                for n in range(COUNT):
+                    response = await client.post("/publisher/wstall", content=numbered(n))
+                    assert response.status_code == 201
+                    with anyio.fail_after(20):
+                        assert await fast.recv() == numbered(n)
+            with anyio.fail_after(30):
+                while hub.metrics.slow_websocket == 0:
+                    await anyio.sleep(0.01)
+            frames = await anyio.to_thread.run_sync(slow.frames, lambda frame: False)
+        finally:
+            sock.close()
+    numbers = [int(frame[:5]) for frame in frames]
+    assert all(frame == numbered(int(frame[:5])) for frame in frames)
+    assert numbers == list(range(len(numbers))) and 0 < len(numbers) < COUNT
+    assert slow.close is not None
+    assert (slow.close.code, slow.close.reason) == (4408, "too slow: stopped reading")
