@@ -94,6 +94,14 @@ async def serving(under: str = "pushserver", wrap=None, settings=SETTINGS):
         sock.close()
 
 
+def stalling_socket(url: str) -> socket.socket:
+    """A connection to the server with a tiny receive buffer: its writes block soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    return sock
+
+
 class Wakes:
     """Counts the wakeups subscriptions make: one per wait, so one per wake of a waiting
     subscriber task (on asyncio a wakeup is a loop future, as the hub's own factory makes)."""
@@ -336,9 +344,7 @@ async def test_sse_reader_that_stops_reading_falls_back_to_the_queue(anyio_backe
         httpx.AsyncClient(base_url=url, timeout=30) as client,
     ):
         hub = hub_of(app)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock = stalling_socket(url)
         try:
             sock.sendall(
                 b"GET /subscriber/stall HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n"
@@ -601,9 +607,7 @@ async def test_under_uvicorn_a_stalled_websocket_gets_its_messages_in_order_then
         httpx.AsyncClient(base_url=url, timeout=30) as client,
     ):
         hub = hub_of(app)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        sock = stalling_socket(url)
         try:
             slow = await anyio.to_thread.run_sync(
                 lambda: RawWebSocket(sock, "/impatient/wstall", subprotocols=())
