@@ -18,10 +18,9 @@ The same engine may put a :class:`SendNow` under :data:`SEND_NOW`: the fan-out t
 a message for a subscriber that is keeping up straight to its connection, from the hub's
 loop over subscribers, instead of waking the subscriber's task to write it
 (:meth:`pushserver.hub.Subscription.offer`). Found with :func:`send_now_of`; where it is
-absent (other servers, hypercorn's stock worker) the transports step the server's own
-``send`` from the fan-out instead, through ASGI alone
-(:class:`pushserver.transports.eager.EagerSend`), and over pushserver's worker's HTTP/2
-everything goes through ``send``.
+absent (other servers, hypercorn's stock worker, HTTP/2) the transports step the
+server's own ``send`` from the fan-out instead, through ASGI alone
+(:class:`pushserver.transports.eager.EagerSend`).
 
 This module is the whole interface: it imports nothing of any server.
 """

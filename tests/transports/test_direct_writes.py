@@ -632,3 +632,24 @@ async def test_under_uvicorn_a_stalled_websocket_gets_its_messages_in_order_then
     assert numbers == list(range(len(numbers))) and 0 < len(numbers) < COUNT
     assert slow.close is not None
     assert (slow.close.code, slow.close.reason) == (4408, "too slow: stopped reading")
+
+
+async def test_sse_over_http2_gets_every_message_in_order(anyio_backend):
+    """pushserver's worker offers no writer of its own over HTTP/2 (h2's flow control is
+    hypercorn's): the fan-out steps hypercorn's h2 ``send``, which takes a message into
+    the stream's buffer at once while the window is open. The client gets every message,
+    in order, once, and the subscriber's task never woke for one."""
+    async with (
+        serving() as (app, url),
+        httpx.AsyncClient(base_url=url, http1=False, http2=True, timeout=10) as h2,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        hub = hub_of(app)
+        async with event_stream(h2, "/subscriber/over-h2") as reader:
+            assert reader.response.http_version == "HTTP/2"
+            await wait_waiting(hub, "over-h2")
+            for n in range(8):
+                message_id = await publish(client, "over-h2", f"h{n}")
+                event = await reader.event()
+                assert (event.id, event.data) == (str(message_id), f"h{n}")
+        assert hub.delivered == hub.delivered_directly == 8
