@@ -22,12 +22,17 @@ absent (other servers, hypercorn's stock worker, HTTP/2) the transports step the
 server's own ``send`` from the fan-out instead, through ASGI alone
 (:class:`pushserver.transports.eager.EagerSend`).
 
+Servers that pushserver does not run with its own connection layer cannot put a writer in
+the scope; for uvicorn (:mod:`pushserver.uvicorn.writer`) :func:`send_now_of` knows it by
+the class of the object whose method ``send`` is (:data:`KNOWN_OWNERS`).
+
 This module is the whole interface: it imports nothing of any server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from importlib import import_module
 from typing import Any, Protocol
 
 #: The key of the :class:`Inbox` in ``scope["extensions"]``.
@@ -109,14 +114,49 @@ class SendNow(Protocol):
         write here never waits. Anything else returns False."""
 
 
+#: Servers whose :class:`SendNow` is not in the scope but known by the class of the object
+#: whose bound method ``send`` is: that class's module and name -> the module and function
+#: making a writer for it (or None for that connection), imported when first met.
+KNOWN_OWNERS = {
+    (
+        "uvicorn.protocols.http.httptools_impl",
+        "RequestResponseCycle",
+    ): ("pushserver.uvicorn.writer", "http_writer"),
+    (
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "WebSocketsSansIOProtocol",
+    ): ("pushserver.uvicorn.writer", "websocket_writer"),
+}
+#: The factory found for each class of ``send``'s owner met so far (None: none).
+_factories: dict[type, Callable[[Any], SendNow | None] | None] = {}
+
+
 def send_now_of(scope: Mapping[str, Any], send: Callable[..., Any]) -> SendNow | None:
-    """The engine's :class:`SendNow` for this request, or None when there is none.
+    """The engine's :class:`SendNow` for this request, or None when there is none: the
+    one in the scope's extensions, or one made for a server in :data:`KNOWN_OWNERS`.
 
     Only when ``send`` is the engine's own: an ASGI middleware that wraps ``send`` may
     rewrite or hold back messages, and writing behind its back would skip that.
     """
     extensions = scope.get("extensions")
     sender = extensions.get(SEND_NOW) if extensions else None
-    if sender is None or not sender.owns(send):
+    if sender is not None:
+        return sender if sender.owns(send) else None
+    owner = getattr(send, "__self__", None)
+    if owner is None:
         return None
-    return sender
+    kind = type(owner)
+    try:
+        factory = _factories[kind]
+    except KeyError:
+        factory = _factories[kind] = _factory_for(kind)
+    return None if factory is None else factory(owner)
+
+
+def _factory_for(kind: type) -> Callable[[Any], SendNow | None] | None:
+    known = KNOWN_OWNERS.get((kind.__module__, kind.__qualname__))
+    if known is None:
+        return None
+    module, name = known
+    factory: Callable[[Any], SendNow | None] = getattr(import_module(module), name)
+    return factory

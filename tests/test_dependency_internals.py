@@ -266,3 +266,53 @@ def test_server_sent_event_encoding_is_the_wire_format():
     assert ServerSentEvent("a\nb", event="tick", id="1:0", sep="\n").encode() == (
         b"id: 1:0\nevent: tick\ndata: a\ndata: b\n\n"
     )
+
+
+# -- uvicorn: the writer behind its send (pushserver/uvicorn/writer.py) ----------------------
+
+
+def test_uvicorn_writer_frames_as_uvicorn_and_websockets_do():
+    """The bytes written behind uvicorn's ``send`` are those its ``send`` writes: a chunk as
+    its httptools protocol frames one, a WebSocket message as ``websockets`` frames it for
+    a server without extensions."""
+    pytest.importorskip("uvicorn")
+    from websockets.frames import Frame, Opcode
+
+    from pushserver.uvicorn.writer import chunk, frame
+
+    for size in (0, 1, 125, 126, 65535, 65536, 70000):
+        text = "é" * (size // 2) + "x" * (size % 2)
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        expected_text = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+        expected_bytes = Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[])
+        assert frame({"type": "websocket.send", "text": text}) == expected_text
+        assert frame({"type": "websocket.send", "bytes": data}) == expected_bytes
+        if size:
+            assert chunk(data) == b"".join([b"%x\r\n" % len(data), data, b"\r\n"])
+
+
+def test_uvicorn_protocol_state_the_writer_reads():
+    """The attributes pushserver.uvicorn.writer reads on uvicorn's two protocols: set in
+    their ``__init__`` (the source), with the meaning the writer gives them."""
+    pytest.importorskip("uvicorn")
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from pushserver.engine import KNOWN_OWNERS
+
+    http = inspect.getsource(RequestResponseCycle)
+    for attribute in (
+        "scope", "transport", "flow", "disconnected", "response_started",
+        "response_complete", "chunked_encoding",
+    ):  # fmt: skip
+        assert f"self.{attribute} = " in http or f"self.{attribute}: " in http, attribute
+    assert "self.flow.write_paused" in http and coroutine(RequestResponseCycle.send)
+    websocket = inspect.getsource(WebSocketsSansIOProtocol)
+    for attribute in (
+        "transport", "conn", "writable", "disconnected", "close_sent", "handshake_complete",
+        "initial_response",
+    ):  # fmt: skip
+        assert f"self.{attribute} = " in websocket or f"self.{attribute}: " in websocket, attribute
+    assert "await self.writable.wait()" in websocket
+    for kind in (RequestResponseCycle, WebSocketsSansIOProtocol):
+        assert (kind.__module__, kind.__qualname__) in KNOWN_OWNERS

@@ -1,0 +1,168 @@
+"""A writer behind uvicorn's ``send``: :class:`pushserver.engine.SendNow` for uvicorn's
+httptools HTTP/1.1 protocol and its websockets-sansio WebSocket protocol.
+
+Stepping uvicorn's own ``send`` from the fan-out (:mod:`pushserver.transports.eager`)
+already spares the subscriber's task; but uvicorn still frames every message for every
+subscriber (a chunk header and a join per event stream, the ``websockets`` library's
+frame per WebSocket). Here a message is framed once, for all the subscribers it goes to,
+and written to each connection's transport as uvicorn's ``send`` would write it:
+
+- an event-stream body chunk (``http.response.body`` with ``more_body``) on a chunked
+  response under way: ``<size>\\r\\n<body>\\r\\n``, as ``RequestResponseCycle.send``;
+- a WebSocket message on an open connection without extensions (pushserver's
+  ``runpushserver --server uvicorn`` turns permessage-deflate off; where a client
+  negotiated it, nothing is written here): one unmasked, final text or binary frame, as
+  ``websockets``' ``Protocol.send_text`` / ``send_binary``, which keep no state of an
+  unfragmented frame they sent.
+
+Only while uvicorn's ``send`` would write at once: the connection open, not disconnected,
+its transport not paused (for WebSockets, uvicorn's ``writable`` event set). Anything else
+is declined and goes through ``send`` as usual. These are uvicorn's attributes, not its API:
+``tests/test_dependency_internals.py`` checks each of them against the installed uvicorn.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from websockets.protocol import State
+
+#: The last message framed, and its bytes: the fan-out hands every subscriber the same
+#: ASGI message object, so a message is framed once, not once per subscriber. (One slot:
+#: it holds the message, so its identity cannot be reused meanwhile.)
+_last_chunk: tuple[object, bytes] | None = None
+_last_frame: tuple[object, bytes] | None = None
+
+
+def chunk(body: bytes) -> bytes:
+    """A body chunk as uvicorn's chunked encoding writes it."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+def frame(message: Mapping[str, Any]) -> bytes:
+    """A ``websocket.send`` as one final, unmasked frame without extensions (RFC 6455)."""
+    text = message.get("text")
+    if text is not None:
+        payload, first = text.encode(), 0x81
+    else:
+        payload, first = bytes(message["bytes"]), 0x82
+    size = len(payload)
+    if size < 126:
+        head = bytes((first, size))
+    elif size < 65536:
+        head = struct.pack("!BBH", first, 126, size)
+    else:
+        head = struct.pack("!BBQ", first, 127, size)
+    return head + payload
+
+
+class HTTPWriter:
+    """:class:`pushserver.engine.SendNow` for one request of uvicorn's httptools protocol."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+
+    def owns(self, send: Callable[..., Any]) -> bool:
+        return getattr(send, "__self__", None) is self.cycle
+
+    def send_now(self, message: Mapping[str, Any]) -> bool:
+        global _last_chunk
+        if message["type"] != "http.response.body" or not message.get("more_body", False):
+            return False
+        body = message.get("body")
+        cycle = self.cycle
+        if (
+            not body
+            or cycle.disconnected
+            or cycle.flow.write_paused
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.chunked_encoding is not True
+            or cycle.scope["method"] == "HEAD"
+        ):
+            return False
+        transport = cycle.transport
+        if transport.is_closing():
+            return False
+        last = _last_chunk
+        if last is not None and last[0] is message:
+            data = last[1]
+        else:
+            data = chunk(body)
+            _last_chunk = (message, data)
+        transport.write(data)
+        return True
+
+
+class WebSocketWriter:
+    """:class:`pushserver.engine.SendNow` for one connection of uvicorn's websockets-sansio
+    WebSocket protocol."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def owns(self, send: Callable[..., Any]) -> bool:
+        return getattr(send, "__self__", None) is self.protocol
+
+    def send_now(self, message: Mapping[str, Any]) -> bool:
+        global _last_frame
+        if message["type"] != "websocket.send":
+            return False
+        protocol = self.protocol
+        if (
+            not protocol.writable.is_set()
+            or protocol.disconnected
+            or protocol.close_sent
+            or not protocol.handshake_complete
+            or protocol.initial_response is not None
+            or protocol.conn.state is not State.OPEN
+        ):
+            return False
+        transport = protocol.transport
+        if transport.is_closing():
+            return False
+        last = _last_frame
+        if last is not None and last[0] is message:
+            data = last[1]
+        else:
+            data = frame(message)
+            _last_frame = (message, data)
+        transport.write(data)
+        return True
+
+
+#: What the writers read, by object: a uvicorn that has none of one gets no writer (the
+#: fan-out then steps its ``send``, pushserver.transports.eager), not an error per message.
+_HTTP_STATE = (
+    "scope", "transport", "flow", "disconnected", "response_started", "response_complete",
+    "chunked_encoding",
+)  # fmt: skip
+_WEBSOCKET_STATE = (
+    "transport", "conn", "writable", "disconnected", "close_sent", "handshake_complete",
+    "initial_response",
+)  # fmt: skip
+
+
+def http_writer(cycle: Any) -> HTTPWriter | None:
+    if not all(hasattr(cycle, name) for name in _HTTP_STATE) or not hasattr(
+        cycle.flow, "write_paused"
+    ):
+        return None
+    return HTTPWriter(cycle)
+
+
+def websocket_writer(protocol: Any) -> WebSocketWriter | None:
+    """None where the connection negotiated an extension (compression): those frames are
+    the ``websockets`` library's to make."""
+    if not all(hasattr(protocol, name) for name in _WEBSOCKET_STATE):
+        return None
+    conn = protocol.conn
+    if getattr(conn, "extensions", True) or not hasattr(conn, "state"):
+        return None
+    return WebSocketWriter(protocol)
