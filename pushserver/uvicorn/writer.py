@@ -29,11 +29,34 @@ from typing import Any
 
 from websockets.protocol import State
 
-#: The last message framed, and its bytes: the fan-out hands every subscriber the same
-#: ASGI message object, so a message is framed once, not once per subscriber. (One slot:
-#: it holds the message, so its identity cannot be reused meanwhile.)
-_last_chunk: tuple[object, bytes] | None = None
-_last_frame: tuple[object, bytes] | None = None
+
+class _LastMade:
+    """The last message framed, and its bytes: the fan-out hands every subscriber the same
+    ASGI message object, so a message is framed once, not once per subscriber. (One slot:
+    it holds the message, so its identity cannot be reused meanwhile.)"""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self) -> None:
+        self.message: object = None
+        self.data = b""
+
+    def write(
+        self, transport: Any, message: object, make: Callable[[Any], bytes], source: Any
+    ) -> bool:
+        """Write the message's bytes (``make(source)``, or the last ones made for it) to
+        ``transport``; False, writing nothing, when the transport is closing."""
+        if transport.is_closing():
+            return False
+        if message is not self.message:
+            self.data = make(source)
+            self.message = message
+        transport.write(self.data)
+        return True
+
+
+_chunks = _LastMade()
+_frames = _LastMade()
 
 
 def chunk(body: bytes) -> bytes:
@@ -58,23 +81,29 @@ def frame(message: Mapping[str, Any]) -> bytes:
     return head + payload
 
 
-class HTTPWriter:
-    """:class:`pushserver.engine.SendNow` for one request of uvicorn's httptools protocol."""
+class _Writer:
+    """A writer for the uvicorn object whose method ``send`` is."""
 
-    __slots__ = ("cycle",)
+    __slots__ = ("owner",)
 
-    def __init__(self, cycle: Any) -> None:
-        self.cycle = cycle
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
 
     def owns(self, send: Callable[..., Any]) -> bool:
-        return getattr(send, "__self__", None) is self.cycle
+        return getattr(send, "__self__", None) is self.owner
+
+
+class HTTPWriter(_Writer):
+    """:class:`pushserver.engine.SendNow` for one request of uvicorn's httptools protocol
+    (its ``RequestResponseCycle``)."""
+
+    __slots__ = ()
 
     def send_now(self, message: Mapping[str, Any]) -> bool:
-        global _last_chunk
         if message["type"] != "http.response.body" or not message.get("more_body", False):
             return False
         body = message.get("body")
-        cycle = self.cycle
+        cycle = self.owner
         if (
             not body
             or cycle.disconnected
@@ -85,36 +114,19 @@ class HTTPWriter:
             or cycle.scope["method"] == "HEAD"
         ):
             return False
-        transport = cycle.transport
-        if transport.is_closing():
-            return False
-        last = _last_chunk
-        if last is not None and last[0] is message:
-            data = last[1]
-        else:
-            data = chunk(body)
-            _last_chunk = (message, data)
-        transport.write(data)
-        return True
+        return _chunks.write(cycle.transport, message, chunk, body)
 
 
-class WebSocketWriter:
+class WebSocketWriter(_Writer):
     """:class:`pushserver.engine.SendNow` for one connection of uvicorn's websockets-sansio
     WebSocket protocol."""
 
-    __slots__ = ("protocol",)
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def owns(self, send: Callable[..., Any]) -> bool:
-        return getattr(send, "__self__", None) is self.protocol
+    __slots__ = ()
 
     def send_now(self, message: Mapping[str, Any]) -> bool:
-        global _last_frame
         if message["type"] != "websocket.send":
             return False
-        protocol = self.protocol
+        protocol = self.owner
         if (
             not protocol.writable.is_set()
             or protocol.disconnected
@@ -124,17 +136,7 @@ class WebSocketWriter:
             or protocol.conn.state is not State.OPEN
         ):
             return False
-        transport = protocol.transport
-        if transport.is_closing():
-            return False
-        last = _last_frame
-        if last is not None and last[0] is message:
-            data = last[1]
-        else:
-            data = frame(message)
-            _last_frame = (message, data)
-        transport.write(data)
-        return True
+        return _frames.write(protocol.transport, message, frame, message)
 
 
 #: What the writers read, by object: a uvicorn that has none of one gets no writer (the

@@ -168,39 +168,34 @@ async def test_sse_subscriber_keeping_up_is_written_to_without_waking(anyio_back
             assert [e.id for e in events] == [str(i) for i in retained]
 
 
-class adding_a_header:
-    """A middleware that adds a header to every response by changing the start message's
-    own header list, as some ASGI middleware does. (``server.serve`` also asks it to begin
-    the app's shutdown and to close it.)"""
-
-    def __init__(self, app: PushServer) -> None:
-        self.app = app
-        self.begin_shutdown = app.begin_shutdown
-        self.aclose = app.aclose
-
-    async def __call__(self, scope, receive, send):
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                message["headers"].append((b"x-added", b"1"))
-            await send(message)
-
-        await self.app(scope, receive, sending)
-
-
 class passing_send_through:
     """A middleware whose ``send`` is its own function passing each message on: no server's
-    writer owns it, so the fan-out steps it (pushserver.transports.eager.EagerSend)."""
+    writer owns it, so the fan-out steps it (pushserver.transports.eager.EagerSend).
+    (``server.serve`` also asks it to begin the app's shutdown and to close it.)"""
 
     def __init__(self, app: PushServer) -> None:
         self.app = app
         self.begin_shutdown = app.begin_shutdown
         self.aclose = app.aclose
 
+    def change(self, message) -> None:
+        """What it does to a message on its way (nothing)."""
+
     async def __call__(self, scope, receive, send):
         async def sending(message):
+            self.change(message)
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+class adding_a_header(passing_send_through):
+    """A middleware that adds a header to every response by changing the start message's
+    own header list, as some ASGI middleware does."""
+
+    def change(self, message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"].append((b"x-added", b"1"))
 
 
 @ours_worker
