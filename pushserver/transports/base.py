@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import LocationConfig
+from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
 from ..http import Headers, Request, Send, respond_error
 from ..hub import Hub
 from ..protocol import OriginHeaders
-from .admission import Admitter, Refusal, RefusalKind
+from .admission import Admitter, Refusal, RefusalKind, store_refusal
 
 if TYPE_CHECKING:
     from ..authorize import LocationAuthorizer
@@ -76,6 +77,16 @@ class HTTPTransport(SubscriberTransport):
     async def respond_refused(self, send: Send, refusal: Refusal, headers: Headers) -> None:
         """Answer a subscriber the admission refused: a status and a short plain text."""
         await respond_error(send, HTTP_STATUS[refusal.kind], refusal.reason, headers)
+
+    async def respond_store_failure(
+        self, send: Send, exc: ChannelNotFound | StoreFull | BackendUnavailable, headers: Headers
+    ) -> None:
+        """Answer a subscriber the store failed after the admission: its refusal (404, 507),
+        or 503 when the store is unavailable."""
+        if isinstance(exc, BackendUnavailable):
+            await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+        else:
+            await self.respond_refused(send, store_refusal(exc), headers)
 
 
 #: The status a refused subscriber gets over HTTP (long-poll, server-sent events).

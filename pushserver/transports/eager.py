@@ -32,6 +32,7 @@ import logging
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Literal
 
+from .._async import asyncio_loop
 from ..engine import SendNow, send_now_of
 from ..http import Scope, Send
 
@@ -174,7 +175,8 @@ def writer_for(scope: Scope, send: Send) -> tuple[SendNow | None, Send]:
     sender = send_now_of(scope, send)
     if sender is not None:
         return sender, send
-    task = asyncio_task()
+    loop = asyncio_loop()
+    task = None if loop is None else asyncio.current_task(loop)
     if task is None:
         return None, send
     get_context = getattr(task, "get_context", None)  # Python 3.12+
@@ -183,12 +185,11 @@ def writer_for(scope: Scope, send: Send) -> tuple[SendNow | None, Send]:
     return eager, eager.send
 
 
-def asyncio_task() -> asyncio.Task[Any] | None:
-    """The asyncio task running now; None on trio."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
+def release(sender: SendNow | None) -> None:
+    """The response is over: what :func:`writer_for` gave lets go of any send it left
+    waiting (only an :class:`EagerSend` can have one)."""
+    if type(sender) is EagerSend:
+        sender.close()
 
 
-__all__ = ["EagerSend", "writer_for"]
+__all__ = ["EagerSend", "release", "writer_for"]

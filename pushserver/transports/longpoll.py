@@ -29,7 +29,7 @@ from ..protocol import (
     position_from_headers,
     position_headers,
 )
-from .admission import Refusal, RefusalKind, store_refusal
+from .admission import Refusal, RefusalKind
 from .base import HTTPTransport
 from .streaming import SendGuard
 
@@ -76,10 +76,8 @@ class LongPollTransport(HTTPTransport):
                 )
             finally:
                 admission.release()
-        except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
-            await self.respond_refused(send, store_refusal(exc), headers)
-        except BackendUnavailable as exc:
-            await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+        except (ChannelNotFound, StoreFull, BackendUnavailable) as exc:  # after the admission
+            await self.respond_store_failure(send, exc, headers)
 
     async def respond_refused(self, send: Send, refusal: Refusal, headers: Headers) -> None:
         if refusal.kind is RefusalKind.NOT_FOUND:

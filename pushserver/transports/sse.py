@@ -83,14 +83,14 @@ from sse_starlette import ServerSentEvent
 
 from ..engine import SendNow, inbox_of
 from ..exceptions import BackendUnavailable, ChannelNotFound, StoreFull
-from ..http import Headers, Receive, Request, Scope, Send, query_parameter, respond_error
+from ..http import Headers, Receive, Request, Scope, Send, query_parameter
 from ..http import Message as ASGIMessage
 from ..hub import Closing, Delivery
 from ..message import Message, MessageId
 from ..protocol import format_compound_id, parse_resume_id, split_channels
-from .admission import Refusal, RefusalKind, store_refusal
+from .admission import Refusal, RefusalKind
 from .base import Counted, HTTPTransport
-from .eager import EagerSend, writer_for
+from .eager import EagerSend, release, writer_for
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -280,8 +280,7 @@ class EventStreamResponse:
 
     def close(self) -> None:
         """After the response was awaited, however that ended: the writers are let go."""
-        if type(self._sender) is EagerSend:
-            self._sender.close()
+        release(self._sender)
         self._sender = None
         self._asgi_send = None
 
@@ -448,10 +447,8 @@ class SSETransport(HTTPTransport):
                         await self.hub.unsubscribe_shielded(subscription)
                 finally:
                     admission.release()
-            except (ChannelNotFound, StoreFull) as exc:  # the store, after the admission
-                await self.respond_refused(send, store_refusal(exc), headers)
-            except BackendUnavailable as exc:
-                await respond_error(send, 503, f"the channel store is unavailable: {exc}", headers)
+            except (ChannelNotFound, StoreFull, BackendUnavailable) as exc:  # after the admission
+                await self.respond_store_failure(send, exc, headers)
         finally:
             if connections is not None:
                 connections.active -= 1

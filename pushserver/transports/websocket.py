@@ -119,7 +119,7 @@ from ..message import ORIGIN, Message, MessageId
 from ..protocol import check_channel_id, format_compound_id, parse_resume_id, split_channels
 from .admission import Admission, Refusal, RefusalKind, store_refusal
 from .base import Counted, Presence, SubscriberTransport
-from .eager import EagerSend, writer_for
+from .eager import release, writer_for
 from .streaming import Deleted, Gap, SendGuard, Stream
 
 logger = logging.getLogger("pushserver.transports")
@@ -407,8 +407,7 @@ class WebSocketTransport(SubscriberTransport):
                             await connection.close()
                         finally:
                             connection.unsubscribe()
-                            if type(connection.sender) is EagerSend:
-                                connection.sender.close()
+                            release(connection.sender)
                             metrics.websocket -= 1
                     finally:
                         await self.hub.unsubscribe_shielded(subscription)
