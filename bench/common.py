@@ -25,11 +25,16 @@ def raise_fd_limit() -> tuple[int, int]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (all its threads), from /proc/<pid>/stat."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of ``pid`` (all its threads), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     # The command name may hold spaces: fields start after its closing parenthesis.
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def rss_bytes(pid: int) -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clients import SUBSCRIBERS, Publisher, Stats
-from bench.common import CLOCK_TICKS, cpu_seconds, raise_fd_limit, rss_bytes
+from bench.common import CLOCK_TICKS, cpu_seconds, cpu_split, raise_fd_limit, rss_bytes
+from bench.instructions import Instructions
 from bench.redisserver import CommandStats, commands_sent
 
 #: Publishes to a channel nobody subscribes to, on Redis rows: a publish's own commands.
@@ -36,6 +37,18 @@ def percentile(sorted_values, fraction: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, int(fraction * len(sorted_values)))
     return sorted_values[index] / 1e6  # ns -> ms
+
+
+def syscalls(pids: list[int]) -> tuple[int, int]:
+    """Read-like and write-like system calls the processes made so far (/proc/<pid>/io's
+    syscr and syscw: read/readv/recvfrom and write/writev/sendto count, epoll_wait does not)."""
+    reads = writes = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f if b":" in line)
+        reads += int(fields[b"syscr"])
+        writes += int(fields[b"syscw"])
+    return reads, writes
 
 
 def total_cpu(pids: list[int]) -> float:
@@ -220,6 +233,14 @@ async def run(spec: dict) -> dict:
 
     # -- measured phase --------------------------------------------------------------------
     duration = spec["duration"]
+    # A fixed number of rounds instead of a duration (bench/instructions.py: a server under
+    # callgrind runs fifty times slower, and counts, not seconds, are compared).
+    fixed_rounds = spec.get("rounds")
+    counted = Instructions(pids) if spec.get("callgrind") else None
+    if counted is not None:
+        counted.zero()
+    io_before = syscalls(pids)
+    split_before = [cpu_split(pid) for pid in pids]
     cpu_before = [cpu_seconds(pid) for pid in pids]
     redis_before = total_cpu(redis_pids) if redis_pids else 0.0
     own_before = os.times()
@@ -231,7 +252,9 @@ async def run(spec: dict) -> dict:
         window = spec.get("window", 2)
         pending: set[asyncio.Task] = set()
         for seq in itertools.count(1):
-            if time.monotonic() - t0 >= duration:
+            if seq > (fixed_rounds or seq) or (
+                not fixed_rounds and time.monotonic() - t0 >= duration
+            ):
                 break
             if seq > window:
                 ok = await wait_for(
@@ -276,6 +299,10 @@ async def run(spec: dict) -> dict:
     # re-polls and acks after the last delivery are part of the cost
     await wait_quiet(watched, 3)
     cpu_after = [cpu_seconds(pid) for pid in pids]
+    io_after = syscalls(pids)
+    split_after = [cpu_split(pid) for pid in pids]
+    server_system = sum(a[1] - b[1] for a, b in zip(split_after, split_before, strict=True))
+    instructions = counted.read() if counted is not None else None
     redis_cpu = total_cpu(redis_pids) - redis_before if redis_pids else None
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
 
@@ -293,10 +320,14 @@ async def run(spec: dict) -> dict:
         deliveries=stats.deliveries,
         deliveries_per_second=round(stats.deliveries / wall) if wall > 0 else None,
         server_cpu_seconds=round(server_cpu, 3),
+        # The kernel's share (system time) of the server's CPU time over the phase.
+        server_system_seconds=round(server_system, 3),
         cpu_us_per_delivery=round(server_cpu * 1e6 / stats.deliveries, 2)
         if stats.deliveries
         else None,
         server_cpu_utilisation=round(server_cpu / wall, 3) if wall > 0 else None,
+        server_read_syscalls=io_after[0] - io_before[0],
+        server_write_syscalls=io_after[1] - io_before[1],
         server_processes=len(pids),
         server_cpu_seconds_each=[round(c, 3) for c in server_cpu_each],
         loadgen_cpu_seconds=round(own_cpu, 3),
@@ -312,6 +343,13 @@ async def run(spec: dict) -> dict:
         control_frames=stats.controls,
         anomalies=stats.anomalies,
     )
+    if instructions is not None:
+        result.update(
+            server_instructions=instructions,
+            instructions_per_delivery=round(instructions / stats.deliveries)
+            if stats.deliveries
+            else None,
+        )
     if redis_cpu is not None:
         result.update(
             redis_cpu_seconds=round(redis_cpu, 3),

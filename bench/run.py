@@ -153,11 +153,20 @@ class PythonServer:
     """bench/server.py (ours) or bench/floor.py under hypercorn, pinned to ``cpu``."""
 
     def __init__(
-        self, script: str, loop: str, cpu: str = SERVER_CPU, extra: tuple[str, ...] = ()
+        self,
+        script: str,
+        loop: str,
+        cpu: str = SERVER_CPU,
+        extra: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+        start: float = 30,
     ) -> None:
+        """``wrapper`` runs the interpreter (bench/instructions.py: valgrind), ``start`` is
+        how long it may take to listen."""
         self.process = subprocess.Popen(
             [
                 *pinned(cpu),
+                *wrapper,
                 sys.executable,
                 str(ROOT / "bench" / script),
                 "--loop",
@@ -169,7 +178,7 @@ class PythonServer:
             cwd=ROOT,
         )
         try:
-            self.port = read_port(self.process, 30)
+            self.port = read_port(self.process, start)
         except BaseException:
             self.stop()
             raise

@@ -34,6 +34,7 @@ def build(
     max_messages: int = BUFFER,
     cluster: bool = False,
     channel_timeout: float | None = None,
+    ping_interval: float | None = None,
 ) -> PushServer:
     if redis_url:
         store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
@@ -46,6 +47,8 @@ def build(
         store = {"type": "memory", "memory_limit": 0, "max_channels": 0}
     if channel_timeout is not None:  # bench/hangups.py --flood: channels that go in seconds
         store["channel_timeout"] = channel_timeout
+    # bench/instructions.py: no keepalive sweep inside a phase it counts per delivery.
+    keepalive = {} if ping_interval is None else {"ping_interval": ping_interval}
     config = load(
         {
             "store": {**store, "max_messages": max_messages},
@@ -56,6 +59,7 @@ def build(
                     "prefix": "/sub/",
                     "create_on_get": True,
                     "transports": list(AVAILABLE_TRANSPORTS),
+                    **keepalive,
                 },
                 # Loopback only (the default allow_from): what bench/hangups.py watches.
                 {"type": "status", "prefix": "/status/"},
@@ -73,9 +77,10 @@ async def main(
     asgi_server: str,
     cluster: bool = False,
     channel_timeout: float | None = None,
+    ping_interval: float | None = None,
 ) -> None:
     sock = bind("127.0.0.1", port, backlog=4096)
-    app = build(redis_url, key_prefix, max_messages, cluster, channel_timeout)
+    app = build(redis_url, key_prefix, max_messages, cluster, channel_timeout, ping_interval)
     # hypercorn's lifespan opens and closes the app, in one task, as under runpushserver
     # (the redis store's reader task group must be left in the task that entered it).
     # Connections made before startup completes wait in the listen backlog.
@@ -317,6 +322,11 @@ if __name__ == "__main__":
         help="the store's channel_timeout in seconds (default: the store's, 60)",
     )
     parser.add_argument(
+        "--ping-interval",
+        type=float,
+        help="the subscriber location's ping_interval in seconds (0: no keepalive)",
+    )
+    parser.add_argument(
         "--gc-every",
         type=float,
         default=0,
@@ -353,6 +363,7 @@ if __name__ == "__main__":
         args.asgi_server,
         args.redis_cluster,
         args.channel_timeout,
+        args.ping_interval,
         backend="asyncio",
         backend_options={"use_uvloop": args.loop == "uvloop"},
     )

@@ -338,3 +338,31 @@ def test_quick_request_path_set_measures_every_figure(tmp_path, server):
     if "nchan" in by:
         assert all(e["median_ratio"] for e in report["summary"] if e["target"] != "nchan")
     assert "| ours-" in done.stdout and "| floor-" in done.stdout
+
+
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+def test_instruction_count_per_delivery_under_each_server(tmp_path):
+    """bench/instructions.py: ours under hypercorn and uvicorn inside callgrind, counted over
+    the measured phase only, every delivery made once; the system calls of the same load
+    without valgrind: one write per WebSocket delivery (the fan-out's shared frame)."""
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "instructions.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--servers", "hypercorn,uvicorn",
+         "--transports", "ws", "--subscribers", "20", "--rounds", "5", "--repeat", "1",
+         "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["server"], r["transport"]) for r in rows] == [("hypercorn", "ws"), ("uvicorn", "ws")]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["deliveries"] == 100
+        assert row["counted_lost"] == row["plain_lost"] == 0, row
+        assert row["counted_out_of_order"] == row["plain_out_of_order"] == 0, row
+        # Counted over the phase only: a server's start and the connects cost far more
+        # than five rounds' deliveries (millions of instructions each).
+        assert 1_000 < row["instructions_per_delivery"] < 1_000_000, row
+        assert 0.9 < row["write_syscalls_per_delivery"] < 1.5, row
+    assert "| uvicorn | ws |" in done.stdout

@@ -1,0 +1,205 @@
+"""Instructions per delivery: the fan-out's cost in counts, not seconds.
+
+``python -m bench.instructions --servers hypercorn,uvicorn --transports sse,ws`` serves
+ours (bench/server.py) under each server inside valgrind's callgrind, connects the
+subscribers (bench/loadgen.py), zeroes callgrind's counters, publishes a fixed number of
+rounds to all of them, then dumps the counters: the server's user-space instructions over
+exactly the measured phase, per delivery. The same run counts the server's read- and
+write-like system calls per delivery (/proc/<pid>/io) in a run of the same load without
+valgrind, and the kernel's share of that run's CPU time: the kernel's part of a delivery.
+
+Why beside the timed bench: CPU seconds on this shared two-core machine vary by 20 % or
+more from one round to the next, so two servers within a few per cent of each other cannot
+be told apart by timing. An instruction count is the same for the same program and input
+whatever else the machine does (callgrind counts the instructions the process executes,
+not the time they take). It leaves out what instructions do not show, cache misses and the
+kernel's time, which is why the system calls are counted beside them.
+
+Valgrind runs the server about fifty times slower, so the loads are smaller than the timed
+bench's (``--subscribers``, ``--rounds``); timing-dependent batching differs from a real
+run, and the counts vary by a few per cent between repeats (``--repeat``: every figure is
+given per repeat). The servers send no keepalive (``ping_interval`` 0): a sweep of pings to
+every subscriber inside a phase this slow would be counted per delivery. Needs
+``valgrind`` (Debian's package) on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+#: Where the servers under callgrind write their dumps: the loadgen reads them (spec
+#: ``callgrind``), the driver below sets it for both.
+DUMPS = "BENCH_CALLGRIND_DIR"
+
+
+class Instructions:
+    """Callgrind's instruction counter (``Ir``) of processes running under callgrind with
+    ``--callgrind-out-file=$BENCH_CALLGRIND_DIR/callgrind.out.%p``: :meth:`zero` before a
+    phase, :meth:`read` after it (a dump; its total is the phase's count)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.directory = Path(os.environ[DUMPS])
+
+    def _control(self, pid: int, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=60
+        )
+
+    def zero(self) -> None:
+        for pid in self.pids:
+            self._control(pid, "--zero")
+
+    def read(self) -> int:
+        total = 0
+        for pid in self.pids:
+            before = set(self.directory.glob(f"callgrind.out.{pid}.*"))
+            self._control(pid, "--dump")
+            (dump,) = set(self.directory.glob(f"callgrind.out.{pid}.*")) - before
+            for line in dump.read_text().splitlines():
+                if line.startswith("totals:"):
+                    total += int(line.split()[1])
+                    break
+            else:
+                raise RuntimeError(f"no totals in {dump}")
+        return total
+
+
+def _load(target, transport: str, args: argparse.Namespace, seq: int, counted: bool) -> dict:
+    spec = {
+        "host": "127.0.0.1", "ports": [target.port], "server_pids": [target.pid],
+        "redis_pid": None, "transport": transport, "prefix": f"i{seq}",
+        "subscribers": args.subscribers, "channels": 1, "mode": "throughput",
+        "rate": None, "duration": 0, "rounds": args.rounds, "callgrind": counted,
+        "drain": 600, "window": 2, "publishers": 1, "message_size": 64,
+        "connect_timeout": 600,
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "loadgen.py"), json.dumps(spec)],
+        capture_output=True, text=True, timeout=3600, cwd=ROOT,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(lines[-1])
+
+
+def measure(server: str, transport: str, args: argparse.Namespace, seq: int) -> dict:
+    """One server and transport: the instructions under callgrind, then the system calls
+    of the same load without it (valgrind makes read and write calls of its own)."""
+    from bench import run
+
+    wrapper = (
+        "valgrind", "--tool=callgrind", "--quiet",
+        f"--callgrind-out-file={os.environ[DUMPS]}/callgrind.out.%p",
+    )  # fmt: skip
+    row: dict = {"server": server, "transport": transport, "repeat": seq}
+    for counted in (True, False):
+        target = run.PythonServer(
+            "server.py", args.loop, extra=("--asgi-server", server, "--ping-interval", "0"),
+            wrapper=wrapper if counted else (), start=600,
+        )  # fmt: skip
+        try:
+            result = _load(target, transport, args, seq, counted)
+        finally:
+            target.stop()
+        if "error" in result:
+            return {**row, "error": result["error"]}
+        deliveries = result["deliveries"]
+        row["deliveries"] = deliveries
+        row[f"{'counted' if counted else 'plain'}_lost"] = result["lost"] + result["duplicated"]
+        row[f"{'counted' if counted else 'plain'}_out_of_order"] = result["out_of_order"]
+        if counted:
+            row["instructions_per_delivery"] = result["instructions_per_delivery"]
+        else:
+            for kind in ("read", "write"):
+                row[f"{kind}_syscalls_per_delivery"] = round(
+                    result[f"server_{kind}_syscalls"] / deliveries, 3
+                )
+            row["system_share"] = (
+                round(result["server_system_seconds"] / result["server_cpu_seconds"], 2)
+                if result["server_cpu_seconds"]
+                else None
+            )
+    return row
+
+
+def table(rows: list[dict], servers: list[str]) -> str:
+    """Per transport and server: instructions per delivery per repeat, their ratio to the
+    first server's in the same repeat, and system calls per delivery."""
+    base = servers[0]
+    out = [
+        "| server | transport | instructions / delivery [repeats] | / "
+        f"{base} [repeats] | reads / delivery | writes / delivery | system share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keyed = {(r["server"], r["transport"], r["repeat"]): r for r in rows if "error" not in r}
+    for transport in dict.fromkeys(r["transport"] for r in rows if "error" not in r):
+        for server in servers:
+            mine = [
+                r for r in rows if r.get("server") == server and r.get("transport") == transport
+            ]
+            if not mine:
+                continue
+            counts = [r["instructions_per_delivery"] for r in mine]
+            ratios = []
+            for r in mine:
+                other = keyed.get((base, transport, r["repeat"]))
+                if other and other["instructions_per_delivery"]:
+                    ratio = r["instructions_per_delivery"] / other["instructions_per_delivery"]
+                    ratios.append(round(ratio, 3))
+            reads = sorted({r["read_syscalls_per_delivery"] for r in mine})
+            writes = sorted({r["write_syscalls_per_delivery"] for r in mine})
+            shares = [r["system_share"] for r in mine]
+            out.append(
+                f"| {server} | {transport} | {', '.join(f'{c:,}' for c in counts)} | "
+                f"{', '.join(f'{x:.3f}x' for x in ratios)} | "
+                f"{', '.join(map(str, reads))} | {', '.join(map(str, writes))} | "
+                f"{', '.join(map(str, shares))} |"
+            )
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default="hypercorn,uvicorn")
+    parser.add_argument("--transports", default="sse,ws,longpoll")
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--loop", default="uvloop")
+    parser.add_argument("--output", help="write the rows as JSON here")
+    args = parser.parse_args()
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        sys.exit("bench.instructions needs valgrind (apt-get install valgrind)")
+    servers = [s for s in args.servers.split(",") if s]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as directory:
+        os.environ[DUMPS] = directory
+        for seq in range(args.repeat):
+            # Alternating: each repeat runs every server once, transport by transport.
+            for transport in [t for t in args.transports.split(",") if t]:
+                for server in servers:
+                    row = measure(server, transport, args, seq)
+                    row.setdefault("server", server)
+                    row.setdefault("transport", transport)
+                    row.setdefault("repeat", seq)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print(table(rows, servers))
+
+
+if __name__ == "__main__":
+    main()
