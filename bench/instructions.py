@@ -60,27 +60,35 @@ class Instructions:
         for pid in self.pids:
             self._control(pid, "--zero")
 
-    def read(self) -> int:
-        total = 0
+    def read(self) -> dict[str, int]:
+        """The events counted since :meth:`zero`, summed over the processes: ``Ir``
+        (instructions), and the cache simulation's misses where it runs."""
+        totals: dict[str, int] = {}
         for pid in self.pids:
             before = set(self.directory.glob(f"callgrind.out.{pid}.*"))
             self._control(pid, "--dump")
             (dump,) = set(self.directory.glob(f"callgrind.out.{pid}.*")) - before
+            names: list[str] = []
             for line in dump.read_text().splitlines():
-                if line.startswith("totals:"):
-                    total += int(line.split()[1])
+                if line.startswith("events:"):
+                    names = line.split()[1:]
+                elif line.startswith("totals:"):
+                    for name, value in zip(names, line.split()[1:], strict=True):
+                        totals[name] = totals.get(name, 0) + int(value)
                     break
             else:
                 raise RuntimeError(f"no totals in {dump}")
-        return total
+        return totals
 
 
 def _load(target, transport: str, args: argparse.Namespace, seq: int, counted: bool) -> dict:
+    longpoll = transport == "longpoll"
     spec = {
         "host": "127.0.0.1", "ports": [target.port], "server_pids": [target.pid],
         "redis_pid": None, "transport": transport, "prefix": f"i{seq}",
-        "subscribers": args.subscribers, "channels": 1, "mode": "throughput",
-        "rate": None, "duration": 0, "rounds": args.rounds, "callgrind": counted,
+        "subscribers": args.longpoll_subscribers if longpoll else args.subscribers,
+        "channels": 1, "mode": "throughput", "rate": None, "duration": 0,
+        "rounds": args.longpoll_rounds if longpoll else args.rounds, "callgrind": counted,
         "drain": 600, "window": 2, "publishers": 1, "message_size": 64,
         "connect_timeout": 600,
     }  # fmt: skip
@@ -102,6 +110,9 @@ def measure(server: str, transport: str, args: argparse.Namespace, seq: int) -> 
     wrapper = (
         "valgrind", "--tool=callgrind", "--quiet",
         f"--callgrind-out-file={os.environ[DUMPS]}/callgrind.out.%p",
+        # One CCX's L3 of the AMD EPYC this ran on (32 MiB, 16-way): left to itself
+        # callgrind simulates the host's whole L3 as one cache, which nothing misses.
+        *(("--cache-sim=yes", "--LL=33554432,16,64") if args.cache_sim else ()),
     )  # fmt: skip
     row: dict = {"server": server, "transport": transport, "repeat": seq}
     for counted in (True, False):
@@ -121,6 +132,12 @@ def measure(server: str, transport: str, args: argparse.Namespace, seq: int) -> 
         row[f"{'counted' if counted else 'plain'}_out_of_order"] = result["out_of_order"]
         if counted:
             row["instructions_per_delivery"] = result["instructions_per_delivery"]
+            events = result["events_per_delivery"]
+            if "DLmr" in events:  # the cache simulation's last-level misses, per delivery
+                row["d1_misses_per_delivery"] = round(events["D1mr"] + events["D1mw"], 1)
+                row["ll_misses_per_delivery"] = round(
+                    events["ILmr"] + events["DLmr"] + events["DLmw"], 1
+                )
         else:
             for kind in ("read", "write"):
                 row[f"{kind}_syscalls_per_delivery"] = round(
@@ -138,10 +155,12 @@ def table(rows: list[dict], servers: list[str]) -> str:
     """Per transport and server: instructions per delivery per repeat, their ratio to the
     first server's in the same repeat, and system calls per delivery."""
     base = servers[0]
+    misses = any("ll_misses_per_delivery" in r for r in rows)
     out = [
         "| server | transport | instructions / delivery [repeats] | / "
-        f"{base} [repeats] | reads / delivery | writes / delivery | system share |",
-        "|---|---|---|---|---|---|---|",
+        f"{base} [repeats] | reads / delivery | writes / delivery | system share |"
+        + (" D1 / LL misses per delivery |" if misses else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if misses else ""),
     ]
     keyed = {(r["server"], r["transport"], r["repeat"]): r for r in rows if "error" not in r}
     for transport in dict.fromkeys(r["transport"] for r in rows if "error" not in r):
@@ -166,6 +185,16 @@ def table(rows: list[dict], servers: list[str]) -> str:
                 f"{', '.join(f'{x:.3f}x' for x in ratios)} | "
                 f"{', '.join(map(str, reads))} | {', '.join(map(str, writes))} | "
                 f"{', '.join(map(str, shares))} |"
+                + (
+                    " "
+                    + ", ".join(
+                        f"{r.get('d1_misses_per_delivery')} / {r.get('ll_misses_per_delivery')}"
+                        for r in mine
+                    )
+                    + " |"
+                    if misses
+                    else ""
+                )
             )
     return "\n".join(out)
 
@@ -174,10 +203,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default="hypercorn,uvicorn")
     parser.add_argument("--transports", default="sse,ws,longpoll")
-    parser.add_argument("--subscribers", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=2)
+    # As the timed fan-out (bench/requestpath.py): 1,000 stream and 500 long-poll
+    # subscribers; fewer rounds, the server running some fifty times slower.
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--longpoll-subscribers", type=int, default=500)
+    parser.add_argument("--longpoll-rounds", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--loop", default="uvloop")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="callgrind's cache simulation too: data misses per delivery (slower)",
+    )
     parser.add_argument("--output", help="write the rows as JSON here")
     args = parser.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):

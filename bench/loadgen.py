@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -244,6 +245,7 @@ async def run(spec: dict) -> dict:
     cpu_before = [cpu_seconds(pid) for pid in pids]
     redis_before = total_cpu(redis_pids) if redis_pids else 0.0
     own_before = os.times()
+    sleeps_before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     t0 = time.monotonic()
     rounds = 0
     if spec["mode"] == "throughput":
@@ -295,6 +297,7 @@ async def run(spec: dict) -> dict:
         stats, lambda: stats.deliveries >= total_expected, spec.get("drain", 20)
     )
     own_after = os.times()
+    sleeps_after = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     wall = (stats.last_delivery or time.monotonic()) - t0
     # re-polls and acks after the last delivery are part of the cost
     await wait_quiet(watched, 3)
@@ -331,6 +334,9 @@ async def run(spec: dict) -> dict:
         server_processes=len(pids),
         server_cpu_seconds_each=[round(c, 3) for c in server_cpu_each],
         loadgen_cpu_seconds=round(own_cpu, 3),
+        # Times the load generator slept (voluntary context switches): on loopback the
+        # server's write that wakes it pays for the wake-up in the server's system time.
+        loadgen_sleeps=sleeps_after - sleeps_before,
         loadgen_cpu_utilisation=round(own_cpu / wall, 3) if wall > 0 else None,
         latency_ms_p50=percentile(lat, 0.50),
         latency_ms_p99=percentile(lat, 0.99),
@@ -344,11 +350,16 @@ async def run(spec: dict) -> dict:
         anomalies=stats.anomalies,
     )
     if instructions is not None:
-        result.update(
-            server_instructions=instructions,
-            instructions_per_delivery=round(instructions / stats.deliveries)
+        # callgrind's events over the phase (Ir: instructions; with its cache simulation
+        # also the first-level and last-level cache misses), in all and per delivery.
+        result["server_events"] = instructions
+        result["events_per_delivery"] = (
+            {k: round(v / stats.deliveries, 1) for k, v in instructions.items()}
             if stats.deliveries
-            else None,
+            else None
+        )
+        result["instructions_per_delivery"] = (
+            round(instructions["Ir"] / stats.deliveries) if stats.deliveries else None
         )
     if redis_cpu is not None:
         result.update(
