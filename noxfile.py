@@ -110,12 +110,7 @@ def ensure_system_packages(session: nox.Session) -> None:
         return
     session.run("apt-get", "update", "-qq", external=True)
     session.run(
-        "apt-get",
-        "install",
-        "-y",
-        "-qq",
-        *missing,
-        external=True,
+        "apt-get", "install", "-y", "-qq", *missing, external=True,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )
 
@@ -222,11 +217,9 @@ def tests_wheel(session: nox.Session) -> None:
     session.install(f"{wheels[-1]}[test,uvloop,redis]", f"django~={NEWEST[1]}.0")
     copy = Path(session.create_tmp()) / "checkout"
     shutil.rmtree(copy, ignore_errors=True)
-    tracked = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
-        .stdout.decode()
-        .split("\0")
-    )
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode().split("\0")
     for name in filter(None, tracked):
         if name.startswith("pushserver/") or not (ROOT / name).is_file():
             continue
@@ -235,11 +228,7 @@ def tests_wheel(session: nox.Session) -> None:
     ignores = [f"--ignore={path}" for path in WHEEL_IGNORES]
     with session.chdir(copy):
         session.run(
-            "python",
-            "-m",
-            "pytest",
-            *ignores,
-            *session.posargs,
+            "python", "-m", "pytest", *ignores, *session.posargs,
             env={"PUSHSERVER_TEST_INSTALLED": "1", "PYTHONPATH": ""},
         )
 
@@ -250,11 +239,7 @@ def install_docs(session: nox.Session) -> None:
     each (tests/test_install_docs.py)."""
     session.install("-e", ".[test]")
     session.run(
-        "python",
-        "-m",
-        "pytest",
-        "tests/test_install_docs.py",
-        *session.posargs,
+        "python", "-m", "pytest", "tests/test_install_docs.py", *session.posargs,
         env={"PUSHSERVER_TEST_INSTALL_DOCS": "1"},
     )
 

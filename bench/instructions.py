@@ -43,9 +43,9 @@ DUMPS = "BENCH_CALLGRIND_DIR"
 
 
 class Instructions:
-    """Callgrind's instruction counter (``Ir``) of processes running under callgrind with
-    ``--callgrind-out-file=$BENCH_CALLGRIND_DIR/callgrind.out.%p``: :meth:`zero` before a
-    phase, :meth:`read` after it (a dump; its total is the phase's count)."""
+    """Callgrind's counters (``Ir``: instructions) of processes running under callgrind
+    with ``--callgrind-out-file=$BENCH_CALLGRIND_DIR/callgrind.out.%p``: :meth:`zero`
+    before a phase, :meth:`read` after it (a dump, whose summary is the phase's count)."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
@@ -83,31 +83,26 @@ class Instructions:
         return totals
 
 
-def _load(target, transport: str, args: argparse.Namespace, seq: int, counted: bool) -> dict:
+def _spec(target, transport: str, args: argparse.Namespace, seq: int, counted: bool) -> dict:
+    """bench/requestpath.py's fan-out load, for a fixed number of rounds."""
+    from bench.requestpath import fanout_spec
+
     longpoll = transport == "longpoll"
-    spec = {
-        "host": "127.0.0.1", "ports": [target.port], "server_pids": [target.pid],
-        "redis_pid": None, "transport": transport, "prefix": f"i{seq}",
-        "subscribers": args.longpoll_subscribers if longpoll else args.subscribers,
-        "channels": 1, "mode": "throughput", "rate": None, "duration": 0,
-        "rounds": args.longpoll_rounds if longpoll else args.rounds, "callgrind": counted,
-        "drain": 600, "window": 2, "publishers": 1, "message_size": 64,
+    subscribers = args.longpoll_subscribers if longpoll else args.subscribers
+    return {
+        **fanout_spec(target, transport, subscribers, f"i{seq}", args),
+        "rounds": args.longpoll_rounds if longpoll else args.rounds,
+        "callgrind": counted,
+        "drain": 600,
         "connect_timeout": 600,
-    }  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "loadgen.py"), json.dumps(spec)],
-        capture_output=True, text=True, timeout=3600, cwd=ROOT,
-    )  # fmt: skip
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(lines[-1])
+    }
 
 
 def measure(server: str, transport: str, args: argparse.Namespace, seq: int) -> dict:
     """One server and transport: the instructions under callgrind, then the system calls
     of the same load without it (valgrind makes read and write calls of its own)."""
     from bench import run
+    from bench.requestpath import load
 
     wrapper = (
         "valgrind", "--tool=callgrind", "--quiet",
@@ -123,7 +118,11 @@ def measure(server: str, transport: str, args: argparse.Namespace, seq: int) -> 
             wrapper=wrapper if counted else (), start=600,
         )  # fmt: skip
         try:
-            result = _load(target, transport, args, seq, counted)
+            result = load(
+                [str(ROOT / "bench" / "loadgen.py")],
+                _spec(target, transport, args, seq, counted),
+                3600,
+            )
         finally:
             target.stop()
         if "error" in result:
@@ -212,6 +211,8 @@ def main() -> None:
     parser.add_argument("--longpoll-subscribers", type=int, default=500)
     parser.add_argument("--longpoll-rounds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    # bench/requestpath.py's fan-out spec reads a duration: unused, the rounds are fixed.
+    parser.set_defaults(duration=0)
     parser.add_argument("--loop", default="uvloop")
     parser.add_argument(
         "--cache-sim",

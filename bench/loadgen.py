@@ -241,8 +241,7 @@ async def run(spec: dict) -> dict:
     if counted is not None:
         counted.zero()
     io_before = syscalls(pids)
-    split_before = [cpu_split(pid) for pid in pids]
-    cpu_before = [cpu_seconds(pid) for pid in pids]
+    split_before = [cpu_split(pid) for pid in pids]  # (user, system) per server
     redis_before = total_cpu(redis_pids) if redis_pids else 0.0
     own_before = os.times()
     sleeps_before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
@@ -254,9 +253,8 @@ async def run(spec: dict) -> dict:
         window = spec.get("window", 2)
         pending: set[asyncio.Task] = set()
         for seq in itertools.count(1):
-            if seq > (fixed_rounds or seq) or (
-                not fixed_rounds and time.monotonic() - t0 >= duration
-            ):
+            over = seq > fixed_rounds if fixed_rounds else time.monotonic() - t0 >= duration
+            if over:
                 break
             if seq > window:
                 ok = await wait_for(
@@ -301,16 +299,15 @@ async def run(spec: dict) -> dict:
     wall = (stats.last_delivery or time.monotonic()) - t0
     # re-polls and acks after the last delivery are part of the cost
     await wait_quiet(watched, 3)
-    cpu_after = [cpu_seconds(pid) for pid in pids]
-    io_after = syscalls(pids)
     split_after = [cpu_split(pid) for pid in pids]
+    io_after = syscalls(pids)
     server_system = sum(a[1] - b[1] for a, b in zip(split_after, split_before, strict=True))
     instructions = counted.read() if counted is not None else None
     redis_cpu = total_cpu(redis_pids) - redis_before if redis_pids else None
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
 
     lat = sorted(stats.latencies)
-    server_cpu_each = [a - b for a, b in zip(cpu_after, cpu_before, strict=True)]
+    server_cpu_each = [sum(a) - sum(b) for a, b in zip(split_after, split_before, strict=True)]
     server_cpu = sum(server_cpu_each)
     result.update(
         publishes=sum(published.values()),
@@ -334,8 +331,8 @@ async def run(spec: dict) -> dict:
         server_processes=len(pids),
         server_cpu_seconds_each=[round(c, 3) for c in server_cpu_each],
         loadgen_cpu_seconds=round(own_cpu, 3),
-        # Times the load generator slept (voluntary context switches): on loopback the
-        # server's write that wakes it pays for the wake-up in the server's system time.
+        # Times the load generator slept (voluntary context switches): on loopback a
+        # server's write that wakes it would pay for the wake-up in its system time.
         loadgen_sleeps=sleeps_after - sleeps_before,
         loadgen_cpu_utilisation=round(own_cpu / wall, 3) if wall > 0 else None,
         latency_ms_p50=percentile(lat, 0.50),
